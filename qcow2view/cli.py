@@ -1,0 +1,98 @@
+"""Command line: the GUI launcher and its headless twins.
+
+``qcow2view [IMAGE...]`` opens the GUI; ``qcow2view info|check|map|create ...``
+work in a terminal.  Each handler lives in its own module and is imported only
+when used, so ``qcow2view info`` never loads Qt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+SUBCOMMANDS = ("info", "check", "map", "create")
+
+
+def _gui_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qcow2view",
+        description="Look inside QCOW2 disk images and edit them safely. "
+                    f"Terminal commands: {', '.join(SUBCOMMANDS)} (see 'qcow2view CMD --help').")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="images to open (with none: a start page; see --demo)")
+    p.add_argument("--demo", action="store_true",
+                   help="open the demo image (made on first use in the cache folder)")
+    p.add_argument("--screenshot", metavar="OUT.png",
+                   help="open the image, wait until every view is populated, save a PNG "
+                        "of the window and exit")
+    p.add_argument("--edit", action="store_true", help="open the images for editing")
+    p.add_argument("--install-desktop", action="store_true",
+                   help="install the desktop entry, icons and MIME data for this user")
+    p.add_argument("--uninstall-desktop", action="store_true",
+                   help="remove what --install-desktop installed")
+    p.add_argument("--version", action="version", version=f"qcow2view {__version__}")
+    return p
+
+
+def _sub_parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"qcow2view {cmd}")
+    if cmd == "info":
+        p.description = "Print what an image holds (like qemu-img info)."
+        p.add_argument("image")
+        p.add_argument("--json", action="store_true", help="JSON, keys as qemu-img spells them")
+        p.add_argument("--snapshot", help="describe the view of this internal snapshot")
+    elif cmd == "check":
+        p.description = ("Check refcounts and tables (like qemu-img check). Exit codes: "
+                         "0 clean, 1 check failed, 2 corruptions, 3 leaks only.")
+        p.add_argument("image")
+        p.add_argument("--json", action="store_true", help="JSON, keys as qemu-img spells them")
+        p.add_argument("--repair", choices=("leaks", "all"), help="repair (opens for writing)")
+    elif cmd == "map":
+        p.description = "Render the cluster-allocation heatmap of an image to a PNG."
+        p.add_argument("image")
+        p.add_argument("--png", required=True, metavar="OUT.png")
+        p.add_argument("--mode", choices=("kind", "refcount", "guest"), default="kind")
+        p.add_argument("--width", type=int, default=1024, help="picture width in pixels")
+    elif cmd == "create":
+        p.description = "Create a QCOW2 image (options as qemu-img create -o names them)."
+        p.add_argument("path")
+        p.add_argument("size", help="size with an optional unit: 10G, 512M, 1T, 65536")
+        p.add_argument("-o", dest="options", action="append", default=[],
+                       metavar="key=value[,key=value...]",
+                       help="cluster_size, compat, refcount_bits, lazy_refcounts, extended_l2, "
+                            "compression_type, preallocation, backing_file, backing_fmt, data_file")
+        p.add_argument("-b", dest="backing_file", help="backing file")
+        p.add_argument("-F", dest="backing_fmt", help="backing file format")
+        p.add_argument("--force", action="store_true", help="replace an existing file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        cmd = argv.pop(0)
+        ns = _sub_parser(cmd).parse_args(argv)
+        if cmd in ("info", "check"):
+            from . import cmd_info
+            return cmd_info.info_main(ns) if cmd == "info" else cmd_info.check_main(ns)
+        if cmd == "create":
+            from . import cmd_create
+            return cmd_create.create_main(ns)
+        from . import app
+        return app.map_main(ns)
+    ns = _gui_parser().parse_args(argv)
+    if ns.install_desktop or ns.uninstall_desktop:
+        from . import desktop
+        done = (desktop.install_desktop() if ns.install_desktop
+                else desktop.uninstall_desktop())
+        for path in done:
+            print(path)
+        return 0
+    from . import app
+    return app.run_gui(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Compressed clusters: raw deflate (zlib type) and zstd, as QEMU's qcow2-threads.c."""
+
+from __future__ import annotations
+
+import zlib
+
+from .errors import CorruptImageError
+
+try:
+    import zstandard
+except ImportError:  # pragma: no cover - zstandard is a runtime dependency
+    zstandard = None
+
+COMPRESSION_ZLIB, COMPRESSION_ZSTD = 0, 1
+
+
+def decompress_cluster(data: bytes, cluster_size: int, compression_type: int,
+                       *, offset: int = 0) -> bytes:
+    """Inflate one compressed cluster; it must produce exactly ``cluster_size`` bytes."""
+    if compression_type == COMPRESSION_ZLIB:
+        try:
+            d = zlib.decompressobj(-12)
+            out = d.decompress(data, cluster_size)
+        except zlib.error as e:
+            raise CorruptImageError(f"deflate stream is invalid ({e})",
+                                    structure="compressed cluster", offset=offset) from None
+    elif compression_type == COMPRESSION_ZSTD:
+        if zstandard is None:
+            raise CorruptImageError("zstd support needs the 'zstandard' package",
+                                    structure="compressed cluster", offset=offset)
+        out = _zstd_decompress(data, cluster_size, offset)
+    else:
+        raise CorruptImageError(f"unknown compression type {compression_type}",
+                                structure="compressed cluster", offset=offset)
+    if len(out) != cluster_size:
+        raise CorruptImageError(
+            f"compressed data inflates to {len(out)} bytes, not {cluster_size}",
+            structure="compressed cluster", offset=offset)
+    return out
+
+
+def _zstd_decompress(data: bytes, cluster_size: int, offset: int) -> bytes:
+    # QEMU streams frames until the cluster is full; trailing bytes are ignored.
+    dctx = zstandard.ZstdDecompressor()
+    parts: list[bytes] = []
+    got = 0
+    rest = data
+    try:
+        while got < cluster_size and rest:
+            obj = dctx.decompressobj()
+            chunk = obj.decompress(rest)
+            parts.append(chunk)
+            got += len(chunk)
+            if not obj.eof:
+                break
+            rest = obj.unused_data
+    except zstandard.ZstdError as e:
+        raise CorruptImageError(f"zstd stream is invalid ({e})",
+                                structure="compressed cluster", offset=offset) from None
+    return b"".join(parts)[:cluster_size]
+
+
+def compress_cluster(data: bytes, compression_type: int) -> bytes:
+    """Compress one cluster the way QEMU does (deflate level default, window 4 KiB)."""
+    if compression_type == COMPRESSION_ZLIB:
+        c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
+        return c.compress(data) + c.flush()
+    if compression_type == COMPRESSION_ZSTD:
+        return zstandard.ZstdCompressor().compress(data)
+    raise ValueError(f"unknown compression type {compression_type}")

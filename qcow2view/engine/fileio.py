@@ -1,0 +1,123 @@
+"""The one place where the engine touches file descriptors.
+
+All reads, writes, flushes and size changes go through :class:`HostFile`, so a
+test can inject a fault after N operations (see :attr:`HostFile.fault_after`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .errors import Qcow2Error, TruncatedImageError
+
+
+class HostFile:
+    """A file opened by the engine: an image, a data file or a raw backing file."""
+
+    # Test hook: when set to an int, every write-side operation decrements it and
+    # an OSError(EIO) is raised once it goes negative.  Class-wide so a test can
+    # arm it before the image opens its files.
+    fault_after: int | None = None
+    fault_hook: Callable[[str], None] | None = None
+
+    def __init__(self, path: str, *, writable: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.writable = writable
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        flags |= getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.fd = os.open(self.path, flags)
+        except OSError as e:
+            raise Qcow2Error(f"cannot open: {e.strerror}", path=self.path) from e
+        self._size: int | None = None
+
+    # -- reading -----------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._size = os.fstat(self.fd).st_size
+        return self._size
+
+    def refresh_size(self) -> int:
+        self._size = None
+        return self.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read up to ``length`` bytes; short only at end of file."""
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as e:
+            raise Qcow2Error(f"read of {length} bytes failed: {e.strerror}",
+                             offset=offset, path=self.path) from e
+        if len(data) < length and len(data) > 0 and offset + len(data) < self.size:
+            # a short read in the middle of a file: finish it
+            parts = [data]
+            got = len(data)
+            while got < length:
+                more = os.pread(self.fd, length - got, offset + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        return data
+
+    def pread_exact(self, offset: int, length: int, structure: str) -> bytes:
+        """Read metadata that must lie wholly inside the file."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedImageError(
+                f"{length} bytes needed but the file ends at {self.size:#x}",
+                structure=structure, offset=offset, path=self.path)
+        data = self.pread(offset, length)
+        if len(data) != length:
+            raise TruncatedImageError(
+                f"short read ({len(data)} of {length} bytes)",
+                structure=structure, offset=offset, path=self.path)
+        return data
+
+    def pread_zero_fill(self, offset: int, length: int) -> bytes:
+        """Read guest data; bytes past the end of the file read as zeros (as QEMU)."""
+        data = self.pread(offset, length)
+        if len(data) < length:
+            data += bytes(length - len(data))
+        return data
+
+    # -- writing -----------------------------------------------------------------
+    def _tick(self, what: str) -> None:
+        if HostFile.fault_hook is not None:
+            HostFile.fault_hook(what)
+        if HostFile.fault_after is not None:
+            HostFile.fault_after -= 1
+            if HostFile.fault_after < 0:
+                raise OSError(5, f"injected I/O error on {what}")
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._tick("pwrite")
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            n = os.pwrite(self.fd, view[done:], offset + done)
+            if n <= 0:
+                raise OSError(5, "short write")
+            done += n
+        end = offset + len(view)
+        if self._size is not None and end > self._size:
+            self._size = end
+
+    def truncate(self, length: int) -> None:
+        self._tick("truncate")
+        os.ftruncate(self.fd, length)
+        self._size = length
+
+    def fsync(self) -> None:
+        self._tick("fsync")
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __repr__(self) -> str:
+        return f"HostFile({self.path!r}, writable={self.writable})"

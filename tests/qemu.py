@@ -1,0 +1,79 @@
+"""Thin wrappers around the real qemu-img and qemu-io, the tests' oracle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+QEMU_IMG = shutil.which("qemu-img")
+QEMU_IO = shutil.which("qemu-io")
+
+
+def run(*args: str | os.PathLike, check: bool = True, input: bytes | None = None
+        ) -> subprocess.CompletedProcess:
+    return subprocess.run([os.fspath(a) for a in args], check=check, capture_output=True,
+                          input=input)
+
+
+def qemu_img(*args: str | os.PathLike, check: bool = True) -> subprocess.CompletedProcess:
+    return run(QEMU_IMG, *args, check=check)
+
+
+def qemu_io(path: str | os.PathLike, *commands: str, fmt: str = "qcow2",
+            extra: tuple[str, ...] = ()) -> str:
+    """Run qemu-io commands on an image; fails the test if any command reports an error."""
+    args = [QEMU_IO, "-f", fmt, *extra]
+    for c in commands:
+        args += ["-c", c]
+    args.append(os.fspath(path))
+    p = subprocess.run(args, capture_output=True, text=True)
+    out = p.stdout + p.stderr
+    if p.returncode != 0 or "error" in out.lower() or "failed" in out.lower():
+        raise AssertionError(f"qemu-io {commands} on {path} failed:\n{out}")
+    return out
+
+
+def create(path: str | os.PathLike, size: str | int, *opts: str, backing: str | None = None,
+           backing_fmt: str | None = None, fmt: str = "qcow2") -> Path:
+    args = ["create", "-q", "-f", fmt]
+    if opts:
+        args += ["-o", ",".join(opts)]
+    if backing:
+        args += ["-b", backing, "-F", backing_fmt or "qcow2"]
+    qemu_img(*args, path, str(size))
+    return Path(path)
+
+
+def to_raw(path: str | os.PathLike, out: str | os.PathLike, snapshot: str | None = None) -> bytes:
+    """The guest disk as qemu sees it (``qemu-img convert -O raw``)."""
+    args = ["convert", "-O", "raw"]
+    if snapshot is not None:
+        args += ["-l", f"snapshot.name={snapshot}"]
+    qemu_img(*args, path, out)
+    return Path(out).read_bytes()
+
+
+def info(path: str | os.PathLike, *extra: str) -> dict:
+    return json.loads(qemu_img("info", "--output=json", *extra, path).stdout)
+
+
+def check(path: str | os.PathLike, *extra: str) -> tuple[int, dict]:
+    """(exit code, parsed JSON) of ``qemu-img check --output=json``."""
+    p = qemu_img("check", "--output=json", *extra, path, check=False)
+    try:
+        data = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        data = {"stdout": p.stdout.decode(errors="replace"),
+                "stderr": p.stderr.decode(errors="replace")}
+    return p.returncode, data
+
+
+def qemu_map(path: str | os.PathLike) -> list[dict]:
+    return json.loads(qemu_img("map", "--output=json", path).stdout)
+
+
+def compare(a: str | os.PathLike, b: str | os.PathLike, *extra: str) -> subprocess.CompletedProcess:
+    return qemu_img("compare", *extra, a, b, check=False)
