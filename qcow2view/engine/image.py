@@ -273,6 +273,10 @@ class Image:
                              structure="external data file extension",
                              offset=self.header.extensions_offset)
         path = self._resolve(self.data_file_name)
+        if not os.path.exists(path) and os.path.exists(self.data_file_name):
+            # QEMU 7.2 resolves a relative data file name from its working directory
+            # (backing names from the image's folder); accept both, folder first.
+            path = os.path.abspath(self.data_file_name)
         try:
             self.data_file = HostFile(path, writable=self.writable)
         except Qcow2Error as e:
