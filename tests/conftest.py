@@ -51,6 +51,8 @@ def reads_like_qemu(tmp_path):
     """reads_like_qemu(image, snapshot=None): the engine's whole-disk read and random
     odd-length reads equal ``qemu-img convert -O raw``; returns the raw bytes."""
     import random
+    import shutil
+    from pathlib import Path
 
     from qcow2view.engine import open_image
     counter = iter(range(1 << 30))
@@ -59,6 +61,17 @@ def reads_like_qemu(tmp_path):
         out = tmp_path / f"oracle-{next(counter)}.raw"
         raw = qemu.to_raw(path, out, snapshot=snapshot)
         out.unlink()
+        if snapshot is not None:
+            # `convert -l` keeps the current disk size; reverting a copy to the
+            # snapshot (`snapshot -a`) gives the disk with the snapshot's own size
+            copy = Path(path).with_name(f"oracle-{next(counter)}.qcow2")
+            shutil.copyfile(path, copy)
+            qemu.qemu_img("snapshot", "-a", snapshot, copy)
+            reverted = qemu.to_raw(copy, out)
+            copy.unlink()
+            out.unlink()
+            assert raw[:len(reverted)] == reverted and not raw[len(reverted):].strip(b"\0")
+            raw = reverted
         with open_image(path, snapshot=snapshot) as img:
             assert img.virtual_size == len(raw)
             got = img.read(0, len(raw))
