@@ -58,7 +58,8 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
     elif cmd == "create":
         p.description = "Create a QCOW2 image (options as qemu-img create -o names them)."
         p.add_argument("path")
-        p.add_argument("size", help="size with an optional unit: 10G, 512M, 1T, 65536")
+        p.add_argument("size", nargs="?", help="size with an optional unit: 10G, 512M, 1T, "
+                       "65536 (omit to take the backing file's size)")
         p.add_argument("-o", dest="options", action="append", default=[],
                        metavar="key=value[,key=value...]",
                        help="cluster_size, compat, refcount_bits, lazy_refcounts, extended_l2, "

@@ -10,10 +10,16 @@ from .errors import (BackingFileError, CancelledError, CorruptImageError,
 from .clusters import ClusterType
 from .header import Header
 from .image import BackingInfo, GuestMapping, Image, L1Table, L2Table, open_image
+from .check import CheckResult, Finding
+from .maps import GuestMap, GuestState, HOST_KIND_SEVERITY, HostKind, HostMap, Owner
+from .create import create_image, validate_create_options
 
 __all__ = [
-    "open_image", "Image", "Header", "ClusterType", "BackingInfo", "GuestMapping",
+    "open_image", "Image", "create_image", "validate_create_options",
+    "Header", "ClusterType", "BackingInfo", "GuestMapping",
     "L1Table", "L2Table",
+    "CheckResult", "Finding", "HostKind", "HOST_KIND_SEVERITY", "Owner", "HostMap",
+    "GuestState", "GuestMap",
     "Qcow2Error", "NotQcow2Error", "CorruptImageError", "TruncatedImageError",
     "UnsupportedFeatureError", "EncryptedImageError", "BackingFileError", "RequestError",
     "ReadOnlyError", "ImageInUseError", "CancelledError",
