@@ -441,6 +441,50 @@ class Image:
         self._l2_cache.clear()
         self._zcache = None
         self._l1 = self.l1_table.entries.tolist()
+        self._maps_cache = {}
+
+    # -- check, repair and maps (engine/check.py, engine/maps.py) ---------------------
+    def check(self, progress=None, cancel=None):
+        """Check like ``qemu-img check``; returns a :class:`check.CheckResult`."""
+        from .check import check
+        return check(self, progress, cancel)
+
+    def repair(self, leaks: bool = True, all: bool = False, progress=None, cancel=None):
+        """Repair like ``qemu-img check -r leaks|all`` (image opened writable)."""
+        from .check import repair
+        try:
+            return repair(self, leaks=leaks, all=all, progress=progress, cancel=cancel)
+        finally:
+            self.invalidate_caches()
+
+    def host_map(self, progress=None, cancel=None):
+        """Kind, refcount and references of every host cluster (maps.HostMap)."""
+        from .maps import host_map
+        key = ("host",)
+        cache = getattr(self, "_maps_cache", None)
+        if cache is None:
+            cache = self._maps_cache = {}
+        hit = cache.get(key)
+        if hit is not None and hit[0] == self.file.size:
+            return hit[1]
+        hm = host_map(self, progress, cancel)
+        cache[key] = (self.file.size, hm)
+        return hm
+
+    def guest_map(self, snapshot=None, progress=None, cancel=None, follow_backing=True):
+        """State and host offset of every guest cluster (maps.GuestMap)."""
+        from .maps import guest_map
+        key = ("guest", None if snapshot is None else str(getattr(snapshot, "id_str", snapshot)),
+               follow_backing)
+        cache = getattr(self, "_maps_cache", None)
+        if cache is None:
+            cache = self._maps_cache = {}
+        hit = cache.get(key)
+        if hit is not None and hit[0] == self.file.size:
+            return hit[1]
+        gm = guest_map(self, snapshot, progress, cancel, follow_backing)
+        cache[key] = (self.file.size, gm)
+        return gm
 
     # refcounts
     @property
@@ -694,7 +738,8 @@ class Image:
             if t == ClusterType.COMPRESSED:
                 host, csize = self.layout.decode(entry)
             elif t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC, ClusterType.UNALLOCATED_ALLOC):
-                host = (entry & C.L2E_OFFSET_MASK) + (in_cluster if t == ClusterType.NORMAL else 0)
+                # the byte's own host offset, as qemu-img map reports it
+                host = (entry & C.L2E_OFFSET_MASK) + in_cluster
         depth, file = 0, (self.data_file.path if self.has_data_file and self.data_file
                           else self.path)
         if t in (ClusterType.UNALLOCATED, ClusterType.UNALLOCATED_ALLOC):

@@ -1,0 +1,327 @@
+"""Consistency check and repair, counting exactly as ``qemu-img check`` 7.2 does.
+
+:func:`check` follows ``qcow2_check_refcounts`` (block/qcow2-refcount.c):
+the reference walk lives in :mod:`refscan`; here the found references are
+compared with the refcounts on disk (``compare_refcounts``) and the result is
+put in the shape of ``qemu-img check --output=json``.
+
+:func:`repair` fixes refcounts in the order that keeps a crash harmless:
+refcounts that are too low are raised and flushed first, leaked ones are
+lowered after, so an interruption leaves at most leaks.  Then COPIED flags are
+set to match the refcounts (as ``check_oflag_copied`` does), and the dirty and
+corrupt bits are cleared once no corruption is left.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import clusters as C
+from .errors import ReadOnlyError, UnsupportedFeatureError
+from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
+from .refcounts import decode_refcount_block, encode_refcount_block
+from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
+                      Scanner, read_zero_filled)
+
+__all__ = ["CheckResult", "Finding", "check", "repair"]
+
+
+@dataclass
+class CheckResult:
+    """Field names as ``qemu-img check --output=json`` spells them (with _ for -)."""
+
+    corruptions: int
+    leaks: int
+    check_errors: int
+    total_clusters: int
+    allocated_clusters: int
+    fragmented_clusters: int
+    compressed_clusters: int
+    image_end_offset: int
+    corruptions_fixed: int = 0
+    leaks_fixed: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    findings_dropped: int = 0        # findings beyond MAX_FINDINGS (counted, not listed)
+    filename: str = ""
+    format: str = "qcow2"
+    rebuild_needed: bool = False     # QEMU would rebuild the refcount structure
+
+    @property
+    def clean(self) -> bool:
+        return not (self.corruptions or self.leaks or self.check_errors)
+
+    @property
+    def exit_code(self) -> int:
+        """qemu-img check's: 0 clean, 1 check failed, 2 corruptions, 3 leaks only."""
+        if self.check_errors:
+            return 1
+        return 2 if self.corruptions else 3 if self.leaks else 0
+
+    def to_json(self) -> dict:
+        """Exactly qemu-img's keys; like qemu, zero optional counts are left out."""
+        d: dict = {}
+        if self.image_end_offset:
+            d["image-end-offset"] = self.image_end_offset
+        if self.total_clusters:
+            d["total-clusters"] = self.total_clusters
+        d["check-errors"] = self.check_errors
+        if self.allocated_clusters:
+            d["allocated-clusters"] = self.allocated_clusters
+        d["filename"] = self.filename
+        d["format"] = self.format
+        if self.fragmented_clusters:
+            d["fragmented-clusters"] = self.fragmented_clusters
+        if self.compressed_clusters:
+            d["compressed-clusters"] = self.compressed_clusters
+        if self.corruptions:
+            d["corruptions"] = self.corruptions
+        if self.leaks:
+            d["leaks"] = self.leaks
+        if self.corruptions_fixed:
+            d["corruptions-fixed"] = self.corruptions_fixed
+        if self.leaks_fixed:
+            d["leaks-fixed"] = self.leaks_fixed
+        return d
+
+
+def _classify(scan: RefScan, cluster: int, disk: int, refs: int) -> str:
+    if cluster in scan.overlap_clusters:
+        return "metadata_overlap"
+    if disk == 0:
+        return "refcount_zero"
+    return "double_reference" if refs > 1 else "refcount_too_low"
+
+
+def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Finding]]:
+    """compare_refcounts: counts and findings, vectorised over all clusters."""
+    nb = scan.nb_clusters
+    cs = scan.cluster_size
+    counted = scan.counted().astype(np.uint64)
+    ondisk = disk.counts[:nb].astype(np.uint64)
+    err = np.zeros(nb, dtype=bool)
+    for rti in disk.bad_blocks:
+        lo = rti * disk.per_block
+        err[lo:lo + disk.per_block] = True
+    used = ((ondisk > 0) | (counted > 0)) & ~err
+    nz = np.nonzero(used)[0]
+    highest = int(nz[-1]) if len(nz) else 0
+    low = (ondisk < counted) & ~err
+    high = (ondisk > counted) & ~err
+    out = {"check_errors": int(err.sum()), "corruptions": int(low.sum()),
+           "leaks": int(high.sum()), "highest": highest,
+           "rebuild": bool(np.any(low & (ondisk == 0)))}
+    # references beyond the refcount maximum (QEMU: "overflow cluster")
+    if scan.refcount_max < 0xFFFFFFFF:
+        over = scan.refs.astype(np.int64) - scan.refcount_max
+        overflow = np.nonzero(over > 0)[0]
+        out["overflow"] = int(over[overflow].sum()) if len(overflow) else 0
+    else:
+        overflow = np.zeros(0, dtype=np.intp)
+        out["overflow"] = 0
+    findings: list[Finding] = []
+    room = MAX_FINDINGS
+    for c in overflow[:room].tolist():
+        findings.append(Finding("refcount_overflow", c, disk.get(c), int(scan.refs[c]),
+                                f"cluster {c} at {c * cs:#x} has {int(scan.refs[c])} "
+                                f"references, more than {scan.refcount_max} refcount bits "
+                                "can count", None, "corruption"))
+    for c in np.nonzero(err)[0][:room].tolist():
+        findings.append(Finding("refcount_block_unreadable", c, 0, int(counted[c]),
+                                f"refcount of cluster {c} cannot be read (its refcount "
+                                "block offset is not cluster aligned)", None, "check_error"))
+    for c in np.nonzero(low)[0][:room].tolist():
+        d, r = int(ondisk[c]), int(counted[c])
+        kind = _classify(scan, c, d, r)
+        findings.append(Finding(kind, c, d, r, f"cluster {c} at {c * cs:#x}: refcount {d} "
+                                f"but {r} references ({kind.replace('_', ' ')})",
+                                None, "corruption"))
+    for c in np.nonzero(high)[0][:room].tolist():
+        d, r = int(ondisk[c]), int(counted[c])
+        findings.append(Finding("leak", c, d, r, f"cluster {c} at {c * cs:#x} leaked: "
+                                f"refcount {d} but {r} references", None, "leak"))
+    return out, findings
+
+
+def _scan(image, progress: Progress, cancel: Cancel) -> tuple[RefScan, DiskRefcounts]:
+    nb = -(-image.file.size // image.cluster_size)
+    disk = DiskRefcounts(image, nb + 1, cancel)
+    scan = Scanner(image, disk=disk, check_copied=True, progress=progress,
+                   cancel=cancel).run()
+    return scan, disk
+
+
+def check(image, progress: Progress = None, cancel: Cancel = None) -> CheckResult:
+    """Check the image like ``qemu-img check`` (read-only)."""
+    scan, disk = _scan(image, progress, cancel)
+    return _result(image, scan, disk)
+
+
+def _result(image, scan: RefScan, disk: DiskRefcounts) -> CheckResult:
+    cmp, found = compare(scan, disk, image)
+    findings = found + scan.findings
+    dropped = scan.findings_dropped + max(0, len(findings) - MAX_FINDINGS)
+    findings.sort(key=lambda f: (f.cluster, f.kind))
+    cs = image.cluster_size
+    return CheckResult(
+        corruptions=scan.corruptions + cmp["corruptions"] + cmp["overflow"],
+        leaks=cmp["leaks"],
+        check_errors=scan.check_errors + cmp["check_errors"],
+        total_clusters=-(-image.virtual_size // cs),
+        allocated_clusters=scan.allocated_clusters,
+        fragmented_clusters=scan.fragmented_clusters,
+        compressed_clusters=scan.compressed_clusters,
+        image_end_offset=(cmp["highest"] + 1) * cs,
+        findings=findings[:MAX_FINDINGS], findings_dropped=dropped,
+        filename=image.path, rebuild_needed=scan.rebuild or cmp["rebuild"])
+
+
+# -- repair ---------------------------------------------------------------------------
+def repair(image, leaks: bool = True, all: bool = False, progress: Progress = None,
+           cancel: Cancel = None) -> CheckResult:
+    """Fix leaks (and with ``all``, refcounts that are too low), like ``qemu-img
+    check -r leaks|all``; returns the check of the repaired image with
+    ``leaks_fixed``/``corruptions_fixed`` set."""
+    if not image.writable:
+        raise ReadOnlyError("repair needs the image opened for writing "
+                            "(open_image(path, writable=True))", path=image.path)
+    fix_errors = bool(all)
+    fix_leaks = bool(leaks or all)
+    scan, disk = _scan(image, progress, cancel)
+    if scan.rebuild and fix_errors:
+        raise UnsupportedFeatureError(
+            "the refcount structure itself is damaged and needs a rebuild; use "
+            "'qemu-img check -r all'", structure="refcount table",
+            offset=image.header.refcount_table_offset, path=image.path)
+    nb = scan.nb_clusters
+    counted = scan.counted().astype(np.uint64)
+    ondisk = disk.counts[:nb].astype(np.uint64)
+    ok = np.ones(nb, dtype=bool)
+    for rti in disk.bad_blocks:
+        ok[rti * disk.per_block:(rti + 1) * disk.per_block] = False
+    raise_ = ok & (ondisk < counted) & (ondisk > 0) if fix_errors else np.zeros(nb, bool)
+    if fix_errors and np.any(ok & (ondisk == 0) & (counted > 0)):
+        # QEMU rebuilds the refcount structure for these; we set them in place
+        # where a refcount block covers them
+        raise_ |= ok & (ondisk == 0) & (counted > 0)
+    lower = ok & (ondisk > counted) if fix_leaks else np.zeros(nb, bool)
+    target = counted
+    fixed_c = _write_refcounts(image, disk, np.nonzero(raise_)[0], target)
+    fixed_l = _write_refcounts(image, disk, np.nonzero(lower)[0], target)
+    image.invalidate_caches()
+
+    # COPIED flags: always with -r all; with -r leaks only if nothing else is wrong
+    scan2, disk2 = _scan(image, None, cancel)
+    mid = _result(image, scan2, disk2)
+    other = mid.corruptions - scan2.copied_corruptions
+    if fix_errors or (not mid.check_errors and not other and not mid.leaks):
+        fixed_c += _fix_copied(image, scan2)
+    if fix_errors or fix_leaks:
+        scan3, disk3 = _scan(image, None, cancel)
+        after = _result(image, scan3, disk3)
+        if not after.check_errors and not after.corruptions:
+            _mark_clean(image)
+    else:
+        after = mid
+    after.corruptions_fixed = fixed_c
+    after.leaks_fixed = fixed_l
+    return after
+
+
+def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
+                     target: np.ndarray) -> int:
+    """Set the refcounts of ``clusters`` to ``target`` block by block, then flush."""
+    if len(clusters) == 0:
+        return 0
+    f = image.file
+    cs = image.cluster_size
+    order = image.header.refcount_order
+    per = disk.per_block
+    rt = image.refcount_table
+    done = 0
+    rtis = clusters // per
+    for rti in np.unique(rtis).tolist():
+        members = clusters[rtis == rti]
+        off = int(rt[rti]) & C.REFT_OFFSET_MASK if rti < len(rt) else 0
+        if not off:
+            off = _new_refblock(image, rti)
+        counts = decode_refcount_block(read_zero_filled(f, off, cs), order)
+        counts[members - rti * per] = target[members]
+        f.pwrite(off, encode_refcount_block(counts, order))
+        disk.counts[members] = target[members].astype(disk.counts.dtype)
+        done += len(members)
+    f.fsync()
+    return done
+
+
+def _new_refblock(image, rti: int) -> int:
+    """Allocate a refcount block for table index ``rti`` at the end of the file.
+
+    The block is written (counting itself when it covers itself) and flushed
+    before the refcount table points at it.
+    """
+    f = image.file
+    cs = image.cluster_size
+    h = image.header
+    rt = image.refcount_table
+    if rti >= len(rt):
+        raise UnsupportedFeatureError("repair would need a larger refcount table; use "
+                                      "'qemu-img check -r all'", structure="refcount table",
+                                      offset=h.refcount_table_offset, path=image.path)
+    per = image.refcount_block_entries
+    off = -(-f.size // cs) * cs
+    cluster = off // cs
+    if cluster // per != rti:
+        raise UnsupportedFeatureError("repair would need a refcount block that does not "
+                                      "cover itself; use 'qemu-img check -r all'",
+                                      structure="refcount table",
+                                      offset=h.refcount_table_offset + 8 * rti,
+                                      path=image.path)
+    counts = np.zeros(per, dtype=np.uint64)
+    counts[cluster - rti * per] = 1
+    f.pwrite(off, encode_refcount_block(counts, h.refcount_order))
+    f.fsync()
+    f.pwrite(h.refcount_table_offset + 8 * rti, struct.pack(">Q", off))
+    f.fsync()
+    rt[rti] = off
+    return off
+
+
+def _fix_copied(image, scan: RefScan) -> int:
+    f = image.file
+    n = 0
+    for eo, raw, is_l1 in scan.copied_entries:
+        cur = struct.unpack(">Q", f.pread(eo, 8))[0]
+        if cur != raw:
+            continue
+        new = raw ^ C.QCOW_OFLAG_COPIED
+        f.pwrite(eo, struct.pack(">Q", new))
+        if is_l1:
+            i = (eo - image.l1_table.offset) // 8
+            if image.snapshot is None and 0 <= i < image.l1_table.size:
+                image.l1_table.entries[i] = new
+        n += 1
+    if n:
+        f.fsync()
+        image.invalidate_caches()
+    return n
+
+
+def _mark_clean(image) -> None:
+    """qcow2_mark_clean + qcow2_mark_consistent: clear the dirty and corrupt bits."""
+    h = image.header
+    if h.version < 3:
+        return
+    bits = h.incompatible_features & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT)
+    if not bits:
+        return
+    new = h.incompatible_features & ~bits
+    image.file.pwrite(72, struct.pack(">Q", new))
+    image.file.fsync()
+    try:
+        image.header = h.replace(incompatible_features=new)
+    except Exception:   # a frozen header without replace(): re-read lazily later
+        pass
+

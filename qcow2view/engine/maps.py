@@ -1,0 +1,355 @@
+"""Host and guest cluster maps: the data behind the heatmap and the refcount view.
+
+Both are built with numpy over whole tables (a few bytes per cluster), report
+progress and can be cancelled.  The host map comes from the same reference
+walk as the check (:mod:`refscan`); :meth:`HostMap.owners` answers "who points
+at this cluster" lazily, for one cluster at a time.
+
+Thread safety: building a map reads the file only with positional reads
+(``os.pread``) and never touches the image's read caches, so a worker thread
+can build a map while the GUI thread reads guest data from the same Image.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import clusters as C
+from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
+from .extensions import EXT_BITMAPS
+from .refscan import (BATCH_ENTRIES, Cancel, DiskRefcounts, L2Ref, Progress, Scanner,
+                      check_cancel, read_zero_filled)
+
+U64 = np.uint64
+
+
+class HostKind(enum.IntEnum):
+    """What a host cluster holds (one uint8 per host cluster)."""
+
+    FREE = 0
+    HEADER = 1
+    L1_TABLE = 2
+    L2_TABLE = 3
+    REFCOUNT_TABLE = 4
+    REFCOUNT_BLOCK = 5
+    SNAPSHOT_TABLE = 6
+    SNAPSHOT_L1_TABLE = 7
+    BITMAP_DIRECTORY = 8
+    BITMAP_TABLE = 9
+    BITMAP_DATA = 10
+    DATA = 11
+    COMPRESSED = 12
+    LEAKED = 13
+    CORRUPT = 14
+    ENCRYPTION_HEADER = 15
+    SNAPSHOT_L2_TABLE = 16   # L2 tables only a snapshot references
+
+
+# severity for binning when zoomed out: CORRUPT > LEAKED > everything else > FREE
+HOST_KIND_SEVERITY = np.ones(len(HostKind), dtype=np.uint8)
+HOST_KIND_SEVERITY[HostKind.FREE] = 0
+HOST_KIND_SEVERITY[HostKind.LEAKED] = 2
+HOST_KIND_SEVERITY[HostKind.CORRUPT] = 3
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who references a host cluster."""
+
+    kind: HostKind               # what the referencing entry makes of it
+    table: str                   # "L1", "L2", "refcount table", "snapshot 'snap1' L1", ...
+    entry_offset: int | None     # file offset of the referencing entry (None: header-anchored)
+    guest_offset: int | None     # guest byte offset mapped (L2 tables: first one they cover)
+    snapshot: str | None         # snapshot name when referenced from a snapshot's tables
+
+
+@dataclass
+class HostMap:
+    cluster_size: int
+    file_size: int
+    kinds: np.ndarray            # uint8 HostKind per host cluster
+    refcounts: np.ndarray        # on-disk refcount per host cluster (unsigned; uint8/16/32/64
+                                 # as wide as the image's refcount_bits, to stay compact)
+    references: np.ndarray       # uint32 references found per host cluster
+    _owners: Callable[[int], list[Owner]] | None = field(default=None, repr=False)
+
+    def owners(self, cluster: int) -> list[Owner]:
+        """Reverse lookup for one cluster (reads the tables again, on demand)."""
+        if self._owners is None or not 0 <= cluster < len(self.kinds) + 1:
+            return []
+        return self._owners(cluster)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+
+class GuestState(enum.IntEnum):
+    """How a guest cluster reads (one uint8 per guest cluster)."""
+
+    UNALLOCATED = 0
+    ZERO = 1
+    DATA = 2
+    COMPRESSED = 3
+    BACKING = 4
+    MIXED = 5
+
+
+@dataclass
+class GuestMap:
+    cluster_size: int
+    virtual_size: int
+    states: np.ndarray           # uint8 GuestState per guest cluster
+    depth: np.ndarray            # uint8: 0 = this image, N = Nth backing file
+    host_offsets: np.ndarray     # uint64 host offset of data/compressed (byte offset), else 0
+    snapshot: str | None
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+
+# -- host map -------------------------------------------------------------------------
+def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap:
+    nb = -(-image.file.size // image.cluster_size)
+    disk = DiskRefcounts(image, nb + 1, cancel)
+    scan = Scanner(image, disk=disk, progress=progress, cancel=cancel).run()
+    n = scan.nb_clusters
+    kinds = scan.kinds[:n].copy()
+    counted = scan.counted()
+    ondisk = disk.counts[:n]
+    kinds[ondisk > counted] = HostKind.LEAKED
+    kinds[counted > ondisk] = HostKind.CORRUPT
+    for c in scan.overlap_clusters:
+        if c < n:
+            kinds[c] = HostKind.CORRUPT
+    refs = scan.refs[:n].copy()
+    hm = HostMap(image.cluster_size, image.file.size, kinds, ondisk.copy(), refs)
+    tables = scan.l2_tables
+    hm._owners = lambda c: _owners(image, hm, tables, c)
+    return hm
+
+
+def _in(off: int, size: int, cs: int, c: int) -> bool:
+    return size > 0 and off // cs <= c <= (off + size - 1) // cs
+
+
+def _owners(image, hm: HostMap, tables: list[L2Ref], c: int) -> list[Owner]:
+    cs = image.cluster_size
+    h = image.header
+    out: list[Owner] = []
+    want = int(hm.references[c]) if c < len(hm.references) else 0
+    if c == 0:
+        out.append(Owner(HostKind.HEADER, "header", None, None, None))
+    if _in(h.l1_table_offset, h.l1_size * 8, cs, c):
+        out.append(Owner(HostKind.L1_TABLE, "L1", 40, None, None))
+    if _in(h.refcount_table_offset, h.refcount_table_clusters * cs, cs, c):
+        out.append(Owner(HostKind.REFCOUNT_TABLE, "refcount table", 48, None, None))
+    if image.snapshots and c >= h.snapshots_offset // cs:
+        last = image.snapshots[-1]
+        if _in(h.snapshots_offset, last.offset + last.entry_size - h.snapshots_offset, cs, c):
+            out.append(Owner(HostKind.SNAPSHOT_TABLE, "snapshot table", 64, None, None))
+    for s in image.snapshots:
+        if _in(s.l1_table_offset, s.l1_size * 8, cs, c):
+            out.append(Owner(HostKind.SNAPSHOT_L1_TABLE, f"snapshot {s.name!r} L1",
+                             s.offset, None, s.name))
+    crypt = image.encryption_extension
+    if crypt is not None and len(crypt.data) >= 16:
+        coff, clen = struct.unpack_from(">QQ", crypt.data)
+        if _in(coff, clen, cs, c):
+            out.append(Owner(HostKind.ENCRYPTION_HEADER, "encryption header",
+                             crypt.data_offset, None, None))
+    rt = image.refcount_table
+    for i in np.nonzero((rt & U64(C.REFT_OFFSET_MASK)) >> U64(image.cluster_bits)
+                        == U64(c))[0].tolist():
+        if rt[i]:
+            out.append(Owner(HostKind.REFCOUNT_BLOCK, "refcount table",
+                             h.refcount_table_offset + 8 * i, None, None))
+    if image.bitmaps and image.bitmaps_consistent:
+        ext = next(e for e in image.extensions if e.type == EXT_BITMAPS)
+        _, _, dsize, doff = struct.unpack_from(">IIQQ", ext.data)
+        if _in(doff, dsize, cs, c):
+            out.append(Owner(HostKind.BITMAP_DIRECTORY, "bitmaps extension",
+                             ext.data_offset + 16, None, None))
+        for b in image.bitmaps:
+            name = f"bitmap {b.name!r} table"
+            if _in(b.bitmap_table_offset, b.bitmap_table_size * 8, cs, c):
+                out.append(Owner(HostKind.BITMAP_TABLE, "bitmap directory", b.offset,
+                                 None, None))
+            t = C.be_u64(read_zero_filled(image.file, b.bitmap_table_offset,
+                                          b.bitmap_table_size * 8))
+            offs = t & U64(BME_TABLE_ENTRY_OFFSET_MASK)
+            for i in np.nonzero((offs != 0) & (offs // U64(cs) == U64(c)))[0].tolist():
+                out.append(Owner(HostKind.BITMAP_DATA, name, b.bitmap_table_offset + 8 * i,
+                                 None, None))
+    span = image.l2_size * cs
+    for t in tables:
+        if t.offset // cs == c:
+            table = "L1" if t.snapshot is None else f"snapshot {t.snapshot!r} L1"
+            out.append(Owner(HostKind.L2_TABLE if t.snapshot is None
+                             else HostKind.SNAPSHOT_L2_TABLE, table, t.l1_entry_offset,
+                             t.l1_index * span, t.snapshot))
+    if len(out) >= want:
+        return out
+    # data and compressed clusters: scan the L2 tables with numpy, stop once
+    # every counted reference has been found
+    sc = Scanner.__new__(Scanner)
+    sc.im, sc.cs, sc.extended = image, cs, image.extended_l2
+    layout = image.layout
+    esize = 16 if image.extended_l2 else 8
+    per_batch = max(1, BATCH_ENTRIES // image.l2_size)
+    for b in range(0, len(tables), per_batch):
+        batch = tables[b:b + per_batch]
+        raw, _ = sc.read_l2_batch(np.array([t.offset for t in batch], dtype=np.int64))
+        comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
+        off = raw & U64(C.L2E_OFFSET_MASK)
+        data = ~comp & (off != 0)
+        first = np.where(data, off // U64(cs), U64(0))
+        hit_d = data & ((first == U64(c)) | (((off + U64(cs - 1)) // U64(cs) == U64(c))
+                                             & ((off & U64(cs - 1)) != 0)))
+        coff = raw & U64(layout.offset_mask)
+        nsec = ((raw >> U64(layout.csize_shift)) & U64(layout.csize_mask)) + U64(1)
+        cend = coff + nsec * U64(512) - (coff & U64(511)) - U64(1)
+        hit_c = comp & (coff // U64(cs) <= U64(c)) & (cend // U64(cs) >= U64(c))
+        for kind, hit in ((HostKind.DATA, hit_d), (HostKind.COMPRESSED, hit_c)):
+            for i, j in zip(*np.nonzero(hit)):
+                t = batch[int(i)]
+                table = "L2" if t.snapshot is None else f"snapshot {t.snapshot!r} L2"
+                out.append(Owner(kind, table, t.offset + esize * int(j),
+                                 (t.l1_index * image.l2_size + int(j)) * cs, t.snapshot))
+        if len(out) >= want:
+            break
+    return out
+
+
+# -- guest map ------------------------------------------------------------------------
+def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = None,
+              follow_backing: bool = True) -> GuestMap:
+    cs = image.cluster_size
+    snap_name = None
+    if snapshot is not None:
+        s = image.find_snapshot(snapshot) if not hasattr(snapshot, "l1_table_offset") \
+            else snapshot
+        l1 = image.snapshot_l1_table(s).entries
+        vsize = s.disk_size if s.disk_size is not None else image.virtual_size
+        snap_name = s.name
+    else:
+        l1 = image.l1_table.entries
+        vsize = image.virtual_size
+        if image.snapshot is not None:
+            snap_name = image.snapshot.name
+    n = -(-vsize // cs)
+    states = np.zeros(n, dtype=np.uint8)
+    depth = np.zeros(n, dtype=np.uint8)
+    hosts = np.zeros(n, dtype=U64)
+    L = image.l2_size
+    l1 = l1[:-(-n // L)]
+    idx = np.nonzero(l1 & U64(C.L1E_OFFSET_MASK))[0]
+    sc = Scanner.__new__(Scanner)
+    sc.im, sc.cs, sc.extended = image, cs, image.extended_l2
+    layout = image.layout
+    per_batch = max(1, BATCH_ENTRIES // L)
+    total = len(idx) + 1
+    for b in range(0, len(idx), per_batch):
+        check_cancel(cancel)
+        bi = idx[b:b + per_batch]
+        raw, bm = sc.read_l2_batch((l1[bi] & U64(C.L1E_OFFSET_MASK)).astype(np.int64))
+        st, ho = _decode_states(raw, bm, image.has_data_file, layout)
+        for k, i in enumerate(bi.tolist()):
+            lo = i * L
+            hi = min(n, lo + L)
+            states[lo:hi] = st[k, :hi - lo]
+            hosts[lo:hi] = ho[k, :hi - lo]
+        if progress is not None:
+            progress(b + len(bi), total)
+    if follow_backing and image.backing is not None:
+        _merge_backing(image, states, depth, hosts, cs, vsize, cancel)
+    if progress is not None:
+        progress(total, total)
+    return GuestMap(cs, vsize, states, depth, hosts, snap_name)
+
+
+def _decode_states(raw: np.ndarray, bm: np.ndarray | None, has_data_file: bool,
+                   layout) -> tuple[np.ndarray, np.ndarray]:
+    comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
+    off = raw & U64(C.L2E_OFFSET_MASK)
+    has_off = off != 0
+    if has_data_file:
+        has_off |= (raw & U64(C.QCOW_OFLAG_COPIED)) != 0
+    st = np.full(raw.shape, GuestState.UNALLOCATED, dtype=np.uint8)
+    ho = np.zeros(raw.shape, dtype=U64)
+    if bm is None:
+        zero = ((raw & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp
+        data = has_off & ~zero & ~comp
+        st[zero] = GuestState.ZERO
+        st[data] = GuestState.DATA
+        ho[data] = off[data]
+    else:
+        full = U64(C.L2_BITMAP_ALL_ALLOC)
+        alloc = bm & full
+        zero = bm >> U64(32)
+        a = has_off & ~comp
+        u = ~has_off & ~comp
+        st[a | u] = GuestState.MIXED
+        st[(a & (alloc == 0) & (zero == 0)) | (u & (alloc == 0) & (zero == 0))] = \
+            GuestState.UNALLOCATED
+        st[(a | (u & (alloc == 0))) & (zero == full) & ((alloc & zero) == 0)] = \
+            GuestState.ZERO
+        d = a & (alloc == full) & (zero == 0)
+        st[d] = GuestState.DATA
+        keep = a & ((st == GuestState.DATA) | (st == GuestState.MIXED))
+        ho[keep] = off[keep]
+    st[comp] = GuestState.COMPRESSED
+    ho[comp] = raw[comp] & U64(layout.offset_mask)
+    return st, ho
+
+
+def _merge_backing(image, states, depth, hosts, cs, vsize, cancel) -> None:
+    need = states == GuestState.UNALLOCATED
+    if not need.any():
+        return
+    b = image.backing
+    n = len(states)
+    if hasattr(b, "l1_table"):
+        sub = guest_map(b, cancel=cancel)
+        bcs = sub.cluster_size
+        # the backing file's view at this image's cluster granularity
+        pos = np.arange(n, dtype=U64) * U64(cs)
+        inside = pos < U64(sub.virtual_size)
+        if bcs >= cs:
+            j = (pos[inside] // U64(bcs)).astype(np.intp)
+            bst = sub.states[j]
+            bdp = sub.depth[j]
+            bho = sub.host_offsets[j]
+            adj = np.where((bst == GuestState.DATA) | (bst == GuestState.BACKING),
+                           pos[inside] % U64(bcs), U64(0))
+            bho = np.where(bho != 0, bho + adj, bho)
+        else:
+            r = cs // bcs
+            m = int(inside.sum())
+            pad = m * r - len(sub.states)
+            grid = np.concatenate([sub.states, np.zeros(max(pad, 0), np.uint8)])[:m * r]
+            grid = grid.reshape(m, r)
+            bst = grid[:, 0].copy()
+            bst[np.any(grid != grid[:, :1], axis=1)] = GuestState.MIXED
+            dgrid = np.concatenate([sub.depth, np.zeros(max(pad, 0), np.uint8)])[:m * r]
+            bdp = dgrid.reshape(m, r)[:, 0].copy()
+            hgrid = np.concatenate([sub.host_offsets, np.zeros(max(pad, 0), U64)])[:m * r]
+            bho = hgrid.reshape(m, r)[:, 0].copy()
+        found = bst != GuestState.UNALLOCATED
+        tgt = np.nonzero(inside)[0]
+        hit = tgt[found & need[tgt]]
+        k = found & need[tgt]
+        states[hit] = GuestState.BACKING
+        depth[hit] = np.minimum(bdp[k].astype(np.int64) + 1, 255).astype(np.uint8)
+        hosts[hit] = bho[k]
+    else:   # raw backing file: guest offset == file offset
+        pos = np.arange(n, dtype=U64) * U64(cs)
+        hit = need & (pos < U64(b.virtual_size))
+        states[hit] = GuestState.BACKING
+        depth[hit] = 1
+        hosts[hit] = pos[hit]
+

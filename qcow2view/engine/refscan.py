@@ -1,0 +1,618 @@
+"""Walk every reference an image makes to its own host clusters.
+
+One scanner serves both the consistency check (``check.py``) and the host map
+(``maps.py``).  It follows QEMU 7.2's ``calculate_refcounts`` in
+``block/qcow2-refcount.c`` step by step (header, active L1 and its L2 tables,
+snapshot L1 tables, snapshot table, refcount table, encryption header,
+bitmaps, refcount blocks) and counts exactly what ``qemu-img check`` counts,
+but decodes whole tables with numpy instead of one entry at a time.
+
+Counts are kept as "attempts" per cluster in a uint32 array; QEMU's in-memory
+refcounts saturate at the image's refcount maximum and report every reference
+beyond it as a corruption, which is the same total whatever the order, so the
+saturation is applied once at the end (:meth:`RefScan.counted`).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import clusters as C
+from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
+from .errors import CancelledError
+from .extensions import EXT_BITMAPS, EXT_FULL_DISK_ENCRYPTION
+from .header import QCOW_MAX_L1_SIZE
+from .refcounts import REFT_RESERVED_MASK, decode_refcount_block, max_refcount
+
+Progress = Callable[[int, int], None] | None
+Cancel = Callable[[], bool] | None
+
+MAX_FINDINGS = 10_000          # individual findings kept; the counts stay exact
+BATCH_ENTRIES = 1 << 20        # L2 entries decoded per numpy batch
+BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
+SNAPSHOT_FIXED_SIZE = 40
+
+U64 = np.uint64
+
+
+# Host cluster kinds (values shared with maps.HostKind; kept here so the
+# scanner does not import the map module).
+K_FREE, K_HEADER, K_L1, K_L2, K_REFT, K_REFB = 0, 1, 2, 3, 4, 5
+K_SNAPT, K_SNAPL1, K_BMDIR, K_BMTABLE, K_BMDATA = 6, 7, 8, 9, 10
+K_DATA, K_COMPRESSED, K_LEAKED, K_CORRUPT, K_CRYPT, K_SNAPL2 = 11, 12, 13, 14, 15, 16
+METADATA_KINDS = (K_HEADER, K_L1, K_L2, K_REFT, K_REFB, K_SNAPT, K_SNAPL1, K_BMDIR,
+                  K_BMTABLE, K_CRYPT, K_SNAPL2)
+_META = np.zeros(32, dtype=bool)
+_META[list(METADATA_KINDS)] = True
+
+
+@dataclass
+class Finding:
+    """One problem the check found, at one host cluster."""
+
+    kind: str                    # "leak", "refcount_too_low", "refcount_zero", ...
+    cluster: int                 # host cluster index
+    refcount: int                # on disk
+    references: int              # found
+    message: str                 # names the structure and the offset
+    entry_offset: int | None     # file offset of the table entry at fault, if any
+    severity: str                # "corruption" | "leak" | "check_error"
+
+
+@dataclass(frozen=True)
+class L2Ref:
+    """An L2 table met during the walk (kept so owners() need not re-read L1s)."""
+
+    offset: int                  # as the L1 entry gives it (may be misaligned)
+    l1_index: int
+    l1_entry_offset: int
+    snapshot: str | None         # None for the active L1 table
+
+
+def read_zero_filled(file, offset: int, length: int) -> bytes:
+    """Read like QEMU's block layer does: bytes past the end of file are zeros."""
+    if offset >= file.size or length <= 0:
+        return bytes(max(length, 0))
+    data = file.pread(offset, length)
+    if len(data) < length:
+        data += bytes(length - len(data))
+    return data
+
+
+def check_cancel(cancel: Cancel) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError("cancelled")
+
+
+class DiskRefcounts:
+    """On-disk refcounts, read in bulk into the narrowest dtype that holds them."""
+
+    def __init__(self, image, nclusters: int, cancel: Cancel = None) -> None:
+        self.image = image
+        h = image.header
+        self.order = h.refcount_order
+        self.cs = image.cluster_size
+        self.per_block = image.refcount_block_entries
+        self.table = image.refcount_table
+        self.dtype = (np.uint8 if self.order <= 3 else np.uint16 if self.order == 4
+                      else np.uint32 if self.order == 5 else np.uint64)
+        self.n = nclusters
+        self.counts = np.zeros(nclusters, dtype=self.dtype)
+        # refcount table indices whose block offset is misaligned: QEMU's
+        # qcow2_get_refcount fails for every cluster they cover
+        self.bad_blocks: set[int] = set()
+        self._extra: dict[int, np.ndarray | None] = {}
+        per = self.per_block
+        nblocks = min(len(self.table), -(-nclusters // per))
+        for rti in range(nblocks):
+            if rti % 64 == 0:
+                check_cancel(cancel)
+            blk = self._block(rti)
+            if blk is None:
+                continue
+            lo = rti * per
+            hi = min(nclusters, lo + per)
+            self.counts[lo:hi] = blk[:hi - lo]
+
+    def _block(self, rti: int) -> np.ndarray | None:
+        off = int(self.table[rti]) & C.REFT_OFFSET_MASK
+        if not off:
+            return None
+        if off & (self.cs - 1):
+            self.bad_blocks.add(rti)
+            return None
+        buf = read_zero_filled(self.image.file, off, self.cs)
+        return decode_refcount_block(buf, self.order).astype(self.dtype)
+
+    def error(self, cluster: int) -> bool:
+        return (cluster // self.per_block) in self.bad_blocks
+
+    def get(self, cluster: int) -> int:
+        if cluster < self.n:
+            return int(self.counts[cluster])
+        rti = cluster // self.per_block
+        if rti >= len(self.table):
+            return 0
+        if rti not in self._extra:
+            self._extra[rti] = self._block(rti)
+        blk = self._extra[rti]
+        return 0 if blk is None else int(blk[cluster % self.per_block])
+
+    def lookup(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(refcounts, ok) for an array of cluster indices; ok is False where
+        QEMU could not read the refcount (misaligned refcount block)."""
+        clusters = clusters.astype(U64, copy=False)
+        out = np.zeros(len(clusters), dtype=np.uint64)
+        inside = clusters < U64(self.n)
+        out[inside] = self.counts[clusters[inside].astype(np.int64)]
+        for i in np.nonzero(~inside)[0].tolist():
+            out[i] = self.get(int(clusters[i]))
+        ok = np.ones(len(clusters), dtype=bool)
+        if self.bad_blocks:
+            rti = clusters // U64(self.per_block)
+            ok = ~np.isin(rti, np.fromiter(self.bad_blocks, dtype=np.uint64))
+        return out, ok
+
+
+@dataclass
+class RefScan:
+    """What the walk found."""
+
+    cluster_size: int
+    file_size: int
+    nb_clusters: int                  # QEMU's in-memory refcount array size (may grow by one)
+    refs: np.ndarray                  # uint32 attempts per host cluster
+    kinds: np.ndarray                 # uint8 kind per host cluster (last reference wins)
+    refcount_max: int
+    corruptions: int = 0
+    check_errors: int = 0
+    allocated_clusters: int = 0
+    fragmented_clusters: int = 0
+    compressed_clusters: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    findings_dropped: int = 0
+    l2_tables: list[L2Ref] = field(default_factory=list)
+    overlap_clusters: set[int] = field(default_factory=set)
+    rebuild: bool = False             # QEMU would want to rebuild the refcount structure
+    copied_corruptions: int = 0       # of corruptions, those from check_oflag_copied
+    copied_entries: list[tuple[int, int, bool]] = field(default_factory=list)
+    # (entry file offset, raw entry, is L1) with a wrong COPIED flag (for repair)
+
+    def counted(self) -> np.ndarray:
+        """Per-cluster references as QEMU's saturating in-memory array holds them."""
+        r = self.refs[:self.nb_clusters]
+        if self.refcount_max < 0xFFFFFFFF:
+            return np.minimum(r, np.uint32(self.refcount_max))
+        return r
+
+    def add(self, f: Finding) -> None:
+        if len(self.findings) < MAX_FINDINGS:
+            self.findings.append(f)
+        else:
+            self.findings_dropped += 1
+
+
+class Scanner:
+    """Walks the image's references; see the module docstring."""
+
+    def __init__(self, image, *, disk: DiskRefcounts | None = None,
+                 check_copied: bool = False, progress: Progress = None,
+                 cancel: Cancel = None) -> None:
+        self.im = image
+        self.cs = image.cluster_size
+        self.cb = image.cluster_bits
+        self.file_size = image.file.size
+        nb = -(-self.file_size // self.cs)
+        self.disk = disk
+        self.check_copied = check_copied and disk is not None
+        self.progress = progress
+        self.cancel = cancel
+        self.extended = image.extended_l2
+        self.data_file = image.has_data_file
+        self.layout = image.layout
+        # one spare slot: a reference may reach at most one cluster past EOF
+        refs = np.zeros(nb + 1, dtype=np.uint32)
+        kinds = np.zeros(nb + 1, dtype=np.uint8)
+        self.r = RefScan(self.cs, self.file_size, nb, refs, kinds,
+                         max_refcount(image.header.refcount_order))
+        self._done = 0
+        self._total = 1
+
+    # -- helpers -------------------------------------------------------------------
+    def _refcount(self, cluster: int) -> int:
+        return self.disk.get(cluster) if self.disk is not None else 0
+
+    def _corrupt(self, kind: str, cluster: int, message: str,
+                 entry_offset: int | None = None, references: int = 0) -> None:
+        self.r.corruptions += 1
+        self.r.add(Finding(kind, cluster, self._refcount(cluster), references, message,
+                           entry_offset, "corruption"))
+
+    def _tick(self, n: int = 1) -> None:
+        self._done += n
+        check_cancel(self.cancel)
+        if self.progress is not None:
+            self.progress(min(self._done, self._total), self._total)
+
+    def _mark(self, clusters: np.ndarray, kind: int) -> None:
+        """Count one reference per element of ``clusters`` (duplicates allowed)."""
+        if len(clusters) == 0:
+            return
+        r = self.r
+        top = int(clusters.max())
+        if top >= r.nb_clusters:
+            r.nb_clusters = top + 1
+        lo = int(clusters.min())
+        if len(clusters) == 1:
+            u = np.array([top], dtype=np.intp)
+            counts = np.ones(1, dtype=np.uint32)
+        elif top - lo < 4 * len(clusters):
+            c = np.bincount((clusters - lo).astype(np.intp), minlength=top - lo + 1)
+            nz = np.nonzero(c)[0]
+            u, counts = lo + nz, c[nz]
+        else:
+            u, counts = np.unique(clusters, return_counts=True)
+            u = u.astype(np.intp)
+        prior = r.kinds[u]
+        seen = r.refs[u] > 0
+        conflict = seen & (prior != kind) & (_META[prior] | _META[kind])
+        if kind in (K_L2, K_SNAPL2):
+            conflict &= ~((prior == K_L2) | (prior == K_SNAPL2))
+        if conflict.any():
+            r.overlap_clusters.update(u[conflict][:1000].tolist())
+        r.refs[u] += counts.astype(np.uint32)
+        if kind == K_SNAPL2:
+            r.kinds[u[prior != K_L2]] = kind     # L2 tables the active L1 shares stay L2
+        else:
+            r.kinds[u] = kind
+
+    def inc_region(self, offset: int, size: int, kind: int, what: str,
+                   entry_offset: int | None = None) -> None:
+        """qcow2_inc_refcounts_imrt for one region."""
+        if size <= 0:
+            return
+        cs = self.cs
+        if offset + size - self.file_size >= cs:
+            self._corrupt("past_end_of_file", offset >> self.cb,
+                          f"{what} at {offset:#x} (+{size:#x}) lies past the end of the "
+                          f"file ({self.file_size:#x})", entry_offset)
+            return
+        first, last = offset >> self.cb, (offset + size - 1) >> self.cb
+        self._mark(np.arange(first, last + 1, dtype=np.int64), kind)
+
+    def inc_regions(self, offsets: np.ndarray, sizes: np.ndarray, kind: int, what: str,
+                    entry_offsets: np.ndarray) -> None:
+        """Vectorised qcow2_inc_refcounts_imrt for many regions of at most 3 clusters."""
+        if len(offsets) == 0:
+            return
+        offsets = offsets.astype(np.int64)
+        sizes = sizes.astype(np.int64)
+        past = offsets + sizes - self.file_size >= self.cs
+        if past.any():
+            for o, s, e in zip(offsets[past][:MAX_FINDINGS].tolist(),
+                               sizes[past][:MAX_FINDINGS].tolist(),
+                               entry_offsets[past][:MAX_FINDINGS].tolist()):
+                self._corrupt("past_end_of_file", o >> self.cb,
+                              f"{what} at {o:#x} (+{s:#x}) lies past the end of the "
+                              f"file ({self.file_size:#x}); entry at {e:#x}", e)
+            extra = int(past.sum()) - min(int(past.sum()), MAX_FINDINGS)
+            self.r.corruptions += extra
+            self.r.findings_dropped += extra
+            keep = ~past
+            offsets, sizes = offsets[keep], sizes[keep]
+        first = offsets >> self.cb
+        last = (offsets + sizes - 1) >> self.cb
+        parts = [first]
+        span = last - first
+        if span.any():
+            parts.append(first[span >= 1] + 1)
+            parts.append(first[span >= 2] + 2)
+        self._mark(np.concatenate(parts) if len(parts) > 1 else first, kind)
+
+    # -- the walk ------------------------------------------------------------------
+    def run(self) -> RefScan:
+        im, cs = self.im, self.cs
+        h = im.header
+        l1s = [(h.l1_table_offset, h.l1_size, None)]
+        for s in im.snapshots:
+            l1s.append((s.l1_table_offset, s.l1_size, s))
+        # progress: one unit per L2 table and per refcount block
+        self._l1_cache: dict[int, np.ndarray] = {}
+        total = 1
+        for off, size, s in l1s:
+            if s is not None and (off & (cs - 1) or size > QCOW_MAX_L1_SIZE // 8):
+                continue
+            total += int(np.count_nonzero(self._read_l1(off, size)))
+        self._total = total + int(np.count_nonzero(im.refcount_table))
+
+        self.inc_region(0, cs, K_HEADER, "header")
+        self._walk_l1(h.l1_table_offset, h.l1_size, None)
+        if self.data_file and im.snapshots:
+            self._corrupt("snapshots_with_data_file", 0,
+                          f"{len(im.snapshots)} snapshots in an image with a data file")
+        for s in im.snapshots:
+            if s.l1_table_offset & (cs - 1):
+                self._corrupt("misaligned_offset", s.l1_table_offset >> self.cb,
+                              f"snapshot {s.name!r} L1 table offset {s.l1_table_offset:#x} "
+                              "is not cluster aligned", s.offset)
+                continue
+            if s.l1_size > QCOW_MAX_L1_SIZE // 8:
+                self._corrupt("snapshot_l1_too_large", s.l1_table_offset >> self.cb,
+                              f"snapshot {s.name!r} L1 table of {s.l1_size} entries is "
+                              "too large", s.offset + 8)
+                continue
+            self._walk_l1(s.l1_table_offset, s.l1_size, s)
+        if im.snapshots:
+            last = im.snapshots[-1]
+            id_len, name_len = struct.unpack_from(
+                ">HH", read_zero_filled(im.file, last.offset + 12, 4))
+            end = last.offset + SNAPSHOT_FIXED_SIZE + last.extra_data_size + id_len + name_len
+            self.inc_region(h.snapshots_offset, end - h.snapshots_offset, K_SNAPT,
+                            "snapshot table")
+        self.inc_region(h.refcount_table_offset, h.refcount_table_clusters * cs, K_REFT,
+                        "refcount table")
+        crypt = im.encryption_extension
+        if crypt is not None and len(crypt.data) >= 16:
+            coff, clen = struct.unpack_from(">QQ", crypt.data)
+            self.inc_region(coff, clen, K_CRYPT, "encryption header")
+        self._walk_bitmaps()
+        self._walk_refblocks()
+        return self.r
+
+    def _read_l1(self, offset: int, size: int) -> np.ndarray:
+        t = self._l1_cache.get(offset)
+        if t is None or len(t) != size:
+            t = C.be_u64(read_zero_filled(self.im.file, offset, size * 8)) if size else \
+                np.zeros(0, dtype=U64)
+            self._l1_cache[offset] = t
+        return t
+
+    def _walk_l1(self, l1_offset: int, l1_size: int, snap) -> None:
+        """check_refcounts_l1 (and check_oflag_copied for the active table)."""
+        if not l1_size:
+            return
+        active = snap is None
+        name = "L1 table" if active else f"snapshot {snap.name!r} L1 table"
+        self.inc_region(l1_offset, l1_size * 8, K_L1 if active else K_SNAPL1, name)
+        l1 = self._read_l1(l1_offset, l1_size)
+        idx = np.nonzero(l1)[0]
+        if len(idx) == 0:
+            return
+        ent = l1[idx]
+        entry_offs = l1_offset + 8 * idx.astype(np.int64)
+        bad = (ent & U64(C.L1E_RESERVED_MASK)) != 0
+        for i in np.nonzero(bad)[0].tolist():
+            l2o = int(ent[i]) & C.L1E_OFFSET_MASK
+            self._corrupt("reserved_bits", l2o >> self.cb,
+                          f"{name} entry {int(idx[i])} has reserved bits set "
+                          f"({int(ent[i]):#018x})", int(entry_offs[i]))
+        l2_offsets = (ent & U64(C.L1E_OFFSET_MASK)).astype(np.int64)
+        sname = None if active else snap.name
+        self.r.l2_tables.extend(
+            L2Ref(o, i, e, sname) for o, i, e in
+            zip(l2_offsets.tolist(), idx.tolist(), entry_offs.tolist()))
+        # L2 table clusters first, in L1 order, exactly as QEMU marks them
+        # (it interleaves them with the L2 contents, which does not change counts)
+        self.inc_regions(l2_offsets, np.full(len(idx), self.cs), K_L2 if active else K_SNAPL2,
+                         "L2 table", entry_offs)
+        mis = (l2_offsets & (self.cs - 1)) != 0
+        for i in np.nonzero(mis)[0].tolist():
+            self._corrupt("misaligned_offset", int(l2_offsets[i]) >> self.cb,
+                          f"{name} entry {int(idx[i])}: L2 table offset "
+                          f"{int(l2_offsets[i]):#x} is not cluster aligned",
+                          int(entry_offs[i]))
+        if active and self.check_copied:
+            self._copied_l1(ent, l2_offsets, entry_offs, idx)
+        per_batch = max(1, BATCH_ENTRIES // self.im.l2_size)
+        for b in range(0, len(idx), per_batch):
+            sl = slice(b, b + per_batch)
+            self._walk_l2_batch(l2_offsets[sl], idx[sl], active, sname)
+            self._tick(len(l2_offsets[sl]))
+
+    def _copied_l1(self, ent, l2_offsets, entry_offs, idx) -> None:
+        have = l2_offsets != 0
+        if not have.any():
+            return
+        rc, ok = self.disk.lookup((l2_offsets[have] >> self.cb).astype(U64))
+        copied = (ent[have] & U64(C.QCOW_OFLAG_COPIED)) != 0
+        wrong = ok & ((rc == 1) != copied)
+        for j in np.nonzero(wrong)[0].tolist():
+            o = int(l2_offsets[have][j])
+            e = int(entry_offs[have][j])
+            self.r.copied_corruptions += 1
+            self.r.copied_entries.append((e, int(ent[have][j]), True))
+            self._corrupt("copied_flag_wrong_l1", o >> self.cb,
+                          f"L1 entry {int(idx[have][j])} at {e:#x}: COPIED flag "
+                          f"{'set' if copied[j] else 'clear'} but the L2 table at {o:#x} "
+                          f"has refcount {int(rc[j])}", e)
+
+    def read_l2_batch(self, l2_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """L2 tables as (n, l2_size) arrays of entries and sub-cluster bitmaps."""
+        f = self.im.file
+        cs = self.cs
+        buf = b"".join(read_zero_filled(f, o, cs) for o in l2_offsets.tolist())
+        words = np.frombuffer(buf, dtype=">u8").astype(U64).reshape(len(l2_offsets), -1)
+        if self.extended:
+            return words[:, 0::2], words[:, 1::2]
+        return words, None
+
+    def _walk_l2_batch(self, l2_offsets: np.ndarray, l1_idx: np.ndarray, active: bool,
+                       sname: str | None) -> None:
+        """check_refcounts_l2 over a batch of tables, vectorised."""
+        cs, cb = self.cs, self.cb
+        raw, bm = self.read_l2_batch(l2_offsets)
+        n, L = raw.shape
+        esize = 16 if self.extended else 8
+        eoff = (l2_offsets[:, None] + np.arange(L, dtype=np.int64)[None, :] * esize)
+        comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
+        off = raw & U64(C.L2E_OFFSET_MASK)
+        has_off = off != 0
+        if self.data_file:
+            has_off |= (raw & U64(C.QCOW_OFLAG_COPIED)) != 0
+        if self.extended:
+            zero = np.zeros_like(comp)
+        else:
+            zero = ((raw & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp
+        alloc = ~comp & has_off            # NORMAL or ZERO_ALLOC
+        unalloc = ~comp & ~has_off & ~zero
+        where = "snapshot " + repr(sname) + " " if sname else ""
+
+        def report(mask, kind, text):
+            for i, j in zip(*np.nonzero(mask)):
+                e = int(eoff[i, j])
+                o = int(off[i, j])
+                self._corrupt(kind, o >> cb, f"{where}L2 entry at {e:#x} "
+                              f"({int(raw[i, j]):#018x}): {text}", e)
+
+        resv = ~comp & ((raw & U64(C.L2E_STD_RESERVED_MASK)) != 0)
+        if resv.any():
+            report(resv, "reserved_bits", "reserved bits set")
+        if comp.any():
+            cp = comp & ((raw & U64(C.QCOW_OFLAG_COPIED)) != 0)
+            if cp.any():
+                report(cp, "invalid_compressed", "COPIED flag set on a compressed cluster")
+            ok = comp.copy()
+            if self.data_file:
+                report(comp, "invalid_compressed", "compressed cluster in an image with a "
+                       "data file")
+                ok[:] = False
+            elif bm is not None:
+                badbm = comp & (bm != 0)
+                if badbm.any():
+                    report(badbm, "invalid_compressed", "compressed cluster with a "
+                           "non-zero sub-cluster bitmap")
+                    ok &= ~badbm
+            if ok.any():
+                e = raw[ok]
+                coff = (e & U64(self.layout.offset_mask)).astype(np.int64)
+                nsec = ((e >> U64(self.layout.csize_shift)) & U64(self.layout.csize_mask)
+                        ).astype(np.int64) + 1
+                csize = nsec * 512 - (coff & 511)
+                self.inc_regions(coff, csize, K_COMPRESSED, f"{where}compressed cluster",
+                                 eoff[ok])
+                if active:
+                    k = int(ok.sum())
+                    self.r.allocated_clusters += k
+                    self.r.compressed_clusters += k
+                    self.r.fragmented_clusters += k
+        if alloc.any():
+            if bm is not None:
+                badbm = alloc & (((bm >> U64(32)) & bm) != 0)
+                if badbm.any():
+                    report(badbm, "invalid_subcluster_bitmap", "allocated cluster has a "
+                           "corrupted sub-cluster allocation bitmap")
+            mis = alloc & ((off & U64(cs - 1)) != 0)
+            if mis.any():
+                report(mis, "misaligned_offset", "data cluster offset is not cluster "
+                       "aligned")
+            if active:
+                self._frag(alloc, off)
+            if not self.data_file:
+                self.inc_regions(off[alloc], np.full(int(alloc.sum()), cs), K_DATA,
+                                 f"{where}data cluster", eoff[alloc])
+            if active and self.check_copied:
+                self._copied_l2(alloc, raw, off, eoff)
+        if bm is not None and unalloc.any():
+            bad = unalloc & ((bm & U64(C.L2_BITMAP_ALL_ALLOC)) != 0)
+            if bad.any():
+                report(bad, "invalid_subcluster_bitmap", "unallocated cluster has a "
+                       "non-zero sub-cluster allocation bitmap")
+
+    def _frag(self, alloc: np.ndarray, off: np.ndarray) -> None:
+        rows, cols = np.nonzero(alloc)
+        r = self.r
+        r.allocated_clusters += len(rows)
+        if len(rows) < 2:
+            return
+        o = off[rows, cols]
+        same_row = rows[1:] == rows[:-1]
+        jump = o[1:] != o[:-1] + U64(self.cs)
+        r.fragmented_clusters += int(np.count_nonzero(same_row & jump))
+
+    def _copied_l2(self, alloc, raw, off, eoff) -> None:
+        copied = (raw[alloc] & U64(C.QCOW_OFLAG_COPIED)) != 0
+        if self.data_file:
+            rc = np.ones(len(copied), dtype=np.uint64)
+            ok = np.ones(len(copied), dtype=bool)
+        else:
+            rc, ok = self.disk.lookup(off[alloc] >> U64(self.cb))
+        wrong = ok & ((rc == 1) != copied)
+        if not wrong.any():
+            return
+        es, raws, offs = eoff[alloc][wrong], raw[alloc][wrong], off[alloc][wrong]
+        for e, w, o, c, k in zip(es.tolist(), raws.tolist(), offs.tolist(),
+                                 copied[wrong].tolist(), rc[wrong].tolist()):
+            self.r.copied_corruptions += 1
+            self.r.copied_entries.append((e, w, False))
+            self._corrupt("copied_flag_wrong_l2", o >> self.cb,
+                          f"L2 entry at {e:#x}: COPIED flag {'set' if c else 'clear'} but "
+                          f"the data cluster at {o:#x} has refcount {k}", e)
+
+    def _walk_bitmaps(self) -> None:
+        """qcow2_check_bitmaps_refcounts (bitmaps count only when the autoclear bit
+        says they are consistent; otherwise QEMU ignores the extension)."""
+        im = self.im
+        if not im.bitmaps or not im.bitmaps_consistent:
+            return
+        ext = next(e for e in im.extensions if e.type == EXT_BITMAPS)
+        _, _, dsize, doff = struct.unpack_from(">IIQQ", ext.data)
+        self.inc_region(doff, dsize, K_BMDIR, "bitmap directory")
+        for b in im.bitmaps:
+            name = f"bitmap {b.name!r} table"
+            self.inc_region(b.bitmap_table_offset, b.bitmap_table_size * 8, K_BMTABLE, name,
+                            b.offset)
+            t = C.be_u64(read_zero_filled(im.file, b.bitmap_table_offset,
+                                          b.bitmap_table_size * 8))
+            offs = t & U64(BME_TABLE_ENTRY_OFFSET_MASK)
+            bad = ((t & U64(BME_TABLE_ENTRY_RESERVED_MASK)) != 0) | (
+                (offs != 0) & (((t & U64(1)) != 0) | ((offs & U64(self.cs - 1)) != 0)))
+            eo = b.bitmap_table_offset + 8 * np.arange(len(t), dtype=np.int64)
+            for i in np.nonzero(bad)[0].tolist():
+                self._corrupt("invalid_bitmap_entry", int(offs[i]) >> self.cb,
+                              f"{name} entry {i} ({int(t[i]):#018x}) is invalid",
+                              int(eo[i]))
+            use = ~bad & (offs != 0)
+            self.inc_regions(offs[use], np.full(int(use.sum()), self.cs), K_BMDATA,
+                             f"bitmap {b.name!r} data", eo[use])
+
+    def _walk_refblocks(self) -> None:
+        """check_refblocks: each refcount block must be referenced exactly once."""
+        im, r, cs = self.im, self.r, self.cs
+        rt = im.refcount_table
+        rto = im.header.refcount_table_offset
+        for i in np.nonzero(rt)[0].tolist():
+            raw = int(rt[i])
+            off = raw & C.REFT_OFFSET_MASK
+            cluster = off >> self.cb
+            eo = rto + 8 * i
+            self._tick()
+            if raw & REFT_RESERVED_MASK:
+                self._corrupt("reserved_bits", cluster, f"refcount table entry {i} has "
+                              f"reserved bits set ({raw:#018x})", eo)
+                r.rebuild = True
+                continue
+            if off & (cs - 1):
+                self._corrupt("misaligned_offset", cluster, f"refcount block {i} at "
+                              f"{off:#x} is not cluster aligned", eo)
+                r.rebuild = True
+                continue
+            if cluster >= r.nb_clusters:
+                self._corrupt("past_end_of_file", cluster, f"refcount block {i} at "
+                              f"{off:#x} lies outside the image", eo)
+                continue
+            if off:
+                before = int(r.refs[cluster]) if cluster < len(r.refs) else 0
+                self.inc_region(off, cs, K_REFB, f"refcount block {i}", eo)
+                after = int(r.refs[cluster]) if cluster < len(r.refs) else before
+                got = min(after, r.refcount_max)
+                if got != 1:
+                    kind = ("metadata_overlap" if cluster in r.overlap_clusters
+                            else "refcount_block_shared")
+                    self._corrupt(kind, cluster,
+                                  f"refcount block {i} at {off:#x} is referenced "
+                                  f"{after} times", eo, references=after)
+                    r.rebuild = True
