@@ -328,6 +328,7 @@ class Scanner:
                 continue
             total += int(np.count_nonzero(self._read_l1(off, size)))
         self._total = total + int(np.count_nonzero(im.refcount_table))
+        check_cancel(self.cancel)
 
         self.inc_region(0, cs, K_HEADER, "header")
         self._walk_l1(h.l1_table_offset, h.l1_size, None)
@@ -361,6 +362,8 @@ class Scanner:
             self.inc_region(coff, clen, K_CRYPT, "encryption header")
         self._walk_bitmaps()
         self._walk_refblocks()
+        if self.progress is not None:
+            self.progress(self._total, self._total)
         return self.r
 
     def _read_l1(self, offset: int, size: int) -> np.ndarray:

@@ -1,0 +1,214 @@
+"""Host and guest maps against qemu-img map / check on the same files."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import qemu
+from qcow2view.engine import (CancelledError, GuestState, HOST_KIND_SEVERITY, HostKind,
+                              open_image)
+from test_check import (_backing, _bitmaps, _compressed, _data_file, _extended, _img,
+                        _small, _snapshots, dmg_leak, dmg_refcount_zero)
+
+
+def expected_guest(path) -> list[tuple[int, int, int, int]]:
+    """(first cluster, cluster count, state, depth, host offset) runs from qemu-img map."""
+    return qemu.qemu_map(path)
+
+
+def assert_guest_like_qemu(path, gm, cs):
+    for e in qemu.qemu_map(path):
+        first, n = e["start"] // cs, -(-e["length"] // cs)
+        st = gm.states[first:first + n]
+        dp = gm.depth[first:first + n]
+        ho = gm.host_offsets[first:first + n]
+        where = f"{e}"
+        if not e["present"]:
+            assert (st == GuestState.UNALLOCATED).all(), where
+        elif e["depth"] == 0 and e["data"] and "offset" in e:
+            assert (st == GuestState.DATA).all(), where
+            want = e["offset"] + np.arange(n, dtype=np.uint64) * cs
+            assert (ho == want).all(), where
+        elif e["depth"] == 0 and e["data"]:
+            assert (st == GuestState.COMPRESSED).all() and (ho != 0).all(), where
+        elif e["depth"] == 0:
+            assert (st == GuestState.ZERO).all(), where
+        else:
+            assert (st == GuestState.BACKING).all() and (dp == e["depth"]).all(), where
+            if e["data"] and "offset" in e:
+                want = e["offset"] + np.arange(n, dtype=np.uint64) * cs
+                assert (ho == want).all(), where
+
+
+@pytest.mark.parametrize("build", [_snapshots, _compressed, _backing, _data_file, _small,
+                                   _bitmaps], ids=lambda f: f.__name__.strip("_"))
+def test_guest_map_matches_qemu_img_map(tmp_path, build):
+    p = build(tmp_path)
+    with open_image(p) as im:
+        gm = im.guest_map()
+        assert len(gm) == -(-im.virtual_size // im.cluster_size)
+        assert gm.states.dtype == np.uint8 and gm.host_offsets.dtype == np.uint64
+        assert_guest_like_qemu(p, gm, im.cluster_size)
+
+
+def test_backing_chain_depths(tmp_path):
+    a = qemu.create(tmp_path / "a.qcow2", "4M")
+    qemu.qemu_io(a, "write -P 1 0 256k")
+    b = qemu.create(tmp_path / "b.qcow2", "4M", backing=str(a))
+    qemu.qemu_io(b, "write -P 2 128k 64k", "write -z 192k 64k")
+    c = qemu.create(tmp_path / "c.qcow2", "4M", backing=str(b))
+    qemu.qemu_io(c, "write -P 3 0 64k")
+    with open_image(c) as im:
+        gm = im.guest_map()
+        assert_guest_like_qemu(c, gm, im.cluster_size)
+        assert set(gm.depth[:4].tolist()) == {0, 1, 2}
+        alone = im.guest_map(follow_backing=False)
+        assert (alone.states[1:] != GuestState.BACKING).all()
+
+
+def test_extended_l2_mixed_subclusters(tmp_path):
+    p = _extended(tmp_path)
+    with open_image(p) as im:
+        gm = im.guest_map()
+    # qemu-img map splits at sub-clusters; a cluster whose runs differ is MIXED
+    runs = qemu.qemu_map(p)
+    cs = 65536
+    for c in range(4):
+        kinds = {(e["data"], e["zero"], e["present"]) for e in runs
+                 if e["start"] < (c + 1) * cs and e["start"] + e["length"] > c * cs}
+        if len(kinds) > 1:
+            assert gm.states[c] == GuestState.MIXED
+        elif kinds == {(True, False, True)}:
+            assert gm.states[c] == GuestState.DATA
+
+
+def test_snapshot_view_matches_the_reverted_image(tmp_path):
+    p = _snapshots(tmp_path)
+    q = tmp_path / "reverted.qcow2"
+    shutil.copy(p, q)
+    qemu.qemu_img("snapshot", "-a", "s1", q)
+    with open_image(p) as im:
+        gm = im.guest_map(snapshot="s1")
+        assert gm.snapshot == "s1"
+        assert_guest_like_qemu(q, gm, im.cluster_size)
+
+
+def test_host_map_kinds_and_refcounts(tmp_path):
+    p = _snapshots(tmp_path)
+    with open_image(p) as im:
+        hm = im.host_map()
+        h = im.header
+        cs = im.cluster_size
+        assert len(hm) == -(-im.file.size // cs)
+        assert hm.kinds.dtype == np.uint8 and hm.references.dtype == np.uint32
+        assert hm.kinds[0] == HostKind.HEADER
+        assert hm.kinds[h.l1_table_offset // cs] == HostKind.L1_TABLE
+        assert hm.kinds[h.refcount_table_offset // cs] == HostKind.REFCOUNT_TABLE
+        assert hm.kinds[int(im.refcount_table[0]) // cs] == HostKind.REFCOUNT_BLOCK
+        assert hm.kinds[h.snapshots_offset // cs] == HostKind.SNAPSHOT_TABLE
+        for s in im.snapshots:
+            assert hm.kinds[s.l1_table_offset // cs] == HostKind.SNAPSHOT_L1_TABLE
+        # the data clusters are exactly where qemu-img map puts guest data
+        data = set()
+        for e in qemu.qemu_map(p):
+            if e["depth"] == 0 and "offset" in e:
+                data.update(range(e["offset"] // cs, (e["offset"] + e["length"]) // cs))
+        assert data <= set(np.nonzero(hm.kinds == HostKind.DATA)[0].tolist())
+        # a clean image (qemu says so) has refcount == references everywhere
+        assert qemu.check(p)[0] == 0
+        assert (hm.refcounts.astype(np.uint64) == hm.references).all()
+        assert not np.isin(hm.kinds, [HostKind.LEAKED, HostKind.CORRUPT]).any()
+        # snapshot-shared clusters have refcount 2
+        assert (hm.refcounts == 2).any()
+
+
+def _qemu_reported_clusters(path):
+    err = qemu.qemu_img("check", path, check=False).stderr.decode()
+    leaked = {int(m) for m in re.findall(r"Leaked cluster (\d+)", err)}
+    bad = {int(m) for m in re.findall(r"ERROR cluster (\d+)", err)}
+    return leaked, bad
+
+
+def test_host_map_marks_what_qemu_reports(tmp_path):
+    p = _img(tmp_path)
+    dmg_leak(p)
+    dmg_refcount_zero(p)
+    leaked, bad = _qemu_reported_clusters(p)
+    assert leaked and bad
+    with open_image(p) as im:
+        hm = im.host_map()
+    assert set(np.nonzero(hm.kinds == HostKind.LEAKED)[0].tolist()) == leaked
+    assert set(np.nonzero(hm.kinds == HostKind.CORRUPT)[0].tolist()) == bad
+    assert HOST_KIND_SEVERITY[HostKind.CORRUPT] > HOST_KIND_SEVERITY[HostKind.LEAKED] \
+        > HOST_KIND_SEVERITY[HostKind.DATA] > HOST_KIND_SEVERITY[HostKind.FREE]
+
+
+def test_owners_reverse_lookup(tmp_path):
+    p = _snapshots(tmp_path)
+    with open_image(p) as im:
+        hm = im.host_map()
+        cs = im.cluster_size
+        e = next(e for e in qemu.qemu_map(p) if e["depth"] == 0 and "offset" in e)
+        owners = hm.owners(e["offset"] // cs)
+        active = [o for o in owners if o.snapshot is None]
+        assert active and active[0].kind == HostKind.DATA
+        assert active[0].guest_offset == e["start"] and active[0].table == "L2"
+        assert len(owners) == hm.references[e["offset"] // cs]
+        l1 = hm.owners(im.header.l1_table_offset // cs)
+        assert [o.kind for o in l1] == [HostKind.L1_TABLE]
+        l2 = int(im.l1_table.entries[0]) & 0x00FFFFFFFFFFFE00
+        o = hm.owners(l2 // cs)
+        assert o[0].kind == HostKind.L2_TABLE and o[0].entry_offset == im.l1_table.offset
+        assert hm.owners(0)[0].kind == HostKind.HEADER
+
+
+def test_compressed_owner_covers_every_cluster_it_touches(tmp_path):
+    p = _compressed(tmp_path)
+    with open_image(p) as im:
+        hm = im.host_map()
+        comp = np.nonzero(hm.kinds == HostKind.COMPRESSED)[0]
+        shared = comp[hm.references[comp] > 1][:3]
+        assert len(shared)                       # descriptors spilling over boundaries
+        for c in shared.tolist():
+            owners = hm.owners(c)
+            assert len(owners) == hm.references[c]
+            assert all(o.kind == HostKind.COMPRESSED for o in owners)
+
+
+def test_progress_and_cancel(tmp_path):
+    p = _small(tmp_path)
+    with open_image(p) as im:
+        seen = []
+        im.host_map(progress=lambda d, t: seen.append((d, t)))
+        assert seen and seen[-1][0] == seen[-1][1]
+        with pytest.raises(CancelledError):
+            im.guest_map(cancel=lambda: True)
+        with pytest.raises(CancelledError):
+            im.check(cancel=lambda: True)
+
+
+def test_map_in_worker_while_reading(tmp_path):
+    p = _snapshots(tmp_path)
+    with open_image(p) as im:
+        want = im.read(0, 1 << 20)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(h=im.host_map(), g=im.guest_map()))
+        t.start()
+        for _ in range(20):
+            assert im.read(0, 1 << 20) == want
+        t.join()
+        assert len(out["h"]) and len(out["g"])
+
+
+def test_maps_are_cached_until_invalidated(tmp_path):
+    p = _small(tmp_path)
+    with open_image(p) as im:
+        assert im.host_map() is im.host_map()
+        g = im.guest_map()
+        im.invalidate_caches()
+        assert im.guest_map() is not g
