@@ -1,0 +1,502 @@
+"""The hex editor's document: guest bytes in cached blocks, plus pending edits.
+
+Reads go through the engine in fixed blocks kept in a bounded LRU cache, each
+block carrying what backs its bytes (so the view can tint them).  Edits are an
+overlay (per block: values and a mask) until :meth:`HexDocument.save` writes
+them through ``Image.write`` in coalesced runs; a ``QUndoStack`` of byte-range
+replace commands undoes them.  :class:`FileHexDocument` shows the raw image
+file read-only (for metadata structures).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoCommand, QUndoStack
+
+from ..engine import ClusterType, Qcow2Error
+from .extents import ByteKind, extents, find_content
+
+BLOCK_SIZE = 64 * 1024
+CACHE_BLOCKS = 64                 # 4 MiB of guest data at most
+TYPING_ID = 0x4845                # QUndoCommand.id() of merged typing
+
+_ZERO_TYPES = (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC)
+_DATA_TYPES = (ClusterType.NORMAL, ClusterType.COMPRESSED)
+
+
+def _mapping_kind(m) -> ByteKind:
+    if m.depth < 0:
+        return ByteKind.UNALLOCATED
+    if m.type in _ZERO_TYPES:
+        return ByteKind.ZERO
+    if m.depth > 0:
+        return ByteKind.BACKING if m.type in _DATA_TYPES else ByteKind.UNALLOCATED
+    if m.type == ClusterType.COMPRESSED:
+        return ByteKind.COMPRESSED
+    if m.type == ClusterType.NORMAL:
+        return ByteKind.DATA
+    return ByteKind.UNALLOCATED
+
+
+class _Block:
+    __slots__ = ("data", "kinds", "error")
+
+    def __init__(self, data: bytes, kinds: np.ndarray, error: str | None = None) -> None:
+        self.data = data          # bytes as stored (no edits)
+        self.kinds = kinds        # uint8 ByteKind per byte
+        self.error = error
+
+
+class ReplaceCommand(QUndoCommand):
+    """Overwrite ``offset..offset+len(new)``; remembers the overlay it replaced."""
+
+    def __init__(self, doc: "HexDocument", offset: int, new: bytes, text: str,
+                 typing: bool = False) -> None:
+        super().__init__(text)
+        self.doc = doc
+        self.offset = offset
+        self.new = bytearray(new)
+        self.old_vals, self.old_mask = doc._overlay(offset, len(new))
+        self.typing = typing
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.new)
+
+    def redo(self) -> None:
+        self.doc._apply(self.offset, bytes(self.new), b"\x01" * len(self.new))
+
+    def undo(self) -> None:
+        self.doc._apply(self.offset, bytes(self.old_vals), bytes(self.old_mask))
+
+    def id(self) -> int:  # noqa: A003 - Qt API
+        return TYPING_ID if self.typing else -1
+
+    def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt API
+        if not isinstance(other, ReplaceCommand) or not other.typing \
+                or other.offset < self.offset or other.offset > self.end:
+            return False
+        rel = other.offset - self.offset
+        grow = other.end - self.end
+        if grow > 0:   # the new bytes' old state comes from the other command
+            self.old_vals += other.old_vals[len(other.new) - grow:]
+            self.old_mask += other.old_mask[len(other.new) - grow:]
+            self.new += bytes(grow)
+        self.new[rel:rel + len(other.new)] = other.new
+        self.setText(f"Type {len(self.new)} byte(s) at {self.offset:#x}")
+        return True
+
+
+class HexDocument(QObject):
+    """Guest bytes of an engine Image with an edit overlay and undo stack."""
+
+    contentChanged = Signal(int, int)        # offset, length (edits, undo)
+    reloaded = Signal()                      # everything may have changed
+    modifiedChanged = Signal(bool)
+    editableChanged = Signal(bool)
+    editingRefused = Signal(str)             # the engine's reason
+    saved = Signal()
+    saveFailed = Signal(str)
+
+    block_size = BLOCK_SIZE
+
+    def __init__(self, image=None, parent: QObject | None = None, *,
+                 cache_blocks: int = CACHE_BLOCKS) -> None:
+        super().__init__(parent)
+        self.image = image
+        self.lock = threading.RLock()        # engine access (the find worker shares it)
+        self._cache: OrderedDict[int, _Block] = OrderedDict()
+        self._cache_max = cache_blocks
+        self._pend: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._modified = False
+        self.undo_stack = QUndoStack(self)
+        self.undo_stack.setUndoLimit(1000)
+        #: reopens the image writable (or not); default: the engine directly
+        self.reopener: Callable[[bool], object] | None = None
+        #: called after a successful save (e.g. ImageDocument.refresh)
+        self.after_save: Callable[[], None] | None = None
+
+    # -- the image ---------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return 0 if self.image is None else self.image.virtual_size
+
+    @property
+    def cluster_size(self) -> int:
+        return 65536 if self.image is None else self.image.cluster_size
+
+    @property
+    def editable(self) -> bool:
+        return self.image is not None and bool(getattr(self.image, "writable", False))
+
+    @property
+    def path(self) -> str | None:
+        return None if self.image is None else self.image.path
+
+    def set_image(self, image) -> None:
+        """Follow a reopened image; pending edits stay (they are guest offsets)."""
+        was = self.editable
+        with self.lock:
+            self.image = image
+            self._cache.clear()
+        self.reloaded.emit()
+        if self.editable != was:
+            self.editableChanged.emit(self.editable)
+
+    def invalidate(self) -> None:
+        with self.lock:
+            self._cache.clear()
+        self.reloaded.emit()
+
+    # -- reading -----------------------------------------------------------------------
+    def _block(self, index: int) -> _Block:
+        b = self._cache.get(index)
+        if b is not None:
+            self._cache.move_to_end(index)
+            return b
+        with self.lock:
+            b = self._load(index)
+            self._cache[index] = b
+            if len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
+        return b
+
+    def _load(self, index: int) -> _Block:
+        start = index * BLOCK_SIZE
+        n = min(BLOCK_SIZE, self.size - start)
+        try:
+            data = self.image.read(start, n)
+            kinds = self._kinds(start, n)
+            return _Block(data, kinds)
+        except Qcow2Error as e:
+            return _Block(bytes(n), np.full(n, ByteKind.ERROR, dtype=np.uint8), str(e))
+
+    def _kinds(self, start: int, n: int) -> np.ndarray:
+        img = self.image
+        g = img.cluster_size
+        if getattr(img, "extended_l2", False):
+            g //= 32
+        out = np.empty(n, dtype=np.uint8)
+        pos = start
+        while pos < start + n:
+            nxt = min(start + n, (pos // g + 1) * g)
+            out[pos - start:nxt - start] = _mapping_kind(img.guest_mapping(pos))
+            pos = nxt
+        return out
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes as the user sees them (pending edits applied)."""
+        return bytes(self._span(offset, length)[0])
+
+    def read_stored(self, offset: int, length: int) -> bytes:
+        """Bytes as the image holds them (no pending edits)."""
+        parts = []
+        pos, end = offset, min(offset + length, self.size)
+        while pos < end:
+            bi, o = divmod(pos, BLOCK_SIZE)
+            b = self._block(bi)
+            n = min(end - pos, len(b.data) - o)
+            parts.append(b.data[o:o + n])
+            pos += n
+        return b"".join(parts)
+
+    def _span(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        end = min(offset + length, self.size)
+        n = max(0, end - offset)
+        data = np.empty(n, dtype=np.uint8)
+        kinds = np.empty(n, dtype=np.uint8)
+        pend = np.zeros(n, dtype=bool)
+        pos = offset
+        while pos < end:
+            bi, o = divmod(pos, BLOCK_SIZE)
+            b = self._block(bi)
+            k = min(end - pos, len(b.data) - o)
+            d = pos - offset
+            data[d:d + k] = np.frombuffer(b.data, dtype=np.uint8, count=k, offset=o)
+            kinds[d:d + k] = b.kinds[o:o + k]
+            p = self._pend.get(bi)
+            if p is not None:
+                m = p[1][o:o + k]
+                data[d:d + k] = np.where(m, p[0][o:o + k], data[d:d + k])
+                pend[d:d + k] = m
+            pos += k
+        return data, kinds, pend
+
+    def span(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bytes, ByteKind per byte, pending mask) for painting."""
+        return self._span(offset, length)
+
+    def block_error(self, offset: int) -> str | None:
+        return self._block(offset // BLOCK_SIZE).error
+
+    def mapping_at(self, offset: int):
+        """The engine's GuestMapping of ``offset`` (None if it cannot be had)."""
+        try:
+            with self.lock:
+                return self.image.guest_mapping(offset)
+        except Qcow2Error:
+            return None
+
+    def next_content(self, offset: int, forward: bool = True) -> int | None:
+        """First byte of the next/previous cluster that may hold data (skips
+        unallocated and zero clusters by L2 table, never byte by byte)."""
+        try:
+            with self.lock:
+                return find_content(self.image, offset, forward, self.cluster_size)
+        except Qcow2Error:
+            return None
+
+    def extents(self, start: int, end: int):
+        """(start, end, ByteKind) runs, for the find worker (hold :attr:`lock`)."""
+        return extents(self.image, start, end)
+
+    def pending_blocks(self) -> list[int]:
+        return sorted(self._pend)
+
+    # -- the overlay -------------------------------------------------------------------
+    def _overlay(self, offset: int, length: int) -> tuple[bytearray, bytearray]:
+        vals, mask = bytearray(length), bytearray(length)
+        pos, end = offset, offset + length
+        while pos < end:
+            bi, o = divmod(pos, BLOCK_SIZE)
+            k = min(end - pos, BLOCK_SIZE - o)
+            p = self._pend.get(bi)
+            if p is not None:
+                d = pos - offset
+                vals[d:d + k] = p[0][o:o + k].tobytes()
+                mask[d:d + k] = p[1][o:o + k].astype(np.uint8).tobytes()
+            pos += k
+        return vals, mask
+
+    def _apply(self, offset: int, vals: bytes, mask: bytes) -> None:
+        pos, end = offset, offset + len(vals)
+        while pos < end:
+            bi, o = divmod(pos, BLOCK_SIZE)
+            k = min(end - pos, BLOCK_SIZE - o)
+            d = pos - offset
+            m = np.frombuffer(mask, dtype=np.uint8, count=k, offset=d).astype(bool)
+            p = self._pend.get(bi)
+            if p is None:
+                if not m.any():
+                    pos += k
+                    continue
+                p = self._pend[bi] = (np.zeros(BLOCK_SIZE, np.uint8),
+                                      np.zeros(BLOCK_SIZE, bool))
+            p[0][o:o + k] = np.frombuffer(vals, dtype=np.uint8, count=k, offset=d)
+            p[1][o:o + k] = m
+            if not p[1].any():
+                del self._pend[bi]
+            pos += k
+        self.contentChanged.emit(offset, len(vals))
+        self._set_modified(bool(self._pend))
+
+    def _set_modified(self, m: bool) -> None:
+        if m != self._modified:
+            self._modified = m
+            self.modifiedChanged.emit(m)
+
+    @property
+    def modified(self) -> bool:
+        return self._modified
+
+    def pending_runs(self) -> list[tuple[int, bytes]]:
+        """Pending edits as (offset, bytes) runs, adjacent bytes coalesced."""
+        runs: list[tuple[int, bytes]] = []
+        for bi in sorted(self._pend):
+            vals, mask = self._pend[bi]
+            m = np.concatenate(([False], mask, [False])).astype(np.int8)
+            edges = np.flatnonzero(np.diff(m))
+            base = bi * BLOCK_SIZE
+            for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+                data = vals[s:e].tobytes()
+                if runs and runs[-1][0] + len(runs[-1][1]) == base + s:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + data)
+                else:
+                    runs.append((base + s, data))
+        return runs
+
+    def pending_bytes(self) -> int:
+        return sum(int(m.sum()) for _, m in self._pend.values())
+
+    # -- editing -----------------------------------------------------------------------
+    def _check_edit(self, offset: int, length: int) -> int:
+        if not self.editable:
+            raise PermissionError("the image is open read-only (Enable editing first)")
+        if offset < 0 or offset >= self.size:
+            return 0
+        return min(length, self.size - offset)   # the disk never grows
+
+    def replace(self, offset: int, data: bytes, *, typing: bool = False,
+                text: str | None = None) -> int:
+        """Overwrite bytes from ``offset`` (clipped at the end of the disk) as one
+        undo step; returns how many bytes were replaced."""
+        n = self._check_edit(offset, len(data))
+        if n <= 0:
+            return 0
+        self.undo_stack.push(ReplaceCommand(
+            self, offset, bytes(data[:n]),
+            text or (f"Type at {offset:#x}" if typing else f"Replace {n} byte(s) at {offset:#x}"),
+            typing))
+        return n
+
+    def fill(self, offset: int, length: int, value: int) -> int:
+        n = self._check_edit(offset, length)
+        if n <= 0:
+            return 0
+        self.undo_stack.push(ReplaceCommand(self, offset, bytes([value & 0xFF]) * n,
+                                            f"Fill {n} byte(s) with {value & 0xFF:#04x}"))
+        return n
+
+    def revert(self) -> None:
+        """Discard every pending edit."""
+        self.undo_stack.clear()
+        self._pend.clear()
+        self._set_modified(False)
+        self.reloaded.emit()
+
+    def save(self) -> bool:
+        """Write every pending edit through the engine and flush.
+
+        On failure the edits stay pending (and are still shown as pending) and
+        :attr:`saveFailed` carries the reason; returns whether it worked.
+        """
+        if not self._pend:
+            return True
+        img = self.image
+        try:
+            if not self.editable:
+                raise PermissionError("the image is open read-only")
+            with self.lock:
+                for off, data in self.pending_runs():
+                    img.write(off, data)
+                img.flush()
+        except (Qcow2Error, OSError) as e:
+            reason = str(e) if isinstance(e, Qcow2Error) else (e.strerror or str(e))
+            with self.lock:
+                self._cache.clear()          # the file may hold part of it now
+                if hasattr(img, "invalidate_caches"):
+                    img.invalidate_caches()
+            self.reloaded.emit()
+            self.saveFailed.emit(f"Saving failed, the edits are still pending: {reason}")
+            return False
+        self.undo_stack.clear()
+        self._pend.clear()
+        with self.lock:
+            self._cache.clear()
+        self._set_modified(False)
+        self.saved.emit()
+        if self.after_save is not None:
+            self.after_save()
+        self.reloaded.emit()
+        return True
+
+    # -- read-only / writable ------------------------------------------------------------
+    def refusal(self) -> str | None:
+        """Why this image cannot be edited at all (before asking the engine)."""
+        img = self.image
+        if img is None:
+            return "no image"
+        if getattr(img, "snapshot", None) is not None:
+            return f"this is a read-only view of snapshot {img.snapshot.name!r}"
+        if getattr(img, "encrypted", False):
+            return "encrypted images cannot be edited (guest data cannot be decrypted)"
+        if getattr(img, "corrupt", False):
+            return ("the image is marked corrupt; QEMU refuses to write to it "
+                    "(run 'qcow2view check --repair' first)")
+        return None
+
+    def set_editable(self, on: bool) -> bool:
+        """Reopen the image writable (or read-only).  A refusal emits
+        :attr:`editingRefused` with the reason and changes nothing."""
+        if on == self.editable:
+            return True
+        if on:
+            why = self.refusal()
+            if why is not None:
+                self.editingRefused.emit(f"Cannot enable editing: {why}")
+                return False
+        elif self._pend:
+            self.revert()
+        try:
+            with self.lock:
+                if self.reopener is not None:
+                    new = self.reopener(on)
+                else:
+                    from ..engine import open_image
+                    old = self.image
+                    new = open_image(old.path, writable=on, ignore_backing_errors=True)
+                    old.close()
+        except (Qcow2Error, OSError) as e:
+            reason = str(e) if isinstance(e, Qcow2Error) else (e.strerror or str(e))
+            self.editingRefused.emit(f"Cannot enable editing: {reason}")
+            return False
+        if new is not None and new is not self.image:
+            self.set_image(new)
+        elif self.editable == on:
+            self.editableChanged.emit(on)
+        return self.editable == on
+
+
+class FileHexDocument(HexDocument):
+    """The image file's own bytes (read-only, through the engine's HostFile)."""
+
+    def __init__(self, image=None, parent: QObject | None = None) -> None:
+        super().__init__(image, parent)
+
+    @property
+    def size(self) -> int:
+        return 0 if self.image is None else self.image.file.size
+
+    @property
+    def editable(self) -> bool:
+        return False
+
+    def _load(self, index: int) -> _Block:
+        start = index * BLOCK_SIZE
+        n = min(BLOCK_SIZE, self.size - start)
+        try:
+            data = self.image.file.pread_zero_fill(start, n)
+        except Qcow2Error as e:
+            return _Block(bytes(n), np.full(n, ByteKind.ERROR, np.uint8), str(e))
+        return _Block(data, np.full(n, ByteKind.FILE, np.uint8))
+
+    def mapping_at(self, offset: int):
+        return None
+
+    def next_content(self, offset: int, forward: bool = True) -> int | None:
+        cs = self.cluster_size
+        nxt = (offset // cs + 1) * cs if forward else (offset // cs - 1) * cs
+        return nxt if 0 <= nxt < self.size else None
+
+    def extents(self, start: int, end: int):
+        yield start, min(end, self.size), ByteKind.FILE
+
+    def set_editable(self, on: bool) -> bool:
+        if on:
+            self.editingRefused.emit("The image file view is read-only")
+        return not on
+
+
+def hex_document_for(document, parent: QObject | None = None) -> HexDocument:
+    """A HexDocument following an ImageDocument: reopen through it, refresh
+    it after a save, pick up its new Image when it changes."""
+    hd = HexDocument(document.image, parent or document)
+
+    def reopen(writable: bool):
+        document.reopen(writable)
+        return document.image
+
+    hd.reopener = reopen
+    hd.after_save = document.refresh
+
+    def follow() -> None:
+        if document.image is not None and document.image is not hd.image:
+            hd.set_image(document.image)
+
+    document.changed.connect(follow)
+    return hd
