@@ -145,8 +145,12 @@ class Image:
         self.file = HostFile(self.path, writable=writable)
         self.data_file: HostFile | None = None
         self.backing: _Backing = None
+        self._writer = None
+        self.in_use = False
+        self.in_use_by: str | None = None
         try:
             self._open(snapshot, ignore_backing_errors, _chain)
+            self._start_io()
         except Qcow2Error as e:
             self.close()
             raise e.with_path(self.path)
@@ -343,6 +347,13 @@ class Image:
     def close(self) -> None:
         if self._closed:
             return
+        try:
+            if self._writer is not None:
+                self._writer.close()     # flush, then drop QEMU's locks
+        finally:
+            self._close_files()
+
+    def _close_files(self) -> None:
         self._closed = True
         if self.backing is not None:
             self.backing.close()
@@ -353,6 +364,44 @@ class Image:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- writing (the work is done in write.py) -------------------------------------------
+    def _start_io(self) -> None:
+        """Writable: refuse what must not be written, take QEMU's writer locks.
+
+        Read-only: take no lock (a viewer must never stop a VM from starting),
+        only note whether someone holds QEMU's locks (``in_use``/``in_use_by``).
+        """
+        if self.writable:
+            from .write import Writer
+            self._writer = Writer(self)
+        else:
+            from .locking import describe, held_lock_bytes
+            held = held_lock_bytes(self.file.fd)
+            self.in_use = bool(held)
+            self.in_use_by = describe(held)
+
+    def _write_side(self):
+        if self._closed:
+            raise RequestError("the image is closed", path=self.path)
+        if self._writer is None:
+            from .errors import ReadOnlyError
+            raise ReadOnlyError("the image is open read-only", path=self.path)
+        return self._writer
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write guest bytes at ``offset`` (any length and alignment inside the disk)."""
+        self._write_side().write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Make guest bytes read as zero, with zero flags where whole (sub-)clusters are
+        covered (v3), like ``qemu-io -c 'write -z'``."""
+        self._write_side().write_zeroes(offset, length)
+
+    def flush(self) -> None:
+        """Make every write so far durable (fdatasync), like a guest flush."""
+        if self._writer is not None and not self._closed:
+            self._writer.flush()
 
     # -- simple facts ------------------------------------------------------------------
     @property

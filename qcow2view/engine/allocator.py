@@ -1,0 +1,284 @@
+"""Cluster allocation and refcount updates (QEMU's qcow2-refcount.c, in miniature).
+
+The allocator keeps the refcount blocks it has touched in memory and records
+what changed; :class:`~qcow2view.engine.write.Writer` decides when the changes
+reach the file, so that a refcount is raised (and flushed) before any table
+points to the cluster and lowered only after the last reference is gone.
+
+Allocation is first fit from the refcounts, so freed clusters are reused.  A
+cluster no refcount block covers counts as free; covering it creates a block,
+placed like ``alloc_refcount_block`` places it (the first free cluster; a block
+that lands in its own range counts itself).  A full refcount table is replaced
+by a larger one placed past everything the old one covers, together with the
+blocks that count it (``qcow2_refcount_area``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from .clusters import REFT_OFFSET_MASK
+from .errors import CorruptImageError, Qcow2Error
+from .header import QCOW_MAX_REFTABLE_SIZE
+from .refcounts import block_entries, decode_refcount_block, encode_refcount_block, max_refcount
+
+
+class RefcountAllocator:
+    def __init__(self, image) -> None:
+        self.image = image
+        self.file = image.file
+        h = image.header
+        self.cs = image.cluster_size
+        self.cb = image.cluster_bits
+        self.order = h.refcount_order
+        self.per = block_entries(self.cb, self.order)
+        self.max_rc = max_refcount(self.order)
+        self.reftable: np.ndarray = np.array(image._reftable, dtype=np.uint64)
+        image._reftable = self.reftable
+        self.blocks: dict[int, np.ndarray] = {}
+        self.dirty_blocks: set[int] = set()
+        self.new_blocks: set[int] = set()      # written, but no reftable entry on disk yet
+        self.dirty_rt: set[int] = set()
+        self.free_hint = 0
+
+    # -- reading -----------------------------------------------------------------------
+    def block(self, rti: int) -> np.ndarray | None:
+        """Counts of refcount block ``rti`` (None where no block covers it)."""
+        b = self.blocks.get(rti)
+        if b is not None:
+            return b
+        if rti >= len(self.reftable):
+            return None
+        off = int(self.reftable[rti]) & REFT_OFFSET_MASK
+        if not off:
+            return None
+        where = self.image.header.refcount_table_offset + 8 * rti
+        if off & (self.cs - 1):
+            raise CorruptImageError(f"refcount block offset {off:#x} is not cluster aligned",
+                                    structure="refcount table entry", offset=where)
+        buf = self.file.pread_exact(off, self.cs, f"refcount block {rti}")
+        b = np.array(decode_refcount_block(buf, self.order), dtype=np.uint64)
+        self.blocks[rti] = b
+        return b
+
+    def refcount(self, cluster: int) -> int:
+        rti, i = divmod(cluster, self.per)
+        b = self.block(rti)
+        return 0 if b is None else int(b[i])
+
+    # -- finding free clusters ---------------------------------------------------------
+    def find_free(self, n: int) -> int:
+        """First cluster of the first run of ``n`` free clusters at or after the hint."""
+        per = self.per
+        c = self.free_hint
+        run_start, run = c, 0
+        while True:
+            rti, bi = divmod(c, per)
+            b = self.block(rti)
+            if b is None:
+                if run == 0:
+                    run_start = c
+                run += per - bi
+                if run >= n:
+                    return run_start
+                c += per - bi
+                continue
+            seg = b[bi:]
+            used = np.flatnonzero(seg)
+            if used.size == 0:
+                if run == 0:
+                    run_start = c
+                run += len(seg)
+                if run >= n:
+                    return run_start
+                c += len(seg)
+                continue
+            first = int(used[0])
+            if run == 0:
+                run_start = c
+            if run + first >= n:
+                return run_start
+            if n == 1:
+                gaps = np.flatnonzero(np.diff(used) > 1)
+                if gaps.size:
+                    return c + int(used[gaps[0]]) + 1
+            else:
+                gaps = np.flatnonzero(np.diff(used) - 1 >= n)
+                if gaps.size:
+                    return c + int(used[gaps[0]]) + 1
+            last = int(used[-1])
+            run = len(seg) - last - 1
+            run_start = c + last + 1
+            c += len(seg)
+            if run >= n:
+                return run_start
+
+    # -- allocating --------------------------------------------------------------------
+    def alloc(self, n: int) -> int:
+        """Allocate ``n`` contiguous clusters (refcount 1, in memory); returns the first."""
+        per = self.per
+        while True:
+            start = self.find_free(n)
+            for rti in range(start // per, (start + n - 1) // per + 1):
+                if self.block(rti) is None:
+                    self._create_block(rti)
+                    break
+            else:
+                for rti in range(start // per, (start + n - 1) // per + 1):
+                    lo = max(start, rti * per) - rti * per
+                    hi = min(start + n, (rti + 1) * per) - rti * per
+                    self.blocks[rti][lo:hi] += 1
+                    self.dirty_blocks.add(rti)
+                if n == 1 or start == self.free_hint:
+                    self.free_hint = start + n
+                return start
+
+    def _create_block(self, rti: int) -> None:
+        if rti >= len(self.reftable):
+            self._grow_table(rti + 1)
+            return
+        b = self.find_free(1)
+        brti = b // self.per
+        if brti != rti and self.block(brti) is None:
+            self._create_block(brti)
+            return
+        counts = np.zeros(self.per, dtype=np.uint64)
+        self.blocks[rti] = counts
+        if brti == rti:
+            counts[b % self.per] = 1          # the block counts itself
+        else:
+            self.blocks[brti][b % self.per] += 1
+            self.dirty_blocks.add(brti)
+        self.reftable[rti] = b * self.cs
+        self.new_blocks.add(rti)
+        self.dirty_rt.add(rti)
+        self.dirty_blocks.add(rti)
+
+    def change(self, offset: int, length: int, delta: int) -> None:
+        """Add ``delta`` to the refcount of every cluster in ``offset..offset+length``."""
+        first = offset >> self.cb
+        last = (offset + length - 1) >> self.cb
+        for c in range(first, last + 1):
+            rti, i = divmod(c, self.per)
+            b = self.block(rti)
+            if b is None:
+                raise CorruptImageError(f"cluster {c:#x} has no refcount block",
+                                        structure="refcount table", offset=offset)
+            v = int(b[i]) + delta
+            if v < 0 or v > self.max_rc:
+                raise CorruptImageError(
+                    f"refcount of cluster at {c << self.cb:#x} would become {v}",
+                    structure="refcount block", offset=int(self.reftable[rti]) & REFT_OFFSET_MASK)
+            b[i] = v
+            self.dirty_blocks.add(rti)
+            if v == 0 and c < self.free_hint:
+                self.free_hint = c
+
+    # -- growing the refcount table ----------------------------------------------------
+    def _grow_table(self, min_entries: int) -> None:
+        """Replace the refcount table by a larger one (written and committed at once)."""
+        cs, per = self.cs, self.per
+        old = self.reftable
+        old_n = len(old)
+        file_clusters = -(-self.file.size // cs)
+        p = max(old_n * per, file_clusters)
+        entries = max(min_entries, old_n + old_n // 2 + 1)
+        nblocks, tclusters = 1, 1
+        while True:
+            tclusters = -(-entries * 8 // cs)
+            last_rti = (p + nblocks + tclusters - 1) // per
+            need_blocks = last_rti - p // per + 1
+            need_entries = max(entries, last_rti + 1)
+            if need_blocks == nblocks and need_entries == entries:
+                break
+            nblocks, entries = max(nblocks, need_blocks), need_entries
+        if tclusters * cs > QCOW_MAX_REFTABLE_SIZE:
+            raise Qcow2Error("the refcount table would exceed QEMU's limit of 8 MiB")
+        first_rti = p // per
+        table = np.zeros(tclusters * cs // 8, dtype=np.uint64)
+        table[:old_n] = old
+        area_end = p + nblocks + tclusters
+        f = self.file
+        # blocks that count the new area (including themselves and the table)
+        for j in range(nblocks):
+            rti = first_rti + j
+            counts = np.zeros(per, dtype=np.uint64)
+            lo, hi = max(p, rti * per), min(area_end, (rti + 1) * per)
+            if hi > lo:
+                counts[lo - rti * per:hi - rti * per] = 1
+            self.blocks[rti] = counts
+            table[rti] = (p + j) * cs
+            f.pwrite((p + j) * cs, encode_refcount_block(counts, self.order))
+        # blocks created earlier in this request, not yet on disk
+        for rti in sorted(self.new_blocks):
+            f.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
+                     encode_refcount_block(self.blocks[rti], self.order))
+        f.pwrite((p + nblocks) * cs, table.astype(">u8").tobytes())
+        f.fsync()
+        # switch the header to the new table in one write, then free the old one
+        h = self.image.header
+        f.pwrite(48, struct.pack(">QI", (p + nblocks) * cs, tclusters))
+        f.fsync()
+        old_off, old_clusters = h.refcount_table_offset, h.refcount_table_clusters
+        self.image.header = h.replace(refcount_table_offset=(p + nblocks) * cs,
+                                      refcount_table_clusters=tclusters)
+        self.reftable = table
+        self.image._reftable = table
+        self.new_blocks.clear()
+        self.dirty_rt.clear()
+        self.change(old_off, old_clusters * cs, -1)
+
+    # -- writing back ------------------------------------------------------------------
+    def write_new_blocks(self) -> bool:
+        """Write blocks no reftable entry on disk points to yet; True if any."""
+        if not self.new_blocks:
+            return False
+        for rti in sorted(self.new_blocks):
+            self.file.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
+                             encode_refcount_block(self.blocks[rti], self.order))
+            self.dirty_blocks.discard(rti)
+        return True
+
+    def write_dirty(self) -> bool:
+        """Write changed blocks and reftable entries (new blocks must be durable first)."""
+        wrote = False
+        for rti in sorted(self.dirty_blocks):
+            self.file.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
+                             encode_refcount_block(self.blocks[rti], self.order))
+            wrote = True
+        self.dirty_blocks.clear()
+        if self.dirty_rt:
+            rt_off = self.image.header.refcount_table_offset
+            for lo, hi in _runs(sorted(self.dirty_rt)):
+                self.file.pwrite(rt_off + 8 * lo,
+                                 self.reftable[lo:hi].astype(">u8").tobytes())
+            wrote = True
+        self.dirty_rt.clear()
+        self.new_blocks.clear()
+        return wrote
+
+    def forget(self) -> None:
+        """Drop cached blocks after a failed commit: the file is the truth again."""
+        self.blocks.clear()
+        self.dirty_blocks.clear()
+        self.new_blocks.clear()
+        self.dirty_rt.clear()
+        self.free_hint = 0
+        h = self.image.header
+        rt = self.file.pread_exact(h.refcount_table_offset, h.refcount_table_clusters * self.cs,
+                                   "refcount table")
+        self.reftable = np.frombuffer(rt, dtype=">u8").astype(np.uint64)
+        self.image._reftable = self.reftable
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices -> [lo, hi) runs of consecutive values."""
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out

@@ -1,0 +1,512 @@
+"""Writing guest data the way QEMU's qcow2 driver does (qcow2-cluster.c, qcow2.c).
+
+One request is planned in memory first (which clusters are written in place,
+which need a new host cluster, which L2 tables must be created or copied),
+then committed in QEMU's order, with one flush barrier per stage:
+
+1. new refcount blocks (flush), then raised refcounts, reftable entries, guest
+   data and new L2 tables (flush): nothing points at a cluster before its
+   refcount and contents are on disk;
+2. L2 entries in existing tables, then L1 entries;
+3. only then (after a flush) are the refcounts of clusters that lost their
+   last reference lowered.
+
+A crash at any point leaks clusters at worst.  Refcounts are always kept exact,
+also on images with lazy_refcounts: the dirty bit is never set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import clusters as C
+from .allocator import RefcountAllocator, _runs
+from .clusters import ClusterType
+from .errors import (CorruptImageError, EncryptedImageError, ImageInUseError, Qcow2Error,
+                     ReadOnlyError, RequestError, UnsupportedFeatureError)
+from .header import AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_KNOWN
+from . import locking
+
+SUB = C.SUBCLUSTERS
+ALL_ALLOC = C.L2_BITMAP_ALL_ALLOC
+ALL_ZERO = C.L2_BITMAP_ALL_ZERO
+ZERO_CHUNK = 8 << 20
+
+
+def _alloc_range(a: int, b: int) -> int:
+    """Bitmap bits of sub-clusters a..b-1 (allocation half)."""
+    return ((1 << (b - a)) - 1) << a
+
+
+@dataclass
+class _Table:
+    """An L2 table being changed by one request."""
+
+    l1_index: int
+    offset: int                      # where the table lives (new or existing)
+    raw: list[int]
+    bitmap: list[int] | None
+    new: bool                        # freshly allocated (written whole)
+    old_offset: int = 0              # table it replaces (COW of a shared table)
+    changed: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _NewCluster:
+    table: _Table
+    l2_index: int
+    guest: int                        # guest offset of the cluster
+    lo: int                           # written range in the cluster
+    hi: int
+    pieces: list[tuple[int, bytes]]   # (offset in cluster, data) of the request
+    bitmap: int | None
+    host: int = -1
+
+
+class Writer:
+    """The write side of an :class:`~qcow2view.engine.image.Image` opened writable."""
+
+    def __init__(self, image) -> None:
+        self.image = image
+        self._check_writable()
+        self.locked = False
+        self._lock(image.file, "image")
+        if image.data_file is not None:
+            self._lock(image.data_file, "external data file")
+        self.alloc = RefcountAllocator(image)
+        self.prepared = False
+        self.unflushed = False
+
+    # -- opening ---------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        im, h = self.image, self.image.header
+        if im.snapshot is not None:
+            raise RequestError("a snapshot view is read-only")
+        if h.corrupt:
+            raise CorruptImageError("the image is marked corrupt; repair it (qemu-img check "
+                                    "-r all) before writing", structure="incompatible_features",
+                                    offset=72)
+        if h.incompatible_features & ~INCOMPAT_KNOWN:
+            raise UnsupportedFeatureError("unknown incompatible features",
+                                          structure="incompatible_features", offset=72)
+        if im.encrypted:
+            raise EncryptedImageError("encrypted images cannot be written",
+                                      structure="crypt_method", offset=32)
+        if h.dirty:
+            raise Qcow2Error("the dirty bit is set (lazy refcounts were not written back); "
+                             "repair the refcounts (qemu-img check -r all) before writing",
+                             structure="incompatible_features", offset=72)
+        if im.data_file is None and im.has_data_file:
+            raise Qcow2Error("the external data file is missing")
+
+    def _lock(self, hf, what: str) -> None:
+        fd = hf.fd
+        if not locking.take_writer_locks(fd):
+            return
+        conflicts = locking.writer_conflicts(fd)
+        if conflicts:
+            locking.release_locks(fd)
+            held = locking.held_lock_bytes(fd)
+            raise ImageInUseError(
+                f"{what} is in use: {conflicts[0]} ({locking.describe(held) or 'locked'}); "
+                "is a VM or another qemu process using it?", path=hf.path)
+        self.locked = True
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            for hf in (self.image.file, self.image.data_file):
+                if hf is not None and hf.fd >= 0:
+                    locking.release_locks(hf.fd)
+
+    # -- first write: autoclear bits ---------------------------------------------------
+    def _prepare(self) -> None:
+        """Clear autoclear bits we do not maintain (bitmaps, unknown), as the spec asks."""
+        if self.prepared:
+            return
+        im = self.image
+        h = im.header
+        if h.version >= 3:
+            keep = h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW
+            if h.autoclear_features != keep:
+                im.file.pwrite(88, keep.to_bytes(8, "big"))
+                im.file.fsync()
+                im.header = h.replace(autoclear_features=keep)
+        self.prepared = True
+
+    # -- public entry points -----------------------------------------------------------
+    def write(self, offset: int, data) -> None:
+        data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self.image._check_request(offset, len(data))
+        if not data:
+            return
+        self._prepare()
+        self._run(offset, len(data), data, zero=False)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        im = self.image
+        im._check_request(offset, length)
+        if length == 0:
+            return
+        self._prepare()
+        if im.header.version < 3:
+            # v2 has no zero flag: write zeros like qemu's bounce-buffer fallback
+            pos, end = offset, offset + length
+            while pos < end:
+                n = min(ZERO_CHUNK, end - pos)
+                self._run(pos, n, bytes(n), zero=False)
+                pos += n
+            return
+        if im.header.data_file_raw:
+            self._zero_data_file(offset, length)
+        unit = im.cluster_size // SUB if im.extended_l2 else im.cluster_size
+        end = offset + length
+        a = -(-offset // unit) * unit
+        b = end // unit * unit
+        vsize = im.virtual_size
+        if b < a:                                    # inside a single unit
+            self._zero_partial(offset, end, unit, vsize)
+            return
+        if offset < a:
+            self._zero_partial(offset, a, unit, vsize)
+        if end > b and end == vsize:                 # the disk's last, short unit
+            b = end
+        elif end > b:
+            self._zero_partial(b, end, unit, vsize)
+        pos = a
+        while pos < b:
+            n = min(b - pos, 1 << 30)
+            self._zero_run(pos, n)
+            pos += n
+
+    def _zero_run(self, pos: int, n: int) -> None:
+        try:
+            self._run(pos, n, None, zero=True)
+        except _Fallback:
+            # e.g. sub-clusters of a compressed cluster: qemu writes zeros instead
+            while n:
+                k = min(ZERO_CHUNK, n)
+                self._run(pos, k, bytes(k), zero=False)
+                pos, n = pos + k, n - k
+
+    def _zero_partial(self, lo: int, hi: int, unit: int, vsize: int) -> None:
+        """An unaligned piece: zero the whole unit if it already reads zero, else write zeros."""
+        ua = lo // unit * unit
+        ub = min(ua + unit, vsize)
+        if not any(self.image.read(ua, ub - ua)):
+            self._zero_run(ua, ub - ua)
+        else:
+            self._run(lo, hi - lo, bytes(hi - lo), zero=False)
+
+    def _zero_data_file(self, offset: int, length: int) -> None:
+        df = self.image.data_file
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(ZERO_CHUNK, end - pos)
+            df.pwrite(pos, bytes(n))
+            pos += n
+
+    def flush(self) -> None:
+        if not self.unflushed:
+            return
+        im = self.image
+        self.alloc.write_dirty()
+        if im.data_file is not None:
+            im.data_file.fsync()
+        im.file.fsync()
+        self.unflushed = False
+
+    # -- planning ----------------------------------------------------------------------
+    def _table(self, l1i: int, tables: dict[int, _Table]) -> _Table:
+        t = tables.get(l1i)
+        if t is not None:
+            return t
+        im = self.image
+        if l1i >= len(im._l1):
+            raise CorruptImageError(f"L1 index {l1i} lies past the L1 table",
+                                    structure="L1 table", offset=im.l1_table.offset)
+        l1e = im._l1[l1i]
+        l2off = l1e & C.L1E_OFFSET_MASK
+        if l2off and l1e & C.QCOW_OFLAG_COPIED:
+            raw, bm = im._l2(l2off, l1i)
+            t = _Table(l1i, l2off, list(raw), None if bm is None else list(bm), False)
+        else:
+            if l2off:   # shared with a snapshot: copy before changing (l2_allocate)
+                raw, bm = im._l2(l2off, l1i)
+                raw, bm = list(raw), None if bm is None else list(bm)
+            else:
+                raw = [0] * im.l2_size
+                bm = [0] * im.l2_size if im.extended_l2 else None
+            host = self.alloc.alloc(1) << im.cluster_bits
+            t = _Table(l1i, host, raw, bm, True, l2off)
+        tables[l1i] = t
+        return t
+
+    def _run(self, offset: int, length: int, data, *, zero: bool) -> None:
+        im = self.image
+        try:
+            self._run_inner(offset, length, data, zero)
+        except BaseException:
+            # the in-memory state may be ahead of the file: re-read it all
+            self.alloc.forget()
+            h = im.header
+            im.l1_table = im._read_l1(h.l1_table_offset, h.l1_size, "L1 table")
+            im.invalidate_caches()
+            raise
+
+    def _run_inner(self, offset: int, length: int, data, zero: bool) -> None:
+        im = self.image
+        cs, cb = im.cluster_size, im.cluster_bits
+        tables: dict[int, _Table] = {}
+        news: list[_NewCluster] = []
+        inplace: list[tuple[object, int, object]] = []   # (file, host offset, bytes)
+        frees: list[tuple[int, int]] = []
+        has_df = im.has_data_file
+        src = im.data_file if has_df else im.file
+        end = offset + length
+        pos = offset
+        while pos < end:
+            cidx = pos >> cb
+            cstart = cidx << cb
+            lo = pos - cstart
+            hi = min(cs, end - cstart)
+            t = self._table(cidx >> im.l2_bits, tables)
+            l2i = cidx & (im.l2_size - 1)
+            if zero:
+                self._plan_zero(t, l2i, lo, hi, frees)
+            else:
+                piece = data[pos - offset:pos - offset + hi - lo]
+                self._plan_write(t, l2i, cstart, lo, hi, piece, news, inplace, frees, src)
+            pos = cstart + hi
+
+        # allocate data clusters for the whole request at once
+        if news:
+            if has_df:
+                for n in news:      # qemu: data file host offset == guest offset
+                    n.host = n.guest
+            else:
+                first = self.alloc.alloc(len(news)) << cb
+                for k, n in enumerate(news):
+                    n.host = first + k * cs
+        for n in news:
+            t = n.table
+            entry = n.host | C.QCOW_OFLAG_COPIED
+            t.raw[n.l2_index] = entry
+            if t.bitmap is not None:
+                t.bitmap[n.l2_index] = n.bitmap
+            t.changed.add(n.l2_index)
+
+        self._commit(tables, news, inplace, frees, src)
+
+    def _old_bytes(self, guest: int, lo: int, hi: int) -> bytes:
+        """Guest bytes of the cluster at ``guest`` in lo..hi, as they read now."""
+        im = self.image
+        a = guest + lo
+        b = min(guest + hi, im.virtual_size)
+        out = im.read(a, b - a) if b > a else b""
+        return out + bytes(hi - lo - len(out))
+
+    def _plan_write(self, t: _Table, l2i: int, guest: int, lo: int, hi: int, piece,
+                    news, inplace, frees, src) -> None:
+        im = self.image
+        cs = im.cluster_size
+        e = t.raw[l2i]
+        has_df = im.has_data_file
+        if t.bitmap is None:
+            typ = C.cluster_type(e, has_df)
+            if typ == ClusterType.NORMAL and e & C.QCOW_OFLAG_COPIED:
+                host = e & C.L2E_OFFSET_MASK
+                self._check_host(host, t, l2i)
+                inplace.append((src, host + lo, piece))
+                return
+            if typ == ClusterType.ZERO_ALLOC and e & C.QCOW_OFLAG_COPIED:
+                # preallocated zero cluster we own: reuse it (keep_old_clusters)
+                host = e & C.L2E_OFFSET_MASK
+                self._check_host(host, t, l2i)
+                buf = bytearray(cs)
+                buf[lo:hi] = piece
+                inplace.append((src, host, bytes(buf)))
+                t.raw[l2i] = host | C.QCOW_OFLAG_COPIED
+                t.changed.add(l2i)
+                return
+            pieces = [(lo, piece)]
+            if lo > 0 or hi < cs:
+                old = self._old_bytes(guest, 0, cs) if typ not in (
+                    ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC) else bytes(cs)
+                pieces = [(0, old[:lo]), (lo, piece), (hi, old[hi:])]
+            news.append(_NewCluster(t, l2i, guest, 0, cs, pieces, None))
+            self._free_entry(e, typ, frees)
+            return
+        # extended L2
+        bm = t.bitmap[l2i]
+        scs = cs // SUB
+        sc0, sc1 = lo // scs, (hi - 1) // scs + 1
+        compressed = bool(e & C.QCOW_OFLAG_COMPRESSED)
+        has_host = not compressed and (bool(e & C.L2E_OFFSET_MASK)
+                                       or (has_df and bool(e & C.QCOW_OFLAG_COPIED)))
+        if has_host and (bm >> 32) & bm & ALL_ALLOC:
+            raise CorruptImageError(f"extended L2 entry has a sub-cluster both allocated and "
+                                    f"zero (bitmap {bm:#018x})", structure="L2 entry",
+                                    offset=t.offset + 16 * l2i)
+        if has_host and e & C.QCOW_OFLAG_COPIED:
+            host = e & C.L2E_OFFSET_MASK
+            self._check_host(host, t, l2i)
+            touched = _alloc_range(sc0, sc1)
+            if bm & touched == touched:           # every touched sub-cluster holds data
+                inplace.append((src, host + lo, piece))
+                return
+            a, b = sc0 * scs, sc1 * scs
+            buf = bytearray(self._old_bytes(guest, a, b)) if (lo > a or hi < b) \
+                else bytearray(b - a)
+            buf[lo - a:hi - a] = piece
+            inplace.append((src, host + a, bytes(buf)))
+            t.bitmap[l2i] = (bm | touched) & ~(touched << 32)
+            t.changed.add(l2i)
+            return
+        if compressed:
+            a, b = 0, SUB
+            newbm = ALL_ALLOC
+        else:
+            a, b = sc0, sc1
+            alloc_bits = bm & ALL_ALLOC if has_host else 0
+            if alloc_bits:       # a shared cluster: keep its data (calculate_l2_meta)
+                a = min(a, (alloc_bits & -alloc_bits).bit_length() - 1)
+                b = max(b, alloc_bits.bit_length())
+            r = _alloc_range(a, b)
+            newbm = ((bm if has_host else bm & ~ALL_ALLOC) | r) & ~(r << 32)
+        lo_b, hi_b = a * scs, b * scs
+        pieces = [(lo, piece)]
+        if lo > lo_b or hi < hi_b:
+            old = self._old_bytes(guest, lo_b, hi_b)
+            pieces = [(lo_b, old[:lo - lo_b]), (lo, piece), (hi, old[hi - lo_b:])]
+        news.append(_NewCluster(t, l2i, guest, lo_b, hi_b, pieces, newbm))
+        self._free_entry(e, ClusterType.COMPRESSED if compressed else
+                         ClusterType.NORMAL if has_host else ClusterType.UNALLOCATED, frees)
+
+    def _plan_zero(self, t: _Table, l2i: int, lo: int, hi: int, frees) -> None:
+        """zero_in_l2_slice / zero_l2_subclusters (no unmap, as qemu-io write -z)."""
+        im = self.image
+        cs = im.cluster_size
+        e = t.raw[l2i]
+        compressed = bool(e & C.QCOW_OFLAG_COMPRESSED)
+        if t.bitmap is None:
+            new = C.QCOW_OFLAG_ZERO if compressed else e | C.QCOW_OFLAG_ZERO
+            if new != e:
+                t.raw[l2i] = new
+                t.changed.add(l2i)
+                if compressed:
+                    self._free_entry(e, ClusterType.COMPRESSED, frees)
+            return
+        bm = t.bitmap[l2i]
+        if lo == 0 and hi == cs:
+            new, newbm = (0 if compressed else e), ALL_ZERO
+        else:
+            if compressed:   # qemu: -ENOTSUP, the block layer writes zeros
+                raise _Fallback()
+            scs = cs // SUB
+            r = _alloc_range(lo // scs, -(-hi // scs))
+            new, newbm = e, (bm | (r << 32)) & ~r
+        if (new, newbm) != (e, bm):
+            t.raw[l2i], t.bitmap[l2i] = new, newbm
+            t.changed.add(l2i)
+            if compressed:
+                self._free_entry(e, ClusterType.COMPRESSED, frees)
+
+    def _free_entry(self, e: int, typ: ClusterType, frees) -> None:
+        """Remember the host bytes an entry being replaced referenced."""
+        im = self.image
+        if im.has_data_file:
+            return                       # data file clusters carry no refcounts
+        if typ == ClusterType.COMPRESSED:
+            coff, csize = im.layout.decode(e)
+            frees.append((coff, csize))
+        elif typ in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and e & C.L2E_OFFSET_MASK:
+            frees.append((e & C.L2E_OFFSET_MASK, im.cluster_size))
+
+    def _check_host(self, host: int, t: _Table, l2i: int) -> None:
+        if host & (self.image.cluster_size - 1):
+            raise CorruptImageError(f"cluster allocation offset {host:#x} is not cluster "
+                                    f"aligned", structure="L2 entry",
+                                    offset=t.offset + self.image.header.l2_entry_size * l2i)
+
+    # -- committing --------------------------------------------------------------------
+    def _commit(self, tables, news, inplace, frees, src) -> None:
+        im = self.image
+        f = im.file
+        alloc = self.alloc
+        es = im.header.l2_entry_size
+        new_tables = [t for t in tables.values() if t.new]
+        changed_tables = [t for t in tables.values() if not t.new and t.changed]
+        self.unflushed = True
+        # stage 1: refcounts, data, new tables
+        if alloc.write_new_blocks():
+            f.fsync()
+        raised = alloc.write_dirty()
+        for dst, host, buf in _coalesce(news, src):
+            dst.pwrite(host, buf)
+        for t in new_tables:
+            f.pwrite(t.offset, _table_bytes(t.raw, t.bitmap))
+        for dst, off, piece in inplace:
+            dst.pwrite(off, piece)
+        if raised or news or new_tables:
+            if news and src is not f:
+                src.fsync()
+            f.fsync()
+        # stage 2: entries in existing L2 tables, then L1 entries
+        for t in changed_tables:
+            for a, b in _runs(sorted(t.changed)):
+                f.pwrite(t.offset + es * a, _table_bytes(t.raw[a:b],
+                                                         None if t.bitmap is None
+                                                         else t.bitmap[a:b]))
+        l1_changed = []
+        for t in new_tables:
+            im._l1[t.l1_index] = t.offset | C.QCOW_OFLAG_COPIED
+            im.l1_table.entries[t.l1_index] = t.offset | C.QCOW_OFLAG_COPIED
+            l1_changed.append(t.l1_index)
+        for a, b in _runs(sorted(l1_changed)):
+            f.pwrite(im.l1_table.offset + 8 * a,
+                     b"".join(v.to_bytes(8, "big") for v in im._l1[a:b]))
+        # caches: the read path must see the new tables
+        cache = im._l2_cache
+        for t in tables.values():
+            if t.new and t.old_offset:
+                cache.pop(t.old_offset, None)
+            if t.new or t.changed:
+                cache[t.offset] = (t.raw, t.bitmap)
+        if frees:
+            im._zcache = None
+        # stage 3: lower refcounts once nothing on disk refers to the clusters
+        old_tables = [(t.old_offset, im.cluster_size) for t in new_tables if t.old_offset]
+        if frees or old_tables:
+            f.fsync()
+            for off, n in frees + old_tables:
+                alloc.change(off, n, -1)
+            alloc.write_dirty()
+        im.file_size = f.size
+
+
+class _Fallback(Exception):
+    """A zero-write qemu cannot express in metadata: write zeros instead."""
+
+
+def _table_bytes(raw: list[int], bitmap: list[int] | None) -> bytes:
+    if bitmap is None:
+        return b"".join(v.to_bytes(8, "big") for v in raw)
+    return b"".join(r.to_bytes(8, "big") + m.to_bytes(8, "big") for r, m in zip(raw, bitmap))
+
+
+def _coalesce(news: list[_NewCluster], src):
+    """Data writes of new clusters, merged where host ranges touch."""
+    out: list[tuple[object, int, bytearray]] = []
+    for n in sorted(news, key=lambda n: n.host):
+        start = n.host + n.lo
+        parts = [p for _, p in n.pieces if len(p)]
+        if out and out[-1][1] + len(out[-1][2]) == start:
+            buf = out[-1][2]
+        else:
+            buf = bytearray()
+            out.append((src, start, buf))
+        for p in parts:
+            buf += p
+    return out
