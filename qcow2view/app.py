@@ -1,0 +1,201 @@
+"""GUI entry points: ``run_gui`` (the window, ``--screenshot``) and ``map_main``.
+
+``run_gui`` sets up the QApplication, logging and the one excepthook, then
+opens the images as tabs of one :class:`~qcow2view.ui.mainwindow.MainWindow`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+APP_NAME = "qcow2view"
+SCREENSHOT_TIMEOUT = 120.0      # seconds to wait for maps before giving up
+
+
+def _headless_default() -> None:
+    if not os.environ.get("QT_QPA_PLATFORM"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+
+def make_app():
+    """The QApplication (created once), named so QSettings and the desktop agree."""
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(sys.argv[:1])
+    app.setOrganizationName(APP_NAME)
+    app.setApplicationName(APP_NAME)
+    app.setApplicationDisplayName("qcow2view")
+    app.setDesktopFileName(APP_NAME)
+    icon = _icon_path()
+    if icon is not None:
+        app.setWindowIcon(QIcon(str(icon)))
+    return app
+
+
+def _icon_path() -> Path | None:
+    here = Path(__file__).resolve().parent
+    for p in (here / "resources" / "qcow2view.svg", here.parent / "resources" / "qcow2view.svg",
+              here / "resources" / "icons" / "qcow2view.svg"):
+        if p.exists():
+            return p
+    return None
+
+
+def run_gui(ns) -> int:
+    if getattr(ns, "screenshot", None):
+        _headless_default()
+    app = make_app()
+    from .ui import dialogs
+    dialogs.setup_logging()
+    hook = dialogs.ExceptHook(app)
+    hook.install()
+    try:
+        if getattr(ns, "screenshot", None):
+            return _screenshot(ns, app)
+        from .ui.mainwindow import MainWindow
+        from .ui.settings import recent_files
+        win = MainWindow(edit=bool(getattr(ns, "edit", False)))
+        first_run = not recent_files()
+        for p in ns.images:
+            win.open_path(p)
+        if getattr(ns, "demo", False) or (not ns.images and first_run):
+            win.open_demo()
+        win.show()
+        return app.exec()
+    finally:
+        hook.uninstall()
+
+
+def wait_until_ready(app, tabs, timeout: float = SCREENSHOT_TIMEOUT) -> bool:
+    """Run the event loop until every tab's maps are in (or failed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.processEvents()
+        if all(t.document.analysis is not None and not t.document.busy for t in tabs):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _screenshot(ns, app) -> int:
+    from .ui import dialogs
+    from .ui.mainwindow import MainWindow
+    failures: list[str] = []
+
+    def to_stderr(title: str, text: str, details: str | None) -> None:
+        failures.append(text)
+        print(f"qcow2view: {text}", file=sys.stderr)
+
+    dialogs.set_hook(to_stderr)
+    win = MainWindow()
+    try:
+        win.resize(1600, 960)
+        paths = list(ns.images)
+        if getattr(ns, "demo", False):
+            tab = win.open_demo()
+            if tab is None:
+                return 1
+        for p in paths:
+            if win.open_path(p) is None:
+                return 1
+        if not win.tabs_list() and not paths:
+            print("qcow2view: --screenshot needs an image (or --demo)", file=sys.stderr)
+            return 2
+        win.show()
+        if not wait_until_ready(app, win.tabs_list()):
+            print("qcow2view: timed out waiting for the maps", file=sys.stderr)
+            return 1
+        for t in win.tabs_list():
+            t.heatmap.redraw()
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.01)
+        if failures:
+            return 1
+        out = os.fspath(ns.screenshot)
+        if not win.grab().save(out, "PNG"):
+            print(f"qcow2view: cannot write {out}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        win.close_all()
+        win.deleteLater()
+        dialogs.set_hook(None)
+
+
+def map_main(ns) -> int:
+    """``qcow2view map IMAGE --png OUT.png``: the heatmap alone, rendered offscreen."""
+    _headless_default()
+    from PySide6.QtGui import QGuiApplication
+    app = QGuiApplication.instance() or QGuiApplication(sys.argv[:1])  # noqa: F841 - fonts
+    from .engine import Qcow2Error, open_image
+    from .model.allocation import AllocationModel, auto_width
+    try:
+        with open_image(ns.image, ignore_backing_errors=True) as img:
+            hm = img.host_map() if ns.mode != "guest" else None
+            gm = img.guest_map() if ns.mode == "guest" else None
+    except Qcow2Error as e:
+        print(f"qcow2view map: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"qcow2view map: {ns.image}: {e.strerror}", file=sys.stderr)
+        return 1
+    if ns.width < 16:
+        print("qcow2view map: --width must be at least 16", file=sys.stderr)
+        return 2
+    model = AllocationModel()
+    model.set_maps(hm, gm)
+    n = model.count(ns.mode)
+    cells = min(auto_width(n), ns.width)
+    scale = max(1, ns.width // cells)
+    pic = model.picture(ns.mode, width=cells, max_rows=max(16, (ns.width * 2) // scale))
+    image = render_with_legend(model, pic, scale)
+    if not image.save(os.fspath(ns.png), "PNG"):
+        print(f"qcow2view map: cannot write {ns.png}", file=sys.stderr)
+        return 1
+    print(f"{ns.png}: {pic.count:,} clusters, {pic.width} x {pic.rows} cells, "
+          f"{pic.bin} cluster(s) per cell")
+    return 0
+
+
+def render_with_legend(model, pic, scale: int):
+    """The picture scaled by ``scale`` with a legend strip underneath."""
+    from PySide6.QtCore import QRect, Qt
+    from PySide6.QtGui import QColor, QFont, QImage, QPainter
+    from .model.allocation import MODE_TITLES
+    body = model.to_qimage(pic, scale)
+    legend = model.legend(pic.mode)
+    w = max(body.width(), 480)
+    line = 20
+    cols = max(1, w // 200)
+    rows = -(-len(legend) // cols)
+    out = QImage(w, body.height() + 34 + rows * line + 8, QImage.Format_ARGB32)
+    out.fill(QColor("white"))
+    p = QPainter(out)
+    p.drawImage(0, 0, body)
+    f = QFont()
+    f.setPixelSize(12)
+    p.setFont(f)
+    y = body.height() + 8
+    p.setPen(QColor("#263238"))
+    p.drawText(QRect(4, y, w - 8, line), Qt.AlignLeft | Qt.AlignVCenter,
+               f"{MODE_TITLES[pic.mode]}: {pic.count:,} clusters, "
+               f"{pic.bin:,} per cell")
+    y += line + 4
+    for i, (name, col, count) in enumerate(legend):
+        r, c = divmod(i, cols)
+        x0, y0 = 4 + c * (w // cols), y + r * line
+        p.fillRect(x0, y0 + 3, 12, 12, col)
+        p.setPen(QColor("#607d8b"))
+        p.drawRect(x0, y0 + 3, 12, 12)
+        p.setPen(QColor("#263238"))
+        p.drawText(QRect(x0 + 18, y0, w // cols - 22, line), Qt.AlignLeft | Qt.AlignVCenter,
+                   f"{name} ({count:,})")
+    p.end()
+    return out

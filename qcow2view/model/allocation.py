@@ -1,0 +1,409 @@
+"""The cluster-allocation picture: HostMap/GuestMap as indexed-colour images.
+
+One cell per host cluster (modes ``kind`` and ``refcount``) or per guest cluster
+(mode ``guest``), laid out row by row.  When there are more clusters than cells
+they are binned and each bin shows its most severe member, so one leaked or
+corrupt cluster among millions still shows red.  Every mode uses one shared
+256-entry palette (:data:`PALETTE`), so a view sets its lookup table once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QColor, QImage
+
+from .units import human_size
+
+MODES = ("kind", "refcount", "guest")
+MODE_TITLES = {"kind": "Host clusters by kind", "refcount": "Host clusters by refcount",
+               "guest": "Guest clusters"}
+
+# HostKind values (engine/maps.py contract) -> name, colour
+HOST_KINDS: dict[int, tuple[str, str]] = {
+    0: ("free", "#eceff1"),
+    1: ("header", "#263238"),
+    2: ("L1 table", "#6a1b9a"),
+    3: ("L2 table", "#ab47bc"),
+    4: ("refcount table", "#e65100"),
+    5: ("refcount block", "#ffa726"),
+    6: ("snapshot table", "#00695c"),
+    7: ("snapshot L1 table", "#26a69a"),
+    8: ("bitmap directory", "#37474f"),
+    9: ("bitmap table", "#78909c"),
+    10: ("bitmap data", "#b0bec5"),
+    11: ("data", "#1e88e5"),
+    12: ("compressed", "#43a047"),
+    13: ("leaked", "#ff5252"),
+    14: ("corrupt", "#b71c1c"),
+    15: ("encryption header", "#fdd835"),
+    16: ("snapshot L2 table", "#80cbc4"),
+}
+LEAKED, CORRUPT = 13, 14
+# fallback severity if the engine's table is not there: CORRUPT > LEAKED > rest > FREE
+_SEVERITY = np.ones(256, dtype=np.uint8)
+_SEVERITY[0] = 0
+_SEVERITY[LEAKED] = 254
+_SEVERITY[CORRUPT] = 255
+
+RC_BASE = 32
+REFCOUNT_CLASSES = [("refcount 0", "#eceff1"), ("refcount 1", "#1e88e5"),
+                    ("refcount 2", "#fbc02d"), ("refcount 3+", "#8e24aa")]
+
+GUEST_BASE = 64
+# GuestState values -> name, colour; BACKING is split by depth below
+GUEST_STATES: dict[int, tuple[str, str]] = {
+    0: ("unallocated", "#eceff1"),
+    1: ("zero", "#cfd8dc"),
+    2: ("data", "#1e88e5"),
+    3: ("compressed", "#43a047"),
+    5: ("mixed sub-clusters", "#7e57c2"),
+}
+BACKING_BASE = 80
+BACKING_COLOURS = ["#ffb74d", "#fb8c00", "#ef6c00", "#bf360c"]   # depth 1, 2, 3, 4+
+_GUEST_SEVERITY = {0: 0, 1: 1, 4: 2, 5: 3, 3: 4, 2: 5}
+PAST_END = 255
+PAST_END_COLOUR = "#00000000"
+
+
+def _palette() -> np.ndarray:
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    lut[:, 3] = 255
+
+    def put(i: int, colour: str) -> None:
+        c = QColor(colour)
+        lut[i] = (c.red(), c.green(), c.blue(), c.alpha())
+
+    for k, (_, col) in HOST_KINDS.items():
+        put(k, col)
+    for i, (_, col) in enumerate(REFCOUNT_CLASSES):
+        put(RC_BASE + i, col)
+    for s, (_, col) in GUEST_STATES.items():
+        put(GUEST_BASE + s, col)
+    for i, col in enumerate(BACKING_COLOURS):
+        put(BACKING_BASE + i, col)
+    put(PAST_END, PAST_END_COLOUR)
+    return lut
+
+
+PALETTE = _palette()
+
+
+def colour(index: int) -> QColor:
+    r, g, b, a = (int(v) for v in PALETTE[index])
+    return QColor(r, g, b, a)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An index image: ``data[row, col]`` is a palette index."""
+
+    mode: str
+    data: np.ndarray        # uint8 (rows, width), C-contiguous
+    width: int              # cells per row
+    bin: int                # clusters per cell
+    count: int              # clusters in total
+    cluster_size: int
+
+    @property
+    def rows(self) -> int:
+        return self.data.shape[0]
+
+    def clusters_of(self, row: int, col: int) -> range:
+        k = row * self.width + col
+        lo = k * self.bin
+        return range(min(lo, self.count), min(lo + self.bin, self.count))
+
+    def cell_of(self, cluster: int) -> tuple[int, int]:
+        k = cluster // self.bin
+        return divmod(k, self.width)
+
+
+def auto_width(n: int) -> int:
+    """Cells per row: about square, a power of two between 4 and 512."""
+    if n <= 16:
+        return 4
+    return int(min(512, max(4, 1 << math.ceil(math.log2(math.sqrt(n))))))
+
+
+def _bin_most_severe(values: np.ndarray, severity: np.ndarray, b: int) -> np.ndarray:
+    """Per group of ``b`` values, the value whose severity is highest."""
+    if b == 1:
+        return values
+    n = len(values)
+    groups = -(-n // b)
+    pad = groups * b - n
+    v = np.concatenate([values, np.full(pad, values[-1] if n else 0, values.dtype)]) \
+        if pad else values
+    v = v.reshape(groups, b)
+    sev = severity[v]
+    pick = sev.argmax(axis=1)
+    return v[np.arange(groups), pick]
+
+
+class AllocationModel(QObject):
+    """Host and guest maps as pictures, legends and hover texts."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.host_map = None
+        self.guest_map = None
+        self._cache: dict[tuple, Picture] = {}
+        self._index: dict[str, np.ndarray] = {}
+        try:
+            from ..engine.maps import HOST_KIND_SEVERITY
+            sev = np.zeros(256, dtype=np.uint8)
+            sev[:len(HOST_KIND_SEVERITY)] = np.asarray(HOST_KIND_SEVERITY, dtype=np.uint8)
+            self._host_severity = sev
+        except ImportError:
+            self._host_severity = _SEVERITY
+
+    # -- content -----------------------------------------------------------------------
+    def set_maps(self, host_map, guest_map) -> None:
+        self.host_map = host_map
+        self.guest_map = guest_map
+        self._cache.clear()
+        self._index.clear()
+        self.changed.emit()
+
+    def available(self, mode: str) -> bool:
+        return (self.guest_map if mode == "guest" else self.host_map) is not None
+
+    def count(self, mode: str) -> int:
+        m = self.guest_map if mode == "guest" else self.host_map
+        if m is None:
+            return 0
+        return len(m.states) if mode == "guest" else len(m.kinds)
+
+    # per-cluster palette indices, before binning
+    def _indices(self, mode: str) -> np.ndarray:
+        got = self._index.get(mode)
+        if got is not None:
+            return got
+        if mode == "kind":
+            idx = np.ascontiguousarray(self.host_map.kinds, dtype=np.uint8)
+        elif mode == "refcount":
+            hm = self.host_map
+            rc = np.minimum(np.asarray(hm.refcounts), 3).astype(np.uint8) + RC_BASE
+            kinds = np.asarray(hm.kinds, dtype=np.uint8)
+            idx = np.where((kinds == LEAKED) | (kinds == CORRUPT), kinds, rc).astype(np.uint8)
+        elif mode == "guest":
+            gm = self.guest_map
+            st = np.asarray(gm.states, dtype=np.uint8)
+            idx = (st + GUEST_BASE).astype(np.uint8)
+            back = st == 4
+            if back.any():
+                d = np.asarray(gm.depth, dtype=np.uint8)[back]
+                idx[back] = np.where(d == 0, GUEST_BASE + 0,
+                                     BACKING_BASE + np.minimum(d, 4) - 1).astype(np.uint8)
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        self._index[mode] = idx
+        return idx
+
+    def _severity(self, mode: str) -> np.ndarray:
+        if mode == "kind":
+            return self._host_severity
+        sev = np.zeros(256, dtype=np.uint8)
+        if mode == "refcount":
+            for i in range(4):
+                sev[RC_BASE + i] = i + 1
+            sev[LEAKED] = 254
+            sev[CORRUPT] = 255
+        else:
+            for s, v in _GUEST_SEVERITY.items():
+                sev[GUEST_BASE + s] = v * 10
+            for i in range(4):
+                sev[BACKING_BASE + i] = _GUEST_SEVERITY[4] * 10 + i
+        return sev
+
+    def picture(self, mode: str, *, max_rows: int = 512, width: int | None = None) -> Picture:
+        """The index image of ``mode`` with at most ``max_rows`` rows of ``width`` cells."""
+        key = (mode, max_rows, width)
+        got = self._cache.get(key)
+        if got is not None:
+            return got
+        m = self.guest_map if mode == "guest" else self.host_map
+        if m is None:
+            raise LookupError(f"no map for mode {mode!r} yet")
+        idx = self._indices(mode)
+        n = len(idx)
+        w = width or auto_width(n)
+        b = max(1, -(-n // (w * max_rows)))
+        cells = _bin_most_severe(idx, self._severity(mode), b) if n else idx
+        rows = max(1, -(-len(cells) // w))
+        data = np.full(rows * w, PAST_END, dtype=np.uint8)
+        data[:len(cells)] = cells
+        pic = Picture(mode, np.ascontiguousarray(data.reshape(rows, w)), w, b, n,
+                      m.cluster_size)
+        self._cache[key] = pic
+        return pic
+
+    # -- legend --------------------------------------------------------------------------
+    def legend(self, mode: str) -> list[tuple[str, QColor, int]]:
+        """(label, colour, number of clusters) for every class present (plus the basics)."""
+        if not self.available(mode):
+            return []
+        idx = self._indices(mode)
+        counts = np.bincount(idx, minlength=256)
+        out = []
+        if mode == "kind":
+            entries = [(k, name) for k, (name, _) in HOST_KINDS.items()]
+            always = {0, 1, 11}
+        elif mode == "refcount":
+            entries = [(RC_BASE + i, name) for i, (name, _) in enumerate(REFCOUNT_CLASSES)]
+            entries += [(LEAKED, "leaked"), (CORRUPT, "corrupt")]
+            always = {RC_BASE, RC_BASE + 1}
+        else:
+            entries = [(GUEST_BASE + s, name) for s, (name, _) in GUEST_STATES.items()]
+            entries += [(BACKING_BASE + i, f"backing file, depth {i + 1}" + ("+" if i == 3 else ""))
+                        for i in range(4)]
+            always = {GUEST_BASE, GUEST_BASE + 2}
+        for i, name in entries:
+            if counts[i] or i in always:
+                out.append((name, colour(i), int(counts[i])))
+        return out
+
+    # -- questions about one cell ----------------------------------------------------------
+    def representative(self, pic: Picture, row: int, col: int) -> int | None:
+        """The cluster a click on a cell means: the most severe one of its bin."""
+        r = pic.clusters_of(row, col)
+        if not len(r):
+            return None
+        if pic.bin == 1:
+            return r.start
+        idx = self._indices(pic.mode)[r.start:r.stop]
+        return r.start + int(self._severity(pic.mode)[idx].argmax())
+
+    def owners(self, cluster: int) -> list:
+        hm = self.host_map
+        if hm is None or cluster >= len(hm.kinds):
+            return []
+        try:
+            return list(hm.owners(cluster))
+        except Exception:   # a damaged table met during the reverse lookup
+            return []
+
+    def describe(self, pic: Picture, row: int, col: int) -> str:
+        """Tooltip text for a cell."""
+        r = pic.clusters_of(row, col)
+        if not len(r):
+            return ""
+        cs = pic.cluster_size
+        lines = []
+        if pic.bin > 1:
+            lines.append(f"clusters {r.start:,} – {r.stop - 1:,} "
+                         f"({r.start * cs:#x} – {r.stop * cs - 1:#x})")
+            idx = self._indices(pic.mode)[r.start:r.stop]
+            counts = np.bincount(idx, minlength=256)
+            names = self._names(pic.mode)
+            parts = [f"{int(counts[i]):,} {names.get(i, str(i))}"
+                     for i in np.argsort(-counts) if counts[i]]
+            lines.append(", ".join(parts[:6]))
+            rep = self.representative(pic, row, col)
+            if rep is not None and self._severity(pic.mode)[self._indices(pic.mode)[rep]] \
+                    >= self._severity(pic.mode)[idx].max() and counts.astype(bool).sum() > 1:
+                lines.append("")
+                lines.append("most severe:")
+                lines += self._describe_cluster(pic.mode, rep)
+            return "\n".join(lines)
+        return "\n".join(self._describe_cluster(pic.mode, r.start))
+
+    def _names(self, mode: str) -> dict[int, str]:
+        if mode == "kind":
+            return {k: n for k, (n, _) in HOST_KINDS.items()}
+        if mode == "refcount":
+            d = {RC_BASE + i: n for i, (n, _) in enumerate(REFCOUNT_CLASSES)}
+            d.update({LEAKED: "leaked", CORRUPT: "corrupt"})
+            return d
+        d = {GUEST_BASE + s: n for s, (n, _) in GUEST_STATES.items()}
+        d.update({BACKING_BASE + i: f"backing (depth {i + 1})" for i in range(4)})
+        return d
+
+    def _describe_cluster(self, mode: str, c: int) -> list[str]:
+        if mode == "guest":
+            gm = self.guest_map
+            cs = gm.cluster_size
+            st = int(gm.states[c])
+            name = GUEST_STATES.get(st, ("backing file", ""))[0]
+            lines = [f"guest cluster {c:,}: {c * cs:#x} – {(c + 1) * cs - 1:#x}",
+                     f"state: {name}"]
+            d = int(gm.depth[c])
+            if st == 4:
+                lines.append(f"found in backing file at depth {d}" if d
+                             else "no backing file has it: reads as zeros")
+            h = int(gm.host_offsets[c])
+            if st in (2, 3) or h:
+                lines.append(f"host offset: {h:#x}")
+            return lines
+        hm = self.host_map
+        cs = hm.cluster_size
+        kind = int(hm.kinds[c])
+        lines = [f"host cluster {c:,} at {c * cs:#x}",
+                 f"kind: {HOST_KINDS.get(kind, (str(kind), ''))[0]}",
+                 f"refcount {int(hm.refcounts[c])}, references found {int(hm.references[c])}"]
+        if c * cs >= hm.file_size:
+            lines.append("past the end of the file")
+        for o in self.owners(c)[:4]:
+            where = o.table
+            if o.snapshot:
+                where += f" (snapshot {o.snapshot})"
+            if o.entry_offset is not None:
+                where += f" entry at {o.entry_offset:#x}"
+            if o.guest_offset is not None:
+                where += f", guest {o.guest_offset:#x}"
+            lines.append("owner: " + where)
+        return lines
+
+    # -- rendering without a view (tests, ``qcow2view map``) ------------------------------
+    def to_qimage(self, pic: Picture, scale: int = 1) -> QImage:
+        data = pic.data
+        if scale > 1:
+            data = np.repeat(np.repeat(data, scale, axis=0), scale, axis=1)
+        data = np.ascontiguousarray(data)
+        h, w = data.shape
+        img = QImage(data.data, w, h, w, QImage.Format_Indexed8)
+        img.setColorTable([int.from_bytes(bytes((a, r, g, b)), "big")
+                           for r, g, b, a in PALETTE.tolist()])
+        return img.copy()   # own the pixels: ``data`` may go away
+
+    # -- guest-to-host mapping plot ---------------------------------------------------------
+    def mapping_segments(self, max_segments: int = 50000) -> tuple[np.ndarray, np.ndarray, int]:
+        """Line segments (x0, y0, x1, y1 flattened as pairs) of contiguous guest->host runs.
+
+        Returns (x, y, number of runs) in bytes; with more runs than
+        ``max_segments`` every k-th run is kept so the picture stays fast.
+        """
+        gm = self.guest_map
+        if gm is None:
+            return np.zeros(0), np.zeros(0), 0
+        st = np.asarray(gm.states)
+        sel = np.flatnonzero(((st == 2) | (st == 3) | (st == 5)) & (np.asarray(gm.depth) == 0))
+        if not len(sel):
+            return np.zeros(0), np.zeros(0), 0
+        cs = gm.cluster_size
+        host = np.asarray(gm.host_offsets, dtype=np.uint64)[sel].astype(np.float64)
+        guest = sel.astype(np.float64) * cs
+        brk = np.flatnonzero((np.diff(sel) != 1) | (np.diff(host) != cs)) + 1
+        starts = np.concatenate([[0], brk])
+        ends = np.concatenate([brk, [len(sel)]]) - 1
+        runs = len(starts)
+        if runs > max_segments:
+            keep = np.linspace(0, runs - 1, max_segments).astype(np.int64)
+            starts, ends = starts[keep], ends[keep]
+        x = np.empty(2 * len(starts))
+        y = np.empty(2 * len(starts))
+        x[0::2] = guest[starts]
+        x[1::2] = guest[ends] + cs
+        y[0::2] = host[starts]
+        y[1::2] = host[ends] + cs
+        return x, y, runs
+
+
+def describe_size(n: int) -> str:
+    return human_size(n)

@@ -1,0 +1,271 @@
+"""One opened image as a Qt document: the engine Image plus its maps and check.
+
+The header and tables are read synchronously on open (they are small and the
+window shows them at once); the host map, guest map and check run in a
+:class:`~.workers.Worker` with a second, read-only Image of the same file, so
+the GUI thread and the worker never share caches.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, Signal
+
+from ..engine import CancelledError, Image, Qcow2Error, open_image
+from .workers import Worker
+
+
+def open_error_text(exc: BaseException) -> str:
+    """What to tell a person about an error: the engine's message, no traceback."""
+    if isinstance(exc, Qcow2Error):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Analysis:
+    """What the worker found: maps and check result (any may be None)."""
+
+    def __init__(self) -> None:
+        self.image: Image | None = None      # the worker's Image, kept for lazy owner lookups
+        self.host_map: Any = None
+        self.guest_map: Any = None
+        self.check: Any = None
+        self.errors: list[str] = []
+
+    def close(self) -> None:
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+
+
+def _analyse(path: str, worker: Worker, progress, cancel) -> Analysis:
+    out = Analysis()
+    out.image = img = open_image(path, ignore_backing_errors=True)
+    try:
+        stages = (("Building host map", "host_map", lambda: img.host_map(
+                      progress=progress, cancel=cancel)),
+                  ("Building guest map", "guest_map", lambda: img.guest_map(
+                      progress=progress, cancel=cancel)),
+                  ("Checking", "check", lambda: img.check(progress=progress, cancel=cancel)))
+        for task, attr, run in stages:
+            worker.set_task(task)
+            if cancel():
+                raise CancelledError("cancelled")
+            try:
+                setattr(out, attr, run())
+            except CancelledError:
+                raise
+            except Qcow2Error as e:
+                out.errors.append(f"{task}: {e}")
+            except (AttributeError, NotImplementedError) as e:
+                # the maps/check part of the engine is not there: show what we can
+                out.errors.append(f"{task}: not available ({e})")
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def _close_analysis(analysis: Analysis) -> None:
+    analysis.close()
+
+
+class ImageDocument(QObject):
+    """Owns an engine Image; views ask it (and the models over it) for everything."""
+
+    loaded = Signal()                   # header and tables are readable
+    changed = Signal()                  # re-read after a save / reopen
+    error = Signal(str)                 # a problem worth telling the user
+    progress = Signal(str, int, int)    # task, done, total
+    busyChanged = Signal(bool)
+    mapsReady = Signal()                # host map / guest map / check are in (or failed)
+    analysisCancelled = Signal()
+    writableChanged = Signal(bool)
+    closed = Signal()
+
+    def __init__(self, path: str | os.PathLike, *, writable: bool = False,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.path = os.path.abspath(os.fspath(path))
+        self._writable = writable
+        self.image: Image | None = None
+        self.analysis: Analysis | None = None
+        self._worker: Worker | None = None
+        self._is_closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+    def load(self) -> None:
+        """Open the image (raises the engine's Qcow2Error) and start the analysis."""
+        self.load_header()
+        self.start_analysis()
+
+    def load_header(self) -> None:
+        """Open the image: header and tables, no maps yet (raises Qcow2Error)."""
+        self.image = open_image(self.path, writable=self._writable,
+                                ignore_backing_errors=True)
+        self.loaded.emit()
+
+    def close(self) -> None:
+        if self._is_closed:
+            return
+        self._is_closed = True
+        self._stop_worker()
+        if self.analysis is not None:
+            self.analysis.close()
+            self.analysis = None
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+        self.closed.emit()
+
+    def reopen(self, writable: bool) -> None:
+        """Open the file again for writing (or read-only); on failure stay as it was."""
+        if writable == self._writable and self.image is not None:
+            return
+        old = self.image
+        try:
+            new = open_image(self.path, writable=writable, ignore_backing_errors=True)
+        except Qcow2Error:
+            raise
+        if old is not None:
+            old.close()
+        self.image = new
+        self._writable = writable
+        self.writableChanged.emit(writable)
+        self.changed.emit()
+
+    def refresh(self) -> None:
+        """Re-read header, tables and maps (after the file changed, e.g. a save)."""
+        self._stop_worker()
+        if self.image is not None:
+            self.image.close()
+        self.image = open_image(self.path, writable=self._writable,
+                                ignore_backing_errors=True)
+        if self.analysis is not None:
+            self.analysis.close()
+            self.analysis = None
+        self.changed.emit()
+        self.start_analysis()
+
+    # -- facts for views ---------------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None and self._worker.isRunning()
+
+    @property
+    def host_map(self):
+        return None if self.analysis is None else self.analysis.host_map
+
+    @property
+    def guest_map(self):
+        return None if self.analysis is None else self.analysis.guest_map
+
+    @property
+    def check_result(self):
+        return None if self.analysis is None else self.analysis.check
+
+    def problems(self) -> list[str]:
+        """One line per thing that is wrong, most important first (for the banner)."""
+        out: list[str] = []
+        img = self.image
+        if img is not None:
+            if img.corrupt:
+                out.append("the corrupt bit is set: QEMU will refuse to write to this image")
+            if img.dirty:
+                out.append("the dirty bit is set: refcounts may be stale "
+                           "(the image was not closed cleanly)")
+            for b in img.backing_chain:
+                if not b.found:
+                    out.append(b.error or f"backing file {b.filename!r} not found")
+        c = self.check_result
+        if c is not None:
+            if c.corruptions:
+                out.append(f"check: {c.corruptions} corruption(s)")
+            if c.leaks:
+                out.append(f"check: {c.leaks} leaked cluster(s)")
+            if c.check_errors:
+                out.append(f"check: {c.check_errors} error(s) while checking")
+        if self.analysis is not None:
+            out.extend(self.analysis.errors)
+        return out
+
+    # -- background analysis ----------------------------------------------------------
+    def start_analysis(self) -> None:
+        self._stop_worker()
+        path = self.path
+        worker = Worker("Opening", lambda p, c: _analyse(path, worker, p, c), self)
+        worker.progressed.connect(self.progress)
+        worker.succeeded.connect(self._analysis_done)
+        worker.failed.connect(self._analysis_failed)
+        worker.finished.connect(self._worker_finished)
+        self._worker = worker
+        self.busyChanged.emit(True)
+        worker.start()
+
+    def cancel_analysis(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def wait_analysis(self, timeout_ms: int = 60000) -> bool:
+        """Block until the worker ends (tests and --screenshot); True if it did."""
+        w = self._worker
+        return True if w is None else w.wait(timeout_ms)
+
+    def _stop_worker(self) -> None:
+        w = self._worker
+        if w is None:
+            return
+        self._worker = None
+        for sig in (w.progressed, w.succeeded, w.failed, w.finished):
+            try:
+                sig.disconnect()
+            except (RuntimeError, TypeError):
+                pass
+        # a result that arrives after this still owns an open Image: close it
+        # in the worker's thread as it is emitted
+        w.succeeded.connect(_close_analysis, Qt.DirectConnection)
+        w.stop()
+        w.deleteLater()
+
+    def _analysis_done(self, analysis: Analysis) -> None:
+        if self.sender() is not self._worker or self._is_closed:
+            analysis.close()
+            return
+        if self.analysis is not None:
+            self.analysis.close()
+        self.analysis = analysis
+        for msg in analysis.errors:
+            self.error.emit(msg)
+        self.mapsReady.emit()
+
+    def _analysis_failed(self, exc: BaseException) -> None:
+        if self.sender() is not self._worker:
+            return
+        if isinstance(exc, CancelledError):
+            self.analysisCancelled.emit()
+            return
+        if not isinstance(exc, (Qcow2Error, OSError)):
+            raise exc   # a bug: the excepthook shows it
+        self.analysis = Analysis()
+        self.analysis.errors.append(open_error_text(exc))
+        self.error.emit(open_error_text(exc))
+        self.mapsReady.emit()
+
+    def _worker_finished(self) -> None:
+        if self.sender() is self._worker:
+            self._worker.deleteLater()
+            self._worker = None
+            self.busyChanged.emit(False)

@@ -1,0 +1,100 @@
+"""Everything wrong with an image as a table: header bits, backing chain, check findings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor
+
+from .document import ImageDocument
+
+EntryOffsetRole = Qt.UserRole + 1
+ClusterRole = Qt.UserRole + 2
+
+_SEVERITY_COLOURS = {"corruption": "#b71c1c", "leak": "#e65100", "check_error": "#6a1b9a",
+                     "image": "#b71c1c", "note": "#455a64"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str
+    kind: str
+    message: str
+    cluster: int | None = None
+    entry_offset: int | None = None
+
+
+class ProblemsModel(QAbstractTableModel):
+    COLUMNS = ("Severity", "Kind", "Cluster", "Entry at", "Message")
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._rows: list[Problem] = []
+
+    def set_document(self, doc: ImageDocument | None) -> None:
+        self.beginResetModel()
+        self._rows = [] if doc is None else self._collect(doc)
+        self.endResetModel()
+
+    @staticmethod
+    def _collect(doc: ImageDocument) -> list[Problem]:
+        rows: list[Problem] = []
+        img = doc.image
+        if img is not None:
+            if img.corrupt:
+                rows.append(Problem("image", "corrupt bit", "the corrupt bit is set in "
+                                    "incompatible_features", None, 72))
+            if img.dirty:
+                rows.append(Problem("image", "dirty bit", "the dirty bit is set: refcounts "
+                                    "may be stale", None, 72))
+            for b in img.backing_chain:
+                if not b.found:
+                    rows.append(Problem("image", "backing file", b.error or
+                                        f"backing file {b.filename!r} not found"))
+        if doc.analysis is not None:
+            for msg in doc.analysis.errors:
+                rows.append(Problem("check_error", "analysis", msg))
+        c = doc.check_result
+        for f in getattr(c, "findings", None) or ():
+            rows.append(Problem(f.severity, f.kind, f.message, f.cluster, f.entry_offset))
+        return rows
+
+    def problem(self, row: int) -> Problem:
+        return self._rows[row]
+
+    def rowCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
+        if orientation == Qt.Horizontal and role == Qt.DisplayRole \
+                and 0 <= section < len(self.COLUMNS):
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index, role=Qt.DisplayRole):
+        if not index.isValid() or index.row() >= len(self._rows):
+            return None
+        p = self._rows[index.row()]
+        col = index.column()
+        if role in (Qt.DisplayRole, Qt.ToolTipRole):
+            if col == 0:
+                return p.severity
+            if col == 1:
+                return p.kind
+            if col == 2:
+                return "" if p.cluster is None else f"{p.cluster:,}"
+            if col == 3:
+                return "" if p.entry_offset is None else f"{p.entry_offset:#x}"
+            if col == 4:
+                return p.message
+        elif role == Qt.ForegroundRole and col == 0:
+            return QBrush(QColor(_SEVERITY_COLOURS.get(p.severity, "#455a64")))
+        elif role == EntryOffsetRole:
+            return p.entry_offset
+        elif role == ClusterRole:
+            return p.cluster
+        return None

@@ -1,0 +1,628 @@
+"""The L1/L2 and refcount tables as a lazy tree.
+
+Roots: the active L1 table, each snapshot's L1 table, the refcount table.  L1
+entries expand into their L2 entries and refcount table entries into their
+refcount blocks.  Nothing below a root is read until it is expanded, and rows
+arrive in batches of :data:`BATCH` through ``canFetchMore``/``fetchMore``.
+
+Every index's internal pointer is the *container* node whose child it is;
+containers get a :class:`Node` only once they are reached, so a table of a
+million entries costs one small numpy array and the rows on screen.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor
+
+from ..engine import Qcow2Error
+from ..engine import clusters as C
+from ..engine.clusters import ClusterType
+from ..engine.image import Image
+from .units import human_size
+
+BATCH = 1024
+
+ROOT, L1_ROOT, RT_ROOT, L1E, L2E, RTE, RBE = range(7)
+CHILD_KIND = {ROOT: None, L1_ROOT: L1E, RT_ROOT: RTE, L1E: L2E, RTE: RBE}
+
+COLUMNS = ("Entry", "Guest range", "Raw entry", "Host offset", "Flags", "Refcount", "Problem")
+COL_INDEX, COL_GUEST, COL_RAW, COL_HOST, COL_FLAGS, COL_REFCOUNT, COL_PROBLEM = range(7)
+
+EntryOffsetRole = Qt.UserRole + 1     # file offset of the entry's bytes
+HostOffsetRole = Qt.UserRole + 2      # host offset the entry points at (or None)
+GuestOffsetRole = Qt.UserRole + 3     # first guest byte the entry maps (or None)
+KindRole = Qt.UserRole + 4            # "l1_table", "l1", "l2", "refcount_table", ...
+
+_KIND_NAMES = {L1_ROOT: "l1_table", RT_ROOT: "refcount_table", L1E: "l1", L2E: "l2",
+               RTE: "refcount_table_entry", RBE: "refcount"}
+_TYPE_NAMES = {ClusterType.UNALLOCATED: "unallocated", ClusterType.ZERO_PLAIN: "zero",
+               ClusterType.ZERO_ALLOC: "zero, allocated", ClusterType.NORMAL: "data",
+               ClusterType.COMPRESSED: "compressed",
+               ClusterType.UNALLOCATED_ALLOC: "allocated, unwritten",
+               ClusterType.INVALID: "INVALID sub-cluster bitmap"}
+PROBLEM_COLOR = QColor("#c0392b")
+
+
+class Node:
+    """A container row: a root table, an L1 entry or a refcount table entry."""
+
+    __slots__ = ("kind", "parent", "pos", "entry", "label", "snapshot", "cand", "count",
+                 "kids", "error", "raw", "bitmap", "types", "table_offset", "loaded")
+
+    def __init__(self, kind: int, parent: "Node | None", pos: int, entry: int = -1) -> None:
+        self.kind = kind
+        self.parent = parent
+        self.pos = pos                    # row under parent
+        self.entry = entry                # index in the parent's table
+        self.label = ""
+        self.snapshot = None              # Snapshot for snapshot L1 roots
+        self.cand: np.ndarray | None = None   # entry indices of the children shown
+        self.count = 0                    # children fetched so far
+        self.kids: dict[int, Node] = {}
+        self.error: str | None = None
+        self.raw: np.ndarray | None = None    # this container's table (uint64)
+        self.bitmap: np.ndarray | None = None
+        self.types: np.ndarray | None = None
+        self.table_offset = 0
+        self.loaded = False
+
+
+class TableTreeModel(QAbstractItemModel):
+    """Lazy tree of the image's tables."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._img: Image | None = None
+        self._root = Node(ROOT, None, 0)
+        self._root.cand = np.zeros(0, dtype=np.int64)
+        self._allocated_only = False
+        self._rc_cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._refcounts: np.ndarray | None = None     # from the host map when ready
+        self._problems_at: dict[int, list[str]] = {}  # entry file offset -> messages
+        self._problems_cluster: dict[int, list[str]] = {}
+        self.tables_read = 0      # L2 tables / refcount blocks / snapshot L1s read so far
+
+    # -- content -----------------------------------------------------------------------
+    def set_image(self, img: Image | None) -> None:
+        self.beginResetModel()
+        self._img = img
+        self._rc_cache.clear()
+        self._refcounts = None
+        self._build_roots()
+        self.endResetModel()
+
+    def set_allocated_only(self, on: bool) -> None:
+        if on == self._allocated_only:
+            return
+        self.beginResetModel()
+        self._allocated_only = on
+        self._build_roots()
+        self.endResetModel()
+
+    @property
+    def allocated_only(self) -> bool:
+        return self._allocated_only
+
+    def set_analysis(self, refcounts: np.ndarray | None, findings) -> None:
+        """Refcounts from the host map and check findings, once the worker has them."""
+        self._refcounts = refcounts
+        self._problems_at = {}
+        self._problems_cluster = {}
+        for f in findings or ():
+            if getattr(f, "entry_offset", None) is not None:
+                self._problems_at.setdefault(f.entry_offset, []).append(f.message)
+            else:
+                self._problems_cluster.setdefault(f.cluster, []).append(f.message)
+        self._announce_all()
+
+    def _announce_all(self) -> None:
+        def walk(node: Node, parent: QModelIndex) -> None:
+            if node.count:
+                self.dataChanged.emit(self.index(0, COL_REFCOUNT, parent),
+                                      self.index(node.count - 1, COL_PROBLEM, parent))
+            for pos, kid in list(node.kids.items()):
+                if pos < node.count:
+                    walk(kid, self.index(pos, 0, parent))
+        walk(self._root, QModelIndex())
+
+    def _build_roots(self) -> None:
+        root = self._root
+        root.kids = {}
+        img = self._img
+        if img is None:
+            root.cand = np.zeros(0, dtype=np.int64)
+            root.count = 0
+            return
+        roots: list[Node] = []
+        n = Node(L1_ROOT, root, 0)
+        n.label = "Active L1 table"
+        n.table_offset = img.l1_table.offset
+        n.raw = img.l1_table.entries
+        n.loaded = True
+        roots.append(n)
+        for s in img.snapshots:
+            n = Node(L1_ROOT, root, len(roots))
+            n.label = f"Snapshot {s.id_str} '{s.name}' L1 table"
+            n.snapshot = s
+            n.table_offset = s.l1_table_offset
+            roots.append(n)
+        n = Node(RT_ROOT, root, len(roots))
+        n.label = "Refcount table"
+        n.table_offset = img.header.refcount_table_offset
+        n.raw = img.refcount_table
+        n.loaded = True
+        roots.append(n)
+        root.kids = dict(enumerate(roots))
+        root.cand = np.arange(len(roots), dtype=np.int64)
+        root.count = len(roots)
+
+    # -- loading -----------------------------------------------------------------------
+    def _load(self, node: Node) -> None:
+        """Read the container's own table (once) and choose the children shown."""
+        if node.cand is not None:
+            return
+        img = self._img
+        try:
+            if not node.loaded:
+                self._read_table(node)
+        except Qcow2Error as e:
+            node.error = str(e)
+            node.raw = np.zeros(0, dtype=np.uint64)
+        node.loaded = True
+        raw = node.raw if node.raw is not None else np.zeros(0, dtype=np.uint64)
+        if node.kind in (L1_ROOT, L1E, RT_ROOT) and self._allocated_only:
+            mask = raw != 0
+            if node.kind == L1_ROOT:
+                mask = (raw & np.uint64(C.L1E_OFFSET_MASK)) != 0
+            if node.bitmap is not None:
+                mask |= node.bitmap != 0
+            node.cand = np.flatnonzero(mask)
+        elif node.kind == RTE and self._allocated_only:
+            node.cand = np.flatnonzero(raw)
+        else:
+            node.cand = np.arange(len(raw), dtype=np.int64)
+        if node.kind == L1E and img is not None and node.raw is not None and len(node.raw):
+            node.types = C.decode_l2_types(node.raw, node.bitmap, img.has_data_file)
+
+    def _read_table(self, node: Node) -> None:
+        img = self._img
+        assert img is not None
+        self.tables_read += 1
+        if node.kind == L1_ROOT:
+            t = img.snapshot_l1_table(node.snapshot)
+            node.raw = t.entries
+        elif node.kind == L1E:
+            l2 = img.l2_table(node.table_offset, node.entry)
+            node.raw, node.bitmap = l2.raw, l2.bitmap
+        elif node.kind == RTE:
+            blk = img.refcount_block(node.entry)
+            node.raw = np.zeros(0, dtype=np.uint64) if blk is None else blk[1]
+
+    def _container(self, parent: QModelIndex) -> Node | None:
+        """The Node of the row ``parent`` (the root for an invalid index)."""
+        if not parent.isValid():
+            return self._root
+        holder: Node = parent.internalPointer()
+        pos = parent.row()
+        kid = holder.kids.get(pos)
+        if kid is not None:
+            return kid
+        kind = CHILD_KIND.get(holder.kind)
+        if kind not in (L1E, RTE):
+            return None
+        self._load(holder)
+        entry = int(holder.cand[pos])
+        raw = int(holder.raw[entry])
+        kid = Node(kind, holder, pos, entry)
+        kid.table_offset = raw & (C.L1E_OFFSET_MASK if kind == L1E else C.REFT_OFFSET_MASK)
+        if not kid.table_offset:
+            kid.cand = np.zeros(0, dtype=np.int64)
+            kid.loaded = True
+        holder.kids[pos] = kid
+        return kid
+
+    def _has_kids(self, node: Node) -> bool:
+        if node.kind == ROOT:
+            return True
+        if node.kind in (L1_ROOT, RT_ROOT):
+            return node.cand is None or len(node.cand) > 0
+        return bool(node.table_offset) and (node.cand is None or len(node.cand) > 0)
+
+    # -- Qt API ---------------------------------------------------------------------------
+    def index(self, row: int, column: int, parent=QModelIndex()) -> QModelIndex:
+        if column < 0 or column >= len(COLUMNS) or row < 0:
+            return QModelIndex()
+        node = self._container(parent)
+        if node is None or row >= node.count:
+            return QModelIndex()
+        return self.createIndex(row, column, node)
+
+    def parent(self, index=QModelIndex()) -> QModelIndex:  # type: ignore[override]
+        if not index.isValid():
+            return QModelIndex()
+        holder: Node = index.internalPointer()
+        if holder is self._root or holder.parent is None:
+            return QModelIndex()
+        return self.createIndex(holder.pos, 0, holder.parent)
+
+    def rowCount(self, parent=QModelIndex()) -> int:
+        if parent.isValid() and parent.column() != 0:
+            return 0
+        node = self._container(parent)
+        return 0 if node is None else node.count
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return len(COLUMNS)
+
+    def hasChildren(self, parent=QModelIndex()) -> bool:
+        if not parent.isValid():
+            return True
+        if parent.column() != 0:
+            return False
+        holder: Node = parent.internalPointer()
+        if holder.kind in (L1E, RTE):
+            return False    # L2 entries and refcounts are leaves
+        node = self._container(parent)
+        return node is not None and self._has_kids(node)
+
+    def canFetchMore(self, parent=QModelIndex()) -> bool:
+        if parent.isValid() and parent.column() != 0:
+            return False
+        node = self._container(parent)
+        if node is None or node.kind == ROOT or not self._has_kids(node):
+            return False
+        return node.cand is None or node.count < len(node.cand)
+
+    def fetchMore(self, parent=QModelIndex()) -> None:
+        node = self._container(parent)
+        if node is None or node.kind == ROOT:
+            return
+        self._load(node)
+        self._fetch_to(node, parent, node.count + BATCH)
+
+    def _fetch_to(self, node: Node, parent: QModelIndex, upto: int) -> None:
+        assert node.cand is not None
+        upto = min(upto, len(node.cand))
+        if upto <= node.count:
+            return
+        self.beginInsertRows(parent, node.count, upto - 1)
+        node.count = upto
+        self.endInsertRows()
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
+        if orientation == Qt.Horizontal and role == Qt.DisplayRole \
+                and 0 <= section < len(COLUMNS):
+            return COLUMNS[section]
+        return None
+
+    def flags(self, index):
+        if not index.isValid():
+            return Qt.NoItemFlags
+        return Qt.ItemIsEnabled | Qt.ItemIsSelectable
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role=Qt.DisplayRole):
+        if not index.isValid():
+            return None
+        holder: Node = index.internalPointer()
+        row, col = index.row(), index.column()
+        if holder.kind == ROOT:
+            return self._root_data(holder.kids[row], col, role)
+        if holder.cand is None or row >= len(holder.cand):
+            return None
+        entry = int(holder.cand[row])
+        kind = CHILD_KIND[holder.kind]
+        if role == Qt.DisplayRole:
+            return self._text(holder, kind, entry, col)
+        if role == Qt.ToolTipRole:
+            if col == COL_PROBLEM:
+                return "\n".join(self._problems(holder, kind, entry)) or None
+            return self._text(holder, kind, entry, col)
+        if role == Qt.ForegroundRole:
+            if col == COL_PROBLEM or (col == COL_FLAGS and kind == L2E and holder.types is not None
+                                      and holder.types[entry] == ClusterType.INVALID):
+                return QBrush(PROBLEM_COLOR)
+            if col == COL_RAW and int(holder.raw[entry]) == 0:
+                return QBrush(QColor("#999999"))
+            return None
+        if role == Qt.TextAlignmentRole:
+            if col == COL_REFCOUNT:
+                return int(Qt.AlignRight | Qt.AlignVCenter)
+            return None
+        if role == EntryOffsetRole:
+            return self._entry_offset(holder, kind, entry)
+        if role == HostOffsetRole:
+            return self._host_offset(holder, kind, entry)
+        if role == GuestOffsetRole:
+            return self._guest_offset(holder, kind, entry)
+        if role == KindRole:
+            return _KIND_NAMES[kind]
+        return None
+
+    def _root_data(self, node: Node, col: int, role: int):
+        if role == Qt.DisplayRole:
+            if col == COL_INDEX:
+                return node.label
+            if col == COL_GUEST:
+                n = len(node.raw) if node.raw is not None else (
+                    node.snapshot.l1_size if node.snapshot else 0)
+                return f"{n:,} entries"
+            if col == COL_HOST:
+                return f"{node.table_offset:#x}"
+            if col == COL_PROBLEM:
+                return node.error or ""
+            return ""
+        if role == Qt.ForegroundRole and col == COL_PROBLEM:
+            return QBrush(PROBLEM_COLOR)
+        if role == Qt.ToolTipRole and col == COL_PROBLEM:
+            return node.error
+        if role == EntryOffsetRole:
+            return node.table_offset
+        if role == HostOffsetRole:
+            return node.table_offset
+        if role == KindRole:
+            return _KIND_NAMES[node.kind]
+        return None
+
+    # -- per-entry facts ------------------------------------------------------------------
+    @property
+    def _cs(self) -> int:
+        return self._img.cluster_size if self._img else 1
+
+    def _entry_offset(self, holder: Node, kind: int, entry: int) -> int:
+        img = self._img
+        if kind == L2E:
+            return holder.table_offset + img.header.l2_entry_size * entry
+        if kind == RBE:
+            return holder.table_offset + (entry << img.header.refcount_order) // 8
+        return holder.table_offset + 8 * entry
+
+    def _host_offset(self, holder: Node, kind: int, entry: int) -> int | None:
+        raw = int(holder.raw[entry])
+        img = self._img
+        if kind == L1E:
+            return (raw & C.L1E_OFFSET_MASK) or None
+        if kind == RTE:
+            return (raw & C.REFT_OFFSET_MASK) or None
+        if kind == RBE:
+            return (holder.entry * img.refcount_block_entries + entry) * self._cs
+        t = holder.types[entry] if holder.types is not None else C.cluster_type(raw)
+        if t == ClusterType.COMPRESSED:
+            return img.layout.decode(raw)[0]
+        return (raw & C.L2E_OFFSET_MASK) or (0 if t == ClusterType.NORMAL else None)
+
+    def _guest_offset(self, holder: Node, kind: int, entry: int) -> int | None:
+        img = self._img
+        if kind == L1E:
+            return entry * img.l2_size * self._cs
+        if kind == L2E:
+            return (holder.entry * img.l2_size + entry) * self._cs
+        return None
+
+    def _refcount(self, host_offset: int | None) -> int | None:
+        if host_offset is None or self._img is None:
+            return None
+        cluster = host_offset // self._cs
+        rc = self._refcounts
+        if rc is not None and cluster < len(rc):
+            return int(rc[cluster])
+        img = self._img
+        rti, i = divmod(cluster, img.refcount_block_entries)
+        if rti >= len(img.refcount_table):
+            return 0
+        if rti not in self._rc_cache:
+            try:
+                blk = img.refcount_block(rti)
+            except Qcow2Error:
+                blk = None
+            self._rc_cache[rti] = None if blk is None else blk[1]
+            if len(self._rc_cache) > 64:
+                self._rc_cache.popitem(last=False)
+        counts = self._rc_cache[rti]
+        return 0 if counts is None else int(counts[i])
+
+    def _problems(self, holder: Node, kind: int, entry: int) -> list[str]:
+        out = list(self._problems_at.get(self._entry_offset(holder, kind, entry), ()))
+        host = self._host_offset(holder, kind, entry)
+        if host is not None and not (
+                kind == L2E and holder.types is not None and holder.types[entry]
+                in (ClusterType.COMPRESSED, ClusterType.ZERO_PLAIN, ClusterType.UNALLOCATED)):
+            out += self._problems_cluster.get(host // self._cs, [])
+        if kind in (L1E, RTE):
+            kid = holder.kids.get(self._pos_of(holder, entry))
+            if kid is not None and kid.error:
+                out.append(kid.error)
+        return out
+
+    def _pos_of(self, holder: Node, entry: int) -> int:
+        if holder.cand is None:
+            return -1
+        pos = int(np.searchsorted(holder.cand, entry))
+        return pos if pos < len(holder.cand) and holder.cand[pos] == entry else -1
+
+    def _text(self, holder: Node, kind: int, entry: int, col: int) -> str:
+        img = self._img
+        raw = int(holder.raw[entry])
+        cs = self._cs
+        if col == COL_INDEX:
+            return str(entry)
+        if col == COL_GUEST:
+            if kind in (L1E, L2E):
+                g = self._guest_offset(holder, kind, entry)
+                span = img.l2_size * cs if kind == L1E else cs
+                return f"{g:#x} – {g + span - 1:#x}"
+            if kind == RTE:
+                per = img.refcount_block_entries
+                return f"host clusters {entry * per:,} – {(entry + 1) * per - 1:,}"
+            return f"host cluster {holder.entry * img.refcount_block_entries + entry:,}"
+        if col == COL_RAW:
+            if kind == RBE:
+                return str(raw)
+            text = f"{raw:016x}"
+            if kind == L2E and holder.bitmap is not None:
+                text += f" {int(holder.bitmap[entry]):016x}"
+            return text
+        if col == COL_HOST:
+            h = self._host_offset(holder, kind, entry)
+            if h is None:
+                return ""
+            if kind == L2E and holder.types is not None \
+                    and holder.types[entry] == ClusterType.COMPRESSED:
+                _, n = img.layout.decode(raw)
+                return f"{h:#x} (+{n} B)"
+            return f"{h:#x}"
+        if col == COL_FLAGS:
+            return self._flags(holder, kind, entry, raw)
+        if col == COL_REFCOUNT:
+            if kind == RBE:
+                return ""
+            h = self._host_offset(holder, kind, entry)
+            if kind == L2E and holder.types is not None \
+                    and holder.types[entry] in (ClusterType.ZERO_PLAIN, ClusterType.UNALLOCATED):
+                return ""
+            rc = self._refcount(h) if h else None
+            return "" if rc is None else str(rc)
+        if col == COL_PROBLEM:
+            probs = self._problems(holder, kind, entry)
+            return ("⚠ " + probs[0] + (f" (+{len(probs) - 1})" if len(probs) > 1 else "")
+                    if probs else "")
+        return ""
+
+    def _flags(self, holder: Node, kind: int, entry: int, raw: int) -> str:
+        parts: list[str] = []
+        if kind == L1E:
+            if raw & C.L1E_OFFSET_MASK:
+                parts.append("L2 table")
+            if raw & C.QCOW_OFLAG_COPIED:
+                parts.append("COPIED")
+            if raw & C.L1E_RESERVED_MASK:
+                parts.append("RESERVED BITS SET")
+        elif kind == L2E:
+            t = ClusterType(int(holder.types[entry])) if holder.types is not None \
+                else C.cluster_type(raw)
+            parts.append(_TYPE_NAMES.get(t, t.name.lower()))
+            if raw & C.QCOW_OFLAG_COPIED:
+                parts.append("COPIED")
+            if t == ClusterType.COMPRESSED:
+                parts.append(f"{self._img.layout.decode(raw)[1]} B")
+            elif raw & C.QCOW_OFLAG_ZERO and holder.bitmap is None:
+                parts.append("ZERO flag")
+            if holder.bitmap is not None and t != ClusterType.COMPRESSED:
+                bm = int(holder.bitmap[entry])
+                if bm:
+                    parts.append(f"sub-clusters alloc {bm & 0xFFFFFFFF:08x} "
+                                 f"zero {bm >> 32:08x}")
+        elif kind == RTE:
+            if raw & C.REFT_OFFSET_MASK:
+                parts.append("refcount block")
+        return ", ".join(parts)
+
+    def entry_length(self, index: QModelIndex) -> int:
+        """Bytes of the entry at ``index`` in the file (for the file hex view)."""
+        kind = index.data(KindRole)
+        img = self._img
+        if img is None:
+            return 0
+        if kind == "l2":
+            return img.header.l2_entry_size
+        if kind == "refcount":
+            return max(1, img.header.refcount_bits // 8)
+        return 8
+
+    # -- navigation ----------------------------------------------------------------------
+    def root_index(self, kind: str = "l1_table", snapshot: str | None = None) -> QModelIndex:
+        for pos, node in self._root.kids.items():
+            if kind == "refcount_table" and node.kind == RT_ROOT:
+                return self.createIndex(pos, 0, self._root)
+            if kind == "l1_table" and node.kind == L1_ROOT:
+                s = node.snapshot
+                if (snapshot is None and s is None) or (
+                        s is not None and snapshot in (s.id_str, s.name)):
+                    return self.createIndex(pos, 0, self._root)
+        return QModelIndex()
+
+    def _child_index(self, parent: QModelIndex, entry: int) -> QModelIndex:
+        """Fetch as far as needed and return the row of table entry ``entry``."""
+        node = self._container(parent)
+        if node is None:
+            return QModelIndex()
+        self._load(node)
+        pos = self._pos_of(node, entry)
+        if pos < 0:
+            return QModelIndex()
+        if pos >= node.count:
+            self._fetch_to(node, parent, pos + 1 + BATCH // 4)
+        return self.index(pos, 0, parent)
+
+    def index_for_guest(self, guest_offset: int, snapshot: str | None = None) -> QModelIndex:
+        """The L2 entry mapping ``guest_offset`` (or its L1 entry when it has no L2 table)."""
+        img = self._img
+        if img is None or guest_offset < 0 or guest_offset >= max(img.virtual_size, 1):
+            return QModelIndex()
+        cidx = guest_offset // self._cs
+        l1i, l2i = divmod(cidx, img.l2_size)
+        root = self.root_index("l1_table", snapshot)
+        if not root.isValid():
+            return QModelIndex()
+        l1 = self._child_index(root, l1i)
+        if not l1.isValid():
+            return root
+        l2 = self._child_index(l1, l2i)
+        return l2 if l2.isValid() else l1
+
+    def index_for_entry_offset(self, offset: int) -> QModelIndex:
+        """The row whose entry bytes are at file offset ``offset`` (L1, L2, refcount)."""
+        img = self._img
+        if img is None:
+            return QModelIndex()
+        cs = self._cs
+        for pos, node in list(self._root.kids.items()):
+            root = self.createIndex(pos, 0, self._root)
+            self._load(node)
+            raw = node.raw
+            n = 0 if raw is None else len(raw)
+            if node.table_offset <= offset < node.table_offset + 8 * n:
+                return self._child_index(root, (offset - node.table_offset) // 8)
+            # an entry inside one of this root's child tables?
+            cluster_start = offset - offset % cs
+            if node.kind == L1_ROOT:
+                hits = np.flatnonzero((raw & np.uint64(C.L1E_OFFSET_MASK))
+                                      == np.uint64(cluster_start)) if n else []
+                for l1i in hits:
+                    l1 = self._child_index(root, int(l1i))
+                    if l1.isValid():
+                        idx = self._child_index(
+                            l1, (offset - cluster_start) // img.header.l2_entry_size)
+                        return idx if idx.isValid() else l1
+            elif node.kind == RT_ROOT and n:
+                hits = np.flatnonzero((raw & np.uint64(C.REFT_OFFSET_MASK))
+                                      == np.uint64(cluster_start))
+                for rti in hits:
+                    rte = self._child_index(root, int(rti))
+                    if rte.isValid():
+                        bits = img.header.refcount_bits
+                        idx = self._child_index(rte, (offset - cluster_start) * 8 // bits)
+                        return idx if idx.isValid() else rte
+        return QModelIndex()
+
+    def index_for_table(self, host_offset: int) -> QModelIndex:
+        """The row of the table that lives at ``host_offset`` (roots, L2 tables, blocks)."""
+        cs = self._cs
+        start = host_offset - host_offset % cs
+        for pos, node in list(self._root.kids.items()):
+            root = self.createIndex(pos, 0, self._root)
+            self._load(node)
+            n = 0 if node.raw is None else len(node.raw)
+            if node.table_offset <= host_offset < node.table_offset + max(8 * n, 1):
+                return root
+            mask = C.L1E_OFFSET_MASK if node.kind == L1_ROOT else C.REFT_OFFSET_MASK
+            if n:
+                hits = np.flatnonzero((node.raw & np.uint64(mask)) == np.uint64(start))
+                if len(hits):
+                    idx = self._child_index(root, int(hits[0]))
+                    if idx.isValid():
+                        return idx
+        return QModelIndex()

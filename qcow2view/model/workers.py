@@ -1,0 +1,72 @@
+"""Background work off the GUI thread: a QThread running one Python callable.
+
+The callable gets ``progress(done, total)`` and ``cancel() -> bool`` and its
+result (or exception) comes back through queued signals.  Every worker is
+registered so that tests can assert none outlives its document.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from PySide6.QtCore import QThread, Signal
+
+_WORKERS: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+PROGRESS_INTERVAL = 0.05     # seconds between progress signals
+
+
+class Worker(QThread):
+    """Runs ``fn(progress, cancel)`` in its own thread."""
+
+    progressed = Signal(str, int, int)      # task, done, total
+    succeeded = Signal(object)
+    failed = Signal(object)                 # the exception
+
+    def __init__(self, task: str, fn: Callable[[Callable[[int, int], None],
+                                                 Callable[[], bool]], Any],
+                 parent=None) -> None:
+        super().__init__(parent)
+        self.task = task
+        self._fn = fn
+        self._cancel = threading.Event()
+        self._last = 0.0
+        _WORKERS.add(self)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def set_task(self, task: str) -> None:
+        self.task = task
+        self._last = 0.0
+
+    def _progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL or done >= total:
+            self._last = now
+            self.progressed.emit(self.task, int(done), int(total))
+
+    def run(self) -> None:  # noqa: D401 - QThread API
+        try:
+            result = self._fn(self._progress, self._cancel.is_set)
+        except BaseException as e:  # handed to the GUI thread, which decides
+            self.failed.emit(e)
+        else:
+            self.succeeded.emit(result)
+
+    def stop(self, timeout_ms: int = 30000) -> None:
+        """Cancel and join."""
+        self.cancel()
+        if self.isRunning():
+            self.wait(timeout_ms)
+
+
+def running_workers() -> list[Worker]:
+    """Workers whose thread is still running (tests use this)."""
+    return [w for w in list(_WORKERS) if w.isRunning()]

@@ -1,0 +1,58 @@
+"""The header panel: every header field, extension, backing file, snapshot and bitmap."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QModelIndex, Signal
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableView, QVBoxLayout, QWidget
+
+from ..model.header_model import HeaderModel, OffsetRole
+
+
+class HeaderPanel(QWidget):
+    """A table of the header model; clicking a field asks to show its bytes."""
+
+    showFileBytes = Signal(object, object)     # offset, length
+
+    def __init__(self, model: HeaderModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        title = QLabel("<b>Header</b>")
+        self.view = QTableView(self)
+        self.view.setObjectName("headerTable")
+        self.view.setModel(model)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.view.setAlternatingRowColors(True)
+        self.view.setWordWrap(False)
+        self.view.verticalHeader().hide()
+        self.view.verticalHeader().setDefaultSectionSize(
+            self.view.fontMetrics().height() + 6)
+        hh = self.view.horizontalHeader()
+        hh.setSectionResizeMode(QHeaderView.Interactive)
+        hh.setStretchLastSection(True)
+        self.view.clicked.connect(self._clicked)
+        self.view.activated.connect(self._clicked)
+        model.modelReset.connect(self._fit)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(title)
+        lay.addWidget(self.view)
+
+    def _fit(self) -> None:
+        self.view.resizeColumnsToContents()
+        fm = self.view.fontMetrics()
+        self.view.setColumnWidth(0, min(self.view.columnWidth(0), fm.horizontalAdvance("x") * 26))
+        self.view.setColumnWidth(2, min(self.view.columnWidth(2), fm.horizontalAdvance("x") * 20))
+
+    def _clicked(self, index: QModelIndex) -> None:
+        where = index.data(OffsetRole)
+        if where is not None:
+            self.showFileBytes.emit(where[0], where[1])
+
+    def select_field(self, name: str) -> bool:
+        row = self.model.find(name)
+        if row < 0:
+            return False
+        self.view.selectRow(row)
+        self.view.scrollTo(self.model.index(row, 0))
+        return True

@@ -1,0 +1,237 @@
+"""One image in the main window: banner, header panel, table tree and pictures.
+
+Hooks for the hex views: :meth:`ImageTab.add_view` adds a tab to the picture
+area; the ``showFileBytes`` / ``showGuestOffset`` / ``clusterSelected`` signals
+say what the user asked to see; :meth:`register_action` lets a view take over
+a window action (save, revert, find, goto, edit) for this tab, and
+:meth:`set_undo_stack` plugs its QUndoStack into the window's Undo/Redo.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QUndoStack
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QSplitter, QTabWidget, QVBoxLayout,
+                               QWidget)
+
+from ..model.allocation import AllocationModel
+from ..model.document import ImageDocument
+from ..model.header_model import HeaderModel
+from ..model.problems_model import ProblemsModel
+from ..model.table_tree_model import TableTreeModel
+from .headerpanel import HeaderPanel
+from .heatmap import HeatmapView
+from .mappingplot import MappingPlot
+from .problemspanel import ProblemsPanel
+from .tablepanel import TablePanel
+
+
+class Banner(QLabel):
+    """A coloured strip naming what is wrong with the image (hidden when nothing is)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setTextFormat(Qt.RichText)
+        self.setObjectName("problemBanner")
+        self.hide()
+
+    def set_problems(self, lines: list[str], severe: bool) -> None:
+        if not lines:
+            self.hide()
+            return
+        bg, fg = ("#ffebee", "#b71c1c") if severe else ("#fff8e1", "#8d6e00")
+        self.setStyleSheet(f"QLabel#problemBanner {{ background: {bg}; color: {fg}; "
+                           f"border: 1px solid {fg}; border-radius: 3px; padding: 6px; }}")
+        head = "⚠ This image has problems" if severe else "⚠ Note"
+        items = "".join(f"<li>{_esc(t)}</li>" for t in lines[:6])
+        more = f"<li>… and {len(lines) - 6} more (see Problems)</li>" if len(lines) > 6 else ""
+        self.setText(f"<b>{head}</b> (opened read-only, see the Problems tab):"
+                     f"<ul style='margin:0'>{items}{more}</ul>")
+        self.show()
+
+
+def _esc(t: str) -> str:
+    return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class ImageTab(QWidget):
+    showFileBytes = Signal(object, object)   # offset, length in the image file
+    showGuestOffset = Signal(object)         # guest byte offset
+    clusterSelected = Signal(object)         # host cluster index
+    titleChanged = Signal()
+    actionsChanged = Signal()
+
+    def __init__(self, document: ImageDocument, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.header_model = HeaderModel(self)
+        self.tree_model = TableTreeModel(self)
+        self.allocation = AllocationModel(self)
+        self.problems_model = ProblemsModel(self)
+        self._handlers: dict[str, tuple[Callable[[], None], bool]] = {}
+        self.undo_stack: QUndoStack | None = None
+
+        self.banner = Banner()
+        self.header_panel = HeaderPanel(self.header_model)
+        self.table_panel = TablePanel(self.tree_model)
+        self.heatmap = HeatmapView(self.allocation)
+        self.mapping = MappingPlot(self.allocation)
+        self.problems = ProblemsPanel(self.problems_model)
+        self.views = QTabWidget()
+        self.views.setObjectName("views")
+        self.views.setDocumentMode(True)
+        self.views.addTab(self.heatmap, "Map")
+        self.views.addTab(self.mapping, "Mapping")
+        self.views.addTab(self.problems, "Problems")
+
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.setObjectName("imageSplitter")
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(self.header_panel)
+        self.splitter.addWidget(self.table_panel)
+        self.splitter.addWidget(self.views)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 4)
+        self.splitter.setStretchFactor(2, 4)
+        self.splitter.setSizes([470, 560, 570])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        top = QHBoxLayout()
+        top.addWidget(self.banner, 1)
+        lay.addLayout(top)
+        lay.addWidget(self.splitter, 1)
+
+        # navigation between the panels
+        self.header_panel.showFileBytes.connect(self.showFileBytes)
+        self.table_panel.showFileBytes.connect(self.showFileBytes)
+        self.table_panel.showGuestOffset.connect(self.showGuestOffset)
+        self.heatmap.clusterClicked.connect(self._cluster_clicked)
+        self.problems.entryRequested.connect(self._go_entry)
+        self.problems.clusterRequested.connect(
+            lambda c: self._cluster_clicked(c, "kind"))
+
+        d = document
+        d.loaded.connect(self._reload)
+        d.changed.connect(self._reload)
+        d.mapsReady.connect(self._maps_ready)
+        d.writableChanged.connect(lambda _w: self.titleChanged.emit())
+        if d.image is not None:
+            self._reload()
+        if d.analysis is not None:
+            self._maps_ready()
+
+    # -- hooks for other views ---------------------------------------------------------------
+    def add_view(self, name: str, widget: QWidget) -> int:
+        """Add a tab (e.g. "Hex (guest)") to the picture area; returns its index."""
+        return self.views.addTab(widget, name)
+
+    def view(self, name: str) -> QWidget | None:
+        for i in range(self.views.count()):
+            if self.views.tabText(i) == name:
+                return self.views.widget(i)
+        return None
+
+    def show_view(self, name: str) -> bool:
+        w = self.view(name)
+        if w is not None:
+            self.views.setCurrentWidget(w)
+        return w is not None
+
+    def register_action(self, name: str, handler: Callable[[], None], enabled: bool = True
+                        ) -> None:
+        """Handle window action ``name`` (save, revert, find, goto, edit) for this tab."""
+        self._handlers[name] = (handler, enabled)
+        self.actionsChanged.emit()
+
+    def set_action_enabled(self, name: str, enabled: bool) -> None:
+        if name in self._handlers:
+            self._handlers[name] = (self._handlers[name][0], enabled)
+            self.actionsChanged.emit()
+
+    def action_enabled(self, name: str) -> bool:
+        if name == "goto":
+            return True
+        h = self._handlers.get(name)
+        return bool(h and h[1])
+
+    def trigger(self, name: str) -> bool:
+        h = self._handlers.get(name)
+        if h is not None and h[1]:
+            h[0]()
+            return True
+        if name == "goto":
+            self.table_panel.focus_jump()
+            return True
+        return False
+
+    def set_undo_stack(self, stack: QUndoStack) -> None:
+        self.undo_stack = stack
+        self.actionsChanged.emit()
+
+    # -- titles ------------------------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        return self.document.name
+
+    @property
+    def mode_text(self) -> str:
+        return "editing" if self.document.writable else "read-only"
+
+    # -- document events ---------------------------------------------------------------------
+    def _reload(self) -> None:
+        img = self.document.image
+        self.header_model.set_image(img)
+        self.tree_model.set_image(img)
+        self.problems_model.set_document(self.document)
+        self._update_banner()
+        self.titleChanged.emit()
+
+    def _maps_ready(self) -> None:
+        d = self.document
+        hm = d.host_map
+        self.allocation.set_maps(hm, d.guest_map)
+        findings = getattr(d.check_result, "findings", None)
+        self.tree_model.set_analysis(None if hm is None else hm.refcounts, findings)
+        self.problems_model.set_document(d)
+        self._update_banner()
+
+    def _update_banner(self) -> None:
+        d = self.document
+        lines = d.problems()
+        c = d.check_result
+        img = d.image
+        severe = bool(img is not None and img.corrupt) or bool(c is not None and c.corruptions) \
+            or any("NOT FOUND" in t or "not found" in t for t in lines)
+        self.banner.set_problems(lines, severe)
+        i = self.views.indexOf(self.problems)
+        n = self.problems_model.rowCount()
+        self.views.setTabText(i, f"Problems ({n})" if n else "Problems")
+
+    # -- navigation --------------------------------------------------------------------------------
+    def _go_entry(self, entry_offset: int) -> None:
+        self.table_panel.go_to_entry(entry_offset)
+        self.showFileBytes.emit(entry_offset, 8)
+
+    def _cluster_clicked(self, cluster: int, mode: str) -> None:
+        if mode == "guest":
+            gm = self.allocation.guest_map
+            off = cluster * gm.cluster_size
+            self.table_panel.go_to_guest(off)
+            self.showGuestOffset.emit(off)
+            return
+        hm = self.allocation.host_map
+        if hm is None:
+            return
+        cs = hm.cluster_size
+        self.clusterSelected.emit(cluster)
+        self.showFileBytes.emit(cluster * cs, cs)
+        for o in self.allocation.owners(cluster):
+            if o.entry_offset is not None and self.table_panel.go_to_entry(o.entry_offset):
+                return
+        self.table_panel.go_to_table(cluster * cs)
+
+    def close_document(self) -> None:
+        self.document.close()
