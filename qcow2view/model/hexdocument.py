@@ -95,7 +95,7 @@ class ReplaceCommand(QUndoCommand):
 class HexDocument(QObject):
     """Guest bytes of an engine Image with an edit overlay and undo stack."""
 
-    contentChanged = Signal(int, int)        # offset, length (edits, undo)
+    contentChanged = Signal(object, object)       # offset, length (edits, undo)
     reloaded = Signal()                      # everything may have changed
     modifiedChanged = Signal(bool)
     editableChanged = Signal(bool)

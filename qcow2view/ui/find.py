@@ -14,7 +14,7 @@ from ..model.workers import Worker
 class FindBar(QWidget):
     """Emits :attr:`found` (offset, length) when a match is found."""
 
-    found = Signal(int, int)
+    found = Signal(object, object)          # offset, length (offsets exceed 2^31)
     finished = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -95,8 +95,12 @@ class FindBar(QWidget):
             self._say("not found", error=True)
             return False
         doc = self.doc
-        worker = Worker("Finding", lambda p, c: find(doc, pattern, start, forward,
-                                                     progress=p, cancel=c), self)
+        def run(progress, cancel):
+            # the worker's progress signal carries C ints: report per mille
+            return find(doc, pattern, start, forward, cancel=cancel,
+                        progress=lambda d, t: progress(d * 1000 // t if t else 0, 1000))
+
+        worker = Worker("Finding", run, self)
         worker.progressed.connect(self._progress)
         worker.succeeded.connect(self._done)
         worker.failed.connect(self._failed)

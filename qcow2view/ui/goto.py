@@ -64,7 +64,7 @@ class GotoDialog(QDialog):
     label and OK stays disabled.
     """
 
-    chosen = Signal(int)
+    chosen = Signal(object)       # a byte offset (may exceed 2^31)
 
     def __init__(self, parent: QWidget | None, *, current: int, size: int,
                  sector_size: int) -> None:

@@ -52,8 +52,8 @@ def _printable(data: bytes) -> str:
 class HexView(QAbstractScrollArea):
     """Offset, hex and text columns over a HexDocument."""
 
-    cursorChanged = Signal(int)
-    selectionChanged = Signal(int, int)        # start, length (0 = none)
+    cursorChanged = Signal(object)      # offsets exceed 2^31: object, not int
+    selectionChanged = Signal(object, object)       # start, length (0 = none)
     message = Signal(str)                      # short notices for the status bar
     requestGoto = Signal()
     requestFind = Signal(bool)                 # text column?
@@ -497,14 +497,14 @@ class HexView(QAbstractScrollArea):
         if e.matches(QKeySequence.Find):
             self.requestFind.emit(self.column == "text")
             return
+        if ctrl and key == Qt.Key_G and not shift:   # before FindNext (Ctrl+G on some desktops)
+            self.requestGoto.emit()
+            return
         if e.matches(QKeySequence.FindNext) or e.matches(QKeySequence.FindPrevious):
             self.requestFindNext.emit(not shift)
             return
         if e.matches(QKeySequence.Save):
             self.requestSave.emit()
-            return
-        if ctrl and key == Qt.Key_G:
-            self.requestGoto.emit()
             return
         if ctrl and key == Qt.Key_E:
             self.requestEditable.emit()
