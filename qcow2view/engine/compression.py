@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zlib
 
 from .errors import CorruptImageError
@@ -39,25 +40,37 @@ def decompress_cluster(data: bytes, cluster_size: int, compression_type: int,
     return out
 
 
+# Bounds the decoder's window allocation, which a frame header chooses: QEMU's
+# compressor never needs more than a cluster (2 MiB at most).
+ZSTD_MAX_WINDOW = 8 * 1024 * 1024
+
+
 def _zstd_decompress(data: bytes, cluster_size: int, offset: int) -> bytes:
     # QEMU streams frames until the cluster is full; trailing bytes are ignored.
-    dctx = zstandard.ZstdDecompressor()
+    # A stream reader never produces more than it is asked for, so a frame that
+    # claims gigabytes of content cannot make us allocate them.
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     parts: list[bytes] = []
     got = 0
-    rest = data
     try:
-        while got < cluster_size and rest:
-            obj = dctx.decompressobj()
-            chunk = obj.decompress(rest)
-            parts.append(chunk)
-            got += len(chunk)
-            if not obj.eof:
-                break
-            rest = obj.unused_data
+        declared = zstandard.frame_content_size(data)
+        if declared == cluster_size:      # what QEMU writes: one frame, size recorded
+            return dctx.decompress(data)
+        if declared > cluster_size:
+            # QEMU stops with the cluster full and the frame unfinished: an error
+            raise CorruptImageError(f"zstd frame holds {declared} bytes, more than a cluster",
+                                    structure="compressed cluster", offset=offset)
+        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+            while got < cluster_size:
+                chunk = reader.read(cluster_size - got)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
     except zstandard.ZstdError as e:
         raise CorruptImageError(f"zstd stream is invalid ({e})",
                                 structure="compressed cluster", offset=offset) from None
-    return b"".join(parts)[:cluster_size]
+    return b"".join(parts)
 
 
 def compress_cluster(data: bytes, compression_type: int) -> bytes:

@@ -20,7 +20,7 @@ from .bitmaps import Bitmap, parse_bitmap_directory
 from .clusters import ClusterType, CompressionLayout, L1Entry, L2Entry
 from .compression import decompress_cluster
 from .errors import (BackingFileError, CorruptImageError, EncryptedImageError,
-                     Qcow2Error, RequestError, UnsupportedFeatureError)
+                     Qcow2Error, RequestError, TruncatedImageError, UnsupportedFeatureError)
 from .extensions import (EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_DATA_FILE,
                          EXT_FULL_DISK_ENCRYPTION, HeaderExtension, feature_name_table,
                          parse_extensions)
@@ -453,6 +453,12 @@ class Image:
             raise CorruptImageError(f"L2 table offset {l2_offset:#x} is not cluster aligned "
                                     f"(L1 index {l1_index})", structure="L1 entry",
                                     offset=self.l1_table.offset + 8 * l1_index)
+        if l2_offset + self.cluster_size > self.file.size:
+            # the entry is at fault, not the (missing) table
+            raise TruncatedImageError(
+                f"L2 table offset {l2_offset:#x} lies past the end of the file "
+                f"({self.file.size:#x} bytes; L1 index {l1_index})", structure="L1 entry",
+                offset=self.l1_table.offset + 8 * l1_index if l1_index >= 0 else None)
 
     def read_l2_bytes(self, l2_offset: int, l1_index: int = -1) -> bytes:
         self._check_l2_offset(l2_offset, l1_index)
