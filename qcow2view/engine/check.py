@@ -95,54 +95,107 @@ def _classify(scan: RefScan, cluster: int, disk: int, refs: int) -> str:
     return "double_reference" if refs > 1 else "refcount_too_low"
 
 
+CHUNK = 1 << 22   # clusters compared per numpy pass (bounded temporaries)
+
+
 def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Finding]]:
-    """compare_refcounts: counts and findings, vectorised over all clusters."""
+    """compare_refcounts: counts and findings, vectorised in chunks of clusters."""
     nb = scan.nb_clusters
     cs = scan.cluster_size
-    counted = scan.counted().astype(np.uint64)
-    ondisk = disk.counts[:nb].astype(np.uint64)
-    err = np.zeros(nb, dtype=bool)
-    for rti in disk.bad_blocks:
-        lo = rti * disk.per_block
-        err[lo:lo + disk.per_block] = True
-    used = ((ondisk > 0) | (counted > 0)) & ~err
-    nz = np.nonzero(used)[0]
-    highest = int(nz[-1]) if len(nz) else 0
-    low = (ondisk < counted) & ~err
-    high = (ondisk > counted) & ~err
-    out = {"check_errors": int(err.sum()), "corruptions": int(low.sum()),
-           "leaks": int(high.sum()), "highest": highest,
-           "rebuild": bool(np.any(low & (ondisk == 0)))}
-    # references beyond the refcount maximum (QEMU: "overflow cluster")
-    if scan.refcount_max < 0xFFFFFFFF:
-        over = scan.refs.astype(np.int64) - scan.refcount_max
-        overflow = np.nonzero(over > 0)[0]
-        out["overflow"] = int(over[overflow].sum()) if len(overflow) else 0
-    else:
-        overflow = np.zeros(0, dtype=np.intp)
-        out["overflow"] = 0
+    cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
+    out = {"check_errors": 0, "corruptions": 0, "leaks": 0, "highest": 0,
+           "rebuild": False, "overflow": 0}
+    lows: list[np.ndarray] = []
+    highs: list[np.ndarray] = []
+    overs: list[np.ndarray] = []
+    errs: list[np.ndarray] = []
+    for lo in range(0, nb, CHUNK):
+        hi = min(nb, lo + CHUNK)
+        refs = scan.refs[lo:hi]
+        over = cap is not None and len(refs) > 0 and int(refs.max()) > cap
+        counted = np.minimum(refs, np.uint32(cap)) if over else refs
+        ondisk = disk.counts[lo:hi]
+        if disk.bad_blocks:
+            err = np.zeros(hi - lo, dtype=bool)
+            for rti in disk.bad_blocks:
+                a = max(rti * disk.per_block, lo)
+                b = min((rti + 1) * disk.per_block, hi)
+                if a < b:
+                    err[a - lo:b - lo] = True
+            ok = ~err
+            out["check_errors"] += int(err.sum())
+            errs.append(np.nonzero(err)[0] + lo)
+        else:
+            ok = None
+        if ondisk.dtype.itemsize > counted.dtype.itemsize:
+            counted = counted.astype(ondisk.dtype)
+        else:
+            ondisk = ondisk.astype(counted.dtype)
+        ne = ondisk != counted
+        if ok is not None:
+            ne &= ok
+        if ne.any():
+            idx = np.flatnonzero(ne)
+            d, c = ondisk[idx], counted[idx]
+            li = idx[d < c]
+            hi_ = idx[d > c]
+            out["corruptions"] += len(li)
+            out["leaks"] += len(hi_)
+            if len(li) and not out["rebuild"]:
+                out["rebuild"] = bool((ondisk[li] == 0).any())
+            if len(li) and sum(map(len, lows)) < MAX_FINDINGS:
+                lows.append(li + lo)
+            if len(hi_) and sum(map(len, highs)) < MAX_FINDINGS:
+                highs.append(hi_ + lo)
+        if over:
+            ov = np.flatnonzero(refs > cap)
+            if len(ov):
+                out["overflow"] += int((refs[ov].astype(np.int64) - cap).sum())
+                overs.append(ov + lo)
+    out["highest"] = _highest(scan, disk, nb)
     findings: list[Finding] = []
     room = MAX_FINDINGS
-    for c in overflow[:room].tolist():
+
+    def cat(parts):
+        return np.concatenate(parts)[:room].tolist() if parts else []
+
+    for c in cat(overs):
         findings.append(Finding("refcount_overflow", c, disk.get(c), int(scan.refs[c]),
                                 f"cluster {c} at {c * cs:#x} has {int(scan.refs[c])} "
                                 f"references, more than {scan.refcount_max} refcount bits "
                                 "can count", None, "corruption"))
-    for c in np.nonzero(err)[0][:room].tolist():
-        findings.append(Finding("refcount_block_unreadable", c, 0, int(counted[c]),
+    for c in cat(errs):
+        findings.append(Finding("refcount_block_unreadable", c, 0, int(scan.refs[c]),
                                 f"refcount of cluster {c} cannot be read (its refcount "
                                 "block offset is not cluster aligned)", None, "check_error"))
-    for c in np.nonzero(low)[0][:room].tolist():
-        d, r = int(ondisk[c]), int(counted[c])
+    counted_of = (lambda c: min(int(scan.refs[c]), cap)) if cap is not None else \
+        (lambda c: int(scan.refs[c]))
+    for c in cat(lows):
+        d, r = int(disk.counts[c]), counted_of(c)
         kind = _classify(scan, c, d, r)
         findings.append(Finding(kind, c, d, r, f"cluster {c} at {c * cs:#x}: refcount {d} "
                                 f"but {r} references ({kind.replace('_', ' ')})",
                                 None, "corruption"))
-    for c in np.nonzero(high)[0][:room].tolist():
-        d, r = int(ondisk[c]), int(counted[c])
+    for c in cat(highs):
+        d, r = int(disk.counts[c]), counted_of(c)
         findings.append(Finding("leak", c, d, r, f"cluster {c} at {c * cs:#x} leaked: "
                                 f"refcount {d} but {r} references", None, "leak"))
     return out, findings
+
+
+def _highest(scan: RefScan, disk: DiskRefcounts, nb: int) -> int:
+    """The last cluster with a refcount or a reference (readable refcounts only)."""
+    for hi in range(nb, 0, -CHUNK):
+        lo = max(0, hi - CHUNK)
+        used = (disk.counts[lo:hi] != 0) | (scan.refs[lo:hi] != 0)
+        for rti in disk.bad_blocks:
+            a = max(rti * disk.per_block, lo)
+            b = min((rti + 1) * disk.per_block, hi)
+            if a < b:
+                used[a - lo:b - lo] = False
+        if used.any():
+            return lo + int(np.flatnonzero(used)[-1])
+    return 0
 
 
 def _scan(image, progress: Progress, cancel: Cancel) -> tuple[RefScan, DiskRefcounts]:

@@ -83,6 +83,46 @@ def read_zero_filled(file, offset: int, length: int) -> bytes:
     return data
 
 
+def read_tables(file, offsets: np.ndarray, cs: int, extended: bool
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one cluster at each offset into an (n, cs/8) native uint64 array."""
+    import os
+    n = len(offsets)
+    arr = np.empty(n * (cs // 8), dtype=U64)
+    mv = memoryview(arr).cast("B")
+    fd = file.fd
+    for k, o in enumerate(offsets.tolist()):
+        dst = mv[k * cs:(k + 1) * cs]
+        got = os.preadv(fd, [dst], o) if o < file.size else 0
+        while 0 < got < cs:
+            more = os.preadv(fd, [dst[got:]], o + got)
+            if more <= 0:
+                break
+            got += more
+        if got < cs:
+            dst[got:] = bytes(cs - got)
+    arr.byteswap(inplace=True)
+    words = arr.reshape(n, -1)
+    if extended:
+        return words[:, 0::2], words[:, 1::2]
+    return words, None
+
+
+class _EntryOffsets:
+    """File offsets of L2 entries, computed only where asked (eoff[mask], eoff[i, j])."""
+
+    def __init__(self, l2_offsets: np.ndarray, esize: int) -> None:
+        self.base = l2_offsets.astype(np.int64)
+        self.esize = esize
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            i, j = key
+            return int(self.base[i]) + int(j) * self.esize
+        rows, cols = np.nonzero(key)
+        return self.base[rows] + cols.astype(np.int64) * self.esize
+
+
 def check_cancel(cancel: Cancel) -> None:
     if cancel is not None and cancel():
         raise CancelledError("cancelled")
@@ -126,6 +166,9 @@ class DiskRefcounts:
             self.bad_blocks.add(rti)
             return None
         buf = read_zero_filled(self.image.file, off, self.cs)
+        if self.order >= 3:
+            return np.frombuffer(buf, dtype=np.dtype(self.dtype).newbyteorder(">")
+                                 ).astype(self.dtype)
         return decode_refcount_block(buf, self.order).astype(self.dtype)
 
     def error(self, cluster: int) -> bool:
@@ -243,14 +286,14 @@ class Scanner:
         if len(clusters) == 0:
             return
         r = self.r
+        if len(clusters) == 1:
+            self._mark_one(int(clusters[0]), kind)
+            return
         top = int(clusters.max())
         if top >= r.nb_clusters:
             r.nb_clusters = top + 1
         lo = int(clusters.min())
-        if len(clusters) == 1:
-            u = np.array([top], dtype=np.intp)
-            counts = np.ones(1, dtype=np.uint32)
-        elif top - lo < 4 * len(clusters):
+        if top - lo < 4 * len(clusters):
             c = np.bincount((clusters - lo).astype(np.intp), minlength=top - lo + 1)
             nz = np.nonzero(c)[0]
             u, counts = lo + nz, c[nz]
@@ -270,6 +313,18 @@ class Scanner:
         else:
             r.kinds[u] = kind
 
+    def _mark_one(self, c: int, kind: int) -> None:
+        r = self.r
+        if c >= r.nb_clusters:
+            r.nb_clusters = c + 1
+        prior = int(r.kinds[c])
+        if r.refs[c] and prior != kind and (_META[prior] or _META[kind]) and not (
+                kind in (K_L2, K_SNAPL2) and prior in (K_L2, K_SNAPL2)):
+            r.overlap_clusters.add(c)
+        r.refs[c] += 1
+        if not (kind == K_SNAPL2 and prior == K_L2):
+            r.kinds[c] = kind
+
     def inc_region(self, offset: int, size: int, kind: int, what: str,
                    entry_offset: int | None = None) -> None:
         """qcow2_inc_refcounts_imrt for one region."""
@@ -282,7 +337,10 @@ class Scanner:
                           f"file ({self.file_size:#x})", entry_offset)
             return
         first, last = offset >> self.cb, (offset + size - 1) >> self.cb
-        self._mark(np.arange(first, last + 1, dtype=np.int64), kind)
+        if first == last:
+            self._mark_one(first, kind)
+        else:
+            self._mark(np.arange(first, last + 1, dtype=np.int64), kind)
 
     def inc_regions(self, offsets: np.ndarray, sizes: np.ndarray, kind: int, what: str,
                     entry_offsets: np.ndarray) -> None:
@@ -434,23 +492,123 @@ class Scanner:
                           f"has refcount {int(rc[j])}", e)
 
     def read_l2_batch(self, l2_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """L2 tables as (n, l2_size) arrays of entries and sub-cluster bitmaps."""
-        f = self.im.file
-        cs = self.cs
-        buf = b"".join(read_zero_filled(f, o, cs) for o in l2_offsets.tolist())
-        words = np.frombuffer(buf, dtype=">u8").astype(U64).reshape(len(l2_offsets), -1)
-        if self.extended:
-            return words[:, 0::2], words[:, 1::2]
-        return words, None
+        """L2 tables as (n, l2_size) arrays of entries and sub-cluster bitmaps.
+
+        Reads straight into one numpy buffer with positional reads (thread-safe);
+        bytes past the end of the file read as zeros, as in QEMU.
+        """
+        return read_tables(self.im.file, l2_offsets, self.cs, self.extended)
 
     def _walk_l2_batch(self, l2_offsets: np.ndarray, l1_idx: np.ndarray, active: bool,
                        sname: str | None) -> None:
         """check_refcounts_l2 over a batch of tables, vectorised."""
-        cs, cb = self.cs, self.cb
         raw, bm = self.read_l2_batch(l2_offsets)
+        if bm is None:
+            done = self._fast_rows(raw, active)
+            if done.all():
+                return
+            if done.any():
+                raw, l2_offsets = raw[~done], l2_offsets[~done]
+        self._generic_rows(raw, bm, l2_offsets, active, sname)
+
+    def _fast_rows(self, raw: np.ndarray, active: bool) -> np.ndarray:
+        """Tables whose entries are one run of contiguous, aligned, plain data
+        clusters (what preallocation and sequential writes make): counted with
+        slices instead of per-entry work.  Returns the rows it handled."""
+        n, L = raw.shape
+        cs, cb = self.cs, self.cb
+        r = self.r
+        base = raw[:, 0]
+        flags = base & ~U64(C.L2E_OFFSET_MASK)
+        boff = base & U64(C.L2E_OFFSET_MASK)
+        cand = (((flags == 0) | (flags == U64(C.QCOW_OFLAG_COPIED)))
+                & (boff != 0) & ((boff & U64(cs - 1)) == 0)
+                & (boff + U64((L - 1) * cs) <= U64(C.L2E_OFFSET_MASK)))
+        if not self.data_file:
+            cand &= boff + U64((L - 1) * cs) < U64(self.file_size)
+        if not cand.any():
+            return cand
+        ramp = np.arange(L, dtype=U64) * U64(cs)
+        # contiguity test in place: raw -= base, compare with the ramp, undo after
+        base = base.copy()
+        np.subtract(raw, base[:, None], out=raw)
+        cand &= ~np.not_equal(raw, ramp).any(axis=1)
+        raw += base[:, None]
+        copied_check = active and self.check_copied
+        disk = self.disk
+        for i in np.nonzero(cand)[0].tolist():
+            c0 = int(boff[i]) >> cb
+            sl = slice(c0, c0 + L)
+            if copied_check:
+                copied = bool(int(flags[i]))
+                if self.data_file:
+                    if not copied:
+                        cand[i] = False
+                        continue
+                elif c0 + L > disk.n or disk.bad_blocks:
+                    cand[i] = False
+                    continue
+                else:
+                    dc = disk.counts[sl]
+                    if (dc != 1).any() if copied else (dc == 1).any():
+                        cand[i] = False
+                        continue
+            if not self.data_file:
+                # a range shared with earlier references is rare (damage or
+                # snapshots); those rows take the generic path for its bookkeeping
+                rs = r.refs[sl]
+                if rs.any():
+                    cand[i] = False
+                    continue
+                rs += 1
+                r.kinds[sl] = K_DATA
+                if c0 + L > r.nb_clusters:
+                    r.nb_clusters = c0 + L
+            if active:
+                r.allocated_clusters += L
+        return cand
+        ramp = np.arange(L, dtype=U64) * U64(cs)
+        rows = np.nonzero(cand)[0]
+        sub = raw[rows]
+        sub -= base[rows, None]
+        cand[rows] = ~(sub != ramp).any(axis=1)
+        copied_check = active and self.check_copied
+        disk = self.disk
+        for i in np.nonzero(cand)[0].tolist():
+            c0 = int(boff[i]) >> cb
+            sl = slice(c0, c0 + L)
+            if copied_check:
+                copied = bool(int(flags[i]))
+                if self.data_file:
+                    if not copied:
+                        cand[i] = False
+                        continue
+                elif c0 + L > disk.n or disk.bad_blocks:
+                    cand[i] = False
+                    continue
+                else:
+                    ones = disk.counts[sl] == 1
+                    if not (ones.all() if copied else not ones.any()):
+                        cand[i] = False
+                        continue
+            if not self.data_file:
+                if r.refs[sl].any():
+                    cand[i] = False        # shared: let the generic path see it
+                    continue
+                r.refs[sl] = 1
+                r.kinds[sl] = K_DATA
+                if c0 + L > r.nb_clusters:
+                    r.nb_clusters = c0 + L
+            if active:
+                r.allocated_clusters += L
+        return cand
+
+    def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
+                      active: bool, sname: str | None) -> None:
+        cs, cb = self.cs, self.cb
         n, L = raw.shape
         esize = 16 if self.extended else 8
-        eoff = (l2_offsets[:, None] + np.arange(L, dtype=np.int64)[None, :] * esize)
+        eoff = _EntryOffsets(l2_offsets, esize)
         comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
         off = raw & U64(C.L2E_OFFSET_MASK)
         has_off = off != 0
