@@ -18,13 +18,15 @@ also on images with lazy_refcounts: the dirty bit is never set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 
 from . import clusters as C
 from .allocator import RefcountAllocator, _runs
 from .clusters import ClusterType
 from .errors import (CorruptImageError, EncryptedImageError, ImageInUseError, Qcow2Error,
                      ReadOnlyError, RequestError, UnsupportedFeatureError)
-from .header import AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_KNOWN
+from .bitmaps import BME_FLAG_AUTO, BME_FLAG_IN_USE
+from .header import AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_KNOWN
 from . import locking
 
 SUB = C.SUBCLUSTERS
@@ -82,7 +84,7 @@ class Writer:
         im, h = self.image, self.image.header
         if im.snapshot is not None:
             raise RequestError("a snapshot view is read-only")
-        if h.corrupt:
+        if h.corrupt and not getattr(im, "for_repair", False):
             raise CorruptImageError("the image is marked corrupt; repair it (qemu-img check "
                                     "-r all) before writing", structure="incompatible_features",
                                     offset=72)
@@ -92,7 +94,7 @@ class Writer:
         if im.encrypted:
             raise EncryptedImageError("encrypted images cannot be written",
                                       structure="crypt_method", offset=32)
-        if h.dirty:
+        if h.dirty and not getattr(im, "for_repair", False):
             raise Qcow2Error("the dirty bit is set (lazy refcounts were not written back); "
                              "repair the refcounts (qemu-img check -r all) before writing",
                              structure="incompatible_features", offset=72)
@@ -122,17 +124,30 @@ class Writer:
 
     # -- first write: autoclear bits ---------------------------------------------------
     def _prepare(self) -> None:
-        """Clear autoclear bits we do not maintain (bitmaps, unknown), as the spec asks."""
+        """Before the first write: clear unknown autoclear bits (the spec asks it of
+        writers that do not know them) and mark enabled ("auto") persistent bitmaps
+        in-use, as QEMU does while it has them open: we do not track writes in
+        them, so they become inconsistent, but stay accounted for (no leaks)."""
         if self.prepared:
             return
         im = self.image
         h = im.header
         if h.version >= 3:
-            keep = h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW
+            keep = h.autoclear_features & (AUTOCLEAR_DATA_FILE_RAW | AUTOCLEAR_BITMAPS)
             if h.autoclear_features != keep:
                 im.file.pwrite(88, keep.to_bytes(8, "big"))
                 im.file.fsync()
-                im.header = h.replace(autoclear_features=keep)
+                im.header = h = h.replace(autoclear_features=keep)
+            if h.autoclear_features & AUTOCLEAR_BITMAPS and im.bitmaps:
+                marked = []
+                for b in im.bitmaps:
+                    if b.flags & BME_FLAG_AUTO and not b.flags & BME_FLAG_IN_USE:
+                        im.file.pwrite(b.offset + 12,
+                                       (b.flags | BME_FLAG_IN_USE).to_bytes(4, "big"))
+                        b = dc_replace(b, flags=b.flags | BME_FLAG_IN_USE)
+                    marked.append(b)
+                im.file.fsync()
+                im.bitmaps = marked
         self.prepared = True
 
     # -- public entry points -----------------------------------------------------------
@@ -150,8 +165,8 @@ class Writer:
         if length == 0:
             return
         self._prepare()
-        if im.header.version < 3:
-            # v2 has no zero flag: write zeros like qemu's bounce-buffer fallback
+        if im.header.version < 3 and (im.backing is not None or im.backing_chain):
+            # v2 has no zero flag: with a backing file qemu writes zeros
             pos, end = offset, offset + length
             while pos < end:
                 n = min(ZERO_CHUNK, end - pos)
@@ -390,6 +405,13 @@ class Writer:
         cs = im.cluster_size
         e = t.raw[l2i]
         compressed = bool(e & C.QCOW_OFLAG_COMPRESSED)
+        if im.header.version < 3:
+            # v2 without a backing file: unallocated reads zero, so qemu discards
+            if e:
+                t.raw[l2i] = 0
+                t.changed.add(l2i)
+                self._free_entry(e, C.cluster_type(e), frees)
+            return
         if t.bitmap is None:
             new = C.QCOW_OFLAG_ZERO if compressed else e | C.QCOW_OFLAG_ZERO
             if new != e:
