@@ -184,7 +184,7 @@ def _human_info(im, d: dict) -> str:
 def check_main(ns) -> int:
     repair = getattr(ns, "repair", None)
     try:
-        with _open(ns.image, writable=bool(repair)) as im:
+        with _open(ns.image, writable=bool(repair), repair=bool(repair)) as im:
             if repair:
                 r = im.repair(leaks=True, all=(repair == "all"))
             else:

@@ -242,6 +242,20 @@ def repair(image, leaks: bool = True, all: bool = False, progress: Progress = No
                             "(open_image(path, writable=True))", path=image.path)
     fix_errors = bool(all)
     fix_leaks = bool(leaks or all)
+    writer = getattr(image, "_writer", None)
+    if writer is not None:
+        writer.flush()                 # pending metadata of earlier writes first
+    try:
+        return _repair(image, fix_leaks, fix_errors, progress, cancel)
+    finally:
+        if writer is not None:
+            # the allocator caches refcount blocks we rewrote underneath it
+            from .allocator import RefcountAllocator
+            writer.alloc = RefcountAllocator(image)
+
+
+def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
+            cancel: Cancel) -> CheckResult:
     scan, disk = _scan(image, progress, cancel)
     if scan.rebuild and fix_errors:
         raise UnsupportedFeatureError(

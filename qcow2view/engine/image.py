@@ -138,9 +138,10 @@ class Image:
 
     def __init__(self, path: str | os.PathLike, *, writable: bool = False,
                  snapshot: str | int | None = None, ignore_backing_errors: bool = False,
-                 _chain: tuple[str, ...] = ()) -> None:
+                 _chain: tuple[str, ...] = (), repair: bool = False) -> None:
         self.path = os.fspath(path)
         self.writable = writable
+        self.for_repair = repair     # writable although dirty or marked corrupt
         self._closed = False
         self.file = HostFile(self.path, writable=writable)
         self.data_file: HostFile | None = None
@@ -818,15 +819,17 @@ class Image:
 
 def open_image(path: str | os.PathLike, *, writable: bool = False,
                snapshot: str | int | None = None,
-               ignore_backing_errors: bool = False) -> Image:
+               ignore_backing_errors: bool = False, repair: bool = False) -> Image:
     """Open a QCOW2 image (read-only unless asked); use it as a context manager.
 
     ``snapshot`` (a snapshot id or name) gives a read-only view of the disk as
     that internal snapshot saw it.  ``ignore_backing_errors`` opens an image
     whose backing file is missing or unsupported; reads that reach the backing
-    file then raise :class:`BackingFileError`.
+    file then raise :class:`BackingFileError`.  ``repair`` (with ``writable``)
+    opens an image that is dirty or marked corrupt so that :meth:`Image.repair`
+    can fix it, as ``qemu-img check -r`` does.
     """
     if snapshot is not None and writable:
         raise RequestError("a snapshot view is read-only", path=os.fspath(path))
     return Image(path, writable=writable, snapshot=snapshot,
-                 ignore_backing_errors=ignore_backing_errors)
+                 ignore_backing_errors=ignore_backing_errors, repair=repair)

@@ -368,7 +368,7 @@ def test_repair_clears_dirty_bit(tmp_path):
         feats = struct.unpack(">Q", f.read(8))[0]
         f.seek(72)
         f.write(struct.pack(">Q", feats | 1))
-    with open_image(p, writable=True) as im:
+    with open_image(p, writable=True, repair=True) as im:
         im.repair(leaks=True)
     assert qemu.info(p)["dirty-flag"] is False
 
