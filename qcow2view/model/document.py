@@ -265,7 +265,8 @@ class ImageDocument(QObject):
         self.mapsReady.emit()
 
     def _worker_finished(self) -> None:
-        if self.sender() is self._worker:
+        # a stopped worker's queued signal can arrive with sender() None
+        if self._worker is not None and self.sender() is self._worker:
             self._worker.deleteLater()
             self._worker = None
             self.busyChanged.emit(False)

@@ -482,10 +482,12 @@ class FileHexDocument(HexDocument):
         return not on
 
 
-def hex_document_for(document, parent: QObject | None = None) -> HexDocument:
-    """A HexDocument following an ImageDocument: reopen through it, refresh
-    it after a save, pick up its new Image when it changes."""
-    hd = HexDocument(document.image, parent or document)
+def hex_document_for(document, parent: QObject | None = None, *,
+                     file_view: bool = False) -> HexDocument:
+    """A HexDocument (or FileHexDocument) following an ImageDocument: reopen
+    through it, refresh it after a save, pick up its new Image when it changes."""
+    cls = FileHexDocument if file_view else HexDocument
+    hd = cls(document.image, parent or document)
 
     def reopen(writable: bool):
         document.reopen(writable)
@@ -499,4 +501,5 @@ def hex_document_for(document, parent: QObject | None = None) -> HexDocument:
             hd.set_image(document.image)
 
     document.changed.connect(follow)
+    document.loaded.connect(follow)
     return hd

@@ -1006,3 +1006,68 @@ class HexEditor(QWidget):
     def closeEvent(self, e) -> None:  # noqa: N802
         self.shutdown()
         super().closeEvent(e)
+
+
+GUEST_VIEW = "Hex (guest)"
+FILE_VIEW = "Hex (file)"
+
+
+def attach_hex_views(tab) -> tuple[HexEditor, HexEditor]:
+    """Add the guest and file hex views to an ImageTab and wire its hooks:
+    window actions (save, revert, find, goto, edit), Undo/Redo, navigation
+    requests from the other panels, and the unsaved-edits question on close."""
+    from ..model.hexdocument import hex_document_for
+    document = tab.document
+    gdoc = hex_document_for(document, tab)
+    fdoc = hex_document_for(document, tab, file_view=True)
+    guest = HexEditor(gdoc, tab)
+    filev = HexEditor(fdoc, tab, file_view=True)
+    tab.add_view(GUEST_VIEW, guest)
+    tab.add_view(FILE_VIEW, filev)
+    tab.hex_guest, tab.hex_file = guest, filev
+
+    def current() -> HexEditor:
+        return filev if tab.views.currentWidget() is filev else guest
+
+    def goto() -> None:
+        ed = current()
+        tab.views.setCurrentWidget(ed)
+        ed.open_goto()
+
+    def find() -> None:
+        ed = current()
+        tab.views.setCurrentWidget(ed)
+        ed.open_find()
+
+    def edit() -> None:
+        tab.views.setCurrentWidget(guest)
+        guest.set_editing(not gdoc.editable)
+
+    def sync() -> None:
+        pending = gdoc.modified and gdoc.editable
+        tab.set_action_enabled("save", pending)
+        tab.set_action_enabled("revert", pending)
+
+    tab.register_action("save", guest.save, False)
+    tab.register_action("revert", guest.revert, False)
+    tab.register_action("find", find, True)
+    tab.register_action("goto", goto, True)
+    tab.register_action("edit", edit, True)
+    tab.set_undo_stack(gdoc.undo_stack)
+    gdoc.modifiedChanged.connect(lambda _m: sync())
+    gdoc.editableChanged.connect(lambda _e: (sync(), tab.titleChanged.emit()))
+    tab.confirm_close = guest.confirm_close
+
+    def show_file(offset, length) -> None:
+        tab.views.setCurrentWidget(filev)
+        filev.view.select_range(int(offset), int(length))
+
+    def show_guest(offset) -> None:
+        tab.views.setCurrentWidget(guest)
+        guest.view.goto(int(offset), focus=False)
+
+    tab.showFileBytes.connect(show_file)
+    tab.showGuestOffset.connect(show_guest)
+    document.closed.connect(guest.shutdown)
+    document.closed.connect(filev.shutdown)
+    return guest, filev

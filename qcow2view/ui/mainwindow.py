@@ -213,6 +213,8 @@ class MainWindow(QMainWindow):
             dialogs.error(self, "Cannot open image", open_error_text(e))
             return None
         tab = ImageTab(doc)
+        from .hexview import attach_hex_views
+        attach_hex_views(tab)
         if self._splitter_state is not None:
             tab.splitter.restoreState(self._splitter_state)
         tab.titleChanged.connect(self._update_state)
@@ -262,6 +264,8 @@ class MainWindow(QMainWindow):
                 return
 
     def _confirm_discard(self, tab: ImageTab) -> bool:
+        if hasattr(tab, "confirm_close"):    # the hex editor asks Save / Discard / Cancel
+            return tab.confirm_close()
         r = QMessageBox.question(self, "Unsaved edits",
                                  f"{tab.title} has edits that are not saved. Discard them?",
                                  QMessageBox.Discard | QMessageBox.Cancel)

@@ -221,3 +221,55 @@ def test_scattered_edits_save_as_coalesced_runs(tmp_path):
     cmds = [f"read -P {i + 1:#x} {i * 640 * K + i} 1" for i in range(100)]
     qemu_io(img, *cmds, "read -P 0xaa 327679 1", "read -P 0xbb 327680 1")
     os.unlink(tmp_path / "ref.qcow2")
+
+
+def test_main_window_edit_save_and_close(qtbot, tmp_path):
+    from qcow2view.ui.hexview import FILE_VIEW, GUEST_VIEW
+    from qcow2view.ui.mainwindow import MainWindow
+    img = create(tmp_path / "w.qcow2", "4M")
+    qemu_io(img, "write -P 0x61 0 64k")
+    qemu_img("snapshot", "-c", "before", img)
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.show()
+    tab = win.open_path(str(img))
+    guest, filev = tab.view(GUEST_VIEW), tab.view(FILE_VIEW)
+    assert guest is not None and filev is not None
+    assert not win.act_save.isEnabled()
+    win.act_edit.trigger()
+    assert tab.document.writable and guest.doc.editable and win.act_edit.isChecked()
+    tab.show_view(GUEST_VIEW)
+    guest.view.goto(0x10)
+    qtbot.keyClicks(guest.view, "0102")
+    assert win.act_save.isEnabled() and win.act_undo.isEnabled()
+    win.act_undo.trigger()
+    assert not guest.doc.modified
+    win.act_redo.trigger()
+    old_image = tab.document.image
+    win.act_save.trigger()
+    assert not guest.doc.modified
+    assert tab.document.image is not old_image          # refreshed after the save
+    assert guest.doc.image is tab.document.image
+    assert guest.doc.read(0x10, 2) == b"\x01\x02"
+    tab.document.wait_analysis()
+    # the header panel / heatmap ask for file bytes: the file view selects them
+    l1 = tab.document.image.l1_table
+    tab.showFileBytes.emit(l1.offset, 8)
+    assert tab.views.currentWidget() is filev
+    assert filev.view.selection() == (l1.offset, 8)
+    # unsaved edits: closing asks (Cancel keeps the tab, Discard closes it)
+    tab.show_view(GUEST_VIEW)
+    guest.view.goto(0x20)
+    qtbot.keyClicks(guest.view, "ff")
+    HexEditor.ask_unsaved = lambda e: "cancel"
+    try:
+        win.close_current()
+        assert win.tabs.count() == 1
+        HexEditor.ask_unsaved = lambda e: "discard"
+        win.close_current()
+        assert win.tabs.count() == 0
+    finally:
+        HexEditor.ask_unsaved = None
+    _assert_clean(img)
+    qemu_io(img, "read -P 0x01 0x10 1", "read -P 0x02 0x11 1", "read -P 0x61 0x20 1")
+    assert to_raw(img, tmp_path / "s.raw", snapshot="before")[:64 * K] == b"\x61" * 64 * K
