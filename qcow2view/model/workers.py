@@ -69,4 +69,11 @@ class Worker(QThread):
 
 def running_workers() -> list[Worker]:
     """Workers whose thread is still running (tests use this)."""
-    return [w for w in list(_WORKERS) if w.isRunning()]
+    out = []
+    for w in list(_WORKERS):
+        try:
+            if w.isRunning():
+                out.append(w)
+        except RuntimeError:     # the C++ side is gone: it cannot be running
+            _WORKERS.discard(w)
+    return out

@@ -1,0 +1,166 @@
+"""Heatmap pictures: the colour at a cluster is the kind qemu says it is."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+import qemu
+from qcow2view.engine import open_image
+from qcow2view.model.allocation import (BACKING_BASE, CORRUPT, GUEST_BASE, LEAKED, RC_BASE,
+                                        AllocationModel, colour)
+
+DATA, HEADER, L1, REFTABLE = 11, 1, 2, 4
+
+
+_open = []
+
+
+@pytest.fixture(autouse=True)
+def _close_images():
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def _model(path, mode_maps=("host", "guest")):
+    img = open_image(path, ignore_backing_errors=True)
+    _open.append(img)      # owners() reads the tables again, so keep it open
+    hm = img.host_map() if "host" in mode_maps else None
+    gm = img.guest_map() if "guest" in mode_maps else None
+    m = AllocationModel()
+    m.set_maps(hm, gm)
+    return m
+
+
+def _pixel(m, pic, cluster):
+    qimg = m.to_qimage(pic)
+    r, c = pic.cell_of(cluster)
+    return qimg.pixelColor(c, r)
+
+
+def make_leak(path) -> int:
+    """Append a cluster nothing references and give it refcount 1 (a leak for qemu-img)."""
+    data = bytearray(path.read_bytes())
+    cluster_bits = struct.unpack_from(">I", data, 20)[0]
+    rt_off = struct.unpack_from(">Q", data, 48)[0]
+    order = struct.unpack_from(">I", data, 96)[0]
+    assert order == 4
+    cs = 1 << cluster_bits
+    idx = -(-len(data) // cs)
+    data += bytes((idx + 1) * cs - len(data))
+    blk = struct.unpack_from(">Q", data, rt_off)[0]
+    struct.pack_into(">H", data, blk + 2 * idx, 1)
+    path.write_bytes(bytes(data))
+    return idx
+
+
+def test_host_kinds_at_known_clusters(sample_image):
+    head = sample_image.read_bytes()[:64]
+    l1_off = struct.unpack_from(">Q", head, 40)[0]
+    rt_off = struct.unpack_from(">Q", head, 48)[0]
+    m = _model(sample_image)
+    pic = m.picture("kind")
+    assert pic.bin == 1
+    assert _pixel(m, pic, 0) == colour(HEADER)
+    assert _pixel(m, pic, l1_off // 65536) == colour(L1)
+    assert _pixel(m, pic, rt_off // 65536) == colour(REFTABLE)
+    for e in qemu.qemu_map(sample_image):
+        if e["data"]:
+            for off in range(e["offset"], e["offset"] + e["length"], 65536):
+                assert _pixel(m, pic, off // 65536) == colour(DATA)
+
+
+def test_refcount_mode_shows_shared_clusters(sample_image):
+    m = _model(sample_image)
+    pic = m.picture("refcount")
+    ext = [e for e in qemu.qemu_map(sample_image) if e["data"]]
+    # guest 64K..128K is shared with the snapshot (refcount 2); guest 0 was rewritten
+    shared = next(e for e in ext if e["start"] == 65536)["offset"] // 65536
+    own = next(e for e in ext if e["start"] == 0)["offset"] // 65536
+    assert _pixel(m, pic, shared) == colour(RC_BASE + 2)
+    assert _pixel(m, pic, own) == colour(RC_BASE + 1)
+
+
+def test_guest_view(tmp_path):
+    base = qemu.create(tmp_path / "base.qcow2", "8M")
+    qemu.qemu_io(base, "write -P 1 1M 64k")
+    top = qemu.create(tmp_path / "top.qcow2", "8M", backing=str(base), backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 2 0 64k", "write -z 2M 64k", "write -c -P 3 3M 64k")
+    m = _model(top)
+    pic = m.picture("guest")
+    want = {0: GUEST_BASE + 2, 1: BACKING_BASE + 0, 2: GUEST_BASE + 1, 3: GUEST_BASE + 3,
+            5: GUEST_BASE + 0}
+    ext = qemu.qemu_map(top)
+
+    def at(off):
+        return next(e for e in ext if e["start"] <= off < e["start"] + e["length"])
+    # the oracle agrees with the layout above
+    assert at(0)["data"] and at(0)["depth"] == 0
+    assert at(1 << 20)["data"] and at(1 << 20)["depth"] == 1
+    assert at(2 << 20)["zero"] and at(2 << 20)["depth"] == 0
+    assert at(3 << 20)["data"] and at(3 << 20)["depth"] == 0
+    assert not at(5 << 20)["data"] and at(5 << 20)["depth"] == 1
+    for mb, idx in want.items():
+        assert _pixel(m, pic, (mb << 20) // 65536) == colour(idx), mb
+
+
+def test_a_leak_stays_red_when_binned(sample_image):
+    leak = make_leak(sample_image)
+    rc, out = qemu.check(sample_image)
+    assert out["leaks"] == 1
+    m = _model(sample_image, ("host",))
+    fine = m.picture("kind")
+    assert _pixel(m, fine, leak) == colour(LEAKED)
+    coarse = m.picture("kind", width=2, max_rows=1)     # 2 cells for the whole file
+    assert coarse.bin > 1
+    assert _pixel(m, coarse, leak) == colour(LEAKED)
+    assert m.representative(coarse, *coarse.cell_of(leak)) == leak
+    assert "leaked" in m.describe(coarse, *coarse.cell_of(leak))
+    assert any(name == "leaked" and n == 1 for name, _, n in m.legend("kind"))
+
+
+def test_corrupt_cluster_is_red(tmp_path):
+    p = qemu.create(tmp_path / "c.qcow2", "8M")
+    qemu.qemu_io(p, "write 0 64k")
+    data = bytearray(p.read_bytes())
+    host = next(e for e in qemu.qemu_map(p) if e["data"])["offset"]
+    rt_off = struct.unpack_from(">Q", data, 48)[0]
+    blk = struct.unpack_from(">Q", data, rt_off)[0]
+    struct.pack_into(">H", data, blk + 2 * (host // 65536), 0)   # referenced, refcount 0
+    p.write_bytes(bytes(data))
+    assert qemu.check(p)[1]["corruptions"] >= 1
+    m = _model(p, ("host",))
+    pic = m.picture("kind", width=1, max_rows=1)
+    assert _pixel(m, pic, host // 65536) == colour(CORRUPT)
+    assert _pixel(m, m.picture("refcount"), host // 65536) == colour(CORRUPT)
+
+
+def test_hover_text_names_cluster_and_owner(sample_image):
+    m = _model(sample_image)
+    pic = m.picture("kind")
+    host = next(e for e in qemu.qemu_map(sample_image) if e["start"] == 32 << 20)["offset"]
+    text = m.describe(pic, *pic.cell_of(host // 65536))
+    assert f"host cluster {host // 65536}" in text
+    assert "kind: data" in text
+    assert f"guest {32 << 20:#x}" in text
+
+
+def test_mapping_segments_follow_qemu_map(tmp_path):
+    p = qemu.create(tmp_path / "m.qcow2", "16M")
+    qemu.qemu_io(p, "write 0 1M", "write 8M 64k", "write 1M 64k")
+    runs_qemu = [e for e in qemu.qemu_map(p) if e["data"]]
+    m = _model(p, ("guest",))
+    x, y, runs = m.mapping_segments()
+    assert runs == len(runs_qemu)
+    starts = sorted(zip(x[0::2], y[0::2]))
+    assert starts == sorted((e["start"], e["offset"]) for e in runs_qemu)
+
+
+@pytest.mark.parametrize("mode", ["kind", "refcount", "guest"])
+def test_picture_layout(sample_image, mode):
+    m = _model(sample_image)
+    pic = m.picture(mode)
+    assert pic.data.flags.c_contiguous and pic.data.dtype.name == "uint8"
+    assert pic.rows * pic.width >= pic.count

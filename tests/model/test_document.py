@@ -1,0 +1,111 @@
+"""ImageDocument: opening, background maps, cancel/close joins, refresh and reopen."""
+
+from __future__ import annotations
+
+import pytest
+
+import qemu
+from qcow2view.engine import NotQcow2Error, Qcow2Error
+from qcow2view.model.document import ImageDocument
+from qcow2view.model.workers import running_workers
+
+
+@pytest.fixture
+def doc(sample_image, qtbot):
+    d = ImageDocument(sample_image)
+    yield d
+    d.close()
+
+
+def test_load_then_maps_and_check_in_background(doc, qtbot, sample_image):
+    with qtbot.waitSignal(doc.loaded, timeout=5000):
+        with qtbot.waitSignal(doc.mapsReady, timeout=30000):
+            doc.load()
+            assert doc.image is not None           # the header is there at once
+    rc, want = qemu.check(sample_image)
+    c = doc.check_result
+    assert (c.corruptions, c.leaks) == (want.get("corruptions", 0), want.get("leaks", 0))
+    assert len(doc.host_map) >= doc.image.host_clusters
+    assert len(doc.guest_map.states) == (64 << 20) // 65536
+    assert doc.problems() == []
+    qtbot.waitUntil(lambda: not doc.busy, timeout=5000)
+
+
+def test_close_joins_the_worker(doc):
+    doc.load()
+    doc.close()
+    assert running_workers() == []
+    assert doc.image is None
+
+
+def test_cancel(tmp_path, qtbot):
+    p = qemu.create(tmp_path / "big.qcow2", "64G", "preallocation=metadata")
+    d = ImageDocument(p)
+    cancelled, ready = [], []
+    d.analysisCancelled.connect(lambda: cancelled.append(1))
+    d.mapsReady.connect(lambda: ready.append(1))
+    d.load()
+    d.cancel_analysis()
+    qtbot.waitUntil(lambda: not d.busy, timeout=30000)
+    assert cancelled or ready          # it may have finished before the cancel landed
+    if cancelled:
+        assert d.host_map is None
+    d.close()
+
+
+def test_not_qcow2(garbage_file):
+    d = ImageDocument(garbage_file)
+    with pytest.raises(NotQcow2Error) as e:
+        d.load()
+    assert "not a QCOW2 image" in str(e.value)
+    d.close()
+
+
+def test_missing_backing_file_opens_with_a_problem(tmp_path, qtbot):
+    base = qemu.create(tmp_path / "base.qcow2", "16M")
+    top = qemu.create(tmp_path / "top.qcow2", "16M", backing=str(base), backing_fmt="qcow2")
+    base.unlink()
+    d = ImageDocument(top)
+    with qtbot.waitSignal(d.mapsReady, timeout=30000):
+        d.load()
+    assert any("not found" in p for p in d.problems())
+    assert not d.writable
+    d.close()
+
+
+def test_refresh_sees_new_writes(doc, qtbot, sample_image):
+    with qtbot.waitSignal(doc.mapsReady, timeout=30000):
+        doc.load()
+    before = int((doc.guest_map.states == 2).sum())
+    qemu.qemu_io(sample_image, "write 48M 64k")
+    with qtbot.waitSignal(doc.mapsReady, timeout=30000):
+        with qtbot.waitSignal(doc.changed, timeout=5000):
+            doc.refresh()
+    assert int((doc.guest_map.states == 2).sum()) == before + 1
+    assert doc.image.guest_mapping(48 << 20).host_offset is not None
+
+
+def test_reopen_writable(doc, qtbot):
+    doc.load_header()
+    assert not doc.image.writable
+    with qtbot.waitSignal(doc.writableChanged, timeout=5000) as sig:
+        doc.reopen(True)
+    assert sig.args == [True]
+    assert doc.writable and doc.image.writable
+    doc.reopen(False)
+    assert not doc.image.writable
+
+
+def test_reopen_failure_keeps_the_old_image(garbage_file, tmp_path):
+    p = qemu.create(tmp_path / "ro.qcow2", "1M")
+    p.chmod(0o444)
+    d = ImageDocument(p)
+    d.load_header()
+    img = d.image
+    import os
+    if os.geteuid() == 0:
+        pytest.skip("root can write read-only files")
+    with pytest.raises(Qcow2Error):
+        d.reopen(True)
+    assert d.image is img and not d.writable
+    d.close()

@@ -1,0 +1,25 @@
+"""The Problems list carries what qemu-img check finds."""
+
+from __future__ import annotations
+
+import qemu
+from qcow2view.model.document import ImageDocument
+from qcow2view.model.problems_model import ClusterRole, ProblemsModel
+from test_allocation_model import make_leak
+
+
+def test_leak_listed(sample_image, qtbot, qtmodeltester):
+    leak = make_leak(sample_image)
+    assert qemu.check(sample_image)[1]["leaks"] == 1
+    d = ImageDocument(sample_image)
+    with qtbot.waitSignal(d.mapsReady, timeout=30000):
+        d.load()
+    m = ProblemsModel()
+    m.set_document(d)
+    qtmodeltester.check(m)
+    rows = [m.problem(r) for r in range(m.rowCount())]
+    leaks = [p for p in rows if p.severity == "leak"]
+    assert len(leaks) == 1 and leaks[0].cluster == leak
+    assert m.index(rows.index(leaks[0]), 0).data(ClusterRole) == leak
+    assert any("leak" in line for line in d.problems())
+    d.close()
