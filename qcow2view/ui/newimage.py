@@ -48,6 +48,8 @@ def _human(n: int) -> str:
 
 def field_of(message: str) -> str:
     low = message.lower()
+    if low.startswith(("image size", "the image size", "size ")):
+        return "size"
     for field, words in _FIELD_WORDS:
         if any(w in low for w in words):
             return field
