@@ -127,16 +127,12 @@ def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Findi
             errs.append(np.nonzero(err)[0] + lo)
         else:
             ok = None
-        if ondisk.dtype.itemsize > counted.dtype.itemsize:
-            counted = counted.astype(ondisk.dtype)
-        else:
-            ondisk = ondisk.astype(counted.dtype)
-        ne = ondisk != counted
+        ne = np.not_equal(ondisk, counted)       # mixed dtypes: no converted copies
         if ok is not None:
             ne &= ok
         if ne.any():
             idx = np.flatnonzero(ne)
-            d, c = ondisk[idx], counted[idx]
+            d, c = ondisk[idx].astype(np.uint64), counted[idx].astype(np.uint64)
             li = idx[d < c]
             hi_ = idx[d > c]
             out["corruptions"] += len(li)

@@ -533,7 +533,11 @@ class Scanner:
         base = base.copy()
         np.subtract(raw, base[:, None], out=raw)
         cand &= ~np.not_equal(raw, ramp).any(axis=1)
-        raw += base[:, None]
+        back = ~cand
+        if back.all():
+            raw += base[:, None]
+        elif back.any():
+            raw[back] += base[back, None]
         copied_check = active and self.check_copied
         disk = self.disk
         for i in np.nonzero(cand)[0].tolist():
