@@ -211,10 +211,12 @@ class RefcountAllocator:
             self.blocks[rti] = counts
             table[rti] = (p + j) * cs
             f.pwrite((p + j) * cs, encode_refcount_block(counts, self.order))
-        # blocks created earlier in this request, not yet on disk
-        for rti in sorted(self.new_blocks):
+        # blocks changed earlier in this request (raised counts only), among them
+        # those counting blocks the new table points to: on disk before the table
+        for rti in sorted(self.dirty_blocks):
             f.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
                      encode_refcount_block(self.blocks[rti], self.order))
+        self.dirty_blocks.clear()
         f.pwrite((p + nblocks) * cs, table.astype(">u8").tobytes())
         f.fsync()
         # switch the header to the new table in one write, then free the old one
@@ -232,13 +234,15 @@ class RefcountAllocator:
 
     # -- writing back ------------------------------------------------------------------
     def write_new_blocks(self) -> bool:
-        """Write blocks no reftable entry on disk points to yet; True if any."""
+        """When new blocks await a reftable entry: write them and every changed
+        block (one of which counts each new block), so the caller can flush
+        before the reftable points at them.  True if anything was written."""
         if not self.new_blocks:
             return False
-        for rti in sorted(self.new_blocks):
+        for rti in sorted(self.dirty_blocks | self.new_blocks):
             self.file.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
                              encode_refcount_block(self.blocks[rti], self.order))
-            self.dirty_blocks.discard(rti)
+        self.dirty_blocks.clear()
         return True
 
     def write_dirty(self) -> bool:

@@ -226,10 +226,13 @@ class Writer:
         if not self.unflushed:
             return
         im = self.image
-        self.alloc.write_dirty()
-        if im.data_file is not None:
-            im.data_file.fsync()
-        im.file.fsync()
+        try:
+            self.alloc.write_dirty()
+            if im.data_file is not None:
+                im.data_file.fsync()
+            im.file.fsync()
+        except OSError as e:
+            raise Qcow2Error(f"flush failed: {e.strerror or e}", path=im.path) from e
         self.unflushed = False
 
     # -- planning ----------------------------------------------------------------------
@@ -261,7 +264,11 @@ class Writer:
     def _run(self, offset: int, length: int, data, *, zero: bool) -> None:
         im = self.image
         try:
-            self._run_inner(offset, length, data, zero)
+            try:
+                self._run_inner(offset, length, data, zero)
+            except OSError as e:
+                raise Qcow2Error(f"write failed: {e.strerror or e}; the image stays "
+                                 "consistent (at worst clusters leak)") from e
         except BaseException:
             # the in-memory state may be ahead of the file: re-read it all
             self.alloc.forget()
