@@ -116,7 +116,8 @@ class GuestMap:
 def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap:
     nb = -(-image.file.size // image.cluster_size)
     disk = DiskRefcounts(image, nb + 1, cancel)
-    scan = Scanner(image, disk=disk, progress=progress, cancel=cancel).run()
+    scan = Scanner(image, disk=disk, want_ranges=True, progress=progress,
+                   cancel=cancel).run()
     n = scan.nb_clusters
     # views of the scan's arrays (no copies: a 1 TiB image has 16M clusters)
     kinds = scan.kinds[:n]
@@ -140,7 +141,9 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
             kinds[c] = HostKind.CORRUPT
     hm = HostMap(image.cluster_size, image.file.size, kinds, ondisk, refs)
     tables = scan.l2_tables
-    hm._owners = lambda c: _owners(image, hm, tables, c)
+    lo = np.concatenate(scan.l2_lo) if scan.l2_lo else np.zeros(0, np.int64)
+    hi = np.concatenate(scan.l2_hi) if scan.l2_hi else np.zeros(0, np.int64)
+    hm._owners = lambda c: _owners(image, hm, tables, c, lo, hi)
     return hm
 
 
@@ -148,7 +151,8 @@ def _in(off: int, size: int, cs: int, c: int) -> bool:
     return size > 0 and off // cs <= c <= (off + size - 1) // cs
 
 
-def _owners(image, hm: HostMap, tables: list[L2Ref], c: int) -> list[Owner]:
+def _owners(image, hm: HostMap, tables: list[L2Ref], c: int, lo: np.ndarray,
+            hi: np.ndarray) -> list[Owner]:
     cs = image.cluster_size
     h = image.header
     out: list[Owner] = []
@@ -212,8 +216,10 @@ def _owners(image, hm: HostMap, tables: list[L2Ref], c: int) -> list[Owner]:
     layout = image.layout
     esize = 16 if image.extended_l2 else 8
     per_batch = max(1, BATCH_ENTRIES // image.l2_size)
-    for b in range(0, len(tables), per_batch):
-        batch = tables[b:b + per_batch]
+    cand = [tables[i] for i in np.nonzero((lo <= c) & (hi >= c))[0].tolist()] \
+        if len(lo) == len(tables) else tables
+    for b in range(0, len(cand), per_batch):
+        batch = cand[b:b + per_batch]
         raw, _ = sc.read_l2_batch(np.array([t.offset for t in batch], dtype=np.int64))
         comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
         off = raw & U64(C.L2E_OFFSET_MASK)

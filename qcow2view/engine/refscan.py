@@ -219,6 +219,10 @@ class RefScan:
     findings: list[Finding] = field(default_factory=list)
     findings_dropped: int = 0
     l2_tables: list[L2Ref] = field(default_factory=list)
+    # per entry of l2_tables: lowest and highest host cluster its entries reference
+    # (kept for the host map so owners() reads only the tables that can match)
+    l2_lo: list[np.ndarray] = field(default_factory=list)
+    l2_hi: list[np.ndarray] = field(default_factory=list)
     overlap_clusters: set[int] = field(default_factory=set)
     rebuild: bool = False             # QEMU would want to rebuild the refcount structure
     copied_corruptions: int = 0       # of corruptions, those from check_oflag_copied
@@ -243,7 +247,7 @@ class Scanner:
     """Walks the image's references; see the module docstring."""
 
     def __init__(self, image, *, disk: DiskRefcounts | None = None,
-                 check_copied: bool = False, progress: Progress = None,
+                 check_copied: bool = False, want_ranges: bool = False, progress: Progress = None,
                  cancel: Cancel = None) -> None:
         self.im = image
         self.cs = image.cluster_size
@@ -252,6 +256,7 @@ class Scanner:
         nb = -(-self.file_size // self.cs)
         self.disk = disk
         self.check_copied = check_copied and disk is not None
+        self.want_ranges = want_ranges
         self.progress = progress
         self.cancel = cancel
         self.extended = image.extended_l2
@@ -503,24 +508,42 @@ class Scanner:
                        sname: str | None) -> None:
         """check_refcounts_l2 over a batch of tables, vectorised."""
         raw, bm = self.read_l2_batch(l2_offsets)
+        n = len(l2_offsets)
+        lo = hi = None
+        if self.want_ranges:
+            lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+            hi = np.full(n, -1, dtype=np.int64)
+            self.r.l2_lo.append(lo)
+            self.r.l2_hi.append(hi)
         if bm is None:
             done = self._fast_rows(raw, active)
+            if lo is not None and done.any():
+                lo[done] = self._fast_boff[done].astype(np.int64) >> self.cb
+                hi[done] = lo[done] + raw.shape[1] - 1
             if done.all():
                 return
             if done.any():
                 raw, l2_offsets = raw[~done], l2_offsets[~done]
-        self._generic_rows(raw, bm, l2_offsets, active, sname)
+                if lo is not None:
+                    rest = np.nonzero(~done)[0]
+                    sub_lo, sub_hi = lo[rest], hi[rest]
+                    self._generic_rows(raw, bm, l2_offsets, active, sname, sub_lo, sub_hi)
+                    lo[rest], hi[rest] = sub_lo, sub_hi
+                    return
+        self._generic_rows(raw, bm, l2_offsets, active, sname, lo, hi)
 
     def _fast_rows(self, raw: np.ndarray, active: bool) -> np.ndarray:
         """Tables whose entries are one run of contiguous, aligned, plain data
         clusters (what preallocation and sequential writes make): counted with
-        slices instead of per-entry work.  Returns the rows it handled."""
+        slices instead of per-entry work.  Returns the rows it handled; the
+        others are left untouched for the generic path."""
         n, L = raw.shape
         cs, cb = self.cs, self.cb
         r = self.r
-        base = raw[:, 0]
+        base = raw[:, 0].copy()
         flags = base & ~U64(C.L2E_OFFSET_MASK)
         boff = base & U64(C.L2E_OFFSET_MASK)
+        self._fast_boff = boff
         cand = (((flags == 0) | (flags == U64(C.QCOW_OFLAG_COPIED)))
                 & (boff != 0) & ((boff & U64(cs - 1)) == 0)
                 & (boff + U64((L - 1) * cs) <= U64(C.L2E_OFFSET_MASK)))
@@ -529,15 +552,10 @@ class Scanner:
         if not cand.any():
             return cand
         ramp = np.arange(L, dtype=U64) * U64(cs)
-        # contiguity test in place: raw -= base, compare with the ramp, undo after
-        base = base.copy()
+        # contiguity test in place (raw -= base, compare with the ramp); the
+        # rows not handled here get their entries back at the end
         np.subtract(raw, base[:, None], out=raw)
         cand &= ~np.not_equal(raw, ramp).any(axis=1)
-        back = ~cand
-        if back.all():
-            raw += base[:, None]
-        elif back.any():
-            raw[back] += base[back, None]
         copied_check = active and self.check_copied
         disk = self.disk
         for i in np.nonzero(cand)[0].tolist():
@@ -570,45 +588,16 @@ class Scanner:
                     r.nb_clusters = c0 + L
             if active:
                 r.allocated_clusters += L
-        return cand
-        ramp = np.arange(L, dtype=U64) * U64(cs)
-        rows = np.nonzero(cand)[0]
-        sub = raw[rows]
-        sub -= base[rows, None]
-        cand[rows] = ~(sub != ramp).any(axis=1)
-        copied_check = active and self.check_copied
-        disk = self.disk
-        for i in np.nonzero(cand)[0].tolist():
-            c0 = int(boff[i]) >> cb
-            sl = slice(c0, c0 + L)
-            if copied_check:
-                copied = bool(int(flags[i]))
-                if self.data_file:
-                    if not copied:
-                        cand[i] = False
-                        continue
-                elif c0 + L > disk.n or disk.bad_blocks:
-                    cand[i] = False
-                    continue
-                else:
-                    ones = disk.counts[sl] == 1
-                    if not (ones.all() if copied else not ones.any()):
-                        cand[i] = False
-                        continue
-            if not self.data_file:
-                if r.refs[sl].any():
-                    cand[i] = False        # shared: let the generic path see it
-                    continue
-                r.refs[sl] = 1
-                r.kinds[sl] = K_DATA
-                if c0 + L > r.nb_clusters:
-                    r.nb_clusters = c0 + L
-            if active:
-                r.allocated_clusters += L
+        back = ~cand
+        if back.all():
+            raw += base[:, None]
+        elif back.any():
+            raw[back] += base[back, None]
         return cand
 
     def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
-                      active: bool, sname: str | None) -> None:
+                      active: bool, sname: str | None, lo: np.ndarray | None = None,
+                      hi: np.ndarray | None = None) -> None:
         cs, cb = self.cs, self.cb
         n, L = raw.shape
         esize = 16 if self.extended else 8
@@ -657,6 +646,10 @@ class Scanner:
                 nsec = ((e >> U64(self.layout.csize_shift)) & U64(self.layout.csize_mask)
                         ).astype(np.int64) + 1
                 csize = nsec * 512 - (coff & 511)
+                if lo is not None:
+                    rows = np.nonzero(ok)[0]
+                    np.minimum.at(lo, rows, coff >> cb)
+                    np.maximum.at(hi, rows, (coff + csize - 1) >> cb)
                 self.inc_regions(coff, csize, K_COMPRESSED, f"{where}compressed cluster",
                                  eoff[ok])
                 if active:
@@ -676,6 +669,13 @@ class Scanner:
                        "aligned")
             if active:
                 self._frag(alloc, off)
+            if lo is not None:
+                big = U64(np.iinfo(np.int64).max)
+                first = np.where(alloc, off >> U64(cb), big).min(axis=1).astype(np.int64)
+                last = np.where(alloc, (off + U64(cs - 1)) >> U64(cb), U64(0)).max(axis=1)
+                np.minimum(lo, first, out=lo)
+                np.maximum(hi, np.where(alloc.any(axis=1), last.astype(np.int64), -1),
+                           out=hi)
             if not self.data_file:
                 self.inc_regions(off[alloc], np.full(int(alloc.sum()), cs), K_DATA,
                                  f"{where}data cluster", eoff[alloc])

@@ -425,3 +425,19 @@ def test_luks_encrypted_image_counts_its_encryption_header(tmp_path):
         mine = im.check().to_json()
     mine["filename"] = want["filename"]
     assert mine == want and want.get("leaks") == 1
+
+
+def test_whole_contiguous_tables_shared_with_snapshots(tmp_path):
+    """Full L2 tables of contiguous clusters (the fast path), shared by snapshots."""
+    p = qemu.create(tmp_path / "c.qcow2", "8M", "cluster_size=4k")
+    qemu.qemu_io(p, "write -P 1 0 4M")
+    assert_same_as_qemu(p)
+    qemu.qemu_img("snapshot", "-c", "s1", p)
+    assert_same_as_qemu(p)
+    qemu.qemu_io(p, "write -P 2 2M 4k")              # copies one table on write
+    assert_same_as_qemu(p)
+    with open_image(p) as im:
+        hm = im.host_map()
+        assert (hm.refcounts.astype(np.uint64) == hm.references).all()
+    _set_refcount(p, (int(_l2_entry_offsets(p)[1][7]) & C.L2E_OFFSET_MASK) // 4096, 1)
+    assert_same_as_qemu(p)
