@@ -9,11 +9,13 @@ together with a toolbar, the find bar, a legend and a value inspector.
 
 from __future__ import annotations
 
+import math
 import struct
 
 from PySide6.QtCore import QEvent, QRect, Qt, Signal
-from PySide6.QtGui import (QAction, QColor, QFont, QFontDatabase, QFontMetrics, QGuiApplication,
-                           QKeySequence, QPainter, QPen)
+from PySide6.QtGui import (QAction, QColor, QFont, QFontDatabase, QFontMetrics, QFontMetricsF,
+                           QGuiApplication,
+                           QKeySequence, QPainter, QPen, QStaticText)
 from PySide6.QtWidgets import (QAbstractScrollArea, QComboBox, QDialog, QHBoxLayout,
                                QInputDialog, QLabel, QMenu, QMessageBox, QToolBar,
                                QUndoView, QVBoxLayout, QWidget)
@@ -45,8 +47,34 @@ OFFSET_MODES = (("Byte offset (hex)", 0), ("LBA, 512-byte sectors", 512),
                 ("LBA, 4 KiB sectors", 4096))
 
 
+# non-printable bytes show as a middle dot (latin-1 0xB7)
+_PRINTABLE = bytes(b if 0x20 <= b < 0x7F else 0xB7 for b in range(256))
+
+
 def _printable(data: bytes) -> str:
-    return "".join(chr(b) if 0x20 <= b < 0x7F else "\u00b7" for b in data)
+    return data.translate(_PRINTABLE).decode("latin-1")
+
+
+def grid_font(font: QFont) -> QFont:
+    """``font`` with a whole-pixel character advance, so column ``i`` of a row
+    drawn as one string is exactly at ``i * advance`` (fractional advances
+    drift by several characters over a 32-byte row)."""
+    font = QFont(font)
+    font.setHintingPreference(QFont.PreferFullHinting)
+    adv = QFontMetricsF(font).horizontalAdvance("0")
+    if adv != int(adv):
+        font.setLetterSpacing(QFont.AbsoluteSpacing, math.ceil(adv) - adv)
+    return font
+
+
+def _style(key: int) -> tuple[QColor | None, QColor]:
+    """(background or None for white, text colour) of a kind*2+pending key."""
+    kind, pending = divmod(key, 2)
+    bg, fg, _ = PENDING_STYLE if pending else KIND_STYLE.get(kind, KIND_STYLE[ByteKind.DATA])
+    return (None if bg == "#ffffff" else QColor(bg)), QColor(fg)
+
+
+_STYLES: dict[int, tuple[QColor | None, QColor]] = {}
 
 
 class HexView(QAbstractScrollArea):
@@ -74,10 +102,11 @@ class HexView(QAbstractScrollArea):
         self._at_end = False
         self._dragging = False
         self._syncing = False
+        self._statics: dict[str, QStaticText] = {}
         font = QFontDatabase.systemFont(QFontDatabase.FixedFont)
         font.setStyleHint(QFont.Monospace)
         font.setPointSizeF(max(9.0, font.pointSizeF()))
-        self.setFont(font)
+        self.setFont(grid_font(font))
         self.setFocusPolicy(Qt.StrongFocus)
         self.viewport().setCursor(Qt.IBeamCursor)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
@@ -120,7 +149,7 @@ class HexView(QAbstractScrollArea):
     # -- geometry ----------------------------------------------------------------------
     def _metrics(self) -> None:
         fm = QFontMetrics(self.font())
-        self.cw = fm.horizontalAdvance("0")
+        self.cw = math.ceil(QFontMetricsF(self.font()).horizontalAdvance("0"))
         self.lh = fm.height() + 2
         self.ascent = fm.ascent() + 1
         size = self.size
@@ -138,6 +167,8 @@ class HexView(QAbstractScrollArea):
 
     def setFont(self, font: QFont) -> None:  # noqa: N802
         super().setFont(font)
+        if hasattr(self, "_statics"):
+            self._statics.clear()
         if hasattr(self, "bytes_per_row"):
             self._metrics()
             self._update_scroll()
@@ -307,11 +338,12 @@ class HexView(QAbstractScrollArea):
         first = self.top_row * bpr
         data, kinds, pend = self.doc.span(first, rows * bpr)
         raw = data.tobytes()
-        key = kinds.astype("int16") * 2 + pend
+        keys = (kinds * 2 + pend).astype("uint8").tobytes()
         sel_start, sel_len = self.selection()
         cs = self.doc.cluster_size
         ss = self.sector_size
         focus = self.hasFocus()
+        x_hex, x_text, asc = self.x_hex, self.x_text, self.ascent
         for r in range(rows):
             off = first + r * bpr
             a = r * bpr
@@ -322,27 +354,29 @@ class HexView(QAbstractScrollArea):
             chunk = raw[a:a + n]
             rowhex = "  ".join(chunk[i:i + 8].hex(" ") for i in range(0, n, 8))
             rowtxt = _printable(chunk)
-            # tinted runs: same kind and pending state
-            k = key[a:a + n]
-            i = 0
-            while i < n:
-                j = i + 1
-                while j < n and k[j] == k[i]:
-                    j += 1
-                kind, pending = divmod(int(k[i]), 2)
-                bg, fg, _ = PENDING_STYLE if pending else KIND_STYLE.get(
-                    kind, KIND_STYLE[ByteKind.DATA])
-                hx0 = self.x_hex + (i * 3 + i // 8) * cw - cw // 2
-                hx1 = self.x_hex + ((j - 1) * 3 + (j - 1) // 8 + 2) * cw + cw // 2
-                tx0, tx1 = self.x_text + i * cw, self.x_text + j * cw
-                if bg != "#ffffff":
-                    p.fillRect(hx0, y, hx1 - hx0, lh, QColor(bg))
-                    p.fillRect(tx0, y, tx1 - tx0, lh, QColor(bg))
-                p.setPen(QColor(fg))
+            # tinted runs: same kind and pending state (usually one per row)
+            k = keys[a:a + n]
+            if k.count(k[0]) == n:
+                runs = ((0, n, k[0]),)
+            else:
+                runs, i = [], 0
+                for j in range(1, n + 1):
+                    if j == n or k[j] != k[i]:
+                        runs.append((i, j, k[i]))
+                        i = j
+            for i, j, key in runs:
+                st = _STYLES.get(key)
+                if st is None:
+                    st = _STYLES[key] = _style(key)
+                bg, fg = st
                 ci, cj = i * 3 + i // 8, (j - 1) * 3 + (j - 1) // 8 + 2
-                p.drawText(self.x_hex + ci * cw, y + self.ascent, rowhex[ci:cj])
-                p.drawText(tx0, y + self.ascent, rowtxt[i:j])
-                i = j
+                if bg is not None:
+                    hx0 = x_hex + ci * cw - cw // 2
+                    p.fillRect(hx0, y, x_hex + cj * cw + cw // 2 - hx0, lh, bg)
+                    p.fillRect(x_text + i * cw, y, (j - i) * cw, lh, bg)
+                p.setPen(fg)
+                p.drawStaticText(x_hex + ci * cw, y + 1, self._static(rowhex[ci:cj]))
+                p.drawStaticText(x_text + i * cw, y + 1, self._static(rowtxt[i:j]))
             # selection
             if sel_len:
                 lo, hi = max(sel_start, off), min(sel_start + sel_len, off + n)
@@ -380,6 +414,16 @@ class HexView(QAbstractScrollArea):
         p.drawLine(self.x_hex - cw, 0, self.x_hex - cw, vh)
         p.drawLine(self.x_text - cw - cw // 2, 0, self.x_text - cw - cw // 2, vh)
         del pal
+
+    def _static(self, text: str) -> QStaticText:
+        """Laid-out text, cached: scrolling by a row repaints mostly the same rows."""
+        st = self._statics.get(text)
+        if st is None:
+            if len(self._statics) > 4096:
+                self._statics.clear()
+            st = self._statics[text] = QStaticText(text)
+            st.setTextFormat(Qt.PlainText)
+        return st
 
     def _offset_text(self, off: int) -> str:
         if not self.sector_mode:
@@ -757,15 +801,19 @@ class Inspector(QLabel):
         m = doc.mapping_at(off)
         if m is None:
             return "host: ?"
-        name = m.type.name.lower()
         where = "" if m.depth <= 0 else f" in backing file {m.depth}"
         if m.depth < 0:
             return "host: unallocated (reads as zeros)"
-        if m.host_offset is None:
-            return f"host: {name}{where}"
-        if m.type.name == "COMPRESSED":
+        t = m.type.name
+        if t == "COMPRESSED":
             return f"host: compressed at {m.host_offset:#x} ({m.compressed_size} B){where}"
-        return f"host: {m.host_offset:#x} ({name}){where}"
+        if t == "ZERO_PLAIN":
+            return f"host: zero cluster, no host cluster{where}"
+        if t == "ZERO_ALLOC":
+            return f"host: zero cluster, preallocated at {m.host_offset:#x}{where}"
+        if m.host_offset is None:
+            return f"host: {t.lower()}{where}"
+        return f"host: {m.host_offset:#x}{where}"
 
 
 class HexEditor(QWidget):

@@ -78,7 +78,7 @@ class NewImageDialog(QDialog):
         form.addRow("File:", self._row("path", self.path, browse))
 
         self.size_value = QLineEdit("10", self)
-        self.size_value.setMaximumWidth(140)
+        self.size_value.setMaximumWidth(160)
         self.size_unit = QComboBox(self)
         self.size_unit.addItems([u for u, _ in SIZE_UNITS])
         self.size_unit.setCurrentText("GiB")
@@ -152,15 +152,22 @@ class NewImageDialog(QDialog):
         self.validate()
 
     def _row(self, field: str, *widgets: QWidget) -> QWidget:
+        """The field's widgets on a line, its problems in red underneath."""
         box = QWidget(self)
-        lay = QHBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
+        outer = QVBoxLayout(box)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(1)
+        line = QHBoxLayout()
         for w in widgets:
-            lay.addWidget(w)
+            line.addWidget(w, 1 if isinstance(w, QLineEdit) else 0)
+        if not any(isinstance(w, QLineEdit) and w.maximumWidth() > 1000 for w in widgets):
+            line.addStretch(1)
+        outer.addLayout(line)
         err = QLabel(box)
         err.setStyleSheet(ERROR_STYLE)
         err.setWordWrap(True)
-        lay.addWidget(err, 1)
+        err.hide()
+        outer.addWidget(err)
         self.errors[field] = err
         return box
 
@@ -228,7 +235,9 @@ class NewImageDialog(QDialog):
             label.clear()
         for field, msg in problems:
             label = self.errors.get(field, self.general)
-            label.setText("; ".join(filter(None, [label.text(), msg])))
+            label.setText("\n".join(filter(None, [label.text(), msg])))
+        for label in self.errors.values():
+            label.setVisible(bool(label.text()))
         self.problems = [m for _, m in problems]
         self.create_btn.setEnabled(not problems)
         return self.problems
@@ -283,11 +292,13 @@ class NewImageDialog(QDialog):
                     QMessageBox.Yes | QMessageBox.No, QMessageBox.No) == QMessageBox.Yes
             if not overwrite:
                 self.general.setText("Not replaced: choose another file name")
+                self.general.show()
                 return False
         try:
             create_image(path, self.size_bytes(), overwrite=overwrite, **self.options())
         except (Qcow2Error, OSError) as e:
             self.general.setText(f"Could not create the image: {e}")
+            self.general.show()
             return False
         self.created.emit(path)
         self.accept()
