@@ -3,6 +3,7 @@
 Views talk to these classes and never to the engine directly.
 """
 
+from . import _pyside_fix  # noqa: F401 - must come before any signal is emitted
 from .document import ImageDocument, open_error_text
 from .workers import running_workers
 

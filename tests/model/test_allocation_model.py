@@ -40,22 +40,6 @@ def _pixel(m, pic, cluster):
     return qimg.pixelColor(c, r)
 
 
-def make_leak(path) -> int:
-    """Append a cluster nothing references and give it refcount 1 (a leak for qemu-img)."""
-    data = bytearray(path.read_bytes())
-    cluster_bits = struct.unpack_from(">I", data, 20)[0]
-    rt_off = struct.unpack_from(">Q", data, 48)[0]
-    order = struct.unpack_from(">I", data, 96)[0]
-    assert order == 4
-    cs = 1 << cluster_bits
-    idx = -(-len(data) // cs)
-    data += bytes((idx + 1) * cs - len(data))
-    blk = struct.unpack_from(">Q", data, rt_off)[0]
-    struct.pack_into(">H", data, blk + 2 * idx, 1)
-    path.write_bytes(bytes(data))
-    return idx
-
-
 def test_host_kinds_at_known_clusters(sample_image):
     head = sample_image.read_bytes()[:64]
     l1_off = struct.unpack_from(">Q", head, 40)[0]
@@ -106,7 +90,7 @@ def test_guest_view(tmp_path):
         assert _pixel(m, pic, (mb << 20) // 65536) == colour(idx), mb
 
 
-def test_a_leak_stays_red_when_binned(sample_image):
+def test_a_leak_stays_red_when_binned(sample_image, make_leak):
     leak = make_leak(sample_image)
     rc, out = qemu.check(sample_image)
     assert out["leaks"] == 1

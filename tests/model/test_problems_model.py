@@ -5,10 +5,9 @@ from __future__ import annotations
 import qemu
 from qcow2view.model.document import ImageDocument
 from qcow2view.model.problems_model import ClusterRole, ProblemsModel
-from test_allocation_model import make_leak
 
 
-def test_leak_listed(sample_image, qtbot, qtmodeltester):
+def test_leak_listed(sample_image, qtbot, qtmodeltester, make_leak):
     leak = make_leak(sample_image)
     assert qemu.check(sample_image)[1]["leaks"] == 1
     d = ImageDocument(sample_image)

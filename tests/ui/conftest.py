@@ -68,3 +68,24 @@ def garbage_file(tmp_path):
     p = tmp_path / "garbage.qcow2"
     p.write_bytes(b"this is not a disk image\n" * 100)
     return p
+
+
+def _make_leak(path) -> int:
+    """Append a cluster nothing references and give it refcount 1 (a leak for qemu-img)."""
+    import struct
+    data = bytearray(path.read_bytes())
+    cluster_bits = struct.unpack_from(">I", data, 20)[0]
+    rt_off = struct.unpack_from(">Q", data, 48)[0]
+    assert struct.unpack_from(">I", data, 96)[0] == 4      # 16-bit refcounts
+    cs = 1 << cluster_bits
+    idx = -(-len(data) // cs)
+    data += bytes((idx + 1) * cs - len(data))
+    blk = struct.unpack_from(">Q", data, rt_off)[0]
+    struct.pack_into(">H", data, blk + 2 * idx, 1)
+    path.write_bytes(bytes(data))
+    return idx
+
+
+@pytest.fixture
+def make_leak():
+    return _make_leak
