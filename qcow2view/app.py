@@ -155,7 +155,7 @@ def map_main(ns) -> int:
     cells = min(auto_width(n), ns.width)
     scale = max(1, ns.width // cells)
     pic = model.picture(ns.mode, width=cells, max_rows=max(16, (ns.width * 2) // scale))
-    image = render_with_legend(model, pic, scale)
+    image = render_with_legend(model, pic, scale, ns.width)
     if not image.save(os.fspath(ns.png), "PNG"):
         print(f"qcow2view map: cannot write {ns.png}", file=sys.stderr)
         return 1
@@ -164,16 +164,19 @@ def map_main(ns) -> int:
     return 0
 
 
-def render_with_legend(model, pic, scale: int):
-    """The picture scaled by ``scale`` with a legend strip underneath."""
+def render_with_legend(model, pic, scale: int, width: int | None = None):
+    """The picture scaled by ``scale`` (then to ``width`` pixels) with a legend underneath."""
     from PySide6.QtCore import QRect, Qt
     from PySide6.QtGui import QColor, QFont, QImage, QPainter
     from .model.allocation import MODE_TITLES
     body = model.to_qimage(pic, scale)
+    if width is not None and body.width() != width:
+        h = max(1, round(body.height() * width / body.width()))
+        body = body.scaled(width, h, Qt.IgnoreAspectRatio, Qt.FastTransformation)
     legend = model.legend(pic.mode)
-    w = max(body.width(), 480)
+    w = body.width()
     line = 20
-    cols = max(1, w // 200)
+    cols = max(1, w // 180)
     rows = -(-len(legend) // cols)
     out = QImage(w, body.height() + 34 + rows * line + 8, QImage.Format_ARGB32)
     out.fill(QColor("white"))
