@@ -419,7 +419,7 @@ class HexView(QAbstractScrollArea):
         """Laid-out text, cached: scrolling by a row repaints mostly the same rows."""
         st = self._statics.get(text)
         if st is None:
-            if len(self._statics) > 4096:
+            if len(self._statics) > 1024:
                 self._statics.clear()
             st = self._statics[text] = QStaticText(text)
             st.setTextFormat(Qt.PlainText)
@@ -1101,6 +1101,7 @@ def attach_hex_views(tab) -> tuple[HexEditor, HexEditor]:
     tab.register_action("find", find, True)
     tab.register_action("goto", goto, True)
     tab.register_action("edit", edit, True)
+    tab.register_action("history", guest.show_history, True)
     tab.set_undo_stack(gdoc.undo_stack)
     gdoc.modifiedChanged.connect(lambda _m: sync())
     gdoc.editableChanged.connect(lambda _e: (sync(), tab.titleChanged.emit()))

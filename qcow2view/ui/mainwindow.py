@@ -82,6 +82,8 @@ class MainWindow(QMainWindow):
         self.act_undo.setShortcut(QKeySequence(K.Undo))
         self.act_redo = self.undo_group.createRedoAction(self, "&Redo")
         self.act_redo.setShortcut(QKeySequence(K.Redo))
+        self.act_history = self._act("Edit &history", lambda: self._trigger("history"),
+                                     tip="The undo history of the hex editor")
         self.act_edit = self._act("Enable &editing", self._toggle_editing, "Ctrl+E",
                                   "Reopen the image for writing")
         self.act_edit.setCheckable(True)
@@ -107,6 +109,7 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&Edit")
         m.addAction(self.act_undo)
         m.addAction(self.act_redo)
+        m.addAction(self.act_history)
         m.addSeparator()
         m.addAction(self.act_edit)
         m.addSeparator()

@@ -72,6 +72,8 @@ def main() -> int:
         ed.show()
         app.processEvents()
         v = ed.view
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+              "(worst cases include preemption by other processes)")
         print(f"{'1 TiB guest, ' + str(v.visible_rows) + ' rows visible':<44}{'qcow2view':>13}"
               f"   {'qemu-io':>14}   {'ratio':>9}   target")
 
@@ -86,33 +88,42 @@ def main() -> int:
             times.append((time.perf_counter() - t) * 1000)
             doc.invalidate()             # a cold jump every time
         peer = qemu_io_time(path, [f"read {TIB - 512} 512"], shared=True)
-        row("jump to last sector + repaint (worst of 20)", max(times), peer, target="< 16 ms")
+        times.sort()
+        row("jump to last sector + repaint (median of 20)", times[10], peer, target="< 16 ms")
+        row("jump to last sector + repaint (worst of 20)", times[-1], peer, target="< 16 ms")
 
         # scroll 10,000 rows through data, one row per repaint
         v.goto(data_at, focus=False)
         v.set_top_row(data_at // 16)
         v.viewport().repaint()
         rss0 = rss_kib()
-        worst, total = 0.0, 0.0
+        times = []
         for _ in range(10_000):
             t = time.perf_counter()
             v.set_top_row(v.top_row + 1)
             v.viewport().repaint()
-            dt = (time.perf_counter() - t) * 1000
-            worst, total = max(worst, dt), total + dt
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
         peer = qemu_io_time(path, [f"read {data_at} {10_000 * 16}"], shared=True)
-        row("scroll 10,000 rows: worst repaint", worst, None, target="< 16 ms")
-        row("scroll 10,000 rows: mean repaint", total / 10_000, None)
-        row("scroll 10,000 rows: total vs one qemu-io read", total, peer)
+        row("scroll 10,000 rows: median repaint", times[5000], None)
+        row("scroll 10,000 rows: 99th percentile", times[9900], None, target="< 16 ms")
+        row("scroll 10,000 rows: worst repaint", times[-1], None, target="< 16 ms")
+        row("scroll 10,000 rows: over 16 ms (count)", sum(t > 16 for t in times), None, "")
+        row("scroll 10,000 rows: total vs one qemu-io read", sum(times), peer)
 
-        # jump far 2,000 times across the disk: memory must stay flat
-        step = TIB // 2000
-        for i in range(2000):
-            v.set_top_row(i * step // 16)
-            v.viewport().repaint()
+        # jump far across the disk: after the caches fill, memory must stay flat
+        def sweep(n: int, phase: int) -> None:
+            step = TIB // n
+            for i in range(n):
+                v.set_top_row((i * step + phase * 4096) // 16)
+                v.viewport().repaint()
+        sweep(2000, 1)
         rss1 = rss_kib()
-        row("RSS growth after scrolling across 1 TiB", (rss1 - rss0) / 1024, None, "MiB",
-            "flat (cache <= 4 MiB)")
+        sweep(6000, 2)
+        rss2 = rss_kib()
+        row("RSS: scrolling 10,000 rows, then 2,000 jumps", (rss1 - rss0) / 1024, None, "MiB",
+            "bounded caches")
+        row("RSS: 6,000 more jumps across 1 TiB", (rss2 - rss1) / 1024, None, "MiB", "~0")
 
         # save 100 scattered single-byte edits
         offs = [(i * 10_007 + 1) * (TIB // 1_000_000) for i in range(100)]

@@ -245,6 +245,8 @@ def test_main_window_edit_save_and_close(qtbot, tmp_path):
     win.act_undo.trigger()
     assert not guest.doc.modified
     win.act_redo.trigger()
+    win.act_history.trigger()
+    assert guest.history.isVisible()
     old_image = tab.document.image
     win.act_save.trigger()
     assert not guest.doc.modified
