@@ -463,6 +463,10 @@ class Image:
 
     def read_l2_bytes(self, l2_offset: int, l1_index: int = -1) -> bytes:
         self._check_l2_offset(l2_offset, l1_index)
+        if self._writer is not None:     # a table with uncommitted changes
+            pinned = self._writer.pinned_table_bytes(l2_offset)
+            if pinned is not None:
+                return pinned
         return self.file.pread_exact(l2_offset, self.cluster_size,
                                      f"L2 table (L1 index {l1_index})")
 
@@ -503,6 +507,8 @@ class Image:
     def check(self, progress=None, cancel=None):
         """Check like ``qemu-img check``; returns a :class:`check.CheckResult`."""
         from .check import check
+        if self._writer is not None:
+            self._writer.commit()        # check reads the file itself
         return check(self, progress, cancel)
 
     def repair(self, leaks: bool = True, all: bool = False, progress=None, cancel=None):
@@ -516,6 +522,8 @@ class Image:
     def host_map(self, progress=None, cancel=None):
         """Kind, refcount and references of every host cluster (maps.HostMap)."""
         from .maps import host_map
+        if self._writer is not None:
+            self._writer.commit()        # maps read the file itself
         key = ("host",)
         cache = getattr(self, "_maps_cache", None)
         if cache is None:
@@ -530,6 +538,8 @@ class Image:
     def guest_map(self, snapshot=None, progress=None, cancel=None, follow_backing=True):
         """State and host offset of every guest cluster (maps.GuestMap)."""
         from .maps import guest_map
+        if self._writer is not None:
+            self._writer.commit()        # maps read the file itself
         key = ("guest", None if snapshot is None else str(getattr(snapshot, "id_str", snapshot)),
                follow_backing)
         cache = getattr(self, "_maps_cache", None)
@@ -560,6 +570,10 @@ class Image:
             raise CorruptImageError(f"refcount block offset {off:#x} is not cluster aligned",
                                     structure="refcount table entry",
                                     offset=self.header.refcount_table_offset + 8 * rt_index)
+        if self._writer is not None:     # counts raised by uncommitted writes
+            counts = self._writer.alloc.blocks.get(rt_index)
+            if counts is not None:
+                return off, counts.copy()
         buf = self.file.pread_exact(off, self.cluster_size, f"refcount block {rt_index}")
         return off, decode_refcount_block(buf, self.header.refcount_order)
 

@@ -1,18 +1,25 @@
 """Writing guest data the way QEMU's qcow2 driver does (qcow2-cluster.c, qcow2.c).
 
-One request is planned in memory first (which clusters are written in place,
-which need a new host cluster, which L2 tables must be created or copied),
-then committed in QEMU's order, with one flush barrier per stage:
+One request is planned in memory (which clusters are written in place, which
+need a new host cluster, which L2 tables must be created or copied).  Its
+guest data is written at once -- into clusters that nothing on disk points to
+yet, or in place into clusters the image owns -- while its metadata stays
+pending in memory (readers of this Image see it: pinned tables) until
+:meth:`Writer.commit`, run by ``flush()``/``close()`` or once enough piles up.
+This is QEMU's write-back metadata cache.  A commit goes in QEMU's order, one
+flush barrier per stage:
 
-1. new refcount blocks (flush), then raised refcounts, reftable entries, guest
-   data and new L2 tables (flush): nothing points at a cluster before its
-   refcount and contents are on disk;
+1. new refcount blocks (flush), then raised refcounts, reftable entries and
+   new L2 tables (flush, which also makes the data durable): nothing points
+   at a cluster before its refcount and contents are on disk;
 2. L2 entries in existing tables, then L1 entries;
 3. only then (after a flush) are the refcounts of clusters that lost their
-   last reference lowered.
+   last reference lowered; until then they are not reused.
 
-A crash at any point leaks clusters at worst.  Refcounts are always kept exact,
-also on images with lazy_refcounts: the dirty bit is never set.
+A crash at any point leaks clusters at worst; writes since the last flush may
+be lost (each guest range then holds its old or its new bytes).  Refcounts are
+always kept exact, also on images with lazy_refcounts: the dirty bit is never
+set.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ SUB = C.SUBCLUSTERS
 ALL_ALLOC = C.L2_BITMAP_ALL_ALLOC
 ALL_ZERO = C.L2_BITMAP_ALL_ZERO
 ZERO_CHUNK = 8 << 20
+# pending metadata is committed at flush, or once this much piles up
+COMMIT_BYTES = 64 << 20
+COMMIT_TABLES = 64
+COMMIT_FREES = 4096
 
 
 def _alloc_range(a: int, b: int) -> int:
@@ -78,6 +89,10 @@ class Writer:
         self.alloc = RefcountAllocator(image)
         self.prepared = False
         self.unflushed = False
+        self.pending: dict[int, _Table] = {}        # by L1 index: uncommitted tables
+        self.pinned: dict[int, _Table] = {}         # the same, by table offset
+        self.pending_frees: list[tuple[int, int]] = []
+        self.pending_data = 0
 
     # -- opening ---------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -196,14 +211,31 @@ class Writer:
             pos += n
 
     def _zero_run(self, pos: int, n: int) -> None:
-        try:
+        if not self._partial_compressed(pos, n):
             self._run(pos, n, None, zero=True)
-        except _Fallback:
-            # e.g. sub-clusters of a compressed cluster: qemu writes zeros instead
+        else:
+            # sub-clusters of a compressed cluster: qemu writes zeros instead
             while n:
                 k = min(ZERO_CHUNK, n)
                 self._run(pos, k, bytes(k), zero=False)
                 pos, n = pos + k, n - k
+
+    def _partial_compressed(self, pos: int, n: int) -> bool:
+        """Does a zero-write cover part of a compressed cluster (extended L2)?"""
+        im = self.image
+        if not im.extended_l2:
+            return False
+        cs = im.cluster_size
+        probes = []
+        if pos % cs or n < cs:
+            probes.append(pos)
+        if (pos + n) % cs:
+            probes.append(pos + n - 1)
+        for p in probes:
+            m = im.guest_mapping(p)
+            if m.depth == 0 and m.type == ClusterType.COMPRESSED:
+                return True
+        return False
 
     def _zero_partial(self, lo: int, hi: int, unit: int, vsize: int) -> None:
         """An unaligned piece: zero the whole unit if it already reads zero, else write zeros."""
@@ -226,6 +258,7 @@ class Writer:
         if not self.unflushed:
             return
         im = self.image
+        self.commit()
         try:
             self.alloc.write_dirty()
             if im.data_file is not None:
@@ -237,8 +270,9 @@ class Writer:
 
     # -- planning ----------------------------------------------------------------------
     def _table(self, l1i: int, tables: dict[int, _Table]) -> _Table:
-        t = tables.get(l1i)
+        t = tables.get(l1i) or self.pending.get(l1i)
         if t is not None:
+            tables[l1i] = t
             return t
         im = self.image
         if l1i >= len(im._l1):
@@ -268,13 +302,10 @@ class Writer:
                 self._run_inner(offset, length, data, zero)
             except OSError as e:
                 raise Qcow2Error(f"write failed: {e.strerror or e}; the image stays "
-                                 "consistent (at worst clusters leak)") from e
+                                 "consistent (at worst clusters leak)", path=im.path) from e
         except BaseException:
             # the in-memory state may be ahead of the file: re-read it all
-            self.alloc.forget()
-            h = im.header
-            im.l1_table = im._read_l1(h.l1_table_offset, h.l1_size, "L1 table")
-            im.invalidate_caches()
+            self._drop_pending()
             raise
 
     def _run_inner(self, offset: int, length: int, data, zero: bool) -> None:
@@ -319,7 +350,7 @@ class Writer:
                 t.bitmap[n.l2_index] = n.bitmap
             t.changed.add(n.l2_index)
 
-        self._commit(tables, news, inplace, frees, src)
+        self._apply(tables, news, inplace, frees, src)
 
     def _old_bytes(self, guest: int, lo: int, hi: int) -> bytes:
         """Guest bytes of the cluster at ``guest`` in lo..hi, as they read now."""
@@ -460,59 +491,109 @@ class Writer:
                                     offset=t.offset + self.image.header.l2_entry_size * l2i)
 
     # -- committing --------------------------------------------------------------------
-    def _commit(self, tables, news, inplace, frees, src) -> None:
+    def _apply(self, tables, news, inplace, frees, src) -> None:
+        """Write the request's data now; keep its metadata pending until commit()."""
+        im = self.image
+        for dst, host, buf in _coalesce(news, src):
+            dst.pwrite(host, buf)
+        for dst, off, piece in inplace:
+            dst.pwrite(off, piece)
+        self.unflushed = True
+        cache = im._l2_cache
+        for t in tables.values():
+            if not (t.new or t.changed):
+                continue
+            if t.l1_index not in self.pending:
+                self.pending[t.l1_index] = t
+                self.pinned[t.offset] = t
+                if t.new:
+                    entry = t.offset | C.QCOW_OFLAG_COPIED
+                    im._l1[t.l1_index] = entry
+                    im.l1_table.entries[t.l1_index] = entry
+                    if t.old_offset:
+                        cache.pop(t.old_offset, None)
+                        self.pending_frees.append((t.old_offset, im.cluster_size))
+            cache[t.offset] = (t.raw, t.bitmap)
+        if frees:
+            self.pending_frees += frees
+            im._zcache = None
+        im._maps_cache = {}
+        self.pending_data += sum(n.hi - n.lo for n in news)
+        if (self.pending_data >= COMMIT_BYTES or len(self.pending) >= COMMIT_TABLES
+                or len(self.pending_frees) >= COMMIT_FREES):
+            self.commit()
+
+    def commit(self) -> None:
+        """Put pending metadata on disk in QEMU's order (the file is consistent after
+        every step; a crash in between leaks clusters at worst)."""
         im = self.image
         f = im.file
         alloc = self.alloc
+        if not (self.pending or self.pending_frees or alloc.dirty_blocks or alloc.dirty_rt):
+            return
         es = im.header.l2_entry_size
-        new_tables = [t for t in tables.values() if t.new]
-        changed_tables = [t for t in tables.values() if not t.new and t.changed]
-        self.unflushed = True
-        # stage 1: refcounts, data, new tables
-        if alloc.write_new_blocks():
-            f.fsync()
-        raised = alloc.write_dirty()
-        for dst, host, buf in _coalesce(news, src):
-            dst.pwrite(host, buf)
-        for t in new_tables:
-            f.pwrite(t.offset, _table_bytes(t.raw, t.bitmap))
-        for dst, off, piece in inplace:
-            dst.pwrite(off, piece)
-        if raised or news or new_tables:
-            if news and src is not f:
-                src.fsync()
-            f.fsync()
-        # stage 2: entries in existing L2 tables, then L1 entries
-        for t in changed_tables:
-            for a, b in _runs(sorted(t.changed)):
-                f.pwrite(t.offset + es * a, _table_bytes(t.raw[a:b],
-                                                         None if t.bitmap is None
-                                                         else t.bitmap[a:b]))
-        l1_changed = []
-        for t in new_tables:
-            im._l1[t.l1_index] = t.offset | C.QCOW_OFLAG_COPIED
-            im.l1_table.entries[t.l1_index] = t.offset | C.QCOW_OFLAG_COPIED
-            l1_changed.append(t.l1_index)
-        for a, b in _runs(sorted(l1_changed)):
-            f.pwrite(im.l1_table.offset + 8 * a,
-                     b"".join(v.to_bytes(8, "big") for v in im._l1[a:b]))
-        # caches: the read path must see the new tables
-        cache = im._l2_cache
-        for t in tables.values():
-            if t.new and t.old_offset:
-                cache.pop(t.old_offset, None)
-            if t.new or t.changed:
-                cache[t.offset] = (t.raw, t.bitmap)
-        if frees:
-            im._zcache = None
-        # stage 3: lower refcounts once nothing on disk refers to the clusters
-        old_tables = [(t.old_offset, im.cluster_size) for t in new_tables if t.old_offset]
-        if frees or old_tables:
-            f.fsync()
-            for off, n in frees + old_tables:
-                alloc.change(off, n, -1)
+        tables = list(self.pending.values())
+        try:
+            # stage 1: raised refcounts and new tables, with the data written so far
+            if alloc.write_new_blocks():
+                f.fsync()
             alloc.write_dirty()
+            for t in tables:
+                if t.new:
+                    f.pwrite(t.offset, _table_bytes(t.raw, t.bitmap))
+            if im.data_file is not None and self.pending_data:
+                im.data_file.fsync()
+            f.fsync()
+            # stage 2: entries of existing L2 tables, then the L1 entries of new ones
+            for t in tables:
+                if not t.new:
+                    for a, b in _runs(sorted(t.changed)):
+                        f.pwrite(t.offset + es * a,
+                                 _table_bytes(t.raw[a:b],
+                                              None if t.bitmap is None else t.bitmap[a:b]))
+            for a, b in _runs(sorted(t.l1_index for t in tables if t.new)):
+                f.pwrite(im.l1_table.offset + 8 * a,
+                         b"".join(v.to_bytes(8, "big") for v in im._l1[a:b]))
+            # stage 3: lower refcounts once nothing on disk refers to the clusters
+            if self.pending_frees:
+                f.fsync()
+                for off, n in self.pending_frees:
+                    alloc.change(off, n, -1)
+                alloc.write_dirty()
+        except OSError as e:
+            self._drop_pending()
+            raise Qcow2Error(f"writing metadata failed: {e.strerror or e}; the image "
+                             "stays consistent (at worst clusters leak)", path=im.path) from e
+        except BaseException:
+            self._drop_pending()
+            raise
+        for t in tables:
+            t.new = False
+            t.old_offset = 0
+            t.changed = set()
+        self.pending.clear()
+        self.pinned.clear()
+        self.pending_frees = []
+        self.pending_data = 0
         im.file_size = f.size
+        self.unflushed = True
+
+    def _drop_pending(self) -> None:
+        """After a failure: forget everything not on disk (as a crash would)."""
+        im = self.image
+        self.pending.clear()
+        self.pinned.clear()
+        self.pending_frees = []
+        self.pending_data = 0
+        self.alloc.forget()
+        h = im.header
+        im.l1_table = im._read_l1(h.l1_table_offset, h.l1_size, "L1 table")
+        im.invalidate_caches()
+
+    def pinned_table_bytes(self, l2_offset: int) -> bytes | None:
+        """The current bytes of an L2 table with uncommitted changes (for readers)."""
+        t = self.pinned.get(l2_offset)
+        return None if t is None else _table_bytes(t.raw, t.bitmap)
 
 
 class _Fallback(Exception):

@@ -268,3 +268,26 @@ def test_snapshot_view_is_read_only(tmp_path):
     qemu.qemu_img("snapshot", "-c", "s", img)
     with pytest.raises(RequestError):
         open_image(img, writable=True, snapshot="s")
+
+
+def test_unflushed_metadata_is_visible_to_us_and_disk_stays_consistent(tmp_path):
+    img = qemu.create(tmp_path / "wb.qcow2", "4M")
+    qemu.qemu_io(img, "write -P 1 0 64k")
+    with open_image(img, writable=True) as im:
+        im.write(MiB + 10, b"n" * 100)            # allocating: metadata pending
+        im.write(5, b"i")                         # in place
+        # this Image sees the pending state everywhere
+        assert im.read(MiB + 10, 100) == b"n" * 100
+        m = im.guest_mapping(MiB)
+        assert m.depth == 0 and m.host_offset is not None
+        l1e = im.l1_table.entry(0)
+        table = im.l2_table(l1e.l2_offset, 0)
+        assert table.entry(MiB // 65536).host_offset == m.host_offset
+        assert im.refcount(m.host_offset // 65536) == 1
+        # the file is a valid image all along (qemu, ignoring our lock, agrees)
+        assert qemu.check(img, "-U")[0] == 0
+        im.flush()
+        assert qemu.check(img, "-U")[0] == 0
+        qemu.qemu_io(img, f"read -P 0x6e {MiB + 10} 100", "read -P 0x69 5 1",
+                     extra=("-U", "-r"))
+    _clean(img)
