@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QAbstractScrollArea, QComboBox, QDialog, QHBoxLay
                                QUndoView, QVBoxLayout, QWidget)
 
 from ..model.extents import ByteKind
-from ..model.hexdocument import HexDocument
+from ..model.hexdocument import FileHexDocument, HexDocument
 from .find import FindBar
 from .goto import GotoDialog
 
@@ -793,8 +793,8 @@ class Inspector(QLabel):
 
     @staticmethod
     def _host(doc: HexDocument, off: int) -> str:
-        if not hasattr(doc.image, "guest_mapping"):
-            return f"file offset {off:#x}"
+        if isinstance(doc, FileHexDocument):
+            return f"image file byte {off:#x} (host cluster {off // doc.cluster_size})"
         err = doc.block_error(off)
         if err:
             return f"unreadable: {err}"
@@ -893,8 +893,17 @@ class HexEditor(QWidget):
         self.act_save.triggered.connect(self.save)
         self.act_revert = QAction("Revert", self, toolTip="Discard the pending edits")
         self.act_revert.triggered.connect(self.revert)
-        self.act_undo = doc.undo_stack.createUndoAction(self, "Undo")
-        self.act_redo = doc.undo_stack.createRedoAction(self, "Redo")
+        # short texts (the command goes in the tooltip) keep the toolbar narrow
+        st = doc.undo_stack
+        self.act_undo = QAction("Undo", self, enabled=False)
+        self.act_undo.triggered.connect(st.undo)
+        st.canUndoChanged.connect(self.act_undo.setEnabled)
+        st.undoTextChanged.connect(lambda t: self.act_undo.setToolTip(f"Undo {t} (Ctrl+Z)"))
+        self.act_redo = QAction("Redo", self, enabled=False)
+        self.act_redo.triggered.connect(st.redo)
+        st.canRedoChanged.connect(self.act_redo.setEnabled)
+        st.redoTextChanged.connect(
+            lambda t: self.act_redo.setToolTip(f"Redo {t} (Ctrl+Shift+Z)"))
         self.act_history = QAction("History", self, toolTip="The undo history")
         self.act_history.triggered.connect(self.show_history)
         self.act_goto = QAction("Go to\u2026", self, toolTip="Go to offset or sector (Ctrl+G)")
