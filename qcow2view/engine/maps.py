@@ -22,8 +22,8 @@ import numpy as np
 from . import clusters as C
 from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
 from .extensions import EXT_BITMAPS
-from .refscan import (BATCH_ENTRIES, Cancel, DiskRefcounts, L2Ref, Progress, Scanner,
-                      check_cancel, read_zero_filled)
+from .refscan import (BATCH_ENTRIES, Cancel, DiskRefcounts, Progress, Scanner,
+                      check_cancel, read_tables, read_zero_filled)
 
 U64 = np.uint64
 
@@ -140,7 +140,7 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
         if c < n:
             kinds[c] = HostKind.CORRUPT
     hm = HostMap(image.cluster_size, image.file.size, kinds, ondisk, refs)
-    tables = scan.l2_tables
+    tables = scan.l2_table_arrays()
     lo = np.concatenate(scan.l2_lo) if scan.l2_lo else np.zeros(0, np.int64)
     hi = np.concatenate(scan.l2_hi) if scan.l2_hi else np.zeros(0, np.int64)
     hm._owners = lambda c: _owners(image, hm, tables, c, lo, hi)
@@ -151,7 +151,7 @@ def _in(off: int, size: int, cs: int, c: int) -> bool:
     return size > 0 and off // cs <= c <= (off + size - 1) // cs
 
 
-def _owners(image, hm: HostMap, tables: list[L2Ref], c: int, lo: np.ndarray,
+def _owners(image, hm: HostMap, tables: tuple, c: int, lo: np.ndarray,
             hi: np.ndarray) -> list[Owner]:
     cs = image.cluster_size
     h = image.header
@@ -201,26 +201,24 @@ def _owners(image, hm: HostMap, tables: list[L2Ref], c: int, lo: np.ndarray,
                 out.append(Owner(HostKind.BITMAP_DATA, name, b.bitmap_table_offset + 8 * i,
                                  None, None))
     span = image.l2_size * cs
-    for t in tables:
-        if t.offset // cs == c:
-            table = "L1" if t.snapshot is None else f"snapshot {t.snapshot!r} L1"
-            out.append(Owner(HostKind.L2_TABLE if t.snapshot is None
-                             else HostKind.SNAPSHOT_L2_TABLE, table, t.l1_entry_offset,
-                             t.l1_index * span, t.snapshot))
+    offs, l1i, l1eo, names = tables
+    for i in np.nonzero(offs // cs == c)[0].tolist():
+        snap = names[i]
+        table = "L1" if snap is None else f"snapshot {snap!r} L1"
+        out.append(Owner(HostKind.L2_TABLE if snap is None else HostKind.SNAPSHOT_L2_TABLE,
+                         table, int(l1eo[i]), int(l1i[i]) * span, snap))
     if len(out) >= want:
         return out
     # data and compressed clusters: scan the L2 tables with numpy, stop once
     # every counted reference has been found
-    sc = Scanner.__new__(Scanner)
-    sc.im, sc.cs, sc.extended = image, cs, image.extended_l2
     layout = image.layout
     esize = 16 if image.extended_l2 else 8
     per_batch = max(1, BATCH_ENTRIES // image.l2_size)
-    cand = [tables[i] for i in np.nonzero((lo <= c) & (hi >= c))[0].tolist()] \
-        if len(lo) == len(tables) else tables
+    cand = np.nonzero((lo <= c) & (hi >= c))[0] if len(lo) == len(offs) \
+        else np.arange(len(offs))
     for b in range(0, len(cand), per_batch):
-        batch = cand[b:b + per_batch]
-        raw, _ = sc.read_l2_batch(np.array([t.offset for t in batch], dtype=np.int64))
+        rows = cand[b:b + per_batch]
+        raw, _ = read_tables(image.file, offs[rows], cs, image.extended_l2)
         comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
         off = raw & U64(C.L2E_OFFSET_MASK)
         data = ~comp & (off != 0)
@@ -233,10 +231,11 @@ def _owners(image, hm: HostMap, tables: list[L2Ref], c: int, lo: np.ndarray,
         hit_c = comp & (coff // U64(cs) <= U64(c)) & (cend // U64(cs) >= U64(c))
         for kind, hit in ((HostKind.DATA, hit_d), (HostKind.COMPRESSED, hit_c)):
             for i, j in zip(*np.nonzero(hit)):
-                t = batch[int(i)]
-                table = "L2" if t.snapshot is None else f"snapshot {t.snapshot!r} L2"
-                out.append(Owner(kind, table, t.offset + esize * int(j),
-                                 (t.l1_index * image.l2_size + int(j)) * cs, t.snapshot))
+                t = int(rows[int(i)])
+                snap = names[t]
+                table = "L2" if snap is None else f"snapshot {snap!r} L2"
+                out.append(Owner(kind, table, int(offs[t]) + esize * int(j),
+                                 (int(l1i[t]) * image.l2_size + int(j)) * cs, snap))
         if len(out) >= want:
             break
     return out
@@ -265,8 +264,6 @@ def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = 
     L = image.l2_size
     l1 = l1[:-(-n // L)]
     idx = np.nonzero(l1 & U64(C.L1E_OFFSET_MASK))[0]
-    sc = Scanner.__new__(Scanner)
-    sc.im, sc.cs, sc.extended = image, cs, image.extended_l2
     layout = image.layout
     per_batch = max(1, BATCH_ENTRIES // L)
     total = len(idx) + 1
@@ -274,7 +271,8 @@ def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = 
     for b in range(0, len(idx), per_batch):
         check_cancel(cancel)
         bi = idx[b:b + per_batch]
-        raw, bm = sc.read_l2_batch((l1[bi] & U64(C.L1E_OFFSET_MASK)).astype(np.int64))
+        raw, bm = read_tables(image.file, (l1[bi] & U64(C.L1E_OFFSET_MASK)).astype(np.int64),
+                              cs, image.extended_l2)
         fast = _contiguous_rows(raw, cs) if bm is None else np.zeros(len(bi), dtype=bool)
         for k in np.nonzero(fast)[0].tolist():
             lo = int(bi[k]) * L

@@ -63,16 +63,6 @@ class Finding:
     severity: str                # "corruption" | "leak" | "check_error"
 
 
-@dataclass(frozen=True)
-class L2Ref:
-    """An L2 table met during the walk (kept so owners() need not re-read L1s)."""
-
-    offset: int                  # as the L1 entry gives it (may be misaligned)
-    l1_index: int
-    l1_entry_offset: int
-    snapshot: str | None         # None for the active L1 table
-
-
 def read_zero_filled(file, offset: int, length: int) -> bytes:
     """Read like QEMU's block layer does: bytes past the end of file are zeros."""
     if offset >= file.size or length <= 0:
@@ -91,16 +81,17 @@ def read_tables(file, offsets: np.ndarray, cs: int, extended: bool
     arr = np.empty(n * (cs // 8), dtype=U64)
     mv = memoryview(arr).cast("B")
     fd = file.fd
+    size = file.size
+    preadv = os.preadv
+    short = []
     for k, o in enumerate(offsets.tolist()):
-        dst = mv[k * cs:(k + 1) * cs]
-        got = os.preadv(fd, [dst], o) if o < file.size else 0
-        while 0 < got < cs:
-            more = os.preadv(fd, [dst[got:]], o + got)
-            if more <= 0:
-                break
-            got += more
-        if got < cs:
-            dst[got:] = bytes(cs - got)
+        if o + cs <= size:
+            if preadv(fd, [mv[k * cs:(k + 1) * cs]], o) != cs:
+                short.append((k, o))
+        else:
+            short.append((k, o))
+    for k, o in short:   # past the end of the file (or a short read): zeros, as QEMU
+        mv[k * cs:(k + 1) * cs] = read_zero_filled(file, o, cs)
     arr.byteswap(inplace=True)
     words = arr.reshape(n, -1)
     if extended:
@@ -218,7 +209,9 @@ class RefScan:
     compressed_clusters: int = 0
     findings: list[Finding] = field(default_factory=list)
     findings_dropped: int = 0
-    l2_tables: list[L2Ref] = field(default_factory=list)
+    # L2 tables met, one group per L1 table: (offsets, l1 indices, L1 entry offsets,
+    # snapshot name or None); see l2_table_arrays()
+    l2_groups: list[tuple] = field(default_factory=list)
     # per entry of l2_tables: lowest and highest host cluster its entries reference
     # (kept for the host map so owners() reads only the tables that can match)
     l2_lo: list[np.ndarray] = field(default_factory=list)
@@ -228,6 +221,17 @@ class RefScan:
     copied_corruptions: int = 0       # of corruptions, those from check_oflag_copied
     copied_entries: list[tuple[int, int, bool]] = field(default_factory=list)
     # (entry file offset, raw entry, is L1) with a wrong COPIED flag (for repair)
+
+    def l2_table_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """(offsets, l1 indices, L1 entry offsets, snapshot name per table)."""
+        if not self.l2_groups:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z, []
+        offs = np.concatenate([g[0] for g in self.l2_groups])
+        l1i = np.concatenate([g[1] for g in self.l2_groups]).astype(np.int64)
+        eo = np.concatenate([g[2] for g in self.l2_groups])
+        names = [g[3] for g in self.l2_groups for _ in range(len(g[0]))]
+        return offs, l1i, eo, names
 
     def counted(self) -> np.ndarray:
         """Per-cluster references as QEMU's saturating in-memory array holds them."""
@@ -294,27 +298,38 @@ class Scanner:
         if len(clusters) == 1:
             self._mark_one(int(clusters[0]), kind)
             return
+        clusters = clusters.astype(np.intp, copy=False)
         top = int(clusters.max())
         if top >= r.nb_clusters:
             r.nb_clusters = top + 1
         lo = int(clusters.min())
-        if top - lo < 4 * len(clusters):
+        d = np.diff(clusters)
+        if (d > 0).all() or (d < 0).all():
+            # strictly monotonic (sequential or reverse writes): no duplicates
+            u = clusters.astype(np.intp, copy=False)
+            counts = None
+        elif top - lo < 4 * len(clusters):
             c = np.bincount((clusters - lo).astype(np.intp), minlength=top - lo + 1)
             nz = np.nonzero(c)[0]
             u, counts = lo + nz, c[nz]
         else:
             u, counts = np.unique(clusters, return_counts=True)
             u = u.astype(np.intp)
-        prior = r.kinds[u]
-        seen = r.refs[u] > 0
-        conflict = seen & (prior != kind) & (_META[prior] | _META[kind])
-        if kind in (K_L2, K_SNAPL2):
-            conflict &= ~((prior == K_L2) | (prior == K_SNAPL2))
-        if conflict.any():
-            r.overlap_clusters.update(u[conflict][:1000].tolist())
-        r.refs[u] += counts.astype(np.uint32)
+        seen = r.refs[u] != 0
+        if seen.any():
+            su = u[seen]
+            prior = r.kinds[su]
+            conflict = (prior != kind) & (_META[prior] | _META[kind])
+            if kind in (K_L2, K_SNAPL2):
+                conflict &= ~((prior == K_L2) | (prior == K_SNAPL2))
+            if conflict.any():
+                r.overlap_clusters.update(su[conflict][:1000].tolist())
+        if counts is None:
+            r.refs[u] += np.uint32(1)
+        else:
+            r.refs[u] += counts.astype(np.uint32)
         if kind == K_SNAPL2:
-            r.kinds[u[prior != K_L2]] = kind     # L2 tables the active L1 shares stay L2
+            r.kinds[u[r.kinds[u] != K_L2]] = kind   # L2 tables the active L1 shares stay L2
         else:
             r.kinds[u] = kind
 
@@ -458,9 +473,7 @@ class Scanner:
                           f"({int(ent[i]):#018x})", int(entry_offs[i]))
         l2_offsets = (ent & U64(C.L1E_OFFSET_MASK)).astype(np.int64)
         sname = None if active else snap.name
-        self.r.l2_tables.extend(
-            L2Ref(o, i, e, sname) for o, i, e in
-            zip(l2_offsets.tolist(), idx.tolist(), entry_offs.tolist()))
+        self.r.l2_groups.append((l2_offsets, idx, entry_offs, sname))
         # L2 table clusters first, in L1 order, exactly as QEMU marks them
         # (it interleaves them with the L2 contents, which does not change counts)
         self.inc_regions(l2_offsets, np.full(len(idx), self.cs), K_L2 if active else K_SNAPL2,
@@ -602,17 +615,22 @@ class Scanner:
         n, L = raw.shape
         esize = 16 if self.extended else 8
         eoff = _EntryOffsets(l2_offsets, esize)
-        comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
         off = raw & U64(C.L2E_OFFSET_MASK)
         has_off = off != 0
         if self.data_file:
             has_off |= (raw & U64(C.QCOW_OFLAG_COPIED)) != 0
-        if self.extended:
-            zero = np.zeros_like(comp)
+        # compressed, zero-flag and reserved bits are rare: one pass tells
+        special = U64(C.QCOW_OFLAG_COMPRESSED | C.L2E_STD_RESERVED_MASK
+                      | (0 if self.extended else C.QCOW_OFLAG_ZERO))
+        if np.bitwise_and(raw, special).any():
+            comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
+            zero = (np.zeros_like(comp) if self.extended
+                    else ((raw & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp)
+            alloc = ~comp & has_off            # NORMAL or ZERO_ALLOC
+            resv = ~comp & ((raw & U64(C.L2E_STD_RESERVED_MASK)) != 0)
         else:
-            zero = ((raw & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp
-        alloc = ~comp & has_off            # NORMAL or ZERO_ALLOC
-        unalloc = ~comp & ~has_off & ~zero
+            comp = zero = resv = None
+            alloc = has_off
         where = "snapshot " + repr(sname) + " " if sname else ""
 
         def report(mask, kind, text):
@@ -622,95 +640,137 @@ class Scanner:
                 self._corrupt(kind, o >> cb, f"{where}L2 entry at {e:#x} "
                               f"({int(raw[i, j]):#018x}): {text}", e)
 
-        resv = ~comp & ((raw & U64(C.L2E_STD_RESERVED_MASK)) != 0)
-        if resv.any():
+        if resv is not None and resv.any():
             report(resv, "reserved_bits", "reserved bits set")
-        if comp.any():
-            cp = comp & ((raw & U64(C.QCOW_OFLAG_COPIED)) != 0)
-            if cp.any():
-                report(cp, "invalid_compressed", "COPIED flag set on a compressed cluster")
-            ok = comp.copy()
-            if self.data_file:
-                report(comp, "invalid_compressed", "compressed cluster in an image with a "
-                       "data file")
-                ok[:] = False
-            elif bm is not None:
-                badbm = comp & (bm != 0)
-                if badbm.any():
-                    report(badbm, "invalid_compressed", "compressed cluster with a "
-                           "non-zero sub-cluster bitmap")
-                    ok &= ~badbm
-            if ok.any():
-                e = raw[ok]
-                coff = (e & U64(self.layout.offset_mask)).astype(np.int64)
-                nsec = ((e >> U64(self.layout.csize_shift)) & U64(self.layout.csize_mask)
-                        ).astype(np.int64) + 1
-                csize = nsec * 512 - (coff & 511)
-                if lo is not None:
-                    rows = np.nonzero(ok)[0]
-                    np.minimum.at(lo, rows, coff >> cb)
-                    np.maximum.at(hi, rows, (coff + csize - 1) >> cb)
-                self.inc_regions(coff, csize, K_COMPRESSED, f"{where}compressed cluster",
-                                 eoff[ok])
-                if active:
-                    k = int(ok.sum())
-                    self.r.allocated_clusters += k
-                    self.r.compressed_clusters += k
-                    self.r.fragmented_clusters += k
-        if alloc.any():
+        if comp is not None and comp.any():
+            self._compressed(raw, bm, comp, eoff, active, where, report, lo, hi)
+        flat = np.flatnonzero(alloc)
+        if len(flat):
+            a_raw = raw.reshape(-1)[flat]
+            a_off = a_raw & U64(C.L2E_OFFSET_MASK)
+            a_cl = a_off >> U64(cb)
+            rows = flat // L
             if bm is not None:
-                badbm = alloc & (((bm >> U64(32)) & bm) != 0)
+                a_bm = bm.reshape(-1)[flat]
+                badbm = ((a_bm >> U64(32)) & a_bm) != 0
                 if badbm.any():
-                    report(badbm, "invalid_subcluster_bitmap", "allocated cluster has a "
-                           "corrupted sub-cluster allocation bitmap")
-            mis = alloc & ((off & U64(cs - 1)) != 0)
-            if mis.any():
-                report(mis, "misaligned_offset", "data cluster offset is not cluster "
-                       "aligned")
+                    self._report_flat(flat[badbm], L, eoff, a_raw[badbm], a_off[badbm],
+                                      "invalid_subcluster_bitmap", where, "allocated cluster "
+                                      "has a corrupted sub-cluster allocation bitmap")
+            mis = (a_off & U64(cs - 1)) != 0
+            any_mis = bool(mis.any())
+            if any_mis:
+                self._report_flat(flat[mis], L, eoff, a_raw[mis], a_off[mis],
+                                  "misaligned_offset", where,
+                                  "data cluster offset is not cluster aligned")
             if active:
-                self._frag(alloc, off)
+                r = self.r
+                r.allocated_clusters += len(flat)
+                if len(flat) > 1:
+                    same_row = rows[1:] == rows[:-1]
+                    jump = a_off[1:] != a_off[:-1] + U64(cs)
+                    r.fragmented_clusters += int(np.count_nonzero(same_row & jump))
             if lo is not None:
-                big = U64(np.iinfo(np.int64).max)
-                first = np.where(alloc, off >> U64(cb), big).min(axis=1).astype(np.int64)
-                last = np.where(alloc, (off + U64(cs - 1)) >> U64(cb), U64(0)).max(axis=1)
-                np.minimum(lo, first, out=lo)
-                np.maximum(hi, np.where(alloc.any(axis=1), last.astype(np.int64), -1),
-                           out=hi)
+                starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+                urows = rows[starts]
+                last_cl = (a_off + U64(cs - 1)) >> U64(cb)
+                lo[urows] = np.minimum(lo[urows], np.minimum.reduceat(a_cl, starts)
+                                       .astype(np.int64))
+                hi[urows] = np.maximum(hi[urows], np.maximum.reduceat(last_cl, starts)
+                                       .astype(np.int64))
             if not self.data_file:
-                self.inc_regions(off[alloc], np.full(int(alloc.sum()), cs), K_DATA,
-                                 f"{where}data cluster", eoff[alloc])
+                self._inc_data(a_off, a_cl, mis if any_mis else None, flat, L, eoff, where)
             if active and self.check_copied:
-                self._copied_l2(alloc, raw, off, eoff)
-        if bm is not None and unalloc.any():
+                self._copied_l2_flat(a_raw, a_off, a_cl, flat, L, eoff)
+        if bm is not None:
+            unalloc = ~has_off if comp is None else ~comp & ~has_off & ~zero
             bad = unalloc & ((bm & U64(C.L2_BITMAP_ALL_ALLOC)) != 0)
             if bad.any():
                 report(bad, "invalid_subcluster_bitmap", "unallocated cluster has a "
                        "non-zero sub-cluster allocation bitmap")
 
-    def _frag(self, alloc: np.ndarray, off: np.ndarray) -> None:
-        rows, cols = np.nonzero(alloc)
-        r = self.r
-        r.allocated_clusters += len(rows)
-        if len(rows) < 2:
-            return
-        o = off[rows, cols]
-        same_row = rows[1:] == rows[:-1]
-        jump = o[1:] != o[:-1] + U64(self.cs)
-        r.fragmented_clusters += int(np.count_nonzero(same_row & jump))
+    def _report_flat(self, flat, L, eoff, raws, offs, kind, where, text) -> None:
+        for f, w, o in zip(flat[:MAX_FINDINGS].tolist(), raws[:MAX_FINDINGS].tolist(),
+                           offs[:MAX_FINDINGS].tolist()):
+            e = eoff[f // L, f % L]
+            self._corrupt(kind, o >> self.cb, f"{where}L2 entry at {e:#x} ({w:#018x}): "
+                          f"{text}", e)
+        extra = len(flat) - min(len(flat), MAX_FINDINGS)
+        self.r.corruptions += extra
+        self.r.findings_dropped += extra
 
-    def _copied_l2(self, alloc, raw, off, eoff) -> None:
-        copied = (raw[alloc] & U64(C.QCOW_OFLAG_COPIED)) != 0
+    def _inc_data(self, a_off, a_cl, mis, flat, L, eoff, where) -> None:
+        """qcow2_inc_refcounts_imrt(offset, cluster_size) for every data cluster."""
+        past = a_off >= U64(self.file_size)
+        if past.any():
+            pf = flat[past]
+            rows, cols = pf // L, pf % L
+            e = eoff.base[rows] + cols.astype(np.int64) * eoff.esize
+            self.inc_regions(a_off[past].astype(np.int64), np.full(len(pf), self.cs),
+                             K_DATA, f"{where}data cluster", e)
+            keep = ~past
+            a_cl = a_cl[keep]
+            mis = None if mis is None else mis[keep]
+        cl = a_cl.astype(np.intp)
+        if mis is not None:
+            cl = np.concatenate([cl, cl[mis] + 1])   # a misaligned cluster spans two
+        self._mark(cl, K_DATA)
+
+    def _compressed(self, raw, bm, comp, eoff, active, where, report, lo, hi) -> None:
+        cb = self.cb
+        cp = comp & ((raw & U64(C.QCOW_OFLAG_COPIED)) != 0)
+        if cp.any():
+            report(cp, "invalid_compressed", "COPIED flag set on a compressed cluster")
+        ok = comp.copy()
         if self.data_file:
+            report(comp, "invalid_compressed", "compressed cluster in an image with a "
+                   "data file")
+            return
+        if bm is not None:
+            badbm = comp & (bm != 0)
+            if badbm.any():
+                report(badbm, "invalid_compressed", "compressed cluster with a "
+                       "non-zero sub-cluster bitmap")
+                ok &= ~badbm
+        if not ok.any():
+            return
+        e = raw[ok]
+        coff = (e & U64(self.layout.offset_mask)).astype(np.int64)
+        nsec = ((e >> U64(self.layout.csize_shift)) & U64(self.layout.csize_mask)
+                ).astype(np.int64) + 1
+        csize = nsec * 512 - (coff & 511)
+        if lo is not None:
+            rows = np.nonzero(ok)[0]
+            np.minimum.at(lo, rows, coff >> cb)
+            np.maximum.at(hi, rows, (coff + csize - 1) >> cb)
+        self.inc_regions(coff, csize, K_COMPRESSED, f"{where}compressed cluster", eoff[ok])
+        if active:
+            k = int(ok.sum())
+            self.r.allocated_clusters += k
+            self.r.compressed_clusters += k
+            self.r.fragmented_clusters += k
+
+    def _copied_l2_flat(self, a_raw, a_off, a_cl, flat, L, eoff) -> None:
+        copied = (a_raw & U64(C.QCOW_OFLAG_COPIED)) != 0
+        if self.data_file:
+            wrong = ~copied
             rc = np.ones(len(copied), dtype=np.uint64)
-            ok = np.ones(len(copied), dtype=bool)
         else:
-            rc, ok = self.disk.lookup(off[alloc] >> U64(self.cb))
-        wrong = ok & ((rc == 1) != copied)
+            disk = self.disk
+            if not disk.bad_blocks and len(a_cl) and int(a_cl.max()) < disk.n:
+                rc = disk.counts[a_cl.astype(np.intp)]
+                ok = None
+            else:
+                rc, ok = disk.lookup(a_cl)
+            wrong = (rc == 1) != copied
+            if ok is not None:
+                wrong &= ok
         if not wrong.any():
             return
-        es, raws, offs = eoff[alloc][wrong], raw[alloc][wrong], off[alloc][wrong]
-        for e, w, o, c, k in zip(es.tolist(), raws.tolist(), offs.tolist(),
-                                 copied[wrong].tolist(), rc[wrong].tolist()):
+        for f, w, o, c, k in zip(flat[wrong].tolist(), a_raw[wrong].tolist(),
+                                 a_off[wrong].tolist(), copied[wrong].tolist(),
+                                 rc[wrong].tolist()):
+            e = eoff[f // L, f % L]
             self.r.copied_corruptions += 1
             self.r.copied_entries.append((e, w, False))
             self._corrupt("copied_flag_wrong_l2", o >> self.cb,

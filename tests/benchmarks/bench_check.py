@@ -69,11 +69,17 @@ def make_fragmented(d: str, n: int) -> str:
     size = 2 * n * 512
     subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "cluster_size=512",
                     path, str(size)], check=True)
-    cmds = "".join(f"write -q -P {i % 251 + 1} {2 * i * 512} 512\n"
-                   for i in range(n - 1, -1, -1))
+    # the commands go through a file so that this (parent) process stays small:
+    # a child's peak memory as getrusage reports it starts from its parent's
+    cmds = path + ".cmds"
+    with open(cmds, "w") as f:
+        for i in range(n - 1, -1, -1):
+            f.write(f"write -q -P {i % 251 + 1} {2 * i * 512} 512\n")
     print(f"writing {n} scattered clusters with qemu-io (takes a while)...", flush=True)
-    subprocess.run([QEMU_IO, "-t", "unsafe", "-f", "qcow2", path], input=cmds.encode(),
-                   stdout=subprocess.DEVNULL, check=True)
+    with open(cmds, "rb") as f:
+        subprocess.run([QEMU_IO, "-t", "unsafe", "-f", "qcow2", path], stdin=f,
+                       stdout=subprocess.DEVNULL, check=True)
+    os.remove(cmds)
     return path
 
 
