@@ -441,3 +441,23 @@ def test_whole_contiguous_tables_shared_with_snapshots(tmp_path):
         assert (hm.refcounts.astype(np.uint64) == hm.references).all()
     _set_refcount(p, (int(_l2_entry_offsets(p)[1][7]) & C.L2E_OFFSET_MASK) // 4096, 1)
     assert_same_as_qemu(p)
+
+
+def test_bitmaps_of_an_inconsistent_image_are_leaks(tmp_path):
+    """Without the autoclear bit QEMU ignores the bitmaps: their clusters leak."""
+    p = _bitmaps(tmp_path)
+    with open_image(p) as im:
+        from qcow2view.engine.maps import HostKind
+        assert (im.host_map().kinds == HostKind.BITMAP_DATA).any()
+    with open(p, "r+b") as f:
+        f.seek(88)
+        f.write(bytes(8))
+    r = assert_same_as_qemu(p)
+    assert r.leaks > 0
+
+
+def test_refcount_overflow_with_one_bit_refcounts(tmp_path):
+    p = _img(tmp_path, opts=("cluster_size=4k", "refcount_bits=1"))
+    dmg_double_reference(p)
+    r = assert_same_as_qemu(p)
+    assert any(f.kind == "refcount_overflow" for f in r.findings)
