@@ -25,6 +25,7 @@ from .extents import ByteKind, extents, find_content
 BLOCK_SIZE = 64 * 1024
 CACHE_BLOCKS = 64                 # 4 MiB of guest data at most
 TYPING_ID = 0x4845                # QUndoCommand.id() of merged typing
+MAX_EDIT = 64 * 1024 * 1024       # bytes one paste or fill may change
 
 _ZERO_TYPES = (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC)
 _DATA_TYPES = (ClusterType.NORMAL, ClusterType.COMPRESSED)
@@ -114,6 +115,7 @@ class HexDocument(QObject):
         self._cache: OrderedDict[int, _Block] = OrderedDict()
         self._cache_max = cache_blocks
         self._pend: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._npending = 0
         self._modified = False
         self.undo_stack = QUndoStack(self)
         self.undo_stack.setUndoLimit(1000)
@@ -288,6 +290,7 @@ class HexDocument(QObject):
                     continue
                 p = self._pend[bi] = (np.zeros(BLOCK_SIZE, np.uint8),
                                       np.zeros(BLOCK_SIZE, bool))
+            self._npending += int(m.sum()) - int(p[1][o:o + k].sum())
             p[0][o:o + k] = np.frombuffer(vals, dtype=np.uint8, count=k, offset=d)
             p[1][o:o + k] = m
             if not p[1].any():
@@ -322,7 +325,7 @@ class HexDocument(QObject):
         return runs
 
     def pending_bytes(self) -> int:
-        return sum(int(m.sum()) for _, m in self._pend.values())
+        return self._npending
 
     # -- editing -----------------------------------------------------------------------
     def _check_edit(self, offset: int, length: int) -> int:
@@ -330,7 +333,12 @@ class HexDocument(QObject):
             raise PermissionError("the image is open read-only (Enable editing first)")
         if offset < 0 or offset >= self.size:
             return 0
-        return min(length, self.size - offset)   # the disk never grows
+        n = min(length, self.size - offset)   # the disk never grows
+        if n > MAX_EDIT:
+            # the overlay and the undo step hold every byte in memory
+            raise ValueError(f"an edit of {n:,} bytes is too large for the hex editor "
+                             f"(at most {MAX_EDIT >> 20} MiB at once)")
+        return n
 
     def replace(self, offset: int, data: bytes, *, typing: bool = False,
                 text: str | None = None) -> int:
@@ -357,6 +365,7 @@ class HexDocument(QObject):
         """Discard every pending edit."""
         self.undo_stack.clear()
         self._pend.clear()
+        self._npending = 0
         self._set_modified(False)
         self.reloaded.emit()
 
@@ -387,6 +396,7 @@ class HexDocument(QObject):
             return False
         self.undo_stack.clear()
         self._pend.clear()
+        self._npending = 0
         with self.lock:
             self._cache.clear()
         self._set_modified(False)

@@ -676,7 +676,11 @@ class HexView(QAbstractScrollArea):
         start, n = self.selection()
         if n:
             data = data[:n]
-        done = self.doc.replace(start, data, text=f"Paste {len(data)} byte(s) at {start:#x}")
+        try:
+            done = self.doc.replace(start, data, text=f"Paste {len(data)} byte(s) at {start:#x}")
+        except ValueError as e:
+            self.message.emit(str(e))
+            return 0
         if done:
             self.set_cursor(min(self.size - 1, start + done))
         return done
@@ -686,7 +690,11 @@ class HexView(QAbstractScrollArea):
         if not self.doc.editable:
             self.message.emit("Read-only: press Ctrl+E to enable editing")
             return 0
-        return self.doc.fill(start, max(n, 1), value)
+        try:
+            return self.doc.fill(start, max(n, 1), value)
+        except ValueError as e:
+            self.message.emit(str(e))
+            return 0
 
     def contextMenuEvent(self, e) -> None:  # noqa: N802
         menu = QMenu(self)
@@ -877,8 +885,9 @@ class HexEditor(QWidget):
         doc.editingRefused.connect(self._refused)
         doc.modifiedChanged.connect(self._modified_changed)
         doc.saveFailed.connect(self._save_failed)
-        doc.saved.connect(lambda: self.notify("Saved"))
-        doc.contentChanged.connect(lambda *_: self._update_inspector())
+        # bound methods, not lambdas: Qt drops them with the editor (the document lives on)
+        doc.saved.connect(self._saved)
+        doc.contentChanged.connect(self._update_inspector)
         self._editable_changed(doc.editable)
         self._modified_changed(doc.modified)
         self._update_inspector()
@@ -898,12 +907,11 @@ class HexEditor(QWidget):
         self.act_undo = QAction("Undo", self, enabled=False)
         self.act_undo.triggered.connect(st.undo)
         st.canUndoChanged.connect(self.act_undo.setEnabled)
-        st.undoTextChanged.connect(lambda t: self.act_undo.setToolTip(f"Undo {t} (Ctrl+Z)"))
+        st.undoTextChanged.connect(self._undo_tip)
         self.act_redo = QAction("Redo", self, enabled=False)
         self.act_redo.triggered.connect(st.redo)
         st.canRedoChanged.connect(self.act_redo.setEnabled)
-        st.redoTextChanged.connect(
-            lambda t: self.act_redo.setToolTip(f"Redo {t} (Ctrl+Shift+Z)"))
+        st.redoTextChanged.connect(self._redo_tip)
         self.act_history = QAction("History", self, toolTip="The undo history")
         self.act_history.triggered.connect(self.show_history)
         self.act_goto = QAction("Go to\u2026", self, toolTip="Go to offset or sector (Ctrl+G)")
@@ -929,6 +937,15 @@ class HexEditor(QWidget):
             lambda i: (self.view.set_sector_mode(OFFSET_MODES[i][1]), self._update_inspector()))
         tb.addWidget(self.bpr_combo)
         tb.addWidget(self.mode_combo)
+
+    def _saved(self) -> None:
+        self.notify("Saved")
+
+    def _undo_tip(self, text: str) -> None:
+        self.act_undo.setToolTip(f"Undo {text} (Ctrl+Z)")
+
+    def _redo_tip(self, text: str) -> None:
+        self.act_redo.setToolTip(f"Redo {text} (Ctrl+Shift+Z)")
 
     # -- notices -----------------------------------------------------------------------
     def notify(self, text: str) -> None:
@@ -983,11 +1000,13 @@ class HexEditor(QWidget):
         if not on and self.doc.modified and not self.confirm_close():
             self.act_edit.setChecked(True)
             return False
+        self.findbar.cancel()          # the image is reopened
         ok = self.doc.set_editable(on)
         self.act_edit.setChecked(self.doc.editable)
         return ok
 
     def save(self) -> bool:
+        self.findbar.cancel()          # the image may be reopened after the save
         ok = self.doc.save()
         self.view.viewport().update()
         return ok

@@ -143,7 +143,7 @@ def test_read_only_typing_changes_nothing(editor, small, qtbot):
     assert ed.doc.read(0, 1) == b"\x11"
 
 
-def test_typing_in_both_columns_with_undo(editor, small, qtbot):
+def test_typing_in_both_columns_with_undo(editor, small, qtbot, monkeypatch):
     ed = editor(small, writable=True)
     v = ed.view
     v.setFocus()
@@ -174,6 +174,12 @@ def test_typing_in_both_columns_with_undo(editor, small, qtbot):
     qtbot.keyClick(v, Qt.Key_End, Qt.ShiftModifier)
     assert v.fill_selection(0xAB) == 16
     assert ed.doc.read(48, 16) == b"\xab" * 16
+    assert ed.doc.pending_bytes() == 6 + 1 + 2 + 16
+    # a fill larger than the editor's limit is refused (the overlay holds every byte)
+    import qcow2view.model.hexdocument as hexdocument
+    monkeypatch.setattr(hexdocument, "MAX_EDIT", 64 * K)
+    v.anchor, v.cursor = 0, v.size - 1
+    assert v.fill_selection(0) == 0 and "too large" in ed.last_message
     ed.show_history()
     assert ed.history.isVisible()
     ed.doc.revert()
