@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import clusters as C
-from .errors import ReadOnlyError, UnsupportedFeatureError
+from .errors import CorruptImageError, ReadOnlyError, UnsupportedFeatureError
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .refcounts import decode_refcount_block, encode_refcount_block
 from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
@@ -253,6 +253,14 @@ def repair(image, leaks: bool = True, all: bool = False, progress: Progress = No
 def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
             cancel: Cancel) -> CheckResult:
     scan, disk = _scan(image, progress, cancel)
+    first = _result(image, scan, disk)
+    if first.rebuild_needed and not fix_errors:
+        # qemu-img check -r leaks: "ERROR need to rebuild refcount structures",
+        # the check fails (exit 1) and nothing is written
+        raise CorruptImageError(
+            "need to rebuild refcount structures (a referenced cluster has refcount 0 or "
+            "a refcount block is damaged); repair with 'all'", structure="refcount table",
+            offset=image.header.refcount_table_offset, path=image.path)
     if scan.rebuild and fix_errors:
         raise UnsupportedFeatureError(
             "the refcount structure itself is damaged and needs a rebuild; use "

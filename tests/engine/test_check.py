@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import qemu
-from qcow2view.engine import ReadOnlyError, open_image
+from qcow2view.engine import CorruptImageError, ReadOnlyError, open_image
 from qcow2view.engine import clusters as C
 from qcow2view.engine.fileio import HostFile
 
@@ -329,12 +329,30 @@ def test_repair_leaks(tmp_path):
 
 def test_repair_leaks_does_not_fix_corruptions(tmp_path):
     p = _img(tmp_path)
-    dmg_refcount_zero(p)
-    dmg_leak(p)
+    dmg_refcount_high(p)
+    dmg_double_reference(p)
+    q = tmp_path / "q.qcow2"
+    q.write_bytes(p.read_bytes())
+    _, want = qemu.check(q, "-r", "leaks")
     with open_image(p, writable=True) as im:
         r = im.repair(leaks=True)
-    assert r.leaks_fixed == 1 and r.corruptions
+    assert r.leaks_fixed == want["leaks-fixed"] and r.corruptions == want["corruptions"]
     assert qemu.check(p)[0] == 2
+
+
+def test_repair_leaks_refuses_when_qemu_would_rebuild(tmp_path):
+    """qemu-img check -r leaks fails (exit 1) and writes nothing when a referenced
+    cluster has refcount 0; so do we."""
+    p = _img(tmp_path)
+    dmg_refcount_zero(p)
+    dmg_leak(p)
+    q = tmp_path / "q.qcow2"
+    q.write_bytes(p.read_bytes())
+    assert qemu.qemu_img("check", "-r", "leaks", q, check=False).returncode == 1
+    assert q.read_bytes() == p.read_bytes()
+    with open_image(p, writable=True) as im, pytest.raises(CorruptImageError):
+        im.repair(leaks=True)
+    assert q.read_bytes() == p.read_bytes()
 
 
 @pytest.mark.parametrize("damage", [dmg_refcount_zero, dmg_refcount_high, dmg_copied_l2,
