@@ -121,3 +121,21 @@ def test_cmd_info_does_not_load_qt(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+def test_check_repair_json_equals_qemu_img(tmp_path, mode):
+    from engine.test_check import dmg_copied_l2, dmg_refcount_high
+    p = build_damaged(tmp_path, dmg_leak)
+    dmg_refcount_high(p)
+    dmg_copied_l2(p)
+    q = tmp_path / "q.qcow2"
+    q.write_bytes(p.read_bytes())
+    mine = run("check", "--repair", mode, "--json", "d.qcow2", cwd=tmp_path)
+    peer = subprocess.run([qemu.QEMU_IMG, "check", "-r", mode, "--output=json", "q.qcow2"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    want = json.loads(peer.stdout)
+    want["filename"] = "d.qcow2"
+    assert json.loads(mine.stdout) == want
+    assert mine.returncode == peer.returncode
+    assert qemu.to_raw(p, tmp_path / "a.raw") == qemu.to_raw(q, tmp_path / "b.raw")
