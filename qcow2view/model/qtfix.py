@@ -7,8 +7,9 @@ generated code relies on None being immortal, which it is only from Python
 the hex view, Python aborts with "none_dealloc: deallocating None".
 
 :func:`pin_none` checks for the bug and, if it is there, gives ``None`` more
-references than any session can drop.  Import this module early (the hex
-document does); it is harmless where the bug is absent.
+references than any session can drop.  :mod:`qcow2view.model` imports it
+(next to ``_pyside_fix``, which does the same for ``True`` and ``Signal.emit``);
+it is harmless where the bug is absent.
 """
 
 from __future__ import annotations

@@ -206,3 +206,20 @@ def test_parse_goto_rejects():
         with pytest.raises(ValueError):
             parse_goto(bad, current=1000, size=2 << 40)
     assert parse_goto("LBA 2", sector_size=4096) == 8192
+
+
+def test_many_void_qt_calls_do_not_abort():
+    """PySide6 6.12 on Python 3.11 drops a reference to None on every void call;
+    a few thousand repaints of the hex view used to abort the interpreter."""
+    import subprocess
+    import sys
+    script = ("import qcow2view.model\n"
+              "from PySide6.QtCore import QObject\n"
+              "o = QObject()\n"
+              "for _ in range(200000):\n"
+              "    o.setObjectName('x')\n"
+              "print('done')\n")
+    root = __file__.rsplit("/tests/", 1)[0]
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120, env={"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": root})
+    assert p.returncode == 0 and "done" in p.stdout, p.stderr
