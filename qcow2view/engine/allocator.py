@@ -42,6 +42,7 @@ class RefcountAllocator:
         self.new_blocks: set[int] = set()      # written, but no reftable entry on disk yet
         self.dirty_rt: set[int] = set()
         self.free_hint = 0
+        self.generation = 0      # bumped when blocks or the table move (metadata set)
 
     # -- reading -----------------------------------------------------------------------
     def block(self, rti: int) -> np.ndarray | None:
@@ -152,6 +153,7 @@ class RefcountAllocator:
             self.blocks[brti][b % self.per] += 1
             self.dirty_blocks.add(brti)
         self.reftable[rti] = b * self.cs
+        self.generation += 1
         self.new_blocks.add(rti)
         self.dirty_rt.add(rti)
         self.dirty_blocks.add(rti)
@@ -230,6 +232,7 @@ class RefcountAllocator:
         self.image._reftable = table
         self.new_blocks.clear()
         self.dirty_rt.clear()
+        self.generation += 1
         self.change(old_off, old_clusters * cs, -1)
 
     # -- writing back ------------------------------------------------------------------

@@ -9,7 +9,8 @@ A running VM or ``qemu-io`` writing an image holds 100, 101, 103 and 201,
 203: it reads, writes and resizes, and shares neither writing nor resizing.
 While the engine holds an image writable it takes the very same bytes, so
 ``qemu-img info`` says ``Failed to get shared "write" lock`` and a VM refuses
-to start on it.  Read-only opens take no lock (like ``qemu-img info -U``): a
+to start on it; its backing files get what QEMU takes on them (100, 201, 203:
+read, and let nobody write or resize them).  Read-only opens take no lock (like ``qemu-img info -U``): a
 viewer must never stop a VM from starting; they only report who holds locks.
 """
 
@@ -35,6 +36,9 @@ N_PERMS = 4
 # what a QEMU writer takes, and so what we take while writable
 WRITER_PERMS = (PERM_CONSISTENT_READ, PERM_WRITE, PERM_RESIZE)
 WRITER_UNSHARED = (PERM_WRITE, PERM_RESIZE)
+# what QEMU takes on the backing files of an image it writes: they must not change
+BACKING_PERMS = (PERM_CONSISTENT_READ,)
+BACKING_UNSHARED = (PERM_WRITE, PERM_RESIZE)
 
 # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (+ padding to 32 bytes)
@@ -88,14 +92,14 @@ def describe(held: list[int]) -> str | None:
     return f"{who}: it {' and '.join(parts)} (QEMU's image locks)"
 
 
-def writer_conflicts(fd: int) -> list[str]:
+def writer_conflicts(fd: int, perms=WRITER_PERMS, unshared=WRITER_UNSHARED) -> list[str]:
     """The locks that keep a writer out, in qemu's words ("Failed to get ... lock")."""
     problems = []
     try:
-        for p in WRITER_PERMS:
+        for p in perms:
             if byte_locked(fd, LOCK_SHARED_BASE + p):
                 problems.append(f'Failed to get "{PERM_NAMES[p]}" lock')
-        for p in WRITER_UNSHARED:
+        for p in unshared:
             if byte_locked(fd, LOCK_PERM_BASE + p):
                 problems.append(f'Failed to get shared "{PERM_NAMES[p]}" lock')
     except OSError as e:
@@ -105,15 +109,15 @@ def writer_conflicts(fd: int) -> list[str]:
     return problems
 
 
-def take_writer_locks(fd: int) -> bool:
+def take_writer_locks(fd: int, perms=WRITER_PERMS, unshared=WRITER_UNSHARED) -> bool:
     """Take the bytes a QEMU writer takes; False when the file system has no OFD locks.
 
     Raises BlockingIOError when another process got in between (its locks conflict).
     """
     try:
-        for p in WRITER_PERMS:
+        for p in perms:
             _flock(fd, F_OFD_SETLK, fcntl.F_RDLCK, LOCK_PERM_BASE + p)
-        for p in WRITER_UNSHARED:
+        for p in unshared:
             _flock(fd, F_OFD_SETLK, fcntl.F_RDLCK, LOCK_SHARED_BASE + p)
     except OSError as e:
         if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):

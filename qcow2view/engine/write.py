@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 
+import numpy as np
+
 from . import clusters as C
 from .allocator import RefcountAllocator, _runs
 from .clusters import ClusterType
@@ -83,9 +85,19 @@ class Writer:
         self.image = image
         self._check_writable()
         self.locked = False
-        self._lock(image.file, "image")
-        if image.data_file is not None:
-            self._lock(image.data_file, "external data file")
+        self._locked_files = []
+        try:
+            self._lock(image.file, "image")
+            if image.data_file is not None:
+                self._lock(image.data_file, "external data file")
+            b = image.backing
+            while b is not None:        # the chain must not change under us
+                self._lock(b.file, "backing file", locking.BACKING_PERMS,
+                           locking.BACKING_UNSHARED)
+                b = getattr(b, "backing", None)
+        except BaseException:
+            self._unlock()
+            raise
         self.alloc = RefcountAllocator(image)
         self.prepared = False
         self.unflushed = False
@@ -93,6 +105,10 @@ class Writer:
         self.pinned: dict[int, _Table] = {}         # the same, by table offset
         self.pending_frees: list[tuple[int, int]] = []
         self.pending_data = 0
+        self._pending_drops: dict[int, int] = {}    # cluster -> pending decrements
+        self._meta: set[int] | None = None
+        self._tables_created = 0
+        self._meta_gen = None
 
     # -- opening ---------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -116,29 +132,42 @@ class Writer:
         if im.data_file is None and im.has_data_file:
             raise Qcow2Error("the external data file is missing")
 
-    def _lock(self, hf, what: str) -> None:
+    def _lock(self, hf, what: str, perms=locking.WRITER_PERMS,
+              unshared=locking.WRITER_UNSHARED) -> None:
         fd = hf.fd
-        if not locking.take_writer_locks(fd):
+        if not locking.take_writer_locks(fd, perms, unshared):
             return
-        conflicts = locking.writer_conflicts(fd)
+        self._locked_files.append(hf)
+        conflicts = locking.writer_conflicts(fd, perms, unshared)
         if conflicts:
-            locking.release_locks(fd)
             held = locking.held_lock_bytes(fd)
             raise ImageInUseError(
-                f"{what} is in use: {conflicts[0]} ({locking.describe(held) or 'locked'}); "
-                "is a VM or another qemu process using it?", path=hf.path)
+                f"{what} {hf.path} is in use: {conflicts[0]} "
+                f"({locking.describe(held) or 'locked'}); is a VM or another qemu process "
+                "using it?", path=self.image.path)
         self.locked = True
+
+    def _unlock(self) -> None:
+        for hf in self._locked_files:
+            if hf.fd >= 0:
+                locking.release_locks(hf.fd)
+        self._locked_files = []
 
     def close(self) -> None:
         try:
             self.flush()
         finally:
-            for hf in (self.image.file, self.image.data_file):
-                if hf is not None and hf.fd >= 0:
-                    locking.release_locks(hf.fd)
+            self._unlock()
 
     # -- first write: autoclear bits ---------------------------------------------------
     def _prepare(self) -> None:
+        try:
+            self._prepare_inner()
+        except OSError as e:
+            raise Qcow2Error(f"cannot update the header: {e.strerror or e}",
+                             path=self.image.path) from e
+
+    def _prepare_inner(self) -> None:
         """Before the first write: clear unknown autoclear bits (the spec asks it of
         writers that do not know them) and mark enabled ("auto") persistent bitmaps
         in-use, as QEMU does while it has them open: we do not track writes in
@@ -291,6 +320,7 @@ class Writer:
                 raw = [0] * im.l2_size
                 bm = [0] * im.l2_size if im.extended_l2 else None
             host = self.alloc.alloc(1) << im.cluster_bits
+            self._tables_created += 1
             t = _Table(l1i, host, raw, bm, True, l2off)
         tables[l1i] = t
         return t
@@ -368,15 +398,14 @@ class Writer:
         has_df = im.has_data_file
         if t.bitmap is None:
             typ = C.cluster_type(e, has_df)
-            if typ == ClusterType.NORMAL and e & C.QCOW_OFLAG_COPIED:
-                host = e & C.L2E_OFFSET_MASK
-                self._check_host(host, t, l2i)
+            host = e & C.L2E_OFFSET_MASK
+            if typ == ClusterType.NORMAL and e & C.QCOW_OFLAG_COPIED \
+                    and self._owned(host, t, l2i):
                 inplace.append((src, host + lo, piece))
                 return
-            if typ == ClusterType.ZERO_ALLOC and e & C.QCOW_OFLAG_COPIED:
+            if typ == ClusterType.ZERO_ALLOC and e & C.QCOW_OFLAG_COPIED \
+                    and self._owned(host, t, l2i):
                 # preallocated zero cluster we own: reuse it (keep_old_clusters)
-                host = e & C.L2E_OFFSET_MASK
-                self._check_host(host, t, l2i)
                 buf = bytearray(cs)
                 buf[lo:hi] = piece
                 inplace.append((src, host, bytes(buf)))
@@ -402,9 +431,9 @@ class Writer:
             raise CorruptImageError(f"extended L2 entry has a sub-cluster both allocated and "
                                     f"zero (bitmap {bm:#018x})", structure="L2 entry",
                                     offset=t.offset + 16 * l2i)
-        if has_host and e & C.QCOW_OFLAG_COPIED:
+        if has_host and e & C.QCOW_OFLAG_COPIED \
+                and self._owned(e & C.L2E_OFFSET_MASK, t, l2i):
             host = e & C.L2E_OFFSET_MASK
-            self._check_host(host, t, l2i)
             touched = _alloc_range(sc0, sc1)
             if bm & touched == touched:           # every touched sub-cluster holds data
                 inplace.append((src, host + lo, piece))
@@ -480,9 +509,66 @@ class Writer:
             return                       # data file clusters carry no refcounts
         if typ == ClusterType.COMPRESSED:
             coff, csize = im.layout.decode(e)
-            frees.append((coff, csize))
+            span = (coff, csize)
         elif typ in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and e & C.L2E_OFFSET_MASK:
-            frees.append((e & C.L2E_OFFSET_MASK, im.cluster_size))
+            span = (e & C.L2E_OFFSET_MASK, im.cluster_size)
+        else:
+            return
+        # refuse now rather than fail half-way through a commit
+        cb = im.cluster_bits
+        for c in range(span[0] >> cb, ((span[0] + span[1] - 1) >> cb) + 1):
+            if self.alloc.refcount(c) - self._pending_drops.get(c, 0) < 1:
+                raise CorruptImageError(
+                    f"host cluster {c << cb:#x} is referenced but its refcount is 0; "
+                    "repair the image (qemu-img check -r all) before writing",
+                    structure="refcount block", offset=c << cb)
+            self._pending_drops[c] = self._pending_drops.get(c, 0) + 1
+        frees.append(span)
+
+    def _owned(self, host: int, t: _Table, l2i: int) -> bool:
+        """May the cluster at ``host`` be written in place (COPIED entry)?
+
+        Like QEMU's overlap check, an entry pointing into metadata is
+        corruption; an entry whose COPIED flag contradicts a refcount above 1
+        is treated as shared (copy-on-write never destroys anything)."""
+        self._check_host(host, t, l2i)
+        im = self.image
+        if im.has_data_file:
+            return True
+        c = host >> im.cluster_bits
+        where = t.offset + im.header.l2_entry_size * l2i
+        if c in self._metadata():
+            raise CorruptImageError(f"L2 entry points into metadata (cluster {host:#x}); "
+                                    "writing would destroy it", structure="L2 entry",
+                                    offset=where)
+        rc = self.alloc.refcount(c) - self._pending_drops.get(c, 0)
+        if rc < 1:
+            raise CorruptImageError(f"data cluster {host:#x} has refcount 0",
+                                    structure="L2 entry", offset=where)
+        return rc == 1
+
+    def _metadata(self) -> set[int]:
+        """Clusters of the header, refcount table and blocks, L1 and active L2 tables."""
+        gen = (self.alloc.generation, self._tables_created)
+        if self._meta is not None and self._meta_gen == gen:
+            return self._meta
+        im = self.image
+        h = im.header
+        cb, cs = im.cluster_bits, im.cluster_size
+        meta = {0}
+        meta.update(range(h.refcount_table_offset >> cb,
+                          (h.refcount_table_offset >> cb) + h.refcount_table_clusters))
+        l1_end = h.l1_table_offset + 8 * h.l1_size
+        meta.update(range(h.l1_table_offset >> cb, (l1_end + cs - 1) >> cb))
+        rt = self.alloc.reftable & np.uint64(C.REFT_OFFSET_MASK)
+        meta.update((rt[rt != 0] >> np.uint64(cb)).tolist())
+        l1 = im.l1_table.entries & np.uint64(C.L1E_OFFSET_MASK)
+        meta.update((l1[l1 != 0] >> np.uint64(cb)).tolist())
+        if h.nb_snapshots:
+            last = max(sn.offset for sn in im.snapshots) + 1024
+            meta.update(range(h.snapshots_offset >> cb, (last >> cb) + 1))
+        self._meta, self._meta_gen = meta, gen
+        return meta
 
     def _check_host(self, host: int, t: _Table, l2i: int) -> None:
         if host & (self.image.cluster_size - 1):
@@ -574,6 +660,7 @@ class Writer:
         self.pending.clear()
         self.pinned.clear()
         self.pending_frees = []
+        self._pending_drops = {}
         self.pending_data = 0
         im.file_size = f.size
         self.unflushed = True
@@ -584,6 +671,7 @@ class Writer:
         self.pending.clear()
         self.pinned.clear()
         self.pending_frees = []
+        self._pending_drops = {}
         self.pending_data = 0
         self.alloc.forget()
         h = im.header

@@ -81,3 +81,21 @@ def test_viewer_does_not_stop_qemu(tmp_path):
     img = qemu.create(tmp_path / "v.qcow2", "1M")
     with open_image(img):
         qemu.qemu_io(img, "write -P 1 0 512")     # a VM could start and write
+
+
+def test_backing_file_is_protected_while_we_write_the_overlay(tmp_path):
+    base = qemu.create(tmp_path / "base.qcow2", "1M")
+    top = qemu.create(tmp_path / "top.qcow2", "1M", backing=str(base), backing_fmt="qcow2")
+    with open_image(top, writable=True) as im:
+        im.write(0, b"x")
+        p = subprocess.run([qemu.QEMU_IO, "-c", "write 0 512", str(base)], capture_output=True)
+        assert b"lock" in p.stdout + p.stderr              # nobody writes the base
+        assert qemu.qemu_img("info", base).returncode == 0   # reading it is fine
+    qemu.qemu_io(base, "write 0 512")
+
+
+def test_overlay_refused_while_qemu_writes_its_backing_file(held_by_qemu, tmp_path):
+    top = qemu.create(tmp_path / "top.qcow2", "1M", backing=str(held_by_qemu),
+                      backing_fmt="qcow2")
+    with pytest.raises(ImageInUseError, match="backing file"):
+        open_image(top, writable=True)

@@ -291,3 +291,43 @@ def test_unflushed_metadata_is_visible_to_us_and_disk_stays_consistent(tmp_path)
         qemu.qemu_io(img, f"read -P 0x6e {MiB + 10} 100", "read -P 0x69 5 1",
                      extra=("-U", "-r"))
     _clean(img)
+
+
+def _l2_entry_offset(img, guest):
+    with open_image(img) as im:
+        return im.guest_mapping(guest).l2_entry_offset
+
+
+def test_entry_pointing_into_metadata_is_refused(tmp_path):
+    img = qemu.create(tmp_path / "m.qcow2", "1M")
+    qemu.qemu_io(img, "write -P 1 0 64k")
+    eo = _l2_entry_offset(img, 0)
+    with open_image(img) as im:
+        l1_off = im.header.l1_table_offset
+    with open(img, "r+b") as f:          # data cluster 0 -> the L1 table, COPIED
+        f.seek(eo)
+        f.write(((1 << 63) | l1_off).to_bytes(8, "big"))
+    before = (tmp_path / "m.qcow2").read_bytes()
+    from qcow2view.engine import CorruptImageError
+    with open_image(img, writable=True) as im:
+        with pytest.raises(CorruptImageError, match="metadata"):
+            im.write(10, b"boom")
+    assert (tmp_path / "m.qcow2").read_bytes() == before
+
+
+def test_copied_flag_contradicting_refcount_copies_on_write(tmp_path):
+    img = qemu.create(tmp_path / "cp.qcow2", "1M")
+    qemu.qemu_io(img, "write -P 1 0 64k")
+    qemu.qemu_img("snapshot", "-c", "s", img)
+    eo = _l2_entry_offset(img, 0)
+    with open(img, "r+b") as f:          # claim sole ownership of a shared cluster
+        f.seek(eo)
+        e = int.from_bytes(f.read(8), "big")
+        f.seek(eo)
+        f.write((e | 1 << 63).to_bytes(8, "big"))
+    with open_image(img, writable=True) as im:
+        im.write(10, b"safe")
+    # the snapshot keeps its data: the write went to a new cluster
+    snap = qemu.to_raw(img, tmp_path / "s.raw", snapshot="s")
+    assert snap[:64 * KiB] == b"\x01" * 64 * KiB
+    qemu.qemu_io(img, "read -P 0x73 10 1", "read -P 1 14 100")
