@@ -14,7 +14,7 @@ import time
 
 import pytest
 from PySide6.QtCore import Qt
-from qemu import QEMU_IO, check, create, qemu_img, qemu_io, to_raw
+from qemu import QEMU_IO, check, create, info, qemu_img, qemu_io, to_raw
 
 from qcow2view.engine import open_image
 from qcow2view.engine.fileio import HostFile
@@ -275,3 +275,29 @@ def test_main_window_edit_save_and_close(qtbot, tmp_path):
     _assert_clean(img)
     qemu_io(img, "read -P 0x01 0x10 1", "read -P 0x02 0x11 1", "read -P 0x61 0x20 1")
     assert to_raw(img, tmp_path / "s.raw", snapshot="before")[:64 * K] == b"\x61" * 64 * K
+
+
+def test_snapshot_view_and_encrypted_images_are_refused(qtbot, tmp_path):
+    img = create(tmp_path / "s.qcow2", "1M")
+    qemu_io(img, "write -P 0x11 0 4k")
+    qemu_img("snapshot", "-c", "s1", img)
+    # an AES (crypt_method 1) header: as old qemu made them, without a slow LUKS setup
+    enc = create(tmp_path / "enc.qcow2", "1M", "compat=0.10")
+    with open(enc, "r+b") as f:
+        f.seek(32)
+        f.write((1).to_bytes(4, "big"))
+    assert info(enc)["encrypted"]
+    for path, kw, word in ((img, {"snapshot": "s1"}, "snapshot"), (enc, {}, "encrypted")):
+        image = open_image(path, **kw)
+        doc = HexDocument(image)
+        ed = HexEditor(doc)
+        qtbot.addWidget(ed)
+        try:
+            assert not ed.set_editing(True)
+            assert word in ed.banner.text().lower() and not doc.editable
+            if word == "encrypted":   # guest bytes cannot be shown; the view says why
+                assert doc.block_error(0) and "encrypt" in doc.block_error(0)
+                assert "unreadable" in ed.inspector.text()
+            ed.message_box.close()
+        finally:
+            image.close()
