@@ -1,0 +1,90 @@
+"""Writing compressed clusters (QEMU's qcow2_co_pwritev_compressed, qcow2.c).
+
+Like ``qemu-io -c 'write -c'``: whole clusters only, into clusters with no
+host cluster yet.  Compressed streams are packed back to back, a stream may
+spill into the next host cluster, and each host cluster's refcount counts the
+streams that touch it (qcow2_alloc_bytes).  A cluster that does not shrink is
+written uncompressed, as QEMU does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import clusters as C
+from .compression import compress_cluster
+from .errors import RequestError
+
+
+def write_compressed(image, offset: int, data: bytes) -> None:
+    """Write whole clusters of ``data`` at cluster-aligned ``offset``, compressed."""
+    cs = image.cluster_size
+    if offset % cs or len(data) % cs:
+        raise RequestError("compressed writes need whole, cluster-aligned clusters")
+    image._check_request(offset, len(data))
+    if image.has_data_file:
+        raise RequestError("images with an external data file cannot hold compressed clusters")
+    writer = image._write_side()
+    streams: list[tuple[int, bytes]] = []     # (guest offset, compressed bytes)
+    for pos in range(0, len(data), cs):
+        chunk = bytes(data[pos:pos + cs])
+        z = compress_cluster(chunk, image.header.compression_type)
+        if len(z) >= cs - 512:
+            image.write(offset + pos, chunk)
+        else:
+            streams.append((offset + pos, z))
+    if not streams:
+        return
+    # every target needs an L2 table the active L1 owns alone
+    for g, _ in streams:
+        m = image.guest_mapping(g)
+        if m.l2_entry_offset is None:
+            image.write_zeroes(g, cs)        # creates the L2 table (a zero cluster)
+    image.flush()
+    f = image.file
+    alloc = writer.alloc
+    total = sum(len(z) for _, z in streams)
+    n = -(-total // cs)
+    start = alloc.alloc(n)                   # refcount 1 each
+    host = start * cs
+    pos = host
+    entries = []
+    for g, z in streams:
+        entries.append((g, image.layout.encode(pos, len(z))))
+        pos += len(z)
+    # refcount = number of streams touching each host cluster
+    counts = np.zeros(n, dtype=np.int64)
+    p = host
+    for _, z in streams:
+        counts[(p - host) // cs:(p + len(z) - 1 - host) // cs + 1] += 1
+        p += len(z)
+    for i, c in enumerate(counts.tolist()):
+        if c > 1:
+            alloc.change(host + i * cs, cs, c - 1)
+    if alloc.write_new_blocks():
+        f.fsync()
+    alloc.write_dirty()
+    f.pwrite(host, b"".join(z for _, z in streams))
+    f.fsync()
+    # now point the L2 entries at the streams, releasing whatever was there
+    frees = []
+    for g, entry in entries:
+        m = image.guest_mapping(g)
+        l1i = m.l1_index
+        l1e = int(image.l1_table.entries[l1i])
+        if not l1e & C.QCOW_OFLAG_COPIED:
+            raise RequestError("the L2 table is shared with a snapshot; write compressed "
+                               "clusters before taking snapshots")
+        old = int.from_bytes(f.pread_exact(m.l2_entry_offset, 8, "L2 entry"), "big")
+        if old & C.L2E_OFFSET_MASK and not old & C.QCOW_OFLAG_COMPRESSED:
+            frees.append(old & C.L2E_OFFSET_MASK)
+        f.pwrite(m.l2_entry_offset, entry.to_bytes(8, "big"))
+        if image.extended_l2:
+            f.pwrite(m.l2_entry_offset + 8, bytes(8))
+    f.fsync()
+    for off in frees:
+        alloc.change(off, cs, -1)
+    if frees:
+        alloc.write_dirty()
+        f.fsync()
+    image.reload_metadata()
