@@ -496,6 +496,24 @@ class Image:
             cache.popitem(last=False)
         return t
 
+    def reload_metadata(self) -> None:
+        """Re-read header, refcount table, snapshots and the active L1 table after an
+        operation that rewrote them directly (snapshot creation, compressed writes).
+        Pending writes must have been committed (``flush()``) first."""
+        f = self.file
+        f.refresh_size()
+        self.file_size = f.size
+        h = self.header = Header.parse(f.pread(0, HEADER_PROBE), file_size=f.size)
+        self._reftable = C.be_u64(f.pread_exact(
+            h.refcount_table_offset, h.refcount_table_clusters * self.cluster_size,
+            "refcount table"))
+        self.snapshots = self._read_snapshots()
+        if self.snapshot is None:
+            self.l1_table = self._read_l1(h.l1_table_offset, h.l1_size, "L1 table")
+        if self._writer is not None:
+            self._writer.alloc.forget()
+        self.invalidate_caches()
+
     def invalidate_caches(self) -> None:
         """Forget cached tables (after the file changed underneath)."""
         self._l2_cache.clear()
