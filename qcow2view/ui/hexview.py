@@ -103,6 +103,7 @@ class HexView(QAbstractScrollArea):
         self._dragging = False
         self._syncing = False
         self._statics: dict[str, QStaticText] = {}
+        self._exact_row: int | None = None
         font = QFontDatabase.systemFont(QFontDatabase.FixedFont)
         font.setStyleHint(QFont.Monospace)
         font.setPointSizeF(max(9.0, font.pointSizeF()))
@@ -111,6 +112,7 @@ class HexView(QAbstractScrollArea):
         self.viewport().setCursor(Qt.IBeamCursor)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
         self.verticalScrollBar().valueChanged.connect(self._scrolled)
+        self.verticalScrollBar().actionTriggered.connect(self._scroll_action)
         self.horizontalScrollBar().valueChanged.connect(lambda _: self.viewport().update())
         self._metrics()
         if doc is not None:
@@ -236,7 +238,29 @@ class HexView(QAbstractScrollArea):
     def _scrolled(self, value: int) -> None:
         if self._syncing:
             return
-        self.top_row = self._value_to_row(value)
+        exact, self._exact_row = self._exact_row, None
+        if exact is not None and self._row_to_value(exact) == value:
+            self.top_row = exact           # set by _scroll_action: keep the exact row
+        else:
+            self.top_row = self._value_to_row(value)
+        self.viewport().update()
+
+    def _scroll_action(self, action: int) -> None:
+        """Arrow and page clicks on a scaled scrollbar move by rows, not by
+        (hundreds of rows per) scrollbar units."""
+        if self.max_top <= SCROLL_MAX:
+            return
+        A = self.verticalScrollBar().SliderAction
+        step = {A.SliderSingleStepAdd.value: 1, A.SliderSingleStepSub.value: -1,
+                A.SliderPageStepAdd.value: self.visible_rows,
+                A.SliderPageStepSub.value: -self.visible_rows}.get(int(action))
+        if step is None:
+            return
+        row = max(0, min(self.top_row + step, self.max_top))
+        # QAbstractSlider sets the value from the slider position after this slot
+        self._exact_row = row
+        self.verticalScrollBar().setSliderPosition(self._row_to_value(row))
+        self.top_row = row
         self.viewport().update()
 
     def set_top_row(self, row: int) -> None:
@@ -437,9 +461,8 @@ class HexView(QAbstractScrollArea):
     def hit(self, x: int, y: int) -> tuple[int, str, int] | None:
         """(offset, column, nibble) under viewport point (x, y)."""
         x += self.horizontalScrollBar().value()
-        if y < self.header_h:
-            y = self.header_h
-        row = self.top_row + (y - self.header_h) // self.lh
+        # above the rows (while dragging): the row before the first, so it scrolls
+        row = max(0, self.top_row + (y - self.header_h) // self.lh)
         cw, bpr = self.cw, self.bytes_per_row
         if x >= self.x_text - cw:
             i = max(0, min(bpr - 1, (x - self.x_text) // cw))

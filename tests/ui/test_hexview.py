@@ -71,6 +71,12 @@ def test_2t_guest_go_to_last_sector_and_scrollbar_maps_back(editor, tmp_path, qt
     assert v._value_to_row(sb.value()) == v.max_top
     sb.setValue(sb.maximum() // 2)
     assert abs(v.top_row - v.max_top // 2) <= v.max_top // SCROLL_MAX + 1
+    # arrow and page clicks on the scaled bar move by rows, exactly
+    before = v.top_row
+    sb.triggerAction(sb.SliderAction.SliderSingleStepAdd)
+    assert v.top_row == before + 1
+    sb.triggerAction(sb.SliderAction.SliderPageStepSub)
+    assert v.top_row == before + 1 - v.visible_rows
     sb.setValue(0)
     assert v.top_row == 0
     v.goto(last)
