@@ -66,6 +66,7 @@ BACKING_BASE = 80
 BACKING_COLOURS = ["#ffb74d", "#fb8c00", "#ef6c00", "#bf360c"]   # depth 1, 2, 3, 4+
 _GUEST_SEVERITY = {0: 0, 1: 1, 4: 2, 5: 3, 3: 4, 2: 5}
 PAST_END = 255
+SEGMENT_CHUNK = 1 << 20
 PAST_END_COLOUR = "#00000000"
 
 
@@ -144,6 +145,48 @@ def _bin_most_severe(values: np.ndarray, severity: np.ndarray, b: int) -> np.nda
     return v[np.arange(groups), pick]
 
 
+def mode_indices(mode: str, host_map, guest_map) -> np.ndarray:
+    """Palette index per cluster for ``mode`` (before binning)."""
+    if mode == "kind":
+        return np.ascontiguousarray(host_map.kinds, dtype=np.uint8)
+    if mode == "refcount":
+        kinds = np.asarray(host_map.kinds, dtype=np.uint8)
+        idx = (np.minimum(np.asarray(host_map.refcounts), 3).astype(np.uint8)
+               + np.uint8(RC_BASE))
+        bad = (kinds == LEAKED) | (kinds == CORRUPT)
+        idx[bad] = kinds[bad]
+        return idx
+    if mode == "guest":
+        st = np.asarray(guest_map.states, dtype=np.uint8)
+        idx = st + np.uint8(GUEST_BASE)
+        back = st == 4
+        if back.any():
+            d = np.asarray(guest_map.depth, dtype=np.uint8)[back]
+            idx[back] = np.where(d == 0, GUEST_BASE + 0,
+                                 BACKING_BASE + np.minimum(d, 4) - 1).astype(np.uint8)
+        return idx
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def prepare(host_map, guest_map) -> dict:
+    """Index arrays and class counts of every mode (for a worker thread)."""
+    indices, counts = {}, {}
+    for mode in MODES:
+        if (guest_map if mode == "guest" else host_map) is None:
+            continue
+        indices[mode] = mode_indices(mode, host_map, guest_map)
+        counts[mode] = _counts(indices[mode])
+    return {"indices": indices, "counts": counts}
+
+
+def _counts(idx: np.ndarray) -> np.ndarray:
+    """bincount of a uint8 array in chunks (np.bincount makes an intp copy: 8x the size)."""
+    out = np.zeros(256, dtype=np.int64)
+    for lo in range(0, len(idx), SEGMENT_CHUNK):
+        out += np.bincount(idx[lo:lo + SEGMENT_CHUNK], minlength=256)
+    return out
+
+
 class AllocationModel(QObject):
     """Host and guest maps as pictures, legends and hover texts."""
 
@@ -155,6 +198,8 @@ class AllocationModel(QObject):
         self.guest_map = None
         self._cache: dict[tuple, Picture] = {}
         self._index: dict[str, np.ndarray] = {}
+        self._counts: dict[str, np.ndarray] = {}
+        self._gen = 0       # bumped by set_maps: late prefetch results are dropped
         try:
             from ..engine.maps import HOST_KIND_SEVERITY
             sev = np.zeros(256, dtype=np.uint8)
@@ -164,11 +209,14 @@ class AllocationModel(QObject):
             self._host_severity = _SEVERITY
 
     # -- content -----------------------------------------------------------------------
-    def set_maps(self, host_map, guest_map) -> None:
+    def set_maps(self, host_map, guest_map, prepared: dict | None = None) -> None:
+        """New maps; ``prepared`` is :func:`prepare` output computed off the GUI thread."""
+        self._gen += 1
         self.host_map = host_map
         self.guest_map = guest_map
-        self._cache.clear()
-        self._index.clear()
+        self._cache = {}
+        self._index = dict((prepared or {}).get("indices", {}))
+        self._counts = dict((prepared or {}).get("counts", {}))
         self.changed.emit()
 
     def available(self, mode: str) -> bool:
@@ -183,28 +231,33 @@ class AllocationModel(QObject):
     # per-cluster palette indices, before binning
     def _indices(self, mode: str) -> np.ndarray:
         got = self._index.get(mode)
-        if got is not None:
-            return got
-        if mode == "kind":
-            idx = np.ascontiguousarray(self.host_map.kinds, dtype=np.uint8)
-        elif mode == "refcount":
-            hm = self.host_map
-            rc = np.minimum(np.asarray(hm.refcounts), 3).astype(np.uint8) + RC_BASE
-            kinds = np.asarray(hm.kinds, dtype=np.uint8)
-            idx = np.where((kinds == LEAKED) | (kinds == CORRUPT), kinds, rc).astype(np.uint8)
-        elif mode == "guest":
-            gm = self.guest_map
-            st = np.asarray(gm.states, dtype=np.uint8)
-            idx = (st + GUEST_BASE).astype(np.uint8)
-            back = st == 4
-            if back.any():
-                d = np.asarray(gm.depth, dtype=np.uint8)[back]
-                idx[back] = np.where(d == 0, GUEST_BASE + 0,
-                                     BACKING_BASE + np.minimum(d, 4) - 1).astype(np.uint8)
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
-        self._index[mode] = idx
-        return idx
+        if got is None:
+            gen = self._gen
+            got = mode_indices(mode, self.host_map, self.guest_map)
+            if gen == self._gen:
+                self._index[mode] = got
+        return got
+
+    def _mode_counts(self, mode: str) -> np.ndarray:
+        got = self._counts.get(mode)
+        if got is None:
+            gen = self._gen
+            got = _counts(self._indices(mode))
+            if gen == self._gen:
+                self._counts[mode] = got
+        return got
+
+    def prefetch(self, requests, cancel=lambda: False) -> None:
+        """Compute pictures ahead (may run in a worker thread: numpy drops the GIL).
+
+        ``requests`` are (mode, max_rows, width) tuples; results land in the cache.
+        """
+        for mode, max_rows, width in requests:
+            if cancel():
+                return
+            if self.available(mode):
+                self.picture(mode, max_rows=max_rows, width=width)
+                self._mode_counts(mode)
 
     def _severity(self, mode: str) -> np.ndarray:
         if mode == "kind":
@@ -228,6 +281,7 @@ class AllocationModel(QObject):
         got = self._cache.get(key)
         if got is not None:
             return got
+        gen = self._gen
         m = self.guest_map if mode == "guest" else self.host_map
         if m is None:
             raise LookupError(f"no map for mode {mode!r} yet")
@@ -241,7 +295,8 @@ class AllocationModel(QObject):
         data[:len(cells)] = cells
         pic = Picture(mode, np.ascontiguousarray(data.reshape(rows, w)), w, b, n,
                       m.cluster_size)
-        self._cache[key] = pic
+        if gen == self._gen:
+            self._cache[key] = pic
         return pic
 
     # -- legend --------------------------------------------------------------------------
@@ -249,8 +304,7 @@ class AllocationModel(QObject):
         """(label, colour, number of clusters) for every class present (plus the basics)."""
         if not self.available(mode):
             return []
-        idx = self._indices(mode)
-        counts = np.bincount(idx, minlength=256)
+        counts = self._mode_counts(mode)
         out = []
         if mode == "kind":
             entries = [(k, name) for k, (name, _) in HOST_KINDS.items()]
@@ -382,26 +436,44 @@ class AllocationModel(QObject):
         gm = self.guest_map
         if gm is None:
             return np.zeros(0), np.zeros(0), 0
-        st = np.asarray(gm.states)
-        sel = np.flatnonzero(((st == 2) | (st == 3) | (st == 5)) & (np.asarray(gm.depth) == 0))
-        if not len(sel):
-            return np.zeros(0), np.zeros(0), 0
         cs = gm.cluster_size
-        host = np.asarray(gm.host_offsets, dtype=np.uint64)[sel].astype(np.float64)
-        guest = sel.astype(np.float64) * cs
-        brk = np.flatnonzero((np.diff(sel) != 1) | (np.diff(host) != cs)) + 1
-        starts = np.concatenate([[0], brk])
-        ends = np.concatenate([brk, [len(sel)]]) - 1
+        states = np.asarray(gm.states)
+        depth = np.asarray(gm.depth)
+        hosts = np.asarray(gm.host_offsets, dtype=np.uint64)
+        n = len(states)
+        step = np.uint64(cs)
+        starts_l: list[np.ndarray] = []
+        ends_l: list[np.ndarray] = []
+        # in chunks, so a 16-million-cluster disk never needs 16 million int64s at once
+        for lo in range(0, n, SEGMENT_CHUNK):
+            hi = min(n, lo + SEGMENT_CHUNK)
+            a, b = max(lo - 1, 0), min(n, hi + 1)
+            st = states[a:b]
+            sel = ((st == 2) | (st == 3) | (st == 5)) & (depth[a:b] == 0)
+            h = hosts[a:b]
+            cont = np.zeros(b - a, dtype=bool)
+            cont[1:] = sel[1:] & sel[:-1] & (h[1:] == h[:-1] + step)
+            k = lo - a
+            here = sel[k:k + hi - lo]
+            nxt = np.zeros(hi - lo, dtype=bool)
+            tail = cont[k + 1:k + 1 + hi - lo]
+            nxt[:len(tail)] = tail
+            starts_l.append(np.flatnonzero(here & ~cont[k:k + hi - lo]) + lo)
+            ends_l.append(np.flatnonzero(here & ~nxt) + lo)
+        starts = np.concatenate(starts_l) if starts_l else np.zeros(0, dtype=np.int64)
+        ends = np.concatenate(ends_l) if ends_l else np.zeros(0, dtype=np.int64)
+        if not len(starts):
+            return np.zeros(0), np.zeros(0), 0
         runs = len(starts)
         if runs > max_segments:
             keep = np.linspace(0, runs - 1, max_segments).astype(np.int64)
             starts, ends = starts[keep], ends[keep]
         x = np.empty(2 * len(starts))
         y = np.empty(2 * len(starts))
-        x[0::2] = guest[starts]
-        x[1::2] = guest[ends] + cs
-        y[0::2] = host[starts]
-        y[1::2] = host[ends] + cs
+        x[0::2] = starts.astype(np.float64) * cs
+        x[1::2] = ends.astype(np.float64) * cs + cs
+        y[0::2] = hosts[starts].astype(np.float64)
+        y[1::2] = hosts[ends].astype(np.float64) + cs
         return x, y, runs
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 
 from ..engine import CancelledError, Image, Qcow2Error, open_image
+from .allocation import prepare
 from .workers import Worker
 
 
@@ -36,6 +37,7 @@ class Analysis:
         self.guest_map: Any = None
         self.check: Any = None
         self.errors: list[str] = []
+        self.prepared: dict = {}             # allocation.prepare output
 
     def close(self) -> None:
         if self.image is not None:
@@ -47,11 +49,12 @@ def _analyse(path: str, worker: Worker, progress, cancel) -> Analysis:
     out = Analysis()
     out.image = img = open_image(path, ignore_backing_errors=True)
     try:
+        # check before the guest map: its scratch memory is gone by then (peak RSS)
         stages = (("Building host map", "host_map", lambda: img.host_map(
                       progress=progress, cancel=cancel)),
+                  ("Checking", "check", lambda: img.check(progress=progress, cancel=cancel)),
                   ("Building guest map", "guest_map", lambda: img.guest_map(
-                      progress=progress, cancel=cancel)),
-                  ("Checking", "check", lambda: img.check(progress=progress, cancel=cancel)))
+                      progress=progress, cancel=cancel)))
         for task, attr, run in stages:
             worker.set_task(task)
             if cancel():
@@ -65,6 +68,9 @@ def _analyse(path: str, worker: Worker, progress, cancel) -> Analysis:
             except (AttributeError, NotImplementedError) as e:
                 # the maps/check part of the engine is not there: show what we can
                 out.errors.append(f"{task}: not available ({e})")
+        worker.set_task("Preparing pictures")
+        if out.host_map is not None or out.guest_map is not None:
+            out.prepared = prepare(out.host_map, out.guest_map)
     except BaseException:
         out.close()
         raise

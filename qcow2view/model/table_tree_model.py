@@ -24,7 +24,7 @@ from ..engine.clusters import ClusterType
 from ..engine.image import Image
 from .units import human_size
 
-BATCH = 1024
+BATCH = 256
 
 ROOT, L1_ROOT, RT_ROOT, L1E, L2E, RTE, RBE = range(7)
 CHILD_KIND = {ROOT: None, L1_ROOT: L1E, RT_ROOT: RTE, L1E: L2E, RTE: RBE}
@@ -45,6 +45,10 @@ _TYPE_NAMES = {ClusterType.UNALLOCATED: "unallocated", ClusterType.ZERO_PLAIN: "
                ClusterType.UNALLOCATED_ALLOC: "allocated, unwritten",
                ClusterType.INVALID: "INVALID sub-cluster bitmap"}
 PROBLEM_COLOR = QColor("#c0392b")
+_ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
+_ROLES = frozenset({Qt.DisplayRole, Qt.ToolTipRole, Qt.ForegroundRole, Qt.TextAlignmentRole,
+                    Qt.UserRole + 1, Qt.UserRole + 2, Qt.UserRole + 3, Qt.UserRole + 4})
+_NO_FLAGS = Qt.NoItemFlags
 
 
 class Node:
@@ -300,13 +304,12 @@ class TableTreeModel(QAbstractItemModel):
         return None
 
     def flags(self, index):
-        if not index.isValid():
-            return Qt.NoItemFlags
-        return Qt.ItemIsEnabled | Qt.ItemIsSelectable
+        # a constant: the view asks for every row on expand, enum arithmetic is slow
+        return _ROW_FLAGS if index.isValid() else _NO_FLAGS
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role=Qt.DisplayRole):
-        if not index.isValid():
-            return None
+        if role not in _ROLES or not index.isValid():
+            return None     # the delegate asks ~10 roles a cell: answer the rest fast
         holder: Node = index.internalPointer()
         row, col = index.row(), index.column()
         if holder.kind == ROOT:

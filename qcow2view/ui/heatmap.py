@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QButtonGroup, QGraphicsRectItem, QGridLayout, QHB
 from ..model.allocation import (MODE_TITLES, MODES, PALETTE, AllocationModel, Picture,
                                 auto_width)
 from ..model.units import human_size
+from ..model.workers import Worker
 from .axes import ByteAxis
 
 MODE_LABELS = {"kind": "By kind", "refcount": "By refcount", "guest": "Guest view"}
@@ -75,34 +76,48 @@ class HeatmapItem(pg.ImageItem):
 
 
 class Legend(QWidget):
-    """Colour swatches with labels and counts, in a grid."""
+    """Colour swatches with labels and counts in a fixed grid.
+
+    The slots are made once and only their text and colour change, so a mode
+    switch does not relayout (and repaint) the whole window.
+    """
 
     COLUMNS = 3
+    ROWS = 6
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._grid = QGridLayout(self)
-        self._grid.setContentsMargins(0, 0, 0, 0)
-        self._grid.setHorizontalSpacing(14)
-        self._grid.setVerticalSpacing(2)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(14)
+        grid.setVerticalSpacing(2)
         self.entries: list[tuple[str, QColor, int]] = []
-
-    def set_entries(self, entries: list[tuple[str, QColor, int]]) -> None:
-        while self._grid.count():
-            w = self._grid.takeAt(0).widget()
-            if w is not None:
-                w.deleteLater()
-        self.entries = list(entries)
-        for i, (name, col, count) in enumerate(entries):
+        self._slots: list[tuple[QLabel, QLabel]] = []
+        for i in range(self.ROWS * self.COLUMNS):
             swatch = QLabel()
             swatch.setFixedSize(14, 14)
-            swatch.setStyleSheet(f"background: {col.name()}; border: 1px solid #607d8b;")
-            text = QLabel(f"{name} <span style='color:#78909c'>{count:,}</span>")
+            text = QLabel()
+            text.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
             r, c = divmod(i, self.COLUMNS)
-            self._grid.addWidget(swatch, r, 2 * c)
-            self._grid.addWidget(text, r, 2 * c + 1)
+            grid.addWidget(swatch, r, 2 * c)
+            grid.addWidget(text, r, 2 * c + 1)
+            self._slots.append((swatch, text))
         for c in range(self.COLUMNS):
-            self._grid.setColumnStretch(2 * c + 1, 1)
+            grid.setColumnStretch(2 * c + 1, 1)
+        line = self.fontMetrics().height() + 2
+        self.setFixedHeight(self.ROWS * line + (self.ROWS - 1) * 2)
+        self.set_entries([])
+
+    def set_entries(self, entries: list[tuple[str, QColor, int]]) -> None:
+        self.entries = list(entries)
+        for i, (swatch, text) in enumerate(self._slots):
+            if i < len(entries):
+                name, col, count = entries[i]
+                swatch.setStyleSheet(f"background: {col.name()}; border: 1px solid #607d8b;")
+                text.setText(f"{name} <span style='color:#78909c'>{count:,}</span>")
+            else:
+                swatch.setStyleSheet("background: transparent; border: none;")
+                text.setText("")
 
 
 class HeatmapView(QWidget):
@@ -130,10 +145,12 @@ class HeatmapView(QWidget):
             self.buttons.addButton(b, i)
             bar.addWidget(b)
         self.buttons.idClicked.connect(lambda i: self.set_mode(MODES[i]))
-        bar.addStretch(1)
         self.info = QLabel()
         self.info.setStyleSheet("color: #546e7a")
-        bar.addWidget(self.info)
+        self.info.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        # its text changes with the mode: it must not resize (and repaint) the window
+        self.info.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        bar.addWidget(self.info, 1)
 
         self.axis = ByteAxis("left")
         self.graphics = pg.GraphicsLayoutWidget()
@@ -180,6 +197,8 @@ class HeatmapView(QWidget):
         self._resize_timer.timeout.connect(self.redraw)
         model.changed.connect(self.redraw)
         self.selected: int | None = None
+        self._prefetch: Worker | None = None
+        self._prefetch_key = None
 
     # -- mode and drawing ---------------------------------------------------------------
     def mode(self) -> str:
@@ -194,12 +213,14 @@ class HeatmapView(QWidget):
         self.redraw()
         self.modeChanged.emit(mode)
 
+    # sizes from the whole widget, not the plot: the legend's height changes with the
+    # mode and must not change the binning (pictures are cached per size)
     def _max_rows(self) -> int:
-        h = max(self.graphics.height(), 256)
-        return max(128, (h // 64) * 64)
+        h = max(self.height() - 160, 256)
+        return max(128, (h // 128) * 128)
 
     def _max_width(self) -> int:
-        w = max(self.graphics.width() - 60, 64)
+        w = max(self.width() - 80, 64)
         p = 16
         while p * 2 <= min(w, 512):
             p *= 2
@@ -218,9 +239,8 @@ class HeatmapView(QWidget):
             self.info.setText("")
             return
         self.placeholder.hide()
-        n = m.count(mode)
-        width = min(auto_width(n), self._max_width())
-        pic = m.picture(mode, max_rows=self._max_rows(), width=width)
+        pic = m.picture(mode, max_rows=self._max_rows(), width=self._width_for(mode))
+        n = pic.count
         self.picture = pic
         self.item.set_picture(pic)
         self.axis.bytes_per_unit = pic.width * pic.bin * pic.cluster_size
@@ -234,6 +254,35 @@ class HeatmapView(QWidget):
                           f"{human_size(pic.cluster_size)} · {cell}")
         if self.selected is not None and mode != "guest":
             self._mark(self.selected)
+
+        self._start_prefetch()
+
+    def _width_for(self, mode: str) -> int:
+        return min(auto_width(self.model.count(mode)), self._max_width())
+
+    def _start_prefetch(self) -> None:
+        """Bin the other modes in a worker so a mode switch only swaps arrays."""
+        rows = self._max_rows()
+        todo = [(mode, rows, self._width_for(mode)) for mode in MODES
+                if self.model.available(mode)]
+        key = (id(self.model.host_map), id(self.model.guest_map), tuple(todo))
+        if key == self._prefetch_key:
+            return
+        self.stop_prefetch()
+        self._prefetch_key = key
+        if not todo:
+            return
+        model = self.model
+        self._prefetch = Worker("Preparing pictures",
+                                lambda _p, cancel: model.prefetch(todo, cancel), self)
+        self._prefetch.start()
+
+    def stop_prefetch(self) -> None:
+        w = self._prefetch
+        if w is not None:
+            self._prefetch = None
+            w.stop()
+            w.deleteLater()
 
     def resizeEvent(self, ev) -> None:
         super().resizeEvent(ev)

@@ -192,7 +192,7 @@ class ImageTab(QWidget):
     def _maps_ready(self) -> None:
         d = self.document
         hm = d.host_map
-        self.allocation.set_maps(hm, d.guest_map)
+        self.allocation.set_maps(hm, d.guest_map, d.analysis.prepared if d.analysis else None)
         findings = getattr(d.check_result, "findings", None)
         self.tree_model.set_analysis(None if hm is None else hm.refcounts, findings)
         self.problems_model.set_document(d)
@@ -234,4 +234,5 @@ class ImageTab(QWidget):
         self.table_panel.go_to_table(cluster * cs)
 
     def close_document(self) -> None:
+        self.heatmap.stop_prefetch()
         self.document.close()

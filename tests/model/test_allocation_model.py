@@ -131,7 +131,10 @@ def test_hover_text_names_cluster_and_owner(sample_image):
     assert f"guest {32 << 20:#x}" in text
 
 
-def test_mapping_segments_follow_qemu_map(tmp_path):
+@pytest.mark.parametrize("chunk", [1, 3, 16, 1 << 20])
+def test_mapping_segments_follow_qemu_map(tmp_path, monkeypatch, chunk):
+    from qcow2view.model import allocation
+    monkeypatch.setattr(allocation, "SEGMENT_CHUNK", chunk)   # runs across chunk edges
     p = qemu.create(tmp_path / "m.qcow2", "16M")
     qemu.qemu_io(p, "write 0 1M", "write 8M 64k", "write 1M 64k")
     runs_qemu = [e for e in qemu.qemu_map(p) if e["data"]]

@@ -1,0 +1,156 @@
+"""GUI speed on the 1 TiB preallocated-metadata image (16,777,216 clusters).
+
+Run: ``python tests/benchmarks/bench_gui.py [IMAGE]`` (makes /tmp/big.qcow2 with
+``qemu-img create -f qcow2 -o preallocation=metadata /tmp/big.qcow2 1T`` if no
+image is given).  Prints each figure against its budget and, for comparison,
+what qemu-img takes on the same file.  A script, not a test: no timing is
+asserted in the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUDGETS = {"screenshot_s": 5.0, "header_tree_visible_s": 1.0, "max_event_loop_block_ms": 100.0,
+           "expand_l2_8192_ms": 50.0, "mode_change_redraw_ms": 100.0, "peak_rss_mib": 512.0}
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc/self/stat start time)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - start
+
+
+def probe(image: str) -> None:
+    """In a fresh process: launch the window and measure from the inside."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, str(ROOT))
+    from PySide6.QtCore import QElapsedTimer, QTimer
+    from qcow2view.app import make_app
+    from qcow2view.ui.mainwindow import MainWindow
+    app = make_app()
+    win = MainWindow()
+    win.resize(1600, 960)
+    win.show()
+    tab = win.open_path(image)
+    app.processEvents()
+    visible = _process_age()
+    assert tab.header_model.rowCount() > 10 and tab.tree_model.rowCount() >= 2
+
+    # event loop heartbeat while the maps are built
+    gaps = []
+    clock = QElapsedTimer()
+    clock.start()
+    last = [clock.elapsed()]
+
+    def beat() -> None:
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(beat)
+    timer.start()
+    while tab.document.analysis is None or tab.document.busy:
+        app.processEvents()
+        time.sleep(0.002)
+    timer.stop()
+    for _ in range(5):
+        app.processEvents()
+
+    # expand an L1 entry: an 8192-entry L2 table
+    view = tab.table_panel.view
+    model = tab.tree_model
+    root = model.index(0, 0)
+    view.expand(root)
+    app.processEvents()
+    l1 = model.index(1, 0, root)
+    t = time.perf_counter()
+    view.expand(l1)
+    app.processEvents()
+    view.viewport().repaint()
+    expand_ms = (time.perf_counter() - t) * 1000
+    while model.canFetchMore(l1):
+        model.fetchMore(l1)
+    entries = model.rowCount(l1)
+
+    # heatmap mode changes, painted
+    hm = tab.heatmap
+    tab.views.setCurrentWidget(hm)
+    app.processEvents()
+    times = []
+    for mode in ("refcount", "guest", "kind", "refcount", "guest", "kind"):
+        t = time.perf_counter()
+        hm.set_mode(mode)
+        hm.graphics.viewport().repaint()
+        app.processEvents()
+        times.append((time.perf_counter() - t) * 1000)
+    win.close_all()
+    print(json.dumps({
+        "header_tree_visible_s": visible,
+        "max_event_loop_block_ms": max(gaps) if gaps else 0.0,
+        "heartbeats": len(gaps),
+        "expand_l2_8192_ms": expand_ms,
+        "l2_entries": entries,
+        "mode_change_redraw_ms": max(times),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+def _timed(cmd: list[str], env=None) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t, p
+
+
+def main() -> int:
+    image = sys.argv[1] if len(sys.argv) > 1 else "/tmp/big.qcow2"
+    if not os.path.exists(image):
+        print(f"making {image} (qemu-img create -o preallocation=metadata, 1T)...")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                        "preallocation=metadata", image, "1T"], check=True)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
+    shot = "/tmp/bench_gui_screenshot.png"
+    t_shot, p = _timed([sys.executable, "-m", "qcow2view", image, "--screenshot", shot], env)
+    if p.returncode != 0:
+        print(p.stderr)
+        return 1
+    t_info, _ = _timed(["qemu-img", "info", image])
+    t_map, _ = _timed(["qemu-img", "map", "--output=json", image])
+    t_check, _ = _timed(["qemu-img", "check", image])
+    _, p = _timed([sys.executable, __file__, "--probe", image], env)
+    if p.returncode != 0:
+        print(p.stderr)
+        return 1
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    got["screenshot_s"] = t_shot
+    print(f"image: {image}  (L2 table expanded: {got['l2_entries']} entries, "
+          f"{got['heartbeats']} heartbeats while maps were built)")
+    print(f"{'figure':28} {'qcow2view':>12} {'budget':>10}  ok")
+    for key, budget in BUDGETS.items():
+        v = got[key]
+        print(f"{key:28} {v:12.3f} {budget:10.1f}  {'yes' if v <= budget else 'NO'}")
+    print()
+    print("peer (qemu-img on the same file):")
+    print(f"  qemu-img info              {t_info:8.3f} s")
+    print(f"  qemu-img map --output=json {t_map:8.3f} s")
+    print(f"  qemu-img check             {t_check:8.3f} s")
+    print(f"  ratio screenshot / (map + check): {t_shot / (t_map + t_check):.2f}")
+    return 0 if all(got[k] <= b for k, b in BUDGETS.items()) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--probe":
+        probe(sys.argv[2])
+    else:
+        sys.exit(main())
