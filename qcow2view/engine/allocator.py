@@ -15,6 +15,7 @@ blocks that count it (``qcow2_refcount_area``).
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import numpy as np
@@ -23,6 +24,9 @@ from .clusters import REFT_OFFSET_MASK
 from .errors import CorruptImageError, Qcow2Error
 from .header import QCOW_MAX_REFTABLE_SIZE
 from .refcounts import block_entries, decode_refcount_block, encode_refcount_block, max_refcount
+
+
+_GENERATIONS = itertools.count(1)
 
 
 class RefcountAllocator:
@@ -42,7 +46,7 @@ class RefcountAllocator:
         self.new_blocks: set[int] = set()      # written, but no reftable entry on disk yet
         self.dirty_rt: set[int] = set()
         self.free_hint = 0
-        self.generation = 0      # bumped when blocks or the table move (metadata set)
+        self.generation = next(_GENERATIONS)   # changes when blocks or the table move
 
     # -- reading -----------------------------------------------------------------------
     def block(self, rti: int) -> np.ndarray | None:
@@ -153,7 +157,7 @@ class RefcountAllocator:
             self.blocks[brti][b % self.per] += 1
             self.dirty_blocks.add(brti)
         self.reftable[rti] = b * self.cs
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
         self.new_blocks.add(rti)
         self.dirty_rt.add(rti)
         self.dirty_blocks.add(rti)
@@ -232,7 +236,7 @@ class RefcountAllocator:
         self.image._reftable = table
         self.new_blocks.clear()
         self.dirty_rt.clear()
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
         self.change(old_off, old_clusters * cs, -1)
 
     # -- writing back ------------------------------------------------------------------
@@ -273,6 +277,7 @@ class RefcountAllocator:
         self.new_blocks.clear()
         self.dirty_rt.clear()
         self.free_hint = 0
+        self.generation = next(_GENERATIONS)
         h = self.image.header
         rt = self.file.pread_exact(h.refcount_table_offset, h.refcount_table_clusters * self.cs,
                                    "refcount table")
