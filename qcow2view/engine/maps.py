@@ -23,7 +23,7 @@ from . import clusters as C
 from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
 from .extensions import EXT_BITMAPS
 from .refscan import (BATCH_ENTRIES, Cancel, DiskRefcounts, Progress, Scanner,
-                      check_cancel, read_tables, read_zero_filled)
+                      check_cancel, read_table_in_file, read_tables)
 
 U64 = np.uint64
 
@@ -194,8 +194,7 @@ def _owners(image, hm: HostMap, tables: tuple, c: int, lo: np.ndarray,
             if _in(b.bitmap_table_offset, b.bitmap_table_size * 8, cs, c):
                 out.append(Owner(HostKind.BITMAP_TABLE, "bitmap directory", b.offset,
                                  None, None))
-            t = C.be_u64(read_zero_filled(image.file, b.bitmap_table_offset,
-                                          b.bitmap_table_size * 8))
+            t = read_table_in_file(image.file, b.bitmap_table_offset, b.bitmap_table_size)
             offs = t & U64(BME_TABLE_ENTRY_OFFSET_MASK)
             for i in np.nonzero((offs != 0) & (offs // U64(cs) == U64(c)))[0].tolist():
                 out.append(Owner(HostKind.BITMAP_DATA, name, b.bitmap_table_offset + 8 * i,

@@ -114,6 +114,14 @@ class _EntryOffsets:
         return self.base[rows] + cols.astype(np.int64) * self.esize
 
 
+def read_table_in_file(file, offset: int, entries: int) -> np.ndarray:
+    """A big-endian u64 table as far as it lies inside the file (entries past
+    the end read as zero in QEMU and reference nothing, so they are left out:
+    an untrusted size never sizes an allocation beyond the file)."""
+    n = max(0, min(entries, (file.size - offset) // 8)) if offset < file.size else 0
+    return C.be_u64(file.pread(offset, n * 8)) if n else np.zeros(0, dtype=U64)
+
+
 def check_cancel(cancel: Cancel) -> None:
     if cancel is not None and cancel():
         raise CancelledError("cancelled")
@@ -399,7 +407,7 @@ class Scanner:
         for s in im.snapshots:
             l1s.append((s.l1_table_offset, s.l1_size, s))
         # progress: one unit per L2 table and per refcount block
-        self._l1_cache: dict[int, np.ndarray] = {}
+        self._l1_cache: dict[tuple[int, int], np.ndarray] = {}
         total = 1
         for off, size, s in l1s:
             if s is not None and (off & (cs - 1) or size > QCOW_MAX_L1_SIZE // 8):
@@ -445,11 +453,10 @@ class Scanner:
         return self.r
 
     def _read_l1(self, offset: int, size: int) -> np.ndarray:
-        t = self._l1_cache.get(offset)
-        if t is None or len(t) != size:
-            t = C.be_u64(read_zero_filled(self.im.file, offset, size * 8)) if size else \
-                np.zeros(0, dtype=U64)
-            self._l1_cache[offset] = t
+        t = self._l1_cache.get((offset, size))
+        if t is None:
+            t = read_table_in_file(self.im.file, offset, size)
+            self._l1_cache[(offset, size)] = t
         return t
 
     def _walk_l1(self, l1_offset: int, l1_size: int, snap) -> None:
@@ -634,11 +641,16 @@ class Scanner:
         where = "snapshot " + repr(sname) + " " if sname else ""
 
         def report(mask, kind, text):
-            for i, j in zip(*np.nonzero(mask)):
+            rows, cols = np.nonzero(mask)
+            room = max(0, MAX_FINDINGS - len(self.r.findings))
+            for i, j in zip(rows[:room].tolist(), cols[:room].tolist()):
                 e = int(eoff[i, j])
                 o = int(off[i, j])
                 self._corrupt(kind, o >> cb, f"{where}L2 entry at {e:#x} "
                               f"({int(raw[i, j]):#018x}): {text}", e)
+            extra = len(rows) - min(len(rows), room)   # counted, not listed
+            self.r.corruptions += extra
+            self.r.findings_dropped += extra
 
         if resv is not None and resv.any():
             report(resv, "reserved_bits", "reserved bits set")
@@ -790,8 +802,7 @@ class Scanner:
             name = f"bitmap {b.name!r} table"
             self.inc_region(b.bitmap_table_offset, b.bitmap_table_size * 8, K_BMTABLE, name,
                             b.offset)
-            t = C.be_u64(read_zero_filled(im.file, b.bitmap_table_offset,
-                                          b.bitmap_table_size * 8))
+            t = read_table_in_file(im.file, b.bitmap_table_offset, b.bitmap_table_size)
             offs = t & U64(BME_TABLE_ENTRY_OFFSET_MASK)
             bad = ((t & U64(BME_TABLE_ENTRY_RESERVED_MASK)) != 0) | (
                 (offs != 0) & (((t & U64(1)) != 0) | ((offs & U64(self.cs - 1)) != 0)))

@@ -479,3 +479,51 @@ def test_refcount_overflow_with_one_bit_refcounts(tmp_path):
     dmg_double_reference(p)
     r = assert_same_as_qemu(p)
     assert any(f.kind == "refcount_overflow" for f in r.findings)
+
+
+@pytest.fixture(scope="module")
+def rich_image(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rich")
+    p = qemu.create(d / "rich.qcow2", "2M", "cluster_size=4k")
+    qemu.qemu_img("bitmap", "--add", p, "b0")
+    qemu.qemu_io(p, "write -P 1 0 256k", "write -c -P 2 512k 8k")
+    qemu.qemu_img("snapshot", "-c", "s1", p)
+    qemu.qemu_io(p, "write -P 3 64k 64k")
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_metadata_damage_gives_typed_errors_only(tmp_path, rich_image, seed):
+    """Garbage in the metadata: check and maps either work or raise a Qcow2Error,
+    and when check works its counts are qemu-img's."""
+    from qcow2view.engine import Qcow2Error
+    rng = np.random.default_rng(seed)
+    data = bytearray(rich_image)
+    with open_image_bytes(tmp_path, rich_image) as im:
+        meta = [im.header.l1_table_offset, im.header.refcount_table_offset,
+                int(im.refcount_table[0]), int(im.l1_table.entries[0]) & C.L1E_OFFSET_MASK,
+                im.snapshots[0].l1_table_offset]
+    for _ in range(int(rng.integers(1, 6))):
+        base = int(rng.choice(meta))
+        pos = base + int(rng.integers(0, 4096 // 8)) * 8 + int(rng.integers(0, 8))
+        data[pos] = int(rng.integers(0, 256))
+    p = tmp_path / "x.qcow2"
+    p.write_bytes(bytes(data))
+    try:
+        with open_image(p) as im:
+            r = im.check()
+            im.host_map()
+            im.guest_map()
+    except Qcow2Error:
+        return
+    code, want = qemu.check(p)
+    if "check-errors" in want and code != 1:
+        mine = r.to_json()
+        mine["filename"] = want["filename"]
+        assert mine == want
+
+
+def open_image_bytes(d, data):
+    p = d / "orig.qcow2"
+    p.write_bytes(data)
+    return open_image(p)
