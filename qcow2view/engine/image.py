@@ -550,7 +550,8 @@ class Image:
         if hit is not None and hit[0] == self.file.size:
             return hit[1]
         hm = host_map(self, progress, cancel)
-        cache[key] = (self.file.size, hm)
+        if not self.writable:    # writes change tables in place: cache read-only opens only
+            cache[key] = (self.file.size, hm)
         return hm
 
     def guest_map(self, snapshot=None, progress=None, cancel=None, follow_backing=True):
@@ -567,7 +568,8 @@ class Image:
         if hit is not None and hit[0] == self.file.size:
             return hit[1]
         gm = guest_map(self, snapshot, progress, cancel, follow_backing)
-        cache[key] = (self.file.size, gm)
+        if not self.writable:
+            cache[key] = (self.file.size, gm)
         return gm
 
     # refcounts
