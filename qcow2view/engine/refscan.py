@@ -24,7 +24,7 @@ import numpy as np
 from . import clusters as C
 from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
 from .errors import CancelledError
-from .extensions import EXT_BITMAPS, EXT_FULL_DISK_ENCRYPTION
+from .extensions import EXT_BITMAPS
 from .header import QCOW_MAX_L1_SIZE
 from .refcounts import REFT_RESERVED_MASK, decode_refcount_block, max_refcount
 

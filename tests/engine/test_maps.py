@@ -16,12 +16,8 @@ from test_check import (_backing, _bitmaps, _compressed, _data_file, _extended, 
                         _small, _snapshots, dmg_leak, dmg_refcount_zero)
 
 
-def expected_guest(path) -> list[tuple[int, int, int, int]]:
-    """(first cluster, cluster count, state, depth, host offset) runs from qemu-img map."""
-    return qemu.qemu_map(path)
-
-
 def assert_guest_like_qemu(path, gm, cs):
+    """Every run qemu-img map reports reads as the guest map says, cluster by cluster."""
     for e in qemu.qemu_map(path):
         first, n = e["start"] // cs, -(-e["length"] // cs)
         st = gm.states[first:first + n]
