@@ -214,7 +214,12 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
     ``size`` None takes the backing file's size.  Sizes round up to 512 bytes
     as qemu-img rounds them.  Raises :class:`RequestError` with the reason for
     invalid options, before any file is touched; an existing file (image or
-    data file) is replaced only with ``overwrite=True``.
+    data file) is replaced only with ``overwrite=True`` (qemu-img would silently
+    truncate an existing data file).
+
+    A relative ``data_file`` is created next to the image (where our reader
+    looks first); QEMU 7.2 resolves relative data file names from its working
+    directory, so give an absolute name for images QEMU will open from elsewhere.
     """
     path = os.fspath(path)
     if isinstance(size, str):
