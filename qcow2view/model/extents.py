@@ -31,7 +31,7 @@ class ByteKind(enum.IntEnum):
 
 #: kinds whose bytes may be non-zero: the ones a search has to read
 CONTENT_KINDS = frozenset({ByteKind.DATA, ByteKind.COMPRESSED, ByteKind.BACKING,
-                           ByteKind.MIXED, ByteKind.ERROR})
+                           ByteKind.MIXED, ByteKind.ERROR, ByteKind.FILE})
 
 _TYPE_KIND = np.full(8, ByteKind.MIXED, dtype=np.uint8)
 _TYPE_KIND[ClusterType.UNALLOCATED] = ByteKind.UNALLOCATED

@@ -192,6 +192,10 @@ class HexDocument(QObject):
             pos = nxt
         return out
 
+    def read_source(self, offset: int, length: int) -> bytes:
+        """Uncached bytes from the engine, no edits (hold :attr:`lock`)."""
+        return self.image.read(offset, length)
+
     def read(self, offset: int, length: int) -> bytes:
         """Bytes as the user sees them (pending edits applied)."""
         return bytes(self._span(offset, length)[0])
@@ -475,6 +479,9 @@ class FileHexDocument(HexDocument):
         except Qcow2Error as e:
             return _Block(bytes(n), np.full(n, ByteKind.ERROR, np.uint8), str(e))
         return _Block(data, np.full(n, ByteKind.FILE, np.uint8))
+
+    def read_source(self, offset: int, length: int) -> bytes:
+        return self.image.file.pread_zero_fill(offset, length)
 
     def mapping_at(self, offset: int):
         return None

@@ -50,10 +50,7 @@ class _Source:
     def read(self, offset: int, length: int) -> bytes:
         length = min(length, self.size - offset)
         with self.doc.lock:
-            if hasattr(self.doc.image, "l2_bits"):
-                data = self.doc.image.read(offset, length)
-            else:
-                data = self.doc.image.file.pread_zero_fill(offset, length)
+            data = self.doc.read_source(offset, length)
         if not self.pending:
             return data
         buf = np.frombuffer(data, dtype=np.uint8).copy()

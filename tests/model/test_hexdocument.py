@@ -80,6 +80,11 @@ def test_file_document_shows_the_image_file(layered):
         assert not doc.editable
         with pytest.raises(PermissionError):
             doc.replace(0, b"x")
+        # find searches the file's bytes, not the guest's
+        assert find(doc, b"QFI\xfb", 0) == 0
+        name = b"base.qcow2"
+        assert find(doc, name, 1) == data.index(name)
+        assert find(doc, b"needle", len(data) - 1, forward=False) == data.rindex(b"needle")
 
 
 def test_overlay_undo_redo_and_typing_merge(layered, tmp_path):
