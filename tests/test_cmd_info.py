@@ -10,9 +10,8 @@ import sys
 import pytest
 
 import qemu
-from test_check_helpers import build_damaged
-from engine.test_check import (_backing, _bitmaps, _data_file, _snapshots, _v2, dmg_leak,
-                               dmg_refcount_zero)
+from check_images import (_backing, _bitmaps, _data_file, _snapshots, _v2, build_damaged,
+                          dmg_copied_l2, dmg_leak, dmg_refcount_high, dmg_refcount_zero)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +124,6 @@ def test_cmd_info_does_not_load_qt(tmp_path):
 
 @pytest.mark.parametrize("mode", ["leaks", "all"])
 def test_check_repair_json_equals_qemu_img(tmp_path, mode):
-    from engine.test_check import dmg_copied_l2, dmg_refcount_high
     p = build_damaged(tmp_path, dmg_leak)
     dmg_refcount_high(p)
     dmg_copied_l2(p)

@@ -12,7 +12,7 @@ import pytest
 import qemu
 from qcow2view.engine import (CancelledError, GuestState, HOST_KIND_SEVERITY, HostKind,
                               open_image)
-from test_check import (_backing, _bitmaps, _compressed, _data_file, _extended, _img,
+from check_images import (_backing, _bitmaps, _compressed, _data_file, _extended, _img,
                         _small, _snapshots, dmg_leak, dmg_refcount_zero)
 
 
