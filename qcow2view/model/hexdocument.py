@@ -177,7 +177,20 @@ class HexDocument(QObject):
             kinds = self._kinds(start, n)
             return _Block(data, kinds)
         except Qcow2Error as e:
-            return _Block(bytes(n), np.full(n, ByteKind.ERROR, dtype=np.uint8), str(e))
+            first_error = str(e)
+        # something in the block cannot be read: read it cluster by cluster so
+        # only the clusters at fault show as unreadable
+        data = bytearray(n)
+        kinds = np.full(n, ByteKind.ERROR, dtype=np.uint8)
+        g = min(self.cluster_size, n)
+        for pos in range(0, n, g):
+            k = min(g, n - pos)
+            try:
+                data[pos:pos + k] = self.image.read(start + pos, k)
+                kinds[pos:pos + k] = self._kinds(start + pos, k)
+            except Qcow2Error:
+                pass
+        return _Block(bytes(data), kinds, first_error)
 
     def _kinds(self, start: int, n: int) -> np.ndarray:
         img = self.image

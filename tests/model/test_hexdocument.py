@@ -228,3 +228,18 @@ def test_many_void_qt_calls_do_not_abort():
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=120, env={"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": root})
     assert p.returncode == 0 and "done" in p.stdout, p.stderr
+
+
+def test_missing_backing_file_marks_only_those_clusters(tmp_path):
+    base = create(tmp_path / "base.qcow2", "1M", "cluster_size=4k")
+    qemu_io(base, "write -P 0x61 0 64k")
+    top = create(tmp_path / "top.qcow2", "1M", "cluster_size=4k", backing=str(base))
+    qemu_io(top, "write -P 0x62 8k 4k")
+    base.unlink()
+    with open_image(top, ignore_backing_errors=True) as img:
+        doc = HexDocument(img)
+        data, kinds, _ = doc.span(0, 16 * K)
+        assert data[8 * K:12 * K].tobytes() == b"\x62" * 4 * K
+        assert set(kinds[8 * K:12 * K].tolist()) == {ByteKind.DATA}
+        assert set(kinds[:8 * K].tolist()) == {ByteKind.ERROR}
+        assert "backing" in doc.block_error(0)
