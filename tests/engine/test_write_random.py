@@ -73,6 +73,12 @@ def _kind(tmp_path, kind):
     elif kind == "data-file-raw":
         qemu.create(img, size, f"data_file={tmp_path / 'data.raw'}", "data_file_raw=on")
         _populate(img, 64 * KiB, size, compress=False)
+    elif kind == "preallocated-extended-l2":
+        base = qemu.create(tmp_path / "base.qcow2", size)
+        qemu.qemu_io(base, "write -P 0x41 0 4M")
+        qemu.create(img, size, "extended_l2=on", "preallocation=metadata",
+                    backing=str(base), backing_fmt="qcow2")
+        qemu.qemu_io(img, "write -P 0x42 100k 10k", "write -z 1M 64k")
     elif kind == "refcount-growth":
         # a block counts 64 clusters, the first table 4096: it has to grow
         qemu.create(img, size, "cluster_size=512", "refcount_bits=64")
@@ -81,7 +87,7 @@ def _kind(tmp_path, kind):
 
 
 KINDS = ["plain", "backing", "snapshot", "extended-l2", "small-clusters-1bit", "v2",
-         "data-file", "data-file-raw", "refcount-growth"]
+         "data-file", "data-file-raw", "preallocated-extended-l2", "refcount-growth"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
