@@ -193,8 +193,7 @@ def check_main(ns) -> int:
         return _fail(e)
     r.filename = ns.image
     for f in r.findings[:50]:
-        tag = {"leak": "Leaked", "corruption": "ERROR"}.get(f.severity, "ERROR")
-        print(f"{tag} {f.message}", file=sys.stderr)
+        print(_finding_line(f), file=sys.stderr)
     if len(r.findings) > 50 or r.findings_dropped:
         print(f"... {len(r.findings) - 50 + r.findings_dropped} more findings",
               file=sys.stderr)
@@ -210,6 +209,19 @@ def check_main(ns) -> int:
     if r.check_errors:
         print("qcow2view: Check failed", file=sys.stderr)
     return r.exit_code
+
+
+COMPARE_KINDS = ("refcount_zero", "refcount_too_low", "double_reference", "metadata_overlap")
+
+
+def _finding_line(f) -> str:
+    """One stderr line per finding, worded as qemu-img words refcount mismatches."""
+    if f.kind == "leak":
+        return f"Leaked cluster {f.cluster} refcount={f.refcount} reference={f.references}"
+    if f.kind in COMPARE_KINDS and f.entry_offset is None:
+        return (f"ERROR cluster {f.cluster} refcount={f.refcount} reference={f.references}"
+                f" ({f.kind.replace('_', ' ')})")
+    return f"ERROR {f.message}"
 
 
 def _human_check(r) -> str:
