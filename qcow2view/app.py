@@ -76,7 +76,7 @@ def wait_until_ready(app, tabs, timeout: float = SCREENSHOT_TIMEOUT) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         app.processEvents()
-        if all(t.document.analysis is not None and not t.document.busy for t in tabs):
+        if all(t.ready for t in tabs):
             return True
         time.sleep(0.01)
     return False

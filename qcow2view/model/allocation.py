@@ -67,6 +67,7 @@ BACKING_COLOURS = ["#ffb74d", "#fb8c00", "#ef6c00", "#bf360c"]   # depth 1, 2, 3
 _GUEST_SEVERITY = {0: 0, 1: 1, 4: 2, 5: 3, 3: 4, 2: 5}
 PAST_END = 255
 SEGMENT_CHUNK = 1 << 20
+MAX_SEGMENTS = 50000
 PAST_END_COLOUR = "#00000000"
 
 
@@ -176,7 +177,8 @@ def prepare(host_map, guest_map) -> dict:
             continue
         indices[mode] = mode_indices(mode, host_map, guest_map)
         counts[mode] = _counts(indices[mode])
-    return {"indices": indices, "counts": counts}
+    segments = {MAX_SEGMENTS: mapping_segments(guest_map)} if guest_map is not None else {}
+    return {"indices": indices, "counts": counts, "segments": segments}
 
 
 def _counts(idx: np.ndarray) -> np.ndarray:
@@ -199,6 +201,7 @@ class AllocationModel(QObject):
         self._cache: dict[tuple, Picture] = {}
         self._index: dict[str, np.ndarray] = {}
         self._counts: dict[str, np.ndarray] = {}
+        self._segments: dict[int, tuple] = {}
         self._gen = 0       # bumped by set_maps: late prefetch results are dropped
         try:
             from ..engine.maps import HOST_KIND_SEVERITY
@@ -217,6 +220,7 @@ class AllocationModel(QObject):
         self._cache = {}
         self._index = dict((prepared or {}).get("indices", {}))
         self._counts = dict((prepared or {}).get("counts", {}))
+        self._segments = dict((prepared or {}).get("segments", {}))
         self.changed.emit()
 
     def available(self, mode: str) -> bool:
@@ -274,6 +278,10 @@ class AllocationModel(QObject):
             for i in range(4):
                 sev[BACKING_BASE + i] = _GUEST_SEVERITY[4] * 10 + i
         return sev
+
+    def cached_picture(self, mode: str, *, max_rows: int = 512, width: int | None = None
+                       ) -> Picture | None:
+        return self._cache.get((mode, max_rows, width))
 
     def picture(self, mode: str, *, max_rows: int = 512, width: int | None = None) -> Picture:
         """The index image of ``mode`` with at most ``max_rows`` rows of ``width`` cells."""
@@ -427,54 +435,62 @@ class AllocationModel(QObject):
         return img.copy()   # own the pixels: ``data`` may go away
 
     # -- guest-to-host mapping plot ---------------------------------------------------------
-    def mapping_segments(self, max_segments: int = 50000) -> tuple[np.ndarray, np.ndarray, int]:
-        """Line segments (x0, y0, x1, y1 flattened as pairs) of contiguous guest->host runs.
+    def mapping_segments(self, max_segments: int = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Line segments of contiguous guest->host runs (see :func:`mapping_segments`)."""
+        max_segments = max_segments or MAX_SEGMENTS
+        got = self._segments.get(max_segments)
+        if got is None:
+            got = self._segments[max_segments] = mapping_segments(self.guest_map, max_segments)
+        return got
 
-        Returns (x, y, number of runs) in bytes; with more runs than
-        ``max_segments`` every k-th run is kept so the picture stays fast.
-        """
-        gm = self.guest_map
-        if gm is None:
-            return np.zeros(0), np.zeros(0), 0
-        cs = gm.cluster_size
-        states = np.asarray(gm.states)
-        depth = np.asarray(gm.depth)
-        hosts = np.asarray(gm.host_offsets, dtype=np.uint64)
-        n = len(states)
-        step = np.uint64(cs)
-        starts_l: list[np.ndarray] = []
-        ends_l: list[np.ndarray] = []
-        # in chunks, so a 16-million-cluster disk never needs 16 million int64s at once
-        for lo in range(0, n, SEGMENT_CHUNK):
-            hi = min(n, lo + SEGMENT_CHUNK)
-            a, b = max(lo - 1, 0), min(n, hi + 1)
-            st = states[a:b]
-            sel = ((st == 2) | (st == 3) | (st == 5)) & (depth[a:b] == 0)
-            h = hosts[a:b]
-            cont = np.zeros(b - a, dtype=bool)
-            cont[1:] = sel[1:] & sel[:-1] & (h[1:] == h[:-1] + step)
-            k = lo - a
-            here = sel[k:k + hi - lo]
-            nxt = np.zeros(hi - lo, dtype=bool)
-            tail = cont[k + 1:k + 1 + hi - lo]
-            nxt[:len(tail)] = tail
-            starts_l.append(np.flatnonzero(here & ~cont[k:k + hi - lo]) + lo)
-            ends_l.append(np.flatnonzero(here & ~nxt) + lo)
-        starts = np.concatenate(starts_l) if starts_l else np.zeros(0, dtype=np.int64)
-        ends = np.concatenate(ends_l) if ends_l else np.zeros(0, dtype=np.int64)
-        if not len(starts):
-            return np.zeros(0), np.zeros(0), 0
-        runs = len(starts)
-        if runs > max_segments:
-            keep = np.linspace(0, runs - 1, max_segments).astype(np.int64)
-            starts, ends = starts[keep], ends[keep]
-        x = np.empty(2 * len(starts))
-        y = np.empty(2 * len(starts))
-        x[0::2] = starts.astype(np.float64) * cs
-        x[1::2] = ends.astype(np.float64) * cs + cs
-        y[0::2] = hosts[starts].astype(np.float64)
-        y[1::2] = hosts[ends].astype(np.float64) + cs
-        return x, y, runs
+
+def mapping_segments(gm, max_segments: int = MAX_SEGMENTS) -> tuple[np.ndarray, np.ndarray, int]:
+    """Line segments (x0, y0, x1, y1 flattened as pairs) of contiguous guest->host runs.
+
+    Returns (x, y, number of runs) in bytes; with more runs than
+    ``max_segments`` every k-th run is kept so the picture stays fast.
+    """
+    if gm is None:
+        return np.zeros(0), np.zeros(0), 0
+    cs = gm.cluster_size
+    states = np.asarray(gm.states)
+    depth = np.asarray(gm.depth)
+    hosts = np.asarray(gm.host_offsets, dtype=np.uint64)
+    n = len(states)
+    step = np.uint64(cs)
+    starts_l: list[np.ndarray] = []
+    ends_l: list[np.ndarray] = []
+    # in chunks, so a 16-million-cluster disk never needs 16 million int64s at once
+    for lo in range(0, n, SEGMENT_CHUNK):
+        hi = min(n, lo + SEGMENT_CHUNK)
+        a, b = max(lo - 1, 0), min(n, hi + 1)
+        st = states[a:b]
+        sel = ((st == 2) | (st == 3) | (st == 5)) & (depth[a:b] == 0)
+        h = hosts[a:b]
+        cont = np.zeros(b - a, dtype=bool)
+        cont[1:] = sel[1:] & sel[:-1] & (h[1:] == h[:-1] + step)
+        k = lo - a
+        here = sel[k:k + hi - lo]
+        nxt = np.zeros(hi - lo, dtype=bool)
+        tail = cont[k + 1:k + 1 + hi - lo]
+        nxt[:len(tail)] = tail
+        starts_l.append(np.flatnonzero(here & ~cont[k:k + hi - lo]) + lo)
+        ends_l.append(np.flatnonzero(here & ~nxt) + lo)
+    starts = np.concatenate(starts_l) if starts_l else np.zeros(0, dtype=np.int64)
+    ends = np.concatenate(ends_l) if ends_l else np.zeros(0, dtype=np.int64)
+    if not len(starts):
+        return np.zeros(0), np.zeros(0), 0
+    runs = len(starts)
+    if runs > max_segments:
+        keep = np.linspace(0, runs - 1, max_segments).astype(np.int64)
+        starts, ends = starts[keep], ends[keep]
+    x = np.empty(2 * len(starts))
+    y = np.empty(2 * len(starts))
+    x[0::2] = starts.astype(np.float64) * cs
+    x[1::2] = ends.astype(np.float64) * cs + cs
+    y[0::2] = hosts[starts].astype(np.float64)
+    y[1::2] = hosts[ends].astype(np.float64) + cs
+    return x, y, runs
 
 
 def describe_size(n: int) -> str:

@@ -20,6 +20,7 @@ from ..model.units import human_size
 from ..model.workers import Worker
 from .axes import ByteAxis
 
+SYNC_CLUSTERS = 1 << 20      # above this, pictures are binned in a worker
 MODE_LABELS = {"kind": "By kind", "refcount": "By refcount", "guest": "Guest view"}
 
 
@@ -238,8 +239,18 @@ class HeatmapView(QWidget):
             self.legend.set_entries([])
             self.info.setText("")
             return
+        rows, width = self._max_rows(), self._width_for(mode)
+        pic = m.cached_picture(mode, max_rows=rows, width=width)
+        if pic is None and m.count(mode) > SYNC_CLUSTERS:
+            # millions of clusters: bin in a worker and draw when it is done
+            self._start_prefetch()
+            if self.picture is None or self.picture.mode != mode:
+                self.placeholder.setText("Drawing…")
+                self.placeholder.show()
+            return
         self.placeholder.hide()
-        pic = m.picture(mode, max_rows=self._max_rows(), width=self._width_for(mode))
+        if pic is None:
+            pic = m.picture(mode, max_rows=rows, width=width)
         n = pic.count
         self.picture = pic
         self.item.set_picture(pic)
@@ -273,9 +284,26 @@ class HeatmapView(QWidget):
         if not todo:
             return
         model = self.model
+        # the shown mode first
+        todo.sort(key=lambda t: t[0] != self._mode)
         self._prefetch = Worker("Preparing pictures",
                                 lambda _p, cancel: model.prefetch(todo, cancel), self)
+        self._prefetch.succeeded.connect(self._prefetched)
         self._prefetch.start()
+
+    def _prefetched(self, _result) -> None:
+        pic = self.picture
+        if pic is None or pic.mode != self._mode or self.model.cached_picture(
+                self._mode, max_rows=self._max_rows(),
+                width=self._width_for(self._mode)) is not pic:
+            self.redraw()
+
+    @property
+    def ready(self) -> bool:
+        """The picture of the current mode is on screen (or there is no map to draw)."""
+        if not self.model.available(self._mode):
+            return True
+        return self.picture is not None and self.picture.mode == self._mode
 
     def stop_prefetch(self) -> None:
         w = self._prefetch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QSplitter, QTabWidget, QVBoxLayout,
                                QWidget)
@@ -22,8 +22,6 @@ from ..model.header_model import HeaderModel
 from ..model.problems_model import ProblemsModel
 from ..model.table_tree_model import TableTreeModel
 from .headerpanel import HeaderPanel
-from .heatmap import HeatmapView
-from .mappingplot import MappingPlot
 from .problemspanel import ProblemsPanel
 from .tablepanel import TablePanel
 
@@ -53,6 +51,15 @@ class Banner(QLabel):
         self.show()
 
 
+class _Box(QWidget):
+    """A tab page whose content is added later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+
+
 def _esc(t: str) -> str:
     return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -77,15 +84,20 @@ class ImageTab(QWidget):
         self.banner = Banner()
         self.header_panel = HeaderPanel(self.header_model)
         self.table_panel = TablePanel(self.tree_model)
-        self.heatmap = HeatmapView(self.allocation)
-        self.mapping = MappingPlot(self.allocation)
+        # the pictures need pyqtgraph, which takes a while to import: they are built
+        # just after the first paint, so the header and tree show at once
+        self._heatmap = None
+        self._mapping = None
+        self._map_box = _Box()
+        self._mapping_box = _Box()
         self.problems = ProblemsPanel(self.problems_model)
         self.views = QTabWidget()
         self.views.setObjectName("views")
         self.views.setDocumentMode(True)
-        self.views.addTab(self.heatmap, "Map")
-        self.views.addTab(self.mapping, "Mapping")
+        self.views.addTab(self._map_box, "Map")
+        self.views.addTab(self._mapping_box, "Mapping")
         self.views.addTab(self.problems, "Problems")
+        QTimer.singleShot(30, self, self._build_pictures)
 
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.setObjectName("imageSplitter")
@@ -108,7 +120,6 @@ class ImageTab(QWidget):
         self.header_panel.showFileBytes.connect(self.showFileBytes)
         self.table_panel.showFileBytes.connect(self.showFileBytes)
         self.table_panel.showGuestOffset.connect(self.showGuestOffset)
-        self.heatmap.clusterClicked.connect(self._cluster_clicked)
         self.problems.entryRequested.connect(self._go_entry)
         self.problems.clusterRequested.connect(
             lambda c: self._cluster_clicked(c, "kind"))
@@ -122,6 +133,28 @@ class ImageTab(QWidget):
             self._reload()
         if d.analysis is not None:
             self._maps_ready()
+
+    def _build_pictures(self) -> None:
+        if self._heatmap is not None:
+            return
+        from .heatmap import HeatmapView
+        from .mappingplot import MappingPlot
+        self._heatmap = HeatmapView(self.allocation)
+        self._mapping = MappingPlot(self.allocation)
+        self._map_box.layout().addWidget(self._heatmap)
+        self._mapping_box.layout().addWidget(self._mapping)
+        self._heatmap.clusterClicked.connect(self._cluster_clicked)
+        self._heatmap.redraw()
+
+    @property
+    def heatmap(self):
+        self._build_pictures()
+        return self._heatmap
+
+    @property
+    def mapping(self):
+        self._build_pictures()
+        return self._mapping
 
     # -- hooks for other views ---------------------------------------------------------------
     def add_view(self, name: str, widget: QWidget) -> int:
@@ -233,6 +266,13 @@ class ImageTab(QWidget):
                 return
         self.table_panel.go_to_table(cluster * cs)
 
+    @property
+    def ready(self) -> bool:
+        """Maps built (or failed) and the pictures drawn."""
+        d = self.document
+        return d.analysis is not None and not d.busy and self.heatmap.ready
+
     def close_document(self) -> None:
-        self.heatmap.stop_prefetch()
+        if self._heatmap is not None:
+            self._heatmap.stop_prefetch()
         self.document.close()
