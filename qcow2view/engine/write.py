@@ -267,10 +267,13 @@ class Writer:
         return False
 
     def _zero_partial(self, lo: int, hi: int, unit: int, vsize: int) -> None:
-        """An unaligned piece: zero the whole unit if it already reads zero, else write zeros."""
+        """An unaligned piece: if the whole (sub-)cluster already reads as zero by its
+        allocation status (qemu's is_zero: zero flag, or unallocated with nothing
+        below), zero it in the metadata; otherwise write zeros."""
         ua = lo // unit * unit
         ub = min(ua + unit, vsize)
-        if not any(self.image.read(ua, ub - ua)):
+        m = self.image.guest_mapping(ua)
+        if m.depth == -1 or m.type in (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC):
             self._zero_run(ua, ub - ua)
         else:
             self._run(lo, hi - lo, bytes(hi - lo), zero=False)

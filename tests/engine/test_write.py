@@ -366,3 +366,12 @@ def test_backing_file_shorter_than_the_disk(tmp_path):
     img = qemu.create(tmp_path / "long.qcow2", "3M", backing=str(base), backing_fmt="qcow2")
     _twin(tmp_path, img, [("w", MiB - 100, 200, 1), ("w", 2 * MiB + 7, 3, 2),
                           ("z", MiB - 10, 20, 0)])
+
+
+def test_unaligned_zero_write_on_zero_filled_data_writes_zeros(tmp_path):
+    # qemu decides by allocation status, not content: data that happens to be
+    # zero stays data
+    img = qemu.create(tmp_path / "zz.qcow2", "1M")
+    qemu.qemu_io(img, "write -P 0 0 128k", "write -z 256k 64k")
+    _twin(tmp_path, img, [("z", 100, 1000, 0), ("z", 64 * KiB + 1, 64 * KiB - 1, 0),
+                          ("z", 256 * KiB + 5, 10, 0), ("z", 512 * KiB + 3, 10, 0)])
