@@ -24,7 +24,7 @@ from .errors import CorruptImageError, ReadOnlyError, UnsupportedFeatureError
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .refcounts import decode_refcount_block, encode_refcount_block
 from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
-                      Scanner, read_zero_filled)
+                      Scanner, check_cancel, read_zero_filled)
 
 __all__ = ["CheckResult", "Finding", "check", "repair"]
 
@@ -204,8 +204,24 @@ def _scan(image, progress: Progress, cancel: Cancel) -> tuple[RefScan, DiskRefco
 
 def check(image, progress: Progress = None, cancel: Cancel = None) -> CheckResult:
     """Check the image like ``qemu-img check`` (read-only)."""
+    cached = _cached_scan(image)
+    if cached is not None:
+        check_cancel(cancel)
+        if progress is not None:
+            progress(1, 1)
+        return _result(image, *cached)
     scan, disk = _scan(image, progress, cancel)
     return _result(image, scan, disk)
+
+
+def _cached_scan(image):
+    """The walk behind the image's cached host map, if it is still current."""
+    if image.writable:
+        return None
+    hit = getattr(image, "_maps_cache", {}).get(("host",))
+    if hit is None or hit[0] != image.file.size:
+        return None
+    return getattr(hit[1], "_scan", None)
 
 
 def _result(image, scan: RefScan, disk: DiskRefcounts) -> CheckResult:

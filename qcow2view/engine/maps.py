@@ -77,6 +77,7 @@ class HostMap:
                                  # as wide as the image's refcount_bits, to stay compact)
     references: np.ndarray       # uint32 references found per host cluster
     _owners: Callable[[int], list[Owner]] | None = field(default=None, repr=False)
+    _scan: tuple | None = field(default=None, repr=False)   # (RefScan, DiskRefcounts)
 
     def owners(self, cluster: int) -> list[Owner]:
         """Reverse lookup for one cluster (reads the tables again, on demand)."""
@@ -116,8 +117,10 @@ class GuestMap:
 def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap:
     nb = -(-image.file.size // image.cluster_size)
     disk = DiskRefcounts(image, nb + 1, cancel)
-    scan = Scanner(image, disk=disk, want_ranges=True, progress=progress,
-                   cancel=cancel).run()
+    # the walk also checks COPIED flags, so that a check right after (the GUI
+    # does both) can reuse it instead of walking the image again
+    scan = Scanner(image, disk=disk, want_ranges=True, check_copied=True,
+                   progress=progress, cancel=cancel).run()
     n = scan.nb_clusters
     # views of the scan's arrays (no copies: a 1 TiB image has 16M clusters)
     kinds = scan.kinds[:n]
@@ -140,6 +143,7 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
         if c < n:
             kinds[c] = HostKind.CORRUPT
     hm = HostMap(image.cluster_size, image.file.size, kinds, ondisk, refs)
+    hm._scan = (scan, disk)
     tables = scan.l2_table_arrays()
     lo = np.concatenate(scan.l2_lo) if scan.l2_lo else np.zeros(0, np.int64)
     hi = np.concatenate(scan.l2_hi) if scan.l2_hi else np.zeros(0, np.int64)

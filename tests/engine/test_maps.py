@@ -208,3 +208,16 @@ def test_maps_are_cached_until_invalidated(tmp_path):
         g = im.guest_map()
         im.invalidate_caches()
         assert im.guest_map() is not g
+
+
+def test_check_after_host_map_reuses_the_walk_and_agrees(tmp_path):
+    p = _img(tmp_path)
+    dmg_leak(p)
+    dmg_refcount_zero(p)
+    with open_image(p) as im:
+        fresh = im.check()
+        im.host_map()
+        reused = im.check()
+    assert reused.to_json() == fresh.to_json()
+    assert [(f.kind, f.cluster) for f in reused.findings] == \
+        [(f.kind, f.cluster) for f in fresh.findings]
