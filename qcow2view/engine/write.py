@@ -44,7 +44,7 @@ ALL_ZERO = C.L2_BITMAP_ALL_ZERO
 ZERO_CHUNK = 8 << 20
 # pending metadata is committed at flush, or once this much piles up
 COMMIT_BYTES = 64 << 20
-COMMIT_TABLES = 64
+COMMIT_TABLE_ENTRIES = 1 << 20      # pending L2 entries held as Python lists (~40 MB)
 COMMIT_FREES = 4096
 
 
@@ -608,7 +608,8 @@ class Writer:
             im._zcache = None
         im._maps_cache = {}
         self.pending_data += sum(n.hi - n.lo for n in news)
-        if (self.pending_data >= COMMIT_BYTES or len(self.pending) >= COMMIT_TABLES
+        if (self.pending_data >= COMMIT_BYTES
+                or len(self.pending) * self.image.l2_size >= COMMIT_TABLE_ENTRIES
                 or len(self.pending_frees) >= COMMIT_FREES):
             self.commit()
 
