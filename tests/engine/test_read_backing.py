@@ -122,3 +122,28 @@ def test_unsupported_backing_format_is_refused(tmp_path):
     top = qemu.create(tmp_path / "top.qcow2", "1M", backing=str(base), backing_fmt="vmdk")
     with pytest.raises(BackingFileError, match="vmdk"):
         open_image(top)
+
+
+@pytest.mark.parametrize("base_fmt", ["qcow2", "raw"])
+def test_backing_format_is_probed_when_not_named(tmp_path, guest_write, reads_like_qemu,
+                                                 base_fmt):
+    """Old images have no backing format extension: the format is probed (qcow2 by its
+    magic, raw otherwise), as QEMU 7.2 still does for them."""
+    base = tmp_path / f"base.{base_fmt}"
+    if base_fmt == "raw":
+        base.write_bytes(guest_data(MiB, 1))
+    else:
+        qemu.create(base, "1M")
+        guest_write(base, 0, guest_data(MiB, 1))
+    top = qemu.create(tmp_path / "top.qcow2", "1M", backing=str(base), backing_fmt=base_fmt)
+    guest_write(top, 5000, b"top!")
+    with open_image(top) as img:
+        ext = next(e for e in img.extensions if e.name == "Backing file format name")
+    with open(top, "r+b") as f:          # make the extension one nobody knows
+        f.seek(ext.offset)
+        f.write(b"\x12\x34\x56\x78")
+    reads_like_qemu(top)
+    with open_image(top) as img:
+        assert img.backing_format is None
+        assert img.backing_chain[0].format == base_fmt
+        assert img.read(0, 5000) == guest_data(MiB, 1)[:5000]
