@@ -73,12 +73,15 @@ def read_zero_filled(file, offset: int, length: int) -> bytes:
     return data
 
 
-def read_tables(file, offsets: np.ndarray, cs: int, extended: bool
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one cluster at each offset into an (n, cs/8) native uint64 array."""
+def read_tables(file, offsets: np.ndarray, cs: int, extended: bool,
+                buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one cluster at each offset into an (n, cs/8) native uint64 array
+    (inside ``buf`` when it is big enough: reusing one buffer spares the page
+    faults of a fresh one per batch)."""
     import os
     n = len(offsets)
-    arr = np.empty(n * (cs // 8), dtype=U64)
+    words = n * (cs // 8)
+    arr = buf[:words] if buf is not None and len(buf) >= words else np.empty(words, dtype=U64)
     mv = memoryview(arr).cast("B")
     fd = file.fd
     size = file.size
@@ -269,6 +272,7 @@ class Scanner:
         self.disk = disk
         self.check_copied = check_copied and disk is not None
         self.want_ranges = want_ranges
+        self._buf: np.ndarray | None = None
         self.progress = progress
         self.cancel = cancel
         self.extended = image.extended_l2
@@ -522,7 +526,10 @@ class Scanner:
         Reads straight into one numpy buffer with positional reads (thread-safe);
         bytes past the end of the file read as zeros, as in QEMU.
         """
-        return read_tables(self.im.file, l2_offsets, self.cs, self.extended)
+        if self._buf is None:
+            per_batch = max(1, BATCH_ENTRIES // self.im.l2_size)
+            self._buf = np.empty(per_batch * (self.cs // 8), dtype=U64)
+        return read_tables(self.im.file, l2_offsets, self.cs, self.extended, self._buf)
 
     def _walk_l2_batch(self, l2_offsets: np.ndarray, l1_idx: np.ndarray, active: bool,
                        sname: str | None) -> None:
