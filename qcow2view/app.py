@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 APP_NAME = "qcow2view"
 SCREENSHOT_TIMEOUT = 120.0      # seconds to wait for maps before giving up
@@ -22,7 +21,6 @@ def _headless_default() -> None:
 
 def make_app():
     """The QApplication (created once), named so QSettings and the desktop agree."""
-    from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
     app = QApplication.instance()
     if app is None:
@@ -30,20 +28,12 @@ def make_app():
     app.setOrganizationName(APP_NAME)
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName("qcow2view")
-    app.setDesktopFileName(APP_NAME)
-    icon = _icon_path()
-    if icon is not None:
-        app.setWindowIcon(QIcon(str(icon)))
+    try:
+        from .desktop import setup_application
+        setup_application(app)      # icon, desktop file name (the packaging's identity)
+    except (ImportError, OSError):
+        app.setDesktopFileName(APP_NAME)
     return app
-
-
-def _icon_path() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for p in (here / "resources" / "qcow2view.svg", here.parent / "resources" / "qcow2view.svg",
-              here / "resources" / "icons" / "qcow2view.svg"):
-        if p.exists():
-            return p
-    return None
 
 
 def run_gui(ns) -> int:
@@ -92,7 +82,7 @@ def _screenshot(ns, app) -> int:
         print(f"qcow2view: {text}", file=sys.stderr)
 
     dialogs.set_hook(to_stderr)
-    win = MainWindow()
+    win = MainWindow(remember=False)
     try:
         win.resize(1600, 960)
         paths = list(ns.images)

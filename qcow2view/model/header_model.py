@@ -68,7 +68,7 @@ def _header_meaning(img: Image, name: str, value) -> str:
         return f"encryption: {CRYPT_METHODS.get(value, 'unknown')}"
     if name == "l1_size":
         span = img.l2_size * cs
-        return f"{value:,} entries, each maps {human_size(span)}"
+        return f"{value:,} entr{'y' if value == 1 else 'ies'}, each maps {human_size(span)}"
     if name in ("l1_table_offset", "refcount_table_offset", "snapshots_offset"):
         if not value:
             return "none"

@@ -352,7 +352,7 @@ class TableTreeModel(QAbstractItemModel):
             if col == COL_GUEST:
                 n = len(node.raw) if node.raw is not None else (
                     node.snapshot.l1_size if node.snapshot else 0)
-                return f"{n:,} entries"
+                return f"{n:,} entr{'y' if n == 1 else 'ies'}"
             if col == COL_HOST:
                 return f"{node.table_offset:#x}"
             if col == COL_PROBLEM:

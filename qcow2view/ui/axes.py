@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyqtgraph as pg
 
 from ..model.units import human_size
@@ -15,7 +17,21 @@ class ByteAxis(pg.AxisItem):
         self.bytes_per_unit = scale
         self.enableAutoSIPrefix(False)
 
+    def tickSpacing(self, minVal, maxVal, size):
+        """Ticks at powers of two bytes (64 MiB, 128 MiB, ...), about one per 80 pixels."""
+        bpu = self.bytes_per_unit or 1.0
+        span = (maxVal - minVal) * bpu
+        if span <= 0 or size <= 0:
+            return super().tickSpacing(minVal, maxVal, size)
+        target = span / max(2.0, size / 80.0)
+        major = 2.0 ** math.ceil(math.log2(max(target, 1.0)))
+        self._major = major / bpu
+        return [(major / bpu, 0), (major / 4 / bpu, 0)]
+
     def tickStrings(self, values, scale, spacing):
+        major = getattr(self, "_major", None)
+        if major is not None and spacing < major * 0.99:
+            return [""] * len(values)       # minor ticks: marks, no labels
         out = []
         for v in values:
             b = v * self.bytes_per_unit

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, Signal
+from PySide6.QtCore import QModelIndex, Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableView, QVBoxLayout, QWidget
 
-from ..model.header_model import HeaderModel, OffsetRole
+from ..model.header_model import HeaderModel, OffsetRole, SectionRole
 
 
 class HeaderPanel(QWidget):
@@ -24,12 +24,17 @@ class HeaderPanel(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SingleSelection)
         self.view.setAlternatingRowColors(True)
         self.view.setWordWrap(False)
+        self.view.setTextElideMode(Qt.ElideMiddle)
         self.view.verticalHeader().hide()
         self.view.verticalHeader().setDefaultSectionSize(
             self.view.fontMetrics().height() + 6)
         hh = self.view.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.Interactive)
         hh.setStretchLastSection(True)
+        # meaning next to the field name: what a person reads first in a narrow panel
+        hh.moveSection(3, 1)
+        hh.setStretchLastSection(False)
+        hh.setSectionResizeMode(3, QHeaderView.Interactive)
         self.view.clicked.connect(self._clicked)
         self.view.activated.connect(self._clicked)
         model.modelReset.connect(self._fit)
@@ -39,10 +44,16 @@ class HeaderPanel(QWidget):
         lay.addWidget(self.view)
 
     def _fit(self) -> None:
-        self.view.resizeColumnsToContents()
+        self.view.clearSpans()
+        for r in range(self.model.rowCount()):
+            if self.model.index(r, 0).data(SectionRole):
+                self.view.setSpan(r, 0, 1, 4)
         fm = self.view.fontMetrics()
-        self.view.setColumnWidth(0, min(self.view.columnWidth(0), fm.horizontalAdvance("x") * 26))
-        self.view.setColumnWidth(2, min(self.view.columnWidth(2), fm.horizontalAdvance("x") * 20))
+        x = fm.horizontalAdvance("x")
+        self.view.setColumnWidth(0, x * 21)
+        self.view.setColumnWidth(3, x * 42)
+        self.view.setColumnWidth(1, fm.horizontalAdvance("0x330000") + 12)
+        self.view.setColumnWidth(2, fm.horizontalAdvance("0x0000000000000000") + 12)
 
     def _clicked(self, index: QModelIndex) -> None:
         where = index.data(OffsetRole)

@@ -108,7 +108,7 @@ class ImageTab(QWidget):
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 4)
         self.splitter.setStretchFactor(2, 4)
-        self.splitter.setSizes([470, 560, 570])
+        self._sized = False
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         top = QHBoxLayout()
@@ -134,6 +134,14 @@ class ImageTab(QWidget):
         if d.analysis is not None:
             self._maps_ready()
 
+    def showEvent(self, ev) -> None:
+        super().showEvent(ev)
+        if not self._sized:
+            self._sized = True
+            if not getattr(self, "restored_layout", False):
+                # proportions: QSplitter spreads its real width by these weights
+                self.splitter.setSizes([3200, 3100, 3700])
+
     def _build_pictures(self) -> None:
         if self._heatmap is not None:
             return
@@ -141,8 +149,16 @@ class ImageTab(QWidget):
         from .mappingplot import MappingPlot
         self._heatmap = HeatmapView(self.allocation)
         self._mapping = MappingPlot(self.allocation)
-        self._map_box.layout().addWidget(self._heatmap)
-        self._mapping_box.layout().addWidget(self._mapping)
+        # the real pages take the placeholders' places
+        for box, widget, name in ((self._map_box, self._heatmap, "Map"),
+                                  (self._mapping_box, self._mapping, "Mapping")):
+            i = self.views.indexOf(box)
+            current = self.views.currentIndex() == i
+            self.views.insertTab(i, widget, name)
+            self.views.removeTab(self.views.indexOf(box))
+            box.deleteLater()
+            if current:
+                self.views.setCurrentWidget(widget)
         self._heatmap.clusterClicked.connect(self._cluster_clicked)
         self._heatmap.redraw()
 

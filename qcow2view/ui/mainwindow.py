@@ -22,8 +22,10 @@ class MainWindow(QMainWindow):
     documentOpened = Signal(object)     # ImageTab
     documentClosed = Signal(str)        # path
 
-    def __init__(self, *, edit: bool = False, parent: QWidget | None = None) -> None:
+    def __init__(self, *, edit: bool = False, remember: bool = True,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.remember = remember      # False: leave settings and recent files alone
         self.setObjectName("mainWindow")
         self.setWindowTitle("qcow2view")
         self.setAcceptDrops(True)
@@ -151,6 +153,10 @@ class MainWindow(QMainWindow):
 
     # -- settings --------------------------------------------------------------------------
     def _restore(self) -> None:
+        if not self.remember:
+            self.resize(1400, 860)
+            self._splitter_state = None
+            return
         s = settings()
         geo = s.value("geometry")
         if isinstance(geo, QByteArray) and not geo.isEmpty():
@@ -164,6 +170,8 @@ class MainWindow(QMainWindow):
         self._splitter_state = split if isinstance(split, QByteArray) else None
 
     def save_settings(self) -> None:
+        if not self.remember:
+            return
         s = settings()
         s.setValue("geometry", self.saveGeometry())
         s.setValue("windowState", self.saveState())
@@ -219,7 +227,7 @@ class MainWindow(QMainWindow):
         from .hexview import attach_hex_views
         attach_hex_views(tab)
         if self._splitter_state is not None:
-            tab.splitter.restoreState(self._splitter_state)
+            tab.restored_layout = tab.splitter.restoreState(self._splitter_state)
         tab.titleChanged.connect(self._update_state)
         tab.actionsChanged.connect(self._update_state)
         doc.progress.connect(lambda t, d, n, tab=tab: self._progress(tab, t, d, n))
@@ -230,8 +238,9 @@ class MainWindow(QMainWindow):
         self.tabs.setTabToolTip(i, path)
         self.tabs.setCurrentIndex(i)
         self.stack.setCurrentWidget(self.tabs)
-        add_recent(path)
-        self._refresh_recent()
+        if self.remember:
+            add_recent(path)
+            self._refresh_recent()
         doc.start_analysis()
         self.documentOpened.emit(tab)
         self._update_state()
@@ -252,6 +261,7 @@ class MainWindow(QMainWindow):
         self.documentClosed.emit(path)
         if not self.tabs.count():
             self.stack.setCurrentWidget(self.start)
+            self.status_label.setText("")
         self._update_state()
 
     def close_current(self) -> None:

@@ -21,6 +21,7 @@ class ProblemsPanel(QWidget):
         self.view.setModel(model)
         self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.view.verticalHeader().hide()
+        self.view.verticalHeader().setDefaultSectionSize(self.view.fontMetrics().height() + 6)
         self.view.horizontalHeader().setStretchLastSection(True)
         self.view.setAlternatingRowColors(True)
         self.view.activated.connect(self._go)

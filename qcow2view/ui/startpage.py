@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
                                QVBoxLayout, QWidget)
 
@@ -19,6 +20,16 @@ class StartPage(QWidget):
         super().__init__(parent)
         self.setObjectName("startPage")
         title = QLabel("<span style='font-size:22pt; font-weight:600'>qcow2view</span>")
+        icon = QLabel()
+        try:
+            from ..desktop import icon_path
+            icon.setPixmap(QPixmap(str(icon_path(64))))
+        except (ImportError, OSError):
+            pass
+        head = QHBoxLayout()
+        head.addWidget(icon)
+        head.addWidget(title)
+        head.addStretch(1)
         sub = QLabel("Look inside QCOW2 disk images: header, tables, where every cluster "
                      "lives, and the guest disk byte by byte.")
         sub.setWordWrap(True)
@@ -39,13 +50,14 @@ class StartPage(QWidget):
         buttons.addStretch(1)
         self.recent = QListWidget()
         self.recent.setObjectName("recentList")
+        self.recent.setStyleSheet("QListWidget#recentList::item { padding: 5px 4px; }")
         self.recent.itemActivated.connect(
             lambda it: self.recentRequested.emit(it.data(Qt.UserRole)))
         hint = QLabel("You can also drop .qcow2 files on this window.")
         hint.setStyleSheet("color: #78909c")
 
         col = QVBoxLayout()
-        col.addWidget(title)
+        col.addLayout(head)
         col.addWidget(sub)
         col.addSpacing(12)
         col.addLayout(buttons)

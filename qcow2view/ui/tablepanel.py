@@ -39,12 +39,17 @@ class TablePanel(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SingleSelection)
         fm = self.view.fontMetrics()
         cw = fm.horizontalAdvance("0")
-        widths = {COL_INDEX: 26, COL_GUEST: 30, COL_RAW: 19, COL_HOST: 13, COL_FLAGS: 18,
+        widths = {COL_INDEX: 20, COL_GUEST: 28, COL_RAW: 19, COL_HOST: 11, COL_FLAGS: 16,
                   COL_REFCOUNT: 8, COL_PROBLEM: 20}
         for col, n in widths.items():
             self.view.setColumnWidth(col, cw * n)
-        self.view.header().setSectionResizeMode(QHeaderView.Interactive)
-        self.view.header().setStretchLastSection(True)
+        hh = self.view.header()
+        hh.setSectionResizeMode(QHeaderView.Interactive)
+        hh.setStretchLastSection(True)
+        # what an entry means first, its raw bits later
+        for visual, col in enumerate((COL_INDEX, COL_FLAGS, COL_HOST, COL_GUEST, COL_REFCOUNT,
+                                      COL_RAW, COL_PROBLEM)):
+            hh.moveSection(hh.visualIndex(col), visual)
         self.view.clicked.connect(self._clicked)
         self.view.activated.connect(self._clicked)
 
@@ -62,9 +67,18 @@ class TablePanel(QWidget):
         model.modelReset.connect(self._expand_top)
 
     def _expand_top(self) -> None:
+        """Open the active L1 table and its first L2 table: something to read at once."""
         root = self.model.index(0, 0)
-        if root.isValid():
-            self.view.expand(root)
+        if not root.isValid():
+            return
+        self.view.expand(root)
+        if self.model.canFetchMore(root):
+            self.model.fetchMore(root)
+        for r in range(min(self.model.rowCount(root), 64)):
+            child = self.model.index(r, 0, root)
+            if self.model.hasChildren(child):
+                self.view.expand(child)
+                break
 
     def _filter(self, on: bool) -> None:
         self.model.set_allocated_only(on)
