@@ -146,6 +146,22 @@ def _bin_most_severe(values: np.ndarray, severity: np.ndarray, b: int) -> np.nda
     return v[np.arange(groups), pick]
 
 
+def _host_severity() -> np.ndarray:
+    """Binning order of host kinds: the engine's HOST_KIND_SEVERITY (corrupt > leaked >
+    the rest > free), refined inside "the rest" so metadata shows through data."""
+    try:
+        from ..engine.maps import HOST_KIND_SEVERITY
+        base = np.zeros(256, dtype=np.uint16)
+        base[:len(HOST_KIND_SEVERITY)] = np.asarray(HOST_KIND_SEVERITY, dtype=np.uint16)
+    except ImportError:
+        base = _SEVERITY.astype(np.uint16)
+    rank = np.full(256, 3, dtype=np.uint16)      # metadata of every kind
+    rank[0] = 0
+    rank[11] = 1                                 # data
+    rank[12] = 2                                 # compressed
+    return (base * 4 + rank).astype(np.uint8)
+
+
 def mode_indices(mode: str, host_map, guest_map) -> np.ndarray:
     """Palette index per cluster for ``mode`` (before binning)."""
     if mode == "kind":
@@ -203,13 +219,7 @@ class AllocationModel(QObject):
         self._counts: dict[str, np.ndarray] = {}
         self._segments: dict[int, tuple] = {}
         self._gen = 0       # bumped by set_maps: late prefetch results are dropped
-        try:
-            from ..engine.maps import HOST_KIND_SEVERITY
-            sev = np.zeros(256, dtype=np.uint8)
-            sev[:len(HOST_KIND_SEVERITY)] = np.asarray(HOST_KIND_SEVERITY, dtype=np.uint8)
-            self._host_severity = sev
-        except ImportError:
-            self._host_severity = _SEVERITY
+        self._host_severity = _host_severity()
 
     # -- content -----------------------------------------------------------------------
     def set_maps(self, host_map, guest_map, prepared: dict | None = None) -> None:

@@ -259,10 +259,11 @@ class HeatmapView(QWidget):
         self.legend.set_entries(m.legend(mode))
         what = "guest" if mode == "guest" else "host"
         cell = ("1 cell = 1 cluster" if pic.bin == 1
-                else f"1 cell = {pic.bin:,} clusters ({human_size(pic.bin * pic.cluster_size)}), "
-                     "most severe shown")
-        self.info.setText(f"{MODE_TITLES[mode]}: {n:,} {what} clusters of "
-                          f"{human_size(pic.cluster_size)} · {cell}")
+                else f"1 cell = {pic.bin:,} clusters ({human_size(pic.bin * pic.cluster_size)})")
+        self.info.setText(f"{n:,} {what} clusters of {human_size(pic.cluster_size)} · {cell}")
+        self.info.setToolTip(f"{MODE_TITLES[mode]}. " + (
+            "" if pic.bin == 1 else "Each cell shows the most severe kind among its clusters: "
+            "corrupt, then leaked, then metadata, compressed, data, free."))
         if self.selected is not None and mode != "guest":
             self._mark(self.selected)
 
