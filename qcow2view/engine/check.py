@@ -262,8 +262,7 @@ def repair(image, leaks: bool = True, all: bool = False, progress: Progress = No
     finally:
         if writer is not None:
             # the allocator caches refcount blocks we rewrote underneath it
-            from .allocator import RefcountAllocator
-            writer.alloc = RefcountAllocator(image)
+            writer.alloc.forget()
 
 
 def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
@@ -282,29 +281,48 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
             "the refcount structure itself is damaged and needs a rebuild; use "
             "'qemu-img check -r all'", structure="refcount table",
             offset=image.header.refcount_table_offset, path=image.path)
-    nb = scan.nb_clusters
-    counted = scan.counted().astype(np.uint64)
-    ondisk = disk.counts[:nb].astype(np.uint64)
-    ok = np.ones(nb, dtype=bool)
-    for rti in disk.bad_blocks:
-        ok[rti * disk.per_block:(rti + 1) * disk.per_block] = False
-    raise_ = ok & (ondisk < counted) & (ondisk > 0) if fix_errors else np.zeros(nb, bool)
-    if fix_errors and np.any(ok & (ondisk == 0) & (counted > 0)):
-        # QEMU rebuilds the refcount structure for these; we set them in place
-        # where a refcount block covers them
-        raise_ |= ok & (ondisk == 0) & (counted > 0)
-    lower = ok & (ondisk > counted) if fix_leaks else np.zeros(nb, bool)
-    target = counted
-    fixed_c = _write_refcounts(image, disk, np.nonzero(raise_)[0], target)
-    fixed_l = _write_refcounts(image, disk, np.nonzero(lower)[0], target)
+    # clusters to raise (too low, including 0 where QEMU would rebuild: we set
+    # them in place) and to lower (leaks), found chunk by chunk
+    cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
+    up: list[np.ndarray] = []
+    down: list[np.ndarray] = []
+    for lo in range(0, scan.nb_clusters, CHUNK):
+        hi = min(scan.nb_clusters, lo + CHUNK)
+        refs = scan.refs[lo:hi]
+        counted = np.minimum(refs, np.uint32(cap)) if cap is not None else refs
+        ondisk = disk.counts[lo:hi]
+        ne = np.not_equal(ondisk, counted)
+        for rti in disk.bad_blocks:
+            a, b = max(rti * disk.per_block, lo), min((rti + 1) * disk.per_block, hi)
+            if a < b:
+                ne[a - lo:b - lo] = False
+        idx = np.flatnonzero(ne)
+        if len(idx):
+            low = ondisk[idx].astype(np.uint64) < counted[idx].astype(np.uint64)
+            if fix_errors:
+                up.append(idx[low] + lo)
+            if fix_leaks:
+                down.append(idx[~low] + lo)
+
+    up_i = np.concatenate(up) if up else np.zeros(0, np.intp)
+    down_i = np.concatenate(down) if down else np.zeros(0, np.intp)
+    targets = [scan.refs[i].astype(np.uint64) for i in (up_i, down_i)]
+    if cap is not None:
+        targets = [np.minimum(t, np.uint64(cap)) for t in targets]
+    # raised first and flushed, leaks lowered after: a crash leaves leaks at most
+    fixed_c = _write_refcounts(image, disk, up_i, targets[0])
+    fixed_l = _write_refcounts(image, disk, down_i, targets[1])
     image.invalidate_caches()
+    del scan, disk, first, up, down, up_i, down_i     # one walk's arrays at a time
 
     # COPIED flags: always with -r all; with -r leaks only if nothing else is wrong
     scan2, disk2 = _scan(image, None, cancel)
     mid = _result(image, scan2, disk2)
     other = mid.corruptions - scan2.copied_corruptions
+    copied = scan2.copied_entries
+    del scan2, disk2
     if fix_errors or (not mid.check_errors and not other and not mid.leaks):
-        fixed_c += _fix_copied(image, scan2)
+        fixed_c += _fix_copied(image, copied)
     if fix_errors or fix_leaks:
         scan3, disk3 = _scan(image, None, cancel)
         after = _result(image, scan3, disk3)
@@ -318,26 +336,31 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
 
 
 def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
-                     target: np.ndarray) -> int:
-    """Set the refcounts of ``clusters`` to ``target`` block by block, then flush."""
+                     values: np.ndarray) -> int:
+    """Set the refcounts of ``clusters`` to ``values`` block by block, then flush."""
     if len(clusters) == 0:
         return 0
     f = image.file
     cs = image.cluster_size
     order = image.header.refcount_order
     per = disk.per_block
-    rt = image.refcount_table
     done = 0
+    order_ = np.argsort(clusters, kind="stable")
+    clusters, values = clusters[order_], values[order_]
     rtis = clusters // per
-    for rti in np.unique(rtis).tolist():
-        members = clusters[rtis == rti]
+    blocks, starts = np.unique(rtis, return_index=True)
+    ends = np.r_[starts[1:], len(clusters)]
+    for rti, a, b in zip(blocks.tolist(), starts.tolist(), ends.tolist()):
+        members, vals = clusters[a:b], values[a:b]
+        rt = image.refcount_table
         off = int(rt[rti]) & C.REFT_OFFSET_MASK if rti < len(rt) else 0
         if not off:
             off = _new_refblock(image, rti)
         counts = decode_refcount_block(read_zero_filled(f, off, cs), order)
-        counts[members - rti * per] = target[members]
+        counts[members - rti * per] = vals
         f.pwrite(off, encode_refcount_block(counts, order))
-        disk.counts[members] = target[members].astype(disk.counts.dtype)
+        inside = members < disk.n
+        disk.counts[members[inside]] = vals[inside].astype(disk.counts.dtype)
         done += len(members)
     f.fsync()
     return done
@@ -376,10 +399,10 @@ def _new_refblock(image, rti: int) -> int:
     return off
 
 
-def _fix_copied(image, scan: RefScan) -> int:
+def _fix_copied(image, entries: list[tuple[int, int, bool]]) -> int:
     f = image.file
     n = 0
-    for eo, raw, is_l1 in scan.copied_entries:
+    for eo, raw, is_l1 in entries:
         cur = struct.unpack(">Q", f.pread(eo, 8))[0]
         if cur != raw:
             continue
