@@ -745,12 +745,16 @@ class Image:
         in_cluster = pos & (cs - 1)
         cluster_left = cs - in_cluster
         if entry & C.QCOW_OFLAG_COMPRESSED:
+            if self.has_data_file:
+                self._bad_entry("compressed cluster entry in an image with an external "
+                                "data file", l1i, l2i)
             return ClusterType.COMPRESSED, entry, min(cluster_left, limit - pos), self.file
         t = C.cluster_type(entry, self.has_data_file)
+        if t in (ClusterType.ZERO_ALLOC, ClusterType.ZERO_PLAIN) and self.header.version < 3:
+            self._bad_entry("zero cluster entry in a version 2 image", l1i, l2i)
         if t == ClusterType.NORMAL:
             host = entry & C.L2E_OFFSET_MASK
-            if host & (cs - 1):
-                self._unaligned(host, l1i, l2i)
+            self._check_host(host, pos - in_cluster, l1i, l2i)
             n = min(cluster_left, limit - pos)
             # extend over following clusters that are contiguous on the host
             nxt = host + cs
@@ -767,8 +771,8 @@ class Image:
         # zero or unallocated: extend over following entries of the same type
         if t in (ClusterType.ZERO_ALLOC, ClusterType.ZERO_PLAIN):
             host = entry & C.L2E_OFFSET_MASK
-            if t == ClusterType.ZERO_ALLOC and host & (cs - 1):
-                self._unaligned(host, l1i, l2i)
+            if t == ClusterType.ZERO_ALLOC:
+                self._check_host(host, pos - in_cluster, l1i, l2i)
             kind = ClusterType.ZERO_PLAIN
         else:
             kind = ClusterType.UNALLOCATED
@@ -793,7 +797,12 @@ class Image:
         t = C.subcluster_type(entry, bm, sc, self.has_data_file)
         cluster_left = cs - in_cluster
         if t == ClusterType.COMPRESSED:
+            if self.has_data_file:
+                self._bad_entry("compressed cluster entry in an image with an external "
+                                "data file", l1i, l2i)
             return ClusterType.COMPRESSED, entry, min(cluster_left, limit - pos), self.file
+        if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC, ClusterType.UNALLOCATED_ALLOC):
+            self._check_host(entry & C.L2E_OFFSET_MASK, pos - in_cluster, l1i, l2i)
         if t == ClusterType.INVALID:
             raise CorruptImageError(
                 f"extended L2 entry has a sub-cluster both allocated and zero "
@@ -818,6 +827,21 @@ class Image:
             j += 1
         n = min((pos - in_cluster) + j * sc_size, limit) - pos
         return kind, (host + in_cluster if kind == ClusterType.NORMAL else 0), n, src
+
+    def _check_host(self, host: int, guest_cluster: int, l1i: int, l2i: int) -> None:
+        """QEMU's checks of a host cluster offset before it is used (qcow2_get_host_offset)."""
+        if host & (self.cluster_size - 1):
+            self._unaligned(host, l1i, l2i)
+        if self.has_data_file and host != guest_cluster:
+            # external data files map guest clusters 1:1
+            self._bad_entry(f"external data file host cluster offset {host:#x} does not "
+                            f"match guest cluster offset {guest_cluster:#x}", l1i, l2i)
+
+    def _bad_entry(self, what: str, l1i: int, l2i: int) -> None:
+        l2off = self._l1[l1i] & C.L1E_OFFSET_MASK
+        raise CorruptImageError(f"{what} (L1 index {l1i}, L2 index {l2i})",
+                                structure="L2 entry",
+                                offset=l2off + self.header.l2_entry_size * l2i)
 
     def _unaligned(self, host: int, l1i: int, l2i: int) -> None:
         l2off = self._l1[l1i] & C.L1E_OFFSET_MASK

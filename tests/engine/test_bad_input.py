@@ -432,3 +432,59 @@ def test_exercise_reads_the_seeds(seeds):
         with open_image(s.path) as img:
             assert img.snapshots and img.l1_table.size
         assert set(s.regions) >= {"header", "l1", "l2", "refcount block", "snapshot table"}
+
+
+# -- entries QEMU refuses to use (qcow2_get_host_offset) ------------------------------
+def _qemu_read_fails(path: Path, offset: int, fmt: str = "qcow2") -> bool:
+    p = qemu.run(qemu.QEMU_IO, "-r", "-f", fmt, "-c", f"read {offset} 512", path, check=False)
+    return b"read failed" in p.stdout + p.stderr
+
+
+def _l2_entry(path: Path, index: int):
+    with open_image(path) as img:
+        return img.l2_table(img.l1_table.entry(0).l2_offset, 0).entry(index)
+
+
+def test_zero_flag_in_a_version_2_image(tmp_path):
+    path = qemu.create(tmp_path / "v2.qcow2", "1M", "compat=0.10", "cluster_size=4096")
+    qemu.qemu_io(path, "write -P 5 0 8k")
+    e0, e2 = _l2_entry(path, 0), _l2_entry(path, 2)
+    _set(path, e0.offset, ">Q", e0.raw | 1)            # "preallocated zero"
+    _set(path, e2.offset, ">Q", 1)                     # "plain zero"
+    with open_image(path) as img:
+        for entry, guest in ((e0, 0), (e2, 8192)):
+            assert _qemu_read_fails(path, guest)
+            with pytest.raises(CorruptImageError, match="version 2") as e:
+                img.read(guest, 512)
+            assert (e.value.structure, e.value.offset) == ("L2 entry", entry.offset)
+        assert img.read(4096, 4096) == b"\5" * 4096
+
+
+@pytest.mark.parametrize("data_file_raw", ["off", "on"])
+def test_data_file_entry_not_mapping_guest_offset_1_to_1(tmp_path, monkeypatch, data_file_raw):
+    monkeypatch.chdir(tmp_path)
+    path = qemu.create(tmp_path / "d.qcow2", "1M", "data_file=d.data",
+                       f"data_file_raw={data_file_raw}")
+    qemu.qemu_io(path, "write -P 5 0 256k")
+    e1 = _l2_entry(path, 1)
+    _set(path, e1.offset, ">Q", (1 << 63) | 3 * 64 * KiB)
+    assert _qemu_read_fails(path, 64 * KiB)
+    with open_image(path) as img:
+        with pytest.raises(CorruptImageError, match="does not match guest") as e:
+            img.read(64 * KiB, 512)
+        assert e.value.offset == e1.offset
+        assert img.read(0, 512) == b"\5" * 512
+
+
+def test_compressed_entry_in_an_image_with_a_data_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = qemu.create(tmp_path / "d.qcow2", "1M", "data_file=d.data")
+    qemu.qemu_io(path, "write -P 5 0 128k")
+    e1 = _l2_entry(path, 1)
+    with open_image(path) as img:
+        _set(path, e1.offset, ">Q", img.layout.encode(64 * KiB, 100))
+    assert _qemu_read_fails(path, 64 * KiB)
+    with open_image(path) as img:
+        with pytest.raises(CorruptImageError, match="compressed") as e:
+            img.read(64 * KiB, 512)
+        assert e.value.offset == e1.offset
