@@ -334,6 +334,16 @@ class Header:
                 if f.name not in ("unknown_header_bytes", "offset", "magic")}
 
 
+def header_bytes_needed(probe: bytes) -> int:
+    """How many bytes from offset 0 :meth:`Header.parse` needs, judged from a probe:
+    a version 3 header_length (at most the largest cluster; parse checks the rest)."""
+    if len(probe) >= V3_HEADER_LENGTH and probe[:4] == QCOW_MAGIC \
+            and struct.unpack_from(">I", probe, 4)[0] == 3:
+        return max(len(probe), min(struct.unpack_from(">I", probe, 100)[0],
+                                   1 << MAX_CLUSTER_BITS))
+    return len(probe)
+
+
 def feature_bit_names(kind: int, bits: int, table: dict[tuple[int, int], str] | None = None
                       ) -> list[str]:
     """Names of the set bits, from the image's feature name table or the spec's."""

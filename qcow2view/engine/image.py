@@ -27,7 +27,8 @@ from .extensions import (EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_DATA_FILE,
 from .fileio import HostFile
 from .header import (AUTOCLEAR_BITMAPS, CRYPT_METHODS, FEATURE_INCOMPATIBLE,
                      INCOMPAT_KNOWN, QCOW_MAGIC, QCOW_MAX_BITMAPS, QCOW_MAX_L1_SIZE,
-                     QCOW_MAX_SNAPSHOTS_SIZE, Header, feature_bit_names)
+                     QCOW_MAX_SNAPSHOTS_SIZE, Header, feature_bit_names,
+                     header_bytes_needed)
 from .refcounts import RefcountTableEntry, block_entries, decode_refcount_block
 from .snapshots import Snapshot, parse_snapshot_table
 
@@ -162,7 +163,7 @@ class Image:
     # -- opening --------------------------------------------------------------------
     def _open(self, snapshot, ignore_backing_errors: bool, chain: tuple[str, ...]) -> None:
         f = self.file
-        head = f.pread(0, HEADER_PROBE)
+        head = self._header_probe()
         self.header = h = Header.parse(head, file_size=f.size)
         self.cluster_bits = h.cluster_bits
         self.cluster_size = cs = h.cluster_size
@@ -224,6 +225,13 @@ class Image:
             self._open_data_file()
         self.backing_chain: list[BackingInfo] = []
         self._open_backing(ignore_backing_errors, chain)
+
+    def _header_probe(self) -> bytes:
+        """The file's first bytes: at least the whole header (header_length may
+        exceed the usual 4 KiB probe, up to a cluster)."""
+        head = self.file.pread(0, HEADER_PROBE)
+        need = header_bytes_needed(head)
+        return self.file.pread(0, need) if need > len(head) else head
 
     def _ext_text(self, ext_type: int) -> str | None:
         for e in self.extensions:
@@ -507,7 +515,7 @@ class Image:
         f = self.file
         f.refresh_size()
         self.file_size = f.size
-        h = self.header = Header.parse(f.pread(0, HEADER_PROBE), file_size=f.size)
+        h = self.header = Header.parse(self._header_probe(), file_size=f.size)
         self._reftable = C.be_u64(f.pread_exact(
             h.refcount_table_offset, h.refcount_table_clusters * self.cluster_size,
             "refcount table"))

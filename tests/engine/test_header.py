@@ -248,3 +248,15 @@ def test_encrypted_images_show_details_but_refuse_reads(tmp_path, fmt):
             with pytest.raises(EncryptedImageError, match="encrypted images are not supported"):
                 img.read(*args)
         assert img.l1_table.size >= 1       # tables are still there to look at
+
+
+def test_header_longer_than_4k(tmp_path, guest_write, reads_like_qemu):
+    """header_length may be anything up to the cluster size."""
+    path = qemu.create(tmp_path / "h.qcow2", "1M")
+    guest_write(path, 3000, guest_data(7000, 1))
+    _relayout(path, 5000, bytes(range(256)) * 19 + bytes(5000 - 112 - 256 * 19))
+    reads_like_qemu(path)
+    with open_image(path) as img:
+        assert img.header.header_length == 5000
+        assert img.header.unknown_header_bytes[7:7 + 256] == bytes(range(256))
+        assert img.extensions[0].offset == 5000
