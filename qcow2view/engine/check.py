@@ -281,8 +281,40 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
             "the refcount structure itself is damaged and needs a rebuild; use "
             "'qemu-img check -r all'", structure="refcount table",
             offset=image.header.refcount_table_offset, path=image.path)
-    # clusters to raise (too low, including 0 where QEMU would rebuild: we set
-    # them in place) and to lower (leaks), found chunk by chunk
+    up_i, down_i, targets = _mismatches(scan, disk, fix_errors, fix_leaks)
+    # raised first and flushed, leaks lowered after: a crash leaves leaks at most
+    fixed_c = _write_refcounts(image, disk, up_i, targets[0])
+    fixed_l = _write_refcounts(image, disk, down_i, targets[1])
+    image.invalidate_caches()
+    del scan, disk, first, up_i, down_i, targets     # one walk's arrays at a time
+
+    # COPIED flags: always with -r all; with -r leaks only if nothing else is wrong
+    scan2, disk2 = _scan(image, None, cancel)
+    mid = _result(image, scan2, disk2)
+    other = mid.corruptions - scan2.copied_corruptions
+    copied = scan2.copied_entries
+    del scan2, disk2
+    fixed_flags = 0
+    if fix_errors or (not mid.check_errors and not other and not mid.leaks):
+        fixed_flags = _fix_copied(image, copied)
+        fixed_c += fixed_flags
+    if fixed_flags:
+        scan3, disk3 = _scan(image, None, cancel)      # the double check, as qemu-img's
+        after = _result(image, scan3, disk3)
+        del scan3, disk3
+    else:
+        after = mid
+    if not after.check_errors and not after.corruptions:
+        _mark_clean(image)
+    after.corruptions_fixed = fixed_c
+    after.leaks_fixed = fixed_l
+    return after
+
+
+def _mismatches(scan: RefScan, disk: DiskRefcounts, fix_errors: bool, fix_leaks: bool):
+    """Clusters whose refcount to raise (too low, including 0 where QEMU would
+    rebuild: we set them in place) and to lower (leaks), with their new values;
+    found chunk by chunk (a function, so no view outlives the walk's arrays)."""
     cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
     up: list[np.ndarray] = []
     down: list[np.ndarray] = []
@@ -303,36 +335,12 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
                 up.append(idx[low] + lo)
             if fix_leaks:
                 down.append(idx[~low] + lo)
-
     up_i = np.concatenate(up) if up else np.zeros(0, np.intp)
     down_i = np.concatenate(down) if down else np.zeros(0, np.intp)
     targets = [scan.refs[i].astype(np.uint64) for i in (up_i, down_i)]
     if cap is not None:
         targets = [np.minimum(t, np.uint64(cap)) for t in targets]
-    # raised first and flushed, leaks lowered after: a crash leaves leaks at most
-    fixed_c = _write_refcounts(image, disk, up_i, targets[0])
-    fixed_l = _write_refcounts(image, disk, down_i, targets[1])
-    image.invalidate_caches()
-    del scan, disk, first, up, down, up_i, down_i     # one walk's arrays at a time
-
-    # COPIED flags: always with -r all; with -r leaks only if nothing else is wrong
-    scan2, disk2 = _scan(image, None, cancel)
-    mid = _result(image, scan2, disk2)
-    other = mid.corruptions - scan2.copied_corruptions
-    copied = scan2.copied_entries
-    del scan2, disk2
-    if fix_errors or (not mid.check_errors and not other and not mid.leaks):
-        fixed_c += _fix_copied(image, copied)
-    if fix_errors or fix_leaks:
-        scan3, disk3 = _scan(image, None, cancel)
-        after = _result(image, scan3, disk3)
-        if not after.check_errors and not after.corruptions:
-            _mark_clean(image)
-    else:
-        after = mid
-    after.corruptions_fixed = fixed_c
-    after.leaks_fixed = fixed_l
-    return after
+    return up_i, down_i, targets
 
 
 def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
