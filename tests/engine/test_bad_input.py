@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import qemu
 from conftest import guest_data
-from qcow2view.engine import (BackingFileError, CorruptImageError, NotQcow2Error, Qcow2Error,
+from qcow2view.engine import (BackingFileError, ClusterType, CorruptImageError, NotQcow2Error, Qcow2Error,
                               TruncatedImageError, UnsupportedFeatureError, open_image)
 from qcow2view.engine.clusters import QCOW_OFLAG_COMPRESSED
 
@@ -488,3 +488,24 @@ def test_compressed_entry_in_an_image_with_a_data_file(tmp_path, monkeypatch):
         with pytest.raises(CorruptImageError, match="compressed") as e:
             img.read(64 * KiB, 512)
         assert e.value.offset == e1.offset
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_invalid_subcluster_bitmap(tmp_path, mapped):
+    """A sub-cluster both allocated and zero, or allocated without a host cluster."""
+    path = qemu.create(tmp_path / "x.qcow2", "1M", "extended_l2=on")
+    qemu.qemu_io(path, "write -P 5 0 128k")
+    e0 = _l2_entry(path, 0)
+    if mapped:
+        _set(path, e0.offset + 8, ">Q", (1 << 32 | 1) | 0xFFFF)   # sub-cluster 0: both
+    else:
+        _set(path, e0.offset, ">Q", 0)                            # no host cluster ...
+        _set(path, e0.offset + 8, ">Q", 0x3)                      # ... yet allocated
+    assert _qemu_read_fails(path, 0)
+    with open_image(path) as img:
+        with pytest.raises(CorruptImageError) as e:
+            img.read(0, 512)
+        assert (e.value.structure, e.value.offset) == ("L2 entry", e0.offset)
+        assert img.read(64 * KiB, 512) == b"\5" * 512
+        table = img.l2_table(img.l1_table.entry(0).l2_offset, 0)
+        assert table.types()[0] == ClusterType.INVALID == table.entry(0).type
