@@ -9,6 +9,8 @@ a window action (save, revert, find, goto, edit) for this tab, and
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -24,6 +26,20 @@ from ..model.table_tree_model import TableTreeModel
 from .headerpanel import HeaderPanel
 from .problemspanel import ProblemsPanel
 from .tablepanel import TablePanel
+
+
+_preload: threading.Thread | None = None
+
+
+def preload_pictures() -> None:
+    """Import pyqtgraph and the picture views in a background thread (it takes a while),
+    so building them later does not stall the event loop."""
+    global _preload
+    if _preload is None and "pyqtgraph" not in sys.modules:
+        def work() -> None:
+            from . import heatmap, mappingplot  # noqa: F401
+        _preload = threading.Thread(target=work, name="qcow2view-preload", daemon=True)
+        _preload.start()
 
 
 class Banner(QLabel):
@@ -97,7 +113,8 @@ class ImageTab(QWidget):
         self.views.addTab(self._map_box, "Map")
         self.views.addTab(self._mapping_box, "Mapping")
         self.views.addTab(self.problems, "Problems")
-        QTimer.singleShot(30, self, self._build_pictures)
+        preload_pictures()
+        QTimer.singleShot(30, self, lambda: self._build_pictures(False))
 
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.setObjectName("imageSplitter")
@@ -142,25 +159,39 @@ class ImageTab(QWidget):
                 # proportions: QSplitter spreads its real width by these weights
                 self.splitter.setSizes([3200, 3100, 3700])
 
-    def _build_pictures(self) -> None:
-        if self._heatmap is not None:
+    def _build_pictures(self, wait: bool = True) -> None:
+        """Build the pyqtgraph views: the heatmap, then (next tick) the mapping plot,
+        so neither construction holds the event loop for long."""
+        if self._heatmap is not None and self._mapping is not None:
             return
-        from .heatmap import HeatmapView
-        from .mappingplot import MappingPlot
-        self._heatmap = HeatmapView(self.allocation)
-        self._mapping = MappingPlot(self.allocation)
-        # the real pages take the placeholders' places
-        for box, widget, name in ((self._map_box, self._heatmap, "Map"),
-                                  (self._mapping_box, self._mapping, "Mapping")):
-            i = self.views.indexOf(box)
-            current = self.views.currentIndex() == i
-            self.views.insertTab(i, widget, name)
-            self.views.removeTab(self.views.indexOf(box))
-            box.deleteLater()
-            if current:
-                self.views.setCurrentWidget(widget)
-        self._heatmap.clusterClicked.connect(self._cluster_clicked)
-        self._heatmap.redraw()
+        if _preload is not None and _preload.is_alive():
+            if not wait:
+                QTimer.singleShot(20, self, lambda: self._build_pictures(False))
+                return
+            _preload.join()
+        if self._heatmap is None:
+            from .heatmap import HeatmapView
+            self._heatmap = HeatmapView(self.allocation)
+            self._replace_page(self._map_box, self._heatmap, "Map")
+            self._heatmap.clusterClicked.connect(self._cluster_clicked)
+            self._heatmap.redraw()
+            if not wait:
+                QTimer.singleShot(0, self, lambda: self._build_pictures(False))
+                return
+        if self._mapping is None:
+            from .mappingplot import MappingPlot
+            self._mapping = MappingPlot(self.allocation)
+            self._replace_page(self._mapping_box, self._mapping, "Mapping")
+
+    def _replace_page(self, box: QWidget, widget: QWidget, name: str) -> None:
+        """The real page takes its placeholder's place (and stays current if it was)."""
+        i = self.views.indexOf(box)
+        current = self.views.currentIndex() == i
+        self.views.insertTab(i, widget, name)
+        self.views.removeTab(self.views.indexOf(box))
+        box.deleteLater()
+        if current:
+            self.views.setCurrentWidget(widget)
 
     @property
     def heatmap(self):
@@ -286,7 +317,8 @@ class ImageTab(QWidget):
     def ready(self) -> bool:
         """Maps built (or failed) and the pictures drawn."""
         d = self.document
-        return d.analysis is not None and not d.busy and self.heatmap.ready
+        return (d.analysis is not None and not d.busy and self._heatmap is not None
+                and self._mapping is not None and self._heatmap.ready)
 
     def close_document(self) -> None:
         if self._heatmap is not None:

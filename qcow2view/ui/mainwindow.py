@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QP
 
 from ..model.document import ImageDocument, open_error_text
 from . import dialogs
-from .imagetab import ImageTab
+from .imagetab import ImageTab, preload_pictures
 from .settings import add_recent, clear_recent, recent_files, settings
 from .startpage import StartPage
 
@@ -50,6 +50,7 @@ class MainWindow(QMainWindow):
         self.start.demoRequested.connect(self.open_demo)
         self.start.recentRequested.connect(self.open_path)
 
+        preload_pictures()
         self._build_actions()
         self._build_status()
         self._refresh_recent()
