@@ -219,9 +219,34 @@ def dmg_compressed_copied(p):
     _poke(p, l2 + 8 * i, _peek(p, l2 + 8 * i) | C.QCOW_OFLAG_COPIED)
 
 
+def dmg_refblock_outside(p):
+    with open_image(p) as im:
+        rt = im.header.refcount_table_offset
+    _poke(p, rt + 8, 1 << 30)                # refcount block 1 far past the end
+
+
+def dmg_reftable_reserved(p):
+    with open_image(p) as im:
+        rt = im.header.refcount_table_offset
+    _poke(p, rt, _peek(p, rt) | 0x100)
+
+
+def dmg_l1_reserved(p):
+    with open_image(p) as im:
+        off = im.l1_table.offset
+    _poke(p, off, _peek(p, off) | (1 << 60))
+
+
+def dmg_refblock_misaligned(p):
+    with open_image(p) as im:
+        rt = im.header.refcount_table_offset
+    _poke(p, rt, _peek(p, rt) + 1024)
+
+
 DAMAGE = [dmg_leak, dmg_refcount_zero, dmg_refcount_high, dmg_double_reference, dmg_past_eof,
           dmg_misaligned, dmg_copied_l2, dmg_copied_l1, dmg_reserved_bits, dmg_refblock_on_l2,
-          dmg_refblock_missing, dmg_l2_misaligned]
+          dmg_refblock_missing, dmg_l2_misaligned, dmg_refblock_outside, dmg_reftable_reserved,
+          dmg_l1_reserved, dmg_refblock_misaligned]
 
 
 def build_damaged(d, damage=None):
