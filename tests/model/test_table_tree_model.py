@@ -117,3 +117,25 @@ def test_refcount_blocks(tree):
     tree.fetchMore(blk)
     # cluster 0 (the header) has refcount 1
     assert tree.index(0, 2, blk).data() == "1"
+
+
+def test_problem_marker_on_a_leaked_cluster(sample_image, make_leak, qtbot):
+    from qcow2view.model.document import ImageDocument
+    from qcow2view.model.table_tree_model import COL_PROBLEM
+    leak = make_leak(sample_image)
+    assert qemu.check(sample_image)[1]["leaks"] == 1
+    d = ImageDocument(sample_image)
+    with qtbot.waitSignal(d.mapsReady, timeout=30000):
+        d.load()
+    m = TableTreeModel()
+    m.set_image(d.image)
+    m.set_analysis(d.host_map.refcounts, d.check_result.findings)
+    rt = m.root_index("refcount_table")
+    m.fetchMore(rt)
+    blk = m.index(0, 0, rt)
+    while m.rowCount(blk) <= leak and m.canFetchMore(blk):
+        m.fetchMore(blk)
+    assert m.index(leak, 2, blk).data() == "1"           # the refcount on disk
+    assert "leak" in m.index(leak, COL_PROBLEM, blk).data()
+    assert m.index(0, COL_PROBLEM, blk).data() == ""     # the header cluster is fine
+    d.close()
