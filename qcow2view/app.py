@@ -50,15 +50,20 @@ def run_gui(ns) -> int:
         from .ui.mainwindow import MainWindow
         from .ui.settings import recent_files
         win = MainWindow(edit=bool(getattr(ns, "edit", False)))
-        first_run = not recent_files()
-        for p in ns.images:
-            win.open_path(p)
-        if getattr(ns, "demo", False) or (not ns.images and first_run):
-            win.open_demo()
+        open_initial(win, ns, first_run=not recent_files())
         win.show()
         return app.exec()
     finally:
         hook.uninstall()
+
+
+def open_initial(win, ns, *, first_run: bool) -> None:
+    """The images named on the command line; the demo image when asked, or on a first
+    run with nothing to open (so a newcomer has something real to look at)."""
+    for p in ns.images:
+        win.open_path(p)
+    if getattr(ns, "demo", False) or (not ns.images and first_run):
+        win.open_demo()
 
 
 def wait_until_ready(app, tabs, timeout: float = SCREENSHOT_TIMEOUT) -> bool:

@@ -193,3 +193,21 @@ def test_new_image_opens_the_dialog(window, qtbot):
     assert dlgs or dialogs.open_message_boxes()
     for d in dlgs:
         d.reject()
+
+
+def test_first_run_opens_the_demo_image(window, qtbot, sample_image):
+    from types import SimpleNamespace
+    from qcow2view.app import open_initial
+    open_initial(window, SimpleNamespace(images=[], demo=False), first_run=False)
+    assert window.tabs.count() == 0                      # not the first run: start page
+    open_initial(window, SimpleNamespace(images=[], demo=False), first_run=True)
+    assert window.tabs.count() == 1
+    tab = window.current_tab()
+    assert tab.document.name.endswith(".qcow2")
+    assert qemu.info(tab.document.path)["format"] == "qcow2"
+    _ready(qtbot, tab)
+    window.close_all()
+    open_initial(window, SimpleNamespace(images=[str(sample_image)], demo=False),
+                 first_run=True)
+    assert [t.document.name for t in window.tabs_list()] == ["sample.qcow2"]
+    _ready(qtbot, window.current_tab())
