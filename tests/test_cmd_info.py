@@ -99,7 +99,8 @@ def test_check_repair(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all" * 100,
-                                     b"QFI\xfb" + bytes(60)])
+                                     b"QFI\xfb" + bytes(60)],
+                         ids=["empty", "text", "truncated-header"])
 def test_errors_are_one_line_no_traceback(tmp_path, content):
     p = tmp_path / "bad.qcow2"
     p.write_bytes(content)
