@@ -81,7 +81,7 @@ class HostMap:
 
     def owners(self, cluster: int) -> list[Owner]:
         """Reverse lookup for one cluster (reads the tables again, on demand)."""
-        if self._owners is None or not 0 <= cluster < len(self.kinds) + 1:
+        if self._owners is None or not 0 <= cluster < len(self.kinds):
             return []
         return self._owners(cluster)
 
