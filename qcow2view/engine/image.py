@@ -19,6 +19,7 @@ from . import clusters as C
 from .bitmaps import Bitmap, parse_bitmap_directory
 from .clusters import ClusterType, CompressionLayout, L1Entry, L2Entry
 from .compression import decompress_cluster
+from .encryption import LUKS_HEADER_SIZE, LuksHeader, parse_luks_header
 from .errors import (BackingFileError, CorruptImageError, EncryptedImageError,
                      Qcow2Error, RequestError, TruncatedImageError, UnsupportedFeatureError)
 from .extensions import (EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_DATA_FILE,
@@ -436,6 +437,16 @@ class Image:
     @property
     def encryption_extension(self) -> HeaderExtension | None:
         return next((e for e in self.extensions if e.type == EXT_FULL_DISK_ENCRYPTION), None)
+
+    @property
+    def luks_header(self) -> LuksHeader | None:
+        """The LUKS header of a luks-encrypted image, for display (read on each call)."""
+        ext = self.encryption_extension
+        if ext is None or self.encryption != "luks":
+            return None
+        off = ext.item("offset")
+        return parse_luks_header(self.file.pread_exact(off, LUKS_HEADER_SIZE, "LUKS header"),
+                                 off)
 
     @property
     def bitmaps_consistent(self) -> bool:
