@@ -147,3 +147,24 @@ def test_backing_format_is_probed_when_not_named(tmp_path, guest_write, reads_li
         assert img.backing_format is None
         assert img.backing_chain[0].format == base_fmt
         assert img.read(0, 5000) == guest_data(MiB, 1)[:5000]
+
+
+def test_relative_names_resolve_from_each_images_folder(tmp_path, guest_write,
+                                                       reads_like_qemu, monkeypatch):
+    """top (in a/) names sub/mid.qcow2; mid (in a/sub/) names ../../base.raw."""
+    sub = tmp_path / "a" / "sub"
+    sub.mkdir(parents=True)
+    (tmp_path / "base.raw").write_bytes(guest_data(MiB, 1))
+    monkeypatch.chdir(sub)
+    qemu.create(sub / "mid.qcow2", "1M", backing="../../base.raw", backing_fmt="raw")
+    guest_write(sub / "mid.qcow2", 100_000, guest_data(50_000, 2))
+    monkeypatch.chdir(tmp_path / "a")
+    top = qemu.create(tmp_path / "a" / "top.qcow2", "1M", backing="sub/mid.qcow2")
+    guest_write(top, 300_000, guest_data(50_000, 3))
+    monkeypatch.chdir(tmp_path)
+    reads_like_qemu(top)
+    with open_image(top) as img:
+        assert [(b.filename, b.path) for b in img.backing_chain] == [
+            ("sub/mid.qcow2", str(sub / "mid.qcow2")),
+            ("../../base.raw", str(sub / "../../base.raw"))]
+        assert os.path.samefile(img.backing_chain[1].path, tmp_path / "base.raw")

@@ -116,3 +116,21 @@ def test_requests_outside_the_disk_are_refused(tmp_path):
         for off, n in ((MiB, 1), (-1, 1), (0, MiB + 1)):
             with pytest.raises(RequestError):
                 img.read(off, n)
+
+
+def test_opening_and_reading_never_changes_the_file(tmp_path, reads_like_qemu):
+    """Read-only unless asked: even a dirty image (which QEMU repairs when it opens
+    it for writing) keeps every byte and its modification time."""
+    import hashlib
+    import os
+    import subprocess
+    path = qemu.create(tmp_path / "d.qcow2", "1M", "lazy_refcounts=on")
+    subprocess.run([qemu.QEMU_IO, "-c", "write -P 1 0 64k", "-c", "abort", str(path)],
+                   capture_output=True)
+    before = (hashlib.sha256(path.read_bytes()).digest(), os.stat(path).st_mtime_ns)
+    with open_image(path) as img:
+        assert img.dirty and not img.file.writable
+        img.read(0, img.virtual_size)
+        img.refcounts()
+        img.l2_table(img.l1_table.entry(0).l2_offset, 0).types()
+    assert (hashlib.sha256(path.read_bytes()).digest(), os.stat(path).st_mtime_ns) == before

@@ -15,11 +15,17 @@ def _snapshot_list(path) -> list[dict]:
     return qemu.info(path).get("snapshots", [])
 
 
-@pytest.mark.parametrize("compat", ["0.10", "1.1"])
-def test_snapshot_views_read_like_qemu(tmp_path, guest_write, reads_like_qemu, compat):
-    path = qemu.create(tmp_path / "s.qcow2", "2M", "cluster_size=4096", f"compat={compat}")
+@pytest.mark.parametrize("opts", [
+    ("compat=0.10", "cluster_size=4096"),
+    ("compat=1.1", "cluster_size=4096"),
+    ("compat=1.1", "cluster_size=16384", "extended_l2=on"),
+    ("compat=1.1", "cluster_size=512", "compression_type=zstd", "refcount_bits=4"),
+], ids=lambda o: "-".join(x.split("=")[1] for x in o))
+def test_snapshot_views_read_like_qemu(tmp_path, guest_write, reads_like_qemu, opts):
+    compat = opts[0].split("=")[1]
+    path = qemu.create(tmp_path / "s.qcow2", "2M", *opts)
     guest_write(path, 0, guest_data(300 * KiB, 1))
-    guest_write(path, 400 * KiB, guest_data(100 * KiB, 2), "-c")
+    guest_write(path, 400 * KiB, guest_data(96 * KiB, 2), "-c")
     qemu.qemu_img("snapshot", "-c", "first", path)
     guest_write(path, 100 * KiB + 7, guest_data(300 * KiB, 3))
     qemu.qemu_io(path, "write -z 0 8k", "discard 400k 40k")
