@@ -622,6 +622,8 @@ class Image:
 
     def refcount(self, host_cluster: int) -> int:
         """Refcount of host cluster ``host_cluster`` (0 where no block covers it)."""
+        if host_cluster < 0:
+            raise RequestError(f"no host cluster {host_cluster}", path=self.path)
         rti, bi = divmod(host_cluster, self.refcount_block_entries)
         if rti >= len(self._reftable):
             return 0

@@ -11,7 +11,7 @@ import pytest
 
 import qemu
 from conftest import guest_data
-from qcow2view.engine import ClusterType, open_image
+from qcow2view.engine import ClusterType, RequestError, open_image
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -68,6 +68,8 @@ def test_refcount_widths_read_like_qemu(tmp_path, guest_write, reads_like_qemu, 
         assert int(np.flatnonzero(counts).max() + 1) * 4096 == report["image-end-offset"]
         assert counts[0] == 1  # the header cluster
         assert img.refcount(0) == 1 and img.refcount(len(counts) + 10**6) == 0
+        with pytest.raises(RequestError):
+            img.refcount(-1)
 
 
 @pytest.mark.parametrize("compression_type", ["zlib", "zstd"])
@@ -109,7 +111,6 @@ def test_read_past_end_of_short_data_cluster_is_zero(tmp_path, reads_like_qemu):
 
 
 def test_requests_outside_the_disk_are_refused(tmp_path):
-    from qcow2view.engine import RequestError
     path = qemu.create(tmp_path / "x.qcow2", "1M")
     with open_image(path) as img:
         assert img.read(MiB, 0) == b""
