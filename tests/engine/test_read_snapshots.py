@@ -19,7 +19,7 @@ def _snapshot_list(path) -> list[dict]:
     ("compat=0.10", "cluster_size=4096"),
     ("compat=1.1", "cluster_size=4096"),
     ("compat=1.1", "cluster_size=16384", "extended_l2=on"),
-    ("compat=1.1", "cluster_size=512", "compression_type=zstd", "refcount_bits=4"),
+    ("compat=1.1", "cluster_size=512", "compression_type=zstd", "refcount_bits=8"),
 ], ids=lambda o: "-".join(x.split("=")[1] for x in o))
 def test_snapshot_views_read_like_qemu(tmp_path, guest_write, reads_like_qemu, opts):
     compat = opts[0].split("=")[1]
