@@ -5,7 +5,6 @@ allocation sized by an unchecked field."""
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ import qemu
 from conftest import guest_data
 from qcow2view.engine import (BackingFileError, ClusterType, CorruptImageError, NotQcow2Error, Qcow2Error,
                               TruncatedImageError, UnsupportedFeatureError, open_image)
-from qcow2view.engine.clusters import QCOW_OFLAG_COMPRESSED
 
 KiB, MiB = 1024, 1024 * 1024
 
