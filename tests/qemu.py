@@ -14,8 +14,12 @@ QEMU_IO = shutil.which("qemu-io")
 
 def run(*args: str | os.PathLike, check: bool = True, input: bytes | None = None
         ) -> subprocess.CompletedProcess:
-    return subprocess.run([os.fspath(a) for a in args], check=check, capture_output=True,
-                          input=input)
+    argv = [os.fspath(a) for a in args]
+    p = subprocess.run(argv, capture_output=True, input=input)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {p.returncode}:\n"
+                             f"{p.stderr.decode(errors='replace')}{p.stdout.decode(errors='replace')}")
+    return p
 
 
 def qemu_img(*args: str | os.PathLike, check: bool = True) -> subprocess.CompletedProcess:
