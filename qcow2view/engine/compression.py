@@ -46,27 +46,40 @@ ZSTD_MAX_WINDOW = 8 * 1024 * 1024
 
 
 def _zstd_decompress(data: bytes, cluster_size: int, offset: int) -> bytes:
-    # QEMU streams frames until the cluster is full; trailing bytes are ignored.
-    # A stream reader never produces more than it is asked for, so a frame that
-    # claims gigabytes of content cannot make us allocate them.
+    """QEMU's rule (qcow2_zstd_decompress): decode frames until the cluster is full;
+    a frame still unfinished then is an error, bytes after the last frame are
+    ignored.  Output is bounded by the cluster size, whatever a frame claims."""
     dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     parts: list[bytes] = []
     got = 0
+    rest = data
     try:
-        declared = zstandard.frame_content_size(data)
-        if declared == cluster_size:      # what QEMU writes: one frame, size recorded
-            return dctx.decompress(data)
-        if declared > cluster_size:
-            # QEMU stops with the cluster full and the frame unfinished: an error
-            raise CorruptImageError(f"zstd frame holds {declared} bytes, more than a cluster",
-                                    structure="compressed cluster", offset=offset)
-        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
-            while got < cluster_size:
-                chunk = reader.read(cluster_size - got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
+        while got < cluster_size and rest:
+            declared = zstandard.frame_content_size(rest)
+            if declared < 0 or declared >= zstandard.CONTENTSIZE_ERROR:   # unknown
+                # no size recorded (QEMU always records it): a stream reader never
+                # produces more than it is asked for
+                with dctx.stream_reader(io.BytesIO(rest), read_across_frames=True) as r:
+                    while got < cluster_size:
+                        chunk = r.read(cluster_size - got)
+                        if not chunk:
+                            break
+                        parts.append(chunk)
+                        got += len(chunk)
+                break
+            if declared > cluster_size - got:
+                raise CorruptImageError(
+                    f"zstd frame holds {declared} bytes, more than the {cluster_size - got} "
+                    "left in the cluster", structure="compressed cluster", offset=offset)
+            # zstd stops a frame whose blocks outgrow its recorded size, so this
+            # allocates at most about one block more than ``declared``
+            obj = dctx.decompressobj()
+            chunk = obj.decompress(rest)
+            if not obj.eof:
+                break                       # truncated: the length check reports it
+            parts.append(chunk)
+            got += len(chunk)
+            rest = obj.unused_data
     except zstandard.ZstdError as e:
         raise CorruptImageError(f"zstd stream is invalid ({e})",
                                 structure="compressed cluster", offset=offset) from None
