@@ -197,7 +197,7 @@ def _highest(scan: RefScan, disk: DiskRefcounts, nb: int) -> int:
 def _scan(image, progress: Progress, cancel: Cancel) -> tuple[RefScan, DiskRefcounts]:
     nb = -(-image.file.size // image.cluster_size)
     disk = DiskRefcounts(image, nb + 1, cancel)
-    scan = Scanner(image, disk=disk, check_copied=True, progress=progress,
+    scan = Scanner(image, disk=disk, check_copied=True, compact=True, progress=progress,
                    cancel=cancel).run()
     return scan, disk
 

@@ -210,7 +210,8 @@ class RefScan:
     cluster_size: int
     file_size: int
     nb_clusters: int                  # QEMU's in-memory refcount array size (may grow by one)
-    refs: np.ndarray                  # uint32 attempts per host cluster
+    refs: np.ndarray                  # attempts per host cluster (uint32; uint16 while it
+                                      # fits in compact check walks)
     kinds: np.ndarray                 # uint8 kind per host cluster (last reference wins)
     refcount_max: int
     corruptions: int = 0
@@ -262,7 +263,8 @@ class Scanner:
     """Walks the image's references; see the module docstring."""
 
     def __init__(self, image, *, disk: DiskRefcounts | None = None,
-                 check_copied: bool = False, want_ranges: bool = False, progress: Progress = None,
+                 check_copied: bool = False, want_ranges: bool = False,
+                 compact: bool = False, progress: Progress = None,
                  cancel: Cancel = None) -> None:
         self.im = image
         self.cs = image.cluster_size
@@ -278,8 +280,11 @@ class Scanner:
         self.extended = image.extended_l2
         self.data_file = image.has_data_file
         self.layout = image.layout
+        # compact (the check): 16-bit reference counts while they fit (widened on
+        # demand) and no kinds for plain data, so untouched pages are never faulted in
+        self.compact = compact
         # one spare slot: a reference may reach at most one cluster past EOF
-        refs = np.zeros(nb + 1, dtype=np.uint32)
+        refs = np.zeros(nb + 1, dtype=np.uint16 if compact else np.uint32)
         kinds = np.zeros(nb + 1, dtype=np.uint8)
         self.r = RefScan(self.cs, self.file_size, nb, refs, kinds,
                          max_refcount(image.header.refcount_order))
@@ -327,7 +332,11 @@ class Scanner:
         else:
             u, counts = np.unique(clusters, return_counts=True)
             u = u.astype(np.intp)
-        seen = r.refs[u] != 0
+        cur = r.refs[u]
+        if r.refs.dtype == np.uint16 and int(cur.max()) + (
+                1 if counts is None else int(counts.max())) > 0xFFFF:
+            r.refs = r.refs.astype(np.uint32)
+        seen = cur != 0
         if seen.any():
             su = u[seen]
             prior = r.kinds[su]
@@ -337,9 +346,9 @@ class Scanner:
             if conflict.any():
                 r.overlap_clusters.update(su[conflict][:1000].tolist())
         if counts is None:
-            r.refs[u] += np.uint32(1)
+            r.refs[u] += r.refs.dtype.type(1)
         else:
-            r.refs[u] += counts.astype(np.uint32)
+            r.refs[u] += counts.astype(r.refs.dtype)
         if kind == K_SNAPL2:
             r.kinds[u[r.kinds[u] != K_L2]] = kind   # L2 tables the active L1 shares stay L2
         else:
@@ -353,6 +362,8 @@ class Scanner:
         if r.refs[c] and prior != kind and (_META[prior] or _META[kind]) and not (
                 kind in (K_L2, K_SNAPL2) and prior in (K_L2, K_SNAPL2)):
             r.overlap_clusters.add(c)
+        if r.refs[c] == 0xFFFF and r.refs.dtype == np.uint16:
+            r.refs = r.refs.astype(np.uint32)
         r.refs[c] += 1
         if not (kind == K_SNAPL2 and prior == K_L2):
             r.kinds[c] = kind
@@ -610,7 +621,8 @@ class Scanner:
                     cand[i] = False
                     continue
                 rs += 1
-                r.kinds[sl] = K_DATA
+                if not self.compact:
+                    r.kinds[sl] = K_DATA
                 if c0 + L > r.nb_clusters:
                     r.nb_clusters = c0 + L
             if active:

@@ -321,3 +321,18 @@ def open_image_bytes(d, data):
     p = d / "orig.qcow2"
     p.write_bytes(data)
     return open_image(p)
+
+
+def test_compact_reference_counts_widen_instead_of_wrapping(tmp_path):
+    from qcow2view.engine.refscan import K_DATA, Scanner
+    p = _img(tmp_path)
+    with open_image(p) as im:
+        sc = Scanner(im, compact=True)
+        assert sc.r.refs.dtype == np.uint16
+        sc.r.refs[5] = 0xFFFF
+        sc._mark(np.array([5, 5, 6]), K_DATA)
+        assert sc.r.refs.dtype == np.uint32 and sc.r.refs[5] == 0x10001
+        sc.r.refs = sc.r.refs.astype(np.uint16)
+        sc.r.refs[7] = 0xFFFF
+        sc._mark_one(7, K_DATA)
+        assert sc.r.refs[7] == 0x10000
