@@ -370,6 +370,7 @@ def _exercise(path: Path) -> None:
                     pass
             try:
                 img.refcounts()
+                img.luks_header
             except Qcow2Error:
                 pass
             snaps = [s.id_str for s in img.snapshots[:2]]
