@@ -7,10 +7,17 @@ snapshot L1 tables, snapshot table, refcount table, encryption header,
 bitmaps, refcount blocks) and counts exactly what ``qemu-img check`` counts,
 but decodes whole tables with numpy instead of one entry at a time.
 
-Counts are kept as "attempts" per cluster in a uint32 array; QEMU's in-memory
-refcounts saturate at the image's refcount maximum and report every reference
-beyond it as a corruption, which is the same total whatever the order, so the
-saturation is applied once at the end (:meth:`RefScan.counted`).
+Counts are kept as "attempts" per cluster (uint32, or uint16 widened on demand
+in the check's compact walks); QEMU's in-memory refcounts saturate at the
+image's refcount maximum and report every reference beyond it as a corruption,
+which is the same total whatever the order, so the saturation is applied once
+at the end (:meth:`RefScan.counted`).
+
+Speed: L2 tables are read into one reused buffer and decoded a batch at a time
+(about a million entries); tables that map one contiguous run of plain data
+clusters (preallocation, sequential writes) are counted with slices, others
+on the compacted array of their allocated entries.  A 1 TiB image with 64 KiB
+clusters (16M clusters) is walked in about 0.15 s and 150-190 MiB.
 """
 
 from __future__ import annotations
