@@ -221,3 +221,13 @@ def test_check_after_host_map_reuses_the_walk_and_agrees(tmp_path):
     assert reused.to_json() == fresh.to_json()
     assert [(f.kind, f.cluster) for f in reused.findings] == \
         [(f.kind, f.cluster) for f in fresh.findings]
+
+
+@pytest.mark.parametrize("base_cs,top_cs", [("64k", "4k"), ("4k", "64k")])
+def test_backing_file_with_another_cluster_size(tmp_path, base_cs, top_cs):
+    b = qemu.create(tmp_path / "b.qcow2", "2M", f"cluster_size={base_cs}")
+    qemu.qemu_io(b, "write -P 1 0 128k", "write -z 256k 64k", "write -P 2 1M 64k")
+    t = qemu.create(tmp_path / "t.qcow2", "2M", f"cluster_size={top_cs}", backing=str(b))
+    qemu.qemu_io(t, "write -P 3 64k 64k")
+    with open_image(t) as im:
+        assert_guest_like_qemu(t, im.guest_map(), im.cluster_size)
