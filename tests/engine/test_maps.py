@@ -231,3 +231,14 @@ def test_backing_file_with_another_cluster_size(tmp_path, base_cs, top_cs):
     qemu.qemu_io(t, "write -P 3 64k 64k")
     with open_image(t) as im:
         assert_guest_like_qemu(t, im.guest_map(), im.cluster_size)
+
+
+def test_raw_backing_file_shorter_than_the_disk(tmp_path):
+    raw = tmp_path / "b.raw"
+    raw.write_bytes(b"\x01" * (1 << 20))
+    t = qemu.create(tmp_path / "t.qcow2", "2M", backing=str(raw), backing_fmt="raw")
+    qemu.qemu_io(t, "write -P 3 64k 64k")
+    with open_image(t) as im:
+        gm = im.guest_map()
+        assert_guest_like_qemu(t, gm, im.cluster_size)
+        assert (gm.states[16:] == GuestState.UNALLOCATED).all()
