@@ -142,6 +142,15 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
     for c in scan.overlap_clusters:
         if c < n:
             kinds[c] = HostKind.CORRUPT
+    past = _counted_past_end(disk, n)
+    if past is not None:
+        # refcounts for clusters past the end of the file (a truncated image):
+        # show them, as leaks, after the clusters the file has
+        extra = len(past)
+        kinds = np.concatenate([kinds, np.where(past > 0, np.uint8(HostKind.LEAKED),
+                                                np.uint8(HostKind.FREE))])
+        ondisk = np.concatenate([ondisk, past.astype(ondisk.dtype)])
+        refs = np.concatenate([refs, np.zeros(extra, dtype=refs.dtype)])
     hm = HostMap(image.cluster_size, image.file.size, kinds, ondisk, refs)
     hm._scan = (scan, disk)
     tables = scan.l2_table_arrays()
@@ -149,6 +158,37 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
     hi = np.concatenate(scan.l2_hi) if scan.l2_hi else np.zeros(0, np.int64)
     hm._owners = lambda c: _owners(image, hm, tables, c, lo, hi)
     return hm
+
+
+MAX_PAST_END = 1 << 20    # clusters shown past the end of the file, at most
+
+
+def _counted_past_end(disk: DiskRefcounts, n: int) -> np.ndarray | None:
+    """On-disk refcounts of clusters n.. up to the last nonzero one (bounded),
+    or None when every cluster past the file's end has refcount 0."""
+    per = disk.per_block
+    last = -1
+    blocks: dict[int, np.ndarray] = {}
+    for rti in np.nonzero(disk.table)[0].tolist():
+        if (rti + 1) * per <= n or rti * per >= n + MAX_PAST_END:
+            continue
+        blk = disk._block(rti)
+        if blk is None:
+            continue
+        lo = max(n, rti * per)
+        nz = np.flatnonzero(blk[lo - rti * per:])
+        if len(nz):
+            blocks[rti] = blk
+            last = max(last, lo + int(nz[-1]))
+    if last < 0:
+        return None
+    last = min(last, n + MAX_PAST_END - 1)
+    out = np.zeros(last + 1 - n, dtype=disk.counts.dtype)
+    for rti, blk in blocks.items():
+        lo, hi = max(n, rti * per), min(last + 1, (rti + 1) * per)
+        if lo < hi:
+            out[lo - n:hi - n] = blk[lo - rti * per:hi - rti * per]
+    return out
 
 
 def _in(off: int, size: int, cs: int, c: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -242,3 +243,17 @@ def test_raw_backing_file_shorter_than_the_disk(tmp_path):
         gm = im.guest_map()
         assert_guest_like_qemu(t, gm, im.cluster_size)
         assert (gm.states[16:] == GuestState.UNALLOCATED).all()
+
+
+def test_refcounts_past_the_end_of_a_truncated_file_show_as_leaks(tmp_path):
+    p = _img(tmp_path)
+    size = p.stat().st_size
+    qemu.qemu_io(p, "write -P 7 2M 16k")        # four more clusters at the end
+    os.truncate(p, size)                         # ... cut off again
+    with open_image(p) as im:
+        hm = im.host_map()
+        assert im.check().exit_code == qemu.check(p)[0] == 2
+    assert len(hm) > -(-size // 4096)
+    past = np.nonzero(hm.kinds == HostKind.LEAKED)[0]
+    assert len(past) >= 4 and (past >= size // 4096).all()
+    assert (hm.refcounts[past] == 1).all()
