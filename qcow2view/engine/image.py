@@ -208,10 +208,9 @@ class Image:
         if snapshot is not None:
             self.snapshot = self.find_snapshot(snapshot)
             l1_offset, l1_size = self._check_snapshot_l1(self.snapshot)
-            if self.snapshot.disk_size is not None:
-                # the disk as the snapshot saw it: its size then, as `qemu-img snapshot
-                # -a` restores it (convert -l keeps today's size and pads with zeros)
-                self.virtual_size = self.snapshot.disk_size
+            # The view keeps today's virtual size, as `qemu-img convert -l` reads it
+            # (past a smaller snapshot's L1 table the disk is unallocated); the size
+            # the snapshot had is `snapshot.disk_size` (what `snapshot -a` restores).
         self.l1_table = self._read_l1(l1_offset, l1_size, "L1 table")
         self._l1 = self.l1_table.entries.tolist()
         self._l2_cache: OrderedDict[int, tuple[list[int], list[int] | None]] = OrderedDict()
