@@ -1,0 +1,43 @@
+"""Image > Repair: confirm, run the repair off the GUI thread, say what was fixed."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QMessageBox, QWidget
+
+from ..model.repair import RepairJob
+from . import dialogs
+
+# auto-confirm for tests and scripted runs (None: ask the user)
+assume_yes: bool | None = None
+
+
+def repair_current(window: QWidget, tab, *, all: bool = False) -> RepairJob | None:
+    """Repair the image of ``tab`` (leaks, or with ``all`` also too-low refcounts)."""
+    doc = tab.document
+    what = "leaked clusters and refcounts that are too low" if all else "leaked clusters"
+    if assume_yes is None:
+        answer = QMessageBox.question(
+            window, "Repair image",
+            f"Repair {what} in {doc.name}?\n\nThis writes to the image file (as "
+            f"'qemu-img check -r {'all' if all else 'leaks'}' would). Guest data is not "
+            "changed. Make sure no virtual machine uses the image.",
+            QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
+        if answer != QMessageBox.Yes:
+            return None
+    elif not assume_yes:
+        return None
+    job = RepairJob(doc, all=all, parent=tab)
+    job.failed.connect(lambda text: dialogs.error(window, "Repair failed", text))
+
+    def report(result) -> None:
+        fixed = (f"{result.leaks_fixed} leak(s) and {result.corruptions_fixed} "
+                 "corruption(s) fixed")
+        left = result.leaks + result.corruptions
+        msg = f"{doc.name}: repaired, {fixed}" + (f"; {left} problem(s) remain" if left else "")
+        bar = window.statusBar() if hasattr(window, "statusBar") else None
+        if bar is not None:
+            bar.showMessage(msg, 10000)
+
+    job.done.connect(report)
+    job.start()
+    return job
