@@ -3,8 +3,7 @@
 Views talk to these classes and never to the engine directly.
 """
 
-from . import _pyside_fix  # noqa: F401 - must come before any signal is emitted
-from . import qtfix  # noqa: F401 - the same bug drops references to None (void calls)
+from . import qtfix  # noqa: F401 - PySide6 6.12 refcount guards; before any signal is emitted
 from .document import ImageDocument, open_error_text
 from .workers import running_workers
 

@@ -18,7 +18,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
-from . import qtfix  # noqa: F401 - PySide6 6.12 drops None references (see qtfix)
+from . import qtfix  # noqa: F401 - PySide6 6.12 refcount guards (see qtfix)
 from ..engine import ClusterType, Qcow2Error
 from .extents import ByteKind, extents, find_content
 
