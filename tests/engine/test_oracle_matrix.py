@@ -1,0 +1,535 @@
+"""Independent QA: the engine against qemu 7.2 over a broad matrix of images.
+
+Every image is made by the real qemu-img/qemu-io; for each one the whole-disk
+read, every snapshot view, ``check()`` and the guest map are compared with
+``qemu-img convert``, ``qemu-img check --output=json`` and ``qemu-img map
+--output=json``.  Damaged images (bytes edited here) are compared with qemu-img
+check, and repaired ones with ``qemu-img check -r`` on a copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qemu
+from qcow2view.engine import GuestState, Qcow2Error, open_image
+
+KiB, MiB = 1024, 1 << 20
+
+
+# -- image builders --------------------------------------------------------------------
+def pattern(n: int, seed: int) -> bytes:
+    """Bytes that differ per 512-byte sector (a misplaced sector shows) yet compress."""
+    out = bytearray()
+    for s in range(-(-n // 512)):
+        out += struct.pack(">II", seed, s) * 64
+    return bytes(out[:n])
+
+
+def write(path, off: int, data: bytes, *flags: str, fmt: str = "qcow2") -> None:
+    src = Path(path).with_name(Path(path).name + ".src")
+    src.write_bytes(data)
+    try:
+        qemu.qemu_io(path, f"write {' '.join(flags)} -s {src} {off} {len(data)}", fmt=fmt)
+    finally:
+        src.unlink()
+
+
+def fill(path, cs: int, seed: int = 1, size: int | None = None) -> None:
+    """Data, a partial cluster, a compressed cluster, zeroes and a discard."""
+    write(path, 0, pattern(2 * cs + 1024, seed))
+    write(path, 4 * cs, pattern(cs, seed + 1), "-c")
+    write(path, 6 * cs, pattern(3 * cs, seed + 2))
+    qemu.qemu_io(path, f"write -z {7 * cs} {cs}", f"discard {8 * cs} {cs}")
+    if size and size > 16 * cs:
+        write(path, size - cs - 512, pattern(cs + 512, seed + 3))
+
+
+def img(d: Path, name: str, size: int, *opts: str) -> Path:
+    return qemu.create(d / name, size, *opts)
+
+
+def b_cluster(cs: int):
+    def build(d):
+        size = max(4 * MiB, 24 * cs)
+        p = img(d, "c.qcow2", size, f"cluster_size={cs}")
+        fill(p, cs, 1, size)
+        qemu.qemu_img("snapshot", "-c", "s1", p)
+        write(p, cs, pattern(cs, 9))
+        qemu.qemu_io(p, f"write -z {6 * cs} {cs}")
+        return p
+    return build
+
+
+def b_refbits(bits: int):
+    def build(d):
+        p = img(d, "r.qcow2", 2 * MiB, "cluster_size=4k", f"refcount_bits={bits}")
+        fill(p, 4096, 2, 2 * MiB)
+        if bits > 1:
+            qemu.qemu_img("snapshot", "-c", "s1", p)
+            write(p, 0, pattern(8192, 3))
+        return p
+    return build
+
+
+def b_v2(d):
+    p = img(d, "v2.qcow2", 4 * MiB, "compat=0.10", "cluster_size=4k")
+    fill(p, 4096, 3, 4 * MiB)
+    qemu.qemu_img("snapshot", "-c", "s1", p)
+    write(p, 0, pattern(4096, 4))
+    return p
+
+
+def b_extl2(cs: int):
+    def build(d):
+        p = img(d, "x.qcow2", max(8 * MiB, 8 * cs), "extended_l2=on", f"cluster_size={cs}")
+        sc = cs // 32
+        write(p, 0, pattern(3 * sc, 5))
+        write(p, 5 * sc + 512 * 0, pattern(sc, 6))
+        write(p, cs + 7 * sc, pattern(2 * sc + 0, 7))
+        write(p, 3 * cs, pattern(cs, 7), "-c")
+        qemu.qemu_io(p, f"write -z {sc * 2} {sc * 3}", f"discard {cs + 8 * sc} {sc}",
+                     f"write -z {5 * cs} {cs}")
+        qemu.qemu_img("snapshot", "-c", "s1", p)
+        write(p, sc, pattern(sc, 8))
+        return p
+    return build
+
+
+def b_extl2_backing(d):
+    base = img(d, "base.qcow2", 4 * MiB, "cluster_size=64k")
+    write(base, 0, pattern(4 * MiB, 11))
+    top = qemu.create(d / "top.qcow2", 4 * MiB, "extended_l2=on", "cluster_size=64k",
+                      backing=str(base))
+    write(top, 2048, pattern(2048, 12))
+    qemu.qemu_io(top, "write -z 8192 4096", "write -z -u 131072 65536", "discard 200704 4096")
+    return top
+
+
+def b_zstd(d):
+    p = img(d, "z.qcow2", 4 * MiB, "compression_type=zstd", "cluster_size=4k")
+    fill(p, 4096, 4, 4 * MiB)
+    write(p, 64 * KiB, pattern(64 * KiB, 5), "-c")
+    qemu.qemu_img("snapshot", "-c", "s1", p)
+    write(p, 64 * KiB, pattern(4096, 6))
+    return p
+
+
+def b_lazy(d):
+    p = img(d, "l.qcow2", 4 * MiB, "lazy_refcounts=on", "cluster_size=4k")
+    fill(p, 4096, 7, 4 * MiB)
+    return p
+
+
+def b_lazy_dirty(d):
+    """lazy_refcounts and a crash: dirty bit set, refcounts stale (qemu-io 'abort')."""
+    p = img(d, "ld.qcow2", 4 * MiB, "lazy_refcounts=on", "cluster_size=4k")
+    write(p, 0, pattern(8192, 7))
+    src = d / "ld.src"
+    src.write_bytes(pattern(64 * KiB, 8))
+    subprocess.run([qemu.QEMU_IO, "-f", "qcow2", "-c", f"write -s {src} 1M 64k",
+                    "-c", "abort", str(p)], capture_output=True)
+    return p
+
+
+def _raw_source(d, size=2 * MiB, seed=20) -> Path:
+    raw = d / "src.raw"
+    with open(raw, "wb") as f:
+        f.truncate(size)
+        f.seek(0)
+        f.write(pattern(300 * KiB, seed))
+        f.seek(size // 2)
+        f.write(b"\xaa" * 70000)
+        f.seek(size - 4096)
+        f.write(pattern(4096, seed + 1))
+    return raw
+
+
+def b_convert_c(*opts: str):
+    def build(d):
+        p = d / "cc.qcow2"
+        args = ["convert", "-c", "-O", "qcow2"]
+        if opts:
+            args += ["-o", ",".join(opts)]
+        qemu.qemu_img(*args, _raw_source(d), p)
+        return p
+    return build
+
+
+def b_convert_incompressible(d):
+    """Random data: compressed clusters that spill over host cluster boundaries or stay raw."""
+    raw = d / "rnd.raw"
+    rng = np.random.default_rng(3)
+    half = rng.integers(0, 256, 256 * KiB, dtype=np.uint8).tobytes()
+    raw.write_bytes(half + pattern(256 * KiB, 4)[:200 * KiB] + half[:56 * KiB])
+    p = d / "ci.qcow2"
+    qemu.qemu_img("convert", "-c", "-O", "qcow2", "-o", "cluster_size=4k", raw, p)
+    return p
+
+
+def b_prealloc(mode: str):
+    def build(d):
+        p = d / f"p-{mode}.qcow2"
+        qemu.qemu_img("convert", "-O", "qcow2", "-o", f"preallocation={mode},cluster_size=64k",
+                      _raw_source(d), p)
+        return p
+    return build
+
+
+def b_create_prealloc(mode: str):
+    def build(d):
+        p = img(d, f"cp-{mode}.qcow2", 3 * MiB + 512, f"preallocation={mode}", "cluster_size=4k")
+        write(p, 4096, pattern(4096, 3))
+        return p
+    return build
+
+
+def b_resize_grow(d):
+    p = img(d, "g.qcow2", 1 * MiB, "cluster_size=512")   # L1 grows on resize
+    fill(p, 512, 1, 1 * MiB)
+    qemu.qemu_img("snapshot", "-c", "small", p)
+    qemu.qemu_img("resize", p, "9M")
+    write(p, 8 * MiB + 512, pattern(4096, 2))
+    return p
+
+
+def b_resize_shrink(d):
+    p = img(d, "s.qcow2", 6 * MiB, "cluster_size=64k")
+    fill(p, 65536, 1, 6 * MiB)
+    qemu.qemu_img("snapshot", "-c", "big", p)
+    qemu.qemu_img("resize", "--shrink", p, "1M")
+    return p
+
+
+def b_resize_unaligned(d):
+    p = img(d, "u.qcow2", 1 * MiB + 512, "cluster_size=4k")
+    write(p, 1 * MiB - 1024, pattern(1536, 1))
+    qemu.qemu_img("resize", p, str(3 * MiB + 1536))
+    return p
+
+
+def b_commit(d):
+    base = img(d, "base.qcow2", 4 * MiB, "cluster_size=4k")
+    fill(base, 4096, 1, 4 * MiB)
+    top = qemu.create(d / "top.qcow2", 4 * MiB, "cluster_size=64k", backing=str(base))
+    write(top, 2048, pattern(300 * KiB, 2))
+    qemu.qemu_io(top, "write -z 1M 128k")
+    qemu.qemu_img("commit", top)
+    return base
+
+
+def _chain2(d):
+    base = img(d, "base.qcow2", 4 * MiB, "cluster_size=4k")
+    write(base, 0, pattern(4 * MiB, 1))
+    mid = qemu.create(d / "mid.qcow2", 4 * MiB, "cluster_size=4k", backing=str(base))
+    write(mid, 64 * KiB, pattern(64 * KiB, 2))
+    top = qemu.create(d / "top.qcow2", 4 * MiB, "cluster_size=4k", backing=str(mid))
+    write(top, 100 * KiB, pattern(8 * KiB, 3))
+    return base, mid, top
+
+
+def b_rebase_safe(d):
+    base, mid, top = _chain2(d)
+    qemu.qemu_img("rebase", "-b", str(base), "-F", "qcow2", top)
+    return top
+
+
+def b_rebase_unsafe(d):
+    base, mid, top = _chain2(d)
+    qemu.qemu_img("rebase", "-u", "-b", str(base), "-F", "qcow2", top)
+    return top
+
+
+def b_rebase_none(d):
+    base, mid, top = _chain2(d)
+    qemu.qemu_img("rebase", "-b", "", top)
+    return top
+
+
+def b_amend(*steps: str):
+    def build(d):
+        p = img(d, "a.qcow2", 4 * MiB, "cluster_size=4k")
+        fill(p, 4096, 1, 4 * MiB)
+        qemu.qemu_img("snapshot", "-c", "s1", p)
+        write(p, 0, pattern(4096, 2))
+        for s in steps:
+            qemu.qemu_img("amend", "-o", s, p)
+        return p
+    return build
+
+
+def b_snapshots(d):
+    p = img(d, "sn.qcow2", 4 * MiB, "cluster_size=4k")
+    fill(p, 4096, 1, 4 * MiB)
+    for i, n in enumerate(("a", "b", "c")):
+        qemu.qemu_img("snapshot", "-c", n, p)
+        write(p, i * 8192, pattern(8192, 10 + i))
+    qemu.qemu_img("snapshot", "-d", "b", p)
+    qemu.qemu_img("snapshot", "-a", "a", p)
+    write(p, 5 * 4096, pattern(4096, 30))
+    qemu.qemu_img("snapshot", "-c", "a", p)   # duplicate name: find by id
+    return p
+
+
+def b_discard_zero(d):
+    p = img(d, "dz.qcow2", 4 * MiB, "cluster_size=4k")
+    write(p, 0, pattern(1 * MiB, 1))
+    qemu.qemu_io(p, "discard 4096 8192", "write -z -u 65536 65536", "write -z 200k 4k",
+                 "discard 300k 2k", "write -z 400k 1k")
+    return p
+
+
+def b_bitmaps(d):
+    p = img(d, "bm.qcow2", 4 * MiB, "cluster_size=4k")
+    for b in ("b1", "b2", "b3"):
+        qemu.qemu_img("bitmap", "--add", p, b)
+    qemu.qemu_img("bitmap", "--disable", p, "b2")
+    fill(p, 4096, 1, 4 * MiB)
+    qemu.qemu_img("bitmap", "--remove", p, "b3")
+    qemu.qemu_img("bitmap", "--add", "-g", "64k", p, "b4")
+    return p
+
+
+def b_datafile(raw: bool):
+    def build(d):
+        p = img(d, "df.qcow2", 4 * MiB, "cluster_size=4k", f"data_file={d / 'df.data'}",
+                f"data_file_raw={'on' if raw else 'off'}")
+        write(p, 0, pattern(12 * KiB, 1))
+        write(p, 1 * MiB, pattern(64 * KiB, 2))
+        qemu.qemu_io(p, "write -z 16k 8k", "discard 1056k 4k")
+        return p
+    return build
+
+
+def b_chain_mixed(d):
+    """raw <- qcow2 (512 B clusters) <- qcow2 v2 (4K) <- qcow2 ext L2 (64K), sizes differ."""
+    raw = d / "l0.raw"
+    raw.write_bytes(pattern(1 * MiB + 4096, 40))
+    l1 = qemu.create(d / "l1.qcow2", 2 * MiB, "cluster_size=512", backing=str(raw),
+                     backing_fmt="raw")
+    write(l1, 3 * 512, pattern(9 * 512, 41))
+    qemu.qemu_io(l1, "write -z 64k 4k")
+    l2 = qemu.create(d / "l2.qcow2", 3 * MiB, "cluster_size=4k", "compat=0.10",
+                     backing=str(l1))
+    write(l2, 8192, pattern(4096, 42))
+    write(l2, 2 * MiB, pattern(8192, 43))
+    l3 = qemu.create(d / "l3.qcow2", 4 * MiB, "cluster_size=64k", "extended_l2=on",
+                     backing=str(l2))
+    write(l3, 6 * 2048, pattern(2048, 44))
+    qemu.qemu_io(l3, "write -z -u 1M 64k")
+    return l3
+
+
+def b_backing_short(d):
+    base = img(d, "short.qcow2", 1 * MiB + 4096, "cluster_size=64k")
+    write(base, 0, pattern(1 * MiB + 4096, 50))
+    top = qemu.create(d / "long.qcow2", 4 * MiB, "cluster_size=4k", backing=str(base))
+    write(top, 4096, pattern(4096, 51))
+    return top
+
+
+def b_relative_backing(d):
+    (d / "sub").mkdir()
+    img(d / "sub", "base.qcow2", 2 * MiB, "cluster_size=4k")
+    write(d / "sub" / "base.qcow2", 0, pattern(64 * KiB, 60))
+    # created from another working directory: the name is relative to the overlay
+    subprocess.run([qemu.QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+                    "qcow2", "sub/top.qcow2"], cwd=d, check=True, capture_output=True)
+    top = d / "sub" / "top.qcow2"
+    write(top, 8192, pattern(4096, 61))
+    return top
+
+
+def b_zero_size(d):
+    return img(d, "zero.qcow2", 0)
+
+
+def b_odd_size(d):
+    p = img(d, "odd.qcow2", 1 * MiB + 512 * 3, "cluster_size=64k")
+    write(p, 1 * MiB, pattern(1536, 1))
+    return p
+
+
+BUILDERS = {
+    "cs512": b_cluster(512), "cs4k": b_cluster(4096), "cs64k": b_cluster(65536),
+    "cs2M": b_cluster(2 * MiB),
+    **{f"refbits{b}": b_refbits(b) for b in (1, 2, 4, 8, 32, 64)},
+    "v2": b_v2, "extl2-64k": b_extl2(65536), "extl2-16k": b_extl2(16384),
+    "extl2-2M": b_extl2(2 * MiB), "extl2-backing": b_extl2_backing,
+    "zstd": b_zstd, "lazy": b_lazy, "lazy-dirty": b_lazy_dirty,
+    "convert-c": b_convert_c(), "convert-c-zstd": b_convert_c("compression_type=zstd"),
+    "convert-c-512": b_convert_c("cluster_size=512"),
+    "convert-c-2M": b_convert_c("cluster_size=2M"),
+    "convert-c-random": b_convert_incompressible,
+    "convert-metadata": b_prealloc("metadata"), "convert-falloc": b_prealloc("falloc"),
+    "convert-full": b_prealloc("full"),
+    "create-metadata": b_create_prealloc("metadata"), "create-full": b_create_prealloc("full"),
+    "resize-grow": b_resize_grow, "resize-shrink": b_resize_shrink,
+    "resize-unaligned": b_resize_unaligned, "commit": b_commit,
+    "rebase-safe": b_rebase_safe, "rebase-unsafe": b_rebase_unsafe,
+    "rebase-none": b_rebase_none,
+    "amend-v2": b_amend("compat=0.10"), "amend-v2-v3": b_amend("compat=0.10", "compat=1.1"),
+    "amend-refbits": b_amend("refcount_bits=64"), "amend-refbits4": b_amend("refcount_bits=4"),
+    "amend-lazy": b_amend("lazy_refcounts=on"),
+    "snapshots": b_snapshots, "discard-zero": b_discard_zero, "bitmaps": b_bitmaps,
+    "datafile-raw": b_datafile(True), "datafile": b_datafile(False),
+    "chain-mixed": b_chain_mixed, "backing-short": b_backing_short,
+    "relative-backing": b_relative_backing, "size0": b_zero_size, "odd-size": b_odd_size,
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Each image built once per module run (lazily, on first use)."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = BUILDERS[name](tmp_path_factory.mktemp(name))
+        return cache[name]
+    return get
+
+
+# -- comparisons -----------------------------------------------------------------------
+def qemu_raw(path: Path, snapshot: str | None = None) -> bytes:
+    out = path.with_name(path.name + ".oracle.raw")
+    try:
+        return qemu.to_raw(path, out, snapshot)
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def first_diff(a: bytes, b: bytes) -> int:
+    x = np.frombuffer(a, np.uint8)
+    y = np.frombuffer(b[:len(a)], np.uint8)
+    return int(np.nonzero(x != y)[0][0])
+
+
+def assert_reads_like_qemu(path: Path, snapshot: str | None = None) -> None:
+    want = qemu_raw(path, snapshot)
+    with open_image(path, snapshot=snapshot) as im:
+        n = im.virtual_size
+        got = im.read(0, n)
+    # convert -l keeps the current size; the snapshot view has its own disk size
+    assert len(want) >= n and not want[n:].strip(b"\0"), (len(want), n)
+    if got != want[:n]:
+        i = first_diff(got, want)
+        pytest.fail(f"guest byte {i:#x}: engine {got[i]:#x}, qemu {want[i]:#x}")
+
+
+def assert_check_like_qemu(path: Path) -> dict:
+    rc, want = qemu.check(path)
+    with open_image(path) as im:
+        r = im.check()
+    got = r.to_json()
+    for d in (got, want):
+        d.pop("filename", None)
+    assert got == want, f"engine {got} qemu {want}"
+    assert r.exit_code == rc
+    return want
+
+
+def assert_map_like_qemu(path: Path, snapshot: str | None = None) -> None:
+    with open_image(path) as im:
+        gm = im.guest_map(snapshot)
+        cs = im.cluster_size
+        assert gm.virtual_size == im.virtual_size or snapshot
+    runs = qemu.qemu_map(path)
+    for e in runs:
+        end = e["start"] + e["length"]
+        # clusters wholly inside the run (a run may start or end inside a cluster
+        # when sub-clusters or a backing file with smaller clusters split it)
+        lo = -(-e["start"] // cs)
+        hi = -(-end // cs) if end == gm.virtual_size else end // cs
+        if lo >= hi:
+            continue
+        st, dp, ho = gm.states[lo:hi], gm.depth[lo:hi], gm.host_offsets[lo:hi]
+        mixed = st == GuestState.MIXED
+        where = f"qemu {e}; engine states {st.tolist()[:8]} depth {dp.tolist()[:8]}"
+        if mixed.all():
+            continue
+        if not e["present"]:
+            assert (st == GuestState.UNALLOCATED).all(), where
+            continue
+        if e["depth"] > 0:
+            assert (st == GuestState.BACKING).all() and (dp == e["depth"]).all(), where
+            continue
+        if e["zero"] and not e["data"]:
+            assert (st == GuestState.ZERO).all(), where
+        elif "offset" in e:
+            assert (st == GuestState.DATA).all(), where
+            want = e["offset"] + (lo * cs - e["start"]) + np.arange(hi - lo, dtype=np.uint64) * cs
+            assert (ho == want).all(), where
+        else:
+            assert (st == GuestState.COMPRESSED).all(), where
+
+
+def snapshot_names(path: Path) -> list[str]:
+    return [s["id"] for s in qemu.info(path).get("snapshots", [])]
+
+
+MATRIX = sorted(BUILDERS)
+
+
+@pytest.mark.parametrize("kind", MATRIX)
+def test_read_like_qemu(built, kind):
+    assert_reads_like_qemu(built(kind))
+
+
+@pytest.mark.parametrize("kind", MATRIX)
+def test_snapshot_views_like_qemu(built, kind):
+    p = built(kind)
+    ids = snapshot_names(p)
+    if not ids:
+        pytest.skip("no snapshots")
+    for sid in ids:
+        # convert -l snapshot.id=
+        out = p.with_name("snap.raw")
+        qemu.qemu_img("convert", "-O", "raw", "-l", f"snapshot.id={sid}", p, out)
+        want = out.read_bytes()
+        out.unlink()
+        with open_image(p, snapshot=sid) as im:
+            got = im.read(0, im.virtual_size)
+        assert got == want[:len(got)] and not want[len(got):].strip(b"\0"), sid
+
+
+@pytest.mark.parametrize("kind", MATRIX)
+def test_check_like_qemu(built, kind):
+    assert_check_like_qemu(built(kind))
+
+
+@pytest.mark.parametrize("kind", MATRIX)
+def test_map_like_qemu(built, kind):
+    assert_map_like_qemu(built(kind))
+
+
+def test_huge_sparse_image(tmp_path):
+    """4 PiB with a few writes: reads, check and the runs qemu-img map reports."""
+    p = img(tmp_path, "huge.qcow2", 4 << 50, "cluster_size=2M")
+    offs = [0, 1 << 40, 3 << 49, (4 << 50) - 4096]
+    for i, o in enumerate(offs):
+        write(p, o, pattern(4096, 70 + i))
+    with open_image(p) as im:
+        assert im.virtual_size == 4 << 50
+        for i, o in enumerate(offs):
+            assert im.read(o, 4096) == pattern(4096, 70 + i)
+            assert im.read(o ^ 8192, 4096) == bytes(4096)
+        cs = im.cluster_size
+        gm = im.guest_map()
+        for e in qemu.qemu_map(p):
+            c = e["start"] // cs
+            for k in (c, (e["start"] + e["length"]) // cs - 1):   # first and last cluster only
+                if e["data"]:
+                    assert gm.states[k] == GuestState.DATA, e
+                    assert gm.host_offsets[k] == e["offset"] + (k - c) * cs, e
+                else:
+                    assert gm.states[k] == GuestState.UNALLOCATED, e
+    assert_check_like_qemu(p)
