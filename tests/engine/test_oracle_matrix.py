@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import qemu
-from qcow2view.engine import GuestState, Qcow2Error, open_image
+from qcow2view.engine import GuestState, Qcow2Error, UnsupportedFeatureError, open_image
 
 KiB, MiB = 1024, 1 << 20
 
@@ -407,6 +407,17 @@ def qemu_raw(path: Path, snapshot: str | None = None) -> bytes:
         out.unlink(missing_ok=True)
 
 
+def raw_or_none(path: Path) -> bytes | None:
+    """The guest disk per qemu-img convert, or None where qemu cannot read it."""
+    out = path.with_name(path.name + ".oracle.raw")
+    try:
+        if qemu.qemu_img("convert", "-O", "raw", path, out, check=False).returncode:
+            return None
+        return out.read_bytes()
+    finally:
+        out.unlink(missing_ok=True)
+
+
 def first_diff(a: bytes, b: bytes) -> int:
     x = np.frombuffer(a, np.uint8)
     y = np.frombuffer(b[:len(a)], np.uint8)
@@ -533,3 +544,293 @@ def test_huge_sparse_image(tmp_path):
                 else:
                     assert gm.states[k] == GuestState.UNALLOCATED, e
     assert_check_like_qemu(p)
+
+
+# -- damaged images: check and repair against qemu-img check ---------------------------
+class Raw:
+    """Header fields and table places read with struct (independent of the engine)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        h = path.read_bytes()[:112]
+        self.version = struct.unpack_from(">I", h, 4)[0]
+        self.cs = 1 << struct.unpack_from(">I", h, 20)[0]
+        self.l1 = struct.unpack_from(">Q", h, 40)[0]
+        self.rt = struct.unpack_from(">Q", h, 48)[0]
+        self.bits = 1 << struct.unpack_from(">I", h, 96)[0] if self.version >= 3 else 16
+        ext = self.version >= 3 and struct.unpack_from(">Q", h, 72)[0] & 16
+        self.es = 16 if ext else 8
+        self.l2 = self.peek(self.l1) & 0x00FFFFFFFFFFFE00
+
+    def peek(self, off: int) -> int:
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            return struct.unpack(">Q", f.read(8))[0]
+
+    def poke(self, off: int, value: int) -> None:
+        with open(self.path, "r+b") as f:
+            f.seek(off)
+            f.write(struct.pack(">Q", value & (1 << 64) - 1))
+
+    def l2e(self, i: int) -> int:
+        return self.l2 + i * self.es
+
+    def entries(self) -> list[int]:
+        return [self.peek(self.l2e(i)) for i in range(self.cs // self.es)]
+
+    def find(self, kind: str) -> int:
+        """Index of the first L2 entry of a kind: data, compressed, free."""
+        for i, e in enumerate(self.entries()):
+            comp = bool(e & (1 << 62))
+            if kind == "data" and not comp and e & 0x00FFFFFFFFFFFE00:
+                return i
+            if kind == "compressed" and comp:
+                return i
+            if kind == "free" and e == 0:
+                return i
+        raise LookupError(kind)
+
+    def host(self, i: int) -> int:
+        return self.peek(self.l2e(i)) & 0x00FFFFFFFFFFFE00
+
+    def set_refcount(self, cluster: int, value: int) -> None:
+        per = self.cs * 8 // self.bits
+        blk = self.peek(self.rt + 8 * (cluster // per)) & ~0x1FF
+        bit = (cluster % per) * self.bits
+        with open(self.path, "r+b") as f:
+            if self.bits >= 8:
+                f.seek(blk + bit // 8)
+                f.write(value.to_bytes(self.bits // 8, "big"))
+            else:                       # sub-byte widths: least significant bits first
+                f.seek(blk + bit // 8)
+                b = f.read(1)[0]
+                mask = ((1 << self.bits) - 1) << (bit % 8)
+                f.seek(blk + bit // 8)
+                f.write(bytes([(b & ~mask) | ((value << (bit % 8)) & mask)]))
+
+    def compressed_entry(self, host: int, sectors: int) -> int:
+        x = 62 - (self.cs.bit_length() - 1 - 8)
+        return (1 << 62) | ((sectors - 1) << x) | host
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+COPIED = 1 << 63
+
+
+def d_unref(r: Raw):            # leak: an L2 entry forgotten
+    r.poke(r.l2e(r.find("data")), 0)
+
+
+def d_leak_free(r: Raw):        # leak: refcount on a cluster nobody uses
+    r.set_refcount(r.size // r.cs + 1, 1)
+
+
+def d_refcount_high(r: Raw):
+    r.set_refcount(r.host(r.find("data")) // r.cs, 1 if r.bits == 1 else 3)
+
+
+def d_refcount_zero(r: Raw):
+    r.set_refcount(r.host(r.find("data")) // r.cs, 0)
+
+
+def d_l2_refcount_zero(r: Raw):
+    r.set_refcount(r.l2 // r.cs, 0)
+
+
+def d_double(r: Raw):
+    i, j = r.find("data"), r.find("free")
+    r.poke(r.l2e(j), r.peek(r.l2e(i)))
+
+
+def d_copied_clear(r: Raw):
+    i = r.find("data")
+    r.poke(r.l2e(i), r.peek(r.l2e(i)) & ~COPIED)
+
+
+def d_copied_set(r: Raw):       # COPIED on every allocated entry (wrong where shared)
+    for i, e in enumerate(r.entries()):
+        if e & 0x00FFFFFFFFFFFE00 and not e & (1 << 62):
+            r.poke(r.l2e(i), e | COPIED)
+    r.poke(r.l1, r.peek(r.l1) | COPIED)
+
+
+def d_l1_copied_clear(r: Raw):
+    r.poke(r.l1, r.peek(r.l1) & ~COPIED)
+
+
+def d_past_eof(r: Raw):
+    r.poke(r.l2e(r.find("data")), COPIED | (r.size + 64 * r.cs) // r.cs * r.cs)
+
+
+def d_misaligned(r: Raw):
+    i = r.find("data")
+    r.poke(r.l2e(i), r.peek(r.l2e(i)) + max(512, r.cs // 2))
+
+
+def d_compressed_eof(r: Raw):
+    r.poke(r.l2e(r.find("compressed")), r.compressed_entry(r.size + 3 * r.cs + 100, 2))
+
+
+def d_compressed_long(r: Raw):  # sector count past the end of the file
+    i = r.find("compressed")
+    e = r.peek(r.l2e(i))
+    x = 62 - (r.cs.bit_length() - 1 - 8)
+    r.poke(r.l2e(i), e | (((1 << (62 - x)) - 1) << x))
+
+
+def d_data_on_l1(r: Raw):       # overlapping metadata: data cluster = the L1 table
+    i = r.find("data")
+    r.poke(r.l2e(i), COPIED | (r.l1 // r.cs * r.cs))
+
+
+def d_data_on_reftable(r: Raw):
+    r.poke(r.l2e(r.find("free")), COPIED | r.rt)
+
+
+def d_reftable_cleared(r: Raw):
+    r.poke(r.rt, 0)
+
+
+def d_l1_header(r: Raw):        # L1 entry pointing into the header cluster
+    if r.cs == 512:
+        pytest.skip("with 512-byte clusters offset 0 is the only header place (= unallocated)")
+    r.poke(r.l1, COPIED | r.cs // 2)
+
+
+def d_compressed_header(r: Raw):  # compressed data inside the header cluster
+    r.poke(r.l2e(r.find("compressed")), r.compressed_entry(0x100, 1))
+
+
+def d_l1_on_refblock(r: Raw):   # the L2 table is the refcount block
+    r.poke(r.l1, COPIED | r.peek(r.rt) & ~0x1FF)
+
+
+def d_l1_eof(r: Raw):
+    r.poke(r.l1, COPIED | (r.size + 8 * r.cs) // r.cs * r.cs)
+
+
+def d_refblock_on_data(r: Raw):
+    r.poke(r.rt, r.host(r.find("data")))
+
+
+def d_zero_alloc_eof(r: Raw):   # v3 zero flag with a preallocated offset past the end
+    if r.version < 3 or r.es == 16:
+        pytest.skip("zero flag with an offset needs a v3 image without sub-clusters")
+    r.poke(r.l2e(r.find("free")), COPIED | 1 | (r.size + 16 * r.cs) // r.cs * r.cs)
+
+
+DAMAGES = {f.__name__[2:]: f for f in (
+    d_unref, d_leak_free, d_refcount_high, d_refcount_zero, d_l2_refcount_zero, d_double,
+    d_copied_clear, d_copied_set, d_l1_copied_clear, d_past_eof, d_misaligned,
+    d_compressed_eof, d_compressed_long, d_data_on_l1, d_data_on_reftable,
+    d_reftable_cleared, d_l1_header, d_compressed_header, d_l1_on_refblock, d_l1_eof, d_refblock_on_data, d_zero_alloc_eof)}
+
+
+def base_image(d: Path, kind: str) -> Path:
+    opts = {"v3": ["cluster_size=4k"], "snap": ["cluster_size=4k"],
+            "rb1": ["cluster_size=4k", "refcount_bits=1"],
+            "rb64": ["cluster_size=4k", "refcount_bits=64"],
+            "v2-512": ["cluster_size=512", "compat=0.10"],
+            "extl2": ["cluster_size=64k", "extended_l2=on"],
+            "zstd": ["cluster_size=64k", "compression_type=zstd"]}[kind]
+    p = img(d, f"{kind}.qcow2", 4 * MiB, *opts)
+    cs = Raw(p).cs
+    write(p, 0, pattern(3 * cs, 1))
+    write(p, 4 * cs, pattern(cs, 2), "-c")
+    write(p, 8 * cs, pattern(2 * cs, 3))
+    if kind == "snap":
+        qemu.qemu_img("snapshot", "-c", "s", p)
+        write(p, 0, pattern(cs, 4))
+    return p
+
+
+BASES = ["v3", "snap", "rb1", "rb64", "v2-512", "extl2", "zstd"]
+# qemu 7.2 and the engine disagree here (see /tmp/qa/REPORT.md); strict xfails
+KNOWN: dict[tuple[str, str, str], str] = {
+    ("repair-all", "rb1", "refblock_on_data"):
+        "BUG-1: repair(all) of a 1-bit refcount image whose refcount table points at a data "
+        "cluster writes refcounts into guest data and leaves a corruption (qemu rebuilds)",
+}
+
+
+def damaged(tmp_path, base: str, dmg: str) -> Path:
+    p = base_image(tmp_path, base)
+    DAMAGES[dmg](Raw(p))
+    return p
+
+
+def _xfail_known(request, base, dmg, what):
+    reason = KNOWN.get((what, base, dmg)) or KNOWN.get((what, "*", dmg))
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def engine_reads_or_refuses(p: Path) -> None:
+    """Where qemu reads the damaged disk, the engine reads the same bytes; elsewhere it
+    raises Qcow2Error (never another exception)."""
+    out = p.with_name("dmg.raw")
+    r = qemu.qemu_img("convert", "-O", "raw", p, out, check=False)
+    try:
+        with open_image(p) as im:
+            got = im.read(0, im.virtual_size)
+    except Qcow2Error:
+        return                    # refusing a damaged disk is allowed
+    if r.returncode == 0:
+        want = out.read_bytes()
+        out.unlink()
+        if got != want:
+            i = first_diff(got, want)
+            pytest.fail(f"engine reads guest byte {i:#x} as {got[i]:#x}, qemu {want[i]:#x}")
+
+
+@pytest.mark.parametrize("dmg", sorted(DAMAGES))
+@pytest.mark.parametrize("base", BASES)
+def test_damaged_check_like_qemu(tmp_path, request, base, dmg):
+    _xfail_known(request, base, dmg, "check")
+    p = damaged(tmp_path, base, dmg)
+    rc, want = qemu.check(p)
+    if "stdout" in want:
+        # qemu-img check gave up without JSON (it could not open the image)
+        with pytest.raises(Qcow2Error):
+            with open_image(p) as im:
+                im.check()
+        return
+    assert_check_like_qemu(p)
+    engine_reads_or_refuses(p)
+
+
+def _repair_pair(tmp_path, base, dmg, mode):
+    p = damaged(tmp_path, base, dmg)
+    ours = p.with_name("ours.qcow2")
+    shutil.copyfile(p, ours)
+    rc, fixed = qemu.check(p, "-r", mode)
+    if "stdout" in fixed or qemu.check(p)[0] != 0:
+        pytest.skip("qemu-img check -r cannot make this image clean either")
+    return p, ours, fixed
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+@pytest.mark.parametrize("dmg", sorted(DAMAGES))
+@pytest.mark.parametrize("base", ["v3", "snap", "rb1", "v2-512", "extl2"])
+def test_repair_like_qemu(tmp_path, request, base, dmg, mode):
+    _xfail_known(request, base, dmg, "repair-" + mode)
+    theirs, ours, fixed = _repair_pair(tmp_path, base, dmg, mode)
+    before = ours.read_bytes()
+    try:
+        with open_image(ours, writable=True) as im:
+            r = im.repair(leaks=True, all=mode == "all")
+    except UnsupportedFeatureError as e:
+        # the engine does not rebuild refcount structures (qemu does): it must say so
+        # and leave the file as it was
+        assert ours.read_bytes() == before
+        pytest.skip(f"engine refuses: {e}")
+    rc, after = qemu.check(ours)
+    assert rc == 0, f"qemu-img check after the engine's repair: {after}"
+    assert (r.corruptions_fixed, r.leaks_fixed) == (fixed.get("corruptions-fixed", 0),
+                                                    fixed.get("leaks-fixed", 0))
+    assert raw_or_none(ours) == raw_or_none(theirs)
+    with open_image(ours) as im:
+        assert im.check().clean
