@@ -4,6 +4,15 @@ Roots: the active L1 table, each snapshot's L1 table, the refcount table.  L1
 entries expand into their L2 entries and refcount table entries into their
 refcount blocks.  Nothing below a root is read until it is expanded, and rows
 arrive in batches of :data:`BATCH` through ``canFetchMore``/``fetchMore``.
+With :meth:`TableTreeModel.set_paced` (what the table view uses) a container
+reports more rows to fetch only for its first batch: QTreeView asks every
+expanded container to fetch more on each relayout, which would otherwise load
+hundreds of rows nobody looks at.  Later batches come when the view asks for
+the text of a row near the end of what is loaded, i.e. when it is scrolled there.
+
+Row text is made once per row, when the view first paints it, from columns the
+container decodes once with numpy (cluster types, refcounts of what each entry
+points at), and kept until the analysis changes.
 
 Every index's internal pointer is the *container* node whose child it is;
 containers get a :class:`Node` only once they are reached, so a table of a
@@ -15,7 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor
 
 from ..engine import Qcow2Error
@@ -46,16 +55,25 @@ _TYPE_NAMES = {ClusterType.UNALLOCATED: "unallocated", ClusterType.ZERO_PLAIN: "
                ClusterType.INVALID: "INVALID sub-cluster bitmap"}
 PROBLEM_COLOR = QColor("#c0392b")
 _ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
-_ROLES = frozenset({Qt.DisplayRole, Qt.ToolTipRole, Qt.ForegroundRole, Qt.TextAlignmentRole,
-                    Qt.UserRole + 1, Qt.UserRole + 2, Qt.UserRole + 3, Qt.UserRole + 4})
 _NO_FLAGS = Qt.NoItemFlags
+# Plain ints: the delegate asks ~10 roles per painted cell, and every attribute
+# lookup on a Qt enum class costs a few microseconds in PySide6.
+_DISPLAY, _TOOLTIP, _FOREGROUND, _ALIGN = (int(Qt.DisplayRole), int(Qt.ToolTipRole),
+                                           int(Qt.ForegroundRole), int(Qt.TextAlignmentRole))
+_ROLES = frozenset({_DISPLAY, _TOOLTIP, _FOREGROUND, _ALIGN, int(EntryOffsetRole),
+                    int(HostOffsetRole), int(GuestOffsetRole), int(KindRole)})
+_ROW_ROLES = frozenset({_DISPLAY, _TOOLTIP, _FOREGROUND})
+_ALIGN_RIGHT = int(Qt.AlignRight | Qt.AlignVCenter)
+_RED = QBrush(PROBLEM_COLOR)
+_GREY = QBrush(QColor("#999999"))
 
 
 class Node:
     """A container row: a root table, an L1 entry or a refcount table entry."""
 
     __slots__ = ("kind", "parent", "pos", "entry", "label", "snapshot", "cand", "count",
-                 "kids", "error", "raw", "bitmap", "types", "table_offset", "loaded")
+                 "kids", "error", "raw", "bitmap", "types", "table_offset", "loaded",
+                 "rows", "rc")
 
     def __init__(self, kind: int, parent: "Node | None", pos: int, entry: int = -1) -> None:
         self.kind = kind
@@ -73,6 +91,8 @@ class Node:
         self.types: np.ndarray | None = None
         self.table_offset = 0
         self.loaded = False
+        self.rows: dict[int, tuple] = {}      # row -> (texts, brushes, problem tooltip)
+        self.rc: np.ndarray | None = None     # refcount of what each entry points at, -1: none
 
 
 class TableTreeModel(QAbstractItemModel):
@@ -89,8 +109,18 @@ class TableTreeModel(QAbstractItemModel):
         self._problems_at: dict[int, list[str]] = {}  # entry file offset -> messages
         self._problems_cluster: dict[int, list[str]] = {}
         self.tables_read = 0      # L2 tables / refcount blocks / snapshot L1s read so far
+        self._paced = False
+        self._wanted: set[Node] = set()     # containers whose end the view has reached
+        self._fetch_timer = QTimer(self)
+        self._fetch_timer.setSingleShot(True)
+        self._fetch_timer.setInterval(0)
+        self._fetch_timer.timeout.connect(self._fetch_wanted)
 
     # -- content -----------------------------------------------------------------------
+    def set_paced(self, on: bool) -> None:
+        """Fetch later batches only when a view shows the end of the loaded rows."""
+        self._paced = on
+
     def set_image(self, img: Image | None) -> None:
         self.beginResetModel()
         self._img = img
@@ -125,6 +155,8 @@ class TableTreeModel(QAbstractItemModel):
 
     def _announce_all(self) -> None:
         def walk(node: Node, parent: QModelIndex) -> None:
+            node.rows = {}
+            node.rc = None
             if node.count:
                 self.dataChanged.emit(self.index(0, COL_REFCOUNT, parent),
                                       self.index(node.count - 1, COL_PROBLEM, parent))
@@ -136,6 +168,7 @@ class TableTreeModel(QAbstractItemModel):
     def _build_roots(self) -> None:
         root = self._root
         root.kids = {}
+        self._wanted.clear()
         img = self._img
         if img is None:
             root.cand = np.zeros(0, dtype=np.int64)
@@ -279,7 +312,9 @@ class TableTreeModel(QAbstractItemModel):
         node = self._container(parent)
         if node is None or node.kind == ROOT or not self._has_kids(node):
             return False
-        return node.cand is None or node.count < len(node.cand)
+        if node.cand is None:
+            return True
+        return node.count < len(node.cand) and (not self._paced or node.count == 0)
 
     def fetchMore(self, parent=QModelIndex()) -> None:
         node = self._container(parent)
@@ -293,9 +328,22 @@ class TableTreeModel(QAbstractItemModel):
         upto = min(upto, len(node.cand))
         if upto <= node.count:
             return
+        self._wanted.discard(node)
         self.beginInsertRows(parent, node.count, upto - 1)
         node.count = upto
         self.endInsertRows()
+
+    def _want_more(self, holder: Node) -> None:
+        if holder not in self._wanted:
+            self._wanted.add(holder)
+            self._fetch_timer.start()
+
+    def _fetch_wanted(self) -> None:
+        for node in list(self._wanted):
+            self._wanted.discard(node)
+            if node.parent is not None:
+                self._fetch_to(node, self.createIndex(node.pos, 0, node.parent),
+                               node.count + BATCH)
 
     def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation == Qt.Horizontal and role == Qt.DisplayRole \
@@ -307,7 +355,7 @@ class TableTreeModel(QAbstractItemModel):
         # a constant: the view asks for every row on expand, enum arithmetic is slow
         return _ROW_FLAGS if index.isValid() else _NO_FLAGS
 
-    def data(self, index: QModelIndex | QPersistentModelIndex, role=Qt.DisplayRole):
+    def data(self, index: QModelIndex | QPersistentModelIndex, role=_DISPLAY):
         if role not in _ROLES or not index.isValid():
             return None     # the delegate asks ~10 roles a cell: answer the rest fast
         holder: Node = index.internalPointer()
@@ -316,25 +364,23 @@ class TableTreeModel(QAbstractItemModel):
             return self._root_data(holder.kids[row], col, role)
         if holder.cand is None or row >= len(holder.cand):
             return None
+        if role in _ROW_ROLES:
+            cached = holder.rows.get(row)
+            if cached is None:
+                cached = holder.rows[row] = self._row(holder, row)
+                if self._paced and row >= holder.count - BATCH // 4 \
+                        and holder.count < len(holder.cand):
+                    self._want_more(holder)
+            texts, brushes, problems = cached
+            if role == _DISPLAY:
+                return texts[col]
+            if role == _FOREGROUND:
+                return brushes[col]
+            return problems if col == COL_PROBLEM else (texts[col] or None)
+        if role == _ALIGN:
+            return _ALIGN_RIGHT if col == COL_REFCOUNT else None
         entry = int(holder.cand[row])
         kind = CHILD_KIND[holder.kind]
-        if role == Qt.DisplayRole:
-            return self._text(holder, kind, entry, col)
-        if role == Qt.ToolTipRole:
-            if col == COL_PROBLEM:
-                return "\n".join(self._problems(holder, kind, entry)) or None
-            return self._text(holder, kind, entry, col)
-        if role == Qt.ForegroundRole:
-            if col == COL_PROBLEM or (col == COL_FLAGS and kind == L2E and holder.types is not None
-                                      and holder.types[entry] == ClusterType.INVALID):
-                return QBrush(PROBLEM_COLOR)
-            if col == COL_RAW and int(holder.raw[entry]) == 0:
-                return QBrush(QColor("#999999"))
-            return None
-        if role == Qt.TextAlignmentRole:
-            if col == COL_REFCOUNT:
-                return int(Qt.AlignRight | Qt.AlignVCenter)
-            return None
         if role == EntryOffsetRole:
             return self._entry_offset(holder, kind, entry)
         if role == HostOffsetRole:
@@ -344,6 +390,22 @@ class TableTreeModel(QAbstractItemModel):
         if role == KindRole:
             return _KIND_NAMES[kind]
         return None
+
+    def _row(self, holder: Node, row: int) -> tuple:
+        """Texts, brushes and problem tooltip of one row, made once."""
+        entry = int(holder.cand[row])
+        kind = CHILD_KIND[holder.kind]
+        texts = tuple(self._text(holder, kind, entry, col) for col in range(len(COLUMNS)))
+        brushes = [None] * len(COLUMNS)
+        if texts[COL_PROBLEM]:
+            brushes[COL_PROBLEM] = _RED
+        if kind == L2E and holder.types is not None \
+                and holder.types[entry] == ClusterType.INVALID:
+            brushes[COL_FLAGS] = _RED
+        if int(holder.raw[entry]) == 0:
+            brushes[COL_RAW] = _GREY
+        problems = "\n".join(self._problems(holder, kind, entry)) if texts[COL_PROBLEM] else None
+        return texts, tuple(brushes), problems
 
     def _root_data(self, node: Node, col: int, role: int):
         if role == Qt.DisplayRole:
@@ -405,27 +467,66 @@ class TableTreeModel(QAbstractItemModel):
             return (holder.entry * img.l2_size + entry) * self._cs
         return None
 
-    def _refcount(self, host_offset: int | None) -> int | None:
-        if host_offset is None or self._img is None:
-            return None
-        cluster = host_offset // self._cs
-        rc = self._refcounts
-        if rc is not None and cluster < len(rc):
-            return int(rc[cluster])
+    def _child_refcounts(self, holder: Node) -> np.ndarray:
+        """Refcount of the host cluster each entry of ``holder``'s table points at
+        (-1 where it points at nothing), for the whole table at once."""
+        if holder.rc is not None:
+            return holder.rc
         img = self._img
-        rti, i = divmod(cluster, img.refcount_block_entries)
-        if rti >= len(img.refcount_table):
-            return 0
-        if rti not in self._rc_cache:
-            try:
-                blk = img.refcount_block(rti)
-            except Qcow2Error:
-                blk = None
-            self._rc_cache[rti] = None if blk is None else blk[1]
-            if len(self._rc_cache) > 64:
-                self._rc_cache.popitem(last=False)
-        counts = self._rc_cache[rti]
-        return 0 if counts is None else int(counts[i])
+        raw = holder.raw if holder.raw is not None else np.zeros(0, dtype=np.uint64)
+        kind = CHILD_KIND[holder.kind]
+        if kind == L1E:
+            hosts = raw & np.uint64(C.L1E_OFFSET_MASK)
+        elif kind == RTE:
+            hosts = raw & np.uint64(C.REFT_OFFSET_MASK)
+        elif kind == L2E and not img.has_data_file:     # data file clusters have no refcount
+            hosts = raw & np.uint64(C.L2E_OFFSET_MASK)
+            if holder.types is not None:
+                comp = holder.types == ClusterType.COMPRESSED
+                if comp.any():
+                    hosts[comp] = raw[comp] & np.uint64(img.layout.offset_mask)
+                hosts[(holder.types == ClusterType.ZERO_PLAIN)
+                      | (holder.types == ClusterType.UNALLOCATED)] = 0
+        else:
+            hosts = np.zeros(len(raw), dtype=np.uint64)
+        out = np.full(len(raw), -1, dtype=np.int64)
+        used = np.flatnonzero(hosts)
+        clusters = (hosts[used] >> np.uint64(img.cluster_bits)).astype(np.int64)
+        out[used] = self._refcounts_of(clusters)
+        holder.rc = out
+        return out
+
+    def _refcounts_of(self, clusters: np.ndarray) -> np.ndarray:
+        """Refcounts of host clusters: from the host map when it covers them, else
+        from the refcount blocks (a few cached); 0 past the refcount table."""
+        out = np.zeros(len(clusters), dtype=np.int64)
+        rc = self._refcounts
+        todo = np.ones(len(clusters), dtype=bool)
+        if rc is not None:
+            inside = clusters < len(rc)
+            out[inside] = rc[clusters[inside]]
+            todo &= ~inside
+        if not todo.any():
+            return out
+        img = self._img
+        per = img.refcount_block_entries
+        rtis = clusters // per
+        for rti in np.unique(rtis[todo]).tolist():
+            if rti >= len(img.refcount_table):
+                continue
+            if rti not in self._rc_cache:
+                try:
+                    blk = img.refcount_block(rti)
+                except Qcow2Error:
+                    blk = None
+                self._rc_cache[rti] = None if blk is None else blk[1]
+                if len(self._rc_cache) > 64:
+                    self._rc_cache.popitem(last=False)
+            counts = self._rc_cache[rti]
+            if counts is not None:
+                sel = todo & (rtis == rti)
+                out[sel] = counts[clusters[sel] % per]
+        return out
 
     def _problems(self, holder: Node, kind: int, entry: int) -> list[str]:
         out = list(self._problems_at.get(self._entry_offset(holder, kind, entry), ()))
@@ -482,12 +583,8 @@ class TableTreeModel(QAbstractItemModel):
         if col == COL_REFCOUNT:
             if kind == RBE:
                 return ""
-            h = self._host_offset(holder, kind, entry)
-            if kind == L2E and holder.types is not None \
-                    and holder.types[entry] in (ClusterType.ZERO_PLAIN, ClusterType.UNALLOCATED):
-                return ""
-            rc = self._refcount(h) if h else None
-            return "" if rc is None else str(rc)
+            rc = int(self._child_refcounts(holder)[entry])
+            return "" if rc < 0 else str(rc)
         if col == COL_PROBLEM:
             probs = self._problems(holder, kind, entry)
             return ("⚠ " + probs[0] + (f" (+{len(probs) - 1})" if len(probs) > 1 else "")

@@ -19,6 +19,7 @@ class TablePanel(QWidget):
     def __init__(self, model: TableTreeModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = model
+        model.set_paced(True)       # batches as the view scrolls, not on every relayout
         self.allocated = QCheckBox("Allocated entries only")
         self.allocated.setToolTip("Hide entries that map nothing (keeps loading lazy)")
         self.allocated.toggled.connect(self._filter)
