@@ -2,6 +2,12 @@
 
 ``run_gui`` sets up the QApplication, logging and the one excepthook, then
 opens the images as tabs of one :class:`~qcow2view.ui.mainwindow.MainWindow`.
+
+With ``QCOW2VIEW_TIMING=1`` in the environment the launch prints milestones to
+stderr, in seconds since the process started (Linux: /proc/self/stat, so the
+interpreter's own start-up counts): QApplication made, window shown, header and
+table tree first painted with content, maps ready, screenshot saved.
+tests/benchmarks/bench_gui.py reads them from a real ``--screenshot`` run.
 """
 
 from __future__ import annotations
@@ -12,6 +18,52 @@ import time
 
 APP_NAME = "qcow2view"
 SCREENSHOT_TIMEOUT = 120.0      # seconds to wait for maps before giving up
+TIMING = os.environ.get("QCOW2VIEW_TIMING") == "1"
+_IMPORTED = time.perf_counter()
+
+
+def process_age() -> float:
+    """Seconds since this process started (since this module's import off Linux)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+def mark(label: str) -> None:
+    """One launch milestone on stderr, when QCOW2VIEW_TIMING=1."""
+    if TIMING:
+        print(f"qcow2view timing: {label} {process_age():.3f}", file=sys.stderr, flush=True)
+
+
+def _watch_first_paint(tab) -> None:
+    """Mark when the header panel and the table tree have both painted with content."""
+    from PySide6.QtCore import QEvent, QObject
+
+    views = {"header": (tab.header_panel.view, tab.header_model),
+             "tree": (tab.table_panel.view, tab.tree_model)}
+    painted: set[str] = set()
+
+    class FirstPaint(QObject):
+        def eventFilter(self, obj, ev):
+            if ev.type() == QEvent.Paint:
+                for name, (view, model) in views.items():
+                    if obj is view.viewport() and model.rowCount() > 0:
+                        painted.add(name)
+                if len(painted) == len(views):
+                    for view, _ in views.values():
+                        view.viewport().removeEventFilter(self)
+                    # after the paint: the milestone is the painted frame
+                    from PySide6.QtCore import QTimer
+                    QTimer.singleShot(0, lambda: mark("header+tree painted"))
+            return False
+
+    spy = FirstPaint(tab)
+    for view, _ in views.values():
+        view.viewport().installEventFilter(spy)
 
 
 def _headless_default() -> None:
@@ -40,6 +92,7 @@ def run_gui(ns) -> int:
     if getattr(ns, "screenshot", None):
         _headless_default()
     app = make_app()
+    mark("qapplication")
     from .ui import dialogs
     dialogs.setup_logging()
     hook = dialogs.ExceptHook(app)
@@ -51,10 +104,20 @@ def run_gui(ns) -> int:
         from .ui.settings import recent_files
         win = MainWindow(edit=bool(getattr(ns, "edit", False)))
         open_initial(win, ns, first_run=not recent_files())
+        _time_tabs(win)
         win.show()
+        mark("window shown")
         return app.exec()
     finally:
         hook.uninstall()
+
+
+def _time_tabs(win) -> None:
+    if not TIMING or not win.tabs_list():
+        return
+    tab = win.tabs_list()[0]
+    _watch_first_paint(tab)
+    tab.document.mapsReady.connect(lambda: mark("maps ready"))
 
 
 def open_initial(win, ns, *, first_run: bool) -> None:
@@ -101,7 +164,9 @@ def _screenshot(ns, app) -> int:
         if not win.tabs_list() and not paths:
             print("qcow2view: --screenshot needs an image (or --demo)", file=sys.stderr)
             return 2
+        _time_tabs(win)
         win.show()
+        mark("window shown")
         if not wait_until_ready(app, win.tabs_list()):
             print("qcow2view: timed out waiting for the maps", file=sys.stderr)
             return 1
@@ -117,6 +182,7 @@ def _screenshot(ns, app) -> int:
         if not win.grab().save(out, "PNG"):
             print(f"qcow2view: cannot write {out}", file=sys.stderr)
             return 1
+        mark("screenshot saved")
         return 0
     finally:
         win.close_all()

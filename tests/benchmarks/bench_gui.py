@@ -2,9 +2,16 @@
 
 Run: ``python tests/benchmarks/bench_gui.py [IMAGE]`` (makes /tmp/big.qcow2 with
 ``qemu-img create -f qcow2 -o preallocation=metadata /tmp/big.qcow2 1T`` if no
-image is given).  Prints each figure against its budget and, for comparison,
-what qemu-img takes on the same file.  A script, not a test: no timing is
-asserted in the test suite.
+image is given).  Prints each figure against its budget and, side by side, what
+qemu-img takes on the same file.  A script, not a test: no timing is asserted in
+the test suite.
+
+Launch figures come from the real process: ``python -m qcow2view IMAGE
+--screenshot OUT.png`` with ``QCOW2VIEW_TIMING=1``, which prints milestones in
+seconds since the process started (see qcow2view/app.py): the header panel and
+table tree first painted with content, maps ready, screenshot saved; plus the
+whole process's wall time.  The other figures come from a probe process that
+drives the window from the inside.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BUDGETS = {"screenshot_s": 5.0, "header_tree_visible_s": 1.0, "max_event_loop_block_ms": 100.0,
-           "expand_l2_8192_ms": 50.0, "mode_change_redraw_ms": 100.0, "peak_rss_mib": 512.0}
+BUDGETS = {"screenshot_s": 5.0, "header_tree_visible_s": 1.0, "maps_ready_s": None,
+           "max_event_loop_block_ms": 100.0, "expand_l2_8192_ms": 50.0,
+           "mode_change_redraw_ms": 100.0, "peak_rss_mib": 512.0}
+RUNS = 3        # launches measured; the median is shown (2 shared cores are noisy)
 
 
 def _process_age() -> float:
@@ -94,6 +103,7 @@ def probe(image: str) -> None:
     app.processEvents()
     view.viewport().repaint()
     expand_ms = (time.perf_counter() - t) * 1000
+    model.set_paced(False)      # the whole table, as a program would ask for it
     while model.canFetchMore(l1):
         model.fetchMore(l1)
     entries = model.rowCount(l1)
@@ -111,7 +121,7 @@ def probe(image: str) -> None:
         times.append((time.perf_counter() - t) * 1000)
     win.close_all()
     print(json.dumps({
-        "header_tree_visible_s": visible,
+        "probe_header_tree_visible_s": visible,
         "max_event_loop_block_ms": max(gaps) if gaps else 0.0,
         "heartbeats": len(gaps),
         "expand_l2_8192_ms": expand_ms,
@@ -127,6 +137,26 @@ def _timed(cmd: list[str], env=None) -> tuple[float, subprocess.CompletedProcess
     return time.perf_counter() - t, p
 
 
+def launch(image: str, env: dict) -> dict[str, float]:
+    """One real ``--screenshot`` run: its milestones and wall time."""
+    shot = "/tmp/bench_gui_screenshot.png"
+    wall, p = _timed([sys.executable, "-m", "qcow2view", image, "--screenshot", shot],
+                     dict(env, QCOW2VIEW_TIMING="1"))
+    if p.returncode != 0:
+        raise SystemExit(p.stderr)
+    marks = {}
+    for line in p.stderr.splitlines():
+        if line.startswith("qcow2view timing: "):
+            label, value = line[len("qcow2view timing: "):].rsplit(" ", 1)
+            marks[label] = float(value)
+    return {"screenshot_s": wall, "header_tree_visible_s": marks["header+tree painted"],
+            "maps_ready_s": marks["maps ready"]}
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def main() -> int:
     image = sys.argv[1] if len(sys.argv) > 1 else "/tmp/big.qcow2"
     if not os.path.exists(image):
@@ -134,33 +164,36 @@ def main() -> int:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
                         "preallocation=metadata", image, "1T"], check=True)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
-    shot = "/tmp/bench_gui_screenshot.png"
-    t_shot, p = _timed([sys.executable, "-m", "qcow2view", image, "--screenshot", shot], env)
-    if p.returncode != 0:
-        print(p.stderr)
-        return 1
-    t_info, _ = _timed(["qemu-img", "info", image])
-    t_map, _ = _timed(["qemu-img", "map", "--output=json", image])
-    t_check, _ = _timed(["qemu-img", "check", image])
+    runs = [launch(image, env) for _ in range(RUNS)]
+    got = {k: _median([r[k] for r in runs]) for k in runs[0]}
+    peer = {"info": _median([_timed(["qemu-img", "info", image])[0] for _ in range(RUNS)]),
+            "map": _median([_timed(["qemu-img", "map", "--output=json", image])[0]
+                            for _ in range(RUNS)]),
+            "check": _median([_timed(["qemu-img", "check", image])[0] for _ in range(RUNS)])}
     _, p = _timed([sys.executable, __file__, "--probe", image], env)
     if p.returncode != 0:
         print(p.stderr)
         return 1
-    got = json.loads(p.stdout.strip().splitlines()[-1])
-    got["screenshot_s"] = t_shot
-    print(f"image: {image}  (L2 table expanded: {got['l2_entries']} entries, "
-          f"{got['heartbeats']} heartbeats while maps were built)")
-    print(f"{'figure':28} {'qcow2view':>12} {'budget':>10}  ok")
+    got.update(json.loads(p.stdout.strip().splitlines()[-1]))
+    peers = {"screenshot_s": ("map + check", peer["map"] + peer["check"]),
+             "header_tree_visible_s": ("info", peer["info"]),
+             "maps_ready_s": ("check", peer["check"])}
+    print(f"image: {image}  (L2 table: {got['l2_entries']} entries; "
+          f"{got['heartbeats']} heartbeats while maps were built; "
+          f"launch figures: median of {RUNS} real --screenshot runs, seconds since process start)")
+    print(f"{'figure':26} {'qcow2view':>10} {'budget':>8}  ok   {'qemu-img':>16} {'ratio':>6}")
     for key, budget in BUDGETS.items():
         v = got[key]
-        print(f"{key:28} {v:12.3f} {budget:10.1f}  {'yes' if v <= budget else 'NO'}")
-    print()
-    print("peer (qemu-img on the same file):")
-    print(f"  qemu-img info              {t_info:8.3f} s")
-    print(f"  qemu-img map --output=json {t_map:8.3f} s")
-    print(f"  qemu-img check             {t_check:8.3f} s")
-    print(f"  ratio screenshot / (map + check): {t_shot / (t_map + t_check):.2f}")
-    return 0 if all(got[k] <= b for k, b in BUDGETS.items()) else 1
+        ok = "" if budget is None else ("yes" if v <= budget else "NO")
+        b = "" if budget is None else f"{budget:8.1f}"
+        line = f"{key:26} {v:10.3f} {b:>8}  {ok:3}"
+        if key in peers:
+            name, t = peers[key]
+            line += f"  {name:>11} {t:5.3f} {v / t:6.1f}"
+        print(line)
+    print(f"(in-process probe, header+tree painted after process start: "
+          f"{got['probe_header_tree_visible_s']:.3f} s)")
+    return 0 if all(b is None or got[k] <= b for k, b in BUDGETS.items()) else 1
 
 
 if __name__ == "__main__":
