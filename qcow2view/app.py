@@ -71,9 +71,37 @@ def _headless_default() -> None:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 
+#: Qt's offscreen platform says this for every top-level window it shows; it is
+#: no fault of ours and buried real warnings in --screenshot runs.
+NOISE = "This plugin does not support propagateSizeHints()"
+_filter_installed = False
+
+
+def install_message_filter() -> None:
+    """Drop exactly :data:`NOISE` from Qt's messages; pass everything else on to the
+    handler that was there before (or format it as Qt's default one does)."""
+    global _filter_installed
+    if _filter_installed:
+        return
+    from PySide6.QtCore import qFormatLogMessage, qInstallMessageHandler
+    previous = None
+
+    def handler(mode, context, message):
+        if message == NOISE:
+            return
+        if previous is not None:
+            previous(mode, context, message)
+        else:
+            print(qFormatLogMessage(mode, context, message), file=sys.stderr, flush=True)
+
+    previous = qInstallMessageHandler(handler)
+    _filter_installed = True
+
+
 def make_app():
     """The QApplication (created once), named so QSettings and the desktop agree."""
     from PySide6.QtWidgets import QApplication
+    install_message_filter()
     app = QApplication.instance()
     if app is None:
         app = QApplication(sys.argv[:1])
@@ -194,6 +222,7 @@ def map_main(ns) -> int:
     """``qcow2view map IMAGE --png OUT.png``: the heatmap alone, rendered offscreen."""
     _headless_default()
     from PySide6.QtGui import QGuiApplication
+    install_message_filter()
     app = QGuiApplication.instance() or QGuiApplication(sys.argv[:1])  # noqa: F841 - fonts
     from .engine import Qcow2Error, open_image
     from .model.allocation import AllocationModel, auto_width

@@ -30,6 +30,28 @@ def test_screenshot_of_a_real_image(tmp_path, sample_image):
     assert p.returncode == 0, p.stderr
     img = QImage(str(out))
     assert img.width() >= 800 and img.height() >= 500
+    assert "propagateSizeHints" not in p.stderr      # the offscreen plugin's noise is filtered
+
+
+def test_message_filter_passes_real_warnings_through(tmp_path):
+    script = (
+        "import sys\n"
+        "from qcow2view.app import make_app\n"
+        "from PySide6.QtCore import qWarning\n"
+        "app = make_app()\n"
+        "qWarning('This plugin does not support propagateSizeHints()')\n"
+        "qWarning('This plugin does not support propagateSizeHints() at all')\n"
+        "qWarning('a real warning')\n")
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("QT_MESSAGE_PATTERN", None)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert "This plugin does not support propagateSizeHints()" not in lines
+    assert "This plugin does not support propagateSizeHints() at all" in lines
+    assert "a real warning" in lines
 
 
 def test_screenshot_of_garbage_fails_cleanly(tmp_path, garbage_file):
