@@ -64,6 +64,7 @@ _ROLES = frozenset({_DISPLAY, _TOOLTIP, _FOREGROUND, _ALIGN, int(EntryOffsetRole
                     int(HostOffsetRole), int(GuestOffsetRole), int(KindRole)})
 _ROW_ROLES = frozenset({_DISPLAY, _TOOLTIP, _FOREGROUND})
 _ALIGN_RIGHT = int(Qt.AlignRight | Qt.AlignVCenter)
+_RC_UNKNOWN = -2
 _RED = QBrush(PROBLEM_COLOR)
 _GREY = QBrush(QColor("#999999"))
 
@@ -73,7 +74,7 @@ class Node:
 
     __slots__ = ("kind", "parent", "pos", "entry", "label", "snapshot", "cand", "count",
                  "kids", "error", "raw", "bitmap", "types", "table_offset", "loaded",
-                 "rows", "rc")
+                 "rows", "rc", "rc_hosts")
 
     def __init__(self, kind: int, parent: "Node | None", pos: int, entry: int = -1) -> None:
         self.kind = kind
@@ -93,6 +94,7 @@ class Node:
         self.loaded = False
         self.rows: dict[int, tuple] = {}      # row -> (texts, brushes, problem tooltip)
         self.rc: np.ndarray | None = None     # refcount of what each entry points at, -1: none
+        self.rc_hosts: np.ndarray | None = None   # the host offsets those refcounts are of
 
 
 class TableTreeModel(QAbstractItemModel):
@@ -156,7 +158,7 @@ class TableTreeModel(QAbstractItemModel):
     def _announce_all(self) -> None:
         def walk(node: Node, parent: QModelIndex) -> None:
             node.rows = {}
-            node.rc = None
+            node.rc = node.rc_hosts = None
             if node.count:
                 self.dataChanged.emit(self.index(0, COL_REFCOUNT, parent),
                                       self.index(node.count - 1, COL_PROBLEM, parent))
@@ -468,8 +470,9 @@ class TableTreeModel(QAbstractItemModel):
         return None
 
     def _child_refcounts(self, holder: Node) -> np.ndarray:
-        """Refcount of the host cluster each entry of ``holder``'s table points at
-        (-1 where it points at nothing), for the whole table at once."""
+        """Refcount of the host cluster each entry of ``holder``'s table points at, for
+        the whole table at once from the host map (-1: points at nothing;
+        _RC_UNKNOWN: past the map, or no map yet; looked up per row when shown)."""
         if holder.rc is not None:
             return holder.rc
         img = self._img
@@ -489,44 +492,32 @@ class TableTreeModel(QAbstractItemModel):
                       | (holder.types == ClusterType.UNALLOCATED)] = 0
         else:
             hosts = np.zeros(len(raw), dtype=np.uint64)
-        out = np.full(len(raw), -1, dtype=np.int64)
-        used = np.flatnonzero(hosts)
-        clusters = (hosts[used] >> np.uint64(img.cluster_bits)).astype(np.int64)
-        out[used] = self._refcounts_of(clusters)
-        holder.rc = out
+        clusters = (hosts >> np.uint64(img.cluster_bits)).astype(np.int64)
+        out = np.where(hosts != 0, _RC_UNKNOWN, -1).astype(np.int64)
+        rc = self._refcounts
+        if rc is not None:
+            known = (hosts != 0) & (clusters < len(rc))
+            out[known] = rc[clusters[known]]
+        holder.rc, holder.rc_hosts = out, hosts
         return out
 
-    def _refcounts_of(self, clusters: np.ndarray) -> np.ndarray:
-        """Refcounts of host clusters: from the host map when it covers them, else
-        from the refcount blocks (a few cached); 0 past the refcount table."""
-        out = np.zeros(len(clusters), dtype=np.int64)
-        rc = self._refcounts
-        todo = np.ones(len(clusters), dtype=bool)
-        if rc is not None:
-            inside = clusters < len(rc)
-            out[inside] = rc[clusters[inside]]
-            todo &= ~inside
-        if not todo.any():
-            return out
+    def _refcount_from_blocks(self, host_offset: int) -> int:
+        """One refcount read from its refcount block (a few blocks cached); 0 past
+        the refcount table or in a block that cannot be read."""
         img = self._img
-        per = img.refcount_block_entries
-        rtis = clusters // per
-        for rti in np.unique(rtis[todo]).tolist():
-            if rti >= len(img.refcount_table):
-                continue
-            if rti not in self._rc_cache:
-                try:
-                    blk = img.refcount_block(rti)
-                except Qcow2Error:
-                    blk = None
-                self._rc_cache[rti] = None if blk is None else blk[1]
-                if len(self._rc_cache) > 64:
-                    self._rc_cache.popitem(last=False)
-            counts = self._rc_cache[rti]
-            if counts is not None:
-                sel = todo & (rtis == rti)
-                out[sel] = counts[clusters[sel] % per]
-        return out
+        rti, i = divmod(host_offset >> img.cluster_bits, img.refcount_block_entries)
+        if rti >= len(img.refcount_table):
+            return 0
+        if rti not in self._rc_cache:
+            try:
+                blk = img.refcount_block(rti)
+            except Qcow2Error:
+                blk = None
+            self._rc_cache[rti] = None if blk is None else blk[1]
+            if len(self._rc_cache) > 64:
+                self._rc_cache.popitem(last=False)
+        counts = self._rc_cache[rti]
+        return 0 if counts is None else int(counts[i])
 
     def _problems(self, holder: Node, kind: int, entry: int) -> list[str]:
         out = list(self._problems_at.get(self._entry_offset(holder, kind, entry), ()))
@@ -583,7 +574,10 @@ class TableTreeModel(QAbstractItemModel):
         if col == COL_REFCOUNT:
             if kind == RBE:
                 return ""
-            rc = int(self._child_refcounts(holder)[entry])
+            rcs = self._child_refcounts(holder)
+            rc = int(rcs[entry])
+            if rc == _RC_UNKNOWN:       # not in the host map (yet): its refcount block
+                rc = rcs[entry] = self._refcount_from_blocks(int(holder.rc_hosts[entry]))
             return "" if rc < 0 else str(rc)
         if col == COL_PROBLEM:
             probs = self._problems(holder, kind, entry)
