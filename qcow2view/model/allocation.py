@@ -124,6 +124,58 @@ class Picture:
         return divmod(k, self.width)
 
 
+@dataclass(frozen=True)
+class DetailPicture:
+    """A finer picture of overview cells ``rows r0..r0+cells_rows, cols c0..c0+cells_cols``
+    of ``base``: each overview cell split into ``sub`` x ``sub`` sub-cells, row by row,
+    sub-cell q holding clusters ``[q*bin0//sub², (q+1)*bin0//sub²)`` of the cell (at
+    least one), binned by severity like the overview.  With ``sub² >= bin0`` every
+    sub-cell is a single cluster.  It covers the same place as the cells it refines,
+    so zooming in stays where it was."""
+
+    mode: str
+    data: np.ndarray        # uint8 (cells_rows * sub, cells_cols * sub)
+    base: Picture
+    r0: int
+    c0: int
+    sub: int
+    count: int
+    cluster_size: int
+
+    @property
+    def rows(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def bin(self) -> int:
+        """Clusters per sub-cell (at most)."""
+        return max(1, -(-self.base.bin // (self.sub * self.sub)))
+
+    def clusters_of(self, row: int, col: int) -> range:
+        s, b = self.sub, self.base.bin
+        S = s * s
+        cr, sr = divmod(row, s)
+        cc, sc = divmod(col, s)
+        k = (self.r0 + cr) * self.base.width + self.c0 + cc
+        q = sr * s + sc
+        lo = q * b // S
+        hi = max((q + 1) * b // S, lo + 1)
+        n = self.count
+        return range(min(k * b + lo, n), min(k * b + hi, n))
+
+    def cell_of(self, cluster: int) -> tuple[int, int]:
+        """(row, col) of the sub-cell holding ``cluster`` (may lie outside ``data``)."""
+        s, b = self.sub, self.base.bin
+        k, j = divmod(cluster, b)
+        q = ((j + 1) * s * s - 1) // b
+        r, c = divmod(k, self.base.width)
+        return (r - self.r0) * s + q // s, (c - self.c0) * s + q % s
+
+
 def auto_width(n: int) -> int:
     """Cells per row: about square, a power of two between 4 and 512."""
     if n <= 16:
@@ -316,6 +368,39 @@ class AllocationModel(QObject):
         if gen == self._gen:
             self._cache[key] = pic
         return pic
+
+    def detail(self, pic: Picture, r0: int, r1: int, c0: int, c1: int, sub: int
+               ) -> DetailPicture:
+        """Overview cells rows ``r0:r1``, cols ``c0:c1`` of ``pic`` at ``sub`` x ``sub``
+        sub-cells each (see :class:`DetailPicture`).  Costs one pass over the clusters
+        of those rows: numpy, most severe member per sub-cell with ``maximum.reduceat``."""
+        w, b, n = pic.width, pic.bin, pic.count
+        S = sub * sub
+        rows, cols = r1 - r0, c1 - c0
+        a = (r0 * w + c0) * b
+        e = min(((r1 - 1) * w + c1) * b, n)
+        idx = self._indices(pic.mode)[a:e]
+        # key = severity << 8 | index: the max of a sub-cell is its most severe member
+        keys = np.empty(len(idx) + 1, dtype=np.uint16)
+        keys[:-1] = self._severity(pic.mode)[idx]
+        keys[:-1] <<= 8
+        keys[:-1] |= idx
+        keys[-1] = 0        # past the last cluster (marked below)
+        k = (np.arange(r0, r1, dtype=np.int64)[:, None] * w
+             + np.arange(c0, c1, dtype=np.int64)[None, :])
+        lo = k[:, :, None] * b + (np.arange(S, dtype=np.int64) * b // S)[None, None, :]
+        starts = lo.reshape(rows, cols * S) - a
+        # each row's region ends where the columns outside it begin (a segment dropped below)
+        gap = (np.arange(r0, r1, dtype=np.int64) * w + c1) * b - a
+        starts = np.concatenate([starts, gap[:, None]], axis=1)
+        starts = np.minimum(starts.ravel(), len(keys) - 1)
+        got = np.maximum.reduceat(keys, starts).reshape(rows, -1)[:, :cols * S]
+        cells = (got & 0xFF).astype(np.uint8)
+        cells[(lo.reshape(rows, cols * S) >= n)] = PAST_END
+        data = cells.reshape(rows, cols, sub, sub).transpose(0, 2, 1, 3).reshape(
+            rows * sub, cols * sub)
+        return DetailPicture(pic.mode, np.ascontiguousarray(data), pic, r0, c0, sub, n,
+                             pic.cluster_size)
 
     # -- legend --------------------------------------------------------------------------
     def legend(self, mode: str) -> list[tuple[str, QColor, int]]:

@@ -3,9 +3,17 @@
 Following pyqtgraph's ImageItem performance notes: the image is C-contiguous
 uint8, ``axisOrder='row-major'``, fixed levels and one 256-entry lookup table,
 so it is drawn as an Indexed8 QImage and a mode change only swaps the array.
+
+Zooming in (mouse wheel, drag) refines what is on screen: once an overview cell
+is a few pixels wide, a second item on top shows the visible cells split into
+sub-cells at about screen resolution (debounced, one numpy pass over the kinds
+of the visible clusters), down to one cluster per sub-cell, still binned by
+severity, so a single leaked cluster among millions becomes its own red cell.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pyqtgraph as pg
@@ -14,13 +22,17 @@ from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import (QButtonGroup, QGraphicsRectItem, QGridLayout, QHBoxLayout,
                                QLabel, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
-from ..model.allocation import (MODE_TITLES, MODES, PALETTE, AllocationModel, Picture,
-                                auto_width)
+from ..model.allocation import (MODE_TITLES, MODES, PALETTE, AllocationModel, DetailPicture,
+                                Picture, auto_width)
 from ..model.units import human_size
 from ..model.workers import Worker
 from .axes import ByteAxis
 
 SYNC_CLUSTERS = 1 << 20      # above this, pictures are binned in a worker
+DETAIL_MIN_PIXELS = 3        # refine once an overview cell is this many pixels wide
+DETAIL_MAX_CLUSTERS = 1 << 22    # clusters binned per refinement (~30 ms of numpy)
+DETAIL_MAX_SIDE = 2048       # sub-cells per side of the refined picture
+DETAIL_DELAY_MS = 120        # after the last range change (wheel steps come in bursts)
 MODE_LABELS = {"kind": "By kind", "refcount": "By refcount", "guest": "Guest view"}
 
 
@@ -38,7 +50,7 @@ class HeatmapItem(pg.ImageItem):
         self.describe = None          # callable(pic, row, col) -> str
         self._last = (-1, -1)
 
-    def set_picture(self, pic: Picture) -> None:
+    def set_picture(self, pic: Picture | DetailPicture) -> None:
         self.picture = pic
         self.setImage(pic.data, autoLevels=False, levels=[0, 255], lut=PALETTE)
 
@@ -177,6 +189,19 @@ class HeatmapView(QWidget):
         self.marker.setZValue(10)
         self.marker.hide()
         self.plot.addItem(self.marker)
+        self.detail_item = HeatmapItem()
+        self.detail_item.describe = self.model.describe
+        self.detail_item.setZValue(5)
+        self.detail_item.cellClicked.connect(self._detail_clicked)
+        self.detail_item.cellHovered.connect(self._detail_hovered)
+        self.detail_item.hide()
+        self.plot.addItem(self.detail_item)
+        self.detail: DetailPicture | None = None
+        self._detail_timer = QTimer(self)
+        self._detail_timer.setSingleShot(True)
+        self._detail_timer.setInterval(DETAIL_DELAY_MS)
+        self._detail_timer.timeout.connect(self.update_detail)
+        vb.sigRangeChanged.connect(lambda *_: self._detail_timer.start())
         self.placeholder = pg.TextItem("Building maps…", color="#607d8b", anchor=(0.5, 0.5))
         self.plot.addItem(self.placeholder)
 
@@ -230,6 +255,7 @@ class HeatmapView(QWidget):
     def redraw(self) -> None:
         m = self.model
         mode = self._mode
+        self._drop_detail()
         if not m.available(mode):
             self.picture = None
             self.item.clear()
@@ -268,6 +294,44 @@ class HeatmapView(QWidget):
             self._mark(self.selected)
 
         self._start_prefetch()
+
+    # -- zoom: a finer picture of what is on screen -------------------------------------
+    def _drop_detail(self) -> None:
+        self.detail = None
+        self.detail_item.hide()
+
+    def update_detail(self) -> None:
+        """Refine the visible overview cells to about screen resolution (or drop the
+        refinement when the overview is fine enough)."""
+        pic = self.picture
+        vb = self.plot.getViewBox()
+        if pic is None or pic.bin == 1 or not self.isVisible():
+            self._drop_detail()
+            return
+        px = vb.viewPixelSize()[0]           # cells per screen pixel
+        per_cell = 1.0 / px if px > 0 else 0.0
+        (x0, x1), (y0, y1) = vb.viewRange()
+        c0, c1 = max(0, math.floor(x0)), min(pic.width, math.ceil(x1))
+        r0, r1 = max(0, math.floor(y0)), min(pic.rows, math.ceil(y1))
+        if per_cell < DETAIL_MIN_PIXELS or c1 <= c0 or r1 <= r0:
+            self._drop_detail()
+            return
+        # one sub-cell per pixel or so, never finer than one cluster per sub-cell
+        sub = min(math.ceil(per_cell), math.ceil(math.sqrt(pic.bin)),
+                  DETAIL_MAX_SIDE // max(c1 - c0, r1 - r0))
+        if sub < 2 or (r1 - r0) * pic.width * pic.bin > DETAIL_MAX_CLUSTERS:
+            self._drop_detail()
+            return
+        d = self.detail
+        if d is not None and d.base is pic and (d.r0, d.c0, d.sub) == (r0, c0, sub) \
+                and d.data.shape == ((r1 - r0) * sub, (c1 - c0) * sub):
+            return
+        self.detail = d = self.model.detail(pic, r0, r1, c0, c1, sub)
+        self.detail_item.set_picture(d)
+        self.detail_item.setRect(QRectF(c0, r0, c1 - c0, r1 - r0))
+        self.detail_item.show()
+        if self.selected is not None and self._mode != "guest":
+            self._mark(self.selected)
 
     def _width_for(self, mode: str) -> int:
         return min(auto_width(self.model.count(mode)), self._max_width())
@@ -319,11 +383,25 @@ class HeatmapView(QWidget):
             self._resize_timer.start()
 
     # -- interaction ---------------------------------------------------------------------
+    def _in_detail(self, row: int, col: int) -> bool:
+        d = self.detail
+        return d is not None and d.r0 <= row < d.r0 + d.rows // d.sub \
+            and d.c0 <= col < d.c0 + d.width // d.sub
+
     def _hovered(self, row: int, col: int) -> None:
+        if row >= 0 and self._in_detail(row, col):
+            return      # the finer picture on top answers
         if row < 0 or self.picture is None:
             self.hover.setText(" ")
             return
         text = self.model.describe(self.picture, row, col)
+        self.hover.setText(" · ".join(t for t in text.splitlines()[:3] if t))
+
+    def _detail_hovered(self, row: int, col: int) -> None:
+        if row < 0 or self.detail is None:
+            self.hover.setText(" ")
+            return
+        text = self.model.describe(self.detail, row, col)
         self.hover.setText(" · ".join(t for t in text.splitlines()[:3] if t))
 
     def _mark(self, cluster: int) -> None:
@@ -332,8 +410,23 @@ class HeatmapView(QWidget):
             self.marker.hide()
             return
         r, c = pic.cell_of(cluster)
-        self.marker.setRect(QRectF(c, r, 1, 1))
+        d = self.detail
+        if d is not None and self._in_detail(r, c):
+            dr, dc = d.cell_of(cluster)
+            self.marker.setRect(QRectF(d.c0 + dc / d.sub, d.r0 + dr / d.sub,
+                                       1 / d.sub, 1 / d.sub))
+        else:
+            self.marker.setRect(QRectF(c, r, 1, 1))
         self.marker.show()
+
+    def _detail_clicked(self, row: int, col: int) -> None:
+        if self.detail is None:
+            return
+        cluster = self.model.representative(self.detail, row, col)
+        if cluster is None:
+            return
+        self.select_cluster(cluster)
+        self.clusterClicked.emit(cluster, self._mode)
 
     def _clicked(self, row: int, col: int) -> None:
         if self.picture is None:
@@ -349,6 +442,10 @@ class HeatmapView(QWidget):
         self._mark(cluster)
 
     def cell_center(self, cluster: int):
-        """Scene position of the cell holding ``cluster`` (tests drive hover/click with it)."""
+        """Scene position of the cell holding ``cluster`` (tests drive hover/click with it):
+        its sub-cell when the zoomed-in picture shows it."""
         r, c = self.picture.cell_of(cluster)
+        if self._in_detail(r, c):
+            dr, dc = self.detail.cell_of(cluster)
+            return self.detail_item.mapToScene(dc + 0.5, dr + 0.5)
         return self.item.mapToScene(c + 0.5, r + 0.5)
