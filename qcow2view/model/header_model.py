@@ -149,7 +149,7 @@ def header_rows(img: Image) -> list[HeaderRow]:
         parts = [_date(s.date_sec), f"VM state {human_size(s.vm_state_size)}"]
         if s.disk_size is not None:
             parts.append(f"disk {human_size(s.disk_size)}")
-        parts.append(f"L1 at {s.l1_table_offset:#x} ({s.l1_size} entries)")
+        parts.append(f"L1 at {s.l1_table_offset:#x} ({s.l1_size:,} entr{'y' if s.l1_size == 1 else 'ies'})")
         rows.append(HeaderRow(f"id {s.id_str}: {s.name}", s.offset, s.entry_size,
                               f"{s.l1_table_offset:#x}", ", ".join(parts),
                               name=f"snapshot:{s.id_str}"))

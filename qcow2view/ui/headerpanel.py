@@ -24,7 +24,7 @@ class HeaderPanel(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SingleSelection)
         self.view.setAlternatingRowColors(True)
         self.view.setWordWrap(False)
-        self.view.setTextElideMode(Qt.ElideMiddle)
+        self.view.setTextElideMode(Qt.ElideRight)     # meanings read from the left
         self.view.verticalHeader().hide()
         self.view.verticalHeader().setDefaultSectionSize(
             self.view.fontMetrics().height() + 6)
@@ -34,7 +34,9 @@ class HeaderPanel(QWidget):
         # meaning next to the field name: what a person reads first in a narrow panel
         hh.moveSection(3, 1)
         hh.setStretchLastSection(False)
-        hh.setSectionResizeMode(3, QHeaderView.Interactive)
+        # the meaning takes what the field name, offset and raw bytes leave: all four
+        # stay in view at the default width; elided meanings have the full text as tooltip
+        hh.setSectionResizeMode(3, QHeaderView.Stretch)
         self.view.clicked.connect(self._clicked)
         self.view.activated.connect(self._clicked)
         model.modelReset.connect(self._fit)
@@ -49,10 +51,8 @@ class HeaderPanel(QWidget):
             if self.model.index(r, 0).data(SectionRole):
                 self.view.setSpan(r, 0, 1, 4)
         fm = self.view.fontMetrics()
-        x = fm.horizontalAdvance("x")
-        self.view.setColumnWidth(0, x * 21)
-        self.view.setColumnWidth(3, x * 42)
-        self.view.setColumnWidth(1, fm.horizontalAdvance("0x330000") + 12)
+        self.view.setColumnWidth(0, fm.horizontalAdvance("refcount_table_clusters") + 14)
+        self.view.setColumnWidth(1, fm.horizontalAdvance("0x3300000") + 12)
         self.view.setColumnWidth(2, fm.horizontalAdvance("0x0000000000000000") + 12)
 
     def _clicked(self, index: QModelIndex) -> None:

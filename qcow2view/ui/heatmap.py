@@ -160,10 +160,10 @@ class HeatmapView(QWidget):
         self.buttons.idClicked.connect(lambda i: self.set_mode(MODES[i]))
         self.info = QLabel()
         self.info.setStyleSheet("color: #546e7a")
-        self.info.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        self.info.setAlignment(Qt.AlignLeft | Qt.AlignVCenter)
         # its text changes with the mode: it must not resize (and repaint) the window
         self.info.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-        bar.addWidget(self.info, 1)
+        bar.addStretch(1)
 
         self.axis = ByteAxis("left")
         self.graphics = pg.GraphicsLayoutWidget()
@@ -197,6 +197,7 @@ class HeatmapView(QWidget):
         self.detail_item.hide()
         self.plot.addItem(self.detail_item)
         self.detail: DetailPicture | None = None
+        self._info_text = ""
         self._detail_timer = QTimer(self)
         self._detail_timer.setSingleShot(True)
         self._detail_timer.setInterval(DETAIL_DELAY_MS)
@@ -213,6 +214,8 @@ class HeatmapView(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(bar)
+        # its own line: next to the buttons a narrow pane cut off the cluster count
+        lay.addWidget(self.info)
         lay.addWidget(self.graphics, 1)
         lay.addWidget(self.hover)
         lay.addWidget(self.legend)
@@ -286,7 +289,8 @@ class HeatmapView(QWidget):
         what = "guest" if mode == "guest" else "host"
         cell = ("1 cell = 1 cluster" if pic.bin == 1
                 else f"1 cell = {pic.bin:,} clusters ({human_size(pic.bin * pic.cluster_size)})")
-        self.info.setText(f"{n:,} {what} clusters of {human_size(pic.cluster_size)} · {cell}")
+        self._info_text = f"{n:,} {what} clusters of {human_size(pic.cluster_size)} · {cell}"
+        self.info.setText(self._info_text)
         self.info.setToolTip(f"{MODE_TITLES[mode]}. " + (
             "" if pic.bin == 1 else "Each cell shows the most severe kind among its clusters: "
             "corrupt, then leaked, then metadata, compressed, data, free."))
@@ -297,6 +301,8 @@ class HeatmapView(QWidget):
 
     # -- zoom: a finer picture of what is on screen -------------------------------------
     def _drop_detail(self) -> None:
+        if self.detail is not None:
+            self.info.setText(self._info_text)
         self.detail = None
         self.detail_item.hide()
 
@@ -330,6 +336,8 @@ class HeatmapView(QWidget):
         self.detail_item.set_picture(d)
         self.detail_item.setRect(QRectF(c0, r0, c1 - c0, r1 - r0))
         self.detail_item.show()
+        each = "1 cluster" if d.bin == 1 else f"up to {d.bin:,} clusters"
+        self.info.setText(f"{self._info_text} · zoomed in: 1 small cell = {each}")
         if self.selected is not None and self._mode != "guest":
             self._mark(self.selected)
 

@@ -16,9 +16,9 @@ from PySide6.QtCore import QEvent, QRect, Qt, Signal
 from PySide6.QtGui import (QAction, QColor, QFont, QFontDatabase, QFontMetrics, QFontMetricsF,
                            QGuiApplication,
                            QKeySequence, QPainter, QPen, QStaticText)
-from PySide6.QtWidgets import (QAbstractScrollArea, QComboBox, QDialog, QHBoxLayout,
-                               QInputDialog, QLabel, QMenu, QMessageBox, QToolBar,
-                               QUndoView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractScrollArea, QComboBox, QDialog, QGridLayout,
+                               QInputDialog, QLabel, QMenu, QMessageBox,
+                               QSizePolicy, QToolBar, QUndoView, QVBoxLayout, QWidget)
 
 from ..model.extents import ByteKind
 from ..model.hexdocument import FileHexDocument, HexDocument
@@ -763,26 +763,32 @@ class HexView(QAbstractScrollArea):
 class HexLegend(QWidget):
     """Swatches for the tints and boundary lines."""
 
+    PER_ROW = 4     # swatches per row: one long row made the window 1,200 px wide at least
+
     def __init__(self, kinds: tuple[int, ...], parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        lay = QHBoxLayout(self)
+        lay = QGridLayout(self)
         lay.setContentsMargins(4, 0, 4, 0)
-        lay.setSpacing(10)
+        lay.setHorizontalSpacing(6)
+        lay.setVerticalSpacing(0)
+        pairs: list[tuple[QLabel, QLabel]] = []
         items = [KIND_STYLE[k] for k in kinds] + [PENDING_STYLE]
         for bg, fg, text in items:
             sw = QLabel("ab", self)
             sw.setStyleSheet(f"background:{bg}; color:{fg}; border:1px solid #b0b0b0;"
                              "padding:0 3px; font-family:monospace")
-            lay.addWidget(sw)
-            lay.addWidget(QLabel(text, self))
+            pairs.append((sw, QLabel(text, self)))
         for color, text, style in ((CLUSTER_LINE.name(), "cluster start", "solid"),
                                    (SECTOR_LINE.name(), "sector start", "dashed")):
             line = QLabel(self)
             line.setFixedSize(22, 8)
             line.setStyleSheet(f"border-top:2px {style} {color}")
-            lay.addWidget(line)
-            lay.addWidget(QLabel(text, self))
-        lay.addStretch(1)
+            pairs.append((line, QLabel(text, self)))
+        for i, (mark, label) in enumerate(pairs):
+            r, c = divmod(i, self.PER_ROW)
+            lay.addWidget(mark, r, 2 * c)
+            lay.addWidget(label, r, 2 * c + 1)
+        lay.setColumnStretch(2 * self.PER_ROW, 1)
 
 
 class Inspector(QLabel):
@@ -795,6 +801,9 @@ class Inspector(QLabel):
         self.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         self.setStyleSheet("background:#fafafa; border-top:1px solid #d8d8d8; padding:3px")
+        # wrap rather than widen the window: its lines are long
+        self.setWordWrap(True)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.summary = ""
 
     def show_at(self, view: HexView) -> None:

@@ -157,7 +157,8 @@ class ImageTab(QWidget):
             self._sized = True
             if not getattr(self, "restored_layout", False):
                 # proportions: QSplitter spreads its real width by these weights
-                self.splitter.setSizes([3200, 3100, 3700])
+                # header fields with offset and raw bytes in view; tree; pictures
+                self.splitter.setSizes([3400, 2800, 3800])
 
     def _build_pictures(self, wait: bool = True) -> None:
         """Build the pyqtgraph views: the heatmap, then (next tick) the mapping plot,

@@ -24,7 +24,9 @@ class TablePanel(QWidget):
         self.allocated.setToolTip("Hide entries that map nothing (keeps loading lazy)")
         self.allocated.toggled.connect(self._filter)
         self.jump = QLineEdit()
-        self.jump.setPlaceholderText("guest offset: 0x1000000 or 16M")
+        self.jump.setPlaceholderText("go to guest offset: 0x1000000, 16M")
+        self.jump.setMinimumWidth(self.jump.fontMetrics().horizontalAdvance(
+            "go to guest offset: 0x1000000") + 30)
         self.jump.setClearButtonEnabled(True)
         self.jump.setToolTip("Jump to the table entry that maps this guest offset (Ctrl+G)")
         self.jump.returnPressed.connect(self._jump)
@@ -40,7 +42,7 @@ class TablePanel(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SingleSelection)
         fm = self.view.fontMetrics()
         cw = fm.horizontalAdvance("0")
-        widths = {COL_INDEX: 20, COL_GUEST: 28, COL_RAW: 19, COL_HOST: 11, COL_FLAGS: 16,
+        widths = {COL_INDEX: 18, COL_GUEST: 28, COL_RAW: 19, COL_HOST: 11, COL_FLAGS: 16,
                   COL_REFCOUNT: 8, COL_PROBLEM: 20}
         for col, n in widths.items():
             self.view.setColumnWidth(col, cw * n)
