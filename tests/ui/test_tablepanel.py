@@ -61,3 +61,7 @@ def test_scrolling_to_the_end_of_a_batch_loads_the_next(panel, qtbot):
     qtbot.waitUntil(lambda: m.rowCount(l1) > BATCH, timeout=2000)
     assert m.rowCount(l1) <= 2 * BATCH
 
+
+
+def test_paced_model_passes_the_model_tester(panel, qtmodeltester):
+    qtmodeltester.check(panel.model)
