@@ -64,6 +64,8 @@ def main() -> int:
         subprocess.run([QEMU_IO, "-c", f"write -P 0x5a {data_at} 4M",
                         "-c", f"write -P 0x33 {TIB - (1 << 20)} 1M", path],
                        check=True, capture_output=True)
+        from qcow2view.app import install_message_filter
+        install_message_filter()        # the offscreen plugin's propagateSizeHints notice
         app = QApplication.instance() or QApplication([])
         img = open_image(path, writable=True)
         doc = HexDocument(img)
