@@ -1,0 +1,92 @@
+"""Fixtures shared by the model and view tests (star-imported by their conftest.py):
+scratch settings and log folder, no dangling threads or dialogs, sample images."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QSettings, QThreadPool
+
+from qcow2view.model.workers import running_workers
+
+
+@pytest.fixture(autouse=True)
+def _scratch_settings(tmp_path_factory, monkeypatch):
+    """QSettings and the log file go to a folder of this test, never the user's."""
+    base = tmp_path_factory.mktemp("settings")
+    for fmt in (QSettings.IniFormat, QSettings.NativeFormat):
+        QSettings.setPath(fmt, QSettings.UserScope, str(base))
+    monkeypatch.setenv("XDG_STATE_HOME", str(base / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "cache"))
+    yield base
+
+
+@pytest.fixture(autouse=True)
+def _no_dangling_threads(request):
+    """Fail a test that leaves a background worker or a thread-pool job running
+    (like napari's _dangling_qthreads)."""
+    yield
+    left = running_workers()
+    for w in left:
+        w.stop()
+    pool = QThreadPool.globalInstance()
+    busy = pool.activeThreadCount()
+    pool.waitForDone(10000)
+    assert not left, f"workers still running after the test: {[w.task for w in left]}"
+    assert busy == 0, f"{busy} QThreadPool job(s) still running after the test"
+
+
+@pytest.fixture(autouse=True)
+def _no_dialogs_left(request):
+    """Close message boxes a test left open (the error path must never block)."""
+    yield
+    from PySide6.QtWidgets import QApplication, QMessageBox
+    app = QApplication.instance()
+    if app is None:
+        return
+    for w in QApplication.topLevelWidgets():
+        if isinstance(w, QMessageBox):
+            w.close()
+            w.deleteLater()
+    from qcow2view.ui import dialogs
+    dialogs.set_hook(None)
+
+
+@pytest.fixture
+def sample_image(tmp_path):
+    """64 MiB, 64 KiB clusters: data at 0-128K and 32M, a zero cluster at 1M, and a
+    snapshot taken before the first cluster was rewritten (so it has refcount 1
+    and COPIED while the second cluster is shared, refcount 2)."""
+    import qemu
+    p = qemu.create(tmp_path / "sample.qcow2", "64M")
+    qemu.qemu_io(p, "write -P 0xab 0 128k", "write -P 1 32M 64k", "write -z 1M 64k")
+    qemu.qemu_img("snapshot", "-c", "snap1", p)
+    qemu.qemu_io(p, "write -P 2 0 64k")
+    return p
+
+
+@pytest.fixture
+def garbage_file(tmp_path):
+    p = tmp_path / "garbage.qcow2"
+    p.write_bytes(b"this is not a disk image\n" * 100)
+    return p
+
+
+def _make_leak(path) -> int:
+    """Append a cluster nothing references and give it refcount 1 (a leak for qemu-img)."""
+    import struct
+    data = bytearray(path.read_bytes())
+    cluster_bits = struct.unpack_from(">I", data, 20)[0]
+    rt_off = struct.unpack_from(">Q", data, 48)[0]
+    assert struct.unpack_from(">I", data, 96)[0] == 4      # 16-bit refcounts
+    cs = 1 << cluster_bits
+    idx = -(-len(data) // cs)
+    data += bytes((idx + 1) * cs - len(data))
+    blk = struct.unpack_from(">Q", data, rt_off)[0]
+    struct.pack_into(">H", data, blk + 2 * idx, 1)
+    path.write_bytes(bytes(data))
+    return idx
+
+
+@pytest.fixture
+def make_leak():
+    return _make_leak
