@@ -11,7 +11,7 @@ import datetime as _dt
 import struct
 from dataclasses import dataclass
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QPalette, QGuiApplication
 
 from ..engine.bitmaps import Bitmap
@@ -19,6 +19,7 @@ from ..engine.header import (CRYPT_METHODS, FEATURE_AUTOCLEAR, FEATURE_COMPATIBL
                              FEATURE_INCOMPATIBLE, HEADER_FIELDS, V3_HEADER_LENGTH,
                              feature_bit_names)
 from ..engine.image import Image
+from .rows_model import RowsModel
 from .units import human_size
 
 OffsetRole = Qt.UserRole + 1       # (offset, length) or None
@@ -167,7 +168,7 @@ def _bitmap_meaning(b: Bitmap) -> str:
             f"table of {b.bitmap_table_size} entries")
 
 
-class HeaderModel(QAbstractTableModel):
+class HeaderModel(RowsModel):
     COLUMNS = ("Field", "Offset", "Raw", "Meaning")
 
     def __init__(self, parent=None) -> None:
@@ -192,18 +193,6 @@ class HeaderModel(QAbstractTableModel):
         return -1
 
     # -- Qt API ---------------------------------------------------------------------
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.DisplayRole):
-        if orientation == Qt.Horizontal and role == Qt.DisplayRole \
-                and 0 <= section < len(self.COLUMNS):
-            return self.COLUMNS[section]
-        return None
-
     def flags(self, index):
         if not index.isValid():
             return Qt.NoItemFlags

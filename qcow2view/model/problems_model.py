@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
 
 from .document import ImageDocument
+from .rows_model import RowsModel
 
 EntryOffsetRole = Qt.UserRole + 1
 ClusterRole = Qt.UserRole + 2
@@ -25,7 +26,7 @@ class Problem:
     entry_offset: int | None = None
 
 
-class ProblemsModel(QAbstractTableModel):
+class ProblemsModel(RowsModel):
     COLUMNS = ("Severity", "Kind", "Cluster", "Entry at", "Message")
 
     def __init__(self, parent=None) -> None:
@@ -62,18 +63,6 @@ class ProblemsModel(QAbstractTableModel):
 
     def problem(self, row: int) -> Problem:
         return self._rows[row]
-
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.DisplayRole):
-        if orientation == Qt.Horizontal and role == Qt.DisplayRole \
-                and 0 <= section < len(self.COLUMNS):
-            return self.COLUMNS[section]
-        return None
 
     def data(self, index, role=Qt.DisplayRole):
         if not index.isValid() or index.row() >= len(self._rows):
