@@ -128,16 +128,31 @@ def run_gui(ns) -> int:
     try:
         if getattr(ns, "screenshot", None):
             return _screenshot(ns, app)
-        from .ui.mainwindow import MainWindow
-        from .ui.settings import recent_files
-        win = MainWindow(edit=bool(getattr(ns, "edit", False)))
-        open_initial(win, ns, first_run=not recent_files())
-        _time_tabs(win)
-        win.show()
-        mark("window shown")
+        win, why = open_window(app, ns)
+        if why is not None:
+            print(f"qcow2view: {why}", file=sys.stderr)
+            win.close_all()
+            return 2
         return app.exec()
     finally:
         hook.uninstall()
+
+
+def open_window(app, ns):
+    """The main window as the command line asks, shown: the images (or the demo) open,
+    ``--goto`` and ``--view`` applied.  Returns (window, None), or (window, the reason)
+    when the options cannot be followed."""
+    from .ui.mainwindow import MainWindow
+    from .ui.settings import recent_files
+    win = MainWindow(edit=bool(getattr(ns, "edit", False)))
+    open_initial(win, ns, first_run=not recent_files())
+    if _wants_view(ns) and win.current_tab() is None:
+        return win, "--view and --goto need an image (or --demo)"
+    _time_tabs(win)
+    win.show()
+    mark("window shown")
+    app.processEvents()         # laid out, so the hex view and the tree scroll to --goto
+    return win, show_initial_view(win, ns)
 
 
 def _time_tabs(win) -> None:
@@ -155,6 +170,28 @@ def open_initial(win, ns, *, first_run: bool) -> None:
         win.open_path(p)
     if getattr(ns, "demo", False) or (not ns.images and first_run):
         win.open_demo()
+
+
+def _wants_view(ns) -> bool:
+    return bool(getattr(ns, "view", None) or getattr(ns, "goto", None))
+
+
+def show_initial_view(win, ns) -> str | None:
+    """``--goto`` then ``--view`` on the current tab; the reason when ``--goto`` is not
+    an offset of the disk (None when all is well)."""
+    tab = win.current_tab()
+    if tab is None or not _wants_view(ns):
+        return None
+    if ns.goto:
+        from .ui.goto import parse_goto
+        size = tab.hex_guest.doc.size
+        try:
+            offset = parse_goto(ns.goto, size=size)
+        except ValueError as e:
+            return f"--goto {ns.goto}: {e}"
+        tab.go_to_guest(offset)
+    tab.show_pane(ns.view or "hex")
+    return None
 
 
 def wait_until_ready(app, tabs, timeout: float = SCREENSHOT_TIMEOUT) -> bool:
@@ -198,6 +235,10 @@ def _screenshot(ns, app) -> int:
         if not wait_until_ready(app, win.tabs_list()):
             print("qcow2view: timed out waiting for the maps", file=sys.stderr)
             return 1
+        why = show_initial_view(win, ns)
+        if why is not None:
+            print(f"qcow2view: {why}", file=sys.stderr)
+            return 2
         for t in win.tabs_list():
             t.heatmap.redraw()
         end = time.monotonic() + 0.3

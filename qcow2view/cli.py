@@ -13,6 +13,8 @@ import sys
 from . import __version__
 
 SUBCOMMANDS = ("info", "check", "map", "create")
+#: --view: the tabs of an image's picture area (ImageTab.PANES has the same keys)
+VIEWS = ("map", "mapping", "problems", "hex", "hex-file")
 
 
 def _gui_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,15 @@ def _gui_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="OUT.png",
                    help="open the image, wait until every view is populated, save a PNG "
                         "of the window and exit")
+    p.add_argument("--view", choices=VIEWS,
+                   help="show this tab of the image in front (the last one opened): the "
+                        "cluster map, the guest-to-host mapping plot, the problems list, the "
+                        "guest disk in hex or the image file in hex (with --screenshot: the "
+                        "view in the PNG)")
+    p.add_argument("--goto", metavar="GUEST_OFFSET",
+                   help="go to this guest offset (4096, 0x7e00, 1M, 'LBA 2048'): its table "
+                        "entry, its bytes in the guest hex view (shown unless --view says "
+                        "otherwise) and the host cluster that holds it on the map")
     p.add_argument("--edit", action="store_true", help="open the images for editing")
     p.add_argument("--install-desktop", action="store_true",
                    help="install the desktop entry, icons and MIME data for this user")

@@ -104,6 +104,7 @@ class ImageTab(QWidget):
         # just after the first paint, so the header and tree show at once
         self._heatmap = None
         self._mapping = None
+        self._marked_cluster: int | None = None    # go_to_guest before the map was built
         self._map_box = _Box()
         self._mapping_box = _Box()
         self.problems = ProblemsPanel(self.problems_model)
@@ -175,6 +176,8 @@ class ImageTab(QWidget):
             self._heatmap = HeatmapView(self.allocation)
             self._replace_page(self._map_box, self._heatmap, "Map")
             self._heatmap.clusterClicked.connect(self._cluster_clicked)
+            if self._marked_cluster is not None:
+                self._heatmap.select_cluster(self._marked_cluster)
             self._heatmap.redraw()
             if not wait:
                 QTimer.singleShot(0, self, lambda: self._build_pictures(False))
@@ -220,6 +223,38 @@ class ImageTab(QWidget):
         if w is not None:
             self.views.setCurrentWidget(w)
         return w is not None
+
+    #: the picture area's tabs by the names the command line uses (``--view``)
+    PANES = ("map", "mapping", "problems", "hex", "hex-file")
+
+    def pane(self, key: str) -> QWidget | None:
+        """The page of the picture area called ``key`` in :data:`PANES` (None if absent)."""
+        if key not in self.PANES:
+            raise ValueError(f"no such view: {key!r}")
+        page = {"map": self._heatmap or self._map_box,
+                "mapping": self._mapping or self._mapping_box,
+                "problems": self.problems,
+                "hex": getattr(self, "hex_guest", None),
+                "hex-file": getattr(self, "hex_file", None)}[key]
+        return page if page is not None and self.views.indexOf(page) >= 0 else None
+
+    def show_pane(self, key: str) -> bool:
+        page = self.pane(key)
+        if page is not None:
+            self.views.setCurrentWidget(page)
+        return page is not None
+
+    def go_to_guest(self, offset: int) -> None:
+        """Show guest byte ``offset`` everywhere: the table entry that maps it, the guest
+        hex view (made current) and, when this image holds it, its host cluster on the map."""
+        self.table_panel.go_to_guest(offset)
+        self.showGuestOffset.emit(offset)
+        guest = getattr(self, "hex_guest", None)
+        m = guest.doc.mapping_at(offset) if guest is not None else None
+        if m is not None and m.depth == 0 and m.host_offset is not None:
+            self._marked_cluster = m.host_offset // guest.doc.cluster_size
+            if self._heatmap is not None:
+                self._heatmap.select_cluster(self._marked_cluster)
 
     def register_action(self, name: str, handler: Callable[[], None], enabled: bool = True
                         ) -> None:
