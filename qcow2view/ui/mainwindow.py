@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtCore import QByteArray, QCoreApplication, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QUndoGroup
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
                                QPushButton, QStackedWidget, QTabWidget, QWidget)
@@ -95,6 +95,14 @@ class MainWindow(QMainWindow):
         self.act_find = self._act("&Find…", lambda: self._trigger("find"), K.Find)
         self.act_recheck = self._act("Re-run &check", self._recheck,
                                      tip="Build the maps and check the image again")
+        self.act_repair_leaks = self._act(
+            "Repair &Leaks…", lambda: self._repair(all=False),
+            tip="Free leaked clusters, as 'qemu-img check -r leaks' (asks first; writes "
+                "to the image file)")
+        self.act_repair_all = self._act(
+            "Repair &All…", lambda: self._repair(all=True),
+            tip="Free leaked clusters and fix refcounts, as 'qemu-img check -r all' (asks "
+                "first; writes to the image file)")
         self.act_about = self._act("&About qcow2view", self._about)
 
         m = self.menuBar().addMenu("&File")
@@ -121,6 +129,9 @@ class MainWindow(QMainWindow):
         self.edit_menu = m
         m = self.menuBar().addMenu("&Image")
         m.addAction(self.act_recheck)
+        m.addSeparator()
+        m.addAction(self.act_repair_leaks)
+        m.addAction(self.act_repair_all)
         self.image_menu = m
         self.view_menu = self.menuBar().addMenu("&View")
         m = self.menuBar().addMenu("&Help")
@@ -255,6 +266,13 @@ class MainWindow(QMainWindow):
             if not tab.undo_stack.isClean() and not self._confirm_discard(tab):
                 return
             self.undo_group.removeStack(tab.undo_stack)
+        job = getattr(tab, "repair_job", None)
+        if job is not None and job.worker is not None:
+            # a repair is writing: let it finish (it is short next to a check), then hand
+            # its result over while the document is still open (it re-reads, says what
+            # was fixed), so nothing arrives for a closed document later
+            job.worker.wait()
+            QCoreApplication.sendPostedEvents()
         self.tabs.removeTab(index)
         tab.close_document()
         path = tab.document.path
@@ -341,6 +359,31 @@ class MainWindow(QMainWindow):
         if tab is not None:
             tab.document.start_analysis()
 
+    def _repair(self, *, all: bool) -> None:
+        """Image > Repair: the user confirms, then a second, writable handle repairs the
+        file while the document stays read-only (see ui/repair.py)."""
+        tab = self.current_tab()
+        if tab is None or self._repairing(tab):
+            return
+        from .repair import repair_current
+        job = repair_current(self, tab, all=all)
+        if job is None:             # not confirmed: nothing was written
+            return
+        if job.worker is None:      # refused (editing is on): repair_current said why
+            return
+        tab.repair_job = job
+
+        def over(*_) -> None:
+            tab.repair_job = None
+            self._update_state()
+        job.done.connect(over)
+        job.failed.connect(over)
+        self._update_state()
+
+    @staticmethod
+    def _repairing(tab: ImageTab) -> bool:
+        return getattr(tab, "repair_job", None) is not None
+
     def _cancel(self) -> None:
         tab = self.current_tab()
         if tab is not None:
@@ -382,6 +425,10 @@ class MainWindow(QMainWindow):
         self.act_save.setEnabled(bool(has and tab.action_enabled("save")))
         self.act_revert.setEnabled(bool(has and tab.action_enabled("revert")))
         self.act_find.setEnabled(bool(has and tab.action_enabled("find")))
+        # repair writes through its own handle: not while this one edits, not twice at once
+        can_repair = bool(has and not tab.document.writable and not self._repairing(tab))
+        for a in (self.act_repair_leaks, self.act_repair_all):
+            a.setEnabled(can_repair)
 
     def _progress(self, tab: ImageTab, task: str, done: int, total: int) -> None:
         if tab is not self.current_tab():
