@@ -7,9 +7,12 @@ put in the shape of ``qemu-img check --output=json``.
 
 :func:`repair` fixes refcounts in the order that keeps a crash harmless:
 refcounts that are too low are raised and flushed first, leaked ones are
-lowered after, so an interruption leaves at most leaks.  Then COPIED flags are
-set to match the refcounts (as ``check_oflag_copied`` does), and the dirty and
-corrupt bits are cleared once no corruption is left.
+lowered after, so an interruption leaves at most leaks.  Where QEMU would
+rebuild the refcount structure (a referenced cluster with refcount 0, a
+damaged refcount table entry) it is rebuilt from the walk (:mod:`rebuild`),
+never patched through a table entry that may point at guest data.  Then
+COPIED flags are set to match the refcounts (as ``check_oflag_copied`` does),
+and the dirty and corrupt bits are cleared once no corruption is left.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import clusters as C
-from .errors import CorruptImageError, ReadOnlyError, UnsupportedFeatureError
+from .errors import CorruptImageError, ReadOnlyError
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
+from .rebuild import rebuild_refcount_structure
 from .refcounts import decode_refcount_block, encode_refcount_block
 from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
                       Scanner, check_cancel, read_zero_filled)
@@ -269,34 +273,34 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
             cancel: Cancel) -> CheckResult:
     scan, disk = _scan(image, progress, cancel)
     first = _result(image, scan, disk)
-    if first.rebuild_needed and not fix_errors:
+    rebuild = first.rebuild_needed or _refblock_shared(image, scan)
+    if rebuild and not fix_errors:
         # qemu-img check -r leaks: "ERROR need to rebuild refcount structures",
         # the check fails (exit 1) and nothing is written
         raise CorruptImageError(
             "need to rebuild refcount structures (a referenced cluster has refcount 0 or "
             "a refcount block is damaged); repair with 'all'", structure="refcount table",
             offset=image.header.refcount_table_offset, path=image.path)
-    if scan.rebuild and fix_errors:
-        raise UnsupportedFeatureError(
-            "the refcount structure itself is damaged and needs a rebuild; use "
-            "'qemu-img check -r all'", structure="refcount table",
-            offset=image.header.refcount_table_offset, path=image.path)
-    up_i, down_i, targets = _mismatches(scan, disk, fix_errors, fix_leaks)
-    # raised first and flushed, leaks lowered after: a crash leaves leaks at most
-    fixed_c = _write_refcounts(image, disk, up_i, targets[0])
-    fixed_l = _write_refcounts(image, disk, down_i, targets[1])
+    if rebuild:
+        fixed_c, fixed_l = _rebuild(image, scan, disk, first, cancel)
+    else:
+        up_i, down_i, targets = _mismatches(scan, disk, fix_errors, fix_leaks)
+        # raised first and flushed, leaks lowered after: a crash leaves leaks at most
+        fixed_c = _write_refcounts(image, disk, up_i, targets[0])
+        fixed_l = _write_refcounts(image, disk, down_i, targets[1])
+        del up_i, down_i, targets
     image.invalidate_caches()
-    del scan, disk, first, up_i, down_i, targets     # one walk's arrays at a time
+    del scan, disk, first                # one walk's arrays at a time
 
     # COPIED flags: always with -r all; with -r leaks only if nothing else is wrong
     scan2, disk2 = _scan(image, None, cancel)
     mid = _result(image, scan2, disk2)
     other = mid.corruptions - scan2.copied_corruptions
-    copied = scan2.copied_entries
+    copied, overlaps = scan2.copied_entries, scan2.overlap_clusters
     del scan2, disk2
     fixed_flags = 0
     if fix_errors or (not mid.check_errors and not other and not mid.leaks):
-        fixed_flags = _fix_copied(image, copied)
+        fixed_flags = _fix_copied(image, copied, overlaps)
         fixed_c += fixed_flags
     if fixed_flags:
         scan3, disk3 = _scan(image, None, cancel)      # the double check, as qemu-img's
@@ -309,6 +313,40 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
     after.corruptions_fixed = fixed_c
     after.leaks_fixed = fixed_l
     return after
+
+
+def _refblock_shared(image, scan: RefScan) -> bool:
+    """A refcount block whose cluster something else uses too (guest data, an L2
+    table): writing refcounts into it would damage that.  With 1-bit refcounts
+    QEMU's saturating count hides this (it reports an overflow and may patch the
+    block in place); the walk's raw count does not."""
+    rt = image.refcount_table
+    offs = rt[rt != 0] & np.uint64(C.REFT_OFFSET_MASK)
+    offs = offs[(offs & np.uint64(image.cluster_size - 1)) == 0]
+    cl = (offs >> np.uint64(image.cluster_bits)).astype(np.int64)
+    cl = cl[cl < len(scan.refs)]
+    return bool((scan.refs[cl] > 1).any())
+
+
+def _rebuild(image, scan: RefScan, disk: DiskRefcounts, first: CheckResult,
+             cancel: Cancel) -> tuple[int, int]:
+    """qcow2_check_refcounts' rebuild branch; returns (corruptions, leaks) fixed,
+    counted as QEMU counts them: every refcount corruption and leak found before,
+    less the corruptions the walk still finds (COPIED flags are counted after)."""
+    before = first.corruptions - scan.copied_corruptions
+    counts = np.array(scan.counted(), copy=True)
+    first_free = max(scan.nb_clusters, image.host_clusters)
+    del disk
+    rebuild_refcount_structure(image, counts, first_free)
+    del counts
+    image.reload_metadata()
+    scan2, disk2 = _scan(image, None, cancel)
+    cmp2, _ = compare(scan2, disk2, image)
+    still = scan2.corruptions - scan2.copied_corruptions + cmp2["overflow"]
+    # the old table and blocks are leaks now: freed, not counted (as QEMU)
+    _, down_i, targets = _mismatches(scan2, disk2, False, True)
+    _write_refcounts(image, disk2, down_i, targets[1])
+    return max(0, before - still), first.leaks
 
 
 def _mismatches(scan: RefScan, disk: DiskRefcounts, fix_errors: bool, fix_leaks: bool):
@@ -362,8 +400,12 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
         members, vals = clusters[a:b], values[a:b]
         rt = image.refcount_table
         off = int(rt[rti]) & C.REFT_OFFSET_MASK if rti < len(rt) else 0
-        if not off:
-            off = _new_refblock(image, rti)
+        if not off or off & (cs - 1):
+            # refcount 0 where no block covers a cluster means a rebuild, not this
+            raise CorruptImageError("no usable refcount block for a refcount to fix",
+                                    structure="refcount table entry",
+                                    offset=image.header.refcount_table_offset + 8 * rti,
+                                    path=image.path)
         counts = decode_refcount_block(read_zero_filled(f, off, cs), order)
         counts[members - rti * per] = vals
         f.pwrite(off, encode_refcount_block(counts, order))
@@ -374,43 +416,17 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
     return done
 
 
-def _new_refblock(image, rti: int) -> int:
-    """Allocate a refcount block for table index ``rti`` at the end of the file.
-
-    The block is written (counting itself when it covers itself) and flushed
-    before the refcount table points at it.
-    """
+def _fix_copied(image, entries: list[tuple[int, int, bool, int]],
+                overlaps: set[int]) -> int:
     f = image.file
-    cs = image.cluster_size
-    h = image.header
-    rt = image.refcount_table
-    if rti >= len(rt):
-        raise UnsupportedFeatureError("repair would need a larger refcount table; use "
-                                      "'qemu-img check -r all'", structure="refcount table",
-                                      offset=h.refcount_table_offset, path=image.path)
-    per = image.refcount_block_entries
-    off = -(-f.size // cs) * cs
-    cluster = off // cs
-    if cluster // per != rti:
-        raise UnsupportedFeatureError("repair would need a refcount block that does not "
-                                      "cover itself; use 'qemu-img check -r all'",
-                                      structure="refcount table",
-                                      offset=h.refcount_table_offset + 8 * rti,
-                                      path=image.path)
-    counts = np.zeros(per, dtype=np.uint64)
-    counts[cluster - rti * per] = 1
-    f.pwrite(off, encode_refcount_block(counts, h.refcount_order))
-    f.fsync()
-    f.pwrite(h.refcount_table_offset + 8 * rti, struct.pack(">Q", off))
-    f.fsync()
-    rt[rti] = off
-    return off
-
-
-def _fix_copied(image, entries: list[tuple[int, int, bool]]) -> int:
-    f = image.file
+    cb = image.cluster_bits
     n = 0
-    for eo, raw, is_l1 in entries:
+    for eo, raw, is_l1, table in entries:
+        if not is_l1 and any(c in overlaps for c in
+                             range(table >> cb, ((table + image.cluster_size - 1) >> cb) + 1)):
+            # an "L2 table" that is also other metadata or guest data: QEMU's
+            # overlap check refuses the write, we leave the entry alone
+            continue
         cur = struct.unpack(">Q", f.pread(eo, 8))[0]
         if cur != raw:
             continue

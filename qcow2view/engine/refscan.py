@@ -238,8 +238,9 @@ class RefScan:
     overlap_clusters: set[int] = field(default_factory=set)
     rebuild: bool = False             # QEMU would want to rebuild the refcount structure
     copied_corruptions: int = 0       # of corruptions, those from check_oflag_copied
-    copied_entries: list[tuple[int, int, bool]] = field(default_factory=list)
-    # (entry file offset, raw entry, is L1) with a wrong COPIED flag (for repair)
+    copied_entries: list[tuple[int, int, bool, int]] = field(default_factory=list)
+    # (entry file offset, raw entry, is L1, offset of its table) with a wrong
+    # COPIED flag (for repair)
 
     def l2_table_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
         """(offsets, l1 indices, L1 entry offsets, snapshot name per table)."""
@@ -532,7 +533,8 @@ class Scanner:
             o = int(l2_offsets[have][j])
             e = int(entry_offs[have][j])
             self.r.copied_corruptions += 1
-            self.r.copied_entries.append((e, int(ent[have][j]), True))
+            self.r.copied_entries.append((e, int(ent[have][j]), True,
+                                          self.im.header.l1_table_offset))
             self._corrupt("copied_flag_wrong_l1", o >> self.cb,
                           f"L1 entry {int(idx[have][j])} at {e:#x}: COPIED flag "
                           f"{'set' if copied[j] else 'clear'} but the L2 table at {o:#x} "
@@ -810,7 +812,7 @@ class Scanner:
                                  rc[wrong].tolist()):
             e = eoff[f // L, f % L]
             self.r.copied_corruptions += 1
-            self.r.copied_entries.append((e, w, False))
+            self.r.copied_entries.append((e, w, False, int(eoff.base[f // L])))
             self._corrupt("copied_flag_wrong_l2", o >> self.cb,
                           f"L2 entry at {e:#x}: COPIED flag {'set' if c else 'clear'} but "
                           f"the data cluster at {o:#x} has refcount {k}", e)

@@ -165,20 +165,100 @@ def test_repair_all(tmp_path, damage):
     assert _guest(p, tmp_path, "b.raw") == before
 
 
-def test_repair_all_allocates_a_missing_refcount_block(tmp_path):
+def test_repair_all_rebuilds_when_a_refcount_block_is_missing(tmp_path):
     p = _img(tmp_path)
     dmg_refblock_missing(p)
+    q = tmp_path / "q.qcow2"
+    q.write_bytes(p.read_bytes())
+    _, want = qemu.check(q, "-r", "all")
     with open_image(p, writable=True) as im:
         r = im.repair(all=True)
     assert r.clean, r.findings
+    assert r.corruptions_fixed == want["corruptions-fixed"]
     assert qemu.check(p)[0] == 0
+    assert qemu.compare(p, q).returncode == 0
+
+
+# -- refcount structure rebuild (QEMU's rebuild_refcount_structure) ----------------------
+def _rebuild_case(tmp_path, bits, target):
+    """A refcount table entry pointing at guest data or at an L2 table."""
+    p = _img(tmp_path, "write -P 1 0 12k", "write -c -P 2 16k 4k", "write -P 3 32k 8k",
+             "write -P 4 1M 4k", opts=("cluster_size=4k", f"refcount_bits={bits}"))
+    l2, raw, es, im = _l2_entry_offsets(p)
+    rt = im.header.refcount_table_offset
+    _poke(p, rt, l2 if target == "l2" else int(raw[0]) & C.L2E_OFFSET_MASK)
+    theirs = tmp_path / "theirs.qcow2"
+    theirs.write_bytes(p.read_bytes())
+    return p, theirs
+
+
+@pytest.mark.parametrize("target", ["data", "l2"])
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16, 32, 64])
+def test_repair_all_rebuilds_like_qemu(tmp_path, bits, target):
+    """QEMU rebuilds the refcount structure from the references it counted; the
+    result is clean, the guest data is the same as QEMU's and so are the counts."""
+    p, theirs = _rebuild_case(tmp_path, bits, target)
+    guest = _guest(p, tmp_path, "a.raw") if target == "data" else None
+    code, want = qemu.check(theirs, "-r", "all")
+    assert code == 0 and qemu.check(theirs)[0] == 0, want
+    with open_image(p, writable=True) as im:
+        r = im.repair(all=True)
+    code, out = qemu.check(p)
+    assert code == 0, out
+    mine = r.to_json()
+    for d in (mine, want):
+        d.pop("filename")
+        d.pop("image-end-offset")        # QEMU also fills holes; we append
+    assert mine == want
+    assert qemu.compare(p, theirs).returncode == 0
+    if guest is not None:
+        assert _guest(p, tmp_path, "b.raw") == guest
+
+
+def test_repair_leaks_refuses_a_refcount_block_on_guest_data(tmp_path):
+    """With 1-bit refcounts QEMU's saturating count hides that a refcount block is
+    guest data; lowering leaked refcounts would write into it.  We refuse and
+    write nothing."""
+    p, before = _rebuild_case(tmp_path, 1, "data")
+    with open_image(p, writable=True) as im, pytest.raises(CorruptImageError):
+        im.repair(leaks=True)
+    assert p.read_bytes() == before.read_bytes()
+
+
+def test_crash_during_rebuild_keeps_the_guest_data(tmp_path):
+    """An I/O error at any write of a rebuild: the guest data stays, and the image
+    is either as damaged as before (the header still names the old structure) or
+    has leaks at most."""
+    base, _ = _rebuild_case(tmp_path, 1, "data")
+    guest = _guest(base, tmp_path, "a.raw")
+    _, before = qemu.check(base)
+    q = tmp_path / "q.qcow2"
+    for n in range(0, 40):
+        q.write_bytes(base.read_bytes())
+        HostFile.fault_after = n
+        try:
+            with open_image(q, writable=True) as im:
+                im.repair(all=True)
+            finished = True
+        except OSError:
+            finished = False
+        finally:
+            HostFile.fault_after = None
+        code, out = qemu.check(q)
+        assert code in (0, 2, 3), out
+        assert out.get("corruptions", 0) in (0, before["corruptions"]), (n, out)
+        assert _guest(q, tmp_path, "b.raw") == guest, n
+        if finished:
+            assert code == 0
+            break
+    assert finished
 
 
 def test_repair_after_a_crash_with_lazy_refcounts(tmp_path):
     """What a VM crash with lazy_refcounts leaves: dirty bit, refcounts never
-    written.  repair(all=True) fixes what qemu-img check -r all fixes (QEMU
-    rebuilds the refcount structure, we set the counts in place), clears the
-    dirty bit and keeps the guest data."""
+    written.  repair(all=True) rebuilds the refcount structure as qemu-img check
+    -r all does, counts the fixes as it counts them, clears the dirty bit and
+    keeps the guest data."""
     p = qemu.create(tmp_path / "lazy.qcow2", "4M", "lazy_refcounts=on", "cluster_size=4k")
     subprocess.run([qemu.QEMU_IO, "-f", "qcow2", "-c", "write -P 5 0 64k", "-c", "abort",
                     str(p)], capture_output=True, cwd=tmp_path)   # a core file stays there

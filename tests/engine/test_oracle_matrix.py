@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import qemu
-from qcow2view.engine import GuestState, Qcow2Error, UnsupportedFeatureError, open_image
+from qcow2view.engine import GuestState, Qcow2Error, open_image
 
 KiB, MiB = 1024, 1 << 20
 
@@ -749,11 +749,7 @@ def base_image(d: Path, kind: str) -> Path:
 
 BASES = ["v3", "snap", "rb1", "rb64", "v2-512", "extl2", "zstd"]
 # qemu 7.2 and the engine disagree here (see /tmp/qa/REPORT.md); strict xfails
-KNOWN: dict[tuple[str, str, str], str] = {
-    ("repair-all", "rb1", "refblock_on_data"):
-        "BUG-1: repair(all) of a 1-bit refcount image whose refcount table points at a data "
-        "cluster writes refcounts into guest data and leaves a corruption (qemu rebuilds)",
-}
+KNOWN: dict[tuple[str, str, str], str] = {}
 
 
 def damaged(tmp_path, base: str, dmg: str) -> Path:
@@ -818,15 +814,9 @@ def _repair_pair(tmp_path, base, dmg, mode):
 def test_repair_like_qemu(tmp_path, request, base, dmg, mode):
     _xfail_known(request, base, dmg, "repair-" + mode)
     theirs, ours, fixed = _repair_pair(tmp_path, base, dmg, mode)
-    before = ours.read_bytes()
-    try:
-        with open_image(ours, writable=True) as im:
-            r = im.repair(leaks=True, all=mode == "all")
-    except UnsupportedFeatureError as e:
-        # the engine does not rebuild refcount structures (qemu does): it must say so
-        # and leave the file as it was
-        assert ours.read_bytes() == before
-        pytest.skip(f"engine refuses: {e}")
+    with open_image(ours, writable=True) as im:
+        # where qemu rebuilds the refcount structure, so does the engine
+        r = im.repair(leaks=True, all=mode == "all")
     rc, after = qemu.check(ours)
     assert rc == 0, f"qemu-img check after the engine's repair: {after}"
     assert (r.corruptions_fixed, r.leaks_fixed) == (fixed.get("corruptions-fixed", 0),
