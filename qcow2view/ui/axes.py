@@ -15,7 +15,19 @@ class ByteAxis(pg.AxisItem):
     def __init__(self, orientation: str, scale: float = 1.0, **kw) -> None:
         super().__init__(orientation, **kw)
         self.bytes_per_unit = scale
+        #: (first, last) view units that hold something: no ticks outside (an axis
+        #: labelled past the end of the file would promise bytes that are not there)
+        self.extent: tuple[float, float] | None = None
         self.enableAutoSIPrefix(False)
+
+    def tickValues(self, minVal, maxVal, size):
+        levels = super().tickValues(minVal, maxVal, size)
+        if self.extent is None:
+            return levels
+        lo, hi = self.extent
+        eps = (hi - lo) * 1e-9
+        return [(spacing, [v for v in values if lo - eps <= v <= hi + eps])
+                for spacing, values in levels]
 
     def tickSpacing(self, minVal, maxVal, size):
         """Ticks at powers of two bytes (64 MiB, 128 MiB, ...), about one per 80 pixels."""

@@ -203,6 +203,8 @@ class HeatmapView(QWidget):
         self._detail_timer.setInterval(DETAIL_DELAY_MS)
         self._detail_timer.timeout.connect(self.update_detail)
         vb.sigRangeChanged.connect(lambda *_: self._detail_timer.start())
+        self._fit_rect: QRectF | None = None
+        vb.sigResized.connect(lambda *_: self._view_resized())
         self.placeholder = pg.TextItem("Building maps…", color="#607d8b", anchor=(0.5, 0.5))
         self.plot.addItem(self.placeholder)
 
@@ -284,7 +286,8 @@ class HeatmapView(QWidget):
         self.picture = pic
         self.item.set_picture(pic)
         self.axis.bytes_per_unit = pic.width * pic.bin * pic.cluster_size
-        self.plot.getViewBox().setRange(QRectF(0, 0, pic.width, pic.rows), padding=0.02)
+        self.axis.extent = (0, pic.rows)
+        self.fit()
         self.legend.set_entries(m.legend(mode))
         what = "guest" if mode == "guest" else "host"
         cell = ("1 cell = 1 cluster" if pic.bin == 1
@@ -298,6 +301,34 @@ class HeatmapView(QWidget):
             self._mark(self.selected)
 
         self._start_prefetch()
+
+    def fit(self) -> None:
+        """Show the whole picture from row 0 at the top left.
+
+        With the aspect locked, pyqtgraph would widen the range on both sides of the
+        picture, leaving an empty band above the first row; here the range is made
+        with the plot's own shape, so what is left over goes below (or to the right)."""
+        pic = self.picture
+        if pic is None:
+            return
+        vb = self.plot.getViewBox()
+        m = 0.02 * max(pic.width, pic.rows)         # a small margin all round
+        w, h = pic.width + 2 * m, pic.rows + 2 * m
+        pw, ph = vb.width(), vb.height()
+        if pw > 0 and ph > 0:
+            if w / h > pw / ph:
+                h = w * ph / pw
+            else:
+                w = h * pw / ph
+        vb.setRange(QRectF(-m, -m, w, h), padding=0)
+        self._fit_rect = vb.targetRect()
+
+    def _view_resized(self) -> None:
+        # the view keeps the range's centre on a resize: keep row 0 at the top instead
+        # (unless the range was changed, by a zoom or pan, since the last fit)
+        if self._fit_rect is not None \
+                and self.plot.getViewBox().targetRect() == self._fit_rect:
+            self.fit()
 
     # -- zoom: a finer picture of what is on screen -------------------------------------
     def _drop_detail(self) -> None:
