@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, Qt, Signal
+from PySide6.QtCore import QEvent, QModelIndex, Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QTreeView, QVBoxLayout, QWidget)
+                               QLineEdit, QStyle, QStyledItemDelegate, QStyleOptionViewItem,
+                               QToolTip, QTreeView, QVBoxLayout, QWidget)
 
 from ..model.table_tree_model import (COL_FLAGS, COL_GUEST, COL_HOST, COL_INDEX, COL_PROBLEM,
                                       COL_RAW, COL_REFCOUNT, EntryOffsetRole, GuestOffsetRole,
                                       HostOffsetRole, KindRole, TableTreeModel)
 from ..model.units import parse_offset
+
+
+class ElidedTipDelegate(QStyledItemDelegate):
+    """A cell whose text is cut short shows it in full as its tooltip (when the model
+    gives none)."""
+
+    def helpEvent(self, event, view, option, index) -> bool:  # noqa: N802 - Qt API
+        if event is not None and event.type() == QEvent.ToolTip and index.isValid() \
+                and not index.data(Qt.ToolTipRole):
+            text = index.data(Qt.DisplayRole)
+            if text:
+                opt = QStyleOptionViewItem(option)
+                self.initStyleOption(opt, index)
+                rect = view.visualRect(index)
+                if opt.fontMetrics.horizontalAdvance(str(text)) > rect.width() - 8:
+                    QToolTip.showText(event.globalPos(), str(text), view)
+                    return True
+        return super().helpEvent(event, view, option, index)
 
 
 class TablePanel(QWidget):
@@ -40,6 +59,10 @@ class TablePanel(QWidget):
         self.view.setAlternatingRowColors(True)
         self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SingleSelection)
+        # a narrow indent: three levels deep (root, L1 entry, L2 entry) on a narrow pane
+        self.view.setIndentation(max(12, self.view.fontMetrics().height()))
+        self.view.setTextElideMode(Qt.ElideRight)      # offsets and names read from the left
+        self.view.setItemDelegate(ElidedTipDelegate(self.view))
         fm = self.view.fontMetrics()
         cw = fm.horizontalAdvance("0")
         widths = {COL_INDEX: 18, COL_GUEST: 28, COL_RAW: 19, COL_HOST: 11, COL_FLAGS: 16,
@@ -53,6 +76,11 @@ class TablePanel(QWidget):
         for visual, col in enumerate((COL_INDEX, COL_FLAGS, COL_HOST, COL_GUEST, COL_REFCOUNT,
                                       COL_RAW, COL_PROBLEM)):
             hh.moveSection(hh.visualIndex(col), visual)
+        # the first four columns are fitted to the pane until the user sizes one
+        self._extent: tuple[int, int, int] | None = None
+        self._fitting = False
+        self.user_sized = False
+        hh.sectionResized.connect(self._section_resized)
         self.view.clicked.connect(self._clicked)
         self.view.activated.connect(self._clicked)
 
@@ -68,6 +96,65 @@ class TablePanel(QWidget):
         self.status.hide()
         lay.addWidget(self.view)
         model.modelReset.connect(self._expand_top)
+
+    # -- column widths ----------------------------------------------------------------------
+    def set_extent(self, virtual_size: int, file_size: int, cluster_size: int,
+                   l2_entries: int) -> None:
+        """What the widest texts will be (last guest byte, last host byte, L2 indices):
+        the columns are fitted to this image."""
+        self._extent = (max(1, virtual_size), max(1, file_size), max(1, cluster_size),
+                        max(1, l2_entries))
+        self.fit_columns()
+
+    def _section_resized(self, col: int, _old: int, _new: int) -> None:
+        hh = self.view.header()
+        if not self._fitting and hh.visualIndex(col) != hh.count() - 1:   # not the stretch
+            self.user_sized = True
+
+    def resizeEvent(self, ev) -> None:  # noqa: N802
+        super().resizeEvent(ev)
+        self.fit_columns()
+
+    def fit_columns(self) -> None:
+        """Entry, Flags, Host offset and Guest range side by side in the pane, with no
+        horizontal scrolling when there is room for their short forms: an L2 index
+        three levels deep, "data, COPIED", the file's last offset, then as much of the
+        guest range as fits (all of it at the default size; a far-off range of a huge
+        disk is cut at the end, keeping its start).  Room left over widens the entry
+        column for the root names, then the flags.  Cut texts are whole in tooltips.
+        Refcount, raw entry and problem follow to the right.  Left alone once the user
+        has sized a column."""
+        if self._extent is None or self.user_sized:
+            return
+        vs, fs, cs, l2 = self._extent
+        v = self.view
+        fm = v.fontMetrics()
+        pad = 2 * (v.style().pixelMetric(QStyle.PM_FocusFrameHMargin, None, v) + 1) + 4
+
+        def text(t: str) -> int:
+            return fm.horizontalAdvance(t) + pad
+
+        ind = v.indentation()
+        last = vs - 1
+        entry = 3 * ind + text(str(l2 - 1))
+        entry_pref = max(entry, ind + text("Active L1 table"))
+        flags = text("data, COPIED")
+        flags_pref = text("zero, allocated, ZERO flag")
+        host = max(text(f"{fs - 1:#x}"), text("Host offset"))
+        room = v.viewport().width() - entry - flags - host
+        guest = max(text(f"{cs:#x} – {2 * cs - 1:#x}"),
+                    min(text(f"{last - last % cs:#x} – {last:#x}"), room))
+        extra = max(0, room - guest)
+        grow = min(entry_pref - entry, extra)
+        entry, extra = entry + grow, extra - grow
+        flags += min(flags_pref - flags, extra)
+        self._fitting = True
+        try:
+            for col, w in ((COL_INDEX, entry), (COL_FLAGS, flags), (COL_HOST, host),
+                           (COL_GUEST, guest)):
+                v.setColumnWidth(col, w)
+        finally:
+            self._fitting = False
 
     def _expand_top(self) -> None:
         """Open the active L1 table and its first L2 table: something to read at once."""
