@@ -81,6 +81,7 @@ class TablePanel(QWidget):
         self._fitting = False
         self.user_sized = False
         hh.sectionResized.connect(self._section_resized)
+        self.view.viewport().installEventFilter(self)
         self.view.clicked.connect(self._clicked)
         self.view.activated.connect(self._clicked)
 
@@ -111,9 +112,11 @@ class TablePanel(QWidget):
         if not self._fitting and hh.visualIndex(col) != hh.count() - 1:   # not the stretch
             self.user_sized = True
 
-    def resizeEvent(self, ev) -> None:  # noqa: N802
-        super().resizeEvent(ev)
-        self.fit_columns()
+    def eventFilter(self, obj, ev) -> bool:  # noqa: N802 - Qt API
+        # the viewport, not the panel: it also narrows when the scroll bar appears
+        if ev.type() == QEvent.Resize and obj is self.view.viewport():
+            self.fit_columns()
+        return False
 
     def fit_columns(self) -> None:
         """Entry, Flags, Host offset and Guest range side by side in the pane, with no
@@ -129,21 +132,30 @@ class TablePanel(QWidget):
         vs, fs, cs, l2 = self._extent
         v = self.view
         fm = v.fontMetrics()
-        pad = 2 * (v.style().pixelMetric(QStyle.PM_FocusFrameHMargin, None, v) + 1) + 4
+        pad = 2 * (v.style().pixelMetric(QStyle.PM_FocusFrameHMargin, None, v) + 1) + 2
 
         def text(t: str) -> int:
             return fm.horizontalAdvance(t) + pad
 
+        # the font is proportional: offsets as wide as their widest possible digits; a
+        # guest range starts on a cluster (low digits 0) and ends before one (low digits f)
+        wide = max("0123456789abcdef", key=fm.horizontalAdvance)
+
+        def hexa(n: int, low: str = "", k: int = 0) -> str:
+            digits = len(f"{n:x}")
+            return "0x" + wide * (digits - min(k, digits - 1)) + low * min(k, digits - 1)
+
+        k = (cs.bit_length() - 1) // 4
+
         ind = v.indentation()
-        last = vs - 1
         entry = 3 * ind + text(str(l2 - 1))
         entry_pref = max(entry, ind + text("Active L1 table"))
         flags = text("data, COPIED")
         flags_pref = text("zero, allocated, ZERO flag")
-        host = max(text(f"{fs - 1:#x}"), text("Host offset"))
+        host = max(text(hexa(fs - 1)), text("Host offset"))
         room = v.viewport().width() - entry - flags - host
         guest = max(text(f"{cs:#x} – {2 * cs - 1:#x}"),
-                    min(text(f"{last - last % cs:#x} – {last:#x}"), room))
+                    min(text(f"{hexa(vs - 1, '0', k)} – {hexa(vs - 1, 'f', k)}"), room))
         extra = max(0, room - guest)
         grow = min(entry_pref - entry, extra)
         entry, extra = entry + grow, extra - grow
