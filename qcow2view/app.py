@@ -190,7 +190,10 @@ def show_initial_view(win, ns) -> str | None:
         except ValueError as e:
             return f"--goto {ns.goto}: {e}"
         tab.go_to_guest(offset)
-    tab.show_pane(ns.view or "hex")
+    view = ns.view or "hex"
+    tab.show_pane(view)
+    if ns.goto and view == "hex":
+        tab.pane(view).view.setFocus()      # the caret drawn solid, the keys go there
     return None
 
 

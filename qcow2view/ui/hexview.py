@@ -1132,6 +1132,11 @@ def attach_hex_views(tab) -> tuple[HexEditor, HexEditor]:
     filev = HexEditor(fdoc, tab, file_view=True)
     tab.add_view(GUEST_VIEW, guest)
     tab.add_view(FILE_VIEW, filev)
+    # the window's toolbar has Enable editing, Save, Undo and Redo for this tab: one button
+    # each (two "Enable editing" in one window read as two different things), and the
+    # offset mode stays in view on the narrow pane
+    for a in (guest.act_edit, guest.act_save, guest.act_undo, guest.act_redo):
+        guest.toolbar.removeAction(a)
     tab.hex_guest, tab.hex_file = guest, filev
 
     def current() -> HexEditor:
@@ -1155,6 +1160,7 @@ def attach_hex_views(tab) -> tuple[HexEditor, HexEditor]:
         pending = gdoc.modified and gdoc.editable
         tab.set_action_enabled("save", pending)
         tab.set_action_enabled("revert", pending)
+        guest.act_revert.setVisible(gdoc.editable)      # a lone greyed Revert says nothing
 
     tab.register_action("save", guest.save, False)
     tab.register_action("revert", guest.revert, False)
@@ -1163,6 +1169,7 @@ def attach_hex_views(tab) -> tuple[HexEditor, HexEditor]:
     tab.register_action("edit", edit, True)
     tab.register_action("history", guest.show_history, True)
     tab.set_undo_stack(gdoc.undo_stack)
+    sync()
     gdoc.modifiedChanged.connect(lambda _m: sync())
     gdoc.editableChanged.connect(lambda _e: (sync(), tab.titleChanged.emit()))
     tab.confirm_close = guest.confirm_close

@@ -53,7 +53,7 @@ class Banner(QLabel):
         self.setObjectName("problemBanner")
         self.hide()
 
-    def set_problems(self, lines: list[str], severe: bool) -> None:
+    def set_problems(self, lines: list[str], severe: bool, hint: str = "") -> None:
         if not lines:
             self.hide()
             return
@@ -64,7 +64,8 @@ class Banner(QLabel):
         items = "".join(f"<li>{_esc(t)}</li>" for t in lines[:6])
         more = f"<li>… and {len(lines) - 6} more (see Problems)</li>" if len(lines) > 6 else ""
         self.setText(f"<b>{head}</b> (opened read-only, see the Problems tab):"
-                     f"<ul style='margin:0'>{items}{more}</ul>")
+                     f"<ul style='margin:0'>{items}{more}</ul>"
+                     + (f"<div style='margin-top:2px'>{_esc(hint)}</div>" if hint else ""))
         self.show()
 
 
@@ -329,7 +330,14 @@ class ImageTab(QWidget):
         img = d.image
         severe = bool(img is not None and img.corrupt) or bool(c is not None and c.corruptions) \
             or any("NOT FOUND" in t or "not found" in t for t in lines)
-        self.banner.set_problems(lines, severe)
+        hint = ""
+        if c is not None and (c.corruptions or c.leaks):
+            # what to do about it, and that it is the user's call (the image stays as it is)
+            hint = ("Image ▸ Repair All… fixes the refcounts and frees leaked clusters "
+                    "(as qemu-img check -r all), after asking." if c.corruptions else
+                    "Leaked clusters waste space but do no harm to data. Image ▸ Repair "
+                    "Leaks… frees them (as qemu-img check -r leaks), after asking.")
+        self.banner.set_problems(lines, severe, hint)
         i = self.views.indexOf(self.problems)
         n = self.problems_model.rowCount()
         self.views.setTabText(i, f"Problems ({n})" if n else "Problems")

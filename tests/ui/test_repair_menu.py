@@ -177,3 +177,16 @@ def test_closing_the_tab_during_a_repair_lets_it_finish(window, qtbot, damaged, 
     assert window.tabs.count() == 0
     assert "repaired" in window.statusBar().currentMessage()
     assert qemu.check(damaged)[0] == 0
+
+
+def test_the_banner_says_which_repair_fixes_what_it_found(window, qtbot, damaged, tmp_path):
+    tab = window.open_path(str(damaged))
+    _ready(qtbot, tab)
+    assert "Repair All…" in tab.banner.text()              # corruptions: -r all
+    leaky = qemu.create(tmp_path / "leaky.qcow2", "4M")
+    qemu.qemu_io(leaky, "write -P 1 0 64k")
+    set_refcount(leaky, -(-leaky.stat().st_size // CS), 1)
+    assert qemu.check(leaky)[1]["leaks"] == 1
+    other = window.open_path(str(leaky))
+    _ready(qtbot, other)
+    assert "Repair Leaks…" in other.banner.text() and "Repair All" not in other.banner.text()

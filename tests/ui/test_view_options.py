@@ -151,3 +151,21 @@ def test_screenshot_with_a_bad_goto_fails_cleanly(tmp_path, scattered):
 def test_unknown_view_is_an_argument_error(tmp_path, scattered):
     p = run(scattered, "--view", "bogus", "--screenshot", tmp_path / "x.png", tmp_path=tmp_path)
     assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_the_hex_pane_keeps_its_tools_in_view(launch, qtbot, scattered):
+    """One Enable editing / Save / Undo / Redo per window (the main toolbar's); the hex
+    toolbar's own tools, offset mode included, fit the default window."""
+    win, _ = launch(scattered, "--view", "hex")
+    win.resize(1400, 860)
+    tab = win.current_tab()
+    ed = tab.hex_guest
+    qtbot.waitUntil(lambda: ed.toolbar.width() > 0 and ed.mode_combo.isVisible())
+    assert ed.toolbar.sizeHint().width() <= ed.toolbar.width()
+    for a in (ed.act_edit, ed.act_save, ed.act_undo, ed.act_redo):
+        assert a not in ed.toolbar.actions()
+    assert win.act_edit in win.toolbar.actions()
+    assert not ed.act_revert.isVisible()             # nothing to revert while read-only
+    win.act_edit.trigger()
+    assert tab.document.writable and ed.act_revert.isVisible()
+    win.act_edit.trigger()
