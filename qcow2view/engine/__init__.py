@@ -3,7 +3,7 @@
 Public API: :func:`open_image`, :class:`Image`, the ``Qcow2Error`` family.
 """
 
-from .errors import (BackingFileError, CancelledError, CorruptImageError,
+from .errors import (BackingFileError, CancelledError, CorruptImageError, DataFileError,
                      EncryptedImageError, ImageInUseError, NotQcow2Error, Qcow2Error,
                      ReadOnlyError, RequestError, TruncatedImageError,
                      UnsupportedFeatureError)
@@ -21,6 +21,6 @@ __all__ = [
     "CheckResult", "Finding", "HostKind", "HOST_KIND_SEVERITY", "Owner", "HostMap",
     "GuestState", "GuestMap",
     "Qcow2Error", "NotQcow2Error", "CorruptImageError", "TruncatedImageError",
-    "UnsupportedFeatureError", "EncryptedImageError", "BackingFileError", "RequestError",
+    "UnsupportedFeatureError", "EncryptedImageError", "BackingFileError", "DataFileError", "RequestError",
     "ReadOnlyError", "ImageInUseError", "CancelledError",
 ]

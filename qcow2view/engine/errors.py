@@ -63,6 +63,10 @@ class BackingFileError(Qcow2Error):
     """A backing file is missing, unsupported, or cannot be opened."""
 
 
+class DataFileError(Qcow2Error):
+    """The external data file is missing, not a regular file, or cannot be opened."""
+
+
 class RequestError(Qcow2Error):
     """The caller asked for something invalid (out of bounds, bad option)."""
 

@@ -7,6 +7,7 @@ test can inject a fault after N operations (see :attr:`HostFile.fault_after`).
 from __future__ import annotations
 
 import os
+import stat
 from typing import Callable
 
 from .errors import Qcow2Error, TruncatedImageError
@@ -25,18 +26,32 @@ class HostFile:
         self.path = os.fspath(path)
         self.writable = writable
         flags = os.O_RDWR if writable else os.O_RDONLY
-        flags |= getattr(os, "O_CLOEXEC", 0)
+        # non-blocking only while we look at what it is: opening a FIFO must not hang
+        flags |= getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
+        self.fd = -1
         try:
             self.fd = os.open(self.path, flags)
+            mode = os.fstat(self.fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                # QEMU's 'file' driver: "requires '...' to be a regular file"
+                # (block devices go to its host_device driver)
+                raise Qcow2Error(f"not a regular file or block device ({_kind(mode)})",
+                                 path=self.path)
+            os.set_blocking(self.fd, True)
         except OSError as e:
-            raise Qcow2Error(f"cannot open: {e.strerror}", path=self.path) from e
+            self.close()
+            raise Qcow2Error(f"cannot open: {e.strerror or e}", path=self.path) from e
+        except BaseException:
+            self.close()
+            raise
         self._size: int | None = None
 
     # -- reading -----------------------------------------------------------------
     @property
     def size(self) -> int:
         if self._size is None:
-            self._size = os.fstat(self.fd).st_size
+            # st_size is 0 for block devices; the end of the file is right for both
+            self._size = os.lseek(self.fd, 0, os.SEEK_END)
         return self._size
 
     def refresh_size(self) -> int:
@@ -121,3 +136,11 @@ class HostFile:
 
     def __repr__(self) -> str:
         return f"HostFile({self.path!r}, writable={self.writable})"
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return f"file type {stat.S_IFMT(mode):#o}"

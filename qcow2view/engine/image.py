@@ -20,7 +20,7 @@ from .bitmaps import Bitmap, parse_bitmap_directory
 from .clusters import ClusterType, CompressionLayout, L1Entry, L2Entry
 from .compression import decompress_cluster
 from .encryption import LUKS_HEADER_SIZE, LuksHeader, parse_luks_header
-from .errors import (BackingFileError, CorruptImageError, EncryptedImageError,
+from .errors import (BackingFileError, CorruptImageError, DataFileError, EncryptedImageError,
                      Qcow2Error, RequestError, TruncatedImageError, UnsupportedFeatureError)
 from .extensions import (EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_DATA_FILE,
                          EXT_FULL_DISK_ENCRYPTION, HeaderExtension, feature_name_table,
@@ -129,8 +129,11 @@ def _is_protocol_name(name: str) -> bool:
 
 
 def probe_format(path: str) -> str:
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == QCOW_MAGIC else "raw"
+    f = HostFile(path)      # refuses what QEMU's file driver refuses (directories, FIFOs)
+    try:
+        return "qcow2" if f.pread(0, 4) == QCOW_MAGIC else "raw"
+    finally:
+        f.close()
 
 
 class Image:
@@ -186,9 +189,10 @@ class Image:
         self.extended_l2 = h.extended_l2
         self.layout = CompressionLayout(h.cluster_bits)
         self.encrypted = h.crypt_method != 0
-        self.backing_filename = (head[h.backing_file_offset:h.backing_file_offset
-                                      + h.backing_file_size].decode("utf-8", "replace")
-                                 if h.backing_file_offset and h.backing_file_size else None)
+        # QEMU keeps the name as a C string: up to the first NUL; empty means none
+        name = (head[h.backing_file_offset:h.backing_file_offset + h.backing_file_size]
+                .split(b"\0", 1)[0] if h.backing_file_offset else b"")
+        self.backing_filename = name.decode("utf-8", "replace") if name else None
         self.backing_format = self._ext_text(EXT_BACKING_FORMAT)
         self.data_file_name = self._ext_text(EXT_DATA_FILE)
         self.has_data_file = h.has_data_file
@@ -289,20 +293,24 @@ class Image:
         return os.path.join(os.path.dirname(os.path.abspath(self.path)), name)
 
     def _open_data_file(self) -> None:
-        if not self.data_file_name:
-            raise Qcow2Error("the image uses an external data file but names none",
-                             structure="external data file extension",
-                             offset=self.header.extensions_offset)
-        path = self._resolve(self.data_file_name)
-        if not os.path.exists(path) and os.path.exists(self.data_file_name):
-            # QEMU 7.2 resolves a relative data file name from its working directory
-            # (backing names from the image's folder); accept both, folder first.
-            path = os.path.abspath(self.data_file_name)
+        ext = next((e for e in self.extensions if e.type == EXT_DATA_FILE), None)
+        where = dict(structure="external data file name",
+                     offset=ext.data_offset if ext else self.header.extensions_offset)
+        name = self.data_file_name
+        if not name:
+            raise DataFileError("the image uses an external data file but names none",
+                                **where)
         try:
+            path = self._resolve(name)
+            if not os.path.exists(path) and os.path.exists(name):
+                # QEMU 7.2 resolves a relative data file name from its working directory
+                # (backing names from the image's folder); accept both, folder first.
+                path = os.path.abspath(name)
             self.data_file = HostFile(path, writable=self.writable)
         except Qcow2Error as e:
-            raise Qcow2Error(f"external data file {self.data_file_name!r}: {e.reason}",
-                             structure="external data file") from None
+            raise DataFileError(f"external data file {name!r}: {e.reason}", **where) from None
+        except (OSError, ValueError) as e:     # a name no path can be made of
+            raise DataFileError(f"external data file {name!r}: {e}", **where) from None
 
     def _open_backing(self, ignore_errors: bool, chain: tuple[str, ...]) -> None:
         name = self.backing_filename
@@ -317,14 +325,17 @@ class Image:
         elif fmt not in (None, "qcow2", "raw"):
             info_err = f"backing file format {fmt!r} is not supported (only qcow2 and raw)"
         else:
-            path = self._resolve(name)
-            real = os.path.realpath(path)
-            if real in chain or real == os.path.realpath(self.path):
-                info_err = f"backing chain loops back to {name!r}"
-            elif len(chain) >= MAX_BACKING_DEPTH:
-                info_err = f"backing chain deeper than {MAX_BACKING_DEPTH} files"
-            elif not os.path.exists(path):
-                info_err = f"backing file {name!r} not found (looked for {path})"
+            try:
+                path = self._resolve(name)
+                real = os.path.realpath(path)
+                if real in chain or real == os.path.realpath(self.path):
+                    info_err = f"backing chain loops back to {name!r}"
+                elif len(chain) >= MAX_BACKING_DEPTH:
+                    info_err = f"backing chain deeper than {MAX_BACKING_DEPTH} files"
+                elif not os.path.exists(path):
+                    info_err = f"backing file {name!r} not found (looked for {path})"
+            except (OSError, ValueError) as e:     # a name no path can be made of
+                info_err = f"backing file {name!r}: {e}"
         if info_err is None:
             try:
                 fmt = fmt or probe_format(path)
@@ -335,8 +346,8 @@ class Image:
                     self.backing = RawImage(path)
             except Qcow2Error as e:
                 info_err = f"backing file {name!r}: {e}"
-            except OSError as e:
-                info_err = f"backing file {name!r}: {e.strerror}"
+            except (OSError, ValueError) as e:
+                info_err = f"backing file {name!r}: {getattr(e, 'strerror', None) or e}"
         if info_err is not None:
             self.backing_chain = [BackingInfo(1, name, path, fmt, False, None, info_err)]
             if not ignore_errors:

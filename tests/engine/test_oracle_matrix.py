@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import qemu
-from qcow2view.engine import GuestState, Qcow2Error, open_image
+from qcow2view.engine import (BackingFileError, DataFileError, GuestState, Qcow2Error,
+                               open_image)
 
 KiB, MiB = 1024, 1 << 20
 
@@ -934,9 +935,39 @@ def test_mutants_give_typed_errors(built, kind):
 
 
 # -- header names qemu treats as C strings or refuses (found by a field sweep) --------
-@pytest.mark.xfail(strict=True, reason="BUG-2: a backing file name holding a NUL byte "
-                   "raises ValueError (qemu reads the name up to the NUL)")
+def extension(path: Path, ext_type: int) -> tuple[int, int]:
+    """(file offset, length) of a header extension, walked with struct."""
+    h = path.read_bytes()[:65536]
+    off = struct.unpack_from(">I", h, 100)[0] if struct.unpack_from(">I", h, 4)[0] >= 3 else 72
+    while True:
+        t, n = struct.unpack_from(">II", h, off)
+        if t == ext_type:
+            return off, n
+        if t == 0:
+            raise LookupError(hex(ext_type))
+        off += 8 + (n + 7) // 8 * 8
+
+
+def set_extension_length(path: Path, ext_type: int, length: int) -> None:
+    off, _ = extension(path, ext_type)
+    with open(path, "r+b") as f:
+        f.seek(off + 4)
+        f.write(struct.pack(">I", length))
+
+
+def assert_reads_or_refuses_like_qemu(p: Path) -> None:
+    want = raw_or_none(p)
+    if want is None:
+        with pytest.raises(Qcow2Error):
+            with open_image(p) as im:
+                im.read(0, im.virtual_size)
+        return
+    with open_image(p) as im:
+        assert im.read(0, im.virtual_size) == want
+
+
 def test_backing_name_with_nul_byte(tmp_path):
+    """qemu reads the name as a C string: up to the NUL (BUG-2)."""
     base = img(tmp_path, "base.qcow2", 1 * MiB)
     write(base, 0, pattern(4096, 1))
     top = qemu.create(tmp_path / "top.qcow2", 1 * MiB, backing="base.qcow2")
@@ -947,22 +978,93 @@ def test_backing_name_with_nul_byte(tmp_path):
         f.write(struct.pack(">I", n + 4))
     want = raw_or_none(top)
     assert want is not None                   # qemu opens base.qcow2
-    try:
-        with open_image(top) as im:
-            got = im.read(0, im.virtual_size)
-    except Qcow2Error:
-        return
-    assert got == want
+    with open_image(top) as im:
+        assert im.backing_filename == "base.qcow2"
+        assert im.read(0, im.virtual_size) == want
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-3: an external data file that is a directory "
-                   "opens (qemu refuses) and read() raises IsADirectoryError")
+@pytest.mark.parametrize("cut", ["start", "prefix-exists", "prefix-missing"])
+def test_backing_name_cut_by_a_nul_byte(tmp_path, cut):
+    """A NUL inside the name ends it; at the start, there is no backing file."""
+    base = img(tmp_path, "ba", 1 * MiB)        # "ba" is a prefix of "base.qcow2"
+    write(base, 0, pattern(8192, 2))
+    shutil.copyfile(base, tmp_path / "base.qcow2")
+    write(tmp_path / "base.qcow2", 0, pattern(8192, 3))
+    top = qemu.create(tmp_path / "top.qcow2", 1 * MiB, backing="base.qcow2")
+    at = {"start": 0, "prefix-exists": 2, "prefix-missing": 3}[cut]
+    with open(top, "r+b") as f:
+        f.seek(8)
+        f.seek(struct.unpack(">Q", f.read(8))[0] + at)
+        f.write(b"\0")
+    assert_reads_or_refuses_like_qemu(top)
+    with open_image(top, ignore_backing_errors=True) as im:
+        assert im.backing_filename == {"start": None, "prefix-exists": "ba",
+                                       "prefix-missing": "bas"}[cut]
+
+
+def test_backing_format_with_nul_padding(tmp_path):
+    """The backing format extension's length covers its NUL padding: "qcow2\\0\\0\\0"."""
+    base = img(tmp_path, "base.qcow2", 1 * MiB)
+    write(base, 0, pattern(4096, 3))
+    top = qemu.create(tmp_path / "top.qcow2", 1 * MiB, backing="base.qcow2")
+    set_extension_length(top, 0xE2792ACA, 8)
+    assert_reads_or_refuses_like_qemu(top)
+    with open_image(top) as im:
+        assert im.backing_format == "qcow2"
+
+
+def test_data_file_name_with_nul_byte(tmp_path):
+    """The data file extension read as a C string, like the backing file name."""
+    p = img(tmp_path, "d.qcow2", 1 * MiB, f"data_file={tmp_path / 'd.data.old'}")
+    write(p, 0, pattern(65536, 4))
+    (tmp_path / "d.data.old").rename(tmp_path / "d.data")
+    off, n = extension(p, 0x44415441)
+    with open(p, "r+b") as f:
+        f.seek(off + 8 + n - 4)
+        f.write(b"\0")                        # ".../d.data\0old"
+    assert_reads_or_refuses_like_qemu(p)
+    with open_image(p) as im:
+        assert im.data_file_name == str(tmp_path / "d.data")
+
+
 def test_data_file_is_a_directory(tmp_path):
+    """qemu-img check/convert: "'file' driver requires '...' to be a regular file";
+    the engine refuses at open, with a typed error naming the extension (BUG-3).
+    (qemu-img info opens without I/O and does not notice.)"""
     p = img(tmp_path, "d.qcow2", 1 * MiB, f"data_file={tmp_path / 'd.data'}")
     write(p, 0, pattern(65536, 1))
     (tmp_path / "d.data").unlink()
     (tmp_path / "d.data").mkdir()
-    assert qemu.qemu_img("info", p, check=False).returncode != 0
-    with pytest.raises(Qcow2Error):
-        with open_image(p) as im:
-            im.read(0, im.virtual_size)
+    r = qemu.qemu_img("convert", "-O", "raw", p, tmp_path / "x.raw", check=False)
+    assert r.returncode != 0 and b"regular file" in r.stderr
+    with pytest.raises(DataFileError) as e:
+        open_image(p)
+    assert e.value.offset == extension(p, 0x44415441)[0] + 8
+
+
+def test_data_file_is_a_fifo(tmp_path):
+    """A FIFO is refused at once; opening one for reading would wait for a writer
+    (qemu-img check does wait: no oracle here)."""
+    p = img(tmp_path, "d.qcow2", 1 * MiB, f"data_file={tmp_path / 'd.data'}")
+    (tmp_path / "d.data").unlink()
+    os.mkfifo(tmp_path / "d.data")
+    with pytest.raises(DataFileError, match="FIFO"):
+        open_image(p)
+
+
+def test_backing_file_is_a_directory(tmp_path):
+    for fmt in ("qcow2", "raw"):
+        d = tmp_path / fmt
+        d.mkdir()
+        if fmt == "raw":
+            (d / "b").write_bytes(bytes(65536))
+        else:
+            qemu.create(d / "b", 64 * KiB)
+        top = qemu.create(d / "top.qcow2", 64 * KiB, backing=str(d / "b"), backing_fmt=fmt)
+        (d / "b").unlink()
+        (d / "b").mkdir()
+        assert raw_or_none(top) is None
+        with pytest.raises(BackingFileError):
+            open_image(top)
+        with open_image(top, ignore_backing_errors=True) as im:
+            assert not im.backing_chain[0].found
