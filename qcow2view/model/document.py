@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 
 from ..engine import CancelledError, Image, Qcow2Error, open_image
 from .allocation import prepare
+from .units import count
 from .workers import Worker
 
 
@@ -199,11 +200,11 @@ class ImageDocument(QObject):
         c = self.check_result
         if c is not None:
             if c.corruptions:
-                out.append(f"check: {c.corruptions} corruption(s)")
+                out.append(f"check: {count(c.corruptions, 'corruption')}")
             if c.leaks:
-                out.append(f"check: {c.leaks} leaked cluster(s)")
+                out.append(f"check: {count(c.leaks, 'leaked cluster')}")
             if c.check_errors:
-                out.append(f"check: {c.check_errors} error(s) while checking")
+                out.append(f"check: {count(c.check_errors, 'error')} while checking")
         if self.analysis is not None:
             out.extend(self.analysis.errors)
         return out

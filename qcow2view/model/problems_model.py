@@ -13,6 +13,13 @@ from .rows_model import RowsModel
 EntryOffsetRole = Qt.UserRole + 1
 ClusterRole = Qt.UserRole + 2
 
+#: how the Severity column words qemu-img check's three counts and our own notes
+_SEVERITY_TEXT = {"corruption": "corruption", "leak": "leak", "check_error": "check error",
+                  "image": "image", "note": "note"}
+#: finding kinds whose identifier reads badly as text
+_KIND_TEXT = {"leak": "unreferenced cluster", "refcount_zero": "refcount 0 but in use",
+              "refcount_too_low": "refcount too low", "check_error": "unreadable"}
+
 _SEVERITY_COLOURS = {"corruption": "#b71c1c", "leak": "#e65100", "check_error": "#6a1b9a",
                      "image": "#b71c1c", "note": "#455a64"}
 
@@ -71,9 +78,9 @@ class ProblemsModel(RowsModel):
         col = index.column()
         if role in (Qt.DisplayRole, Qt.ToolTipRole):
             if col == 0:
-                return p.severity
+                return _SEVERITY_TEXT.get(p.severity, p.severity)
             if col == 1:
-                return p.kind
+                return _KIND_TEXT.get(p.kind, p.kind.replace("_", " "))
             if col == 2:
                 return "" if p.cluster is None else f"{p.cluster:,}"
             if col == 3:

@@ -597,7 +597,10 @@ class TableTreeModel(QAbstractItemModel):
         elif kind == L2E:
             t = ClusterType(int(holder.types[entry])) if holder.types is not None \
                 else C.cluster_type(raw)
-            parts.append(_TYPE_NAMES.get(t, t.name.lower()))
+            if t == ClusterType.UNALLOCATED and self._img.backing_chain:
+                parts.append("unallocated (backing file)")    # what the guest reads there
+            else:
+                parts.append(_TYPE_NAMES.get(t, t.name.lower()))
             if raw & C.QCOW_OFLAG_COPIED:
                 parts.append("COPIED")
             if t == ClusterType.COMPRESSED:

@@ -8,6 +8,11 @@ _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 _SUFFIX = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``count(1, "leak")`` -> ``1 leak``; ``count(6, "leaked cluster")`` -> ``6 leaked clusters``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def human_size(n: int) -> str:
     """``65536`` -> ``64 KiB``; ``1536`` -> ``1.5 KiB``; exact values stay integral."""
     if n < 1024:

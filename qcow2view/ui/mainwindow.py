@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QP
                                QPushButton, QStackedWidget, QTabWidget, QWidget)
 
 from ..model.document import ImageDocument, open_error_text
+from ..model.units import count
 from . import dialogs
 from .imagetab import ImageTab, preload_pictures
 from .settings import add_recent, clear_recent, recent_files, settings
@@ -444,7 +445,7 @@ class MainWindow(QMainWindow):
             c = tab.document.check_result
             text = f"{tab.title}: maps built"
             if c is not None:
-                text += (f", check found {c.corruptions} corruption(s), {c.leaks} leak(s)"
+                text += (f", check found {count(c.corruptions, 'corruption')}, {count(c.leaks, 'leak')}"
                          if (c.corruptions or c.leaks) else ", check found no problems")
             self.status_label.setText(text)
 

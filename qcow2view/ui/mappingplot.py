@@ -10,6 +10,7 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..model.allocation import AllocationModel
+from ..model.units import count
 from .axes import ByteAxis
 
 MAX_SEGMENTS = 50000
@@ -52,6 +53,6 @@ class MappingPlot(QWidget):
                               "zero or in the backing file)")
         else:
             shown = "" if runs <= MAX_SEGMENTS else f" (every {runs // MAX_SEGMENTS}th shown)"
-            self.info.setText(f"{runs:,} contiguous run(s) of data clusters{shown}: "
+            self.info.setText(f"{count(runs, 'contiguous run')} of data clusters{shown}: "
                               "one diagonal line means no fragmentation")
         self.plot.enableAutoRange()

@@ -6,6 +6,7 @@ from PySide6.QtCore import QModelIndex, Signal
 from PySide6.QtWidgets import QAbstractItemView, QLabel, QTableView, QVBoxLayout, QWidget
 
 from ..model.problems_model import ClusterRole, EntryOffsetRole, ProblemsModel
+from ..model.units import count
 
 
 class ProblemsPanel(QWidget):
@@ -36,7 +37,7 @@ class ProblemsPanel(QWidget):
     def _update(self) -> None:
         n = self.model.rowCount()
         self.summary.setText("No problems found." if n == 0 else
-                             f"{n} problem(s). Double-click one to go to it.")
+                             f"{count(n, 'problem')}. Double-click one to go to it.")
         self.view.resizeColumnsToContents()
 
     def _go(self, index: QModelIndex) -> None:

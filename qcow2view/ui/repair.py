@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from ..model.repair import RepairJob
+from ..model.units import count
 from . import dialogs
 
 # auto-confirm for tests and scripted runs (None: ask the user)
@@ -30,10 +31,10 @@ def repair_current(window: QWidget, tab, *, all: bool = False) -> RepairJob | No
     job.failed.connect(lambda text: dialogs.error(window, "Repair failed", text))
 
     def report(result) -> None:
-        fixed = (f"{result.leaks_fixed} leak(s) and {result.corruptions_fixed} "
-                 "corruption(s) fixed")
+        fixed = (f"{count(result.leaks_fixed, 'leak')} and "
+                 f"{count(result.corruptions_fixed, 'corruption')} fixed")
         left = result.leaks + result.corruptions
-        msg = f"{doc.name}: repaired, {fixed}" + (f"; {left} problem(s) remain" if left else "")
+        msg = f"{doc.name}: repaired, {fixed}" + (f"; {count(left, 'problem')} remain{'s' if left == 1 else ''}" if left else "")
         bar = window.statusBar() if hasattr(window, "statusBar") else None
         if bar is not None:
             bar.showMessage(msg, 10000)

@@ -22,3 +22,17 @@ def test_leak_listed(sample_image, qtbot, qtmodeltester, make_leak):
     assert m.index(rows.index(leaks[0]), 0).data(ClusterRole) == leak
     assert any("leak" in line for line in d.problems())
     d.close()
+
+
+def test_columns_read_as_words(sample_image, make_leak, qtbot):
+    """Severity and kind are words a user reads, not identifiers; counts agree in number."""
+    make_leak(sample_image)
+    d = ImageDocument(sample_image)
+    with qtbot.waitSignal(d.mapsReady, timeout=30000):
+        d.load()
+    m = ProblemsModel()
+    m.set_document(d)
+    cells = [(m.index(r, 0).data(), m.index(r, 1).data()) for r in range(m.rowCount())]
+    assert cells == [("leak", "unreferenced cluster")]
+    assert "check: 1 leaked cluster" in d.problems()
+    d.close()

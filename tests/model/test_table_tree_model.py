@@ -139,3 +139,22 @@ def test_problem_marker_on_a_leaked_cluster(sample_image, make_leak, qtbot):
     assert "leak" in m.index(leak, COL_PROBLEM, blk).data()
     assert m.index(0, COL_PROBLEM, blk).data() == ""     # the header cluster is fine
     d.close()
+
+
+def test_unallocated_entries_of_an_overlay_say_the_backing_file_shows(tmp_path):
+    """Where qemu-img map says the data comes from the backing file, the entry says so;
+    without a backing file the same entry reads as plain unallocated (zeros)."""
+    base = qemu.create(tmp_path / "base.qcow2", "4M")
+    qemu.qemu_io(base, "write -P 1 0 1M")
+    top = qemu.create(tmp_path / "top.qcow2", "4M", backing=str(base))
+    qemu.qemu_io(top, "write -P 2 64k 64k")
+    lone = qemu.create(tmp_path / "lone.qcow2", "4M")
+    qemu.qemu_io(lone, "write -P 2 64k 64k")
+    depth = {e["start"]: e["depth"] for e in qemu.qemu_map(top)}
+    assert depth[0] == 1                                   # guest 0 comes from base.qcow2
+    for path, want in ((top, "unallocated (backing file)"), (lone, "unallocated")):
+        with open_image(path) as img:
+            m = TableTreeModel()
+            m.set_image(img)
+            assert m.index_for_guest(0).siblingAtColumn(COL_FLAGS).data() == want
+            assert m.index_for_guest(65536).siblingAtColumn(COL_FLAGS).data().startswith("data")

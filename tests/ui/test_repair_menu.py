@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 import qemu
 from qcow2view.ui import repair
+from qcow2view.model.units import count
 from qcow2view.ui.mainwindow import MainWindow
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
@@ -112,7 +113,7 @@ def test_repair_leaks_then_all_from_the_menu(window, qtbot, damaged, tmp_path, m
     _ready(qtbot, tab)
     code, res = qemu.check(damaged)        # -r leaks: the leaks go, the refcount stays wrong
     assert (code, res.get("leaks", 0), res.get("corruptions")) == (2, 0, 2), res
-    assert "2 leak(s) and 0 corruption(s) fixed" in window.statusBar().currentMessage()
+    assert "2 leaks and 0 corruptions fixed" in window.statusBar().currentMessage()
     assert tab.document.check_result.leaks == 0 and tab.document.check_result.corruptions == 2
 
     # what qemu-img check -r all fixes in the same state, on a copy
@@ -123,7 +124,7 @@ def test_repair_leaks_then_all_from_the_menu(window, qtbot, damaged, tmp_path, m
     _ready(qtbot, tab)
     code, res = qemu.check(damaged)
     assert code == 0 and not res.get("leaks") and not res.get("corruptions"), res
-    assert f"0 leak(s) and {fixed} corruption(s) fixed" in window.statusBar().currentMessage()
+    assert f"0 leaks and {count(fixed, 'corruption')} fixed" in window.statusBar().currentMessage()
     assert _guest(damaged, tmp_path, "after") == guest
     assert _guest(damaged, tmp_path, "snap-after", "before") == snap
     assert tab.banner.isHidden() and tab.document.check_result.corruptions == 0
