@@ -100,14 +100,37 @@ class GuestState(enum.IntEnum):
     MIXED = 5
 
 
+# Entries a guest map holds at most (10 bytes each, and the pictures built from it
+# add a few more).  A bigger disk is summarised: each entry then stands for a
+# power-of-two run of clusters (a 4 PiB disk of 2 MiB clusters has 2^31).
+MAX_GUEST_ENTRIES = 1 << 24
+
+# Which member a summarised entry shows: the most significant, in the heatmap's order
+GUEST_STATE_RANK = np.zeros(8, dtype=np.uint8)
+for _s, _r in ((GuestState.UNALLOCATED, 0), (GuestState.ZERO, 1), (GuestState.BACKING, 2),
+               (GuestState.MIXED, 3), (GuestState.COMPRESSED, 4), (GuestState.DATA, 5)):
+    GUEST_STATE_RANK[_s] = _r
+
+
 @dataclass
 class GuestMap:
-    cluster_size: int
+    """One entry per guest cluster, or per ``clusters_per_entry`` clusters on a disk
+    with more than :data:`MAX_GUEST_ENTRIES` clusters: then ``cluster_size`` is the
+    bytes an entry covers, and each entry holds the state, depth and host offset of
+    its most significant member (data > compressed > mixed > backing > zero >
+    unallocated; the first such member)."""
+
+    cluster_size: int            # bytes per entry
     virtual_size: int
-    states: np.ndarray           # uint8 GuestState per guest cluster
+    states: np.ndarray           # uint8 GuestState per entry
     depth: np.ndarray            # uint8: 0 = this image, N = Nth backing file
     host_offsets: np.ndarray     # uint64 host offset of data/compressed (byte offset), else 0
     snapshot: str | None
+    clusters_per_entry: int = 1
+
+    @property
+    def image_cluster_size(self) -> int:
+        return self.cluster_size // self.clusters_per_entry
 
     def __len__(self) -> int:
         return len(self.states)
@@ -286,7 +309,7 @@ def _owners(image, hm: HostMap, tables: tuple, c: int, lo: np.ndarray,
 
 # -- guest map ------------------------------------------------------------------------
 def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = None,
-              follow_backing: bool = True) -> GuestMap:
+              follow_backing: bool = True, max_entries: int = MAX_GUEST_ENTRIES) -> GuestMap:
     cs = image.cluster_size
     snap_name = None
     if snapshot is not None:
@@ -301,9 +324,13 @@ def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = 
         if image.snapshot is not None:
             snap_name = image.snapshot.name
     n = -(-vsize // cs)
-    states = np.zeros(n, dtype=np.uint8)
-    depth = np.zeros(n, dtype=np.uint8)
-    hosts = np.zeros(n, dtype=U64)
+    k = 1                               # clusters per entry
+    while -(-n // k) > max_entries:
+        k *= 2
+    m = -(-n // k)
+    states = np.zeros(m, dtype=np.uint8)
+    depth = np.zeros(m, dtype=np.uint8)
+    hosts = np.zeros(m, dtype=U64)
     L = image.l2_size
     l1 = l1[:-(-n // L)]
     idx = np.nonzero(l1 & U64(C.L1E_OFFSET_MASK))[0]
@@ -317,11 +344,20 @@ def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = 
         raw, bm = read_tables(image.file, (l1[bi] & U64(C.L1E_OFFSET_MASK)).astype(np.int64),
                               cs, image.extended_l2)
         fast = _contiguous_rows(raw, cs) if bm is None else np.zeros(len(bi), dtype=bool)
-        for k in np.nonzero(fast)[0].tolist():
-            lo = int(bi[k]) * L
+        if k > 1:
+            st, ho = _decode_states(raw, bm, image.has_data_file, layout)
+            for r in np.nonzero(fast)[0].tolist():
+                st[r] = GuestState.DATA
+                np.add(ramp, raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=ho[r])
+            _summarise(states, hosts, st, ho, bi, L, k, n)
+            if progress is not None:
+                progress(b + len(bi), total)
+            continue
+        for r in np.nonzero(fast)[0].tolist():
+            lo = int(bi[r]) * L
             hi = min(n, lo + L)
             states[lo:hi] = GuestState.DATA
-            np.add(ramp[:hi - lo], raw[k, 0] & U64(C.L2E_OFFSET_MASK), out=hosts[lo:hi])
+            np.add(ramp[:hi - lo], raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=hosts[lo:hi])
         rest = np.nonzero(~fast)[0]
         if len(rest) == 0:
             if progress is not None:
@@ -331,18 +367,47 @@ def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = 
             raw = raw[rest]
             bm = None if bm is None else bm[rest]
         st, ho = _decode_states(raw, bm, image.has_data_file, layout)
-        for k, i in enumerate(bi[rest].tolist()):
+        for r, i in enumerate(bi[rest].tolist()):
             lo = i * L
             hi = min(n, lo + L)
-            states[lo:hi] = st[k, :hi - lo]
-            hosts[lo:hi] = ho[k, :hi - lo]
+            states[lo:hi] = st[r, :hi - lo]
+            hosts[lo:hi] = ho[r, :hi - lo]
         if progress is not None:
             progress(b + len(bi), total)
     if follow_backing and image.backing is not None:
-        _merge_backing(image, states, depth, hosts, cs, vsize, cancel)
+        _merge_backing(image, states, depth, hosts, cs * k, vsize, cancel)
     if progress is not None:
         progress(total, total)
-    return GuestMap(cs, vsize, states, depth, hosts, snap_name)
+    return GuestMap(cs * k, vsize, states, depth, hosts, snap_name, k)
+
+
+def _summarise(states: np.ndarray, hosts: np.ndarray, st: np.ndarray, ho: np.ndarray,
+               l1_idx: np.ndarray, L: int, k: int, n: int) -> None:
+    """Fold the clusters of whole L2 tables (rows of ``st``/``ho``) into entries of
+    ``k`` clusters: the most significant member wins, the first one on ties."""
+    rows = len(l1_idx)
+    g = min(k, L)                       # members of one entry inside one table
+    first = l1_idx.astype(np.int64)[:, None] * L + np.arange(0, L, g, dtype=np.int64)
+    rank = GUEST_STATE_RANK[st]
+    rank[(first[:, :1] + np.arange(L)) >= n] = 0     # past the end of the disk
+    rank = rank.reshape(rows, L // g, g)
+    pick = rank.argmax(axis=2)[..., None]
+    r = np.take_along_axis(rank, pick, 2).ravel()
+    s = np.take_along_axis(st.reshape(rows, L // g, g), pick, 2).ravel()
+    h = np.take_along_axis(ho.reshape(rows, L // g, g), pick, 2).ravel()
+    e = (first // k).ravel()
+    keep = (e < len(states)) & (r > 0)
+    e, r, s, h = e[keep], r[keep], s[keep], h[keep]
+    if g < k and len(e):
+        # several tables per entry: the best of this batch per entry, then the map's
+        order = np.lexsort((-r.astype(np.int16), e))
+        e, r, s, h = e[order], r[order], s[order], h[order]
+        u = np.r_[True, e[1:] != e[:-1]]
+        e, r, s, h = e[u], r[u], s[u], h[u]
+        better = r > GUEST_STATE_RANK[states[e]]
+        e, s, h = e[better], s[better], h[better]
+    states[e] = s
+    hosts[e] = h
 
 
 def _contiguous_rows(raw: np.ndarray, cs: int) -> np.ndarray:

@@ -257,3 +257,88 @@ def test_refcounts_past_the_end_of_a_truncated_file_show_as_leaks(tmp_path):
     past = np.nonzero(hm.kinds == HostKind.LEAKED)[0]
     assert len(past) >= 4 and (past >= size // 4096).all()
     assert (hm.refcounts[past] == 1).all()
+
+
+# -- summarised guest maps (disks with more clusters than MAX_GUEST_ENTRIES) --------------
+def _summary_of(fine, k):
+    """What a summarised map must hold: per k clusters, the most significant member."""
+    from qcow2view.engine.maps import GUEST_STATE_RANK
+    n = len(fine)
+    m = -(-n // k)
+    pad = m * k - n
+    st = np.concatenate([fine.states, np.zeros(pad, np.uint8)]).reshape(m, k)
+    ho = np.concatenate([fine.host_offsets, np.zeros(pad, np.uint64)]).reshape(m, k)
+    j = GUEST_STATE_RANK[st].argmax(axis=1)
+    return st[np.arange(m), j], ho[np.arange(m), j]
+
+
+@pytest.mark.parametrize("cs,ks", [(512, [2, 64, 256, 4096]),      # 64 entries per L2 table
+                                   (4096, [4, 512, 2048])])
+def test_summarised_guest_map_keeps_the_most_significant_member(tmp_path, cs, ks):
+    """Within and across L2 tables: data over compressed over zero over unallocated."""
+    p = qemu.create(tmp_path / "s.qcow2", "16M", f"cluster_size={cs}")
+    qemu.qemu_io(p, "write -P 1 0 3k", "write -c -P 2 64k 4k", "write -z 1M 64k",
+                 "write -P 3 2M 8k", "write -z 3M 4k", f"write -c -P 4 {3 * 2**20 + 8192} 4k",
+                 "write -P 5 15M 1M", f"discard {15 * 2**20 + 65536} 64k")
+    from qcow2view.engine.maps import guest_map
+    with open_image(p) as im:
+        fine = im.guest_map()
+        assert_guest_like_qemu(p, fine, cs)        # the fine map is qemu's
+        for k in ks:
+            gm = guest_map(im, max_entries=-(-len(fine) // k))
+            assert gm.clusters_per_entry == k and gm.cluster_size == k * cs
+            assert gm.image_cluster_size == cs and len(gm) == -(-len(fine) // k)
+            st, ho = _summary_of(fine, k)
+            assert (gm.states == st).all(), k
+            assert (gm.host_offsets == ho).all(), k
+
+
+def test_summarised_guest_map_of_an_image_with_a_backing_file(tmp_path):
+    """Entries this image leaves wholly unallocated show the backing file."""
+    b = qemu.create(tmp_path / "b.qcow2", "4M", "cluster_size=4k")
+    qemu.qemu_io(b, "write -P 1 0 4M")
+    t = qemu.create(tmp_path / "t.qcow2", "4M", "cluster_size=4k", backing=str(b))
+    qemu.qemu_io(t, "write -P 2 64k 4k")
+    from qcow2view.engine.maps import guest_map
+    with open_image(t) as im:
+        gm = guest_map(im, max_entries=64)           # 1024 clusters, 16 per entry
+        assert gm.clusters_per_entry == 16
+        assert gm.states[1] == GuestState.DATA
+        others = np.delete(np.arange(len(gm)), 1)
+        assert (gm.states[others] == GuestState.BACKING).all()
+        assert (gm.depth[others] == 1).all()
+
+
+def test_guest_map_of_a_4_pib_disk_stays_small(tmp_path):
+    """2^31 clusters of 2 MiB: summarised into at most MAX_GUEST_ENTRIES entries, built
+    in a child limited to 1 GiB of address space (the per-cluster arrays need 20 GiB);
+    every data run qemu-img map lists lies in a DATA entry naming its host cluster."""
+    import json
+    import subprocess
+    import sys
+    p = qemu.create(tmp_path / "h.qcow2", 4 << 50, "cluster_size=2M")
+    offs = [0, 1 << 40, 3 << 49, (4 << 50) - 4096]
+    qemu.qemu_io(p, *(f"write -P {i + 1} {o} 4k" for i, o in enumerate(offs)))
+    code = ("import json, resource, sys; import numpy as np\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            "from qcow2view.engine import open_image\n"
+            "from qcow2view.engine.maps import MAX_GUEST_ENTRIES\n"
+            "with open_image(sys.argv[1]) as im:\n"
+            "    gm = im.guest_map()\n"
+            "    nz = np.flatnonzero(gm.states)\n"
+            "    print(json.dumps([gm.cluster_size, gm.clusters_per_entry, len(gm),\n"
+            "                      MAX_GUEST_ENTRIES, nz.tolist(), gm.states[nz].tolist(),\n"
+            "                      gm.host_offsets[nz].tolist()]))\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": root})
+    assert r.returncode == 0, r.stderr[-2000:]
+    es, k, n, most, entries, states, hosts = json.loads(r.stdout)
+    assert k > 1 and n <= most and es == k * (2 << 20) and n * es >= 4 << 50
+    want = {}
+    for e in qemu.qemu_map(p):
+        if e["data"]:
+            want.setdefault(e["start"] // es, e["offset"] - e["start"] % (2 << 20))
+    assert entries == sorted(want)
+    assert set(states) == {GuestState.DATA}
+    assert hosts == [want[i] for i in entries]
