@@ -309,6 +309,15 @@ class Scanner:
         self.r.add(Finding(kind, cluster, self._refcount(cluster), references, message,
                            entry_offset, "corruption"))
 
+    def _listed(self, where: np.ndarray) -> list[int]:
+        """The first of ``where`` that still fit in the findings; the others are
+        counted as corruptions here, without a finding each."""
+        room = max(0, MAX_FINDINGS - len(self.r.findings))
+        extra = max(0, len(where) - room)
+        self.r.corruptions += extra
+        self.r.findings_dropped += extra
+        return where[:room].tolist()
+
     def _tick(self, n: int = 1) -> None:
         self._done += n
         check_cancel(self.cancel)
@@ -496,7 +505,7 @@ class Scanner:
         ent = l1[idx]
         entry_offs = l1_offset + 8 * idx.astype(np.int64)
         bad = (ent & U64(C.L1E_RESERVED_MASK)) != 0
-        for i in np.nonzero(bad)[0].tolist():
+        for i in self._listed(np.nonzero(bad)[0]):
             l2o = int(ent[i]) & C.L1E_OFFSET_MASK
             self._corrupt("reserved_bits", l2o >> self.cb,
                           f"{name} entry {int(idx[i])} has reserved bits set "
@@ -509,18 +518,30 @@ class Scanner:
         self.inc_regions(l2_offsets, np.full(len(idx), self.cs), K_L2 if active else K_SNAPL2,
                          "L2 table", entry_offs)
         mis = (l2_offsets & (self.cs - 1)) != 0
-        for i in np.nonzero(mis)[0].tolist():
+        for i in self._listed(np.nonzero(mis)[0]):
             self._corrupt("misaligned_offset", int(l2_offsets[i]) >> self.cb,
                           f"{name} entry {int(idx[i])}: L2 table offset "
                           f"{int(l2_offsets[i]):#x} is not cluster aligned",
                           int(entry_offs[i]))
         if active and self.check_copied:
             self._copied_l1(ent, l2_offsets, entry_offs, idx)
+        if self.want_ranges:
+            lo_all = np.full(len(idx), np.iinfo(np.int64).max, dtype=np.int64)
+            hi_all = np.full(len(idx), -1, dtype=np.int64)
+            self.r.l2_lo.append(lo_all)
+            self.r.l2_hi.append(hi_all)
+        # a table wholly past the end of the file reads as zeros and references
+        # nothing: not read at all (garbage L1 entries can name a million of them)
+        live = np.flatnonzero(l2_offsets < self.file_size)
+        if len(live) < len(idx):
+            self._tick(len(idx) - len(live))
         per_batch = max(1, BATCH_ENTRIES // self.im.l2_size)
-        for b in range(0, len(idx), per_batch):
-            sl = slice(b, b + per_batch)
-            self._walk_l2_batch(l2_offsets[sl], idx[sl], active, sname)
-            self._tick(len(l2_offsets[sl]))
+        for b in range(0, len(live), per_batch):
+            rows = live[b:b + per_batch]
+            got = self._walk_l2_batch(l2_offsets[rows], idx[rows], active, sname)
+            if got is not None:
+                lo_all[rows], hi_all[rows] = got
+            self._tick(len(rows))
 
     def _copied_l1(self, ent, l2_offsets, entry_offs, idx) -> None:
         have = l2_offsets != 0
@@ -552,23 +573,22 @@ class Scanner:
         return read_tables(self.im.file, l2_offsets, self.cs, self.extended, self._buf)
 
     def _walk_l2_batch(self, l2_offsets: np.ndarray, l1_idx: np.ndarray, active: bool,
-                       sname: str | None) -> None:
-        """check_refcounts_l2 over a batch of tables, vectorised."""
+                       sname: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """check_refcounts_l2 over a batch of tables, vectorised; with want_ranges,
+        returns the lowest and highest host cluster each table references."""
         raw, bm = self.read_l2_batch(l2_offsets)
         n = len(l2_offsets)
         lo = hi = None
         if self.want_ranges:
             lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
             hi = np.full(n, -1, dtype=np.int64)
-            self.r.l2_lo.append(lo)
-            self.r.l2_hi.append(hi)
         if bm is None:
             done = self._fast_rows(raw, active)
             if lo is not None and done.any():
                 lo[done] = self._fast_boff[done].astype(np.int64) >> self.cb
                 hi[done] = lo[done] + raw.shape[1] - 1
             if done.all():
-                return
+                return None if lo is None else (lo, hi)
             if done.any():
                 raw, l2_offsets = raw[~done], l2_offsets[~done]
                 if lo is not None:
@@ -576,8 +596,9 @@ class Scanner:
                     sub_lo, sub_hi = lo[rest], hi[rest]
                     self._generic_rows(raw, bm, l2_offsets, active, sname, sub_lo, sub_hi)
                     lo[rest], hi[rest] = sub_lo, sub_hi
-                    return
+                    return lo, hi
         self._generic_rows(raw, bm, l2_offsets, active, sname, lo, hi)
+        return None if lo is None else (lo, hi)
 
     def _fast_rows(self, raw: np.ndarray, active: bool) -> np.ndarray:
         """Tables whose entries are one run of contiguous, aligned, plain data

@@ -427,3 +427,24 @@ def test_compact_reference_counts_widen_instead_of_wrapping(tmp_path):
         sc.r.refs[7] = 0xFFFF
         sc._mark_one(7, K_DATA)
         assert sc.r.refs[7] == 0x10000
+
+
+def test_garbage_l1_entries_count_like_qemu(tmp_path):
+    """l1_size raised so the L1 table runs into guest data: thousands of garbage
+    entries, most naming L2 tables far past the end of the file (those read as
+    zeros and are not read at all), some inside it.  Counted as qemu-img check."""
+    p = qemu.create(tmp_path / "g.qcow2", "64M", "cluster_size=64k")
+    words = np.arange(1 << 16, dtype=np.uint64)
+    words = (words << np.uint64(32)) | (words * np.uint64(0x10000))   # past EOF ...
+    words[::97] = 0x50000                                               # ... and inside
+    src = tmp_path / "src"
+    src.write_bytes(words.astype(">u8").tobytes())
+    qemu.qemu_io(p, f"write -s {src} 0 {1 << 19}")
+    with open_image(p) as im:
+        l1 = im.header.l1_table_offset
+    assert l1 < 0x50000                      # the data follows the L1 table
+    with open(p, "r+b") as f:
+        f.seek(36)
+        f.write(struct.pack(">I", 1 << 15))   # 256 KiB of L1 table
+    r = assert_same_as_qemu(p)
+    assert r.corruptions > 10_000 and r.findings_dropped
