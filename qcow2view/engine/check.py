@@ -334,11 +334,8 @@ def _rebuild(image, scan: RefScan, disk: DiskRefcounts, first: CheckResult,
     counted as QEMU counts them: every refcount corruption and leak found before,
     less the corruptions the walk still finds (COPIED flags are counted after)."""
     before = first.corruptions - scan.copied_corruptions
-    counts = np.array(scan.counted(), copy=True)
-    first_free = max(scan.nb_clusters, image.host_clusters)
     del disk
-    rebuild_refcount_structure(image, counts, first_free)
-    del counts
+    rebuild_refcount_structure(image, scan.counted())
     image.reload_metadata()
     scan2, disk2 = _scan(image, None, cancel)
     cmp2, _ = compare(scan2, disk2, image)

@@ -3,13 +3,15 @@ refcounts on disk cannot be fixed in place (``rebuild_refcount_structure`` in
 QEMU 7.2's block/qcow2-refcount.c).
 
 The counts come from the reference walk (:mod:`refscan`), never from the old
-refcount blocks.  New refcount blocks and a new refcount table are placed past
-the end of the file (QEMU also reuses holes; we do not, so nothing that exists
-is overwritten before the header switches), each counting the new clusters
-themselves.  Order of writes: blocks, table, flush, then the header's
-``refcount_table_offset``/``refcount_table_clusters`` in one write, flush.  A
-crash before that last write leaves the old image as it was; after it, the old
-table and blocks are leaks, which the caller frees with the new structure.
+refcount blocks.  New refcount blocks and a new refcount table go where QEMU
+puts them: first fit among the clusters nothing references (holes, then past
+the end of the file), each counting the new clusters themselves, so the result
+is laid out as ``qemu-img check -r all`` lays it out.  Order of writes: blocks,
+table, flush, then the header's ``refcount_table_offset``/``refcount_table_clusters``
+in one write, flush.  Until that last write the old structure is in force and
+only unreferenced clusters were written (at worst they stay leaks); after it,
+the old table and blocks are leaks, which the caller frees with the new
+structure.
 """
 
 from __future__ import annotations
@@ -34,68 +36,123 @@ class RebuildPlan:
     blocks: dict[int, int]       # refcount table index -> cluster of its new block
     table_cluster: int
     table_clusters: int
-    allocated: int               # clusters added past the end of the file
 
 
-def plan_rebuild(counts: np.ndarray, per_block: int, cluster_size: int,
-                 first_free: int) -> RebuildPlan:
-    """Allocate blocks for every block range holding a non-zero count, then a table
-    big enough for them, from cluster ``first_free`` on (alloc_clusters_imrt at the
-    end of the image); repeated until the new clusters are covered themselves."""
+SCAN_CHUNK = 1 << 16             # clusters looked at per numpy pass when searching
+
+
+class _Counts:
+    """The walk's counts as QEMU's in-memory refcount array: grows on allocation."""
+
+    def __init__(self, counts: np.ndarray) -> None:
+        self.a = np.array(counts, copy=True)
+        self.n = len(counts)
+
+    def grow(self, n: int) -> None:
+        if n > len(self.a):
+            more = np.zeros(max(n, len(self.a) + (len(self.a) >> 3) + 64) - len(self.a),
+                            dtype=self.a.dtype)
+            self.a = np.concatenate([self.a, more])
+        self.n = max(self.n, n)
+
+    def next_used(self, lo: int, hi: int) -> int | None:
+        """First cluster in [lo, hi) with a non-zero count."""
+        hi = min(hi, self.n)
+        while lo < hi:
+            nz = np.flatnonzero(self.a[lo:min(hi, lo + SCAN_CHUNK)])
+            if len(nz):
+                return lo + int(nz[0])
+            lo += SCAN_CHUNK
+        return None
+
+    def alloc(self, k: int, first_free: int) -> tuple[int, int]:
+        """alloc_clusters_imrt: the first run of ``k`` free clusters from
+        ``first_free``, or one that the array's end cuts short, grown past it;
+        returns (first cluster, new first_free: the first free cluster met)."""
+        if k == 1:
+            z = self.next_free(first_free)
+            start = self.n if z is None else z
+            first_free = first_free if z is None else z
+        else:                             # the table: rare, one pass is fine
+            z = np.flatnonzero(self.a[first_free:self.n] == 0)
+            start = self.n
+            if len(z):
+                cut = np.flatnonzero(np.diff(z) != 1)
+                starts = z[np.r_[0, cut + 1]]
+                ends = np.r_[z[cut], z[-1]] + 1
+                fits = np.flatnonzero(ends - starts >= k)
+                if len(fits):
+                    start = first_free + int(starts[fits[0]])
+                elif first_free + int(ends[-1]) == self.n:
+                    start = first_free + int(starts[-1])
+                first_free += int(z[0])
+        self.grow(start + k)
+        self.a[start:start + k] = 1
+        return start, first_free
+
+    def next_free(self, lo: int) -> int | None:
+        while lo < self.n:
+            z = np.flatnonzero(self.a[lo:min(self.n, lo + SCAN_CHUNK)] == 0)
+            if len(z):
+                return lo + int(z[0])
+            lo += SCAN_CHUNK
+        return None
+
+
+def plan_rebuild(counts: np.ndarray, per_block: int, cluster_size: int) -> RebuildPlan:
+    """Place new refcount blocks and a table as QEMU 7.2 does: blocks first fit
+    among the clusters nothing references, in cluster order, never in the range
+    of a block already placed; then a table (first fit from the start), and
+    blocks for its clusters; a table that turns out too small stays allocated
+    (a leak, as in QEMU) and another is placed."""
     per = per_block
-    first_free = max(first_free, len(counts))
-    n = -(-first_free // per) * per
-    grown = np.zeros(n, dtype=counts.dtype)
-    grown[:len(counts)] = counts
-    counts = grown
-    nxt = first_free
+    c = _Counts(counts)
     blocks: dict[int, int] = {}
-
-    def alloc(k: int) -> int:
-        nonlocal counts, nxt
-        c = nxt
-        nxt += k
-        if nxt > len(counts):
-            more = np.zeros(-(-(nxt - len(counts)) // per) * per, dtype=counts.dtype)
-            counts = np.concatenate([counts, more])
-        counts[c:nxt] = 1
-        return c
-
-    def cover(rtis: list[int]) -> None:
-        """Blocks for ``rtis`` and, in turn, for the clusters those blocks take."""
-        while rtis:
-            c = alloc(len(rtis))
-            blocks.update(zip(rtis, range(c, c + len(rtis))))
-            rtis = [r for r in range(c // per, (c + len(rtis) - 1) // per + 1)
-                    if r not in blocks]
-
-    used = np.flatnonzero(counts.reshape(-1, per).any(axis=1)).tolist()
-    cover(used)
+    entries = 0                       # refcount table entries (whole clusters of them)
     per_table_cluster = cluster_size // 8
-    table, table_n = -1, 0
+
+    def place_blocks(first: int, end: int) -> bool:
+        """rebuild_refcounts_write_refblocks; True if the table had to grow."""
+        nonlocal entries
+        grown = False
+        first_free = 0
+        cluster = first
+        while True:
+            cluster = c.next_used(cluster, end)
+            if cluster is None:
+                return grown
+            rti = cluster // per
+            start = rti * per
+            if rti not in blocks:
+                first_free = max(first_free, start)
+                at, first_free = c.alloc(1, first_free)
+                end = max(end, at + 1)       # the block counting this block too
+                if entries <= rti:
+                    entries = -(-(rti + 1) // per_table_cluster) * per_table_cluster
+                    grown = True
+                blocks[rti] = at
+            cluster = start + per
+
+    place_blocks(0, c.n)
     while True:
-        need = -(-(max(blocks) + 1) // per_table_cluster)
-        if need <= table_n:
+        table_clusters = -(-entries // per_table_cluster)
+        table, _ = c.alloc(table_clusters, 0)
+        if not place_blocks(table, table + table_clusters):
             break
-        # a table that became too small stays allocated (a leak, as in QEMU)
-        table, table_n = alloc(need), need
-        cover([r for r in range(table // per, (table + need - 1) // per + 1)
-               if r not in blocks])
-    return RebuildPlan(counts[:nxt], blocks, table, table_n, nxt - first_free)
+    return RebuildPlan(c.a[:c.n], blocks, table, table_clusters)
 
 
-def rebuild_refcount_structure(image, counts: np.ndarray, first_free: int) -> RebuildPlan:
+def rebuild_refcount_structure(image, counts: np.ndarray) -> RebuildPlan:
     """Write a new refcount structure holding ``counts`` and switch the header to it.
 
-    ``counts`` are the walk's per-cluster references, already saturated at the
-    image's refcount maximum; ``first_free`` is the first cluster past everything
-    (the end of the file).
+    ``counts`` are the walk's references per host cluster, already saturated at
+    the image's refcount maximum (QEMU's in-memory refcount array).
     """
     f = image.file
     cs = image.cluster_size
     order = image.header.refcount_order
     per = image.refcount_block_entries
-    plan = plan_rebuild(counts, per, cs, first_free)
+    plan = plan_rebuild(counts, per, cs)
     if plan.table_clusters * cs > QCOW_MAX_REFTABLE_SIZE:
         raise UnsupportedFeatureError(
             f"a rebuilt refcount table would need {plan.table_clusters} clusters, more "
