@@ -588,7 +588,8 @@ class Image:
         return hm
 
     def guest_map(self, snapshot=None, progress=None, cancel=None, follow_backing=True):
-        """State and host offset of every guest cluster (maps.GuestMap)."""
+        """State and host offset of every guest cluster (maps.GuestMap; a disk of more
+        than maps.MAX_GUEST_ENTRIES clusters is summarised, see GuestMap)."""
         from .maps import guest_map
         if self._writer is not None:
             self._writer.commit()        # maps read the file itself
