@@ -536,12 +536,19 @@ class Scanner:
         if len(live) < len(idx):
             self._tick(len(idx) - len(live))
         per_batch = max(1, BATCH_ENTRIES // self.im.l2_size)
+        copied = active and self.check_copied
         for b in range(0, len(live), per_batch):
-            rows = live[b:b + per_batch]
-            got = self._walk_l2_batch(l2_offsets[rows], idx[rows], active, sname)
-            if got is not None:
-                lo_all[rows], hi_all[rows] = got
-            self._tick(len(rows))
+            batch = live[b:b + per_batch]
+            # an entry with flag bits only: its "table" is the header cluster, which
+            # QEMU walks for references but not for COPIED flags (offset 0 skipped)
+            hdr = l2_offsets[batch] == 0
+            for rows, cp in ((batch, copied),) if not hdr.any() else \
+                    ((batch[~hdr], copied), (batch[hdr], False)):
+                if len(rows):
+                    got = self._walk_l2_batch(l2_offsets[rows], idx[rows], active, sname, cp)
+                    if got is not None:
+                        lo_all[rows], hi_all[rows] = got
+            self._tick(len(batch))
 
     def _copied_l1(self, ent, l2_offsets, entry_offs, idx) -> None:
         have = l2_offsets != 0
@@ -573,9 +580,10 @@ class Scanner:
         return read_tables(self.im.file, l2_offsets, self.cs, self.extended, self._buf)
 
     def _walk_l2_batch(self, l2_offsets: np.ndarray, l1_idx: np.ndarray, active: bool,
-                       sname: str | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """check_refcounts_l2 over a batch of tables, vectorised; with want_ranges,
-        returns the lowest and highest host cluster each table references."""
+                       sname: str | None, copied: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """check_refcounts_l2 over a batch of tables, vectorised (and
+        check_oflag_copied's L2 part if ``copied``); with want_ranges, returns the
+        lowest and highest host cluster each table references."""
         raw, bm = self.read_l2_batch(l2_offsets)
         n = len(l2_offsets)
         lo = hi = None
@@ -583,7 +591,7 @@ class Scanner:
             lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
             hi = np.full(n, -1, dtype=np.int64)
         if bm is None:
-            done = self._fast_rows(raw, active)
+            done = self._fast_rows(raw, active, copied)
             if lo is not None and done.any():
                 lo[done] = self._fast_boff[done].astype(np.int64) >> self.cb
                 hi[done] = lo[done] + raw.shape[1] - 1
@@ -594,13 +602,14 @@ class Scanner:
                 if lo is not None:
                     rest = np.nonzero(~done)[0]
                     sub_lo, sub_hi = lo[rest], hi[rest]
-                    self._generic_rows(raw, bm, l2_offsets, active, sname, sub_lo, sub_hi)
+                    self._generic_rows(raw, bm, l2_offsets, active, sname, copied, sub_lo,
+                                       sub_hi)
                     lo[rest], hi[rest] = sub_lo, sub_hi
                     return lo, hi
-        self._generic_rows(raw, bm, l2_offsets, active, sname, lo, hi)
+        self._generic_rows(raw, bm, l2_offsets, active, sname, copied, lo, hi)
         return None if lo is None else (lo, hi)
 
-    def _fast_rows(self, raw: np.ndarray, active: bool) -> np.ndarray:
+    def _fast_rows(self, raw: np.ndarray, active: bool, copied_check: bool) -> np.ndarray:
         """Tables whose entries are one run of contiguous, aligned, plain data
         clusters (what preallocation and sequential writes make): counted with
         slices instead of per-entry work.  Returns the rows it handled; the
@@ -624,7 +633,6 @@ class Scanner:
         # rows not handled here get their entries back at the end
         np.subtract(raw, base[:, None], out=raw)
         cand &= ~np.not_equal(raw, ramp).any(axis=1)
-        copied_check = active and self.check_copied
         disk = self.disk
         for i in np.nonzero(cand)[0].tolist():
             c0 = int(boff[i]) >> cb
@@ -665,8 +673,8 @@ class Scanner:
         return cand
 
     def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
-                      active: bool, sname: str | None, lo: np.ndarray | None = None,
-                      hi: np.ndarray | None = None) -> None:
+                      active: bool, sname: str | None, copied: bool,
+                      lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> None:
         cs, cb = self.cs, self.cb
         n, L = raw.shape
         esize = 16 if self.extended else 8
@@ -741,7 +749,7 @@ class Scanner:
                                        .astype(np.int64))
             if not self.data_file:
                 self._inc_data(a_off, a_cl, mis if any_mis else None, flat, L, eoff, where)
-            if active and self.check_copied:
+            if copied:
                 self._copied_l2_flat(a_raw, a_off, a_cl, flat, L, eoff)
         if bm is not None:
             unalloc = ~has_off if comp is None else ~comp & ~has_off & ~zero

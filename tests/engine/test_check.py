@@ -455,3 +455,14 @@ def test_garbage_l1_entries_count_like_qemu(tmp_path):
         f.write(struct.pack(">I", 1 << 15))   # 256 KiB of L1 table
     r = assert_same_as_qemu(p)
     assert r.corruptions > 10_000 and r.findings_dropped
+
+
+@pytest.mark.parametrize("raw", [1, C.QCOW_OFLAG_COPIED, C.QCOW_OFLAG_COPIED | 1])
+def test_l1_entry_with_flag_bits_only(tmp_path, raw):
+    """An L1 entry with offset 0 but other bits set: QEMU walks the header cluster
+    as its L2 table for references, but skips it when checking COPIED flags."""
+    p = _img(tmp_path, "write -P 1 0 8k", "write -c -P 2 64k 4k")
+    with open_image(p) as im:
+        l1 = im.header.l1_table_offset
+    _poke(p, l1 + 8, raw)
+    assert not assert_same_as_qemu(p).clean
