@@ -282,15 +282,16 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
             "a refcount block is damaged); repair with 'all'", structure="refcount table",
             offset=image.header.refcount_table_offset, path=image.path)
     if rebuild:
-        fixed_c, fixed_l = _rebuild(image, scan, disk, first, cancel)
+        del disk                         # the old refcounts play no part
+        fixed_c, fixed_l = _rebuild(image, scan, first, cancel)
     else:
         up_i, down_i, targets = _mismatches(scan, disk, fix_errors, fix_leaks)
         # raised first and flushed, leaks lowered after: a crash leaves leaks at most
         fixed_c = _write_refcounts(image, disk, up_i, targets[0])
         fixed_l = _write_refcounts(image, disk, down_i, targets[1])
-        del up_i, down_i, targets
+        del up_i, down_i, targets, disk
     image.invalidate_caches()
-    del scan, disk, first                # one walk's arrays at a time
+    del scan, first                      # one walk's arrays at a time
 
     # COPIED flags: always with -r all; with -r leaks only if nothing else is wrong
     scan2, disk2 = _scan(image, None, cancel)
@@ -328,13 +329,11 @@ def _refblock_shared(image, scan: RefScan) -> bool:
     return bool((scan.refs[cl] > 1).any())
 
 
-def _rebuild(image, scan: RefScan, disk: DiskRefcounts, first: CheckResult,
-             cancel: Cancel) -> tuple[int, int]:
+def _rebuild(image, scan: RefScan, first: CheckResult, cancel: Cancel) -> tuple[int, int]:
     """qcow2_check_refcounts' rebuild branch; returns (corruptions, leaks) fixed,
     counted as QEMU counts them: every refcount corruption and leak found before,
     less the corruptions the walk still finds (COPIED flags are counted after)."""
     before = first.corruptions - scan.copied_corruptions
-    del disk
     rebuild_refcount_structure(image, scan.counted())
     image.reload_metadata()
     scan2, disk2 = _scan(image, None, cancel)
