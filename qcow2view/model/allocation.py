@@ -488,8 +488,12 @@ class AllocationModel(QObject):
             cs = gm.cluster_size
             st = int(gm.states[c])
             name = GUEST_STATES.get(st, ("backing file", ""))[0]
-            lines = [f"guest cluster {c:,}: {c * cs:#x} – {(c + 1) * cs - 1:#x}",
-                     f"state: {name}"]
+            k = getattr(gm, "clusters_per_entry", 1)
+            where = f"{c * cs:#x} – {(c + 1) * cs - 1:#x}"
+            lines = ([f"guest cluster {c:,}: {where}"] if k == 1 else
+                     [f"guest clusters {c * k:,} – {(c + 1) * k - 1:,}: {where}",
+                      f"(a huge disk: one cell stands for {k:,} clusters and shows "
+                      "the most significant of them)"]) + [f"state: {name}"]
             d = int(gm.depth[c])
             if st == 4:
                 lines.append(f"found in backing file at depth {d}" if d
@@ -584,7 +588,9 @@ def mapping_segments(gm, max_segments: int = MAX_SEGMENTS) -> tuple[np.ndarray, 
     x[0::2] = starts.astype(np.float64) * cs
     x[1::2] = ends.astype(np.float64) * cs + cs
     y[0::2] = hosts[starts].astype(np.float64)
-    y[1::2] = hosts[ends].astype(np.float64) + cs
+    # a summarised map (a huge disk) vouches for one image cluster in a lone entry
+    lone = getattr(gm, "image_cluster_size", cs)
+    y[1::2] = hosts[ends].astype(np.float64) + np.where(ends > starts, cs, lone)
     return x, y, runs
 
 

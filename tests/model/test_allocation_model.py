@@ -151,3 +151,26 @@ def test_picture_layout(sample_image, mode):
     pic = m.picture(mode)
     assert pic.data.flags.c_contiguous and pic.data.dtype.name == "uint8"
     assert pic.rows * pic.width >= pic.count
+
+
+def test_summarised_guest_map_of_a_huge_disk(tmp_path):
+    """On a disk with more clusters than the guest map holds, one cell stands for several
+    clusters: the hover says so, and the mapping plot gives a lone data cluster its own
+    host height (one cluster, where qemu-img map puts it), not the cell's guest span."""
+    from qcow2view.engine.maps import guest_map
+    p = qemu.create(tmp_path / "h.qcow2", "16M")
+    qemu.qemu_io(p, "write -P 7 8M 64k")
+    host = next(e for e in qemu.qemu_map(p) if e["data"])["offset"]
+    img = open_image(p)
+    _open.append(img)
+    gm = guest_map(img, max_entries=64)           # 256 clusters -> 4 per entry
+    assert gm.clusters_per_entry == 4 and len(gm) == 64
+    m = AllocationModel()
+    m.set_maps(None, gm)
+    x, y, runs = m.mapping_segments()
+    assert runs == 1
+    assert (x[0], x[1]) == (8 << 20, (8 << 20) + 4 * 65536)
+    assert (y[0], y[1]) == (host, host + 65536)
+    pic = m.picture("guest")
+    text = m.describe(pic, *pic.cell_of(32))
+    assert "guest clusters 128 – 131" in text and "4 clusters" in text and "data" in text
