@@ -573,38 +573,30 @@ class Image:
     def host_map(self, progress=None, cancel=None):
         """Kind, refcount and references of every host cluster (maps.HostMap)."""
         from .maps import host_map
-        if self._writer is not None:
-            self._writer.commit()        # maps read the file itself
-        key = ("host",)
-        cache = getattr(self, "_maps_cache", None)
-        if cache is None:
-            cache = self._maps_cache = {}
-        hit = cache.get(key)
-        if hit is not None and hit[0] == self.file.size:
-            return hit[1]
-        hm = host_map(self, progress, cancel)
-        if not self.writable:    # writes change tables in place: cache read-only opens only
-            cache[key] = (self.file.size, hm)
-        return hm
+        return self._cached_map(("host",), lambda: host_map(self, progress, cancel))
 
     def guest_map(self, snapshot=None, progress=None, cancel=None, follow_backing=True):
         """State and host offset of every guest cluster (maps.GuestMap; a disk of more
         than maps.MAX_GUEST_ENTRIES clusters is summarised, see GuestMap)."""
         from .maps import guest_map
-        if self._writer is not None:
-            self._writer.commit()        # maps read the file itself
         key = ("guest", None if snapshot is None else str(getattr(snapshot, "id_str", snapshot)),
                follow_backing)
+        return self._cached_map(
+            key, lambda: guest_map(self, snapshot, progress, cancel, follow_backing))
+
+    def _cached_map(self, key: tuple, build):
+        if self._writer is not None:
+            self._writer.commit()        # maps read the file itself
         cache = getattr(self, "_maps_cache", None)
         if cache is None:
             cache = self._maps_cache = {}
         hit = cache.get(key)
         if hit is not None and hit[0] == self.file.size:
             return hit[1]
-        gm = guest_map(self, snapshot, progress, cancel, follow_backing)
-        if not self.writable:
-            cache[key] = (self.file.size, gm)
-        return gm
+        got = build()
+        if not self.writable:    # writes change tables in place: cache read-only opens only
+            cache[key] = (self.file.size, got)
+        return got
 
     # refcounts
     @property
