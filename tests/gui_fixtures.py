@@ -90,3 +90,36 @@ def _make_leak(path) -> int:
 @pytest.fixture
 def make_leak():
     return _make_leak
+
+
+# -- the main window (view tests) ----------------------------------------------------
+@pytest.fixture
+def window(qtbot):
+    """A shown main window, every tab closed afterwards."""
+    from qcow2view.ui.mainwindow import MainWindow
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.resize(1300, 800)
+    w.show()
+    yield w
+    w.close_all()
+
+
+def wait_ready(qtbot, tab) -> None:
+    """Until the tab's check and maps are done and no repair is running."""
+    qtbot.waitUntil(lambda: tab.document.analysis is not None and not tab.document.busy
+                    and getattr(tab, "repair_job", None) is None, timeout=30000)
+
+
+def run_app(*args, tmp_path):
+    """``python -m qcow2view ARGS`` in a child process, offscreen, with scratch XDG folders."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(root),
+               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "-m", "qcow2view", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=env)

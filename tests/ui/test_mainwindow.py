@@ -11,29 +11,16 @@ from PySide6.QtGui import QDropEvent, QKeySequence
 from PySide6.QtWidgets import QMessageBox
 
 import qemu
+from gui_fixtures import wait_ready
 from qcow2view.model.header_model import OffsetRole
 from qcow2view.model.workers import running_workers
 from qcow2view.ui import dialogs
-from qcow2view.ui.imagetab import ImageTab
 from qcow2view.ui.mainwindow import MainWindow
 from qcow2view.ui.settings import recent_files, settings
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
 
 
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.resize(1300, 800)
-    w.show()
-    yield w
-    w.close_all()
-
-
-def _ready(qtbot, tab: ImageTab) -> None:
-    qtbot.waitUntil(lambda: tab.document.analysis is not None and not tab.document.busy,
-                    timeout=30000)
 
 
 def test_start_page_then_tabs(window, qtbot, sample_image, tmp_path):
@@ -50,7 +37,7 @@ def test_start_page_then_tabs(window, qtbot, sample_image, tmp_path):
     assert window.tabs.count() == 2
     assert window.open_path(str(sample_image)) is tab      # already open: its tab
     assert window.tabs.count() == 2
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     window.close_all()
     assert window.tabs.count() == 0 and window.stack.currentWidget() is window.start
     assert running_workers() == []
@@ -75,7 +62,7 @@ def test_damaged_image_opens_read_only_with_a_banner(window, qtbot, sample_image
     sample_image.write_bytes(bytes(data))
     assert qemu.info(sample_image)["format-specific"]["data"]["corrupt"] is True
     tab = window.open_path(str(sample_image))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     assert tab.banner.isVisible()
     assert "corrupt bit" in tab.banner.text()
     assert not tab.document.writable
@@ -85,7 +72,7 @@ def test_damaged_image_opens_read_only_with_a_banner(window, qtbot, sample_image
 def test_leak_in_banner_and_problems(window, qtbot, sample_image, make_leak):
     make_leak(sample_image)
     tab = window.open_path(str(sample_image))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     assert "1 leaked cluster" in tab.banner.text()
     assert tab.problems_model.rowCount() >= 1
 
@@ -110,7 +97,7 @@ def test_drop_files_opens_them(window, qtbot, sample_image):
     ev = QDropEvent(QPointF(50, 50), Qt.CopyAction, md, Qt.LeftButton, Qt.NoModifier)
     window.dropEvent(ev)
     assert window.tabs.count() == 1
-    _ready(qtbot, window.current_tab())
+    wait_ready(qtbot, window.current_tab())
 
 
 def test_standard_shortcuts(window):
@@ -126,7 +113,7 @@ def test_standard_shortcuts(window):
 
 def test_enable_editing_changes_the_title(window, qtbot, sample_image):
     tab = window.open_path(str(sample_image))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     window.act_edit.trigger()
     assert tab.document.writable
     assert "editing" in window.windowTitle()
@@ -142,7 +129,7 @@ def test_header_click_asks_for_the_file_bytes(window, qtbot, sample_image):
         tab.header_panel.view.clicked.emit(idx)
     assert sig.args == [40, 8]
     assert idx.data(OffsetRole) == (40, 8)
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
 
 
 def test_goto_guest_offset_in_the_tree(window, qtbot, sample_image):
@@ -156,7 +143,7 @@ def test_goto_guest_offset_in_the_tree(window, qtbot, sample_image):
     panel.jump.setText("nonsense")
     panel.jump.returnPressed.emit()
     assert not panel.status.isHidden()
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
 
 
 def test_excepthook_shows_a_dialog_and_logs(qtbot, tmp_path, monkeypatch):
@@ -205,9 +192,9 @@ def test_first_run_opens_the_demo_image(window, qtbot, sample_image):
     tab = window.current_tab()
     assert tab.document.name.endswith(".qcow2")
     assert qemu.info(tab.document.path)["format"] == "qcow2"
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     window.close_all()
     open_initial(window, SimpleNamespace(images=[str(sample_image)], demo=False),
                  first_run=True)
     assert [t.document.name for t in window.tabs_list()] == ["sample.qcow2"]
-    _ready(qtbot, window.current_tab())
+    wait_ready(qtbot, window.current_tab())

@@ -12,9 +12,9 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 import qemu
+from gui_fixtures import wait_ready
 from qcow2view.ui import repair
 from qcow2view.model.units import count
-from qcow2view.ui.mainwindow import MainWindow
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
 
@@ -64,19 +64,6 @@ def damaged(tmp_path):
     return p
 
 
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.resize(1300, 800)
-    w.show()
-    yield w
-    w.close_all()
-
-
-def _ready(qtbot, tab) -> None:
-    qtbot.waitUntil(lambda: tab.document.analysis is not None and not tab.document.busy
-                    and getattr(tab, "repair_job", None) is None, timeout=30000)
 
 
 def _guest(path, tmp_path, name, snapshot=None) -> bytes:
@@ -89,7 +76,7 @@ def test_the_actions_are_in_the_image_menu_and_need_a_read_only_tab(window, qtbo
     assert all(a in window.image_menu.actions() for a in acts)
     assert not any(a.isEnabled() for a in acts)               # the start page
     tab = window.open_path(str(damaged))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     assert all(a.isEnabled() for a in acts)
     window.act_edit.trigger()                                 # editing: its own writer
     assert tab.document.writable and not any(a.isEnabled() for a in acts)
@@ -103,14 +90,14 @@ def test_repair_leaks_then_all_from_the_menu(window, qtbot, damaged, tmp_path, m
     guest = _guest(damaged, tmp_path, "before")
     snap = _guest(damaged, tmp_path, "snap-before", "before")
     tab = window.open_path(str(damaged))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     assert "2 leaked cluster" in tab.banner.text() and "2 corruption" in tab.banner.text()
     monkeypatch.setattr(repair, "assume_yes", True)
 
     window.act_repair_leaks.trigger()
     assert tab.repair_job is not None
     assert not window.act_repair_leaks.isEnabled() and not window.act_repair_all.isEnabled()
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     code, res = qemu.check(damaged)        # -r leaks: the leaks go, the refcount stays wrong
     assert (code, res.get("leaks", 0), res.get("corruptions")) == (2, 0, 2), res
     assert "2 leaks and 0 corruptions fixed" in window.statusBar().currentMessage()
@@ -121,7 +108,7 @@ def test_repair_leaks_then_all_from_the_menu(window, qtbot, damaged, tmp_path, m
     shutil.copyfile(damaged, copy)
     fixed = qemu.check(copy, "-r", "all")[1]["corruptions-fixed"]
     window.act_repair_all.trigger()
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     code, res = qemu.check(damaged)
     assert code == 0 and not res.get("leaks") and not res.get("corruptions"), res
     assert f"0 leaks and {count(fixed, 'corruption')} fixed" in window.statusBar().currentMessage()
@@ -137,7 +124,7 @@ def test_the_question_is_asked_before_anything_is_written(window, qtbot, damaged
     untouched while it is open; Yes repairs."""
     before = damaged.read_bytes()
     tab = window.open_path(str(damaged))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     seen = {}
 
     def answer() -> None:
@@ -153,7 +140,7 @@ def test_the_question_is_asked_before_anything_is_written(window, qtbot, damaged
     window.act_repair_all.trigger()        # returns once the question is answered
     assert "damaged.qcow2" in seen["text"] and "qemu-img check -r all" in seen["text"]
     assert seen["untouched"]
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     assert qemu.check(damaged)[0] == 0
 
 
@@ -161,7 +148,7 @@ def test_the_question_is_asked_before_anything_is_written(window, qtbot, damaged
 def test_declining_writes_nothing(window, qtbot, damaged, monkeypatch, which):
     before = damaged.read_bytes()
     tab = window.open_path(str(damaged))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     monkeypatch.setattr(repair, "assume_yes", False)
     (window.act_repair_leaks if which == "leaks" else window.act_repair_all).trigger()
     assert getattr(tab, "repair_job", None) is None
@@ -171,7 +158,7 @@ def test_declining_writes_nothing(window, qtbot, damaged, monkeypatch, which):
 
 def test_closing_the_tab_during_a_repair_lets_it_finish(window, qtbot, damaged, monkeypatch):
     tab = window.open_path(str(damaged))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     monkeypatch.setattr(repair, "assume_yes", True)
     window.act_repair_all.trigger()
     window.close_all()                     # joins the repair (the fixture checks no worker is left)
@@ -182,12 +169,12 @@ def test_closing_the_tab_during_a_repair_lets_it_finish(window, qtbot, damaged, 
 
 def test_the_banner_says_which_repair_fixes_what_it_found(window, qtbot, damaged, tmp_path):
     tab = window.open_path(str(damaged))
-    _ready(qtbot, tab)
+    wait_ready(qtbot, tab)
     assert "Repair All…" in tab.banner.text()              # corruptions: -r all
     leaky = qemu.create(tmp_path / "leaky.qcow2", "4M")
     qemu.qemu_io(leaky, "write -P 1 0 64k")
     set_refcount(leaky, -(-leaky.stat().st_size // CS), 1)
     assert qemu.check(leaky)[1]["leaks"] == 1
     other = window.open_path(str(leaky))
-    _ready(qtbot, other)
+    wait_ready(qtbot, other)
     assert "Repair Leaks…" in other.banner.text() and "Repair All" not in other.banner.text()

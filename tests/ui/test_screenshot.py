@@ -11,22 +11,16 @@ import pytest
 from PySide6.QtGui import QImage
 
 import qemu
+from gui_fixtures import run_app
 from qcow2view.model.allocation import colour
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args, tmp_path):
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT),
-               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"),
-               XDG_CACHE_HOME=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, "-m", "qcow2view", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, env=env)
-
 
 def test_screenshot_of_a_real_image(tmp_path, sample_image):
     out = tmp_path / "shot.png"
-    p = run(sample_image, "--screenshot", out, tmp_path=tmp_path)
+    p = run_app(sample_image, "--screenshot", out, tmp_path=tmp_path)
     assert p.returncode == 0, p.stderr
     img = QImage(str(out))
     assert img.width() >= 800 and img.height() >= 500
@@ -56,7 +50,7 @@ def test_message_filter_passes_real_warnings_through(tmp_path):
 
 def test_screenshot_of_garbage_fails_cleanly(tmp_path, garbage_file):
     out = tmp_path / "shot.png"
-    p = run(garbage_file, "--screenshot", out, tmp_path=tmp_path)
+    p = run_app(garbage_file, "--screenshot", out, tmp_path=tmp_path)
     assert p.returncode != 0
     assert "not a QCOW2 image" in p.stderr
     assert "Traceback" not in p.stderr
@@ -64,14 +58,14 @@ def test_screenshot_of_garbage_fails_cleanly(tmp_path, garbage_file):
 
 
 def test_screenshot_of_a_missing_file(tmp_path):
-    p = run(tmp_path / "nope.qcow2", "--screenshot", tmp_path / "s.png", tmp_path=tmp_path)
+    p = run_app(tmp_path / "nope.qcow2", "--screenshot", tmp_path / "s.png", tmp_path=tmp_path)
     assert p.returncode != 0 and "nope.qcow2" in p.stderr and "Traceback" not in p.stderr
 
 
 @pytest.mark.parametrize("mode", ["kind", "refcount", "guest"])
 def test_map_png(tmp_path, sample_image, mode):
     out = tmp_path / f"{mode}.png"
-    p = run("map", sample_image, "--png", out, "--mode", mode, "--width", 256,
+    p = run_app("map", sample_image, "--png", out, "--mode", mode, "--width", 256,
             tmp_path=tmp_path)
     assert p.returncode == 0, p.stderr
     img = QImage(str(out))
@@ -85,6 +79,6 @@ def test_map_png(tmp_path, sample_image, mode):
 
 
 def test_map_png_of_garbage(tmp_path, garbage_file):
-    p = run("map", garbage_file, "--png", tmp_path / "x.png", tmp_path=tmp_path)
+    p = run_app("map", garbage_file, "--png", tmp_path / "x.png", tmp_path=tmp_path)
     assert p.returncode != 0 and "not a QCOW2 image" in p.stderr
     assert "Traceback" not in p.stderr

@@ -3,14 +3,10 @@ with or without ``--screenshot``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import qemu
+from gui_fixtures import run_app
 from qcow2view.app import open_window
 from qcow2view.cli import VIEWS, _gui_parser
 from qcow2view.model.table_tree_model import GuestOffsetRole
@@ -18,7 +14,6 @@ from qcow2view.ui.imagetab import ImageTab
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
 
-ROOT = Path(__file__).resolve().parents[2]
 KiB, MiB = 1 << 10, 1 << 20
 
 
@@ -119,20 +114,13 @@ def test_goto_outside_the_disk_is_refused(launch, scattered, where, says):
     assert why is not None and says in why and where in why
 
 
-def run(*args, tmp_path):
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT),
-               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"),
-               XDG_CACHE_HOME=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, "-m", "qcow2view", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, env=env)
-
 
 def test_screenshot_of_each_view_differs(tmp_path, scattered):
     from PySide6.QtGui import QImage
     shots = {}
     for view in ("map", "hex"):
         out = tmp_path / f"{view}.png"
-        p = run(scattered, "--view", view, "--goto", "2M", "--screenshot", out,
+        p = run_app(scattered, "--view", view, "--goto", "2M", "--screenshot", out,
                 tmp_path=tmp_path)
         assert p.returncode == 0, p.stderr
         shots[view] = QImage(str(out))
@@ -142,14 +130,14 @@ def test_screenshot_of_each_view_differs(tmp_path, scattered):
 
 def test_screenshot_with_a_bad_goto_fails_cleanly(tmp_path, scattered):
     out = tmp_path / "shot.png"
-    p = run(scattered, "--goto", "1T", "--screenshot", out, tmp_path=tmp_path)
+    p = run_app(scattered, "--goto", "1T", "--screenshot", out, tmp_path=tmp_path)
     assert p.returncode == 2
     assert "--goto 1T" in p.stderr and "past the end" in p.stderr
     assert "Traceback" not in p.stderr and not out.exists()
 
 
 def test_unknown_view_is_an_argument_error(tmp_path, scattered):
-    p = run(scattered, "--view", "bogus", "--screenshot", tmp_path / "x.png", tmp_path=tmp_path)
+    p = run_app(scattered, "--view", "bogus", "--screenshot", tmp_path / "x.png", tmp_path=tmp_path)
     assert p.returncode == 2 and "invalid choice" in p.stderr
 
 
