@@ -598,7 +598,7 @@ class TableTreeModel(QAbstractItemModel):
             t = ClusterType(int(holder.types[entry])) if holder.types is not None \
                 else C.cluster_type(raw)
             if t == ClusterType.UNALLOCATED and self._img.backing_chain:
-                parts.append("unallocated (backing file)")    # what the guest reads there
+                parts.append("from backing")    # unallocated: the guest reads the backing file
             else:
                 parts.append(_TYPE_NAMES.get(t, t.name.lower()))
             if raw & C.QCOW_OFLAG_COPIED:

@@ -152,7 +152,7 @@ def test_unallocated_entries_of_an_overlay_say_the_backing_file_shows(tmp_path):
     qemu.qemu_io(lone, "write -P 2 64k 64k")
     depth = {e["start"]: e["depth"] for e in qemu.qemu_map(top)}
     assert depth[0] == 1                                   # guest 0 comes from base.qcow2
-    for path, want in ((top, "unallocated (backing file)"), (lone, "unallocated")):
+    for path, want in ((top, "from backing"), (lone, "unallocated")):
         with open_image(path) as img:
             m = TableTreeModel()
             m.set_image(img)
