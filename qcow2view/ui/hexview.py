@@ -55,6 +55,11 @@ def _printable(data: bytes) -> str:
     return data.translate(_PRINTABLE).decode("latin-1")
 
 
+# bytes that could not be read show as ?? (not as the zeros the buffer holds)
+_UNKNOWN = str.maketrans("0123456789abcdef", "?" * 16)
+_ERROR_KEY = int(ByteKind.ERROR) * 2
+
+
 def grid_font(font: QFont) -> QFont:
     """``font`` with a whole-pixel character advance, so column ``i`` of a row
     drawn as one string is exactly at ``i * advance`` (fractional advances
@@ -399,6 +404,11 @@ class HexView(QAbstractScrollArea):
                     p.fillRect(hx0, y, x_hex + cj * cw + cw // 2 - hx0, lh, bg)
                     p.fillRect(x_text + i * cw, y, (j - i) * cw, lh, bg)
                 p.setPen(fg)
+                if key == _ERROR_KEY:
+                    p.drawStaticText(x_hex + ci * cw, y + 1,
+                                     self._static(rowhex[ci:cj].translate(_UNKNOWN)))
+                    p.drawStaticText(x_text + i * cw, y + 1, self._static("?" * (j - i)))
+                    continue
                 p.drawStaticText(x_hex + ci * cw, y + 1, self._static(rowhex[ci:cj]))
                 p.drawStaticText(x_text + i * cw, y + 1, self._static(rowtxt[i:j]))
             # selection
@@ -817,8 +827,14 @@ class Inspector(QLabel):
         lines = [f"offset {off:#x} ({off:,})   sector {off // ss} (+{off % ss:#x}, {ss} B)   "
                  f"cluster {off // cs} (+{off % cs:#x})   " + self._host(doc, off)]
         raw = doc.read(off, 8).ljust(8, b"\0")
+        # a value is shown only where all its bytes were read
+        readable = next((n for n in range(8) if off + n >= doc.size
+                         or (not isinstance(doc, FileHexDocument) and doc.block_error(off + n))), 8)
         vals = []
         for n, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q")):
+            if n > readable:
+                vals.append(f"u{8 * n} ?")
+                continue
             le = struct.unpack("<" + code, raw[:n])[0]
             be = struct.unpack(">" + code, raw[:n])[0]
             vals.append(f"u{8 * n} {le}" if n == 1 else f"u{8 * n} le {le} be {be}")

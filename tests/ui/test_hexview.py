@@ -286,3 +286,24 @@ def test_bytes_per_row_and_lba_offsets(editor, small):
     assert v._offset_text(8192).strip() == "2"
     assert v._offset_text(8192 + 32).strip() == "+20"
     ed.grab()
+
+
+def test_unreadable_bytes_are_not_shown_as_values(editor, tmp_path):
+    """An encrypted disk cannot be read: the inspector says why and shows no numbers
+    (the buffer's zeros are not the guest's bytes); at the disk's last byte only u8 has
+    all its bytes."""
+    from qemu import qemu_img
+    p = tmp_path / "luks.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
+             "-o", "encrypt.format=luks,encrypt.key-secret=s0", p, "1M")
+    ed = editor(p)
+    text = ed.inspector.text()
+    assert "unreadable" in text and "encrypted" in text
+    assert "u8 ?" in text and "u64 ?" in text and "le 0" not in text
+
+    plain = create(tmp_path / "plain.qcow2", "1M")
+    qemu_io(plain, f"write -P 0xab {1024 * K - 1} 1")
+    ed = editor(plain)
+    ed.view.set_cursor(1024 * K - 1)
+    text = ed.inspector.text()
+    assert "u8 171" in text and "u16 ?" in text
