@@ -21,6 +21,6 @@ __all__ = [
     "CheckResult", "Finding", "HostKind", "HOST_KIND_SEVERITY", "Owner", "HostMap",
     "GuestState", "GuestMap",
     "Qcow2Error", "NotQcow2Error", "CorruptImageError", "TruncatedImageError",
-    "UnsupportedFeatureError", "EncryptedImageError", "BackingFileError", "DataFileError", "RequestError",
-    "ReadOnlyError", "ImageInUseError", "CancelledError",
+    "UnsupportedFeatureError", "EncryptedImageError", "BackingFileError", "DataFileError",
+    "RequestError", "ReadOnlyError", "ImageInUseError", "CancelledError",
 ]

@@ -57,11 +57,19 @@ class _Counts:
 
     def next_used(self, lo: int, hi: int) -> int | None:
         """First cluster in [lo, hi) with a non-zero count."""
+        return self._first(lo, hi, used=True)
+
+    def next_free(self, lo: int) -> int | None:
+        """First cluster from ``lo`` with count 0 (None: none before the end)."""
+        return self._first(lo, self.n, used=False)
+
+    def _first(self, lo: int, hi: int, used: bool) -> int | None:
         hi = min(hi, self.n)
         while lo < hi:
-            nz = np.flatnonzero(self.a[lo:min(hi, lo + SCAN_CHUNK)])
-            if len(nz):
-                return lo + int(nz[0])
+            part = self.a[lo:min(hi, lo + SCAN_CHUNK)]
+            z = np.flatnonzero(part if used else part == 0)
+            if len(z):
+                return lo + int(z[0])
             lo += SCAN_CHUNK
         return None
 
@@ -89,14 +97,6 @@ class _Counts:
         self.grow(start + k)
         self.a[start:start + k] = 1
         return start, first_free
-
-    def next_free(self, lo: int) -> int | None:
-        while lo < self.n:
-            z = np.flatnonzero(self.a[lo:min(self.n, lo + SCAN_CHUNK)] == 0)
-            if len(z):
-                return lo + int(z[0])
-            lo += SCAN_CHUNK
-        return None
 
 
 def plan_rebuild(counts: np.ndarray, per_block: int, cluster_size: int) -> RebuildPlan:

@@ -542,8 +542,7 @@ class Scanner:
             # an entry with flag bits only: its "table" is the header cluster, which
             # QEMU walks for references but not for COPIED flags (offset 0 skipped)
             hdr = l2_offsets[batch] == 0
-            for rows, cp in ((batch, copied),) if not hdr.any() else \
-                    ((batch[~hdr], copied), (batch[hdr], False)):
+            for rows, cp in ((batch[~hdr], copied), (batch[hdr], False)):
                 if len(rows):
                     got = self._walk_l2_batch(l2_offsets[rows], idx[rows], active, sname, cp)
                     if got is not None:
