@@ -9,7 +9,6 @@ a window action (save, revert, find, goto, edit) for this tab, and
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import Callable
@@ -304,12 +303,8 @@ class ImageTab(QWidget):
         self.header_model.set_image(img)
         self.tree_model.set_image(img)
         if img is not None:
-            try:
-                file_size = os.path.getsize(self.document.path)
-            except OSError:
-                file_size = img.virtual_size or 1
-            self.table_panel.set_extent(img.virtual_size or 1, file_size, img.cluster_size,
-                                        getattr(img, "l2_size", 1))
+            self.table_panel.set_extent(img.virtual_size, img.file.size, img.cluster_size,
+                                        img.l2_size)
         self.problems_model.set_document(self.document)
         self._update_banner()
         self.titleChanged.emit()

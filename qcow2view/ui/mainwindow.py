@@ -368,10 +368,8 @@ class MainWindow(QMainWindow):
             return
         from .repair import repair_current
         job = repair_current(self, tab, all=all)
-        if job is None:             # not confirmed: nothing was written
-            return
-        if job.worker is None:      # refused (editing is on): repair_current said why
-            return
+        if job is None or job.worker is None:
+            return      # not confirmed, or refused (editing is on): nothing was written
         tab.repair_job = job
 
         def over(*_) -> None:
@@ -445,8 +443,9 @@ class MainWindow(QMainWindow):
             c = tab.document.check_result
             text = f"{tab.title}: maps built"
             if c is not None:
-                text += (f", check found {count(c.corruptions, 'corruption')}, {count(c.leaks, 'leak')}"
-                         if (c.corruptions or c.leaks) else ", check found no problems")
+                text += (f", check found {count(c.corruptions, 'corruption')}, "
+                         f"{count(c.leaks, 'leak')}" if (c.corruptions or c.leaks)
+                         else ", check found no problems")
             self.status_label.setText(text)
 
     def _sync_progress(self) -> None:

@@ -34,7 +34,9 @@ def repair_current(window: QWidget, tab, *, all: bool = False) -> RepairJob | No
         fixed = (f"{count(result.leaks_fixed, 'leak')} and "
                  f"{count(result.corruptions_fixed, 'corruption')} fixed")
         left = result.leaks + result.corruptions
-        msg = f"{doc.name}: repaired, {fixed}" + (f"; {count(left, 'problem')} remain{'s' if left == 1 else ''}" if left else "")
+        msg = f"{doc.name}: repaired, {fixed}"
+        if left:
+            msg += f"; {count(left, 'problem')} remain{'s' if left == 1 else ''}"
         bar = window.statusBar() if hasattr(window, "statusBar") else None
         if bar is not None:
             bar.showMessage(msg, 10000)
