@@ -71,19 +71,31 @@ def garbage_file(tmp_path):
     return p
 
 
+def set_refcount(path, cluster: int, value: int) -> int:
+    """Write ``value`` as the 16-bit refcount of host ``cluster`` (the file grown to
+    hold the cluster); returns the old one."""
+    import struct
+    data = bytearray(path.read_bytes())
+    cs = 1 << struct.unpack_from(">I", data, 20)[0]
+    assert struct.unpack_from(">I", data, 96)[0] == 4          # 16-bit refcounts
+    rt = struct.unpack_from(">Q", data, 48)[0]
+    block = struct.unpack_from(">Q", data, rt)[0]
+    assert cluster < cs // 2                                   # in refcount block 0
+    old = struct.unpack_from(">H", data, block + 2 * cluster)[0]
+    struct.pack_into(">H", data, block + 2 * cluster, value)
+    if len(data) < (cluster + 1) * cs:
+        data += bytes((cluster + 1) * cs - len(data))
+    path.write_bytes(bytes(data))
+    return old
+
+
 def _make_leak(path) -> int:
     """Append a cluster nothing references and give it refcount 1 (a leak for qemu-img)."""
     import struct
-    data = bytearray(path.read_bytes())
-    cluster_bits = struct.unpack_from(">I", data, 20)[0]
-    rt_off = struct.unpack_from(">Q", data, 48)[0]
-    assert struct.unpack_from(">I", data, 96)[0] == 4      # 16-bit refcounts
-    cs = 1 << cluster_bits
-    idx = -(-len(data) // cs)
-    data += bytes((idx + 1) * cs - len(data))
-    blk = struct.unpack_from(">Q", data, rt_off)[0]
-    struct.pack_into(">H", data, blk + 2 * idx, 1)
-    path.write_bytes(bytes(data))
+    with open(path, "rb") as f:
+        cs = 1 << struct.unpack_from(">I", f.read(24), 20)[0]
+    idx = -(-path.stat().st_size // cs)
+    assert set_refcount(path, idx, 1) == 0
     return idx
 
 

@@ -79,5 +79,15 @@ def qemu_map(path: str | os.PathLike) -> list[dict]:
     return json.loads(qemu_img("map", "--output=json", path).stdout)
 
 
+def host_offset(path: str | os.PathLike, guest: int) -> int | None:
+    """Where ``qemu-img map`` says this image itself (not a backing file) keeps guest
+    byte ``guest``; None when it does not."""
+    for e in qemu_map(path):
+        if e["start"] <= guest < e["start"] + e["length"]:
+            return e["offset"] + guest - e["start"] if "offset" in e and e["depth"] == 0 \
+                else None
+    return None
+
+
 def compare(a: str | os.PathLike, b: str | os.PathLike, *extra: str) -> subprocess.CompletedProcess:
     return qemu_img("compare", *extra, a, b, check=False)

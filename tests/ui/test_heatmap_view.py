@@ -100,9 +100,7 @@ def fine_leak(tmp_path):
     p = qemu.create(tmp_path / "fine.qcow2", "64M", "cluster_size=512",
                     "preallocation=metadata")
     guest = 40 << 20
-    host = next(e for e in qemu.qemu_map(p)
-                if e["start"] <= guest < e["start"] + e["length"])
-    host = host["offset"] + guest - host["start"]
+    host = qemu.host_offset(p, guest)
     with open_image(p) as img:
         entry = img.guest_mapping(guest).l2_entry_offset
     with open(p, "r+b") as f:

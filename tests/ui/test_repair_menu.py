@@ -5,42 +5,20 @@ image comes out clean and the guest (and its snapshot) reads the same bytes."""
 from __future__ import annotations
 
 import shutil
-import struct
 
 import pytest
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 import qemu
-from gui_fixtures import wait_ready
-from qcow2view.ui import repair
+from gui_fixtures import set_refcount, wait_ready
 from qcow2view.model.units import count
+from qcow2view.ui import repair
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
 
 KiB, MiB = 1 << 10, 1 << 20
 CS = 64 * KiB
-
-
-def set_refcount(path, cluster: int, value: int) -> int:
-    """Write ``value`` as the 16-bit refcount of host ``cluster``; returns the old one."""
-    data = bytearray(path.read_bytes())
-    assert struct.unpack_from(">I", data, 20)[0] == 16         # 64 KiB clusters
-    assert struct.unpack_from(">I", data, 96)[0] == 4          # 16-bit refcounts
-    rt = struct.unpack_from(">Q", data, 48)[0]
-    block = struct.unpack_from(">Q", data, rt)[0]
-    assert cluster < CS // 2                                   # in refcount block 0
-    old = struct.unpack_from(">H", data, block + 2 * cluster)[0]
-    struct.pack_into(">H", data, block + 2 * cluster, value)
-    if len(data) < (cluster + 1) * CS:
-        data += bytes((cluster + 1) * CS - len(data))
-    path.write_bytes(bytes(data))
-    return old
-
-
-def host_cluster(path, guest: int) -> int:
-    e = next(e for e in qemu.qemu_map(path) if e["start"] <= guest < e["start"] + e["length"])
-    return (e["offset"] + guest - e["start"]) // CS
 
 
 @pytest.fixture
@@ -50,6 +28,7 @@ def damaged(tmp_path):
     to fix, the shared cluster's refcount lowered from 2 to 1 (qemu-img counts two
     corruptions: the refcount too low, and an entry without COPIED at refcount 1)."""
     p = qemu.create(tmp_path / "damaged.qcow2", "32M")
+    assert qemu.info(p)["cluster-size"] == CS
     qemu.qemu_io(p, *(f"write -P {0x30 + i} {off}M 64k"
                       for i, off in enumerate((24, 8, 16, 0, 30))))
     qemu.qemu_img("snapshot", "-c", "before", p)
@@ -57,13 +36,11 @@ def damaged(tmp_path):
     end = -(-p.stat().st_size // CS)
     for c in (end, end + 3):
         assert set_refcount(p, c, 1) == 0
-    shared = host_cluster(p, 8 * MiB)
+    shared = qemu.host_offset(p, 8 * MiB) // CS
     assert set_refcount(p, shared, 1) == 2
     code, res = qemu.check(p)
     assert (code, res.get("leaks"), res.get("corruptions")) == (2, 2, 2), res
     return p
-
-
 
 
 def _guest(path, tmp_path, name, snapshot=None) -> bytes:

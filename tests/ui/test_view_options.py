@@ -29,14 +29,6 @@ def scattered(tmp_path):
     return p
 
 
-def _host_of(image, guest: int) -> int | None:
-    """Where qemu-img map says this image (not its backing file) keeps ``guest``."""
-    for e in qemu.qemu_map(image):
-        if e["start"] <= guest < e["start"] + e["length"] and e["data"] and e["depth"] == 0:
-            return e["offset"] + guest - e["start"]
-    return None
-
-
 @pytest.fixture
 def launch(qtbot):
     windows = []
@@ -74,7 +66,7 @@ def test_view_opens_the_window_on_that_tab(launch, qtbot, scattered, view):
 def test_goto_shows_the_offset_in_the_tree_the_hex_view_and_the_map(launch, qtbot,
                                                                       scattered):
     guest = 4 * MiB + 0x1234
-    host = _host_of(scattered, guest)
+    host = qemu.host_offset(scattered, guest)
     assert host is not None and host // (64 * KiB) != guest // (64 * KiB)
     win, why = launch(scattered, "--goto", hex(guest))
     assert why is None
@@ -94,12 +86,12 @@ def test_goto_with_view_map(launch, qtbot, scattered):
     tab = win.current_tab()
     _ready(qtbot, tab)
     assert tab.views.currentWidget() is tab.heatmap
-    assert tab.heatmap.selected == _host_of(scattered, 2 * MiB) // (64 * KiB)
+    assert tab.heatmap.selected == qemu.host_offset(scattered, 2 * MiB) // (64 * KiB)
     assert tab.hex_guest.view.cursor == 2 * MiB
 
 
 def test_goto_into_the_backing_file_marks_no_host_cluster(launch, qtbot, scattered):
-    assert _host_of(scattered, 0x1b8) is None
+    assert qemu.host_offset(scattered, 0x1b8) is None
     win, why = launch(scattered, "--view", "map", "--goto", "0x1b8")
     assert why is None
     tab = win.current_tab()
