@@ -251,7 +251,7 @@ def _screenshot(ns, app) -> int:
         if failures:
             return 1
         out = os.fspath(ns.screenshot)
-        if not win.grab().save(out, "PNG"):
+        if not save_png(win.grab(), out):
             print(f"qcow2view: cannot write {out}", file=sys.stderr)
             return 1
         mark("screenshot saved")
@@ -260,6 +260,22 @@ def _screenshot(ns, app) -> int:
         win.close_all()
         win.deleteLater()
         dialogs.set_hook(None)
+
+
+def save_png(image, path: str) -> bool:
+    """Save a QImage/QPixmap as PNG under exactly ``path``: Qt would turn a name that is
+    not UTF-8 into U+FFFD, so the bytes are written by Python."""
+    from PySide6.QtCore import QBuffer, QIODevice
+    buf = QBuffer()
+    buf.open(QIODevice.WriteOnly)
+    if not image.save(buf, "PNG"):
+        return False
+    try:
+        with open(path, "wb") as f:
+            f.write(buf.data().data())
+    except OSError:
+        return False
+    return True
 
 
 def map_main(ns) -> int:
@@ -290,7 +306,7 @@ def map_main(ns) -> int:
     scale = max(1, ns.width // cells)
     pic = model.picture(ns.mode, width=cells, max_rows=max(16, (ns.width * 2) // scale))
     image = render_with_legend(model, pic, scale, ns.width)
-    if not image.save(os.fspath(ns.png), "PNG"):
+    if not save_png(image, os.fspath(ns.png)):
         print(f"qcow2view map: cannot write {ns.png}", file=sys.stderr)
         return 1
     print(f"{ns.png}: {pic.count:,} clusters, {pic.width} x {pic.rows} cells, "

@@ -8,6 +8,8 @@ when used, so ``qcow2view info`` never loads Qt.
 from __future__ import annotations
 
 import argparse
+import codecs
+import os
 import sys
 
 from . import __version__
@@ -81,19 +83,70 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
     return p
 
 
+def _file_name_bytes(exc: UnicodeError):
+    """Encoding error handler for stdout: a file name that is not UTF-8 (its bytes kept as
+    lone surrogates by os.fsdecode) is printed as those bytes, as qemu-img prints it;
+    anything else the terminal cannot show is escaped, never an error after the work."""
+    if isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start:exc.end]
+        if all(0xDC80 <= ord(c) <= 0xDCFF for c in bad):
+            return bytes(ord(c) - 0xDC00 for c in bad), exc.end
+        return codecs.backslashreplace_errors(exc)
+    raise exc
+
+
+codecs.register_error("qcow2view-names", _file_name_bytes)
+
+
+def quiet_stdout() -> None:
+    """The reader of stdout went away (``| head -1``): send the rest to /dev/null, as
+    qemu-img's buffered stdio loses it, so the command ends with its own exit code."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def emit(text: str = "") -> None:
+    """Print a line of a command's output; a closed pipe (``| head -1``) is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        quiet_stdout()
+
+
+def _terminal_command(cmd: str, argv: list[str]) -> int:
+    try:
+        sys.stdout.reconfigure(errors="qcow2view-names")    # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        pass
+    ns = _sub_parser(cmd).parse_args(argv)
+    try:
+        if cmd in ("info", "check"):
+            from . import cmd_info
+            rc = cmd_info.info_main(ns) if cmd == "info" else cmd_info.check_main(ns)
+        elif cmd == "create":
+            from . import cmd_create
+            rc = cmd_create.create_main(ns)
+        else:
+            from . import app
+            rc = app.map_main(ns)
+    except BrokenPipeError:     # a print not through emit(): the work is done anyway
+        quiet_stdout()
+        return 0
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_stdout()
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
-        cmd = argv.pop(0)
-        ns = _sub_parser(cmd).parse_args(argv)
-        if cmd in ("info", "check"):
-            from . import cmd_info
-            return cmd_info.info_main(ns) if cmd == "info" else cmd_info.check_main(ns)
-        if cmd == "create":
-            from . import cmd_create
-            return cmd_create.create_main(ns)
-        from . import app
-        return app.map_main(ns)
+        return _terminal_command(argv[0], argv[1:])
     ns = _gui_parser().parse_args(argv)
     if ns.install_desktop or ns.uninstall_desktop:
         from . import desktop

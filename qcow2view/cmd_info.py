@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from .cli import emit
 from .engine import open_image
 from .engine.errors import Qcow2Error
 
@@ -82,17 +83,24 @@ def info_dict(im, filename: str) -> dict:
     return d
 
 
-def _fail(e: BaseException) -> int:
+def _fail(e: BaseException, path: str = "") -> int:
     msg = str(e) if isinstance(e, Qcow2Error) else (
-        f"{getattr(e, 'filename', '') or ''}: {e.strerror}" if isinstance(e, OSError)
+        f"{getattr(e, 'filename', '') or path}: {e.strerror or e}" if isinstance(e, OSError)
         else str(e))
     print(f"qcow2view: {msg}".replace("\n", " "), file=sys.stderr)
     return 1
 
 
 def _open(path: str, **kw):
-    if not os.path.exists(path):
-        raise Qcow2Error("no such file", path=path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise Qcow2Error("no such file", path=path) from None
+    except OSError as e:    # a symlink loop, a folder we may not enter: say which
+        raise Qcow2Error(e.strerror or str(e), path=path) from None
+    except ValueError:      # a NUL byte: no file can have that name
+        raise Qcow2Error("a file name cannot contain a NUL byte",
+                         path=path.replace("\0", "\\0")) from None
     return open_image(path, ignore_backing_errors=True, **kw)
 
 
@@ -103,12 +111,10 @@ def info_main(ns) -> int:
             d = info_dict(im, ns.image)
             if im.snapshot is not None:
                 d["snapshot"] = {"id": im.snapshot.id_str, "name": im.snapshot.name}
-            if ns.json:
-                print(json.dumps(d, indent=4))
-            else:
-                print(_human_info(im, d))
+            text = json.dumps(d, indent=4) if ns.json else _human_info(im, d)
     except (Qcow2Error, OSError) as e:
-        return _fail(e)
+        return _fail(e, ns.image)
+    emit(text)
     return 0
 
 
@@ -190,7 +196,7 @@ def check_main(ns) -> int:
             else:
                 r = im.check()
     except (Qcow2Error, OSError) as e:
-        return _fail(e)
+        return _fail(e, ns.image)
     r.filename = ns.image
     for f in r.findings[:50]:
         print(_finding_line(f), file=sys.stderr)
@@ -198,14 +204,14 @@ def check_main(ns) -> int:
         print(f"... {len(r.findings) - 50 + r.findings_dropped} more findings",
               file=sys.stderr)
     if ns.json:
-        print(json.dumps(r.to_json(), indent=4))
+        emit(json.dumps(r.to_json(), indent=4))
     else:
         if repair and (r.leaks_fixed or r.corruptions_fixed):
-            print("The following inconsistencies were found and repaired:\n\n"
+            emit("The following inconsistencies were found and repaired:\n\n"
                   f"    {r.leaks_fixed} leaked clusters\n"
                   f"    {r.corruptions_fixed} corruptions\n\n"
                   "Double checking the fixed image now...")
-        print(_human_check(r))
+        emit(_human_check(r))
     if r.check_errors:
         print("qcow2view: Check failed", file=sys.stderr)
     return r.exit_code

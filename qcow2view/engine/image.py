@@ -148,6 +148,9 @@ class Image:
         self.writable = writable
         self.for_repair = repair     # writable although dirty or marked corrupt
         self._closed = False
+        if "\0" in self.path:      # os.open would raise a bare ValueError
+            raise RequestError("a file name cannot contain a NUL byte",
+                               path=self.path.replace("\0", "\\0"))
         self.file = HostFile(self.path, writable=writable)
         self.data_file: HostFile | None = None
         self.backing: _Backing = None
@@ -160,6 +163,9 @@ class Image:
         except Qcow2Error as e:
             self.close()
             raise e.with_path(self.path)
+        except OSError as e:    # e.g. /proc/self/status: open works, lseek does not
+            self.close()
+            raise Qcow2Error(f"cannot read: {e.strerror or e}", path=self.path) from e
         except BaseException:
             self.close()
             raise

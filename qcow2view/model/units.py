@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+#: no disk is larger than this (QEMU's limit is 2^63 bytes)
+MAX_OFFSET = (1 << 63) - 1
+EXPECTED_OFFSET = "expected an offset such as 0x7e00, 1M, LBA 2048"
 _SUFFIX = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
 
@@ -35,12 +39,19 @@ def parse_offset(text: str) -> int:
     t = text.strip().replace("_", "").replace(",", "")
     if not t:
         raise ValueError("empty offset")
+    if len(t) > 40:     # int() of thousands of digits is slow, a float of them inf
+        raise ValueError(f"{EXPECTED_OFFSET} (that number is larger than any disk)")
     if t.lower().startswith("0x"):
-        return int(t, 16)
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgtpeb]?)(?:i?b)?", t, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"not an offset: {text!r} (try 0x1000, 4096 or 16M)")
-    num, unit = m.groups()
-    value = float(num) * (1 << _SUFFIX[unit.lower()]) if "." in num \
-        else int(num) << _SUFFIX[unit.lower()]
-    return int(value)
+        try:
+            value = int(t, 16)
+        except ValueError:
+            raise ValueError(f"not an offset: {text!r} (try 0x1000, 4096 or 16M)") from None
+    else:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgtpeb]?)(?:i?b)?", t, re.IGNORECASE)
+        if not m:
+            raise ValueError(f"not an offset: {text!r} (try 0x1000, 4096 or 16M)")
+        num, unit = m.groups()
+        value = int(Fraction(num) * (1 << _SUFFIX[unit.lower()]))    # exact, never inf
+    if value > MAX_OFFSET:
+        raise ValueError(f"{EXPECTED_OFFSET} (that number is larger than any disk)")
+    return value

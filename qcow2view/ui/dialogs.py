@@ -42,7 +42,8 @@ def setup_logging() -> Path | None:
     path = log_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        # file names need not be UTF-8 (their bytes arrive as lone surrogates)
+        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     except OSError:
         return None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

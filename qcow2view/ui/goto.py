@@ -8,10 +8,14 @@ size), and ``+1M``/``-4K`` relative to the caret.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QLineEdit, QVBoxLayout,
                                QWidget)
+
+from ..model.units import EXPECTED_OFFSET as EXPECTED
+from ..model.units import MAX_OFFSET
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
           "p": 1 << 50}
@@ -28,6 +32,8 @@ def parse_goto(text: str, *, current: int = 0, size: int | None = None,
     if not m or not text.strip():
         raise ValueError("expected an offset such as 4096, 0x1000, 1M, LBA 2048 or +4K")
     num = m["num"].lower()
+    if len(num) > 40:       # int() of thousands of digits is slow, a float of them inf
+        raise ValueError(f"{EXPECTED} (that number is larger than any disk)")
     unit = (m["unit"] or "").lower()
     sectors = bool(m["lba"]) or unit.startswith("s")
     if num.startswith("0x"):
@@ -37,7 +43,7 @@ def parse_goto(text: str, *, current: int = 0, size: int | None = None,
     elif "." in num:
         if not unit or sectors:
             raise ValueError("a fraction needs a unit (e.g. 1.5M)")
-        value = float(num)
+        value = Fraction(num)      # exact: 1.5M is 1572864, and no float overflow
     else:
         value = int(num)
     if sectors:
@@ -52,6 +58,8 @@ def parse_goto(text: str, *, current: int = 0, size: int | None = None,
         off = current - off
     if off < 0:
         raise ValueError("that is before the start of the disk")
+    if off > MAX_OFFSET:
+        raise ValueError(f"{EXPECTED} (that number is larger than any disk)")
     if size is not None and off >= size:
         raise ValueError(f"that is past the end of the disk ({size} bytes)")
     return off

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
 from ..model.table_tree_model import (COL_FLAGS, COL_GUEST, COL_HOST, COL_INDEX, COL_PROBLEM,
                                       COL_RAW, COL_REFCOUNT, EntryOffsetRole, GuestOffsetRole,
                                       HostOffsetRole, KindRole, TableTreeModel)
-from ..model.units import parse_offset
+from .goto import parse_goto
 
 
 class ElidedTipDelegate(QStyledItemDelegate):
@@ -191,7 +191,7 @@ class TablePanel(QWidget):
 
     def _jump(self) -> None:
         try:
-            off = parse_offset(self.jump.text())
+            off = parse_goto(self.jump.text())     # as Ctrl+G and --goto read it
         except ValueError as e:
             self._say(str(e))
             return
