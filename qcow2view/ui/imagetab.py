@@ -9,8 +9,6 @@ a window action (save, revert, find, goto, edit) for this tab, and
 
 from __future__ import annotations
 
-import sys
-import threading
 from typing import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -25,21 +23,8 @@ from ..model.problems_model import ProblemsModel
 from ..model.table_tree_model import TableTreeModel
 from .headerpanel import HeaderPanel
 from .problemspanel import ProblemsPanel
+from .pyqtgraph_loader import loader as pyqtgraph_loader
 from .tablepanel import TablePanel
-
-
-_preload: threading.Thread | None = None
-
-
-def preload_pictures() -> None:
-    """Import pyqtgraph and the picture views in a background thread (it takes a while),
-    so building them later does not stall the event loop."""
-    global _preload
-    if _preload is None and "pyqtgraph" not in sys.modules:
-        def work() -> None:
-            from . import heatmap, mappingplot  # noqa: F401
-        _preload = threading.Thread(target=work, name="qcow2view-preload", daemon=True)
-        _preload.start()
 
 
 class Banner(QLabel):
@@ -115,7 +100,6 @@ class ImageTab(QWidget):
         self.views.addTab(self._map_box, "Map")
         self.views.addTab(self._mapping_box, "Mapping")
         self.views.addTab(self.problems, "Problems")
-        preload_pictures()
         QTimer.singleShot(30, self, lambda: self._build_pictures(False))
 
         self.splitter = QSplitter(Qt.Horizontal)
@@ -164,14 +148,17 @@ class ImageTab(QWidget):
 
     def _build_pictures(self, wait: bool = True) -> None:
         """Build the pyqtgraph views: the heatmap, then (next tick) the mapping plot,
-        so neither construction holds the event loop for long."""
+        so neither construction holds the event loop for long.  Without ``wait``,
+        pyqtgraph is imported in slices first and this is called again when it is in."""
         if self._heatmap is not None and self._mapping is not None:
             return
-        if _preload is not None and _preload.is_alive():
+        imports = pyqtgraph_loader()
+        if not imports.ready:
             if not wait:
-                QTimer.singleShot(20, self, lambda: self._build_pictures(False))
+                imports.finished.connect(self._pictures_importable)
+                imports.start()
                 return
-            _preload.join()
+            imports.finish()
         if self._heatmap is None:
             from .heatmap import HeatmapView
             self._heatmap = HeatmapView(self.allocation)
@@ -187,6 +174,9 @@ class ImageTab(QWidget):
             from .mappingplot import MappingPlot
             self._mapping = MappingPlot(self.allocation)
             self._replace_page(self._mapping_box, self._mapping, "Mapping")
+
+    def _pictures_importable(self) -> None:
+        self._build_pictures(False)
 
     def _replace_page(self, box: QWidget, widget: QWidget, name: str) -> None:
         """The real page takes its placeholder's place (and stays current if it was)."""

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QP
 from ..model.document import ImageDocument, open_error_text
 from ..model.units import count
 from . import dialogs
-from .imagetab import ImageTab, preload_pictures
+from .imagetab import ImageTab
 from .settings import add_recent, clear_recent, recent_files, settings
 from .startpage import StartPage
 
@@ -51,7 +51,6 @@ class MainWindow(QMainWindow):
         self.start.demoRequested.connect(self.open_demo)
         self.start.recentRequested.connect(self.open_path)
 
-        preload_pictures()
         self._build_actions()
         self._build_status()
         self._refresh_recent()
