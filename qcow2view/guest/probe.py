@@ -35,6 +35,7 @@ class Probe:
     label: str | None = None
     uuid: str | None = None
     block_size: int | None = None
+    entries: int = 0                # files expected (used inodes), for progress
     problems: list[str] = field(default_factory=list)
 
 
@@ -58,8 +59,9 @@ def _probe_ext(sb: bytes) -> Probe | None:
     else:
         kind = "ext2" if not incompat & ~EXT2_INCOMPAT_SUPP and not ro & ~EXT_RO_SUPP else "ext4"
     log = struct.unpack_from("<I", sb, 0x18)[0]
+    inodes, free = struct.unpack_from("<I", sb, 0)[0], struct.unpack_from("<I", sb, 0x10)[0]
     p = Probe(kind, _text(sb[0x78:0x88]), _uuid_text(sb[0x68:0x78]),
-              1024 << log if log <= 6 else None)
+              1024 << log if log <= 6 else None, max(0, inodes - free))
     if ro & EXT_RO_METADATA_CSUM:
         want = struct.unpack_from("<I", sb, 0x3FC)[0]
         if crc32c(sb[:0x3FC]) ^ 0xFFFFFFFF != want:   # ext4 stores it uninverted
@@ -89,7 +91,7 @@ def _probe_fat(bs: bytes) -> Probe | None:
     lab = _text(label, "latin-1")
     sid = struct.unpack("<I", serial)[0]
     return Probe("vfat", None if lab == "NO NAME" else lab,
-                 f"{sid >> 16:04X}-{sid & 0xFFFF:04X}", bps * spc)
+                 f"{sid >> 16:04X}-{sid & 0xFFFF:04X}", bps * spc, 1000)
 
 
 def _probe_exfat(bs: bytes) -> Probe | None:
@@ -106,14 +108,17 @@ def _probe_ntfs(bs: bytes) -> Probe | None:
         return None
     bps, spc = struct.unpack_from("<HB", bs, 11)
     serial = struct.unpack_from("<Q", bs, 0x48)[0]
-    return Probe("ntfs", None, f"{serial:016X}", bps * spc if bps and spc < 0x80 else None)
+    return Probe("ntfs", None, f"{serial:016X}", bps * spc if bps and spc < 0x80 else None,
+                 1000)
 
 
 def _probe_xfs(sb: bytes) -> Probe | None:
     if sb[:4] != b"XFSB":
         return None
     bsize = struct.unpack_from(">I", sb, 4)[0]
-    return Probe("xfs", _text(sb[108:120]), _uuid_text(sb[32:48]), bsize)
+    icount, ifree = struct.unpack_from(">QQ", sb, 128)
+    return Probe("xfs", _text(sb[108:120]), _uuid_text(sb[32:48]), bsize,
+                 max(0, min(icount - ifree, 1 << 32)))
 
 
 def _probe_swap(page: bytes) -> Probe | None:

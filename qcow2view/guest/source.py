@@ -67,9 +67,11 @@ class BlockCache:
 class GuestSource(io.RawIOBase):
     """File-like object over guest bytes ``base..base+size`` of ``cache``."""
 
-    def __init__(self, cache: BlockCache, base: int = 0, size: int | None = None) -> None:
+    def __init__(self, cache: BlockCache, base: int = 0, size: int | None = None,
+                 pieces: tuple[tuple[int, int, int], ...] | None = None) -> None:
         super().__init__()
         self.cache = cache
+        self.pieces = pieces      # (offset here, guest offset, length): an LVM volume
         self.base = base
         self.size = cache.size - base if size is None else size
         self.pos = 0
@@ -83,6 +85,20 @@ class GuestSource(io.RawIOBase):
         """A view of ``base..base+size`` of this source, sharing its cache."""
         size = max(0, min(size, self.size - base))
         return GuestSource(self.cache, self.base + base, size)
+
+    def mapped(self, pieces, size: int) -> "GuestSource":
+        """A volume made of ``pieces`` (offset in it, guest offset, length)."""
+        return GuestSource(self.cache, 0, size, tuple(pieces))
+
+    def _get(self, offset: int, length: int) -> bytes:
+        if self.pieces is None:
+            return self.cache.read(self.base + offset, length)
+        out = bytearray(length)          # bytes no piece covers read as zeros
+        for v, g, n in self.pieces:
+            lo, hi = max(offset, v), min(offset + length, v + n)
+            if lo < hi:
+                out[lo - offset:hi - offset] = self.cache.read(g + lo - v, hi - lo)
+        return bytes(out)
 
     # -- the file-object protocol the bindings use ----------------------------------
     def readable(self) -> bool:
@@ -118,7 +134,7 @@ class GuestSource(io.RawIOBase):
         if size == 0:
             return b""
         try:
-            data = self.cache.read(self.base + self.pos, size)
+            data = self._get(self.pos, size)
         except Qcow2Error as e:
             self.error = e
             raise OSError(str(e)) from e
@@ -136,7 +152,7 @@ class GuestSource(io.RawIOBase):
         if offset < 0 or length == 0:
             return b""
         try:
-            return self.cache.read(self.base + offset, length)
+            return self._get(offset, length)
         except Qcow2Error as e:
             self.error = e
             raise

@@ -1,0 +1,179 @@
+"""The guest disk read as a whole: table, volumes, what each holds, their files.
+
+:func:`read_disk` is the one entry point; it never raises for bad guest data (the
+problems are listed) and reports progress through ``progress(done, total)``, which
+may return False or raise to cancel (then :class:`Cancelled` is raised).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..engine.errors import Qcow2Error
+from .files import Cancelled, Filesystem, Volume
+from .partitions import Partition, PartitionTable, read_partition_table
+from .probe import Probe, probe
+from .source import GuestSource
+
+Progress = Callable[[int, int], object] | None
+
+#: blkid TYPE -> the module and function that list its files
+READERS = {"ext2": ("fs_ext", "read_ext"), "ext3": ("fs_ext", "read_ext"),
+           "ext4": ("fs_ext", "read_ext"), "vfat": ("fs_fat", "read_fat"),
+           "ntfs": ("fs_ntfs", "read_ntfs"), "xfs": ("fs_xfs", "read_xfs")}
+
+
+@dataclass
+class GuestVolume:
+    """A partition (or an LVM logical volume, or the whole disk) and what it holds."""
+
+    partition: Partition
+    volume: Volume
+    probe: Probe | None = None
+    filesystem: Filesystem | None = None
+    logical_volumes: list["GuestVolume"] = field(default_factory=list)
+    lv_name: str | None = None          # set for LVM logical volumes
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GuestDisk:
+    size: int
+    table: PartitionTable
+    volumes: list[GuestVolume] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    unreadable: str | None = None       # "unreadable: reason" when no guest byte reads
+
+    def filesystems(self):
+        """(GuestVolume, Filesystem) of every filesystem, LVs included, in disk order."""
+        for v in self.volumes:
+            for sub in [v] + v.logical_volumes:
+                if sub.filesystem is not None:
+                    yield sub, sub.filesystem
+
+
+class _Ticker:
+    """Calls the caller's progress every so many entries; turns a False into Cancelled."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.total = max(1, total)
+        self.done = 0
+
+    def report(self) -> None:
+        if self.progress is not None:
+            try:
+                ok = self.progress(min(self.done, self.total - 1), self.total)
+            except Cancelled:
+                raise
+            except Exception as e:     # the caller's way to cancel
+                raise Cancelled(str(e)) from e
+            if ok is False:
+                raise Cancelled("cancelled")
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.done & 1023 == 0:
+            self.report()
+
+
+def _safe_read(src: GuestSource):
+    def read(offset: int, length: int) -> bytes:
+        return src.pread(offset, length)
+    return read
+
+
+def _source_of(src: GuestSource, gv: GuestVolume) -> GuestSource:
+    if len(gv.volume.pieces) == 1:
+        return src.slice(gv.volume.start, gv.volume.size)
+    return src.mapped(gv.volume.pieces, gv.volume.size)
+
+
+def probe_volume(src: GuestSource, gv: GuestVolume) -> int:
+    """Probe ``gv`` (and the LVs of an LVM PV); the entries expected, for progress."""
+    vsrc = _source_of(src, gv)
+    gv.probe = p = probe(_safe_read(vsrc), vsrc.size)
+    if p is None:
+        return 0
+    if p.type == "LVM2_member" and gv.lv_name is None:
+        from .lvm import read_lvm
+        read_lvm(vsrc, gv)
+        return sum(probe_volume(src, lv) for lv in gv.logical_volumes)
+    gv.problems.extend(p.problems)
+    return p.entries
+
+
+def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker) -> None:
+    """List the files of the filesystem the probe found in ``gv`` (and in its LVs)."""
+    for lv in gv.logical_volumes:
+        list_files(src, lv, ticker)
+    p = gv.probe
+    if p is None or p.type == "LVM2_member":
+        return
+    fs = Filesystem(p.type, p.label, p.uuid, gv.volume, p.block_size or 512)
+    fs.problems.extend(p.problems)
+    gv.problems = [x for x in gv.problems if x not in p.problems]
+    gv.filesystem = fs
+    reader = READERS.get(p.type)
+    if reader is None:
+        fs.readable, fs.reason = False, f"files of {p.type} are not listed"
+        return
+    fn = getattr(importlib.import_module(f"{__package__}.{reader[0]}"), reader[1])
+    try:
+        fn(_source_of(src, gv), fs, ticker.tick)
+    except Qcow2Error as e:
+        fs.readable, fs.reason = False, f"unreadable: {e.reason}"
+    ticker.report()
+
+
+def read_disk(image, progress: Progress = None) -> GuestDisk:
+    """Everything the guest disk of ``image`` (an engine Image) holds."""
+    return read_source(GuestSource.of_image(image), progress)
+
+
+def read_source(src: GuestSource, progress: Progress = None) -> GuestDisk:
+    size = src.size
+    read = _safe_read(src)
+    try:
+        def fs_at_zero() -> bool:
+            p = probe(read, size)
+            return p is not None and p.type in ("vfat", "ntfs", "exfat")
+        table = read_partition_table(read, size, fs_at_zero)
+        disk = GuestDisk(size, table, problems=list(table.problems))
+        parts = [p for p in table.partitions if p.kind != "extended"]
+        if table.kind is None:
+            parts = [Partition(0, 0, size, "whole disk", "", kind="whole disk")]
+        expected = 0
+        for p in parts:
+            start = min(max(0, p.start), size)
+            gv = GuestVolume(p, Volume.linear(start, max(0, min(p.size, size - start))))
+            expected += probe_volume(src, gv)
+            if table.kind is None and gv.probe is None:
+                continue        # no table and nothing at offset 0: no whole-disk entry
+            disk.volumes.append(gv)
+    except Qcow2Error as e:
+        return GuestDisk(size, PartitionTable(None), unreadable=f"unreadable: {e.reason}")
+    ticker = _Ticker(progress, expected + len(disk.volumes))
+    ticker.report()
+    for gv in disk.volumes:
+        list_files(src, gv, ticker)
+        ticker.done += 1
+    for gv in disk.volumes:
+        for sub in [gv] + gv.logical_volumes:
+            disk.problems.extend(_prefixed(sub))
+    if progress is not None:
+        progress(ticker.total, ticker.total)
+    return disk
+
+
+def _prefixed(gv: GuestVolume) -> list[str]:
+    where = f"LV {gv.lv_name}" if gv.lv_name else f"partition {gv.partition.index}"
+    out = [f"{where}: {p}" for p in gv.problems]
+    fs = gv.filesystem
+    if fs is not None:
+        out += [f"{where}: {p}" for p in fs.problems]
+        if fs.skipped:
+            out.append(f"{where}: {fs.skipped} entries could not be read")
+    return out

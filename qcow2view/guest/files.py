@@ -1,0 +1,206 @@
+"""What a filesystem holds, in guest coordinates: files, metadata regions, problems.
+
+:class:`Volume` maps a volume's byte offsets (a partition, an LVM logical volume)
+to guest offsets; :class:`FileInfo` is one name of one file; :func:`walk` is the
+directory walk every reader shares, guarded against loops, runaway depth and
+runaway entry counts, and counting what it could not read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .partitions import Region
+
+MAX_DEPTH = 512
+MAX_ENTRIES = 20_000_000          # a walk stops here: guest data is untrusted
+MAX_PROBLEMS = 100                # problem lines per filesystem; the rest are counted
+
+#: FileInfo.type values, as find -printf %y would spell them out
+TYPES_BY_MODE = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink", 0o020000: "char",
+                 0o060000: "block", 0o010000: "fifo", 0o140000: "socket"}
+
+
+class Cancelled(Exception):
+    """The caller's progress callback asked to stop."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Where a volume's bytes are on the guest disk: ``pieces`` of
+    (volume offset, guest offset, length), sorted, covering ``size`` bytes."""
+
+    size: int
+    pieces: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def linear(cls, start: int, size: int) -> "Volume":
+        return cls(size, ((0, start, size),))
+
+    @property
+    def start(self) -> int:
+        return self.pieces[0][1] if self.pieces else 0
+
+    def to_guest(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """(guest offset, length) runs holding volume bytes ``offset..offset+length``."""
+        if len(self.pieces) == 1:
+            v, g, n = self.pieces[0]
+            end = min(offset + length, v + n)
+            return [(g + offset - v, end - offset)] if end > offset >= v else []
+        out = []
+        for v, g, n in self.pieces:
+            lo, hi = max(offset, v), min(offset + length, v + n)
+            if lo < hi:
+                out.append((g + lo - v, hi - lo))
+        return out
+
+
+@dataclass(slots=True)
+class FileInfo:
+    """One name of a file (hard links: one FileInfo per name, sharing ``inode``)."""
+
+    path: str
+    inode: int                    # inode / MFT record / directory-entry identifier
+    type: str                     # file, dir, symlink, char, block, fifo, socket
+    size: int
+    mode: int | None = None
+    mtime: float | None = None    # seconds since the epoch, UTC
+    atime: float | None = None
+    ctime: float | None = None
+    links: int = 1
+    target: str | None = None     # symlink target
+    #: data on the guest disk: (file offset, guest offset, length), clipped to the size;
+    #: file offsets not covered are holes (sparse) or inline data
+    extents: tuple[tuple[int, int, int], ...] = ()
+    inline: bool = False          # the bytes live inside filesystem metadata
+    sparse: bool = False
+    system: bool = False          # the filesystem's own file ($MFT, ...)
+
+
+@dataclass
+class Filesystem:
+    type: str                     # blkid TYPE
+    label: str | None
+    uuid: str | None
+    volume: Volume
+    block_size: int = 512
+    files: list[FileInfo] = field(default_factory=list)
+    metadata: list[Region] = field(default_factory=list)   # guest ranges
+    problems: list[str] = field(default_factory=list)
+    skipped: int = 0              # entries that could not be read
+    readable: bool = True
+    reason: str | None = None     # why the files are not listed
+    used_inodes: int = 0          # estimate for progress
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+        elif len(self.problems) == MAX_PROBLEMS:
+            self.problems.append("more problems not listed")
+
+    def add_metadata(self, vol_offset: int, length: int, label: str) -> None:
+        for g, n in self.volume.to_guest(vol_offset, length):
+            self.metadata.append(Region(g, n, label))
+
+
+def short_error(e: BaseException) -> str:
+    """The useful last clause of a libyal error chain (it nests 'fn: text.' lines)."""
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return text.rsplit(": ", 1)[-1].rstrip(".") or text
+
+
+def map_extents(vol: Volume, raw: list[tuple[int, int, int]], size: int,
+                hole_flag: int = 1) -> tuple[tuple[tuple[int, int, int], ...], bool]:
+    """Library extents (volume offset, length, flags), in file order, to
+    (file offset, guest offset, length) clipped to ``size``; and whether there
+    are holes."""
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    sparse = False
+    for off, n, flags in raw:
+        if pos >= size:
+            break
+        n = min(n, size - pos)
+        if flags & hole_flag:
+            sparse = True
+        else:
+            fpos = pos
+            for g, m in vol.to_guest(off, n):
+                if out and out[-1][0] + out[-1][2] == fpos and out[-1][1] + out[-1][2] == g:
+                    f0, g0, n0 = out[-1]
+                    out[-1] = (f0, g0, n0 + m)
+                else:
+                    out.append((fpos, g, m))
+                fpos += m
+        pos += n
+    if pos < size and out:
+        sparse = True
+    return tuple(out), sparse
+
+
+def utc_seconds(d: _dt.datetime | None) -> float | None:
+    if d is None:
+        return None
+    try:
+        return d.replace(tzinfo=_dt.timezone.utc).timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+Describe = Callable[[object, str], FileInfo]
+
+
+def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[], None],
+         dir_key: Callable[[object], int]) -> None:
+    """Depth-first walk from ``root``; ``describe(entry, path)`` makes a FileInfo.
+
+    A directory seen twice (a loop) is not entered again; unreadable directories and
+    entries are problems and counted in ``fs.skipped``; the walk never goes deeper than
+    :data:`MAX_DEPTH` nor past :data:`MAX_ENTRIES` entries."""
+    try:
+        seen = {dir_key(root)}
+    except (OSError, ValueError) as e:
+        fs.problem(f"/: root directory unreadable ({short_error(e)})")
+        fs.skipped += 1
+        return
+    stack = [(root, "", 0)]
+    count = 0
+    while stack:
+        entry, path, depth = stack.pop()
+        try:
+            n = entry.number_of_sub_file_entries
+        except (OSError, ValueError) as e:
+            fs.problem(f"{path or '/'}: directory unreadable ({short_error(e)}), "
+                       "0 entries shown")
+            fs.skipped += 1
+            continue
+        for i in range(n):
+            try:
+                sub = entry.get_sub_file_entry(i)
+                name = sub.name
+                if name in (".", "..") or name is None:
+                    continue
+                info = describe(sub, f"{path}/{name}")
+            except (OSError, ValueError, OverflowError, TypeError) as e:
+                fs.problem(f"{path or '/'}: entry {i} unreadable ({short_error(e)})")
+                fs.skipped += 1
+                continue
+            fs.files.append(info)
+            count += 1
+            if count >= MAX_ENTRIES:
+                fs.problem(f"more than {MAX_ENTRIES} entries: the rest are not listed")
+                return
+            tick()
+            if info.type != "dir":
+                continue
+            k = dir_key(sub)
+            if k in seen:
+                fs.problem(f"{info.path}: directory already seen (a loop), not entered")
+                continue
+            if depth + 1 >= MAX_DEPTH:
+                fs.problem(f"{info.path}: deeper than {MAX_DEPTH} levels, not entered")
+                continue
+            seen.add(k)
+            stack.append((sub, info.path, depth + 1))

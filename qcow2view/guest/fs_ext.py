@@ -1,0 +1,151 @@
+"""ext2/ext3/ext4 through libfsext, and the metadata regions computed from the
+superblock and group descriptors (libfsext does not expose them)."""
+
+from __future__ import annotations
+
+import struct
+
+from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, short_error, walk
+from .partitions import Region
+from .probe import EXT_INCOMPAT_64BIT, EXT_INCOMPAT_META_BG, EXT_RO_SPARSE_SUPER
+
+MAX_GROUPS = 1 << 22              # 2^22 groups of 32768 4 KiB blocks = 512 TiB
+COMPAT_SPARSE_SUPER2 = 0x200
+
+
+def _has_backup(g: int, sparse: bool, sparse2: tuple[int, int] | None) -> bool:
+    if g == 0:
+        return True
+    if sparse2 is not None:
+        return g in sparse2
+    if not sparse or g == 1:
+        return True
+    for base in (3, 5, 7):
+        n = base
+        while n < g:
+            n *= base
+        if n == g:
+            return True
+    return False
+
+
+def ext_metadata(src, fs: Filesystem) -> None:
+    """Superblocks, group descriptors, bitmaps and inode tables as labelled regions."""
+    sb = src.pread(1024, 1024)
+    if len(sb) < 1024:
+        fs.problem("ext superblock unreadable")
+        return
+    (inodes, blocks_lo, _, free_blocks, free_inodes, first_data, log_bs) = \
+        struct.unpack_from("<7I", sb, 0)
+    bpg, _, ipg = struct.unpack_from("<III", sb, 0x20)
+    inode_size = struct.unpack_from("<H", sb, 0x58)[0] or 128
+    compat, incompat, ro = struct.unpack_from("<III", sb, 0x5C)
+    reserved_gdt = struct.unpack_from("<H", sb, 0xCE)[0]
+    desc_size = struct.unpack_from("<H", sb, 0xFE)[0] if incompat & EXT_INCOMPAT_64BIT else 32
+    blocks = blocks_lo | ((struct.unpack_from("<I", sb, 0x150)[0] << 32)
+                          if incompat & EXT_INCOMPAT_64BIT else 0)
+    fs.used_inodes = max(0, inodes - free_inodes)
+    if log_bs > 6 or bpg == 0 or ipg == 0 or desc_size < 32 or desc_size & (desc_size - 1):
+        fs.problem("ext superblock: geometry out of range, metadata regions not shown")
+        return
+    bs = 1024 << log_bs
+    fs.block_size = bs
+    if blocks * bs > fs.volume.size:
+        fs.problem(f"ext superblock: {blocks} blocks of {bs} bytes exceed the "
+                   f"{fs.volume.size}-byte volume")
+    groups = -(-(blocks - first_data) // bpg)
+    gdt_blocks = -(-groups * desc_size // bs)
+    if groups > MAX_GROUPS or gdt_blocks * bs > fs.volume.size:
+        fs.problem(f"ext superblock: {groups} block groups, metadata regions not shown")
+        return
+    sparse2 = struct.unpack_from("<II", sb, 0x24C) if compat & COMPAT_SPARSE_SUPER2 else None
+    meta_bg = bool(incompat & EXT_INCOMPAT_META_BG)
+    gdt = src.pread((first_data + 1) * bs, gdt_blocks * bs)
+    if len(gdt) < groups * desc_size:
+        fs.problem("ext group descriptors unreadable")
+        return
+    it_len = ipg * inode_size
+    for g in range(groups):
+        gstart = (first_data + g * bpg) * bs
+        if _has_backup(g, bool(ro & EXT_RO_SPARSE_SUPER), sparse2):
+            if g == 0:
+                fs.add_metadata(0, 2048 if bs == 1024 else bs, "superblock")
+            else:
+                fs.add_metadata(gstart, bs, "superblock backup")
+            if not meta_bg:
+                fs.add_metadata(gstart + bs, gdt_blocks * bs,
+                                "group descriptors" if g == 0 else "group descriptors backup")
+                if reserved_gdt:
+                    fs.add_metadata(gstart + (1 + gdt_blocks) * bs, reserved_gdt * bs,
+                                    "reserved GDT blocks")
+        d = gdt[g * desc_size:(g + 1) * desc_size]
+        bb, ib, itb = struct.unpack_from("<III", d, 0)
+        if desc_size >= 64:
+            hb, hi, ht = struct.unpack_from("<III", d, 0x20)
+            bb, ib, itb = bb | hb << 32, ib | hi << 32, itb | ht << 32
+        for blk, n, label in ((bb, bs, "block bitmap"), (ib, bs, "inode bitmap"),
+                              (itb, it_len, "inode table")):
+            if 0 < blk < blocks:
+                fs.add_metadata(blk * bs, n, label)
+    if meta_bg:
+        fs.problem("ext meta_bg: group descriptor blocks not shown")
+
+
+def _describe(vol, known: dict):
+    def describe(e, path: str) -> FileInfo:
+        ino = e.inode_number
+        first = known.get(ino)
+        if first is not None:            # another name of a file already read
+            info = FileInfo(path, ino, first.type, first.size, first.mode, first.mtime,
+                            first.atime, first.ctime, first.links, first.target,
+                            first.extents, first.inline, first.sparse)
+            return info
+        mode = e.file_mode
+        kind = TYPES_BY_MODE.get(mode & 0o170000, "file")
+        size = e.size
+        n = e.number_of_extents
+        raw = [e.get_extent(i) for i in range(min(n, 1 << 20))]
+        if kind == "dir" and size == 0:     # libfsext gives directories no size
+            size = sum(r[1] for r in raw if not r[2] & 1)
+        exts, sparse = map_extents(vol, raw, size)
+        target = e.symbolic_link_target if kind == "symlink" else None
+        info = FileInfo(path, ino, kind, size, mode,
+                        e.get_modification_time_as_integer() / 1e9,
+                        e.get_access_time_as_integer() / 1e9,
+                        e.get_inode_change_time_as_integer() / 1e9,
+                        e.number_of_links, target, exts,
+                        inline=size > 0 and n == 0 and kind in ("file", "dir", "symlink"),
+                        sparse=sparse)
+        if info.links > 1:
+            known[ino] = info
+        return info
+    return describe
+
+
+def read_ext(src, fs: Filesystem, tick) -> None:
+    import pyfsext
+    ext_metadata(src, fs)
+    vol = pyfsext.volume()
+    try:
+        vol.open_file_object(src)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+        return
+    try:
+        try:
+            j = struct.unpack_from("<I", src.pread(1024 + 0xE0, 4))[0]
+            if j:
+                je = vol.get_file_entry_by_inode(j)
+                raw = [je.get_extent(i) for i in range(je.number_of_extents)]
+                for _f, g, n in map_extents(fs.volume, raw, je.size)[0]:
+                    fs.metadata.append(Region(g, n, "journal"))
+        except (OSError, ValueError, struct.error) as e:
+            fs.problem(f"journal inode unreadable ({short_error(e)})")
+        walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
+             lambda d: d.inode_number)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.problem(f"root directory unreadable ({short_error(e)})")
+    finally:
+        vol.close()

@@ -1,0 +1,89 @@
+"""FAT12/16/32 through libfsfat; reserved sectors, FATs and the FAT12/16 root
+directory computed from the boot sector."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+
+from .files import FileInfo, Filesystem, map_extents, short_error, walk
+
+ATTR_DIRECTORY = 0x10
+
+
+def fat_metadata(src, fs: Filesystem) -> None:
+    bs = src.pread(0, 512)
+    if len(bs) < 512:
+        fs.problem("FAT boot sector unreadable")
+        return
+    bps, spc, reserved, nfats, root_entries, total16 = struct.unpack_from("<HBHBHH", bs, 11)
+    fatsz = struct.unpack_from("<H", bs, 22)[0] or struct.unpack_from("<I", bs, 36)[0]
+    total = total16 or struct.unpack_from("<I", bs, 32)[0]
+    if not bps or not spc:
+        fs.problem("FAT boot sector: geometry out of range")
+        return
+    fs.block_size = bps * spc
+    fs.add_metadata(0, reserved * bps, "boot sector and reserved sectors")
+    for i in range(nfats):
+        fs.add_metadata((reserved + i * fatsz) * bps, fatsz * bps, f"FAT {i + 1}")
+    if root_entries:
+        fs.add_metadata((reserved + nfats * fatsz) * bps, root_entries * 32, "root directory")
+    if total * bps > fs.volume.size:
+        fs.problem(f"FAT boot sector: {total} sectors exceed the {fs.volume.size}-byte volume")
+
+
+def _entry_mtime(src, offset: int) -> float | None:
+    """Modification time from the short directory entry at or after ``offset``
+    (libfsfat's identifier; its own date conversion is a month off)."""
+    raw = src.pread(offset, 32 * 21)
+    for o in range(0, len(raw) - 31, 32):
+        if raw[o + 11] != 0x0F:                   # skip long-name entries
+            time, date = struct.unpack_from("<HH", raw, o + 0x16)
+            return _fat_time(date, time)
+    return None
+
+
+def _fat_time(date: int, time: int) -> float | None:
+    try:
+        d = _dt.datetime(1980 + (date >> 9), date >> 5 & 15, date & 31,
+                         time >> 11, time >> 5 & 63, (time & 31) * 2, tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+    return d.timestamp()
+
+
+def _describe(vol, src):
+    def describe(e, path: str) -> FileInfo:
+        attrs = e.file_attribute_flags
+        kind = "dir" if attrs & ATTR_DIRECTORY else "file"
+        size = e.size if kind == "file" else 0
+        raw = []
+        if kind == "file":
+            n = e.number_of_extents
+            raw = [e.get_extent(i) for i in range(min(n, 1 << 22))]
+        exts, sparse = map_extents(vol, raw, size)
+        return FileInfo(path, e.identifier, kind, size, None,
+                        _entry_mtime(src, e.identifier),
+                        None, None, 1, None, exts)
+    return describe
+
+
+def read_fat(src, fs: Filesystem, tick) -> None:
+    import pyfsfat
+    fat_metadata(src, fs)
+    vol = pyfsfat.volume()
+    try:
+        vol.open_file_object(src)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+        return
+    try:
+        if not fs.label:
+            fs.label = vol.label or None
+        walk(vol.get_root_directory(), _describe(fs.volume, src), fs, tick, lambda d: d.identifier)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.problem(f"root directory unreadable ({short_error(e)})")
+    finally:
+        vol.close()

@@ -1,0 +1,81 @@
+"""NTFS through libfsntfs.  The metadata files ($MFT, $LogFile, $Bitmap, ...) are
+listed as system files, their bytes labelled as filesystem metadata; resident
+data (inside an MFT record) is marked inline."""
+
+from __future__ import annotations
+
+import struct
+
+from .files import FileInfo, Filesystem, map_extents, short_error, utc_seconds, walk
+from .partitions import Region
+
+FIRST_USER_RECORD = 16          # records 0..15 are NTFS's own files
+REF_MASK = (1 << 48) - 1
+
+#: what the bytes of NTFS's own files are, for the metadata regions
+SYSTEM_LABELS = {0: "MFT", 1: "MFT mirror", 2: "journal ($LogFile)", 4: "$AttrDef",
+                 6: "cluster bitmap", 7: "boot sector", 8: "bad clusters", 9: "$Secure",
+                 10: "$UpCase"}
+
+
+def _describe(vol, fs: Filesystem):
+    def describe(e, path: str) -> FileInfo:
+        ref = e.file_reference & REF_MASK
+        is_dir = e.has_directory_entries_index()
+        size = 0 if is_dir else e.size
+        n = 0 if is_dir else e.number_of_extents
+        raw = [e.get_extent(i) for i in range(min(n, 1 << 22))]
+        exts, sparse = map_extents(vol, raw, size)
+        target = None
+        try:
+            target = e.symbolic_link_target
+        except (OSError, ValueError):
+            pass
+        system = ref < FIRST_USER_RECORD and path.count("/") == 1 and path[1:2] == "$"
+        info = FileInfo(path, ref, "dir" if is_dir else ("symlink" if target else "file"),
+                        size, None, utc_seconds(e.modification_time),
+                        utc_seconds(e.access_time), utc_seconds(e.entry_modification_time),
+                        1, target, exts, inline=size > 0 and n == 0, sparse=sparse,
+                        system=system)
+        if system and ref in SYSTEM_LABELS and ref != 8:
+            for _f, g, m in exts:
+                fs.metadata.append(Region(g, m, SYSTEM_LABELS[ref]))
+        return info
+    return describe
+
+
+def read_ntfs(src, fs: Filesystem, tick) -> None:
+    import pyfsntfs
+    bs = src.pread(0, 512)
+    if len(bs) == 512:
+        bps, spc = struct.unpack_from("<HB", bs, 11)
+        if bps and spc and spc < 0x80:
+            fs.block_size = bps * spc
+        fs.add_metadata(0, 512, "boot sector")
+    vol = pyfsntfs.volume()
+    try:
+        vol.open_file_object(src)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+        return
+    try:
+        fs.label = vol.name or fs.label
+        fs.used_inodes = vol.number_of_file_entries
+        walk(vol.get_root_directory(), _describe(fs.volume, fs), fs, tick,
+             lambda d: d.file_reference & REF_MASK)
+        _count_links(fs)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.problem(f"root directory unreadable ({short_error(e)})")
+    finally:
+        vol.close()
+
+
+def _count_links(fs: Filesystem) -> None:
+    """NTFS hard links: names sharing a record; links = names found."""
+    count: dict[int, int] = {}
+    for f in fs.files:
+        count[f.inode] = count.get(f.inode, 0) + 1
+    for f in fs.files:
+        f.links = count[f.inode]

@@ -1,0 +1,88 @@
+"""XFS through libfsxfs; allocation-group headers and the internal log computed
+from the superblock."""
+
+from __future__ import annotations
+
+import struct
+
+from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, short_error, walk
+
+MAX_AGS = 1 << 20
+
+
+def xfs_metadata(src, fs: Filesystem) -> None:
+    sb = src.pread(0, 512)
+    if len(sb) < 512 or sb[:4] != b"XFSB":
+        fs.problem("XFS superblock unreadable")
+        return
+    bsize, dblocks = struct.unpack_from(">IQ", sb, 4)
+    logstart = struct.unpack_from(">Q", sb, 48)[0]
+    agblocks, agcount = struct.unpack_from(">II", sb, 84)
+    logblocks = struct.unpack_from(">I", sb, 96)[0]
+    sectsize = struct.unpack_from(">H", sb, 102)[0]
+    icount, ifree = struct.unpack_from(">QQ", sb, 128)
+    agblklog = sb[124]
+    fs.used_inodes = max(0, min(icount - ifree, 1 << 32))
+    if not 512 <= bsize <= 65536 or not agblocks or not 0 < agcount <= MAX_AGS \
+            or not 512 <= sectsize <= 32768:
+        fs.problem("XFS superblock: geometry out of range, metadata regions not shown")
+        return
+    fs.block_size = bsize
+    if dblocks * bsize > fs.volume.size:
+        fs.problem(f"XFS superblock: {dblocks} blocks of {bsize} bytes exceed the "
+                   f"{fs.volume.size}-byte volume")
+    for ag in range(agcount):
+        fs.add_metadata(ag * agblocks * bsize, 4 * sectsize,
+                        "superblock and AG headers" if ag == 0 else
+                        "superblock backup and AG headers")
+    if logstart:
+        # logstart is a filesystem block number: AG number in the high bits
+        ag, blk = logstart >> agblklog, logstart & ((1 << agblklog) - 1)
+        fs.add_metadata((ag * agblocks + blk) * bsize, logblocks * bsize, "journal (log)")
+
+
+def _describe(vol, known: dict):
+    def describe(e, path: str) -> FileInfo:
+        ino = e.inode_number
+        first = known.get(ino)
+        if first is not None:
+            return FileInfo(path, ino, first.type, first.size, first.mode, first.mtime,
+                            first.atime, first.ctime, first.links, first.target,
+                            first.extents, first.inline, first.sparse)
+        mode = e.file_mode
+        kind = TYPES_BY_MODE.get(mode & 0o170000, "file")
+        size = e.size
+        n = e.number_of_extents
+        raw = [e.get_extent(i) for i in range(min(n, 1 << 20))]
+        exts, sparse = map_extents(vol, raw, size)
+        info = FileInfo(path, ino, kind, size, mode,
+                        e.get_modification_time_as_integer() / 1e9,
+                        e.get_access_time_as_integer() / 1e9,
+                        e.get_inode_change_time_as_integer() / 1e9,
+                        e.number_of_links,
+                        e.symbolic_link_target if kind == "symlink" else None, exts,
+                        inline=size > 0 and n == 0, sparse=sparse)
+        if info.links > 1:
+            known[ino] = info
+        return info
+    return describe
+
+
+def read_xfs(src, fs: Filesystem, tick) -> None:
+    import pyfsxfs
+    xfs_metadata(src, fs)
+    vol = pyfsxfs.volume()
+    try:
+        vol.open_file_object(src)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+        return
+    try:
+        walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
+             lambda d: d.inode_number)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.problem(f"root directory unreadable ({short_error(e)})")
+    finally:
+        vol.close()
