@@ -15,6 +15,8 @@ import sys
 from . import __version__
 
 SUBCOMMANDS = ("info", "check", "map", "create")
+#: image operations with qemu-img's arguments (their parsers live in cmd_ops)
+OPERATIONS = ("snapshot", "resize", "commit", "rebase", "convert", "amend", "measure")
 #: --view: the tabs of an image's picture area (ImageTab.PANES has the same keys)
 VIEWS = ("map", "mapping", "problems", "hex", "hex-file")
 
@@ -23,7 +25,8 @@ def _gui_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qcow2view",
         description="Look inside QCOW2 disk images and edit them safely. "
-                    f"Terminal commands: {', '.join(SUBCOMMANDS)} (see 'qcow2view CMD --help').")
+                    f"Terminal commands: {', '.join(SUBCOMMANDS + OPERATIONS)} "
+                    "(see 'qcow2view CMD --help').")
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="images to open (with none: a start page; see --demo)")
     p.add_argument("--demo", action="store_true",
@@ -145,6 +148,9 @@ def _terminal_command(cmd: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in OPERATIONS:
+        from . import cmd_ops
+        return cmd_ops.main(argv[0], argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         return _terminal_command(argv[0], argv[1:])
     ns = _gui_parser().parse_args(argv)

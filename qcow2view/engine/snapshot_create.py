@@ -113,16 +113,34 @@ def create_snapshot(image, name: str) -> Snapshot:
     now = time.time_ns()
     entry = _pack_entry(start * cs, len(l1), id_str, name, now // 10**9, now % 10**9,
                         image.virtual_size)
-    table = old_bytes + entry
-    tn = -(-len(table) // cs)
-    tstart = alloc.alloc(tn)
-    _commit_refcounts(image, alloc)
-    f.pwrite(tstart * cs, table + bytes(tn * cs - len(table)))
-    f.fsync()
-    f.pwrite(60, struct.pack(">IQ", old_n + 1, tstart * cs))
-    f.fsync()
-    if old_bytes:
-        alloc.change(old_off, len(old_bytes), -1)
-        _commit_refcounts(image, alloc)
+    write_snapshot_table(image, alloc, old_bytes + entry, old_n + 1)
     image.reload_metadata()
     return image.snapshots[-1]
+
+
+def write_snapshot_table(image, alloc, table: bytes, count: int) -> None:
+    """Replace the snapshot table by ``table`` (``count`` packed entries), as
+    qcow2_write_snapshots: the new table is written and flushed in new clusters,
+    the header switched to it in one write (nb_snapshots and snapshots_offset
+    are adjacent), flushed, and only then the old table freed."""
+    f = image.file
+    cs = image.cluster_size
+    h = image.header
+    old_off = h.snapshots_offset
+    old_len = 0
+    if image.snapshots:
+        last = image.snapshots[-1]
+        old_len = last.offset + last.entry_size - old_off
+    new_off = 0
+    if table:
+        tn = -(-len(table) // cs)
+        new_off = alloc.alloc(tn) * cs
+        _commit_refcounts(image, alloc)
+        f.pwrite(new_off, table + bytes(tn * cs - len(table)))
+        f.fsync()
+    f.pwrite(60, struct.pack(">IQ", count, new_off))
+    f.fsync()
+    image.header = h.replace(nb_snapshots=count, snapshots_offset=new_off)
+    if old_len:
+        alloc.change(old_off, old_len, -1)
+        _commit_refcounts(image, alloc)

@@ -1,0 +1,157 @@
+"""``qcow2view snapshot|resize|commit|rebase|convert|amend|measure``: image operations
+taking qemu-img's arguments, each a thin shell around ``engine/ops``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .cli import emit
+from .engine import open_image
+from .engine.errors import Qcow2Error
+
+
+def _parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"qcow2view {cmd}")
+    p.add_argument("-q", action="store_true", dest="quiet", help="quiet")
+    p.add_argument("-f", dest="fmt", help="image format (qcow2; raw where qemu-img allows it)")
+    p.add_argument("-p", action="store_true", dest="progress", help="show progress")
+    if cmd == "snapshot":
+        p.description = "List, create, apply or delete internal snapshots (qemu-img snapshot)."
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("-l", action="store_true", dest="list", help="list snapshots")
+        g.add_argument("-c", dest="create", metavar="NAME", help="create a snapshot")
+        g.add_argument("-a", dest="apply", metavar="NAME", help="revert the disk to a snapshot")
+        g.add_argument("-d", dest="delete", metavar="NAME", help="delete a snapshot")
+        p.add_argument("image")
+    elif cmd == "resize":
+        p.description = "Change the virtual size (qemu-img resize)."
+        p.add_argument("--shrink", action="store_true", help="allow shrinking (data past "
+                       "the new end is lost)")
+        p.add_argument("image")
+        p.add_argument("size", help="[+|-]SIZE")
+    elif cmd == "commit":
+        p.description = "Write an overlay's data into its backing file (qemu-img commit)."
+        p.add_argument("-b", dest="base", help="commit down to this image of the chain")
+        p.add_argument("-d", action="store_true", dest="keep", help="do not empty the overlay")
+        p.add_argument("image")
+    elif cmd == "rebase":
+        p.description = "Change the backing file (qemu-img rebase)."
+        p.add_argument("-u", action="store_true", dest="unsafe",
+                       help="unsafe: only rewrite the name")
+        p.add_argument("-b", dest="backing", required=True, help='new backing file ("" for none)')
+        p.add_argument("-F", dest="backing_fmt", help="new backing file's format")
+        p.add_argument("image")
+    elif cmd == "convert":
+        p.description = "Copy the guest disk into a new image (qemu-img convert)."
+        p.add_argument("-c", action="store_true", dest="compress", help="compress (qcow2)")
+        p.add_argument("-O", dest="out_fmt", default="raw", choices=("qcow2", "raw"))
+        p.add_argument("-o", dest="options", action="append", default=[])
+        p.add_argument("-l", dest="snapshot", help="snapshot.name=NAME or snapshot.id=ID")
+        p.add_argument("-m", dest="threads", type=int, default=2, help="compression threads")
+        p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
+        p.add_argument("src")
+        p.add_argument("dst")
+    elif cmd == "amend":
+        p.description = "Change image options in place (qemu-img amend)."
+        p.add_argument("-o", dest="options", action="append", required=True)
+        p.add_argument("--force", action="store_true")
+        p.add_argument("image")
+    elif cmd == "measure":
+        p.description = "Space a new image needs (qemu-img measure)."
+        p.add_argument("--output", choices=("human", "json"), default="human")
+        p.add_argument("-O", dest="out_fmt", default="raw", choices=("qcow2", "raw"))
+        p.add_argument("-o", dest="options", action="append", default=[])
+        p.add_argument("--size")
+        p.add_argument("-l", dest="snapshot")
+        p.add_argument("image", nargs="?")
+    return p
+
+
+def _fix_negative(cmd: str, argv: list[str]) -> list[str]:
+    # "resize IMG -1G": argparse would take -1G for an option
+    if (cmd == "resize" and argv and "--" not in argv and argv[-1][:1] == "-"
+            and argv[-1][1:2].isdigit()):
+        return argv[:-1] + ["--", argv[-1]]
+    return argv
+
+
+def _progress(ns):
+    if not getattr(ns, "progress", False) or ns.quiet:
+        return None
+
+    def show(done: int, total: int) -> None:
+        pct = 100.0 * done / total if total else 100.0
+        sys.stdout.write(f"    ({pct:.2f}/100%)\r")
+        sys.stdout.flush()
+    return show
+
+
+def main(cmd: str, argv: list[str]) -> int:
+    ns = _parser(cmd).parse_args(_fix_negative(cmd, argv))
+    try:
+        if ns.fmt not in (None, "qcow2") and cmd not in ("convert", "measure"):
+            raise Qcow2Error(f"format {ns.fmt!r} is not supported here (qcow2 only)")
+        return globals()[f"_{cmd}"](ns)
+    except Qcow2Error as e:
+        print(f"qcow2view {cmd}: {e}".replace("\n", " "), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"qcow2view {cmd}: {getattr(e, 'filename', '') or ''}: {e.strerror}",
+              file=sys.stderr)
+        return 1
+
+
+def _open_rw(path: str):
+    if not os.path.exists(path):
+        raise Qcow2Error("no such file", path=path)
+    return open_image(path, writable=True)
+
+
+# -- snapshot -----------------------------------------------------------------------------
+def _snapshot(ns) -> int:
+    from .engine.ops import snapshot as S
+    if not (ns.create or ns.apply or ns.delete):
+        if not os.path.exists(ns.image):
+            raise Qcow2Error("no such file", path=ns.image)
+        with open_image(ns.image, ignore_backing_errors=True) as im:
+            _print_snapshots(S.list_snapshots(im))
+        return 0
+    with _open_rw(ns.image) as im:
+        if ns.create:
+            S.create_snapshot(im, ns.create)
+        elif ns.apply:
+            S.apply_snapshot(im, ns.apply, _progress(ns))
+        else:
+            S.delete_snapshot(im, ns.delete, _progress(ns))
+    return 0
+
+
+def _print_snapshots(snaps) -> None:
+    """As qemu's bdrv_snapshot_dump."""
+    from .cmd_info import size_to_str
+    if not snaps:
+        return
+    emit("Snapshot list:")
+    emit(f"{'ID':<10}{'TAG':<17}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>13}{'ICOUNT':>11}")
+    for s in snaps:
+        date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.date_sec))
+        secs, ms = divmod(s.vm_clock_nsec // 1_000_000, 1000)
+        clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{ms:03d}"
+        icount = "" if s.icount in (None, 0xFFFFFFFFFFFFFFFF) else str(s.icount)
+        emit(f"{s.id_str:<9} {s.name:<16} {size_to_str(s.vm_state_size):>8}{date:>20}"
+             f"{clock:>13}{icount:>11}")
+
+
+# -- resize -------------------------------------------------------------------------------
+def _resize(ns) -> int:
+    from .engine.ops.resize import parse_resize, resize_image
+    with _open_rw(ns.image) as im:
+        resize_image(im, parse_resize(im.virtual_size, ns.size), shrink=ns.shrink,
+                     progress=_progress(ns))
+    if not ns.quiet:
+        emit("Image resized.")
+    return 0

@@ -1,0 +1,141 @@
+"""Changing the virtual size (qemu-img resize; QEMU's qcow2_co_truncate).
+
+Growing moves the L1 table to a larger place when the new size needs more
+entries (qcow2_grow_l1_table) and then writes the new size.  Shrinking is
+refused without ``shrink=True`` (qemu-img's ``--shrink``); with it the size is
+written first, then the clusters past the new end are released: whole L2
+tables leave the L1 table, the last table loses its tail entries (copied first
+if a snapshot shares it), and the file is cut after the last used cluster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import clusters as C
+from .. import metadata_ops as M
+from ..create import MAX_VIRTUAL_SIZE, parse_size
+from ..errors import RequestError
+from ..header import QCOW_MAX_L1_SIZE
+
+SHRINK_REFUSED = "Use the --shrink option to perform a shrink operation."
+
+
+def parse_resize(current: int, text: str) -> int:
+    """qemu-img resize's SIZE: absolute, or relative with a leading + or -."""
+    text = text.strip()
+    if text[:1] in "+-":
+        delta = parse_size(text[1:])
+        new = current + delta if text[0] == "+" else current - delta
+    else:
+        new = parse_size(text)
+    if new < 0:
+        raise RequestError("New image size must be positive")
+    return new
+
+
+def l1_entries_for(image, size: int) -> int:
+    return -(-(-(-size // image.cluster_size)) // image.l2_size)
+
+
+def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -> None:
+    """Set the virtual size of a writable ``image`` to ``new_size`` bytes."""
+    if new_size % 512:
+        raise RequestError("The new size must be a multiple of 512")
+    if new_size > MAX_VIRTUAL_SIZE:
+        raise RequestError("Image size is too large")
+    if image.has_data_file:
+        raise RequestError("resizing images with an external data file is not supported here")
+    writer = image._write_side()
+    image.flush()
+    old_size = image.virtual_size
+    if new_size == old_size:
+        return
+    if new_size < old_size and not shrink:
+        raise RequestError(SHRINK_REFUSED)
+    need = l1_entries_for(image, new_size)
+    if need * 8 > QCOW_MAX_L1_SIZE:
+        raise RequestError("The image size is too large for file format 'qcow2'")
+    if new_size > old_size:
+        M.grow_l1_table(image, writer.alloc, need)
+        M.write_header_fields(image, size=new_size)
+        M.reload(image)
+        _zero_over_backing(image, old_size, new_size)
+    else:
+        M.write_header_fields(image, size=new_size)
+        M.reload(image)
+        _discard_tail(image, writer.alloc, new_size, progress)
+        _cut_file(image, writer.alloc)
+        M.reload(image)
+    M.report(progress, 1, 1)
+
+
+def _zero_over_backing(image, old_size: int, new_size: int) -> None:
+    """A backing file longer than the old disk must not show through the new area
+    (the block layer's BDRV_REQ_ZERO_WRITE on truncate)."""
+    b = image.backing
+    if b is None or b.virtual_size <= old_size:
+        return
+    end = min(new_size, b.virtual_size)
+    image.write_zeroes(old_size, end - old_size)
+    image.flush()
+
+
+def _discard_tail(image, alloc, new_size: int, progress) -> None:
+    cs, l2_size = image.cluster_size, image.l2_size
+    keep_clusters = -(-new_size // cs)
+    keep_l1 = -(-keep_clusters // l2_size)
+    l1 = image.l1_table.entries.copy()
+    f = image.file
+    step = 2 if image.extended_l2 else 1
+    # the table that straddles the new end loses its tail entries
+    first = keep_clusters - (keep_l1 - 1) * l2_size if keep_l1 else 0
+    if keep_l1 and first < l2_size and l1[keep_l1 - 1] & np.uint64(C.L1E_OFFSET_MASK):
+        _cut_table(image, alloc, keep_l1 - 1, first, step)
+    # whole tables past the end leave the L1 table, then lose their references
+    gone = l1[keep_l1:].copy()
+    if (gone & np.uint64(C.L1E_OFFSET_MASK)).any():
+        f.pwrite(image.l1_table.offset + 8 * keep_l1, bytes(8 * len(gone)))
+        f.fsync()
+        tables, data = M.l1_references(image, np.concatenate([np.zeros(keep_l1, np.uint64),
+                                                              gone]), progress)
+        M.change_refcounts(alloc, tables, -1)
+        M.change_refcounts(alloc, data, -1)
+        M.sync_refcounts(image, alloc)
+    M.reload(image)
+
+
+def _cut_table(image, alloc, l1i: int, first: int, step: int) -> None:
+    """Zero the entries from ``first`` on in the L2 table of L1 entry ``l1i``."""
+    f = image.file
+    cb = image.cluster_bits
+    e = int(image.l1_table.entries[l1i])
+    l2off = e & C.L1E_OFFSET_MASK
+    words = M.read_l2_words(image, l2off, l1i)
+    tail = words.copy()
+    tail[:first * step] = 0
+    dropped = M.l2_data_clusters(image, tail)
+    if not tail.any():
+        return
+    words[first * step:] = 0
+    if e & C.QCOW_OFLAG_COPIED and alloc.refcount(l2off >> cb) == 1:
+        f.pwrite(l2off + 8 * first * step, bytes(8 * (len(words) - first * step)))
+        f.fsync()
+        M.change_refcounts(alloc, dropped, -1)
+    else:
+        # shared with a snapshot: the active disk gets its own copy (l2_allocate)
+        new = M.write_new_table(image, alloc, words.astype(">u8").tobytes())
+        f.pwrite(image.l1_table.offset + 8 * l1i,
+                 (new | C.QCOW_OFLAG_COPIED).to_bytes(8, "big"))
+        f.fsync()
+        M.change_refcounts(alloc, dropped, -1)
+        M.change_refcounts(alloc, np.array([l2off >> cb]), -1)
+    M.sync_refcounts(image, alloc)
+
+
+def _cut_file(image, alloc) -> None:
+    """Cut the file after its last used cluster, as QEMU does after a shrink."""
+    end = (M.last_used_cluster(image, alloc) + 1) * image.cluster_size
+    if 0 < end < image.file.size:
+        image.file.truncate(end)
+        image.file.fsync()
