@@ -316,9 +316,7 @@ def test_crash_during_repair_leaves_at_most_leaks(tmp_path):
 def test_luks_encrypted_image_counts_its_encryption_header(tmp_path):
     p = tmp_path / "enc.qcow2"
     sec = ("--object", "secret,id=sec0,data=abc")
-    qemu.qemu_img("create", "-q", *sec, "-f", "qcow2", "-o",
-                  "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,"
-                  "cluster_size=4096", p, "1M")
+    qemu.create_luks(p, "1M", "cluster_size=4096", secret="abc")
     opts = f"driver=qcow2,file.filename={p},encrypt.key-secret=sec0"
     qemu.run(qemu.QEMU_IO, *sec, "--image-opts", opts, "-c", "write -P 1 0 8k")
     out = qemu.qemu_img("check", *sec, "--image-opts", opts, "--output=json", check=False)

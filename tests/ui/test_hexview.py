@@ -292,10 +292,8 @@ def test_unreadable_bytes_are_not_shown_as_values(editor, tmp_path):
     """An encrypted disk cannot be read: the inspector says why and shows no numbers
     (the buffer's zeros are not the guest's bytes); at the disk's last byte only u8 has
     all its bytes."""
-    from qemu import qemu_img
-    p = tmp_path / "luks.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
-             "-o", "encrypt.format=luks,encrypt.key-secret=s0", p, "1M")
+    from qemu import create_luks
+    p = create_luks(tmp_path / "luks.qcow2", "1M")
     ed = editor(p)
     text = ed.inspector.text()
     assert "unreadable" in text and "encrypted" in text
