@@ -9,6 +9,7 @@ from PySide6.QtGui import QBrush, QColor
 
 from .document import ImageDocument
 from .rows_model import RowsModel
+from .units import count
 
 EntryOffsetRole = Qt.UserRole + 1
 ClusterRole = Qt.UserRole + 2
@@ -39,11 +40,23 @@ class ProblemsModel(RowsModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._rows: list[Problem] = []
+        self.checked = False        # the structure check has run (so no rows means none)
 
     def set_document(self, doc: ImageDocument | None) -> None:
         self.beginResetModel()
         self._rows = [] if doc is None else self._collect(doc)
+        self.checked = doc is not None and doc.check_result is not None
         self.endResetModel()
+
+    def summary(self) -> str:
+        """One line saying what was checked and what it found."""
+        n = len(self._rows)
+        if n:
+            return f"qcow2 structure: {count(n, 'problem')}. Double-click one to go to it."
+        if not self.checked:
+            return "qcow2 structure: not checked yet."
+        return ("qcow2 structure: no problems found (header, backing chain, L1/L2 tables and "
+                "refcounts, checked as qemu-img check does).")
 
     @staticmethod
     def _collect(doc: ImageDocument) -> list[Problem]:

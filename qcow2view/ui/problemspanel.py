@@ -6,7 +6,6 @@ from PySide6.QtCore import QModelIndex, Signal
 from PySide6.QtWidgets import QAbstractItemView, QLabel, QTableView, QVBoxLayout, QWidget
 
 from ..model.problems_model import ClusterRole, EntryOffsetRole, ProblemsModel
-from ..model.units import count
 
 
 class ProblemsPanel(QWidget):
@@ -17,6 +16,7 @@ class ProblemsPanel(QWidget):
         super().__init__(parent)
         self.model = model
         self.summary = QLabel()
+        self.summary.setWordWrap(True)
         self.view = QTableView()
         self.view.setObjectName("problemsTable")
         self.view.setModel(model)
@@ -35,9 +35,7 @@ class ProblemsPanel(QWidget):
         self._update()
 
     def _update(self) -> None:
-        n = self.model.rowCount()
-        self.summary.setText("No problems found." if n == 0 else
-                             f"{count(n, 'problem')}. Double-click one to go to it.")
+        self.summary.setText(self.model.summary())
         self.view.resizeColumnsToContents()
 
     def _go(self, index: QModelIndex) -> None:

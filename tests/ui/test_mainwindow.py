@@ -75,6 +75,17 @@ def test_leak_in_banner_and_problems(window, qtbot, sample_image, make_leak):
     wait_ready(qtbot, tab)
     assert "1 leaked cluster" in tab.banner.text()
     assert tab.problems_model.rowCount() >= 1
+    assert tab.problems.summary.text().startswith("qcow2 structure: ")
+
+
+def test_problems_tab_says_what_was_checked(window, qtbot, sample_image):
+    """A clean image: the Problems tab names the check that found nothing (the guest's
+    filesystems may still be damaged; this is about the qcow2 structure)."""
+    tab = window.open_path(str(sample_image))
+    wait_ready(qtbot, tab)
+    text = tab.problems.summary.text()
+    assert text.startswith("qcow2 structure: no problems found")
+    assert "qemu-img check" in text
 
 
 def test_recent_files_and_settings(window, qtbot, sample_image, _scratch_settings):
