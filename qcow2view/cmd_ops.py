@@ -155,3 +155,41 @@ def _resize(ns) -> int:
     if not ns.quiet:
         emit("Image resized.")
     return 0
+
+
+# -- convert ------------------------------------------------------------------------------
+def _create_options(groups: list[str]) -> dict:
+    """``-o`` as create_image keywords (sizes and widths as numbers)."""
+    from .cmd_create import parse_options
+    from .engine.create import parse_size
+    opts: dict = parse_options(groups)
+    if "cluster_size" in opts:
+        opts["cluster_size"] = parse_size(opts["cluster_size"])
+    if str(opts.get("refcount_bits", "x")).isdigit():
+        opts["refcount_bits"] = int(opts["refcount_bits"])
+    return opts
+
+
+def _convert(ns) -> int:
+    from .engine.ops.convert import SnapshotParam, convert_image
+    sp = SnapshotParam.parse(ns.snapshot)
+    convert_image(ns.src, ns.dst, out_fmt=ns.out_fmt, compress=ns.compress,
+                  options=_create_options(ns.options), snapshot=sp and sp.key,
+                  src_fmt=ns.fmt, progress=_progress(ns))
+    return 0
+
+
+# -- commit / rebase ----------------------------------------------------------------------
+def _commit(ns) -> int:
+    from .engine.ops.commit import commit_image
+    commit_image(ns.image, ns.base, keep=ns.keep, progress=_progress(ns))
+    if not ns.quiet:
+        emit("Image committed.")
+    return 0
+
+
+def _rebase(ns) -> int:
+    from .engine.ops.rebase import rebase_image
+    rebase_image(ns.image, ns.backing, ns.backing_fmt, unsafe=ns.unsafe,
+                 progress=_progress(ns))
+    return 0

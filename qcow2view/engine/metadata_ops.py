@@ -12,12 +12,13 @@ so that they can move into the single metadata store of issue 13 as a whole.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable
 
 import numpy as np
 
 from . import clusters as C
-from .errors import CancelledError, CorruptImageError
+from .errors import CancelledError, CorruptImageError, RequestError
 from .header import FIELD_BY_NAME
 from .snapshot_create import _commit_refcounts
 
@@ -258,3 +259,73 @@ def reload(image) -> None:
     image.reload_metadata()
     image.virtual_size = image.header.size
     image.refcount_block_entries = 1 << (image.cluster_bits + 3 - image.header.refcount_order)
+
+
+def guest_allocation(image) -> tuple[int, np.ndarray]:
+    """(granule, allocated): for each guest cluster (sub-cluster with extended L2)
+    of the active disk, whether this image itself decides what it reads (data,
+    compressed or zero) rather than its backing file."""
+    cs = image.cluster_size
+    granule = cs // C.SUBCLUSTERS if image.extended_l2 else cs
+    per_entry = C.SUBCLUSTERS if image.extended_l2 else 1
+    total = -(-image.virtual_size // granule)
+    out = np.zeros(image.l1_table.size * image.l2_size * per_entry, dtype=bool)
+    span = image.l2_size * per_entry
+    for l1i, e in enumerate(image.l1_table.entries.tolist()):
+        l2off = e & C.L1E_OFFSET_MASK
+        if not l2off:
+            continue
+        words = read_l2_words(image, l2off, l1i)
+        if image.extended_l2:
+            raw, bm = words[0::2], words[1::2]
+            bits = (bm | (bm >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+            shifts = np.arange(C.SUBCLUSTERS, dtype=np.uint64)
+            sub = ((bits[:, None] >> shifts[None, :]) & np.uint64(1)) != 0
+            sub[(raw & COMPRESSED) != 0] = True
+            out[l1i * span:(l1i + 1) * span] = sub.reshape(-1)
+        else:
+            types = C.decode_l2_types(words, None, image.has_data_file)
+            out[l1i * span:(l1i + 1) * span] = types != C.ClusterType.UNALLOCATED
+    if out.size < total:
+        out = np.concatenate([out, np.zeros(total - out.size, dtype=bool)])
+    return granule, out[:total]
+
+
+def runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index runs where ``flags`` is true."""
+    idx = np.flatnonzero(np.diff(np.concatenate(([0], flags.astype(np.int8), [0]))))
+    return [(int(a), int(b)) for a, b in zip(idx[::2], idx[1::2])]
+
+
+def rewrite_header_cluster(image, *, backing_file: str | None = ...,
+                           backing_fmt: str | None = ..., **fields: int) -> None:
+    """Write the header cluster anew in one write, as qcow2_update_header: header
+    fields (``version=2`` ...), the extensions (the backing format one replaced;
+    the feature name table only for version 3) and the backing file name."""
+    from .extensions import EXT_BACKING_FORMAT, EXT_FEATURE_NAME_TABLE, pack_extension
+    from .create import _feature_table
+    h = image.header.replace(**fields)
+    name = image.backing_filename if backing_file is ... else (backing_file or None)
+    fmt = image.backing_format if backing_fmt is ... else backing_fmt
+    if not name:
+        fmt = None
+    exts = b""
+    if fmt:
+        exts += pack_extension(EXT_BACKING_FORMAT, fmt.encode())
+    for e in image.extensions:
+        if e.type in (EXT_BACKING_FORMAT, EXT_FEATURE_NAME_TABLE):
+            continue
+        exts += pack_extension(e.type, e.data)
+    if h.version >= 3:
+        exts += pack_extension(EXT_FEATURE_NAME_TABLE, _feature_table())
+    exts += bytes(8)
+    hlen = h.header_length if h.version >= 3 else 72
+    bname = os.fsencode(name) if name else b""
+    h = h.replace(header_length=hlen, backing_file_offset=hlen + len(exts) if bname else 0,
+                  backing_file_size=len(bname))
+    head = h.pack() + exts + bname
+    if len(head) > image.cluster_size:
+        raise RequestError("header, extensions and backing file name do not fit in the "
+                           "header cluster", structure="header", offset=0)
+    image.file.pwrite(0, head + bytes(image.cluster_size - len(head)))
+    image.file.fsync()
