@@ -17,6 +17,8 @@ from . import __version__
 SUBCOMMANDS = ("info", "check", "map", "create")
 #: image operations with qemu-img's arguments (their parsers live in cmd_ops)
 OPERATIONS = ("snapshot", "resize", "commit", "rebase", "convert", "amend", "measure")
+#: the guest disk's contents (their parsers live in cmd_guest)
+GUEST = ("ls", "owner", "changed", "cat")
 #: --view: the tabs of an image's picture area (ImageTab.PANES has the same keys)
 VIEWS = ("map", "mapping", "problems", "hex", "hex-file")
 
@@ -25,7 +27,7 @@ def _gui_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qcow2view",
         description="Look inside QCOW2 disk images and edit them safely. "
-                    f"Terminal commands: {', '.join(SUBCOMMANDS + OPERATIONS)} "
+                    f"Terminal commands: {', '.join(SUBCOMMANDS + OPERATIONS + GUEST)} "
                     "(see 'qcow2view CMD --help').")
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="images to open (with none: a start page; see --demo)")
@@ -151,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in OPERATIONS:
         from . import cmd_ops
         return cmd_ops.main(argv[0], argv[1:])
+    if argv and argv[0] in GUEST:
+        from . import cmd_guest
+        return cmd_guest.main(argv[0], argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         return _terminal_command(argv[0], argv[1:])
     ns = _gui_parser().parse_args(argv)

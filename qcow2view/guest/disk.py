@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..engine.errors import Qcow2Error
-from .files import Cancelled, Filesystem, Volume
+from .files import Cancelled, Filesystem, Volume, short_error
 from .partitions import Partition, PartitionTable, read_partition_table
 from .probe import Probe, probe
 from .source import GuestSource
@@ -177,3 +177,28 @@ def _prefixed(gv: GuestVolume) -> list[str]:
         if fs.skipped:
             out.append(f"{where}: {fs.skipped} entries could not be read")
     return out
+
+
+#: blkid TYPE -> the libyal module that reads its files
+LIBRARIES = {"ext2": "pyfsext", "ext3": "pyfsext", "ext4": "pyfsext", "vfat": "pyfsfat",
+             "ntfs": "pyfsntfs", "xfs": "pyfsxfs"}
+
+
+def read_through_library(src: GuestSource, gv: GuestVolume, path: str, size: int) -> bytes:
+    """A file's bytes as the filesystem library reads them (for inline/resident
+    data, which has no extents of its own)."""
+    lib = importlib.import_module(LIBRARIES[gv.filesystem.type])
+    vol = lib.volume()
+    vsrc = _source_of(src, gv)
+    try:
+        vol.open_file_object(vsrc)
+        e = vol.get_file_entry_by_path(path.replace("/", "\\") if lib.__name__ == "pyfsntfs"
+                                       else path)
+        if e is None:
+            raise OSError(f"{path}: not found")
+        return e.read(size) if size else b""
+    except (OSError, ValueError) as err:
+        vsrc.reraise()
+        raise OSError(f"{path}: unreadable ({short_error(err)})") from None
+    finally:
+        vol.close()

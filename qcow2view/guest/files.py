@@ -149,11 +149,21 @@ def utc_seconds(d: _dt.datetime | None) -> float | None:
         return None
 
 
+def _why(e: BaseException, src) -> str:
+    """The engine's own reason when the library failed on a guest read, else the
+    library's."""
+    err = getattr(src, "error", None)
+    if err is not None:
+        src.error = None
+        return f"guest bytes unreadable: {err.reason}"
+    return short_error(e)
+
+
 Describe = Callable[[object, str], FileInfo]
 
 
 def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[], None],
-         dir_key: Callable[[object], int]) -> None:
+         dir_key: Callable[[object], int], src=None) -> None:
     """Depth-first walk from ``root``; ``describe(entry, path)`` makes a FileInfo.
 
     A directory seen twice (a loop) is not entered again; unreadable directories and
@@ -172,7 +182,7 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[], None],
         try:
             n = entry.number_of_sub_file_entries
         except (OSError, ValueError) as e:
-            fs.problem(f"{path or '/'}: directory unreadable ({short_error(e)}), "
+            fs.problem(f"{path or '/'}: directory unreadable ({_why(e, src)}), "
                        "0 entries shown")
             fs.skipped += 1
             continue
@@ -184,7 +194,7 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[], None],
                     continue
                 info = describe(sub, f"{path}/{name}")
             except (OSError, ValueError, OverflowError, TypeError) as e:
-                fs.problem(f"{path or '/'}: entry {i} unreadable ({short_error(e)})")
+                fs.problem(f"{path or '/'}: entry {i} unreadable ({_why(e, src)})")
                 fs.skipped += 1
                 continue
             fs.files.append(info)

@@ -143,7 +143,7 @@ def read_ext(src, fs: Filesystem, tick) -> None:
         except (OSError, ValueError, struct.error) as e:
             fs.problem(f"journal inode unreadable ({short_error(e)})")
         walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
-             lambda d: d.inode_number)
+             lambda d: d.inode_number, src)
     except (OSError, ValueError) as e:
         src.reraise()
         fs.problem(f"root directory unreadable ({short_error(e)})")

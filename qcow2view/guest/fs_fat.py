@@ -81,7 +81,8 @@ def read_fat(src, fs: Filesystem, tick) -> None:
     try:
         if not fs.label:
             fs.label = vol.label or None
-        walk(vol.get_root_directory(), _describe(fs.volume, src), fs, tick, lambda d: d.identifier)
+        walk(vol.get_root_directory(), _describe(fs.volume, src), fs, tick,
+             lambda d: d.identifier, src)
     except (OSError, ValueError) as e:
         src.reraise()
         fs.problem(f"root directory unreadable ({short_error(e)})")

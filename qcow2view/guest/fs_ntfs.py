@@ -63,7 +63,7 @@ def read_ntfs(src, fs: Filesystem, tick) -> None:
         fs.label = vol.name or fs.label
         fs.used_inodes = vol.number_of_file_entries
         walk(vol.get_root_directory(), _describe(fs.volume, fs), fs, tick,
-             lambda d: d.file_reference & REF_MASK)
+             lambda d: d.file_reference & REF_MASK, src)
         _count_links(fs)
     except (OSError, ValueError) as e:
         src.reraise()

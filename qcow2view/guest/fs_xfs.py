@@ -80,7 +80,7 @@ def read_xfs(src, fs: Filesystem, tick) -> None:
         return
     try:
         walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
-             lambda d: d.inode_number)
+             lambda d: d.inode_number, src)
     except (OSError, ValueError) as e:
         src.reraise()
         fs.problem(f"root directory unreadable ({short_error(e)})")
