@@ -12,8 +12,11 @@ tests/benchmarks/bench_gui.py reads them from a real ``--screenshot`` run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 APP_NAME = "qcow2view"
@@ -133,9 +136,31 @@ def run_gui(ns) -> int:
             print(f"qcow2view: {why}", file=sys.stderr)
             win.close_all()
             return 2
-        return app.exec()
+        with quit_on_sigint(app, win):
+            return app.exec()
     finally:
         hook.uninstall()
+
+
+@contextlib.contextmanager
+def quit_on_sigint(app, win):
+    """Ctrl+C in the terminal closes the window as File > Quit does (asking about unsaved
+    edits).  Python runs signal handlers only when it gets control, which an idle Qt
+    event loop never gives it: a timer wakes the interpreter a few times a second."""
+    from PySide6.QtCore import QTimer
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: QTimer.singleShot(0, win.close))
+    timer = QTimer(app)
+    timer.timeout.connect(lambda: None)
+    timer.start(200)
+    try:
+        yield
+    finally:
+        timer.stop()
+        timer.deleteLater()
+        signal.signal(signal.SIGINT, old)
 
 
 def open_window(app, ns):
@@ -197,11 +222,14 @@ def show_initial_view(win, ns) -> str | None:
     return None
 
 
-def wait_until_ready(app, tabs, timeout: float = SCREENSHOT_TIMEOUT) -> bool:
-    """Run the event loop until every tab's maps are in (or failed)."""
-    deadline = time.monotonic() + timeout
+def wait_until_ready(app, tabs, timeout: float | None = None, stop=lambda: False) -> bool:
+    """Run the event loop until every tab's maps are in (or failed); False on timeout or
+    as soon as ``stop()`` says an error was reported."""
+    deadline = time.monotonic() + (SCREENSHOT_TIMEOUT if timeout is None else timeout)
     while time.monotonic() < deadline:
         app.processEvents()
+        if stop():
+            return False
         if all(t.ready for t in tabs):
             return True
         time.sleep(0.01)
@@ -218,7 +246,7 @@ def _screenshot(ns, app) -> int:
         print(f"qcow2view: {text}", file=sys.stderr)
 
     dialogs.set_hook(to_stderr)
-    win = MainWindow(remember=False)
+    win = MainWindow(remember=False, edit=bool(getattr(ns, "edit", False)))
     try:
         win.resize(1600, 960)
         paths = list(ns.images)
@@ -235,8 +263,9 @@ def _screenshot(ns, app) -> int:
         _time_tabs(win)
         win.show()
         mark("window shown")
-        if not wait_until_ready(app, win.tabs_list()):
-            print("qcow2view: timed out waiting for the maps", file=sys.stderr)
+        if not wait_until_ready(app, win.tabs_list(), stop=lambda: bool(failures)):
+            if not failures:
+                print("qcow2view: timed out waiting for the maps", file=sys.stderr)
             return 1
         why = show_initial_view(win, ns)
         if why is not None:

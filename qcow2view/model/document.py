@@ -13,7 +13,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 
-from ..engine import CancelledError, Image, Qcow2Error, open_image
+from ..engine import CancelledError, Image, ImageInUseError, Qcow2Error, open_image
 from .allocation import prepare
 from .units import count
 from .workers import Worker
@@ -104,6 +104,7 @@ class ImageDocument(QObject):
         self.analysis: Analysis | None = None
         self._worker: Worker | None = None
         self._is_closed = False
+        self.read_only_reason: str | None = None    # asked to edit, opened read-only: why
 
     # -- lifecycle -------------------------------------------------------------------
     def load(self) -> None:
@@ -112,9 +113,17 @@ class ImageDocument(QObject):
         self.start_analysis()
 
     def load_header(self) -> None:
-        """Open the image: header and tables, no maps yet (raises Qcow2Error)."""
-        self.image = open_image(self.path, writable=self._writable,
-                                ignore_backing_errors=True)
+        """Open the image: header and tables, no maps yet (raises Qcow2Error).  Asked to
+        edit an image a VM is using, it opens read-only and says why."""
+        try:
+            self.image = open_image(self.path, writable=self._writable,
+                                    ignore_backing_errors=True)
+        except ImageInUseError as e:
+            if not self._writable:
+                raise
+            self.image = open_image(self.path, ignore_backing_errors=True)
+            self._writable = False
+            self.read_only_reason = e.reason
         self.loaded.emit()
 
     def close(self) -> None:
@@ -189,6 +198,11 @@ class ImageDocument(QObject):
         out: list[str] = []
         img = self.image
         if img is not None:
+            if self.read_only_reason:
+                out.append(f"opened read-only, not for editing: {self.read_only_reason}")
+            elif img.in_use:
+                out.append(f"in use: {img.in_use_by}; opened read-only, and editing is "
+                           "refused while it is")
             if img.corrupt:
                 out.append("the corrupt bit is set: QEMU will refuse to write to this image")
             if img.dirty:
@@ -264,12 +278,13 @@ class ImageDocument(QObject):
         if isinstance(exc, CancelledError):
             self.analysisCancelled.emit()
             return
-        if not isinstance(exc, (Qcow2Error, OSError)):
-            raise exc   # a bug: the excepthook shows it
+        # the maps are over either way (a MemoryError too): the views stop waiting
         self.analysis = Analysis()
         self.analysis.errors.append(open_error_text(exc))
         self.error.emit(open_error_text(exc))
         self.mapsReady.emit()
+        if not isinstance(exc, (Qcow2Error, OSError)):
+            raise exc   # a bug, or out of memory: the excepthook shows it
 
     def _worker_finished(self) -> None:
         # a stopped worker's queued signal can arrive with sender() None
