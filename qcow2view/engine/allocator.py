@@ -22,7 +22,7 @@ import numpy as np
 
 from .clusters import REFT_OFFSET_MASK
 from .errors import CorruptImageError, Qcow2Error
-from .header import QCOW_MAX_REFTABLE_SIZE
+from .header import FIELD_BY_NAME, QCOW_MAX_REFTABLE_SIZE
 from .refcounts import block_entries, decode_refcount_block, encode_refcount_block, max_refcount
 
 
@@ -184,7 +184,11 @@ class RefcountAllocator:
 
     # -- growing the refcount table ----------------------------------------------------
     def _grow_table(self, min_entries: int) -> None:
-        """Replace the refcount table by a larger one (written and committed at once)."""
+        """Replace the refcount table by a larger one (written and committed at once).
+
+        Memory follows the file: it switches to the new table only once the
+        header points at it, so a failure before leaves the old table in use
+        (the new area is unreferenced), and one after leaks the old table."""
         cs, per = self.cs, self.per
         old = self.reftable
         old_n = len(old)
@@ -208,13 +212,14 @@ class RefcountAllocator:
         area_end = p + nblocks + tclusters
         f = self.file
         # blocks that count the new area (including themselves and the table)
+        area_blocks: dict[int, np.ndarray] = {}
         for j in range(nblocks):
             rti = first_rti + j
             counts = np.zeros(per, dtype=np.uint64)
             lo, hi = max(p, rti * per), min(area_end, (rti + 1) * per)
             if hi > lo:
                 counts[lo - rti * per:hi - rti * per] = 1
-            self.blocks[rti] = counts
+            area_blocks[rti] = counts
             table[rti] = (p + j) * cs
             f.pwrite((p + j) * cs, encode_refcount_block(counts, self.order))
         # blocks changed earlier in this request (raised counts only), among them
@@ -222,22 +227,23 @@ class RefcountAllocator:
         for rti in sorted(self.dirty_blocks):
             f.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
                      encode_refcount_block(self.blocks[rti], self.order))
-        self.dirty_blocks.clear()
         f.pwrite((p + nblocks) * cs, table.astype(">u8").tobytes())
         f.fsync()
         # switch the header to the new table in one write, then free the old one
         h = self.image.header
-        f.pwrite(48, struct.pack(">QI", (p + nblocks) * cs, tclusters))
-        f.fsync()
-        old_off, old_clusters = h.refcount_table_offset, h.refcount_table_clusters
+        f.pwrite(FIELD_BY_NAME["refcount_table_offset"].offset,
+                 struct.pack(">QI", (p + nblocks) * cs, tclusters))
         self.image.header = h.replace(refcount_table_offset=(p + nblocks) * cs,
                                       refcount_table_clusters=tclusters)
+        self.blocks.update(area_blocks)
         self.reftable = table
         self.image._reftable = table
+        self.dirty_blocks.clear()
         self.new_blocks.clear()
         self.dirty_rt.clear()
         self.generation = next(_GENERATIONS)
-        self.change(old_off, old_clusters * cs, -1)
+        f.fsync()
+        self.change(h.refcount_table_offset, h.refcount_table_clusters * cs, -1)
 
     # -- writing back ------------------------------------------------------------------
     def write_new_blocks(self) -> bool:
@@ -269,6 +275,13 @@ class RefcountAllocator:
         self.dirty_rt.clear()
         self.new_blocks.clear()
         return wrote
+
+    def mark_all_dirty(self) -> None:
+        """After a failed write-back: rewrite every cached block and table entry, each
+        block durable before the table entry that points at it."""
+        self.dirty_blocks |= set(self.blocks)
+        self.new_blocks |= set(self.blocks)
+        self.dirty_rt |= set(np.flatnonzero(self.reftable).tolist())
 
     def forget(self) -> None:
         """Drop cached blocks after a failed commit: the file is the truth again."""

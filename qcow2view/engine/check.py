@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import clusters as C
-from .errors import CorruptImageError, ReadOnlyError
+from .errors import CorruptImageError, Qcow2Error, ReadOnlyError
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .rebuild import rebuild_refcount_structure
 from .refcounts import decode_refcount_block, encode_refcount_block
@@ -263,6 +263,11 @@ def repair(image, leaks: bool = True, all: bool = False, progress: Progress = No
         writer.flush()                 # pending metadata of earlier writes first
     try:
         return _repair(image, fix_leaks, fix_errors, progress, cancel)
+    except OSError as e:
+        # each step of a repair leaves the file no worse than before: say which
+        # file failed and why
+        raise Qcow2Error(f"repair stopped: {e.strerror or e}; the image is no worse than "
+                         "before (check it again)", path=image.path) from e
     finally:
         if writer is not None:
             # the allocator caches refcount blocks we rewrote underneath it

@@ -374,14 +374,22 @@ class Image:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, *, discard: bool = False) -> None:
+        """Flush and close.  If the flush fails the image stays open (its pending
+        writes kept) and the error is raised, so that close never reports success
+        for writes that are not on disk: free space and close again, or give up
+        with ``discard=True``, which loses what was not flushed, as a crash would
+        (the file stays consistent: at worst clusters leak)."""
         if self._closed:
             return
         try:
             if self._writer is not None:
-                self._writer.close()     # flush, then drop QEMU's locks
-        finally:
-            self._close_files()
+                self._writer.close(discard=discard)   # flush, then drop QEMU's locks
+        except BaseException:
+            if discard:
+                self._close_files()
+            raise
+        self._close_files()
 
     def _close_files(self) -> None:
         self._closed = True

@@ -78,6 +78,18 @@ class _NewCluster:
     host: int = -1
 
 
+@dataclass
+class _Undo:
+    """What one request changed in memory, to put back if the request fails.
+
+    Only the failed request is undone: metadata of earlier requests that
+    returned stays pending until a commit gets it onto the disk."""
+
+    entries: list[tuple[_Table, int, int, int | None, bool]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)          # clusters in _pending_drops
+    allocated: list[tuple[int, int]] = field(default_factory=list)   # (host offset, bytes)
+
+
 class Writer:
     """The write side of an :class:`~qcow2view.engine.image.Image` opened writable."""
 
@@ -107,6 +119,9 @@ class Writer:
         self.pending_data = 0
         self._pending_drops: dict[int, int] = {}    # cluster -> pending decrements
         self._meta: set[int] | None = None
+        self._undo = _Undo()
+        # why the last commit failed; pending metadata stays until one succeeds
+        self.commit_error: Qcow2Error | None = None
         self._tables_created = 0
         self._meta_gen = None
 
@@ -153,11 +168,13 @@ class Writer:
                 locking.release_locks(hf.fd)
         self._locked_files = []
 
-    def close(self) -> None:
-        try:
+    def close(self, *, discard: bool = False) -> None:
+        """Flush, then drop QEMU's locks.  A failed flush raises and keeps both the
+        pending metadata and the locks, so a later close can still succeed;
+        ``discard`` gives up what was not flushed (as a crash would)."""
+        if not discard:
             self.flush()
-        finally:
-            self._unlock()
+        self._unlock()
 
     # -- first write: autoclear bits ---------------------------------------------------
     def _prepare(self) -> None:
@@ -281,10 +298,14 @@ class Writer:
     def _zero_data_file(self, offset: int, length: int) -> None:
         df = self.image.data_file
         pos, end = offset, offset + length
-        while pos < end:
-            n = min(ZERO_CHUNK, end - pos)
-            df.pwrite(pos, bytes(n))
-            pos += n
+        try:
+            while pos < end:
+                n = min(ZERO_CHUNK, end - pos)
+                df.pwrite(pos, bytes(n))
+                pos += n
+        except OSError as e:
+            raise Qcow2Error(f"zeroing {length} bytes at guest offset {offset:#x} failed: "
+                             f"{e.strerror or e}", path=df.path) from e
 
     def flush(self) -> None:
         if not self.unflushed:
@@ -297,7 +318,10 @@ class Writer:
                 im.data_file.fsync()
             im.file.fsync()
         except OSError as e:
-            raise Qcow2Error(f"flush failed: {e.strerror or e}", path=im.path) from e
+            self.alloc.mark_all_dirty()
+            raise Qcow2Error(f"flush failed: {e.strerror or e}; the writes since the last "
+                             "successful flush are not on disk yet (they are kept: flush "
+                             "again once the cause is fixed)", path=im.path) from e
         self.unflushed = False
 
     # -- planning ----------------------------------------------------------------------
@@ -323,6 +347,7 @@ class Writer:
                 raw = [0] * im.l2_size
                 bm = [0] * im.l2_size if im.extended_l2 else None
             host = self.alloc.alloc(1) << im.cluster_bits
+            self._undo.allocated.append((host, im.cluster_size))
             self._tables_created += 1
             t = _Table(l1i, host, raw, bm, True, l2off)
         tables[l1i] = t
@@ -330,16 +355,54 @@ class Writer:
 
     def _run(self, offset: int, length: int, data, *, zero: bool) -> None:
         im = self.image
+        self._undo = _Undo()
         try:
             try:
                 self._run_inner(offset, length, data, zero)
             except OSError as e:
-                raise Qcow2Error(f"write failed: {e.strerror or e}; the image stays "
-                                 "consistent (at worst clusters leak)", path=im.path) from e
+                raise Qcow2Error(f"write of {length} bytes at guest offset {offset:#x} "
+                                 f"failed: {e.strerror or e}; that range holds its old or "
+                                 "its new bytes, earlier writes are kept", path=im.path) from e
         except BaseException:
-            # the in-memory state may be ahead of the file: re-read it all
-            self._drop_pending()
+            self._rollback()
             raise
+        self._undo = _Undo()
+        if (self.pending_data >= COMMIT_BYTES
+                or len(self.pending) * im.l2_size >= COMMIT_TABLE_ENTRIES
+                or len(self.pending_frees) >= COMMIT_FREES):
+            self.commit()
+
+    def _set(self, t: _Table, l2i: int, raw: int | None = None,
+             bitmap: int | None = None) -> None:
+        """Change an L2 entry of a table being written, journalled for _rollback."""
+        self._undo.entries.append((t, l2i, t.raw[l2i],
+                                   None if t.bitmap is None else t.bitmap[l2i],
+                                   l2i in t.changed))
+        if raw is not None:
+            t.raw[l2i] = raw
+        if bitmap is not None:
+            t.bitmap[l2i] = bitmap
+        t.changed.add(l2i)
+
+    def _rollback(self) -> None:
+        """Undo the failed request's changes to memory; nothing on disk points at
+        what it wrote, so its clusters are free again."""
+        undo, self._undo = self._undo, _Undo()
+        for t, l2i, raw, bitmap, was_changed in reversed(undo.entries):
+            t.raw[l2i] = raw
+            if bitmap is not None:
+                t.bitmap[l2i] = bitmap
+            if not was_changed:
+                t.changed.discard(l2i)
+        for c in undo.dropped:
+            left = self._pending_drops[c] - 1
+            if left:
+                self._pending_drops[c] = left
+            else:
+                del self._pending_drops[c]
+        for host, n in undo.allocated:
+            self.alloc.change(host, n, -1)
+        self.image._maps_cache = {}
 
     def _run_inner(self, offset: int, length: int, data, zero: bool) -> None:
         im = self.image
@@ -373,15 +436,13 @@ class Writer:
                     n.host = n.guest
             else:
                 first = self.alloc.alloc(len(news)) << cb
+                self._undo.allocated.append((first, len(news) * cs))
                 for k, n in enumerate(news):
                     n.host = first + k * cs
         for n in news:
             t = n.table
             entry = n.host | C.QCOW_OFLAG_COPIED
-            t.raw[n.l2_index] = entry
-            if t.bitmap is not None:
-                t.bitmap[n.l2_index] = n.bitmap
-            t.changed.add(n.l2_index)
+            self._set(t, n.l2_index, entry, n.bitmap)
 
         self._apply(tables, news, inplace, frees, src)
 
@@ -412,8 +473,7 @@ class Writer:
                 buf = bytearray(cs)
                 buf[lo:hi] = piece
                 inplace.append((src, host, bytes(buf)))
-                t.raw[l2i] = host | C.QCOW_OFLAG_COPIED
-                t.changed.add(l2i)
+                self._set(t, l2i, host | C.QCOW_OFLAG_COPIED)
                 return
             pieces = [(lo, piece)]
             if lo > 0 or hi < cs:
@@ -446,8 +506,7 @@ class Writer:
                 else bytearray(b - a)
             buf[lo - a:hi - a] = piece
             inplace.append((src, host + a, bytes(buf)))
-            t.bitmap[l2i] = (bm | touched) & ~(touched << 32)
-            t.changed.add(l2i)
+            self._set(t, l2i, bitmap=(bm | touched) & ~(touched << 32))
             return
         if compressed:
             a, b = 0, SUB
@@ -478,15 +537,13 @@ class Writer:
         if im.header.version < 3:
             # v2 without a backing file: unallocated reads zero, so qemu discards
             if e:
-                t.raw[l2i] = 0
-                t.changed.add(l2i)
+                self._set(t, l2i, 0)
                 self._free_entry(e, C.cluster_type(e), frees)
             return
         if t.bitmap is None:
             new = C.QCOW_OFLAG_ZERO if compressed else e | C.QCOW_OFLAG_ZERO
             if new != e:
-                t.raw[l2i] = new
-                t.changed.add(l2i)
+                self._set(t, l2i, new)
                 if compressed:
                     self._free_entry(e, ClusterType.COMPRESSED, frees)
             return
@@ -500,8 +557,7 @@ class Writer:
             r = _alloc_range(lo // scs, -(-hi // scs))
             new, newbm = e, (bm | (r << 32)) & ~r
         if (new, newbm) != (e, bm):
-            t.raw[l2i], t.bitmap[l2i] = new, newbm
-            t.changed.add(l2i)
+            self._set(t, l2i, new, newbm)
             if compressed:
                 self._free_entry(e, ClusterType.COMPRESSED, frees)
 
@@ -526,6 +582,7 @@ class Writer:
                     "repair the image (qemu-img check -r all) before writing",
                     structure="refcount block", offset=c << cb)
             self._pending_drops[c] = self._pending_drops.get(c, 0) + 1
+            self._undo.dropped.append(c)
         frees.append(span)
 
     def _owned(self, host: int, t: _Table, l2i: int) -> bool:
@@ -583,11 +640,11 @@ class Writer:
     def _apply(self, tables, news, inplace, frees, src) -> None:
         """Write the request's data now; keep its metadata pending until commit()."""
         im = self.image
+        self.unflushed = True
         for dst, host, buf in _coalesce(news, src):
             dst.pwrite(host, buf)
         for dst, off, piece in inplace:
             dst.pwrite(off, piece)
-        self.unflushed = True
         cache = im._l2_cache
         for t in tables.values():
             if not (t.new or t.changed):
@@ -608,79 +665,79 @@ class Writer:
             im._zcache = None
         im._maps_cache = {}
         self.pending_data += sum(n.hi - n.lo for n in news)
-        if (self.pending_data >= COMMIT_BYTES
-                or len(self.pending) * self.image.l2_size >= COMMIT_TABLE_ENTRIES
-                or len(self.pending_frees) >= COMMIT_FREES):
-            self.commit()
 
     def commit(self) -> None:
         """Put pending metadata on disk in QEMU's order (the file is consistent after
-        every step; a crash in between leaks clusters at worst)."""
+        every step; a crash in between leaks clusters at worst).
+
+        A failure keeps everything pending -- the writes before it returned, so
+        they must not be forgotten -- and the next commit starts again from the
+        top: every step rewrites what it wrote before, so it is safe to repeat."""
         im = self.image
-        f = im.file
         alloc = self.alloc
         if not (self.pending or self.pending_frees or alloc.dirty_blocks or alloc.dirty_rt):
             return
-        es = im.header.l2_entry_size
-        tables = list(self.pending.values())
         try:
-            # stage 1: raised refcounts and new tables, with the data written so far
-            if alloc.write_new_blocks():
-                f.fsync()
-            alloc.write_dirty()
-            for t in tables:
-                if t.new:
-                    f.pwrite(t.offset, _table_bytes(t.raw, t.bitmap))
-            if im.data_file is not None and self.pending_data:
-                im.data_file.fsync()
-            f.fsync()
-            # stage 2: entries of existing L2 tables, then the L1 entries of new ones
-            for t in tables:
-                if not t.new:
-                    for a, b in _runs(sorted(t.changed)):
-                        f.pwrite(t.offset + es * a,
-                                 _table_bytes(t.raw[a:b],
-                                              None if t.bitmap is None else t.bitmap[a:b]))
-            for a, b in _runs(sorted(t.l1_index for t in tables if t.new)):
-                f.pwrite(im.l1_table.offset + 8 * a,
-                         b"".join(v.to_bytes(8, "big") for v in im._l1[a:b]))
-            # stage 3: lower refcounts once nothing on disk refers to the clusters
-            if self.pending_frees:
-                f.fsync()
-                for off, n in self.pending_frees:
-                    alloc.change(off, n, -1)
-                alloc.write_dirty()
-        except OSError as e:
-            self._drop_pending()
-            raise Qcow2Error(f"writing metadata failed: {e.strerror or e}; the image "
-                             "stays consistent (at worst clusters leak)", path=im.path) from e
-        except BaseException:
-            self._drop_pending()
-            raise
-        for t in tables:
+            self._commit_stages()
+        except BaseException as e:
+            # a write that failed may have left anything in the page cache: every
+            # cached refcount block and table entry is rewritten by the retry
+            alloc.mark_all_dirty()
+            self.unflushed = True
+            if not isinstance(e, OSError):
+                raise
+            self.commit_error = Qcow2Error(
+                f"writing metadata failed: {e.strerror or e}; the writes since the last "
+                "successful flush are not on disk yet (they are kept: flush again once "
+                "the cause is fixed)", path=im.path)
+            raise self.commit_error from e
+        self.commit_error = None
+        for t in self.pending.values():
             t.new = False
             t.old_offset = 0
             t.changed = set()
         self.pending.clear()
         self.pinned.clear()
-        self.pending_frees = []
-        self._pending_drops = {}
         self.pending_data = 0
-        im.file_size = f.size
+        im.file_size = im.file.size
         self.unflushed = True
 
-    def _drop_pending(self) -> None:
-        """After a failure: forget everything not on disk (as a crash would)."""
+    def _commit_stages(self) -> None:
         im = self.image
-        self.pending.clear()
-        self.pinned.clear()
-        self.pending_frees = []
-        self._pending_drops = {}
-        self.pending_data = 0
-        self.alloc.forget()
-        h = im.header
-        im.l1_table = im._read_l1(h.l1_table_offset, h.l1_size, "L1 table")
-        im.invalidate_caches()
+        f = im.file
+        alloc = self.alloc
+        es = im.header.l2_entry_size
+        tables = list(self.pending.values())
+        # stage 1: raised refcounts and new tables, with the data written so far
+        if alloc.write_new_blocks():
+            f.fsync()
+        alloc.write_dirty()
+        for t in tables:
+            if t.new:
+                f.pwrite(t.offset, _table_bytes(t.raw, t.bitmap))
+        if im.data_file is not None and self.pending_data:
+            im.data_file.fsync()
+        f.fsync()
+        # stage 2: entries of existing L2 tables, then the L1 entries of new ones
+        for t in tables:
+            if not t.new:
+                for a, b in _runs(sorted(t.changed)):
+                    f.pwrite(t.offset + es * a,
+                             _table_bytes(t.raw[a:b],
+                                          None if t.bitmap is None else t.bitmap[a:b]))
+        for a, b in _runs(sorted(t.l1_index for t in tables if t.new)):
+            f.pwrite(im.l1_table.offset + 8 * a,
+                     b"".join(v.to_bytes(8, "big") for v in im._l1[a:b]))
+        # stage 3: lower refcounts once nothing on disk refers to the clusters
+        if self.pending_frees:
+            f.fsync()
+            # in memory at once and for good: a retry writes the lowered blocks
+            # again (stage 2 is durable by now) but must not lower them twice
+            frees, self.pending_frees = self.pending_frees, []
+            self._pending_drops = {}
+            for off, n in frees:
+                alloc.change(off, n, -1)
+            alloc.write_dirty()
 
     def pinned_table_bytes(self, l2_offset: int) -> bytes | None:
         """The current bytes of an L2 table with uncommitted changes (for readers)."""

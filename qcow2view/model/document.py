@@ -135,7 +135,11 @@ class ImageDocument(QObject):
             self.analysis.close()
             self.analysis = None
         if self.image is not None:
-            self.image.close()
+            try:
+                self.image.close()
+            except Qcow2Error:
+                # a failed save was reported and its edits given up by the user
+                self.image.close(discard=True)
             self.image = None
         self.closed.emit()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import qemu
-from qcow2view.engine import CorruptImageError, ReadOnlyError, open_image
+from qcow2view.engine import CorruptImageError, Qcow2Error, ReadOnlyError, open_image
 from qcow2view.engine import clusters as C
 from qcow2view.engine.fileio import HostFile
 from check_images import (BUILDERS, DAMAGE, _bitmaps, _img, _l2_entry_offsets,
@@ -232,6 +232,33 @@ def test_repair_leaks_refuses_a_refcount_block_on_guest_data(tmp_path):
     assert p.read_bytes() == before.read_bytes()
 
 
+def test_repair_on_a_full_disk_is_a_typed_error_naming_the_file(tmp_path):
+    """Issue 16: a rebuild that hits a full disk (EFBIG under RLIMIT_FSIZE) raised a
+    bare OSError ('qcow2view: : File too large').  It says which file, and the
+    image stays as damaged as before or better, never worse."""
+    p, _ = _rebuild_case(tmp_path, 16, "data")
+    guest = _guest(p, tmp_path, "a.raw")
+    _, before = qemu.check(p)
+    child = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))\n"
+        "from qcow2view.cli import main\n"
+        "sys.exit(main(['check', '--repair', 'all', sys.argv[1]]))\n")
+    import os
+    import subprocess
+    import sys
+    p_run = subprocess.run([sys.executable, "-c", child, str(p), str(os.path.getsize(p))],
+                           capture_output=True, text=True)
+    assert p_run.returncode not in (0, 3), p_run.stdout
+    err = p_run.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in p_run.stderr, p_run.stderr
+    assert err[0].startswith(f"qcow2view: {p}: ") and "File too large" in err[0], err
+    code, out = qemu.check(p)
+    assert out.get("corruptions", 0) in (0, before["corruptions"]), out
+    assert _guest(p, tmp_path, "b.raw") == guest
+
+
 def test_crash_during_rebuild_keeps_the_guest_data(tmp_path):
     """An I/O error at any write of a rebuild: the guest data stays, and the image
     is either as damaged as before (the header still names the old structure) or
@@ -247,7 +274,8 @@ def test_crash_during_rebuild_keeps_the_guest_data(tmp_path):
             with open_image(q, writable=True) as im:
                 im.repair(all=True)
             finished = True
-        except OSError:
+        except Qcow2Error as e:
+            assert str(q) in str(e)        # a typed error naming the file
             finished = False
         finally:
             HostFile.fault_after = None
@@ -299,7 +327,7 @@ def test_crash_during_repair_leaves_at_most_leaks(tmp_path):
             with open_image(q, writable=True, repair=True) as im:
                 im.repair(all=True)
             finished = True
-        except OSError:
+        except Qcow2Error:
             pass
         finally:
             HostFile.fault_after = None
@@ -419,12 +447,17 @@ def open_image_bytes(d, data):
     return open_image(p)
 
 
-def test_compact_reference_counts_widen_instead_of_wrapping(tmp_path):
+def test_reference_counts_widen_instead_of_wrapping(tmp_path):
+    """One byte per cluster until some cluster has more than 255 references, then
+    16 and 32 bits: a count never wraps."""
     from qcow2view.engine.refscan import K_DATA, Scanner
     p = _img(tmp_path)
     with open_image(p) as im:
         sc = Scanner(im, compact=True)
-        assert sc.r.refs.dtype == np.uint16
+        assert sc.r.refs.dtype == np.uint8
+        sc.r.refs[4] = 0xFF
+        sc._mark_one(4, K_DATA)
+        assert sc.r.refs.dtype == np.uint16 and sc.r.refs[4] == 0x100
         sc.r.refs[5] = 0xFFFF
         sc._mark(np.array([5, 5, 6]), K_DATA)
         assert sc.r.refs.dtype == np.uint32 and sc.r.refs[5] == 0x10001
