@@ -125,6 +125,8 @@ def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker) -> None:
         fn(_source_of(src, gv), fs, ticker.tick)
     except Qcow2Error as e:
         fs.readable, fs.reason = False, f"unreadable: {e.reason}"
+    if p.label is None and fs.label:        # NTFS keeps its label in $Volume
+        p.label = fs.label
     ticker.report()
 
 
