@@ -193,3 +193,42 @@ def _rebase(ns) -> int:
     rebase_image(ns.image, ns.backing, ns.backing_fmt, unsafe=ns.unsafe,
                  progress=_progress(ns))
     return 0
+
+
+# -- amend / measure ----------------------------------------------------------------------
+def _amend(ns) -> int:
+    from .cmd_create import parse_options
+    from .engine.ops.amend import amend_image
+    with _open_rw(ns.image) as im:
+        amend_image(im, parse_options(ns.options), progress=_progress(ns))
+    return 0
+
+
+def _measure(ns) -> int:
+    from .engine.create import parse_size
+    from .engine.ops.convert import SnapshotParam, open_source
+    from .engine.ops.measure import measure
+    opts = _create_options(ns.options)
+    if ns.size is not None and ns.image:
+        raise Qcow2Error("--size N cannot be used together with a filename")
+    if ns.size is not None:
+        m = measure(parse_size(ns.size), out_fmt=ns.out_fmt, options=opts)
+    else:
+        if not ns.image:
+            raise Qcow2Error("Either --size N or one filename must be specified")
+        sp = SnapshotParam.parse(ns.snapshot)
+        src = open_source(ns.image, ns.fmt, sp and sp.key)
+        try:
+            m = measure(source=src, out_fmt=ns.out_fmt, options=opts)
+        finally:
+            src.close()
+    if ns.output == "json":
+        d = {} if m.bitmaps is None else {"bitmaps": m.bitmaps}
+        d.update({"required": m.required, "fully-allocated": m.fully_allocated})
+        emit(json.dumps(d, indent=4))
+    else:
+        emit(f"required size: {m.required}")
+        emit(f"fully allocated size: {m.fully_allocated}")
+        if m.bitmaps is not None:
+            emit(f"bitmaps size: {m.bitmaps}")
+    return 0

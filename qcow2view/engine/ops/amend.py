@@ -1,0 +1,174 @@
+"""Changing image options in place (qemu-img amend; QEMU's qcow2_amend_options).
+
+``compat`` (0.10 / 1.1), ``lazy_refcounts`` and ``refcount_bits`` can change, in
+QEMU's order: upgrade, lazy refcounts, refcount width, downgrade.  A new
+refcount width means a new refcount structure (qcow2_change_refcount_order):
+the table and blocks are written anew past the end of the file, the header
+switched to them in one write, and the old ones freed.  A downgrade to version
+2 expands zero clusters of the active disk first (v2 has no zero flag).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import clusters as C
+from .. import metadata_ops as M
+from ..allocator import RefcountAllocator
+from ..create import COMPAT_VALUES, _bool
+from ..errors import RequestError
+from ..header import V3_HEADER_LENGTH_CT
+from ..refcounts import block_entries, encode_refcount_block, max_refcount
+
+AMENDABLE = ("compat", "refcount_bits", "lazy_refcounts")
+
+
+def amend_image(image, options: dict, progress=None) -> None:
+    """Apply ``options`` (``qemu-img amend -o`` names) to a writable ``image``."""
+    unknown = [k for k in options if k not in AMENDABLE]
+    if unknown:
+        raise RequestError(f"Changing the option {unknown[0]!r} is not supported "
+                           f"(amend changes {', '.join(AMENDABLE)})")
+    h = image.header
+    version = COMPAT_VALUES.get(str(options.get("compat", h.compat)))
+    if version is None:
+        raise RequestError(f"Invalid compatibility level: '{options['compat']}'")
+    lazy = _bool("lazy_refcounts", options.get("lazy_refcounts", h.lazy_refcounts))
+    bits = int(options.get("refcount_bits", h.refcount_bits))
+    if bits < 1 or bits > 64 or bits & (bits - 1):
+        raise RequestError("Refcount width must be a power of two and may not exceed 64 bits")
+    if version < 3 and lazy:
+        raise RequestError("Lazy refcounts only supported with compatibility level 1.1 "
+                           "and above (use compat=1.1 or greater)")
+    if version < 3 and bits != 16:
+        raise RequestError("Different refcount widths than 16 bits require compatibility "
+                           "level 1.1 or above (use compat=1.1 or greater)")
+    writer = image._write_side()
+    image.flush()
+    if version > h.version:
+        _upgrade(image)
+    if lazy != image.header.lazy_refcounts:
+        M.write_header_fields(image, compatible_features=(
+            image.header.compatible_features & ~1) | int(lazy))
+    if bits != image.header.refcount_bits:
+        change_refcount_width(image, writer, bits, progress)
+    if version < image.header.version:
+        _downgrade(image, writer)
+    M.reload(image)
+
+
+def _upgrade(image) -> None:
+    for s in image.snapshots:
+        if s.extra_data_size < 16:
+            raise RequestError(f"snapshot {s.name!r} has a table entry too short for "
+                               "version 3 (upgrading it is not supported here)")
+    M.rewrite_header_cluster(image, version=3, header_length=V3_HEADER_LENGTH_CT,
+                             incompatible_features=0, compatible_features=0,
+                             autoclear_features=0, refcount_order=4, compression_type=0,
+                             unknown_header_bytes=bytes(7))
+    M.reload(image)
+
+
+def _downgrade(image, writer) -> None:
+    h = image.header
+    if h.refcount_order != 4:
+        raise RequestError("compat=0.10 requires refcount_bits=16")
+    if image.has_data_file or image.extended_l2 or h.compression_type != 0 or image.bitmaps:
+        what = ("an external data file" if image.has_data_file else "extended L2 entries"
+                if image.extended_l2 else "zstd compression" if h.compression_type
+                else "persistent bitmaps")
+        raise RequestError(f"Cannot downgrade an image with {what}")
+    if h.incompatible_features:
+        raise RequestError(f"Cannot downgrade an image with incompatible features "
+                           f"{h.incompatible_features:#x} set")
+    _expand_zero_clusters(image, writer.alloc)
+    M.rewrite_header_cluster(image, version=2, header_length=72, incompatible_features=0,
+                             compatible_features=0, autoclear_features=0)
+    M.reload(image)
+
+
+def _expand_zero_clusters(image, alloc) -> None:
+    """Zero-flag entries of the active disk become what v2 can say
+    (qcow2_expand_zero_clusters): unallocated when nothing is below, or the
+    cluster written with zeros when it has one."""
+    cs, cb = image.cluster_size, image.cluster_bits
+    zero = np.uint64(C.QCOW_OFLAG_ZERO)
+    for l1i, e in enumerate(image.l1_table.entries.tolist()):
+        l2off = e & C.L1E_OFFSET_MASK
+        if not l2off:
+            continue
+        words = M.read_l2_words(image, l2off, l1i)
+        zeros = ((words & zero) != 0) & ((words & M.COMPRESSED) == 0)
+        if not zeros.any():
+            continue
+        off = words & M.OFFSET_MASK
+        if not e & C.QCOW_OFLAG_COPIED or alloc.refcount(l2off >> cb) != 1 \
+                or (image.backing is not None and (zeros & (off == 0)).any()):
+            raise RequestError("Cannot downgrade: zero clusters in an L2 table shared with "
+                               "a snapshot, or over a backing file, are not expanded here")
+        for i in np.flatnonzero(zeros & (off != 0)).tolist():
+            image.file.pwrite(int(off[i]), bytes(cs))
+        image.file.fsync()
+        new = np.where(zeros & (off != 0), words & ~zero, np.where(zeros, 0, words))
+        image.file.pwrite(l2off, new.astype(">u8").tobytes())
+        image.file.fsync()
+    for s in image.snapshots:
+        for l1i, e in enumerate(image.snapshot_l1_table(s).entries.tolist()):
+            l2off = e & C.L1E_OFFSET_MASK
+            if l2off and (M.read_l2_words(image, l2off, l1i) & zero).any():
+                raise RequestError(f"Cannot downgrade: snapshot {s.name!r} has zero clusters "
+                                   "(expanding them is not supported here)")
+
+
+def change_refcount_width(image, writer, bits: int, progress=None) -> None:
+    """Rewrite the refcount structure with ``bits``-wide entries."""
+    cs = image.cluster_size
+    order = bits.bit_length() - 1
+    old = writer.alloc
+    nfile = -(-image.file.size // cs)
+    counts = np.zeros(max(nfile, M.last_used_cluster(image, old) + 1), dtype=np.uint64)
+    for rti in range(len(old.reftable)):
+        block = old.block(rti)
+        if block is None:
+            continue
+        lo = rti * old.per
+        hi = min(counts.size, lo + old.per)
+        counts[lo:hi] = block[:hi - lo]
+        M.report(progress, rti + 1, 2 * len(old.reftable))
+    top = int(counts.max()) if counts.size else 0
+    if top > max_refcount(order):
+        c = int(np.flatnonzero(counts > max_refcount(order))[0])
+        raise RequestError(f"Cannot decrease refcount entry width to {bits} bits: Cluster "
+                           f"at offset {c * cs:#x} has a refcount of {int(counts[c])}")
+    per = block_entries(image.cluster_bits, order)
+    # the new blocks and table go past everything the old structure covers
+    p = counts.size
+    nblocks, tclusters = 1, 1
+    while True:
+        end = p + nblocks + tclusters
+        need_blocks = -(-end // per)
+        need_t = max(1, -(-need_blocks * 8 // cs))
+        if (need_blocks, need_t) == (nblocks, tclusters):
+            break
+        nblocks, tclusters = max(need_blocks, nblocks), max(need_t, tclusters)
+    total = np.zeros(nblocks * per, dtype=np.uint64)
+    total[:counts.size] = counts
+    total[p:p + nblocks + tclusters] = 1
+    table = np.zeros(tclusters * cs // 8, dtype=np.uint64)
+    f = image.file
+    for j in range(nblocks):
+        table[j] = (p + j) * cs
+        f.pwrite((p + j) * cs, encode_refcount_block(total[j * per:(j + 1) * per], order))
+    f.pwrite((p + nblocks) * cs, table.astype(">u8").tobytes())
+    f.fsync()
+    h = image.header
+    old_spans = [(h.refcount_table_offset, h.refcount_table_clusters * cs)]
+    old_spans += [(int(e) & C.REFT_OFFSET_MASK, cs) for e in old.reftable.tolist()
+                  if int(e) & C.REFT_OFFSET_MASK]
+    M.write_header_fields(image, refcount_order=order,
+                          refcount_table_offset=(p + nblocks) * cs,
+                          refcount_table_clusters=tclusters)
+    M.reload(image)
+    writer.alloc = RefcountAllocator(image)
+    M.free_spans(image, writer.alloc, old_spans)
+    M.report(progress, 1, 1)

@@ -1,0 +1,166 @@
+"""Space a new image needs (qemu-img measure; QEMU's qcow2_measure).
+
+``fully_allocated``: every cluster of the disk plus all the metadata a fully
+allocated image has (qcow2_calc_prealloc_size).  ``required``: that metadata
+plus only the clusters of the source that hold data (zero and unallocated
+ranges need none); with no source, metadata only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import clusters as C
+from .. import metadata_ops as M
+from ..create import _bool, validate_create_options
+from ..errors import RequestError
+from ..image import RawImage
+
+SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    required: int
+    fully_allocated: int
+    bitmaps: int | None = None     # qcow2 into qcow2 only (qemu-img prints it then)
+
+
+def refcount_metadata_size(clusters: int, cs: int, order: int) -> int:
+    """qcow2_refcount_metadata_size: refcount blocks and table for ``clusters``,
+    counting themselves (the fixed point)."""
+    per_table_cluster = cs // 8
+    per_block = cs * 8 // (1 << order)
+    table = blocks = 0
+    n, last = 0, -1
+    while n != last:
+        last = n
+        blocks = -(-(clusters + table + blocks) // per_block)
+        table = -(-blocks // per_table_cluster)
+        n = clusters + blocks + table
+    return (blocks + table) * cs
+
+
+def prealloc_size(size: int, cs: int, order: int, extended_l2: bool) -> int:
+    """qcow2_calc_prealloc_size: a fully allocated image of ``size`` bytes."""
+    l2e = 16 if extended_l2 else 8
+    aligned = -(-size // cs) * cs
+    meta = cs
+    nl2e = aligned // cs
+    nl2e = -(-nl2e // (cs // l2e)) * (cs // l2e)
+    meta += nl2e * l2e
+    nl1e = nl2e * l2e // cs
+    nl1e = -(-nl1e // (cs // 8)) * (cs // 8)
+    meta += nl1e * 8
+    meta += refcount_metadata_size((meta + aligned) // cs, cs, order)
+    return meta + aligned
+
+
+def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
+            options: dict | None = None) -> Measurement:
+    """Measure for a disk of ``size`` bytes or for the contents of ``source`` (an
+    open image, from :func:`~qcow2view.engine.ops.convert.open_source`)."""
+    options = dict(options or {})
+    for key in ("lazy_refcounts", "extended_l2", "data_file_raw"):
+        if key in options:
+            options[key] = _bool(key, options[key])
+    if (size is None) == (source is None):
+        raise RequestError("Either --size N or one filename must be specified")
+    vsize = source.virtual_size if source is not None else size
+    if out_fmt == "raw":
+        return Measurement(vsize, vsize)
+    problems = validate_create_options(size=vsize, **options)
+    if problems:
+        raise RequestError("; ".join(problems))
+    cs = int(options.get("cluster_size", 65536))
+    order = int(options.get("refcount_bits", 16)).bit_length() - 1
+    ext = bool(options.get("extended_l2", False))
+    aligned = -(-vsize // cs) * cs
+    full = prealloc_size(vsize, cs, order, ext)
+    data = 0
+    if source is not None:
+        data = int(np.count_nonzero(_data_clusters(source, cs))) * cs
+    bitmaps = 0 if source is not None and getattr(source, "format", "") == "qcow2" else None
+    return Measurement(full - aligned + data, full, bitmaps)
+
+
+def _data_clusters(src, cs: int) -> np.ndarray:
+    """For each ``cs``-sized cluster of the guest disk: does any of it read data
+    (not zero, not unallocated down to the end of the chain)?"""
+    n = -(-src.virtual_size // cs)
+    data, decided = _layer(src, cs, n)
+    below = getattr(src, "backing", None)
+    while below is not None:
+        d2, dec2 = _layer(below, cs, n)
+        data |= ~decided & d2
+        decided |= dec2
+        below = getattr(below, "backing", None)
+    return data
+
+
+def _layer(im, cs: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(data, decided) per output cluster for one image of a chain."""
+    if isinstance(im, RawImage):
+        return _raw_layer(im, cs, n)
+    g = im.cluster_size // C.SUBCLUSTERS if im.extended_l2 else im.cluster_size
+    per = C.SUBCLUSTERS if im.extended_l2 else 1
+    count = im.l1_table.size * im.l2_size * per
+    data = np.zeros(count, dtype=bool)
+    decided = np.zeros(count, dtype=bool)
+    span = im.l2_size * per
+    for l1i, e in enumerate(im.l1_table.entries.tolist()):
+        l2off = e & C.L1E_OFFSET_MASK
+        if not l2off:
+            continue
+        words = M.read_l2_words(im, l2off, l1i)
+        sl = slice(l1i * span, (l1i + 1) * span)
+        if im.extended_l2:
+            raw, bm = words[0::2], words[1::2]
+            shifts = np.arange(C.SUBCLUSTERS, dtype=np.uint64)
+            alloc = ((bm[:, None] >> shifts) & np.uint64(1)) != 0
+            zero = ((bm[:, None] >> (shifts + np.uint64(32))) & np.uint64(1)) != 0
+            comp = ((raw & M.COMPRESSED) != 0)[:, None]
+            data[sl] = (alloc | comp).reshape(-1)
+            decided[sl] = (alloc | zero | comp).reshape(-1)
+        else:
+            t = C.decode_l2_types(words, None, im.has_data_file)
+            data[sl] = (t == C.ClusterType.NORMAL) | (t == C.ClusterType.COMPRESSED)
+            decided[sl] = t != C.ClusterType.UNALLOCATED
+    return _regrid(data, g, cs, n, np.any), _regrid(decided, g, cs, n, np.all)
+
+
+def _regrid(flags: np.ndarray, g: int, cs: int, n: int, how) -> np.ndarray:
+    """Flags on a ``g`` grid as flags on a ``cs`` grid of ``n`` cells."""
+    if g == cs:
+        out = flags[:n]
+    elif g < cs:
+        k = cs // g
+        need = n * k
+        f = np.concatenate([flags, np.zeros(max(0, need - flags.size), bool)])[:need]
+        out = how(f.reshape(n, k), axis=1)
+    else:
+        out = np.repeat(flags, g // cs)[:n]
+    if out.size < n:
+        out = np.concatenate([out, np.zeros(n - out.size, dtype=bool)])
+    return out
+
+
+def _raw_layer(im: RawImage, cs: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A raw file decides every byte it has; its holes read as zeros."""
+    size = im.virtual_size
+    data = np.zeros(n, dtype=bool)
+    decided = np.zeros(n, dtype=bool)
+    decided[:-(-size // cs)] = True
+    fd, pos = im.file.fd, 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, SEEK_DATA)
+        except OSError:
+            break
+        end = min(os.lseek(fd, start, SEEK_HOLE), size)
+        data[start // cs:-(-end // cs)] = True
+        pos = end
+    return data, decided
