@@ -13,7 +13,9 @@ gui=(
 )
 # desktop-file-validate, appstreamcli, xdg-mime, update-mime-database and gio (GLib's launcher),
 # the oracles of tests/test_desktop.py; qemu-img/qemu-io, the oracle of everything else.
-tests=(desktop-file-utils appstream xdg-utils shared-mime-info libglib2.0-bin qemu-utils)
+# sgdisk, sfdisk/fdisk, mkfs.* (+ mcopy, ntfscp, debugfs, blkid) and fls: the oracles of tests/guest/.
+tests=(desktop-file-utils appstream xdg-utils shared-mime-info libglib2.0-bin qemu-utils
+       gdisk fdisk util-linux dosfstools mtools e2fsprogs ntfs-3g xfsprogs sleuthkit)
 
 case "${1:-}" in
     --gui) pkgs=("${gui[@]}") ;;
