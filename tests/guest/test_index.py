@@ -1,0 +1,107 @@
+"""The index: guest byte -> owner (oracles: debugfs, sgdisk), host cluster -> owners
+(oracle: qemu-img map), progress and cancel."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+import qemu
+from conftest import debugfs
+
+from qcow2view.engine import open_image
+from qcow2view.guest.index import WHAT, Cancelled, build_index
+
+
+@pytest.fixture(scope="module")
+def index(gpt_disk):
+    im = open_image(gpt_disk.qcow2)
+    yield build_index(im)
+    im.close()
+
+
+def _bs(part) -> int:
+    return int(re.search(r"Block size:\s+(\d+)", debugfs(part, "stats")).group(1))
+
+
+def test_every_file_block_is_owned_by_its_file(gpt_disk, index):
+    part, start = gpt_disk.parts[2], gpt_disk.starts[2]
+    bs = _bs(part)
+    for path in ("/etc/hostname", "/bin/tool", "/data/big.bin", "/deep/a/b/c/leaf.txt"):
+        size = (gpt_disk.src / path.lstrip("/")).stat().st_size
+        for fo in sorted({0, size // 2, size - 1}):
+            blk = int(debugfs(part, f"bmap {path} {fo // bs}").split()[0])
+            g = start + blk * bs + fo % bs
+            o = index.owner(g)
+            assert (o.what, o.partition, o.filesystem, o.file_offset) == (
+                "file data", 2, "ext4", fo), (path, fo)
+            assert path in o.names
+    o = index.owner(index.find("/data/hard", 2)[0].info.extents[0][1])
+    assert set(o.names) == {"/data/big.bin", "/data/hard"}
+
+
+def test_metadata_table_and_unpartitioned(gpt_disk, index):
+    part, start = gpt_disk.parts[2], gpt_disk.starts[2]
+    bs = _bs(part)
+    it = int(re.search(r"inode table at (\d+)", debugfs(part, "stats")).group(1))
+    o = index.owner(start + it * bs + 5)
+    assert (o.what, o.label, o.partition) == ("filesystem metadata", "inode table", 2)
+    assert index.owner(start + 1024).label == "superblock"
+    assert index.owner(0).what == "partition table"              # protective MBR
+    assert index.owner(512).label == "GPT header"
+    assert index.owner(1024 + 17).label == "GPT partition entries"
+    assert index.owner((1 << 20) - 1).what == "unpartitioned"
+    size = gpt_disk.raw.stat().st_size
+    assert index.owner(size - 512).label == "backup GPT header"
+    # /etc is a directory: its block is metadata, named by the directory
+    blk = int(debugfs(part, "bmap /etc 0").split()[0])
+    o = index.owner(start + blk * bs)
+    assert (o.what, o.path, o.label) == ("filesystem metadata", "/etc", "directory")
+
+
+def test_free_space_is_what_no_one_claims(gpt_disk, index):
+    part, start = gpt_disk.parts[2], gpt_disk.starts[2]
+    bs = _bs(part)
+    # the last block of the filesystem is free in debugfs's bitmap (testb)
+    blocks = int(re.search(r"Block count:\s+(\d+)", debugfs(part, "stats")).group(1))
+    last = blocks - 1
+    assert "not in use" in debugfs(part, f"testb {last}")
+    o = index.owner(start + last * bs)
+    assert (o.what, o.partition, o.filesystem) == ("free space", 2, "ext4")
+
+
+def test_vectorised_what_agrees_with_owner(index, gpt_disk):
+    rng = np.random.default_rng(3)
+    offs = rng.integers(0, gpt_disk.raw.stat().st_size, 2000)
+    codes = index.what(offs)
+    for off, code in zip(offs.tolist(), codes.tolist()):
+        assert WHAT[code] == index.owner(off).what
+
+
+def test_host_cluster_named_by_its_files(gpt_disk, index):
+    g = index.find("/bin/tool", 2)[0].info.extents[0][1]
+    mapping = json.loads(qemu.qemu_img("map", "--output=json", gpt_disk.qcow2).stdout)
+    host = next(m["offset"] + g - m["start"] for m in mapping
+                if m["start"] <= g < m["start"] + m["length"] and m.get("offset") is not None)
+    with open_image(gpt_disk.qcow2) as im:
+        index.image = im
+        owners = index.host_owners(host // im.cluster_size)
+    assert any(o.path == "/bin/tool" and gs <= g < gs + n for gs, n, o in owners)
+
+
+def test_progress_reports_and_cancels(gpt_disk):
+    calls = []
+    with open_image(gpt_disk.qcow2) as im:
+        build_index(im, progress=lambda d, t: calls.append((d, t)))
+        assert calls and calls[-1][0] == calls[-1][1]
+        assert all(d <= t for d, t in calls)
+        with pytest.raises(Cancelled):
+            build_index(im, progress=lambda d, t: False)
+
+        def boom(d, t):
+            raise RuntimeError("stop")
+        with pytest.raises(Cancelled):
+            build_index(im, progress=boom)
