@@ -40,6 +40,14 @@ def report(progress: Progress, done: int, total: int) -> None:
         progress(done, total)
 
 
+def finish(progress: Progress, total: int) -> None:
+    """The last progress report: the work is done, so a cancel now changes nothing."""
+    try:
+        report(progress, total, total)
+    except CancelledError:
+        pass
+
+
 def check_cancel(cancel: Callable[[], bool] | None) -> None:
     if cancel is not None and cancel():
         raise CancelledError("cancelled")

@@ -171,4 +171,4 @@ def change_refcount_width(image, writer, bits: int, progress=None) -> None:
     M.reload(image)
     writer.alloc = RefcountAllocator(image)
     M.free_spans(image, writer.alloc, old_spans)
-    M.report(progress, 1, 1)
+    M.finish(progress, 1)

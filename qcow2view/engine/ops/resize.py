@@ -64,10 +64,10 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
     else:
         M.write_header_fields(image, size=new_size)
         M.reload(image)
-        _discard_tail(image, writer.alloc, new_size, progress)
+        _discard_tail(image, writer.alloc, new_size)
         _cut_file(image, writer.alloc)
         M.reload(image)
-    M.report(progress, 1, 1)
+    M.finish(progress, 1)
 
 
 def _zero_over_backing(image, old_size: int, new_size: int) -> None:
@@ -81,7 +81,7 @@ def _zero_over_backing(image, old_size: int, new_size: int) -> None:
     image.flush()
 
 
-def _discard_tail(image, alloc, new_size: int, progress) -> None:
+def _discard_tail(image, alloc, new_size: int) -> None:
     cs, l2_size = image.cluster_size, image.l2_size
     keep_clusters = -(-new_size // cs)
     keep_l1 = -(-keep_clusters // l2_size)
@@ -98,7 +98,7 @@ def _discard_tail(image, alloc, new_size: int, progress) -> None:
         f.pwrite(image.l1_table.offset + 8 * keep_l1, bytes(8 * len(gone)))
         f.fsync()
         tables, data = M.l1_references(image, np.concatenate([np.zeros(keep_l1, np.uint64),
-                                                              gone]), progress)
+                                                              gone]))
         M.change_refcounts(alloc, tables, -1)
         M.change_refcounts(alloc, data, -1)
         M.sync_refcounts(image, alloc)

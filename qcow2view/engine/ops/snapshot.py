@@ -64,26 +64,28 @@ def apply_snapshot(image, key: str, progress=None) -> Snapshot:
     sn_l1[:sn.l1_size] = image.snapshot_l1_table(sn).entries
     old_active = cur.entries.copy()
     steps = 2 * cur.size + 2
-    # 1. whatever the snapshot reaches gains the active disk's reference
+    # what both disks reach, read first: a cancel (from progress) changes nothing
     tables, data = M.l1_references(image, sn_l1, lambda d, t: M.report(progress, d, steps))
+    old_tables, old_data = M.l1_references(
+        image, old_active, lambda d, t: M.report(progress, cur.size + d, steps))
+    # 1. the snapshot's tables lose COPIED (refcount 1 without COPIED is safe; the
+    #    reverse is not), then whatever it reaches gains the active disk's reference
+    new_l1 = M.clear_copied_in_tables(image, sn_l1)
     M.change_refcounts(alloc, tables, +1)
     M.change_refcounts(alloc, data, +1)
     M.sync_refcounts(image, alloc)
-    new_l1 = M.clear_copied_in_tables(image, sn_l1)
     # 2. the active L1 becomes the snapshot's (in place, as QEMU)
     image.file.pwrite(cur.offset, new_l1.astype(">u8").tobytes())
     image.file.fsync()
     # 3. the old active disk loses its reference
-    tables, data = M.l1_references(image, old_active,
-                                   lambda d, t: M.report(progress, cur.size + d, steps))
-    M.change_refcounts(alloc, tables, -1)
-    M.change_refcounts(alloc, data, -1)
+    M.change_refcounts(alloc, old_tables, -1)
+    M.change_refcounts(alloc, old_data, -1)
     M.sync_refcounts(image, alloc)
     # 4. COPIED where the refcount is now 1
     M.reload(image)
     M.fix_copied_flags(image, writer.alloc)
     M.reload(image)
-    M.report(progress, steps, steps)
+    M.finish(progress, steps)
     return sn
 
 
@@ -95,6 +97,7 @@ def delete_snapshot(image, key: str, progress=None) -> Snapshot:
     image.flush()
     alloc = writer.alloc
     sn_l1 = image.snapshot_l1_table(sn).entries.copy()
+    tables, data = M.l1_references(image, sn_l1, progress)    # cancellable: nothing changed yet
     # 1. the entry leaves the snapshot table (a new table; the old one is freed)
     base = image.header.snapshots_offset
     last = image.snapshots[-1]
@@ -103,7 +106,8 @@ def delete_snapshot(image, key: str, progress=None) -> Snapshot:
     write_snapshot_table(image, alloc, old[:lo] + old[lo + sn.entry_size:],
                          len(image.snapshots) - 1)
     # 2. everything its L1 reaches loses one reference, then the L1 table goes
-    M.change_l1_refcounts(image, alloc, sn_l1, -1, progress)
+    M.change_refcounts(alloc, tables, -1)
+    M.change_refcounts(alloc, data, -1)
     M.sync_refcounts(image, alloc)
     if sn.l1_size:
         M.free_spans(image, alloc, [(sn.l1_table_offset, sn.l1_size * 8)])
