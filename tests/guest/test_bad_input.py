@@ -1,0 +1,119 @@
+"""Untrusted guest data: damage gives listed problems, the rest still shows, and
+nothing raises, hangs or allocates by an unchecked field."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import struct
+
+import pytest
+
+import qemu
+from conftest import debugfs, sh, tool
+
+from qcow2view.engine import open_image
+from qcow2view.guest.disk import read_disk
+from qcow2view.guest.source import BlockCache, GuestSource
+from qcow2view.guest.disk import read_source
+
+
+def _disk_of(data: bytes):
+    return read_source(GuestSource(BlockCache(lambda o, n: data[o:o + n], len(data))))
+
+
+def _root(gpt_disk, tmp_path, name="p2.img"):
+    p = tmp_path / name
+    shutil.copy(gpt_disk.parts[2], p)
+    return p
+
+
+def _listing(data: bytes):
+    disk = _disk_of(data)
+    [(v, fs)] = list(disk.filesystems())
+    return disk, fs, {f.path for f in fs.files}
+
+
+def test_superblock_checksum_wrong_is_a_problem(gpt_disk, tmp_path):
+    p = _root(gpt_disk, tmp_path)
+    data = bytearray(p.read_bytes())
+    data[1024 + 0x2C] ^= 0xFF                       # s_mtime: the checksum no longer fits
+    disk, fs, paths = _listing(bytes(data))
+    assert "partition 0: ext4 superblock checksum wrong" in disk.problems
+    assert "/etc/hostname" in paths                 # the rest still shows
+
+
+def test_unreadable_directory_block_is_named(gpt_disk, tmp_path):
+    p = _root(gpt_disk, tmp_path)
+    bs = int(re.search(r"Block size:\s+(\d+)", debugfs(p, "stats")).group(1))
+    blk = int(debugfs(p, "bmap /etc 0").split()[0])
+    data = bytearray(p.read_bytes())
+    data[blk * bs:(blk + 1) * bs] = bytes(range(256)) * (bs // 256)
+    disk, fs, paths = _listing(bytes(data))
+    assert "/etc/hostname" not in paths and "/bin/tool" in paths
+    assert any(x.startswith("partition 0: /etc: ") for x in disk.problems), disk.problems
+
+
+def test_directory_loop_is_not_followed(gpt_disk, tmp_path):
+    p = _root(gpt_disk, tmp_path)
+    sh(tool("debugfs"), "-w", "-R", "link /deep /deep/a/b/loop", p)   # a hard-linked dir
+    disk, fs, paths = _listing(p.read_bytes())
+    assert "/deep/a/b/loop" in paths and "/deep/a/b/loop/a" not in paths
+    assert any("already seen (a loop)" in x for x in fs.problems), fs.problems
+
+
+def test_a_2_to_the_48_block_filesystem_allocates_nothing_for_it(gpt_disk, tmp_path):
+    p = _root(gpt_disk, tmp_path)
+    data = bytearray(p.read_bytes())
+    struct.pack_into("<I", data, 1024 + 4, 0xFFFFFFFF)        # s_blocks_count_lo
+    struct.pack_into("<I", data, 1024 + 0x150, 0xFFFF)        # s_blocks_count_hi
+    disk, fs, paths = _listing(bytes(data))
+    assert any("exceed" in x or "block groups" in x for x in fs.problems)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_metadata_damage_never_raises(gpt_disk, seed):
+    """Bytes of the superblock, group descriptors, inode table and directory blocks
+    overwritten at random: read_disk returns (problems, not exceptions)."""
+    r = random.Random(seed)
+    data = bytearray(gpt_disk.parts[2].read_bytes()[:4 << 20])
+    hot = [(1024, 2048), (2048, 8192), (0x40000, 0x240000)]
+    for _ in range(r.choice([5, 50, 500])):
+        lo, hi = r.choice(hot)
+        o = r.randrange(lo, min(hi, len(data)))
+        data[o:o + 4] = r.randbytes(4)
+    disk = _disk_of(bytes(data) + bytes(gpt_disk.parts[2].stat().st_size - len(data)))
+    assert isinstance(disk.problems, list)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_fat_damage_never_raises(gpt_disk, seed):
+    r = random.Random(seed)
+    data = bytearray(gpt_disk.parts[1].read_bytes())
+    for _ in range(200):
+        o = r.randrange(0, 1 << 20)
+        data[o] = r.randrange(256)
+    assert isinstance(_disk_of(bytes(data)).problems, list)
+
+
+def test_missing_backing_file_is_unreadable(gpt_disk, tmp_path):
+    base = tmp_path / "base.qcow2"
+    shutil.copy(gpt_disk.qcow2, base)
+    ov = tmp_path / "ov.qcow2"
+    qemu.qemu_img("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", ov)
+    base.unlink()
+    with open_image(ov, ignore_backing_errors=True) as im:
+        disk = read_disk(im)
+    assert disk.unreadable and disk.unreadable.startswith("unreadable: ")
+    assert disk.volumes == []
+
+
+def test_encrypted_image_is_unreadable(tmp_path):
+    q = tmp_path / "enc.qcow2"
+    qemu.qemu_img("create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
+                  "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+                  q, "4M")
+    with open_image(q) as im:
+        disk = read_disk(im)
+    assert disk.unreadable and "encrypted" in disk.unreadable
