@@ -1,9 +1,11 @@
 """The demo image: something real to look at on first launch.
 
-Made by our own engine (no qemu needed) in the user's cache folder: a backing
-file with a partition table and some files' worth of data, and an overlay with
-an internal snapshot, compressed and zero clusters, and scattered writes made
-before and after the snapshot (so some clusters are shared, some copied).
+Made by our own engine (no qemu needed) in the user's cache folder from a small
+resource holding a real guest disk (GPT, a FAT32 EFI System partition, an ext4
+root with files, swap; see qcow2view/demo_guest.py): a backing file with the
+installed guest, and an overlay with an internal snapshot, compressed and zero
+clusters, scattered writes made before and after the snapshot (so some clusters
+are shared, some copied) and the files the running guest changed.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 
+from . import demo_guest
 from .engine import create_image, open_image
 from .engine.compressed_write import write_compressed
 from .engine.snapshot_create import create_snapshot
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 MiB = 1 << 20
+SWAP_START = 113 * MiB          # partition 3 of the demo guest (packaging/make-demo-guest.sh)
+DOC_TEXT = b"qcow2view shows where every byte of a guest file lives"
 
 
 def cache_dir() -> Path:
@@ -49,57 +53,62 @@ def demo_image_path(folder: Path | None = None) -> Path:
     return image
 
 
-def _mbr() -> bytes:
-    """A boot sector with two partitions (Linux at 1 MiB, swap after it)."""
-    sector = bytearray(512)
-    sector[:len(b"\xeb\x63\x90qcow2view demo boot sector")] = b"\xeb\x63\x90qcow2view demo boot sector"
-    parts = [(0x83, 2048, 81920), (0x82, 83968, 40960)]
-    for i, (ptype, lba, count) in enumerate(parts):
-        entry = struct.pack("<B3sB3sII", 0x80 if i == 0 else 0, b"\xfe\xff\xff", ptype,
-                            b"\xfe\xff\xff", lba, count)
-        sector[446 + 16 * i:462 + 16 * i] = entry
-    sector[510:512] = b"\x55\xaa"
-    return bytes(sector)
+def _runs(blocks: list[tuple[int, bytes]]):
+    """Consecutive blocks merged into (offset, bytes) runs: fewer, larger writes."""
+    run_off, parts = None, []
+    for off, data in blocks:
+        if run_off is not None and run_off + sum(map(len, parts)) == off:
+            parts.append(data)
+            continue
+        if parts:
+            yield run_off, b"".join(parts)
+        run_off, parts = off, [data]
+    if parts:
+        yield run_off, b"".join(parts)
 
 
-def _text_block(title: str, n: int) -> bytes:
-    line = f"{title}: the quick brown fox jumps over the lazy dog. ".encode()
-    return (line * (n // len(line) + 1))[:n]
+def _pages(rng: random.Random, n: int) -> bytes:
+    return bytes(rng.getrandbits(8) for _ in range(n))
 
 
 def make_demo(folder: Path) -> Path:
+    """base.qcow2: the installed guest (GPT: EFI System FAT32, ext4 root, swap) with
+    swapped-out pages; demo.qcow2 over it: compressed clusters, zeroed and scattered
+    swap pages, the snapshot 'fresh-install', then what the running guest changed
+    (/etc/hostname, /var/log/syslog, /home/demo/notes.txt) and more swap traffic."""
     rng = random.Random(2026)
+    guest = demo_guest.load()
     base = folder / "base.qcow2"
     image = folder / "demo.qcow2"
-    size = 128 * MiB
+    size = guest.size
     cs = 64 * 1024
+    swap_lo, swap_hi = SWAP_START + cs, size - 2 * MiB   # past the swap header
 
-    # the backing file: what a freshly installed guest would hold
+    def swap_offset(n: int) -> int:
+        return rng.randrange(swap_lo, swap_hi - n) & ~511
+
     create_image(base, size)
     with open_image(base, writable=True) as b:
-        b.write(0, _mbr())
-        b.write(1 * MiB, _text_block("superblock of the root file system", 64 * 1024))
-        b.write(2 * MiB, bytes(rng.getrandbits(8) for _ in range(256 * 1024)))
-        b.write(8 * MiB, _text_block("/etc/fstab UUID=demo / ext4 defaults 0 1", 128 * 1024))
-        b.write(40 * MiB, bytes(rng.getrandbits(8) for _ in range(512 * 1024)))
-        b.write(96 * MiB, _text_block("/var/log/syslog kernel: booted", 192 * 1024))
+        for off, data in _runs(guest.installed):
+            b.write(off, data)
+        b.write(SWAP_START + 4 * MiB, _pages(rng, 512 * 1024))     # swapped-out pages
 
-    # the overlay: the guest ran, was snapshotted, ran on
     create_image(image, size, backing_file="base.qcow2", backing_fmt="qcow2")
     with open_image(image, writable=True) as im:
-        write_compressed(im, 16 * MiB, _text_block("compressed: /usr/share/doc", 8 * cs))
-        write_compressed(im, 60 * MiB, _text_block("compressed: /usr/lib/firmware", 4 * cs))
-        im.write(8 * MiB + 100, b"# edited by the guest before the snapshot\n")
+        # the documentation's clusters, compressed (the same bytes, fewer of them)
+        doc = sorted({off // cs * cs for off, data in guest.installed if DOC_TEXT in data})
+        for c in doc:
+            write_compressed(im, c, im.read(c, cs))
         for _ in range(24):
-            off = rng.randrange(0, size - 4096) & ~511
-            im.write(off, bytes([rng.randrange(1, 256)]) * rng.choice((512, 4096, 70000)))
-        im.write_zeroes(40 * MiB, 256 * 1024)          # zeroed over backing data
-        im.write_zeroes(100 * MiB, 2 * MiB)
+            n = rng.choice((512, 4096, 70000))
+            im.write(swap_offset(n), bytes([rng.randrange(1, 256)]) * n)
+        im.write_zeroes(SWAP_START + 4 * MiB, 256 * 1024)          # over backing data
+        im.write_zeroes(SWAP_START + 8 * MiB, 2 * MiB)
         create_snapshot(im, "fresh-install")
-        im.write(1 * MiB + 1024, b"mounted read-write after the snapshot")
-        im.write(16 * MiB + 4096, _text_block("rewrote a compressed cluster", 2048))
+        for off, data in _runs(guest.used):                         # the guest ran on
+            im.write(off, data)
         for _ in range(16):
-            off = rng.randrange(0, size - 4096) & ~511
-            im.write(off, bytes([rng.randrange(1, 256)]) * rng.choice((512, 4096)))
-        im.write(120 * MiB, bytes(rng.getrandbits(8) for _ in range(3 * cs)))
+            n = rng.choice((512, 4096))
+            im.write(swap_offset(n), bytes([rng.randrange(1, 256)]) * n)
+        im.write(SWAP_START + 12 * MiB, _pages(rng, 3 * cs))
     return image
