@@ -1,0 +1,407 @@
+"""The guest disk's contents for the window: the index, built in the background.
+
+:class:`GuestContents` belongs to an :class:`~.document.ImageDocument`.  It builds
+the guest index (:func:`qcow2view.guest.index.build_index`) in a
+:class:`~.workers.Worker` on a second, read-only Image of the file (the worker
+thread runs only that pure-Python build and the directory listing below; every
+Qt object stays on the main thread), then answers the views' questions: which
+file is this path, what holds this guest byte, which clusters hold this file.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Qt, Signal
+
+from ..engine import CancelledError, Qcow2Error, open_image
+from ..engine.maps import GuestState
+from ..guest.index import GuestIndex, IndexedFile, Owner, build_index
+from ..guest.files import Cancelled
+from ..guest.journal import needs_recovery
+from .units import count, human_size
+from .workers import Worker
+
+
+
+@dataclass
+class Listing:
+    """Directory contents per filesystem, for the lazy tree: ``children[vol][dir]``
+    is the sorted (name, file id) entries of directory ``dir`` of volume ``vol``."""
+
+    children: list[dict[str, list[tuple[str, int]]]]
+    #: (lower-case name, volume, file id, path) of every name, for the filter
+    names: list[tuple[str, int, int, str]]
+    free: list[int]             # bytes of free space per volume
+    used: list[int]             # bytes of file data and metadata per volume
+
+
+def list_dirs(index: GuestIndex) -> Listing:
+    """Group every name of every file under its directory (pure Python: worker-safe)."""
+    vols = {id(gv): i for i, gv in enumerate(index.volumes)}
+    children: list[dict[str, list[tuple[str, int]]]] = [{} for _ in index.volumes]
+    names: list[tuple[str, int, int, str]] = []
+    for f in index.files:
+        vi = vols[id(f.volume)]
+        for path in f.names:
+            parent, name = posixpath.split(path)
+            children[vi].setdefault(parent or "/", []).append((name, f.id))
+            names.append((name.lower(), vi, f.id, path))
+    for d in children:
+        for entries in d.values():
+            entries.sort()
+    # free / used bytes per volume from the painted ranges
+    ends = np.append(index.starts[1:], index.disk.size)
+    lengths = ends - index.starts
+    free, used = [], []
+    for vi in range(len(index.volumes)):
+        mine = index.vol == vi
+        free.append(int(lengths[mine & (index.kind == 2)].sum()))
+        used.append(int(lengths[mine & (index.kind >= 3)].sum()))
+    return Listing(children, names, free, used)
+
+
+@dataclass
+class Built:
+    """What the worker hands back: the index, its listing, and the Image it read
+    (kept open: host cluster questions read its guest map)."""
+
+    index: GuestIndex
+    listing: Listing
+    image: Any
+    recovery: dict[int, bool] = field(default_factory=dict)   # volume -> journal needs it
+
+    def close(self) -> None:
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+
+
+def _build(path: str, progress, cancel) -> Built:
+    img = open_image(path, ignore_backing_errors=True)
+    try:
+        def cb(done: int, total: int) -> bool:
+            progress(done, total)
+            return not cancel()
+        index = build_index(img, progress=cb)
+        if cancel():
+            raise Cancelled("cancelled")
+        listing = list_dirs(index)
+        recovery = {}
+        for vi, gv in enumerate(index.volumes):
+            fs = gv.filesystem
+            if fs is not None and fs.type in ("ext3", "ext4"):
+                recovery[vi] = needs_recovery(img.read, gv.volume.start)
+        return Built(index, listing, img, recovery)
+    except BaseException:
+        img.close()
+        raise
+
+
+def _close_built(b: Built) -> None:
+    b.close()
+
+
+@dataclass
+class Summary:
+    """What the Files pane says and lights up for a selected entry."""
+
+    text: str
+    guest_clusters: np.ndarray          # guest cluster numbers (of the guest map)
+    host_clusters: np.ndarray           # host cluster numbers
+    first_offset: int | None = None     # the first guest byte (Show in hex)
+
+
+class GuestContents(QObject):
+    """The guest index of one document, built on request in the background."""
+
+    progress = Signal(str, int, int)    # task, done, total
+    busyChanged = Signal(bool)
+    ready = Signal()                    # index in (or failed / cancelled: see state)
+    reset = Signal()                    # the index is gone (rebuilding)
+
+    def __init__(self, document) -> None:
+        super().__init__(document)
+        self.document = document
+        self.built: Built | None = None
+        self.state = "idle"             # idle | building | ready | cancelled | failed
+        self.error: str | None = None
+        self._worker: Worker | None = None
+        self._stamp: tuple[int, int] | None = None     # the file as the index read it
+        document.closed.connect(self.close)
+        document.changed.connect(self._file_changed)
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.document.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _file_changed(self) -> None:
+        """Re-read after a save (the document re-read the file); a reopen for editing
+        leaves the file as it was and the index stays."""
+        if self.state in ("ready", "building") and self._file_stamp() != self._stamp:
+            self.rebuild()
+
+    # -- building ----------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Start building unless built, building, or cancelled by the user."""
+        if self.state == "idle":
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        self._stop()
+        self._drop()
+        path = self.document.path
+        self._stamp = self._file_stamp()
+        w = Worker("Reading the guest's files", lambda p, c: _build(path, p, c), self)
+        w.progressed.connect(self.progress)
+        w.succeeded.connect(self._done)
+        w.failed.connect(self._failed)
+        self._worker = w
+        self.state = "building"
+        self.error = None
+        self.reset.emit()
+        self.busyChanged.emit(True)
+        w.start()
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def wait(self, timeout_ms: int = 60000) -> bool:
+        w = self._worker
+        return True if w is None else w.wait(timeout_ms)
+
+    @property
+    def busy(self) -> bool:
+        return self.state == "building"
+
+    def close(self) -> None:
+        self._stop()
+        self._drop()
+        self.state = "idle"
+
+    def _drop(self) -> None:
+        if self.built is not None:
+            self.built.close()
+            self.built = None
+
+    def _stop(self) -> None:
+        w = self._worker
+        if w is None:
+            return
+        self._worker = None
+        for sig in (w.progressed, w.succeeded, w.failed):
+            try:
+                sig.disconnect()
+            except (RuntimeError, TypeError):
+                pass
+        w.succeeded.connect(_close_built, Qt.DirectConnection)
+        w.stop()
+        w.deleteLater()
+        if self.state == "building":
+            self.state = "idle"
+            self.busyChanged.emit(False)
+
+    def _finish(self, state: str) -> None:
+        w, self._worker = self._worker, None
+        if w is not None:
+            w.wait()
+            w.deleteLater()
+        self.state = state
+        self.busyChanged.emit(False)
+        self.ready.emit()
+
+    def _done(self, built: Built) -> None:
+        if self.sender() is not self._worker:
+            built.close()
+            return
+        self.built = built
+        self._finish("ready")
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.sender() is not self._worker:
+            return
+        if isinstance(exc, (Cancelled, CancelledError)):
+            self.error = "cancelled"
+            self._finish("cancelled")
+            return
+        self.error = (str(exc) if isinstance(exc, Qcow2Error)
+                      else f"{type(exc).__name__}: {exc}")
+        self._finish("failed")
+        if not isinstance(exc, (Qcow2Error, OSError)):
+            raise exc
+
+    # -- questions ---------------------------------------------------------------------
+    @property
+    def index(self) -> GuestIndex | None:
+        return None if self.built is None else self.built.index
+
+    def owner(self, offset: int) -> Owner | None:
+        idx = self.index
+        if idx is None or not 0 <= offset < idx.disk.size:
+            return None
+        return idx.owner(offset)
+
+    def resolve(self, text: str) -> list[IndexedFile]:
+        """Files named ``PATH`` or ``PARTITION:PATH`` (every filesystem's when no
+        partition is given)."""
+        idx = self.index
+        if idx is None:
+            return []
+        part = None
+        head, sep, rest = text.partition(":")
+        if sep and head.strip().isdigit() and rest.startswith("/"):
+            part, text = int(head), rest
+        path = "/" + text.strip().strip("/") if text.strip() not in ("", "/") else "/"
+        return idx.find(path, part)
+
+    def completions(self) -> list[str]:
+        """Every path, and ``PARTITION:PATH`` for paths two filesystems share."""
+        idx = self.index
+        if idx is None:
+            return []
+        out = []
+        for path, files in idx._by_path.items():
+            parts = {f.volume.partition.index for f in files}
+            if len(parts) > 1:
+                out.extend(f"{p}:{path}" for p in sorted(parts))
+            else:
+                out.append(path)
+        return sorted(out)
+
+    def edit_refusal(self, f: IndexedFile) -> str | None:
+        """Why the bytes of ``f`` cannot be edited in place in the hex view."""
+        info = f.info
+        if info.inline:
+            return (f"{f.path}: its bytes are inline data inside the filesystem's metadata "
+                    "(checksummed), not blocks of their own; editing them in place is refused")
+        if info.type == "dir":
+            return f"{f.path} is a directory"
+        if not info.extents:
+            return f"{f.path} has no data blocks (empty or all holes)"
+        return None
+
+    def journal_warning(self, f: IndexedFile) -> str | None:
+        """A warning when ``f``'s filesystem has a journal that needs recovery."""
+        b = self.built
+        if b is None:
+            return None
+        vi = next((i for i, gv in enumerate(b.index.volumes) if gv is f.volume), None)
+        if vi is not None and b.recovery.get(vi):
+            return (f"partition {f.volume.partition.index} ({f.volume.filesystem.type}): the "
+                    "journal needs recovery (the guest was not shut down cleanly); the guest "
+                    "will replay it on the next mount and may overwrite an edit here")
+        return None
+
+    def read_file(self, f: IndexedFile) -> bytes:
+        """The file's bytes, as ``qcow2view-cli cat`` gives them (holes as zeros)."""
+        from ..guest.disk import read_through_library
+        from ..guest.source import GuestSource
+        img = self.built.image
+        info = f.info
+        if info.inline:
+            return read_through_library(GuestSource.of_image(img), f.volume, info.path,
+                                        info.size)
+        out = bytearray(info.size)
+        for fo, g, n in info.extents:
+            out[fo:fo + n] = img.read(g, n)
+        return bytes(out[:info.size])
+
+    def summary(self, ranges: list[tuple[int, int]], size: int, extents: int | None,
+                what: str = "") -> Summary:
+        """The one-line summary and highlights of guest byte ``ranges``:
+        "12 KiB in 3 extents, 2 host clusters, 1 shared with snapshot s1, 1 from
+        backing file base.qcow2"."""
+        d = self.document
+        gm = d.guest_map
+        head = f"{what}{human_size(size)}"
+        if extents is not None:
+            head += f" in {count(extents, 'extent')}"
+        none = np.zeros(0, np.int64)
+        first = ranges[0][0] if ranges else None
+        if gm is None or not ranges:
+            return Summary(head, none, none, first)
+        ucs = gm.cluster_size
+        guest = np.unique(np.concatenate(
+            [np.arange(g // ucs, (g + max(n, 1) - 1) // ucs + 1, dtype=np.int64)
+             for g, n in ranges]))
+        guest = guest[guest < len(gm.states)]
+        states, depth = gm.states[guest], gm.depth[guest]
+        parts = [head]
+        host = none
+        if gm.clusters_per_entry == 1:
+            own = (depth == 0) & ((states == GuestState.DATA)
+                                  | (states == GuestState.COMPRESSED))
+            host = np.unique((gm.host_offsets[guest[own]] // np.uint64(ucs)).astype(np.int64))
+            parts.append(count(len(host), "host cluster"))
+            parts.extend(self._shared(host))
+        backing = int(np.count_nonzero(depth > 0))
+        if backing:
+            names = [b.filename for b in d.image.backing_chain] if d.image else []
+            name = os.path.basename(names[0]) if names else "the backing file"
+            parts.append(f"{backing} from backing file {name}")
+        zero = int(np.count_nonzero((states == GuestState.ZERO) & (depth == 0)))
+        if zero:
+            parts.append(f"{zero} zero")
+        unalloc = int(np.count_nonzero((states == GuestState.UNALLOCATED) & (depth == 0)))
+        if unalloc:
+            parts.append(f"{unalloc} unallocated")
+        return Summary(", ".join(parts), guest, host, first)
+
+    def _shared(self, host: np.ndarray) -> list[str]:
+        hm = self.document.host_map
+        if hm is None or not len(host):
+            return []
+        ok = host[host < len(hm)]
+        refs = np.asarray([hm.refcounts[int(c)] for c in ok[:4096]], dtype=np.int64)
+        shared = ok[:4096][refs > 1]
+        if not len(shared):
+            return []
+        snaps: list[str] = []
+        for c in shared[:16].tolist():
+            for o in hm.owners(c):
+                if o.snapshot and o.snapshot not in snaps:
+                    snaps.append(o.snapshot)
+        where = f" with snapshot {', '.join(snaps)}" if snaps else ""
+        return [f"{len(shared)} shared{where}"]
+
+
+def guest_contents(document) -> GuestContents:
+    """The document's GuestContents (made on first use, owned by the document)."""
+    got = document.findChild(GuestContents)
+    return got if got is not None else GuestContents(document)
+
+
+def hover_text(contents: GuestContents | None, offset: int) -> str:
+    """", partition 2 (ext4), /var/log/syslog +0x10000" for guest byte ``offset``
+    ("" when the index is not built or says nothing)."""
+    if contents is None:
+        return ""
+    o = contents.owner(offset)
+    if o is None:
+        return ""
+    return owner_text(o)
+
+
+def owner_text(o: Owner) -> str:
+    bits = []
+    if o.partition is not None:
+        where = f"partition {o.partition}" if o.partition else "whole disk"
+        if o.volume:
+            where += f" LV {o.volume}"
+        bits.append(f"{where} ({o.filesystem})" if o.filesystem else where)
+    if o.path is not None:
+        bits.append(f"{o.path} +{o.file_offset:#x}" if o.what == "file data"
+                    else f"{o.label or o.what} of {o.path}")
+    elif o.label:
+        bits.append(o.label)
+    else:
+        bits.append(o.what)
+    return ", ".join(bits)

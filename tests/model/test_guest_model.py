@@ -1,0 +1,84 @@
+"""The Files tree over a GPT disk made by sgdisk + mkfs.vfat/mcopy + mkfs.ext4 -d."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QModelIndex, Qt
+
+from guest.conftest import gpt_disk  # noqa: F401 - the session fixture, reused
+from qcow2view.model.document import ImageDocument
+from qcow2view.model.guest_files import guest_contents
+from qcow2view.model.guest_model import (DIR, FILE, FS, NAME, NODE_ROLE, PART, SIZE,
+                                         FilesModel, FilesSortModel)
+
+
+@pytest.fixture
+def contents(qtbot, gpt_disk):  # noqa: F811
+    doc = ImageDocument(gpt_disk.qcow2)
+    doc.load_header()
+    c = guest_contents(doc)
+    with qtbot.waitSignal(c.ready, timeout=30000):
+        c.ensure()
+    assert c.state == "ready"
+    yield c
+    doc.close()
+
+
+def _walk(model, parent=QModelIndex()):
+    while model.canFetchMore(parent):
+        model.fetchMore(parent)
+    for r in range(model.rowCount(parent)):
+        i = model.index(r, 0, parent)
+        yield i
+        yield from _walk(model, i)
+
+
+def test_tree_lists_partitions_filesystems_and_the_source_tree(contents, gpt_disk, qtmodeltester):  # noqa: F811,E501
+    model = FilesModel(contents)
+    qtmodeltester.check(model)
+    nodes = [i.data(NODE_ROLE) for i in _walk(model)]
+    parts = [n for n in nodes if n.kind == PART]
+    assert [p.name for p in parts] == ["Partition 1: EFI", "Partition 2: root"]
+    fss = [n for n in nodes if n.kind == FS]
+    assert [n.name for n in fss] == ["vfat “EFI”", "ext4 “rootfs”"]
+    ext = {n.path for n in nodes if n.kind in (DIR, FILE) and n.vol == fss[1].vol}
+    # the oracle is the directory mkfs.ext4 -d was made from
+    src = {"/" + str(p.relative_to(gpt_disk.src)) for p in gpt_disk.src.rglob("*")}
+    assert src <= ext
+    size = {n.path: n.file.info.size for n in nodes if n.kind == FILE and n.vol == fss[1].vol}
+    assert size["/data/big.bin"] == (gpt_disk.src / "data/big.bin").stat().st_size
+
+
+def test_filter_finds_a_name_anywhere_and_sorting_puts_big_files_first(contents, qtmodeltester):
+    model = FilesModel(contents)
+    model.set_filter("fstab")
+    qtmodeltester.check(model)
+    shown = [i.data(NODE_ROLE) for i in _walk(model)]
+    files = [n.path for n in shown if n.kind == FILE]
+    assert files == ["/etc/fstab", "/etc/fstab"]         # in the FAT and the ext4 tree
+    model = FilesModel(contents)        # (Qt's tester fetches inside a reset: a new model)
+    proxy = FilesSortModel()
+    proxy.setSourceModel(model)
+    qtmodeltester.check(proxy)
+    proxy.sort(SIZE, Qt.DescendingOrder)
+    ext = next(i for i in _walk(proxy) if i.data(NODE_ROLE).kind == FS
+               and "ext4" in i.data(NODE_ROLE).name)
+    data = next(proxy.index(r, 0, ext) for r in range(proxy.rowCount(ext))
+                if proxy.index(r, 0, ext).data() == "data")
+    while proxy.canFetchMore(data):
+        proxy.fetchMore(data)
+    names = [proxy.index(r, NAME, data).data() for r in range(proxy.rowCount(data))]
+    assert names[0] in ("big.bin", "hard")
+
+
+def test_summary_names_extents_and_host_clusters(contents, qtbot, gpt_disk):  # noqa: F811
+    doc = contents.document
+    doc.start_analysis()
+    qtbot.waitUntil(lambda: doc.analysis is not None and not doc.busy, timeout=30000)
+    f = contents.resolve("2:/data/big.bin")[0]
+    ranges = [(g, n) for _fo, g, n in f.info.extents]
+    s = contents.summary(ranges, f.info.size, len(f.info.extents))
+    assert s.text.startswith(f"1.4 MiB in {len(f.info.extents)} extent")
+    assert "host cluster" in s.text
+    assert len(s.host_clusters) >= 1 and s.first_offset == f.info.extents[0][1]
+    assert contents.read_file(f) == (gpt_disk.src / "data/big.bin").read_bytes()
