@@ -25,79 +25,23 @@ from collections import OrderedDict
 
 import numpy as np
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, QTimer
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush
 
 from ..engine import Qcow2Error
 from ..engine import clusters as C
 from ..engine.clusters import ClusterType
 from ..engine.image import Image
-from .units import human_size
-
-BATCH = 256
-
-ROOT, L1_ROOT, RT_ROOT, L1E, L2E, RTE, RBE = range(7)
-CHILD_KIND = {ROOT: None, L1_ROOT: L1E, RT_ROOT: RTE, L1E: L2E, RTE: RBE}
-
-COLUMNS = ("Entry", "Guest range", "Raw entry", "Host offset", "Flags", "Refcount", "Problem")
-COL_INDEX, COL_GUEST, COL_RAW, COL_HOST, COL_FLAGS, COL_REFCOUNT, COL_PROBLEM = range(7)
-
-EntryOffsetRole = Qt.UserRole + 1     # file offset of the entry's bytes
-HostOffsetRole = Qt.UserRole + 2      # host offset the entry points at (or None)
-GuestOffsetRole = Qt.UserRole + 3     # first guest byte the entry maps (or None)
-KindRole = Qt.UserRole + 4            # "l1_table", "l1", "l2", "refcount_table", ...
-
-_KIND_NAMES = {L1_ROOT: "l1_table", RT_ROOT: "refcount_table", L1E: "l1", L2E: "l2",
-               RTE: "refcount_table_entry", RBE: "refcount"}
-_TYPE_NAMES = {ClusterType.UNALLOCATED: "unallocated", ClusterType.ZERO_PLAIN: "zero",
-               ClusterType.ZERO_ALLOC: "zero, allocated", ClusterType.NORMAL: "data",
-               ClusterType.COMPRESSED: "compressed",
-               ClusterType.UNALLOCATED_ALLOC: "allocated, unwritten",
-               ClusterType.INVALID: "INVALID sub-cluster bitmap"}
-PROBLEM_COLOR = QColor("#c0392b")
-_ROW_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
-_NO_FLAGS = Qt.NoItemFlags
-# Plain ints: the delegate asks ~10 roles per painted cell, and every attribute
-# lookup on a Qt enum class costs a few microseconds in PySide6.
-_DISPLAY, _TOOLTIP, _FOREGROUND, _ALIGN = (int(Qt.DisplayRole), int(Qt.ToolTipRole),
-                                           int(Qt.ForegroundRole), int(Qt.TextAlignmentRole))
-_ROLES = frozenset({_DISPLAY, _TOOLTIP, _FOREGROUND, _ALIGN, int(EntryOffsetRole),
-                    int(HostOffsetRole), int(GuestOffsetRole), int(KindRole)})
-_ROW_ROLES = frozenset({_DISPLAY, _TOOLTIP, _FOREGROUND})
-_ALIGN_RIGHT = int(Qt.AlignRight | Qt.AlignVCenter)
-_RC_UNKNOWN = -2
-_RED = QBrush(PROBLEM_COLOR)
-_GREY = QBrush(QColor("#999999"))
+from .table_facts import TableFacts
+from .table_nodes import (_ALIGN, _ALIGN_RIGHT, _DISPLAY, _FOREGROUND, _GREY,  # noqa: F401
+                          _KIND_NAMES, _NO_FLAGS, _RED, _ROLES, _ROW_FLAGS, _ROW_ROLES,
+                          BATCH, CHILD_KIND, COL_FLAGS, COL_GUEST, COL_HOST, COL_INDEX,
+                          COL_PROBLEM, COL_RAW, COL_REFCOUNT, COLUMNS, L1_ROOT, L1E, L2E,
+                          PROBLEM_COLOR, ROOT, RT_ROOT, RTE, EntryOffsetRole,
+                          GuestOffsetRole, HostOffsetRole, KindRole, Node)
+# (COL_*, the roles and BATCH are imported from here by the views and tests)
 
 
-class Node:
-    """A container row: a root table, an L1 entry or a refcount table entry."""
-
-    __slots__ = ("kind", "parent", "pos", "entry", "label", "snapshot", "cand", "count",
-                 "kids", "error", "raw", "bitmap", "types", "table_offset", "loaded",
-                 "rows", "rc", "rc_hosts")
-
-    def __init__(self, kind: int, parent: "Node | None", pos: int, entry: int = -1) -> None:
-        self.kind = kind
-        self.parent = parent
-        self.pos = pos                    # row under parent
-        self.entry = entry                # index in the parent's table
-        self.label = ""
-        self.snapshot = None              # Snapshot for snapshot L1 roots
-        self.cand: np.ndarray | None = None   # entry indices of the children shown
-        self.count = 0                    # children fetched so far
-        self.kids: dict[int, Node] = {}
-        self.error: str | None = None
-        self.raw: np.ndarray | None = None    # this container's table (uint64)
-        self.bitmap: np.ndarray | None = None
-        self.types: np.ndarray | None = None
-        self.table_offset = 0
-        self.loaded = False
-        self.rows: dict[int, tuple] = {}      # row -> (texts, brushes, problem tooltip)
-        self.rc: np.ndarray | None = None     # refcount of what each entry points at, -1: none
-        self.rc_hosts: np.ndarray | None = None   # the host offsets those refcounts are of
-
-
-class TableTreeModel(QAbstractItemModel):
+class TableTreeModel(TableFacts, QAbstractItemModel):
     """Lazy tree of the image's tables."""
 
     def __init__(self, parent=None) -> None:
@@ -433,201 +377,6 @@ class TableTreeModel(QAbstractItemModel):
         if role == KindRole:
             return _KIND_NAMES[node.kind]
         return None
-
-    # -- per-entry facts ------------------------------------------------------------------
-    @property
-    def _cs(self) -> int:
-        return self._img.cluster_size if self._img else 1
-
-    def _entry_offset(self, holder: Node, kind: int, entry: int) -> int:
-        img = self._img
-        if kind == L2E:
-            return holder.table_offset + img.header.l2_entry_size * entry
-        if kind == RBE:
-            return holder.table_offset + (entry << img.header.refcount_order) // 8
-        return holder.table_offset + 8 * entry
-
-    def _host_offset(self, holder: Node, kind: int, entry: int) -> int | None:
-        raw = int(holder.raw[entry])
-        img = self._img
-        if kind == L1E:
-            return (raw & C.L1E_OFFSET_MASK) or None
-        if kind == RTE:
-            return (raw & C.REFT_OFFSET_MASK) or None
-        if kind == RBE:
-            return (holder.entry * img.refcount_block_entries + entry) * self._cs
-        t = holder.types[entry] if holder.types is not None else C.cluster_type(raw)
-        if t == ClusterType.COMPRESSED:
-            return img.layout.decode(raw)[0]
-        return (raw & C.L2E_OFFSET_MASK) or (0 if t == ClusterType.NORMAL else None)
-
-    def _guest_offset(self, holder: Node, kind: int, entry: int) -> int | None:
-        img = self._img
-        if kind == L1E:
-            return entry * img.l2_size * self._cs
-        if kind == L2E:
-            return (holder.entry * img.l2_size + entry) * self._cs
-        return None
-
-    def _child_refcounts(self, holder: Node) -> np.ndarray:
-        """Refcount of the host cluster each entry of ``holder``'s table points at, for
-        the whole table at once from the host map (-1: points at nothing;
-        _RC_UNKNOWN: past the map, or no map yet; looked up per row when shown)."""
-        if holder.rc is not None:
-            return holder.rc
-        img = self._img
-        raw = holder.raw if holder.raw is not None else np.zeros(0, dtype=np.uint64)
-        kind = CHILD_KIND[holder.kind]
-        if kind == L1E:
-            hosts = raw & np.uint64(C.L1E_OFFSET_MASK)
-        elif kind == RTE:
-            hosts = raw & np.uint64(C.REFT_OFFSET_MASK)
-        elif kind == L2E and not img.has_data_file:     # data file clusters have no refcount
-            hosts = raw & np.uint64(C.L2E_OFFSET_MASK)
-            if holder.types is not None:
-                comp = holder.types == ClusterType.COMPRESSED
-                if comp.any():
-                    hosts[comp] = raw[comp] & np.uint64(img.layout.offset_mask)
-                hosts[(holder.types == ClusterType.ZERO_PLAIN)
-                      | (holder.types == ClusterType.UNALLOCATED)] = 0
-        else:
-            hosts = np.zeros(len(raw), dtype=np.uint64)
-        clusters = (hosts >> np.uint64(img.cluster_bits)).astype(np.int64)
-        out = np.where(hosts != 0, _RC_UNKNOWN, -1).astype(np.int64)
-        rc = self._refcounts
-        if rc is not None:
-            known = (hosts != 0) & (clusters < len(rc))
-            out[known] = rc[clusters[known]]
-        holder.rc, holder.rc_hosts = out, hosts
-        return out
-
-    def _refcount_from_blocks(self, host_offset: int) -> int:
-        """One refcount read from its refcount block (a few blocks cached); 0 past
-        the refcount table or in a block that cannot be read."""
-        img = self._img
-        rti, i = divmod(host_offset >> img.cluster_bits, img.refcount_block_entries)
-        if rti >= len(img.refcount_table):
-            return 0
-        if rti not in self._rc_cache:
-            try:
-                blk = img.refcount_block(rti)
-            except Qcow2Error:
-                blk = None
-            self._rc_cache[rti] = None if blk is None else blk[1]
-            if len(self._rc_cache) > 64:
-                self._rc_cache.popitem(last=False)
-        counts = self._rc_cache[rti]
-        return 0 if counts is None else int(counts[i])
-
-    def _problems(self, holder: Node, kind: int, entry: int) -> list[str]:
-        out = list(self._problems_at.get(self._entry_offset(holder, kind, entry), ()))
-        host = self._host_offset(holder, kind, entry)
-        if host is not None and not (
-                kind == L2E and holder.types is not None and holder.types[entry]
-                in (ClusterType.COMPRESSED, ClusterType.ZERO_PLAIN, ClusterType.UNALLOCATED)):
-            out += self._problems_cluster.get(host // self._cs, [])
-        if kind in (L1E, RTE):
-            kid = holder.kids.get(self._pos_of(holder, entry))
-            if kid is not None and kid.error:
-                out.append(kid.error)
-        return out
-
-    def _pos_of(self, holder: Node, entry: int) -> int:
-        if holder.cand is None:
-            return -1
-        pos = int(np.searchsorted(holder.cand, entry))
-        return pos if pos < len(holder.cand) and holder.cand[pos] == entry else -1
-
-    def _text(self, holder: Node, kind: int, entry: int, col: int) -> str:
-        img = self._img
-        raw = int(holder.raw[entry])
-        cs = self._cs
-        if col == COL_INDEX:
-            return str(entry)
-        if col == COL_GUEST:
-            if kind in (L1E, L2E):
-                g = self._guest_offset(holder, kind, entry)
-                span = img.l2_size * cs if kind == L1E else cs
-                return f"{g:#x} – {g + span - 1:#x}"
-            if kind == RTE:
-                per = img.refcount_block_entries
-                return f"host clusters {entry * per:,} – {(entry + 1) * per - 1:,}"
-            return f"host cluster {holder.entry * img.refcount_block_entries + entry:,}"
-        if col == COL_RAW:
-            if kind == RBE:
-                return str(raw)
-            text = f"{raw:016x}"
-            if kind == L2E and holder.bitmap is not None:
-                text += f" {int(holder.bitmap[entry]):016x}"
-            return text
-        if col == COL_HOST:
-            h = self._host_offset(holder, kind, entry)
-            if h is None:
-                return ""
-            if kind == L2E and holder.types is not None \
-                    and holder.types[entry] == ClusterType.COMPRESSED:
-                _, n = img.layout.decode(raw)
-                return f"{h:#x} (+{n} B)"
-            return f"{h:#x}"
-        if col == COL_FLAGS:
-            return self._flags(holder, kind, entry, raw)
-        if col == COL_REFCOUNT:
-            if kind == RBE:
-                return ""
-            rcs = self._child_refcounts(holder)
-            rc = int(rcs[entry])
-            if rc == _RC_UNKNOWN:       # not in the host map (yet): its refcount block
-                rc = rcs[entry] = self._refcount_from_blocks(int(holder.rc_hosts[entry]))
-            return "" if rc < 0 else str(rc)
-        if col == COL_PROBLEM:
-            probs = self._problems(holder, kind, entry)
-            return ("⚠ " + probs[0] + (f" (+{len(probs) - 1})" if len(probs) > 1 else "")
-                    if probs else "")
-        return ""
-
-    def _flags(self, holder: Node, kind: int, entry: int, raw: int) -> str:
-        parts: list[str] = []
-        if kind == L1E:
-            if raw & C.L1E_OFFSET_MASK:
-                parts.append("L2 table")
-            if raw & C.QCOW_OFLAG_COPIED:
-                parts.append("COPIED")
-            if raw & C.L1E_RESERVED_MASK:
-                parts.append("RESERVED BITS SET")
-        elif kind == L2E:
-            t = ClusterType(int(holder.types[entry])) if holder.types is not None \
-                else C.cluster_type(raw)
-            if t == ClusterType.UNALLOCATED and self._img.backing_chain:
-                parts.append("from backing")    # unallocated: the guest reads the backing file
-            else:
-                parts.append(_TYPE_NAMES.get(t, t.name.lower()))
-            if raw & C.QCOW_OFLAG_COPIED:
-                parts.append("COPIED")
-            if t == ClusterType.COMPRESSED:
-                parts.append(f"{self._img.layout.decode(raw)[1]} B")
-            elif raw & C.QCOW_OFLAG_ZERO and holder.bitmap is None:
-                parts.append("ZERO flag")
-            if holder.bitmap is not None and t != ClusterType.COMPRESSED:
-                bm = int(holder.bitmap[entry])
-                if bm:
-                    parts.append(f"sub-clusters alloc {bm & 0xFFFFFFFF:08x} "
-                                 f"zero {bm >> 32:08x}")
-        elif kind == RTE:
-            if raw & C.REFT_OFFSET_MASK:
-                parts.append("refcount block")
-        return ", ".join(parts)
-
-    def entry_length(self, index: QModelIndex) -> int:
-        """Bytes of the entry at ``index`` in the file (for the file hex view)."""
-        kind = index.data(KindRole)
-        img = self._img
-        if img is None:
-            return 0
-        if kind == "l2":
-            return img.header.l2_entry_size
-        if kind == "refcount":
-            return max(1, img.header.refcount_bits // 8)
-        return 8
 
     # -- navigation ----------------------------------------------------------------------
     def root_index(self, kind: str = "l1_table", snapshot: str | None = None) -> QModelIndex:
