@@ -99,12 +99,19 @@ def _classify(scan: RefScan, cluster: int, disk: int, refs: int) -> str:
     return "double_reference" if refs > 1 else "refcount_too_low"
 
 
-CHUNK = 1 << 22   # clusters compared per numpy pass (bounded temporaries)
+CHUNK = 1 << 20   # clusters compared per numpy pass (bounded temporaries: ~10 MiB)
+
+
+def _used_end(scan: RefScan, disk: DiskRefcounts) -> int:
+    """Clusters past this one have neither a reference nor a refcount block: the
+    comparison stops there (a file with a sparse tail costs nothing more)."""
+    return min(scan.nb_clusters, max(len(scan.refs), disk.covered_end))
 
 
 def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Finding]]:
-    """compare_refcounts: counts and findings, vectorised in chunks of clusters."""
-    nb = scan.nb_clusters
+    """compare_refcounts: counts and findings, vectorised in chunks of clusters
+    (the refcounts on disk streamed block by block, never held whole)."""
+    nb = _used_end(scan, disk)
     cs = scan.cluster_size
     cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
     out = {"check_errors": 0, "corruptions": 0, "leaks": 0, "highest": 0,
@@ -115,10 +122,10 @@ def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Findi
     errs: list[np.ndarray] = []
     for lo in range(0, nb, CHUNK):
         hi = min(nb, lo + CHUNK)
-        refs = scan.refs[lo:hi]
+        refs = scan.refs_range(lo, hi)
         over = cap is not None and len(refs) > 0 and int(refs.max()) > cap
         counted = np.minimum(refs, np.uint32(cap)) if over else refs
-        ondisk = disk.counts[lo:hi]
+        ondisk = disk.range(lo, hi, keep=False)
         if disk.bad_blocks:
             err = np.zeros(hi - lo, dtype=bool)
             for rti in disk.bad_blocks:
@@ -152,6 +159,7 @@ def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Findi
             if len(ov):
                 out["overflow"] += int((refs[ov].astype(np.int64) - cap).sum())
                 overs.append(ov + lo)
+        del refs, counted, ondisk
     out["highest"] = _highest(scan, disk, nb)
     findings: list[Finding] = []
     room = MAX_FINDINGS
@@ -160,24 +168,24 @@ def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Findi
         return np.concatenate(parts)[:room].tolist() if parts else []
 
     for c in cat(overs):
-        findings.append(Finding("refcount_overflow", c, disk.get(c), int(scan.refs[c]),
-                                f"cluster {c} at {c * cs:#x} has {int(scan.refs[c])} "
+        findings.append(Finding("refcount_overflow", c, disk.get(c), scan.ref(c),
+                                f"cluster {c} at {c * cs:#x} has {scan.ref(c)} "
                                 f"references, more than {scan.refcount_max} refcount bits "
                                 "can count", None, "corruption"))
     for c in cat(errs):
-        findings.append(Finding("refcount_block_unreadable", c, 0, int(scan.refs[c]),
+        findings.append(Finding("refcount_block_unreadable", c, 0, scan.ref(c),
                                 f"refcount of cluster {c} cannot be read (its refcount "
                                 "block offset is not cluster aligned)", None, "check_error"))
-    counted_of = (lambda c: min(int(scan.refs[c]), cap)) if cap is not None else \
-        (lambda c: int(scan.refs[c]))
+    counted_of = (lambda c: min(scan.ref(c), cap)) if cap is not None else \
+        (lambda c: scan.ref(c))
     for c in cat(lows):
-        d, r = int(disk.counts[c]), counted_of(c)
+        d, r = disk.get(c), counted_of(c)
         kind = _classify(scan, c, d, r)
         findings.append(Finding(kind, c, d, r, f"cluster {c} at {c * cs:#x}: refcount {d} "
                                 f"but {r} references ({kind.replace('_', ' ')})",
                                 None, "corruption"))
     for c in cat(highs):
-        d, r = int(disk.counts[c]), counted_of(c)
+        d, r = disk.get(c), counted_of(c)
         findings.append(Finding("leak", c, d, r, f"cluster {c} at {c * cs:#x} leaked: "
                                 f"refcount {d} but {r} references", None, "leak"))
     return out, findings
@@ -187,7 +195,7 @@ def _highest(scan: RefScan, disk: DiskRefcounts, nb: int) -> int:
     """The last cluster with a refcount or a reference (readable refcounts only)."""
     for hi in range(nb, 0, -CHUNK):
         lo = max(0, hi - CHUNK)
-        used = (disk.counts[lo:hi] != 0) | (scan.refs[lo:hi] != 0)
+        used = (disk.range(lo, hi, keep=False) != 0) | (scan.refs_range(lo, hi) != 0)
         for rti in disk.bad_blocks:
             a = max(rti * disk.per_block, lo)
             b = min((rti + 1) * disk.per_block, hi)
@@ -330,7 +338,7 @@ def _refblock_shared(image, scan: RefScan) -> bool:
     offs = rt[rt != 0] & np.uint64(C.REFT_OFFSET_MASK)
     offs = offs[(offs & np.uint64(image.cluster_size - 1)) == 0]
     cl = (offs >> np.uint64(image.cluster_bits)).astype(np.int64)
-    cl = cl[cl < len(scan.refs)]
+    cl = cl[cl < len(scan.refs)]   # past the array: no references
     return bool((scan.refs[cl] > 1).any())
 
 
@@ -357,11 +365,12 @@ def _mismatches(scan: RefScan, disk: DiskRefcounts, fix_errors: bool, fix_leaks:
     cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
     up: list[np.ndarray] = []
     down: list[np.ndarray] = []
-    for lo in range(0, scan.nb_clusters, CHUNK):
-        hi = min(scan.nb_clusters, lo + CHUNK)
-        refs = scan.refs[lo:hi]
+    end = _used_end(scan, disk)
+    for lo in range(0, end, CHUNK):
+        hi = min(end, lo + CHUNK)
+        refs = scan.refs_range(lo, hi)
         counted = np.minimum(refs, np.uint32(cap)) if cap is not None else refs
-        ondisk = disk.counts[lo:hi]
+        ondisk = disk.range(lo, hi, keep=False)
         ne = np.not_equal(ondisk, counted)
         for rti in disk.bad_blocks:
             a, b = max(rti * disk.per_block, lo), min((rti + 1) * disk.per_block, hi)
@@ -376,7 +385,7 @@ def _mismatches(scan: RefScan, disk: DiskRefcounts, fix_errors: bool, fix_leaks:
                 down.append(idx[~low] + lo)
     up_i = np.concatenate(up) if up else np.zeros(0, np.intp)
     down_i = np.concatenate(down) if down else np.zeros(0, np.intp)
-    targets = [scan.refs[i].astype(np.uint64) for i in (up_i, down_i)]
+    targets = [scan.refs_at(i).astype(np.uint64) for i in (up_i, down_i)]
     if cap is not None:
         targets = [np.minimum(t, np.uint64(cap)) for t in targets]
     return up_i, down_i, targets
@@ -410,8 +419,7 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
         counts = decode_refcount_block(read_zero_filled(f, off, cs), order)
         counts[members - rti * per] = vals
         f.pwrite(off, encode_refcount_block(counts, order))
-        inside = members < disk.n
-        disk.counts[members[inside]] = vals[inside].astype(disk.counts.dtype)
+        disk.forget([rti])
         done += len(members)
     f.fsync()
     return done

@@ -68,14 +68,57 @@ class Owner:
     snapshot: str | None         # snapshot name when referenced from a snapshot's tables
 
 
+class ClusterRefcounts:
+    """The on-disk refcount of every host cluster of a map, read from the refcount
+    blocks when asked (a few blocks cached) instead of held as one array: indexing
+    with an int, a slice or an array of cluster numbers reads only those."""
+
+    def __init__(self, disk: DiskRefcounts, n: int) -> None:
+        self.disk = disk
+        self.n = n
+        self.dtype = disk.dtype
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.n)
+            return self.disk.range(lo, max(lo, hi)).copy()[::step]
+        if isinstance(key, (int, np.integer)):
+            if not -self.n <= key < self.n:
+                raise IndexError(f"cluster {key} outside the map")
+            return self.dtype.type(self.disk.get(int(key) % self.n))
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return self.disk.lookup(idx.astype(np.int64))[0].astype(self.dtype)
+
+    # whole-array use (tests, small images): materialises every refcount
+    def __array__(self, dtype=None, copy=None):
+        a = self[0:self.n]
+        return a if dtype is None else a.astype(dtype)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self).astype(dtype)
+
+    def __eq__(self, other):
+        return np.asarray(self) == other
+
+
 @dataclass
 class HostMap:
+    """Kind, on-disk refcount and references found of each host cluster, up to the
+    last cluster that is referenced or has a refcount (a longer file's tail of
+    unused clusters is summarised as ``free_tail`` clusters, not mapped)."""
+
     cluster_size: int
     file_size: int
     kinds: np.ndarray            # uint8 HostKind per host cluster
-    refcounts: np.ndarray        # on-disk refcount per host cluster (unsigned; uint8/16/32/64
-                                 # as wide as the image's refcount_bits, to stay compact)
-    references: np.ndarray       # uint32 references found per host cluster
+    refcounts: ClusterRefcounts  # on-disk refcount per host cluster (read on demand)
+    references: np.ndarray       # references found per host cluster (uint8, or wider
+                                 # where some cluster has more than 255)
+    free_tail: int = 0           # unused clusters after the map up to the end of the file
     _owners: Callable[[int], list[Owner]] | None = field(default=None, repr=False)
     _scan: tuple | None = field(default=None, repr=False)   # (RefScan, DiskRefcounts)
 
@@ -137,7 +180,12 @@ class GuestMap:
 
 
 # -- host map -------------------------------------------------------------------------
+TAIL_SHOWN = 1 << 16     # free clusters at the end of the file mapped before summarising
+
+
 def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap:
+    """The host map; its cost follows the clusters referenced or refcounted (one
+    byte of kind and one of references each), not the file's length."""
     nb = -(-image.file.size // image.cluster_size)
     disk = DiskRefcounts(image, nb + 1, cancel)
     # the walk also checks COPIED flags, so that a check right after (the GUI
@@ -145,16 +193,60 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
     scan = Scanner(image, disk=disk, want_ranges=True, check_copied=True,
                    progress=progress, cancel=cancel).run()
     n = scan.nb_clusters
-    # views of the scan's arrays (no copies: a 1 TiB image has 16M clusters)
-    kinds = scan.kinds[:n]
-    ondisk = disk.counts[:n]
-    refs = scan.refs[:n]
+    used = max(len(scan.refs), min(n, disk.covered_end))
+    last = _last_used(scan, disk, min(n, used))
+    free_tail = 0
+    if n - last - 1 > TAIL_SHOWN:           # a sparse tail: map what is used only
+        free_tail, n = n - last - 1, last + 1
+    past = _counted_past_end(disk, n) if not free_tail else None
+    total = n + (0 if past is None else len(past))
+    kinds = _fit_kinds(scan, total)
+    _mark_mismatches(scan, disk, kinds, n)
+    if past is not None:
+        # refcounts for clusters past the end of the file (a truncated image):
+        # show them, as leaks, after the clusters the file has
+        kinds[n:] = np.where(past > 0, np.uint8(HostKind.LEAKED), np.uint8(HostKind.FREE))
+    refs = scan.refs[:total] if len(scan.refs) >= total else scan.refs_range(0, total)
+    hm = HostMap(image.cluster_size, image.file.size, kinds, ClusterRefcounts(disk, total),
+                 refs, free_tail)
+    hm._scan = (scan, disk)
+    tables = scan.l2_table_arrays()
+    lo = np.concatenate(scan.l2_lo) if scan.l2_lo else np.zeros(0, np.int64)
+    hi = np.concatenate(scan.l2_hi) if scan.l2_hi else np.zeros(0, np.int64)
+    hm._owners = lambda c: _owners(image, hm, tables, c, lo, hi)
+    return hm
+
+
+def _last_used(scan, disk: DiskRefcounts, end: int) -> int:
+    """The last cluster below ``end`` with a reference or an on-disk refcount (-1: none)."""
+    step = 1 << 22
+    for hi in range(end, 0, -step):
+        lo = max(0, hi - step)
+        used = (scan.refs_range(lo, hi) != 0) | (disk.range(lo, hi, keep=False) != 0)
+        if used.any():
+            return lo + int(np.flatnonzero(used)[-1])
+    return -1
+
+
+def _fit_kinds(scan, total: int) -> np.ndarray:
+    """The scan's kinds array as ``total`` long (the scan's own array when it can)."""
+    kinds = scan.kinds
+    if len(kinds) >= total:
+        return kinds[:total]
+    kinds.resize(total, refcheck=False)   # the scan is done with it: grow in place
+    scan.kinds = kinds
+    return kinds
+
+
+def _mark_mismatches(scan, disk: DiskRefcounts, kinds: np.ndarray, n: int) -> None:
+    """LEAKED where the refcount is above the references, CORRUPT where below or
+    where metadata overlaps (clusters 0..n-1, in chunks)."""
     cap = scan.refcount_max
     step = 1 << 22
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        r, d = refs[lo:hi], ondisk[lo:hi]
-        if cap < 0xFFFFFFFF and int(r.max()) > cap:
+        r, d = scan.refs_range(lo, hi), disk.range(lo, hi, keep=False)
+        if cap < 0xFFFFFFFF and len(r) and int(r.max()) > cap:
             r = np.minimum(r, np.uint32(cap))
         ne = np.not_equal(d, r)
         if ne.any():
@@ -165,22 +257,6 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
     for c in scan.overlap_clusters:
         if c < n:
             kinds[c] = HostKind.CORRUPT
-    past = _counted_past_end(disk, n)
-    if past is not None:
-        # refcounts for clusters past the end of the file (a truncated image):
-        # show them, as leaks, after the clusters the file has
-        extra = len(past)
-        kinds = np.concatenate([kinds, np.where(past > 0, np.uint8(HostKind.LEAKED),
-                                                np.uint8(HostKind.FREE))])
-        ondisk = np.concatenate([ondisk, past.astype(ondisk.dtype)])
-        refs = np.concatenate([refs, np.zeros(extra, dtype=refs.dtype)])
-    hm = HostMap(image.cluster_size, image.file.size, kinds, ondisk, refs)
-    hm._scan = (scan, disk)
-    tables = scan.l2_table_arrays()
-    lo = np.concatenate(scan.l2_lo) if scan.l2_lo else np.zeros(0, np.int64)
-    hi = np.concatenate(scan.l2_hi) if scan.l2_hi else np.zeros(0, np.int64)
-    hm._owners = lambda c: _owners(image, hm, tables, c, lo, hi)
-    return hm
 
 
 MAX_PAST_END = 1 << 20    # clusters shown past the end of the file, at most
@@ -195,7 +271,7 @@ def _counted_past_end(disk: DiskRefcounts, n: int) -> np.ndarray | None:
     for rti in np.nonzero(disk.table)[0].tolist():
         if (rti + 1) * per <= n or rti * per >= n + MAX_PAST_END:
             continue
-        blk = disk._block(rti)
+        blk = disk.block(rti)
         if blk is None:
             continue
         lo = max(n, rti * per)
@@ -206,7 +282,7 @@ def _counted_past_end(disk: DiskRefcounts, n: int) -> np.ndarray | None:
     if last < 0:
         return None
     last = min(last, n + MAX_PAST_END - 1)
-    out = np.zeros(last + 1 - n, dtype=disk.counts.dtype)
+    out = np.zeros(last + 1 - n, dtype=disk.dtype)
     for rti, blk in blocks.items():
         lo, hi = max(n, rti * per), min(last + 1, (rti + 1) * per)
         if lo < hi:

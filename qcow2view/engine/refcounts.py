@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,3 +66,139 @@ def encode_refcount_block(counts: np.ndarray, refcount_order: int) -> bytes:
 
 def max_refcount(refcount_order: int) -> int:
     return (1 << (1 << refcount_order)) - 1
+
+
+def read_zero_filled(file, offset: int, length: int) -> bytes:
+    """Read like QEMU's block layer does: bytes past the end of file are zeros."""
+    if offset >= file.size or length <= 0:
+        return bytes(max(length, 0))
+    data = file.pread(offset, length)
+    if len(data) < length:
+        data += bytes(length - len(data))
+    return data
+
+
+def refcount_dtype(refcount_order: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds one refcount (uint8 below 8 bits)."""
+    return np.dtype(np.uint8 if refcount_order <= 3 else np.uint16 if refcount_order == 4
+                    else np.uint32 if refcount_order == 5 else np.uint64)
+
+
+class DiskRefcounts:
+    """The refcounts on disk, read one refcount block at a time when asked.
+
+    Never one array for the whole file: a check streams them (:meth:`range`) and
+    looks single ones up (:meth:`get`, :meth:`lookup`) through a few cached blocks,
+    decoded into the image's own refcount width, so their cost is the cache (about
+    :data:`CACHE_BYTES`) whatever the image's size.  Clusters past the last
+    refcount block (:attr:`covered_end`) have refcount 0.
+    """
+
+    CACHE_BYTES = 8 << 20
+
+    def __init__(self, image, nclusters: int, cancel=None) -> None:
+        self.file = image.file
+        self.order = image.header.refcount_order
+        self.cs = image.cluster_size
+        self.per_block = image.refcount_block_entries
+        self.table = image.refcount_table
+        self.dtype = refcount_dtype(self.order)
+        self.n = nclusters
+        offs = self.table & np.uint64(REFT_OFFSET_MASK)
+        used = np.flatnonzero(offs)
+        # refcount table indices whose block offset is misaligned: QEMU's
+        # qcow2_get_refcount fails for every cluster they cover
+        bad = used[(offs[used] & np.uint64(self.cs - 1)) != 0]
+        self.bad_blocks: set[int] = set(bad.tolist())
+        self.covered_end = (int(used[-1]) + 1) * self.per_block if len(used) else 0
+        self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._cache_max = max(4, self.CACHE_BYTES // (self.per_block * self.dtype.itemsize))
+
+    def _block(self, rti: int) -> np.ndarray | None:
+        """Refcount block ``rti`` decoded (None: no block, or a misaligned one)."""
+        off = int(self.table[rti]) & REFT_OFFSET_MASK if rti < len(self.table) else 0
+        if not off or off & (self.cs - 1):
+            return None
+        buf = read_zero_filled(self.file, off, self.cs)
+        if self.order >= 3:
+            return np.frombuffer(buf, dtype=self.dtype.newbyteorder(">")).astype(self.dtype)
+        return decode_refcount_block(buf, self.order).astype(self.dtype)
+
+    def block(self, rti: int) -> np.ndarray | None:
+        """:meth:`_block` through the cache of recently used blocks (do not modify)."""
+        try:
+            self._cache.move_to_end(rti)
+            return self._cache[rti]
+        except KeyError:
+            pass
+        blk = self._cache[rti] = self._block(rti)
+        if len(self._cache) > self._cache_max:
+            self._cache.popitem(last=False)
+        return blk
+
+    def forget(self, rtis=None) -> None:
+        """Drop cached blocks (all, or those of ``rtis``) after they were rewritten."""
+        if rtis is None:
+            self._cache.clear()
+        else:
+            for rti in rtis:
+                self._cache.pop(int(rti), None)
+
+    def error(self, cluster: int) -> bool:
+        return (cluster // self.per_block) in self.bad_blocks
+
+    def get(self, cluster: int) -> int:
+        blk = self.block(cluster // self.per_block)
+        return 0 if blk is None else int(blk[cluster % self.per_block])
+
+    def range(self, lo: int, hi: int, keep: bool = True) -> np.ndarray:
+        """Refcounts of clusters ``lo..hi-1`` (misaligned blocks read as 0).  Inside
+        one block this may be a view of the cache: do not modify.  ``keep=False``
+        streams past the cache (a whole-file pass)."""
+        per = self.per_block
+        end = min(hi, self.covered_end)
+        first = lo // per
+        if lo < end and first == (hi - 1) // per:
+            blk = self.block(first) if keep else self._block(first)
+            if blk is not None:
+                return blk[lo - first * per:hi - first * per]
+        out = np.zeros(max(0, hi - lo), dtype=self.dtype)
+        for rti in range(first, -(-end // per)) if lo < end else ():
+            blk = self.block(rti) if keep else self._block(rti)
+            if blk is None:
+                continue
+            a, b = max(lo, rti * per), min(hi, (rti + 1) * per)
+            out[a - lo:b - lo] = blk[a - rti * per:b - rti * per]
+        return out
+
+    def lookup(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(refcounts as uint64, ok) for an array of cluster indices; ok is False
+        where QEMU could not read the refcount (misaligned refcount block)."""
+        c = np.asarray(clusters).astype(np.int64, copy=False)
+        ok = np.ones(len(c), dtype=bool)
+        if len(c) == 0:
+            return np.zeros(0, dtype=np.uint64), ok
+        per = self.per_block
+        lo, hi = int(c.min()), int(c.max()) + 1
+        if hi - lo <= max(4 * len(c), per):      # one span read covers them
+            out = self.range(lo, hi)[c - lo].astype(np.uint64)
+        else:
+            out = np.zeros(len(c), dtype=np.uint64)
+            rti = c // per
+            order = np.argsort(rti, kind="stable")
+            srt = rti[order]
+            starts = np.flatnonzero(np.r_[True, srt[1:] != srt[:-1]])
+            for a, b in zip(starts.tolist(), np.r_[starts[1:], len(c)].tolist()):
+                t = int(srt[a])
+                blk = self.block(t)
+                if blk is not None:
+                    sel = order[a:b]
+                    out[sel] = blk[c[sel] - t * per]
+        if self.bad_blocks:
+            ok = ~np.isin(c // per, np.fromiter(self.bad_blocks, dtype=np.int64))
+        return out, ok
+
+    @property
+    def counts(self) -> np.ndarray:
+        """All refcounts of clusters 0..n-1 as one array (tests and small images)."""
+        return self.range(0, self.n, keep=False).copy()

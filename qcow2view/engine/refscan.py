@@ -7,8 +7,10 @@ snapshot L1 tables, snapshot table, refcount table, encryption header,
 bitmaps, refcount blocks) and counts exactly what ``qemu-img check`` counts,
 but decodes whole tables with numpy instead of one entry at a time.
 
-Counts are kept as "attempts" per cluster (uint32, or uint16 widened on demand
-in the check's compact walks); QEMU's in-memory refcounts saturate at the
+Counts are kept as "attempts" per cluster, one byte each, widened to uint16 or
+uint32 only if some cluster gets more references than that holds; the array
+reaches only as far as the last cluster referenced or covered by a refcount
+block (it grows on demand), never to the end of a file with a sparse tail.  QEMU's in-memory refcounts saturate at the
 image's refcount maximum and report every reference beyond it as a corruption,
 which is the same total whatever the order, so the saturation is applied once
 at the end (:meth:`RefScan.counted`).
@@ -33,12 +35,14 @@ from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
 from .errors import CancelledError
 from .extensions import EXT_BITMAPS
 from .header import QCOW_MAX_L1_SIZE
-from .refcounts import REFT_RESERVED_MASK, decode_refcount_block, max_refcount
+from .refcounts import (REFT_RESERVED_MASK, DiskRefcounts, max_refcount,  # noqa: F401
+                        read_zero_filled)
 
 Progress = Callable[[int, int], None] | None
 Cancel = Callable[[], bool] | None
 
 MAX_FINDINGS = 10_000          # individual findings kept; the counts stay exact
+MAX_OVERLAPS = 100_000         # clusters remembered as metadata overlaps
 BATCH_ENTRIES = 1 << 20        # L2 entries decoded per numpy batch
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 SNAPSHOT_FIXED_SIZE = 40
@@ -68,16 +72,6 @@ class Finding:
     message: str                 # names the structure and the offset
     entry_offset: int | None     # file offset of the table entry at fault, if any
     severity: str                # "corruption" | "leak" | "check_error"
-
-
-def read_zero_filled(file, offset: int, length: int) -> bytes:
-    """Read like QEMU's block layer does: bytes past the end of file are zeros."""
-    if offset >= file.size or length <= 0:
-        return bytes(max(length, 0))
-    data = file.pread(offset, length)
-    if len(data) < length:
-        data += bytes(length - len(data))
-    return data
 
 
 def read_tables(file, offsets: np.ndarray, cs: int, extended: bool,
@@ -137,79 +131,6 @@ def check_cancel(cancel: Cancel) -> None:
         raise CancelledError("cancelled")
 
 
-class DiskRefcounts:
-    """On-disk refcounts, read in bulk into the narrowest dtype that holds them."""
-
-    def __init__(self, image, nclusters: int, cancel: Cancel = None) -> None:
-        self.image = image
-        h = image.header
-        self.order = h.refcount_order
-        self.cs = image.cluster_size
-        self.per_block = image.refcount_block_entries
-        self.table = image.refcount_table
-        self.dtype = (np.uint8 if self.order <= 3 else np.uint16 if self.order == 4
-                      else np.uint32 if self.order == 5 else np.uint64)
-        self.n = nclusters
-        self.counts = np.zeros(nclusters, dtype=self.dtype)
-        # refcount table indices whose block offset is misaligned: QEMU's
-        # qcow2_get_refcount fails for every cluster they cover
-        self.bad_blocks: set[int] = set()
-        self._extra: dict[int, np.ndarray | None] = {}
-        per = self.per_block
-        nblocks = min(len(self.table), -(-nclusters // per))
-        for rti in range(nblocks):
-            if rti % 64 == 0:
-                check_cancel(cancel)
-            blk = self._block(rti)
-            if blk is None:
-                continue
-            lo = rti * per
-            hi = min(nclusters, lo + per)
-            self.counts[lo:hi] = blk[:hi - lo]
-
-    def _block(self, rti: int) -> np.ndarray | None:
-        off = int(self.table[rti]) & C.REFT_OFFSET_MASK
-        if not off:
-            return None
-        if off & (self.cs - 1):
-            self.bad_blocks.add(rti)
-            return None
-        buf = read_zero_filled(self.image.file, off, self.cs)
-        if self.order >= 3:
-            return np.frombuffer(buf, dtype=np.dtype(self.dtype).newbyteorder(">")
-                                 ).astype(self.dtype)
-        return decode_refcount_block(buf, self.order).astype(self.dtype)
-
-    def error(self, cluster: int) -> bool:
-        return (cluster // self.per_block) in self.bad_blocks
-
-    def get(self, cluster: int) -> int:
-        if cluster < self.n:
-            return int(self.counts[cluster])
-        rti = cluster // self.per_block
-        if rti >= len(self.table):
-            return 0
-        if rti not in self._extra:
-            self._extra[rti] = self._block(rti)
-        blk = self._extra[rti]
-        return 0 if blk is None else int(blk[cluster % self.per_block])
-
-    def lookup(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(refcounts, ok) for an array of cluster indices; ok is False where
-        QEMU could not read the refcount (misaligned refcount block)."""
-        clusters = clusters.astype(U64, copy=False)
-        out = np.zeros(len(clusters), dtype=np.uint64)
-        inside = clusters < U64(self.n)
-        out[inside] = self.counts[clusters[inside].astype(np.int64)]
-        for i in np.nonzero(~inside)[0].tolist():
-            out[i] = self.get(int(clusters[i]))
-        ok = np.ones(len(clusters), dtype=bool)
-        if self.bad_blocks:
-            rti = clusters // U64(self.per_block)
-            ok = ~np.isin(rti, np.fromiter(self.bad_blocks, dtype=np.uint64))
-        return out, ok
-
-
 @dataclass
 class RefScan:
     """What the walk found."""
@@ -217,9 +138,10 @@ class RefScan:
     cluster_size: int
     file_size: int
     nb_clusters: int                  # QEMU's in-memory refcount array size (may grow by one)
-    refs: np.ndarray                  # attempts per host cluster (uint32; uint16 while it
-                                      # fits in compact check walks)
-    kinds: np.ndarray                 # uint8 kind per host cluster (last reference wins)
+    refs: np.ndarray                  # attempts per host cluster (uint8, widened on demand;
+                                      # may end before nb_clusters: the rest are 0)
+    kinds: np.ndarray                 # uint8 kind per host cluster, as long as refs
+                                      # (last reference wins)
     refcount_max: int
     corruptions: int = 0
     check_errors: int = 0
@@ -253,9 +175,30 @@ class RefScan:
         names = [g[3] for g in self.l2_groups for _ in range(len(g[0]))]
         return offs, l1i, eo, names
 
+    def refs_range(self, lo: int, hi: int) -> np.ndarray:
+        """References of clusters ``lo..hi-1`` (zeros past the end of :attr:`refs`)."""
+        if hi <= len(self.refs):
+            return self.refs[lo:hi]
+        out = np.zeros(max(0, hi - lo), dtype=self.refs.dtype)
+        if lo < len(self.refs):
+            out[:len(self.refs) - lo] = self.refs[lo:]
+        return out
+
+    def refs_at(self, clusters: np.ndarray) -> np.ndarray:
+        """References of each of ``clusters`` (0 past the end of :attr:`refs`)."""
+        c = np.asarray(clusters, dtype=np.int64)
+        inside = c < len(self.refs)
+        out = np.zeros(len(c), dtype=self.refs.dtype)
+        out[inside] = self.refs[c[inside]]
+        return out
+
+    def ref(self, cluster: int) -> int:
+        return int(self.refs[cluster]) if cluster < len(self.refs) else 0
+
     def counted(self) -> np.ndarray:
-        """Per-cluster references as QEMU's saturating in-memory array holds them."""
-        r = self.refs[:self.nb_clusters]
+        """Per-cluster references as QEMU's saturating in-memory array holds them
+        (all ``nb_clusters`` of them)."""
+        r = self.refs_range(0, self.nb_clusters)
         if self.refcount_max < 0xFFFFFFFF:
             return np.minimum(r, np.uint32(self.refcount_max))
         return r
@@ -288,12 +231,17 @@ class Scanner:
         self.extended = image.extended_l2
         self.data_file = image.has_data_file
         self.layout = image.layout
-        # compact (the check): 16-bit reference counts while they fit (widened on
-        # demand) and no kinds for plain data, so untouched pages are never faulted in
+        # compact (the check): no kinds array at all (the overlap test needs only
+        # the metadata references, kept aside)
         self.compact = compact
-        # one spare slot: a reference may reach at most one cluster past EOF
-        refs = np.zeros(nb + 1, dtype=np.uint16 if compact else np.uint32)
-        kinds = np.zeros(nb + 1, dtype=np.uint8)
+        # one spare slot: a reference may reach at most one cluster past EOF; the
+        # arrays start as far as the refcount blocks reach and grow when needed
+        self.cap = nb + 1
+        start = self.cap if disk is None else min(self.cap, max(disk.covered_end, 1 << 16))
+        refs = np.zeros(start, dtype=np.uint8)
+        kinds = np.zeros(0 if compact else start, dtype=np.uint8)
+        # (clusters, kind) of every metadata reference, for the overlap test
+        self._meta_marks: list[tuple[np.ndarray, int]] = []
         self.r = RefScan(self.cs, self.file_size, nb, refs, kinds,
                          max_refcount(image.header.refcount_order))
         self._done = 0
@@ -324,6 +272,25 @@ class Scanner:
         if self.progress is not None:
             self.progress(min(self._done, self._total), self._total)
 
+    def _grow(self, top: int) -> None:
+        """Room in refs and kinds for cluster ``top``: resized in place (a realloc,
+        which moves big arrays by remapping pages rather than copying them)."""
+        r = self.r
+        if top < len(r.refs):
+            return
+        new = min(self.cap, max(top + 1, 2 * len(r.refs)))
+        if top >= new:
+            raise IndexError(f"cluster {top} past the end of the file")
+        r.refs.resize(new, refcheck=False)
+        if not self.compact:
+            r.kinds.resize(new, refcheck=False)
+
+    def _fit(self, need: int) -> None:
+        """Widen the reference counts so that ``need`` fits."""
+        r = self.r
+        if need > np.iinfo(r.refs.dtype).max:
+            r.refs = r.refs.astype(np.uint16 if need <= 0xFFFF else np.uint32)
+
     def _mark(self, clusters: np.ndarray, kind: int) -> None:
         """Count one reference per element of ``clusters`` (duplicates allowed)."""
         if len(clusters) == 0:
@@ -336,6 +303,7 @@ class Scanner:
         top = int(clusters.max())
         if top >= r.nb_clusters:
             r.nb_clusters = top + 1
+        self._grow(top)
         lo = int(clusters.min())
         d = np.diff(clusters)
         if (d > 0).all() or (d < 0).all():
@@ -350,22 +318,15 @@ class Scanner:
             u, counts = np.unique(clusters, return_counts=True)
             u = u.astype(np.intp)
         cur = r.refs[u]
-        if r.refs.dtype == np.uint16 and int(cur.max()) + (
-                1 if counts is None else int(counts.max())) > 0xFFFF:
-            r.refs = r.refs.astype(np.uint32)
-        seen = cur != 0
-        if seen.any():
-            su = u[seen]
-            prior = r.kinds[su]
-            conflict = (prior != kind) & (_META[prior] | _META[kind])
-            if kind in (K_L2, K_SNAPL2):
-                conflict &= ~((prior == K_L2) | (prior == K_SNAPL2))
-            if conflict.any():
-                r.overlap_clusters.update(su[conflict][:1000].tolist())
+        self._fit(int(cur.max()) + (1 if counts is None else int(counts.max())))
+        if _META[kind]:
+            self._meta_marks.append((clusters.astype(np.int64), kind))
         if counts is None:
             r.refs[u] += r.refs.dtype.type(1)
         else:
             r.refs[u] += counts.astype(r.refs.dtype)
+        if self.compact:
+            return
         if kind == K_SNAPL2:
             r.kinds[u[r.kinds[u] != K_L2]] = kind   # L2 tables the active L1 shares stay L2
         else:
@@ -375,13 +336,14 @@ class Scanner:
         r = self.r
         if c >= r.nb_clusters:
             r.nb_clusters = c + 1
-        prior = int(r.kinds[c])
-        if r.refs[c] and prior != kind and (_META[prior] or _META[kind]) and not (
-                kind in (K_L2, K_SNAPL2) and prior in (K_L2, K_SNAPL2)):
-            r.overlap_clusters.add(c)
-        if r.refs[c] == 0xFFFF and r.refs.dtype == np.uint16:
-            r.refs = r.refs.astype(np.uint32)
+        self._grow(c)
+        if _META[kind]:
+            self._meta_marks.append((np.array([c], dtype=np.int64), kind))
+        self._fit(int(r.refs[c]) + 1)
         r.refs[c] += 1
+        if self.compact:
+            return
+        prior = int(r.kinds[c])
         if not (kind == K_SNAPL2 and prior == K_L2):
             r.kinds[c] = kind
 
@@ -646,13 +608,14 @@ class Scanner:
                     cand[i] = False
                     continue
                 else:
-                    dc = disk.counts[sl]
+                    dc = disk.range(c0, c0 + L)
                     if (dc != 1).any() if copied else (dc == 1).any():
                         cand[i] = False
                         continue
             if not self.data_file:
                 # a range shared with earlier references is rare (damage or
                 # snapshots); those rows take the generic path for its bookkeeping
+                self._grow(c0 + L - 1)
                 rs = r.refs[sl]
                 if rs.any():
                     cand[i] = False
@@ -824,15 +787,8 @@ class Scanner:
             wrong = ~copied
             rc = np.ones(len(copied), dtype=np.uint64)
         else:
-            disk = self.disk
-            if not disk.bad_blocks and len(a_cl) and int(a_cl.max()) < disk.n:
-                rc = disk.counts[a_cl.astype(np.intp)]
-                ok = None
-            else:
-                rc, ok = disk.lookup(a_cl)
-            wrong = (rc == 1) != copied
-            if ok is not None:
-                wrong &= ok
+            rc, ok = self.disk.lookup(a_cl)
+            wrong = ((rc == 1) != copied) & ok
         if not wrong.any():
             return
         for f, w, o, c, k in zip(flat[wrong].tolist(), a_raw[wrong].tolist(),
@@ -876,6 +832,7 @@ class Scanner:
         im, r, cs = self.im, self.r, self.cs
         rt = im.refcount_table
         rto = im.header.refcount_table_offset
+        shared: list[tuple[int, int, int, int, int]] = []
         for i in np.nonzero(rt)[0].tolist():
             raw = int(rt[i])
             off = raw & C.REFT_OFFSET_MASK
@@ -897,14 +854,34 @@ class Scanner:
                               f"{off:#x} lies outside the image", eo)
                 continue
             if off:
-                before = int(r.refs[cluster]) if cluster < len(r.refs) else 0
                 self.inc_region(off, cs, K_REFB, f"refcount block {i}", eo)
-                after = int(r.refs[cluster]) if cluster < len(r.refs) else before
-                got = min(after, r.refcount_max)
-                if got != 1:
-                    kind = ("metadata_overlap" if cluster in r.overlap_clusters
-                            else "refcount_block_shared")
-                    self._corrupt(kind, cluster,
-                                  f"refcount block {i} at {off:#x} is referenced "
-                                  f"{after} times", eo, references=after)
-                    r.rebuild = True
+                after = r.ref(cluster)          # as QEMU sees it right after this one
+                if min(after, r.refcount_max) != 1:
+                    shared.append((i, off, cluster, eo, after))
+        self._find_overlaps()
+        for i, off, cluster, eo, after in shared:
+            kind = ("metadata_overlap" if cluster in r.overlap_clusters
+                    else "refcount_block_shared")
+            self._corrupt(kind, cluster, f"refcount block {i} at {off:#x} is referenced "
+                          f"{after} times", eo, references=after)
+            r.rebuild = True
+
+    def _find_overlaps(self) -> None:
+        """Clusters that metadata shares with something of another kind (other
+        metadata, or guest data: more references than metadata ones).  L2 tables of
+        the active L1 and of snapshots are one kind here."""
+        if not self._meta_marks:
+            return
+        cl = np.concatenate([m[0] for m in self._meta_marks])
+        kd = np.concatenate([np.full(len(m[0]), m[1], dtype=np.uint8)
+                             for m in self._meta_marks])
+        kd[kd == K_SNAPL2] = K_L2
+        order = np.argsort(cl, kind="stable")
+        cl, kd = cl[order], kd[order]
+        starts = np.flatnonzero(np.r_[True, cl[1:] != cl[:-1]])
+        u = cl[starts]
+        n_meta = np.diff(np.r_[starts, len(cl)])
+        mixed = np.maximum.reduceat(kd, starts) != np.minimum.reduceat(kd, starts)
+        other = self.r.refs_at(u).astype(np.int64) > n_meta
+        hit = u[mixed | other]
+        self.r.overlap_clusters.update(hit[:MAX_OVERLAPS].tolist())

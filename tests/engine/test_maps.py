@@ -102,7 +102,7 @@ def test_host_map_kinds_and_refcounts(tmp_path):
         h = im.header
         cs = im.cluster_size
         assert len(hm) == -(-im.file.size // cs)
-        assert hm.kinds.dtype == np.uint8 and hm.references.dtype == np.uint32
+        assert hm.kinds.dtype == np.uint8 and hm.references.dtype == np.uint8
         assert hm.kinds[0] == HostKind.HEADER
         assert hm.kinds[h.l1_table_offset // cs] == HostKind.L1_TABLE
         assert hm.kinds[h.refcount_table_offset // cs] == HostKind.REFCOUNT_TABLE
