@@ -18,12 +18,12 @@ SECTOR = 512
 MDA_MAGIC = b" LVM2 x[5A%r0N*>"
 MAX_METADATA = 1 << 20
 MAX_DEPTH = 16
-_TOKEN = re.compile(rb'\s*(?:#[^\n]*\n\s*)*("(?:[^"\\]|\\.)*"|[{}\[\]=,]|[^\s{}\[\]=,"#]+)')
+_TOKEN = re.compile(rb'("(?:[^"\\]|\\.)*"|[{}\[\]=,]|[^\s{}\[\]=,"#]+)|#[^\n]*')
 
 
 def _parse(text: bytes):
     """LVM text metadata -> nested dicts (sections) with str/int/list values."""
-    toks = [m.group(1) for m in _TOKEN.finditer(text)]
+    toks = [m.group(1) for m in _TOKEN.finditer(text) if m.group(1) is not None]
     pos = 0
 
     def value():
