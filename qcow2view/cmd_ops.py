@@ -108,7 +108,8 @@ def main(cmd: str, argv: list[str]) -> int:
 def _open_rw(path: str):
     if not os.path.exists(path):
         raise Qcow2Error("no such file", path=path)
-    return open_image(path, writable=True)
+    from .engine.metadata_ops import opened_writable
+    return opened_writable(path)
 
 
 # -- snapshot -----------------------------------------------------------------------------

@@ -12,13 +12,15 @@ so that they can move into the single metadata store of issue 13 as a whole.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from typing import Callable, Iterable
 
 import numpy as np
 
 from . import clusters as C
-from .errors import CancelledError, CorruptImageError, RequestError
+from .errors import CancelledError, CorruptImageError, Qcow2Error, RequestError
 from .header import FIELD_BY_NAME
 from .snapshot_create import _commit_refcounts
 
@@ -27,6 +29,49 @@ COPIED = np.uint64(C.QCOW_OFLAG_COPIED)
 NOT_COPIED = np.uint64(~C.QCOW_OFLAG_COPIED & 0xFFFFFFFFFFFFFFFF)
 OFFSET_MASK = np.uint64(C.L2E_OFFSET_MASK)
 COMPRESSED = np.uint64(C.QCOW_OFLAG_COMPRESSED)
+
+
+def operation(fn):
+    """Decorate an image operation: an I/O error becomes a :class:`Qcow2Error`
+    (the image stays valid: before or after, plus leaked clusters at most), and
+    an image passed first forgets whatever it held in memory, as after a crash."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            image = args[0] if args else None
+            writer = getattr(image, "_writer", None)
+            if writer is not None:
+                try:
+                    writer.alloc.forget()
+                    image.reload_metadata()
+                except (Qcow2Error, OSError):
+                    pass
+            if isinstance(e, OSError):
+                what = fn.__name__.replace("_", " ")
+                raise Qcow2Error(f"{what} failed: {e.strerror or e}; the image stays "
+                                 "consistent (at worst clusters leak)") from e
+            raise
+    return run
+
+
+@contextlib.contextmanager
+def opened_writable(path, **kwargs):
+    """``open_image(path, writable=True)`` for one operation: closed (flushed) at
+    the end; after a failure closed anyway, dropping what was not flushed as a
+    crash would, so QEMU's locks never outlive the operation."""
+    from .image import open_image
+    image = open_image(path, writable=True, **kwargs)
+    try:
+        yield image
+        image.close()
+    except BaseException:
+        try:
+            image.close(discard=True)
+        except (Qcow2Error, OSError):
+            pass
+        raise
 
 
 def sync_refcounts(image, alloc) -> None:

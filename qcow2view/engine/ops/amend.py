@@ -23,6 +23,7 @@ from ..refcounts import block_entries, encode_refcount_block, max_refcount
 AMENDABLE = ("compat", "refcount_bits", "lazy_refcounts")
 
 
+@M.operation
 def amend_image(image, options: dict, progress=None) -> None:
     """Apply ``options`` (``qemu-img amend -o`` names) to a writable ``image``."""
     unknown = [k for k in options if k not in AMENDABLE]

@@ -76,6 +76,7 @@ def plan_commit(overlay: str, base: str | None = None) -> CommitPlan:
         return CommitPlan(top.path, target.path, target.format, depth, nbytes)
 
 
+@M.operation
 def commit_image(overlay: str, base: str | None = None, *, keep: bool = False,
                  progress=None) -> CommitPlan:
     """Commit ``overlay`` into its backing file (or ``base`` down the chain; as
@@ -95,13 +96,13 @@ def commit_image(overlay: str, base: str | None = None, *, keep: bool = False,
         if isinstance(target, RawImage):
             _into_raw(top, target.path, granule, flags, progress)
         else:
-            with open_image(target.path, writable=True) as dst:
+            with M.opened_writable(target.path) as dst:
                 if dst.virtual_size < top.virtual_size:
                     from .resize import resize_image
                     resize_image(dst, top.virtual_size)
                 _copy(top, granule, flags, dst.write, dst.write_zeroes, progress)
     if not keep:
-        with open_image(overlay, writable=True) as im:
+        with M.opened_writable(overlay) as im:
             empty_image(im)
     return plan
 
@@ -139,6 +140,7 @@ def _into_raw(top, path: str, granule: int, flags: np.ndarray, progress) -> None
         out.close()
 
 
+@M.operation
 def empty_image(image) -> None:
     """Make every guest cluster of a writable ``image`` unallocated (reads from the
     backing file again), as qcow2_make_empty: the L1 table is cleared in one

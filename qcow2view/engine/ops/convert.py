@@ -69,6 +69,7 @@ def nonzero_runs(data: bytes, granule: int) -> list[tuple[int, int]]:
     return [(int(a) * granule, min(int(b) * granule, n)) for a, b in zip(idx[::2], idx[1::2])]
 
 
+@M.operation
 def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                   compress: bool = False, options: dict | None = None,
                   snapshot: str | None = None, src_fmt: str | None = None,
@@ -91,7 +92,7 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
             _to_raw(src, dst_path, size, progress)
         else:
             create_image(dst_path, size, overwrite=True, **options)
-            with open_image(dst_path, writable=True) as dst:
+            with M.opened_writable(dst_path) as dst:
                 _to_qcow2(src, dst, size, compress, progress)
     finally:
         src.close()

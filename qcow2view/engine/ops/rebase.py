@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import metadata_ops as M
 from ..errors import Qcow2Error, RequestError
-from ..image import open_image
 from .convert import open_source
 
 CHUNK = 4 << 20
@@ -30,6 +29,7 @@ def _read(b, pos: int, n: int) -> bytes:
     return data + bytes(n - k) if k < n else data
 
 
+@M.operation
 def rebase_image(path: str, backing: str, backing_fmt: str | None = None, *,
                  unsafe: bool = False, progress=None) -> None:
     if not os.path.exists(path):
@@ -42,7 +42,7 @@ def rebase_image(path: str, backing: str, backing_fmt: str | None = None, *,
             os.path.dirname(os.path.abspath(path)), backing)
         if not os.path.exists(full):
             raise RequestError(f"Could not open new backing file '{full}'")
-    with open_image(path, writable=True, ignore_backing_errors=unsafe) as im:
+    with M.opened_writable(path, ignore_backing_errors=unsafe) as im:
         new = None
         if full:
             new = open_source(full, backing_fmt)

@@ -38,6 +38,7 @@ def l1_entries_for(image, size: int) -> int:
     return -(-(-(-size // image.cluster_size)) // image.l2_size)
 
 
+@M.operation
 def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -> None:
     """Set the virtual size of a writable ``image`` to ``new_size`` bytes."""
     if new_size % 512:

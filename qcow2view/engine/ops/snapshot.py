@@ -47,6 +47,7 @@ def _check_supported(image) -> None:
                            "not supported (as in QEMU)")
 
 
+@M.operation
 def apply_snapshot(image, key: str, progress=None) -> Snapshot:
     """Revert the disk of a writable ``image`` to snapshot ``key`` (qemu-img snapshot -a)."""
     _check_supported(image)
@@ -89,6 +90,7 @@ def apply_snapshot(image, key: str, progress=None) -> Snapshot:
     return sn
 
 
+@M.operation
 def delete_snapshot(image, key: str, progress=None) -> Snapshot:
     """Delete snapshot ``key`` of a writable ``image`` (qemu-img snapshot -d)."""
     _check_supported(image)
