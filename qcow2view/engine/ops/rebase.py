@@ -17,7 +17,7 @@ from .. import metadata_ops as M
 from ..errors import Qcow2Error, RequestError
 from .convert import open_source
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 
 
 def _read(b, pos: int, n: int) -> bytes:
