@@ -144,8 +144,23 @@ def read_ext(src, fs: Filesystem, tick) -> None:
             fs.problem(f"journal inode unreadable ({short_error(e)})")
         walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
              lambda d: d.inode_number, src)
+        _count_unreached(src, fs)
     except (OSError, ValueError) as e:
         src.reraise()
         fs.problem(f"root directory unreadable ({short_error(e)})")
     finally:
         vol.close()
+
+
+def _count_unreached(src, fs: Filesystem) -> None:
+    """Inodes the superblock counts as in use that no directory entry reached: what
+    the library skipped (unreadable entries) or orphans; said as a problem."""
+    try:
+        first_ino = struct.unpack_from("<I", src.pread(1024 + 0x54, 4))[0]
+    except struct.error:
+        return
+    found = len({f.inode for f in fs.files if f.inode >= first_ino})
+    unreached = fs.used_inodes - (first_ino - 1) - found
+    if unreached > 0:
+        fs.skipped += unreached
+        fs.problem(f"{unreached} inodes in use were not reached from the root directory")
