@@ -24,8 +24,8 @@ MAX_MATCHES = 2000           # filter results shown at most
 SORT_ROLE = Qt.UserRole + 1
 NODE_ROLE = Qt.UserRole + 2
 
-COLUMNS = ("Name", "Size", "Type", "Modified", "Mode", "Details", "Guest offset")
-(NAME, SIZE, TYPE, MTIME, MODE, DETAILS, OFFSET) = range(len(COLUMNS))
+COLUMNS = ("Name", "Size", "Type", "Details", "Modified", "Mode", "Guest offset")
+(NAME, SIZE, TYPE, DETAILS, MTIME, MODE, OFFSET) = range(len(COLUMNS))
 
 DISK, PART, FS, DIR, FILE, NOTE = range(6)
 

@@ -1,0 +1,359 @@
+"""The Files pane: the guest disk's partitions, filesystems and files.
+
+A tree over :class:`~qcow2view.model.guest_model.FilesModel` with a name filter,
+the index's progress and Cancel, and a one-line summary of the selection
+("12 KiB in 3 extents, 2 host clusters, 1 shared with snapshot s1, 1 from
+backing file base.qcow2") whose clusters light up on the map.  Context actions:
+Show in hex, Save a copy as…, Copy path.  :func:`attach_files_pane` adds it to
+an :class:`~.imagetab.ImageTab` and wires it to the map and the hex view.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QMenu, QProgressBar, QPushButton, QSizePolicy, QTreeView,
+                               QVBoxLayout, QWidget)
+
+from ..model.guest_files import GuestContents, Summary, guest_contents
+from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
+                                 OFFSET, PART, SIZE, TYPE, FilesModel, FilesSortModel,
+                                 Node)
+
+FILES_VIEW = "Files"
+
+
+class FilesPanel(QWidget):
+    """The tree, its filter and the selection's summary."""
+
+    showInHex = Signal(object)              # guest offset
+    highlight = Signal(object)              # Summary, or None to clear
+    message = Signal(str)
+
+    #: tests replace this: () -> a path to save to, or "" for cancelled
+    ask_save_path = None
+
+    def __init__(self, contents: GuestContents, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.contents = contents
+        self.model = FilesModel(contents, self)
+        self.proxy = FilesSortModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.summary: Summary | None = None
+        self.map_layer = None               # the map's highlight layer, once used
+
+        self.filter = QLineEdit()
+        self.filter.setObjectName("filesFilter")
+        self.filter.setPlaceholderText("Find a name anywhere (e.g. fstab, /etc/ho)")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(lambda _t: self._filter_timer.start())
+        self._filter_timer = QTimer(self)
+        self._filter_timer.setSingleShot(True)
+        self._filter_timer.setInterval(0)       # coalesce a burst of keys, no delay
+        self._filter_timer.timeout.connect(self.apply_filter)
+        self.matches = QLabel()
+        self.matches.setStyleSheet("color: #546e7a")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        self.progress.setTextVisible(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop reading the guest's files")
+        self.cancel_button.clicked.connect(contents.cancel)
+        self.read_button = QPushButton("Read files")
+        self.read_button.setToolTip("Read the partitions, filesystems and files of the guest disk")
+        self.read_button.clicked.connect(contents.rebuild)
+        bar = QHBoxLayout()
+        bar.setContentsMargins(0, 0, 0, 0)
+        bar.addWidget(self.filter, 1)
+        bar.addWidget(self.matches)
+        bar.addWidget(self.progress)
+        bar.addWidget(self.cancel_button)
+        bar.addWidget(self.read_button)
+
+        self.tree = QTreeView()
+        self.tree.setObjectName("filesTree")
+        self.tree.setModel(self.proxy)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setSortingEnabled(True)
+        self.tree.sortByColumn(-1, Qt.AscendingOrder)       # table order until asked
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.tree.customContextMenuRequested.connect(self._menu)
+        self.tree.selectionModel().currentChanged.connect(self._current_changed)
+        self.tree.activated.connect(self._activated)
+        h = self.tree.header()
+        h.setStretchLastSection(False)
+        # a narrow pane scrolls sideways rather than squeezing the names to "…"
+        for col, width in ((NAME, 230), (SIZE, 72), (TYPE, 90), (DETAILS, 230), (MTIME, 120),
+                           (MODE, 90), (OFFSET, 90)):
+            h.setSectionResizeMode(col, QHeaderView.Interactive)
+            h.resizeSection(col, width)
+        h.setMinimumSectionSize(40)
+
+        self.summary_label = QLabel(" ")
+        self.summary_label.setObjectName("filesSummary")
+        self.summary_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.summary_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.summary_label.setStyleSheet("color: #263238; padding: 2px")
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addLayout(bar)
+        lay.addWidget(self.tree, 1)
+        lay.addWidget(self.summary_label)
+
+        contents.progress.connect(self._progress)
+        contents.busyChanged.connect(lambda _b: self._sync_state())
+        contents.ready.connect(self._ready)
+        self._sync_state()
+
+    # -- state -------------------------------------------------------------------------
+    def _sync_state(self) -> None:
+        c = self.contents
+        busy = c.busy
+        self.progress.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+        self.read_button.setVisible(c.state in ("idle", "cancelled", "failed"))
+        self.read_button.setText("Read again" if c.state != "idle" else "Read files")
+        if busy:
+            self.progress.setRange(0, 0)
+
+    def _progress(self, _task: str, done: int, total: int) -> None:
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(min(done, max(1, total)))
+
+    def _ready(self) -> None:
+        self._sync_state()
+        if self.filter.text().strip():
+            self.apply_filter()
+        else:
+            self.expand_top()
+
+    def expand_top(self) -> None:
+        """Disk, partitions and filesystems open: the tree's first screen says what
+        the disk holds."""
+        p = self.proxy
+        for r in range(p.rowCount()):
+            disk = p.index(r, 0)
+            self.tree.expand(disk)
+            for i in range(p.rowCount(disk)):
+                part = p.index(i, 0, disk)
+                self.tree.expand(part)
+                for j in range(p.rowCount(part)):
+                    self.tree.expand(p.index(j, 0, part))
+
+    def showEvent(self, ev) -> None:  # noqa: N802
+        super().showEvent(ev)
+        self.contents.ensure()
+
+    # -- filter ------------------------------------------------------------------------
+    def apply_filter(self) -> None:
+        text = self.filter.text()
+        self.model.set_filter(text)
+        m = self.model.matches
+        if text.strip() and self.contents.built is not None:
+            shown = f"{m:,} found" if m <= 2000 else f"first 2,000 of {m:,} shown"
+            self.matches.setText(shown)
+            self.tree.expandAll()
+            first = self._first_file()
+            if first.isValid():
+                self.tree.selectionModel().setCurrentIndex(
+                    first, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+                self.tree.scrollTo(first)
+        else:
+            self.matches.setText("")
+            self.expand_top()
+
+    def _first_file(self, parent: QModelIndex = QModelIndex()) -> QModelIndex:
+        p = self.proxy
+        for r in range(p.rowCount(parent)):
+            i = p.index(r, 0, parent)
+            if i.data(NODE_ROLE).kind == FILE:
+                return i
+            got = self._first_file(i)
+            if got.isValid():
+                return got
+        return QModelIndex()
+
+    # -- selection ---------------------------------------------------------------------
+    def node(self, index: QModelIndex) -> Node | None:
+        return index.data(NODE_ROLE) if index.isValid() else None
+
+    def current_node(self) -> Node | None:
+        return self.node(self.tree.currentIndex())
+
+    def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        node = self.node(current)
+        s = self.describe(node) if node is not None else None
+        self.summary = s
+        self.summary_label.setText(s.text if s is not None else " ")
+        self.summary_label.setToolTip(s.text if s is not None else "")
+        self.highlight.emit(s)
+
+    def describe(self, node: Node) -> Summary | None:
+        idx = self.contents.index
+        if idx is None:
+            return None
+        if node.kind in (PART, FS):
+            gv = idx.volumes[node.vol]
+            what = (f"partition {gv.partition.index}" if gv.partition.index
+                    else "whole disk")
+            if gv.filesystem is not None:
+                what += f" ({gv.filesystem.type})"
+            return self.contents.summary([(g, n) for _v, g, n in gv.volume.pieces],
+                                         gv.volume.size, None, f"{what}: ")
+        if node.kind in (DIR, FILE) and node.file is not None:
+            info = node.file.info
+            what = f"{node.path}: "
+            if info.inline:
+                return Summary(f"{what}{info.size} bytes inline in the filesystem's metadata "
+                               "(no blocks of its own)", *([],) * 2)
+            return self.contents.summary([(g, n) for _fo, g, n in info.extents], info.size,
+                                         len(info.extents), what)
+        return None
+
+    def _activated(self, index: QModelIndex) -> None:
+        node = self.node(index)
+        if node is not None and node.kind == FILE:
+            self.show_in_hex(node)
+
+    # -- actions -----------------------------------------------------------------------
+    def _menu(self, pos) -> None:
+        node = self.node(self.tree.indexAt(pos))
+        if node is None or node.file is None:
+            return
+        m = QMenu(self)
+        a = m.addAction("Show in hex", lambda: self.show_in_hex(node))
+        a.setEnabled(bool(node.file.info.extents))
+        if node.kind == FILE:
+            m.addAction("Save a copy as…", lambda: self.save_copy(node))
+        m.addAction("Copy path", lambda: self.copy_path(node))
+        m.popup(self.tree.viewport().mapToGlobal(pos))
+
+    def show_in_hex(self, node: Node) -> bool:
+        why = self.contents.edit_refusal(node.file)
+        if why is not None and not node.file.info.extents:
+            self.message.emit(why)
+            return False
+        self.showInHex.emit(node.file.info.extents[0][1])
+        return True
+
+    def save_copy(self, node: Node) -> str | None:
+        ask = type(self).ask_save_path
+        name = os.path.basename(node.path) or "file"
+        path = ask(name) if ask is not None else QFileDialog.getSaveFileName(
+            self, f"Save a copy of {node.path}", name)[0]
+        if not path:
+            return None
+        try:
+            data = self.contents.read_file(node.file)
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            self.message.emit(f"Could not save {node.path}: {e.strerror or e}")
+            return None
+        self.message.emit(f"Saved {node.path} ({len(data):,} bytes) to {path}")
+        return path
+
+    def copy_path(self, node: Node) -> None:
+        QGuiApplication.clipboard().setText(node.path)
+
+    def select_path(self, vol: int, path: str) -> bool:
+        """Make ``path`` of volume ``vol`` current in the tree (fetching on the way)."""
+        if self.filter.text():
+            self.filter.clear()
+            self.apply_filter()
+        src = self.model.find_path(vol, path)
+        if not src.isValid():
+            return False
+        i = self.proxy.mapFromSource(src)
+        self.tree.selectionModel().setCurrentIndex(
+            i, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+        self.tree.scrollTo(i)
+        return True
+
+
+# -- in an image tab ---------------------------------------------------------------------------
+def attach_files_pane(tab) -> FilesPanel:
+    """Add the Files pane to ``tab`` and wire it: Show in hex, the map's highlight, Go to
+    file (Ctrl+Shift+G), and the index built once the maps are in."""
+    contents = guest_contents(tab.document)
+    panel = FilesPanel(contents, tab)
+    tab.views.addTab(panel, FILES_VIEW)
+    panel.showInHex.connect(lambda off: show_guest_in_hex(tab, int(off)))
+    panel.highlight.connect(lambda s: _highlight(tab, panel, s))
+    panel.message.connect(lambda text: _say(tab, text))
+    tab.document.mapsReady.connect(contents.ensure)
+
+    def goto_file() -> None:
+        from .gotofile import open_goto_file
+        open_goto_file(tab, contents)
+    tab.register_action("goto-file", goto_file, True)
+    return panel
+
+
+def show_guest_in_hex(tab, offset: int) -> None:
+    """The guest hex view current and focused, its caret on ``offset``."""
+    tab.go_to_guest(offset)
+    tab.show_pane("hex")
+    hexed = tab.pane("hex")
+    if hexed is not None:
+        hexed.view.goto(offset, focus=True)
+        hexed.view.setFocus()
+
+
+def _say(tab, text: str) -> None:
+    w = tab.window()
+    sb = w.statusBar() if hasattr(w, "statusBar") else None
+    if sb is not None:
+        sb.showMessage(text, 10000)
+
+
+def _highlight(tab, panel: FilesPanel, s: Summary | None) -> None:
+    """Light the selection's clusters on the map (the map is built if it is not yet)."""
+    layer = panel.map_layer
+    if s is None or (not len(s.guest_clusters) and not len(s.host_clusters)):
+        if layer is not None:
+            layer.clear()
+        return
+    heatmap = tab.heatmap
+    if layer is None or layer.view is not heatmap:
+        from .maphighlight import MapHighlight
+        layer = panel.map_layer = MapHighlight(heatmap)
+    layer.set(s.guest_clusters, s.host_clusters)
+
+
+def read_files_now(tab, timeout: float = 120.0) -> GuestContents:
+    """Read the guest's files of ``tab`` and wait for them (``--view files``,
+    ``--goto-file``, ``--screenshot``)."""
+    import time
+
+    from PySide6.QtCore import QCoreApplication
+    contents = guest_contents(tab.document)
+    contents.ensure()
+    deadline = time.monotonic() + timeout
+    while contents.busy and time.monotonic() < deadline:
+        contents.wait(100)
+        QCoreApplication.processEvents()      # the worker's result is a queued signal
+    return contents
+
+
+def go_to_file_now(tab, text: str, timeout: float = 120.0) -> str | None:
+    """``--goto-file``: read the guest's files (waiting for them), then put the hex caret
+    on the first byte of ``text``'s file; the reason when there is no such file."""
+    from .gotofile import resolve_one
+    contents = read_files_now(tab, timeout)
+    f, why = resolve_one(contents, text)
+    if why is not None:
+        return why
+    why = contents.edit_refusal(f) if not f.info.extents else None
+    if why is not None:
+        return why
+    panel = tab.pane("files")
+    if panel is not None:
+        panel.select_path(contents.index.volumes.index(f.volume), f.path)
+    show_guest_in_hex(tab, f.info.extents[0][1])
+    return None
