@@ -100,6 +100,8 @@ class ImageTab(QWidget):
         self.views.addTab(self._map_box, "Map")
         self.views.addTab(self._mapping_box, "Mapping")
         self.views.addTab(self.problems, "Problems")
+        from .filespanel import attach_files_pane     # the guest's files (issue 12)
+        self.files_panel = attach_files_pane(self)
         QTimer.singleShot(30, self, lambda: self._build_pictures(False))
 
         self.splitter = QSplitter(Qt.Horizontal)
@@ -216,7 +218,7 @@ class ImageTab(QWidget):
         return w is not None
 
     #: the picture area's tabs by the names the command line uses (``--view``)
-    PANES = ("map", "mapping", "problems", "hex", "hex-file")
+    PANES = ("map", "mapping", "problems", "hex", "hex-file", "files")
 
     def pane(self, key: str) -> QWidget | None:
         """The page of the picture area called ``key`` in :data:`PANES` (None if absent)."""
@@ -225,6 +227,7 @@ class ImageTab(QWidget):
         page = {"map": self._heatmap or self._map_box,
                 "mapping": self._mapping or self._mapping_box,
                 "problems": self.problems,
+                "files": self.files_panel,
                 "hex": getattr(self, "hex_guest", None),
                 "hex-file": getattr(self, "hex_file", None)}[key]
         return page if page is not None and self.views.indexOf(page) >= 0 else None
