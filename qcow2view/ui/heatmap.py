@@ -138,6 +138,7 @@ class HeatmapView(QWidget):
 
     clusterClicked = Signal(object, str)     # cluster index, mode
     modeChanged = Signal(str)
+    pictureChanged = Signal()                # a new overview picture is drawn
 
     def __init__(self, model: AllocationModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -285,6 +286,7 @@ class HeatmapView(QWidget):
         n = pic.count
         self.picture = pic
         self.item.set_picture(pic)
+        self.pictureChanged.emit()
         self.axis.bytes_per_unit = pic.width * pic.bin * pic.cluster_size
         self.axis.extent = (0, pic.rows)
         self.fit()
