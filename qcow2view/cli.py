@@ -20,7 +20,7 @@ OPERATIONS = ("snapshot", "resize", "commit", "rebase", "convert", "amend", "mea
 #: the guest disk's contents (their parsers live in cmd_guest)
 GUEST = ("ls", "owner", "changed", "cat")
 #: --view: the tabs of an image's picture area (ImageTab.PANES has the same keys)
-VIEWS = ("map", "mapping", "problems", "hex", "hex-file")
+VIEWS = ("map", "mapping", "problems", "hex", "hex-file", "files")
 
 
 def _gui_parser() -> argparse.ArgumentParser:
@@ -39,12 +39,17 @@ def _gui_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", choices=VIEWS,
                    help="show this tab of the image in front (the last one opened): the "
                         "cluster map, the guest-to-host mapping plot, the problems list, the "
-                        "guest disk in hex or the image file in hex (with --screenshot: the "
-                        "view in the PNG)")
+                        "guest disk in hex, the image file in hex or the guest's files (with "
+                        "--screenshot: the view in the PNG)")
     p.add_argument("--goto", metavar="GUEST_OFFSET",
                    help="go to this guest offset (4096, 0x7e00, 1M, 'LBA 2048'): its table "
                         "entry, its bytes in the guest hex view (shown unless --view says "
                         "otherwise) and the host cluster that holds it on the map")
+    p.add_argument("--goto-file", metavar="PATH",
+                   help="go to this file of the guest (/etc/fstab, or 2:/etc/fstab when two "
+                        "filesystems have it): the guest hex view with the caret on its first "
+                        "byte (unless --view says otherwise), the file selected in Files; a "
+                        "path that does not exist exits 2 naming it")
     p.add_argument("--edit", action="store_true", help="open the images for editing")
     p.add_argument("--install-desktop", action="store_true",
                    help="install the desktop entry, icons and MIME data for this user")
