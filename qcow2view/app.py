@@ -198,7 +198,8 @@ def open_initial(win, ns, *, first_run: bool) -> None:
 
 
 def _wants_view(ns) -> bool:
-    return bool(getattr(ns, "view", None) or getattr(ns, "goto", None))
+    return bool(getattr(ns, "view", None) or getattr(ns, "goto", None)
+                or getattr(ns, "goto_file", None))
 
 
 def show_initial_view(win, ns) -> str | None:
@@ -215,9 +216,18 @@ def show_initial_view(win, ns) -> str | None:
         except ValueError as e:
             return f"--goto {ns.goto}: {e}"
         tab.go_to_guest(offset)
+    goto_file = getattr(ns, "goto_file", None)
+    if goto_file:
+        from .ui.filespanel import go_to_file_now
+        why = go_to_file_now(tab, goto_file)
+        if why is not None:
+            return f"--goto-file {goto_file}: {why}"
     view = ns.view or "hex"
+    if view == "files":
+        from .ui.filespanel import read_files_now
+        read_files_now(tab)
     tab.show_pane(view)
-    if ns.goto and view == "hex":
+    if (ns.goto or goto_file) and view == "hex":
         tab.pane(view).view.setFocus()      # the caret drawn solid, the keys go there
     return None
 
