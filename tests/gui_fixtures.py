@@ -120,7 +120,7 @@ def window(qtbot):
 def wait_ready(qtbot, tab) -> None:
     """Until the tab's check and maps are done and no repair is running."""
     qtbot.waitUntil(lambda: tab.document.analysis is not None and not tab.document.busy
-                    and getattr(tab, "repair_job", None) is None, timeout=30000)
+                    and tab.repair_job is None, timeout=30000)
 
 
 def run_app(*args, tmp_path):

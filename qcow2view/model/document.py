@@ -4,6 +4,11 @@ The header and tables are read synchronously on open (they are small and the
 window shows them at once); the host map, guest map and check run in a
 :class:`~.workers.Worker` with a second, read-only Image of the same file, so
 the GUI thread and the worker never share caches.
+
+The document owns everything the window shows of the image, as napari's
+ViewerModel does: the header, table tree, allocation and problems models and the
+two hex documents (guest disk and image file).  It keeps them up to date; the
+views are built over them and only listen.
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 
 from ..engine import CancelledError, Image, ImageInUseError, Qcow2Error, open_image
-from .allocation import prepare
+from .allocation import AllocationModel, prepare
+from .bytesource import ImageFileSource
+from .header_model import HeaderModel
+from .hexdocument import HexDocument
+from .problems_model import ProblemsModel
+from .table_tree_model import TableTreeModel
 from .units import count
 from .workers import Worker
 
@@ -83,7 +93,7 @@ def _close_analysis(analysis: Analysis) -> None:
 
 
 class ImageDocument(QObject):
-    """Owns an engine Image; views ask it (and the models over it) for everything."""
+    """Owns an engine Image and the models over it; views ask it for everything."""
 
     loaded = Signal()                   # header and tables are readable
     changed = Signal()                  # re-read after a save / reopen
@@ -105,6 +115,19 @@ class ImageDocument(QObject):
         self._worker: Worker | None = None
         self._is_closed = False
         self.read_only_reason: str | None = None    # asked to edit, opened read-only: why
+        self.header_model = HeaderModel(self)
+        self.tree_model = TableTreeModel(self)
+        self.allocation = AllocationModel(self)
+        self.problems_model = ProblemsModel(self)
+        #: the guest disk and the image file in the hex editor; a save through the guest
+        #: document re-reads everything
+        self.hex_guest = HexDocument(None, self, reopen=self._reopen_for_edit,
+                                     after_save=self.refresh)
+        self.hex_file = HexDocument(None, self, source=ImageFileSource)
+        # connected first, so the models are up to date when a view hears these
+        self.loaded.connect(self._image_changed)
+        self.changed.connect(self._image_changed)
+        self.mapsReady.connect(self._maps_changed)
 
     # -- lifecycle -------------------------------------------------------------------
     def load(self) -> None:
@@ -171,6 +194,28 @@ class ImageDocument(QObject):
             self.analysis = None
         self.changed.emit()
         self.start_analysis()
+
+    # -- the models ----------------------------------------------------------------------
+    def _image_changed(self) -> None:
+        img = self.image
+        self.header_model.set_image(img)
+        self.tree_model.set_image(img)
+        self.problems_model.set_document(self)
+        for hex_doc in (self.hex_guest, self.hex_file):
+            if img is not None and hex_doc.image is not img:
+                hex_doc.set_image(img)
+
+    def _maps_changed(self) -> None:
+        hm = self.host_map
+        self.allocation.set_maps(hm, self.guest_map,
+                                 self.analysis.prepared if self.analysis else None)
+        findings = None if self.check_result is None else self.check_result.findings
+        self.tree_model.set_analysis(None if hm is None else hm.refcounts, findings)
+        self.problems_model.set_document(self)
+
+    def _reopen_for_edit(self, writable: bool) -> Image | None:
+        self.reopen(writable)
+        return self.image
 
     # -- facts for views ---------------------------------------------------------------
     @property

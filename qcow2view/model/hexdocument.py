@@ -1,11 +1,11 @@
-"""The hex editor's document: guest bytes in cached blocks, plus pending edits.
+"""The hex editor's document: a byte source in cached blocks, plus pending edits.
 
-Reads go through the engine in fixed blocks kept in a bounded LRU cache, each
-block carrying what backs its bytes (so the view can tint them).  Edits are an
-overlay (per block: values and a mask) until :meth:`HexDocument.save` writes
-them through ``Image.write`` in coalesced runs; a ``QUndoStack`` of byte-range
-replace commands undoes them.  :class:`FileHexDocument` shows the raw image
-file read-only (for metadata structures).
+Reads go through a :class:`~.bytesource.ByteSource` (the guest disk, or the image
+file itself) in fixed blocks kept in a bounded LRU cache, each block carrying what
+backs its bytes (so the view can tint them).  Edits are an overlay (per block:
+values and a mask) until :meth:`HexDocument.save` writes them through
+``Image.write`` in coalesced runs; a ``QUndoStack`` of byte-range replace commands
+undoes them.
 """
 
 from __future__ import annotations
@@ -19,30 +19,14 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from . import qtfix  # noqa: F401 - PySide6 6.12 refcount guards (see qtfix)
-from ..engine import ClusterType, Qcow2Error
-from .extents import ByteKind, extents, find_content
+from ..engine import Image, Qcow2Error, open_image
+from .bytesource import ByteSource, GuestDiskSource
+from .extents import ByteKind
 
 BLOCK_SIZE = 64 * 1024
 CACHE_BLOCKS = 64                 # 4 MiB of guest data at most
 TYPING_ID = 0x4845                # QUndoCommand.id() of merged typing
 MAX_EDIT = 64 * 1024 * 1024       # bytes one paste or fill may change
-
-_ZERO_TYPES = (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC)
-_DATA_TYPES = (ClusterType.NORMAL, ClusterType.COMPRESSED)
-
-
-def _mapping_kind(m) -> ByteKind:
-    if m.depth < 0:
-        return ByteKind.UNALLOCATED
-    if m.type in _ZERO_TYPES:
-        return ByteKind.ZERO
-    if m.depth > 0:
-        return ByteKind.BACKING if m.type in _DATA_TYPES else ByteKind.UNALLOCATED
-    if m.type == ClusterType.COMPRESSED:
-        return ByteKind.COMPRESSED
-    if m.type == ClusterType.NORMAL:
-        return ByteKind.DATA
-    return ByteKind.UNALLOCATED
 
 
 class _Block:
@@ -95,7 +79,13 @@ class ReplaceCommand(QUndoCommand):
 
 
 class HexDocument(QObject):
-    """Guest bytes of an engine Image with an edit overlay and undo stack."""
+    """The bytes of a :class:`ByteSource` with an edit overlay and undo stack.
+
+    ``HexDocument(image)`` shows the guest disk of an engine Image;
+    ``source=ImageFileSource`` the image file.  ``reopen(writable)`` (returning the new
+    Image) and ``after_save()`` let an owner such as ImageDocument reopen the file
+    and re-read it; without them the document reopens through the engine itself.
+    """
 
     contentChanged = Signal(object, object)       # offset, length (edits, undo)
     reloaded = Signal()                      # everything may have changed
@@ -107,10 +97,13 @@ class HexDocument(QObject):
 
     block_size = BLOCK_SIZE
 
-    def __init__(self, image=None, parent: QObject | None = None, *,
-                 cache_blocks: int = CACHE_BLOCKS) -> None:
+    def __init__(self, image: Image | None = None, parent: QObject | None = None, *,
+                 source: type[ByteSource] = GuestDiskSource,
+                 cache_blocks: int = CACHE_BLOCKS,
+                 reopen: Callable[[bool], Image | None] | None = None,
+                 after_save: Callable[[], None] | None = None) -> None:
         super().__init__(parent)
-        self.image = image
+        self.source: ByteSource = source(image)
         self.lock = threading.RLock()        # engine access (the find worker shares it)
         self._cache: OrderedDict[int, _Block] = OrderedDict()
         self._cache_max = cache_blocks
@@ -119,33 +112,35 @@ class HexDocument(QObject):
         self._modified = False
         self.undo_stack = QUndoStack(self)
         self.undo_stack.setUndoLimit(1000)
-        #: reopens the image writable (or not); default: the engine directly
-        self.reopener: Callable[[bool], object] | None = None
-        #: called after a successful save (e.g. ImageDocument.refresh)
-        self.after_save: Callable[[], None] | None = None
+        self._reopen = reopen
+        self._after_save = after_save
 
     # -- the image ---------------------------------------------------------------------
     @property
+    def image(self) -> Image | None:
+        return self.source.image
+
+    @property
     def size(self) -> int:
-        return 0 if self.image is None else self.image.virtual_size
+        return self.source.size
 
     @property
     def cluster_size(self) -> int:
-        return 65536 if self.image is None else self.image.cluster_size
+        return self.source.cluster_size
 
     @property
     def editable(self) -> bool:
-        return self.image is not None and bool(getattr(self.image, "writable", False))
+        return self.source.editable
 
     @property
     def path(self) -> str | None:
         return None if self.image is None else self.image.path
 
-    def set_image(self, image) -> None:
+    def set_image(self, image: Image | None) -> None:
         """Follow a reopened image; pending edits stay (they are guest offsets)."""
         was = self.editable
         with self.lock:
-            self.image = image
+            self.source = self.source.follow(image)
             self._cache.clear()
         self.reloaded.emit()
         if self.editable != was:
@@ -172,10 +167,9 @@ class HexDocument(QObject):
     def _load(self, index: int) -> _Block:
         start = index * BLOCK_SIZE
         n = min(BLOCK_SIZE, self.size - start)
+        src = self.source
         try:
-            data = self.image.read(start, n)
-            kinds = self._kinds(start, n)
-            return _Block(data, kinds)
+            return _Block(src.read(start, n), src.kinds(start, n))
         except Qcow2Error as e:
             first_error = str(e)
         # something in the block cannot be read: read it cluster by cluster so
@@ -186,28 +180,15 @@ class HexDocument(QObject):
         for pos in range(0, n, g):
             k = min(g, n - pos)
             try:
-                data[pos:pos + k] = self.image.read(start + pos, k)
-                kinds[pos:pos + k] = self._kinds(start + pos, k)
+                data[pos:pos + k] = src.read(start + pos, k)
+                kinds[pos:pos + k] = src.kinds(start + pos, k)
             except Qcow2Error:
-                pass
+                continue        # this cluster stays unreadable (ERROR, zeros)
         return _Block(bytes(data), kinds, first_error)
 
-    def _kinds(self, start: int, n: int) -> np.ndarray:
-        img = self.image
-        g = img.cluster_size
-        if getattr(img, "extended_l2", False):
-            g //= 32
-        out = np.empty(n, dtype=np.uint8)
-        pos = start
-        while pos < start + n:
-            nxt = min(start + n, (pos // g + 1) * g)
-            out[pos - start:nxt - start] = _mapping_kind(img.guest_mapping(pos))
-            pos = nxt
-        return out
-
     def read_source(self, offset: int, length: int) -> bytes:
-        """Uncached bytes from the engine, no edits (hold :attr:`lock`)."""
-        return self.image.read(offset, length)
+        """Uncached bytes from the source, no edits (hold :attr:`lock`)."""
+        return self.source.read(offset, length)
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes as the user sees them (pending edits applied)."""
@@ -256,24 +237,18 @@ class HexDocument(QObject):
 
     def mapping_at(self, offset: int):
         """The engine's GuestMapping of ``offset`` (None if it cannot be had)."""
-        try:
-            with self.lock:
-                return self.image.guest_mapping(offset)
-        except Qcow2Error:
-            return None
+        with self.lock:
+            return self.source.mapping_at(offset)
 
     def next_content(self, offset: int, forward: bool = True) -> int | None:
         """First byte of the next/previous cluster that may hold data (skips
         unallocated and zero clusters by L2 table, never byte by byte)."""
-        try:
-            with self.lock:
-                return find_content(self.image, offset, forward, self.cluster_size)
-        except Qcow2Error:
-            return None
+        with self.lock:
+            return self.source.next_content(offset, forward)
 
     def extents(self, start: int, end: int):
         """(start, end, ByteKind) runs, for the find worker (hold :attr:`lock`)."""
-        return extents(self.image, start, end)
+        return self.source.extents(start, end)
 
     def pending_blocks(self) -> list[int]:
         return sorted(self._pend)
@@ -406,8 +381,7 @@ class HexDocument(QObject):
             reason = str(e) if isinstance(e, Qcow2Error) else (e.strerror or str(e))
             with self.lock:
                 self._cache.clear()          # the file may hold part of it now
-                if hasattr(img, "invalidate_caches"):
-                    img.invalidate_caches()
+                img.invalidate_caches()
             self.reloaded.emit()
             self.saveFailed.emit(f"Saving failed, the edits are still pending: {reason}")
             return False
@@ -418,25 +392,15 @@ class HexDocument(QObject):
             self._cache.clear()
         self._set_modified(False)
         self.saved.emit()
-        if self.after_save is not None:
-            self.after_save()
+        if self._after_save is not None:
+            self._after_save()
         self.reloaded.emit()
         return True
 
     # -- read-only / writable ------------------------------------------------------------
     def refusal(self) -> str | None:
-        """Why this image cannot be edited at all (before asking the engine)."""
-        img = self.image
-        if img is None:
-            return "no image"
-        if getattr(img, "snapshot", None) is not None:
-            return f"this is a read-only view of snapshot {img.snapshot.name!r}"
-        if getattr(img, "encrypted", False):
-            return "encrypted images cannot be edited (guest data cannot be decrypted)"
-        if getattr(img, "corrupt", False):
-            return ("the image is marked corrupt; QEMU refuses to write to it "
-                    "(run 'qcow2view check --repair' first)")
-        return None
+        """Why these bytes cannot be edited at all (before asking the engine)."""
+        return self.source.refusal()
 
     def set_editable(self, on: bool) -> bool:
         """Reopen the image writable (or read-only).  A refusal emits
@@ -452,10 +416,9 @@ class HexDocument(QObject):
             self.revert()
         try:
             with self.lock:
-                if self.reopener is not None:
-                    new = self.reopener(on)
+                if self._reopen is not None:
+                    new = self._reopen(on)
                 else:
-                    from ..engine import open_image
                     old = self.image
                     new = open_image(old.path, writable=on, ignore_backing_errors=True)
                     old.close()
@@ -468,69 +431,3 @@ class HexDocument(QObject):
         elif self.editable == on:
             self.editableChanged.emit(on)
         return self.editable == on
-
-
-class FileHexDocument(HexDocument):
-    """The image file's own bytes (read-only, through the engine's HostFile)."""
-
-    def __init__(self, image=None, parent: QObject | None = None) -> None:
-        super().__init__(image, parent)
-
-    @property
-    def size(self) -> int:
-        return 0 if self.image is None else self.image.file.size
-
-    @property
-    def editable(self) -> bool:
-        return False
-
-    def _load(self, index: int) -> _Block:
-        start = index * BLOCK_SIZE
-        n = min(BLOCK_SIZE, self.size - start)
-        try:
-            data = self.image.file.pread_zero_fill(start, n)
-        except Qcow2Error as e:
-            return _Block(bytes(n), np.full(n, ByteKind.ERROR, np.uint8), str(e))
-        return _Block(data, np.full(n, ByteKind.FILE, np.uint8))
-
-    def read_source(self, offset: int, length: int) -> bytes:
-        return self.image.file.pread_zero_fill(offset, length)
-
-    def mapping_at(self, offset: int):
-        return None
-
-    def next_content(self, offset: int, forward: bool = True) -> int | None:
-        cs = self.cluster_size
-        nxt = (offset // cs + 1) * cs if forward else (offset // cs - 1) * cs
-        return nxt if 0 <= nxt < self.size else None
-
-    def extents(self, start: int, end: int):
-        yield start, min(end, self.size), ByteKind.FILE
-
-    def set_editable(self, on: bool) -> bool:
-        if on:
-            self.editingRefused.emit("The image file view is read-only")
-        return not on
-
-
-def hex_document_for(document, parent: QObject | None = None, *,
-                     file_view: bool = False) -> HexDocument:
-    """A HexDocument (or FileHexDocument) following an ImageDocument: reopen
-    through it, refresh it after a save, pick up its new Image when it changes."""
-    cls = FileHexDocument if file_view else HexDocument
-    hd = cls(document.image, parent or document)
-
-    def reopen(writable: bool):
-        document.reopen(writable)
-        return document.image
-
-    hd.reopener = reopen
-    hd.after_save = document.refresh
-
-    def follow() -> None:
-        if document.image is not None and document.image is not hd.image:
-            hd.set_image(document.image)
-
-    document.changed.connect(follow)
-    document.loaded.connect(follow)
-    return hd

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
 
-from .document import ImageDocument
 from .rows_model import RowsModel
 from .units import count
+
+if TYPE_CHECKING:       # the document owns this model: no import cycle at run time
+    from .document import ImageDocument
 
 EntryOffsetRole = Qt.UserRole + 1
 ClusterRole = Qt.UserRole + 2

@@ -40,6 +40,7 @@ class HeaderPanel(QWidget):
         self.view.clicked.connect(self._clicked)
         self.view.activated.connect(self._clicked)
         model.modelReset.connect(self._fit)
+        self._fit()      # the document's model may be filled already
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(title)

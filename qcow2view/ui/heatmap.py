@@ -418,6 +418,10 @@ class HeatmapView(QWidget):
             w.stop()
             w.deleteLater()
 
+    def closeEvent(self, ev) -> None:  # noqa: N802
+        self.stop_prefetch()        # a closed map needs no pictures (and leaves no thread)
+        super().closeEvent(ev)
+
     def resizeEvent(self, ev) -> None:
         super().resizeEvent(ev)
         if self.picture is not None:

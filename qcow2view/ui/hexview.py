@@ -1,29 +1,23 @@
-"""The hex view of guest sectors (and of the raw image file), with editing.
+"""The hex view of guest sectors (and of the raw image file), with editing keys.
 
 :class:`HexView` is a ``QAbstractScrollArea`` that paints only the visible rows
 of a :class:`~qcow2view.model.hexdocument.HexDocument`.  Its vertical scrollbar
 is scaled (range capped at :data:`SCROLL_MAX`) so a 2 TiB disk, beyond 2^31
-rows, still scrolls and jumps exactly.  :class:`HexEditor` puts the view
-together with a toolbar, the find bar, a legend and a value inspector.
+rows, still scrolls and jumps exactly.  :mod:`.hexeditor` puts the view together
+with a toolbar, the find bar and the read-outs of :mod:`.hexinspector`.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 
-from PySide6.QtCore import QEvent, QRect, Qt, Signal
-from PySide6.QtGui import (QAction, QColor, QFont, QFontDatabase, QFontMetrics, QFontMetricsF,
-                           QGuiApplication,
-                           QKeySequence, QPainter, QPen, QStaticText)
-from PySide6.QtWidgets import (QAbstractScrollArea, QComboBox, QDialog, QGridLayout,
-                               QInputDialog, QLabel, QMenu, QMessageBox,
-                               QSizePolicy, QToolBar, QUndoView, QVBoxLayout, QWidget)
+from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtGui import (QColor, QFont, QFontDatabase, QFontMetrics, QFontMetricsF,
+                           QGuiApplication, QKeySequence, QPainter, QPen, QStaticText)
+from PySide6.QtWidgets import QAbstractScrollArea, QInputDialog, QMenu, QWidget
 
 from ..model.extents import ByteKind
-from ..model.hexdocument import FileHexDocument, HexDocument
-from .find import FindBar
-from .goto import GotoDialog
+from ..model.hexdocument import HexDocument
 
 SCROLL_MAX = 1 << 28          # scrollbar range cap; rows beyond are mapped proportionally
 WHEEL_ROWS = 3
@@ -343,13 +337,20 @@ class HexView(QAbstractScrollArea):
     # -- painting ----------------------------------------------------------------------
     def paintEvent(self, e) -> None:  # noqa: N802
         p = QPainter(self.viewport())
-        pal = self.palette()
         vw, vh = self.viewport().width(), self.viewport().height()
         p.fillRect(0, 0, vw, vh, QColor("#ffffff"))
         p.setFont(self.font())
         p.translate(-self.horizontalScrollBar().value(), 0)
-        cw, lh, bpr = self.cw, self.lh, self.bytes_per_row
-        # header
+        self._paint_header(p, vw)
+        if self.doc is not None and self.size > 0:
+            self._paint_rows(p)
+        p.setPen(QColor("#e0e0e0"))
+        cw = self.cw
+        p.drawLine(self.x_hex - cw, 0, self.x_hex - cw, vh)
+        p.drawLine(self.x_text - cw - cw // 2, 0, self.x_text - cw - cw // 2, vh)
+
+    def _paint_header(self, p: QPainter, vw: int) -> None:
+        bpr = self.bytes_per_row
         p.fillRect(0, 0, self.total_w + vw, self.header_h, QColor("#f4f4f4"))
         p.setPen(QColor("#606060"))
         head = ("LBA" if self.sector_mode else "Offset").rjust(self.off_chars)
@@ -361,93 +362,106 @@ class HexView(QAbstractScrollArea):
                    "Text" if self.sector_mode == 0 else f"Text ({self.sector_mode}-byte sectors)")
         p.setPen(QColor("#d0d0d0"))
         p.drawLine(0, self.header_h - 1, self.total_w + vw, self.header_h - 1)
-        if self.doc is None or self.size == 0:
-            return
+
+    def _paint_rows(self, p: QPainter) -> None:
+        bpr = self.bytes_per_row
         rows = min(self.visible_rows + 1, self.total_rows - self.top_row)
         first = self.top_row * bpr
         data, kinds, pend = self.doc.span(first, rows * bpr)
         raw = data.tobytes()
         keys = (kinds * 2 + pend).astype("uint8").tobytes()
-        sel_start, sel_len = self.selection()
-        cs = self.doc.cluster_size
-        ss = self.sector_size
-        focus = self.hasFocus()
-        x_hex, x_text, asc = self.x_hex, self.x_text, self.ascent
         for r in range(rows):
-            off = first + r * bpr
             a = r * bpr
             n = min(bpr, len(raw) - a)
             if n <= 0:
                 break
-            y = self.header_h + r * lh
-            chunk = raw[a:a + n]
-            rowhex = "  ".join(chunk[i:i + 8].hex(" ") for i in range(0, n, 8))
-            rowtxt = _printable(chunk)
-            # tinted runs: same kind and pending state (usually one per row)
-            k = keys[a:a + n]
-            if k.count(k[0]) == n:
-                runs = ((0, n, k[0]),)
-            else:
-                runs, i = [], 0
-                for j in range(1, n + 1):
-                    if j == n or k[j] != k[i]:
-                        runs.append((i, j, k[i]))
-                        i = j
-            for i, j, key in runs:
-                st = _STYLES.get(key)
-                if st is None:
-                    st = _STYLES[key] = _style(key)
-                bg, fg = st
-                ci, cj = i * 3 + i // 8, (j - 1) * 3 + (j - 1) // 8 + 2
-                if bg is not None:
-                    hx0 = x_hex + ci * cw - cw // 2
-                    p.fillRect(hx0, y, x_hex + cj * cw + cw // 2 - hx0, lh, bg)
-                    p.fillRect(x_text + i * cw, y, (j - i) * cw, lh, bg)
-                p.setPen(fg)
-                if key == _ERROR_KEY:
-                    p.drawStaticText(x_hex + ci * cw, y + 1,
-                                     self._static(rowhex[ci:cj].translate(_UNKNOWN)))
-                    p.drawStaticText(x_text + i * cw, y + 1, self._static("?" * (j - i)))
-                    continue
-                p.drawStaticText(x_hex + ci * cw, y + 1, self._static(rowhex[ci:cj]))
-                p.drawStaticText(x_text + i * cw, y + 1, self._static(rowtxt[i:j]))
-            # selection
-            if sel_len:
-                lo, hi = max(sel_start, off), min(sel_start + sel_len, off + n)
-                if lo < hi:
-                    i, j = lo - off, hi - off
-                    hx0 = self.x_hex + (i * 3 + i // 8) * cw - cw // 2
-                    hx1 = self.x_hex + ((j - 1) * 3 + (j - 1) // 8 + 2) * cw + cw // 2
-                    p.fillRect(hx0, y, hx1 - hx0, lh, SELECTION)
-                    p.fillRect(self.x_text + i * cw, y, (j - i) * cw, lh, SELECTION)
-            # offset column
+            off, y = first + a, self.header_h + r * self.lh
+            self._paint_bytes(p, y, raw[a:a + n], keys[a:a + n])
+            self._paint_selection(p, y, off, n)
             p.setPen(QColor("#5a5a5a"))
             p.drawText(self.x_off, y + self.ascent, self._offset_text(off))
-            # boundaries: a line above the row where a cluster (sector) starts
-            if off % cs == 0 and off:
-                p.setPen(QPen(CLUSTER_LINE, 1))
-                p.drawLine(self.x_off, y, self.total_w, y)
-            elif off % ss == 0 and off:
-                p.setPen(QPen(SECTOR_LINE, 1, Qt.DashLine))
-                p.drawLine(self.x_hex - cw, y, self.total_w, y)
-            # caret
+            self._paint_boundary(p, y, off)
             if off <= self.cursor < off + n:
-                i = self.cursor - off
-                hx = self.x_hex + (i * 3 + i // 8) * cw
-                tx = self.x_text + i * cw
-                active = QPen(QColor("#000000"), 2)
-                passive = QPen(QColor("#707070"), 1, Qt.DotLine)
-                p.setBrush(Qt.NoBrush)
-                p.setPen(active if self.column == "hex" and focus else passive)
-                p.drawRect(hx - 1, y + 1, 2 * cw + 2, lh - 2)
-                if self.column == "hex" and focus:
-                    p.fillRect(hx + self.nibble * cw, y + lh - 4, cw, 2, QColor("#000000"))
-                p.setPen(active if self.column == "text" and focus else passive)
-                p.drawRect(tx - 1, y + 1, cw + 2, lh - 2)
-        p.setPen(QColor("#e0e0e0"))
-        p.drawLine(self.x_hex - cw, 0, self.x_hex - cw, vh)
-        p.drawLine(self.x_text - cw - cw // 2, 0, self.x_text - cw - cw // 2, vh)
-        del pal
+                self._paint_caret(p, y, self.cursor - off)
+
+    @staticmethod
+    def _runs(keys: bytes) -> list[tuple[int, int, int]]:
+        """(start, end, key) runs of equal tint keys (usually one per row)."""
+        n = len(keys)
+        if keys.count(keys[0]) == n:
+            return [(0, n, keys[0])]
+        runs, i = [], 0
+        for j in range(1, n + 1):
+            if j == n or keys[j] != keys[i]:
+                runs.append((i, j, keys[i]))
+                i = j
+        return runs
+
+    def _paint_bytes(self, p: QPainter, y: int, chunk: bytes, keys: bytes) -> None:
+        """One row's hex and text, tinted by what backs each byte and pending edits."""
+        cw, lh, x_hex, x_text = self.cw, self.lh, self.x_hex, self.x_text
+        n = len(chunk)
+        rowhex = "  ".join(chunk[i:i + 8].hex(" ") for i in range(0, n, 8))
+        rowtxt = _printable(chunk)
+        for i, j, key in self._runs(keys):
+            style = _STYLES.get(key)
+            if style is None:
+                style = _STYLES[key] = _style(key)
+            bg, fg = style
+            ci, cj = i * 3 + i // 8, (j - 1) * 3 + (j - 1) // 8 + 2
+            if bg is not None:
+                hx0 = x_hex + ci * cw - cw // 2
+                p.fillRect(hx0, y, x_hex + cj * cw + cw // 2 - hx0, lh, bg)
+                p.fillRect(x_text + i * cw, y, (j - i) * cw, lh, bg)
+            p.setPen(fg)
+            if key == _ERROR_KEY:
+                p.drawStaticText(x_hex + ci * cw, y + 1,
+                                 self._static(rowhex[ci:cj].translate(_UNKNOWN)))
+                p.drawStaticText(x_text + i * cw, y + 1, self._static("?" * (j - i)))
+            else:
+                p.drawStaticText(x_hex + ci * cw, y + 1, self._static(rowhex[ci:cj]))
+                p.drawStaticText(x_text + i * cw, y + 1, self._static(rowtxt[i:j]))
+
+    def _paint_selection(self, p: QPainter, y: int, off: int, n: int) -> None:
+        sel_start, sel_len = self.selection()
+        if not sel_len:
+            return
+        lo, hi = max(sel_start, off), min(sel_start + sel_len, off + n)
+        if lo >= hi:
+            return
+        cw = self.cw
+        i, j = lo - off, hi - off
+        hx0 = self.x_hex + (i * 3 + i // 8) * cw - cw // 2
+        hx1 = self.x_hex + ((j - 1) * 3 + (j - 1) // 8 + 2) * cw + cw // 2
+        p.fillRect(hx0, y, hx1 - hx0, self.lh, SELECTION)
+        p.fillRect(self.x_text + i * cw, y, (j - i) * cw, self.lh, SELECTION)
+
+    def _paint_boundary(self, p: QPainter, y: int, off: int) -> None:
+        """A line above the row where a cluster (solid) or a sector (dashed) starts."""
+        if not off:
+            return
+        if off % self.doc.cluster_size == 0:
+            p.setPen(QPen(CLUSTER_LINE, 1))
+            p.drawLine(self.x_off, y, self.total_w, y)
+        elif off % self.sector_size == 0:
+            p.setPen(QPen(SECTOR_LINE, 1, Qt.DashLine))
+            p.drawLine(self.x_hex - self.cw, y, self.total_w, y)
+
+    def _paint_caret(self, p: QPainter, y: int, i: int) -> None:
+        """The caret on byte ``i`` of the row: solid in the column with the focus."""
+        cw, lh = self.cw, self.lh
+        focus = self.hasFocus()
+        hx = self.x_hex + (i * 3 + i // 8) * cw
+        tx = self.x_text + i * cw
+        active = QPen(QColor("#000000"), 2)
+        passive = QPen(QColor("#707070"), 1, Qt.DotLine)
+        p.setBrush(Qt.NoBrush)
+        p.setPen(active if self.column == "hex" and focus else passive)
+        p.drawRect(hx - 1, y + 1, 2 * cw + 2, lh - 2)
+        if self.column == "hex" and focus:
+            p.fillRect(hx + self.nibble * cw, y + lh - 4, cw, 2, QColor("#000000"))
+        p.setPen(active if self.column == "text" and focus else passive)
+        p.drawRect(tx - 1, y + 1, cw + 2, lh - 2)
 
     def _static(self, text: str) -> QStaticText:
         """Laid-out text, cached: scrolling by a row repaints mostly the same rows."""
@@ -768,438 +782,3 @@ class HexView(QAbstractScrollArea):
     def focusOutEvent(self, e) -> None:  # noqa: N802
         super().focusOutEvent(e)
         self.viewport().update()
-
-
-class HexLegend(QWidget):
-    """Swatches for the tints and boundary lines."""
-
-    PER_ROW = 4     # swatches per row: one long row made the window 1,200 px wide at least
-
-    def __init__(self, kinds: tuple[int, ...], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        lay = QGridLayout(self)
-        lay.setContentsMargins(4, 0, 4, 0)
-        lay.setHorizontalSpacing(6)
-        lay.setVerticalSpacing(0)
-        pairs: list[tuple[QLabel, QLabel]] = []
-        items = [KIND_STYLE[k] for k in kinds] + [PENDING_STYLE]
-        for bg, fg, text in items:
-            sw = QLabel("ab", self)
-            sw.setStyleSheet(f"background:{bg}; color:{fg}; border:1px solid #b0b0b0;"
-                             "padding:0 3px; font-family:monospace")
-            pairs.append((sw, QLabel(text, self)))
-        for color, text, style in ((CLUSTER_LINE.name(), "cluster start", "solid"),
-                                   (SECTOR_LINE.name(), "sector start", "dashed")):
-            line = QLabel(self)
-            line.setFixedSize(22, 8)
-            line.setStyleSheet(f"border-top:2px {style} {color}")
-            pairs.append((line, QLabel(text, self)))
-        for i, (mark, label) in enumerate(pairs):
-            r, c = divmod(i, self.PER_ROW)
-            lay.addWidget(mark, r, 2 * c)
-            lay.addWidget(label, r, 2 * c + 1)
-        lay.setColumnStretch(2 * self.PER_ROW, 1)
-
-
-class Inspector(QLabel):
-    """Offset, sector, cluster, host offset and the value under the caret."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        font = QFontDatabase.systemFont(QFontDatabase.FixedFont)
-        self.setFont(font)
-        self.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.setAlignment(Qt.AlignLeft | Qt.AlignTop)
-        self.setStyleSheet("background:#fafafa; border-top:1px solid #d8d8d8; padding:3px")
-        # wrap rather than widen the window: its lines are long
-        self.setWordWrap(True)
-        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-        self.summary = ""
-
-    def show_at(self, view: HexView) -> None:
-        doc = view.doc
-        if doc is None or doc.size == 0:
-            self.setText("")
-            return
-        off = view.cursor
-        ss = view.sector_size
-        cs = doc.cluster_size
-        lines = [f"offset {off:#x} ({off:,})   sector {off // ss} (+{off % ss:#x}, {ss} B)   "
-                 f"cluster {off // cs} (+{off % cs:#x})   " + self._host(doc, off)]
-        raw = doc.read(off, 8).ljust(8, b"\0")
-        # a value is shown only where all its bytes were read
-        readable = next((n for n in range(8) if off + n >= doc.size
-                         or (not isinstance(doc, FileHexDocument) and doc.block_error(off + n))), 8)
-        vals = []
-        for n, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q")):
-            if n > readable:
-                vals.append(f"u{8 * n} ?")
-                continue
-            le = struct.unpack("<" + code, raw[:n])[0]
-            be = struct.unpack(">" + code, raw[:n])[0]
-            vals.append(f"u{8 * n} {le}" if n == 1 else f"u{8 * n} le {le} be {be}")
-        lines.append("   ".join(vals))
-        start, sl = view.selection()
-        if sl:
-            lines[0] += f"   selection {start:#x}+{sl:#x} ({sl:,} bytes)"
-        if doc.modified:
-            lines[0] += f"   {doc.pending_bytes():,} byte(s) pending"
-        self.summary = lines[0]
-        self.setText("\n".join(lines))
-
-    @staticmethod
-    def _host(doc: HexDocument, off: int) -> str:
-        if isinstance(doc, FileHexDocument):
-            return f"image file byte {off:#x} (host cluster {off // doc.cluster_size})"
-        err = doc.block_error(off)
-        if err:
-            return f"unreadable: {err}"
-        m = doc.mapping_at(off)
-        if m is None:
-            return "host: ?"
-        where = "" if m.depth <= 0 else f" in backing file {m.depth}"
-        if m.depth < 0:
-            return "host: unallocated (reads as zeros)"
-        t = m.type.name
-        if t == "COMPRESSED":
-            return f"host: compressed at {m.host_offset:#x} ({m.compressed_size} B){where}"
-        if t == "ZERO_PLAIN":
-            return f"host: zero cluster, no host cluster{where}"
-        if t == "ZERO_ALLOC":
-            return f"host: zero cluster, preallocated at {m.host_offset:#x}{where}"
-        if m.host_offset is None:
-            return f"host: {t.lower()}{where}"
-        return f"host: {m.host_offset:#x}{where}"
-
-
-class HexEditor(QWidget):
-    """A hex view with its toolbar, find bar, legend and inspector.
-
-    ``file_view=True`` makes the read-only view of the raw image file.
-    """
-
-    status = Signal(str)            # one-line summary for a status bar
-    openRequested = Signal(str)
-
-    #: tests replace this to answer the Save/Discard/Cancel question
-    ask_unsaved = None
-
-    def __init__(self, doc: HexDocument, parent: QWidget | None = None, *,
-                 file_view: bool = False) -> None:
-        super().__init__(parent)
-        self.doc = doc
-        self.file_view = file_view
-        self.last_message = ""
-        self.message_box: QMessageBox | None = None
-        self.history: QDialog | None = None
-        self.view = HexView(doc, self)
-        self.banner = QLabel(self)
-        self.banner.setWordWrap(True)
-        self.banner.hide()
-        self.findbar = FindBar(self)
-        self.findbar.doc = doc
-        self.findbar.caret = lambda: self.view.cursor
-        self.findbar.hide()
-        self.legend = HexLegend(
-            (ByteKind.FILE,) if file_view else
-            (ByteKind.DATA, ByteKind.COMPRESSED, ByteKind.BACKING, ByteKind.ZERO,
-             ByteKind.UNALLOCATED), self)
-        if file_view:
-            self.legend.hide()
-        self.inspector = Inspector(self)
-        self.toolbar = QToolBar(self)
-        self._make_actions()
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(0)
-        lay.addWidget(self.toolbar)
-        lay.addWidget(self.banner)
-        lay.addWidget(self.findbar)
-        lay.addWidget(self.view, 1)
-        lay.addWidget(self.legend)
-        lay.addWidget(self.inspector)
-        v = self.view
-        v.cursorChanged.connect(self._update_inspector)
-        v.selectionChanged.connect(lambda *_: self._update_inspector())
-        v.message.connect(self.notify)
-        v.requestGoto.connect(self.open_goto)
-        v.requestFind.connect(lambda text: self.open_find("text" if text else None))
-        v.requestFindNext.connect(self.find_next)
-        v.requestEditable.connect(lambda: self.act_edit.trigger())
-        v.requestSave.connect(self.save)
-        self.findbar.found.connect(self._found)
-        self.findbar.finished.connect(lambda: self.view.setFocus())
-        doc.editableChanged.connect(self._editable_changed)
-        doc.editingRefused.connect(self._refused)
-        doc.modifiedChanged.connect(self._modified_changed)
-        doc.saveFailed.connect(self._save_failed)
-        # bound methods, not lambdas: Qt drops them with the editor (the document lives on)
-        doc.saved.connect(self._saved)
-        doc.contentChanged.connect(self._update_inspector)
-        self._editable_changed(doc.editable)
-        self._modified_changed(doc.modified)
-        self._update_inspector()
-
-    def _make_actions(self) -> None:
-        tb, doc = self.toolbar, self.doc
-        tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
-        self.act_edit = QAction("Enable editing", self, checkable=True)
-        self.act_edit.setToolTip("Re-open the image for writing (Ctrl+E)")
-        self.act_edit.triggered.connect(self.set_editing)
-        self.act_save = QAction("Save", self, toolTip="Write the pending edits (Ctrl+S)")
-        self.act_save.triggered.connect(self.save)
-        self.act_revert = QAction("Revert", self, toolTip="Discard the pending edits")
-        self.act_revert.triggered.connect(self.revert)
-        # short texts (the command goes in the tooltip) keep the toolbar narrow
-        st = doc.undo_stack
-        self.act_undo = QAction("Undo", self, enabled=False)
-        self.act_undo.triggered.connect(st.undo)
-        st.canUndoChanged.connect(self.act_undo.setEnabled)
-        st.undoTextChanged.connect(self._undo_tip)
-        self.act_redo = QAction("Redo", self, enabled=False)
-        self.act_redo.triggered.connect(st.redo)
-        st.canRedoChanged.connect(self.act_redo.setEnabled)
-        st.redoTextChanged.connect(self._redo_tip)
-        self.act_history = QAction("History", self, toolTip="The undo history")
-        self.act_history.triggered.connect(self.show_history)
-        self.act_goto = QAction("Go to\u2026", self, toolTip="Go to offset or sector (Ctrl+G)")
-        self.act_goto.triggered.connect(self.open_goto)
-        self.act_find = QAction("Find\u2026", self, toolTip="Find hex bytes or text (Ctrl+F)")
-        self.act_find.triggered.connect(lambda: self.open_find())
-        if not self.file_view:
-            for a in (self.act_edit, self.act_save, self.act_revert, self.act_undo,
-                      self.act_redo, self.act_history):
-                tb.addAction(a)
-            tb.addSeparator()
-        tb.addAction(self.act_goto)
-        tb.addAction(self.act_find)
-        tb.addSeparator()
-        self.bpr_combo = QComboBox(self)
-        self.bpr_combo.addItems(["16 bytes/row", "32 bytes/row"])
-        self.bpr_combo.currentIndexChanged.connect(
-            lambda i: self.view.set_bytes_per_row(16 if i == 0 else 32))
-        self.mode_combo = QComboBox(self)
-        for text, _ in OFFSET_MODES:
-            self.mode_combo.addItem(text)
-        self.mode_combo.currentIndexChanged.connect(
-            lambda i: (self.view.set_sector_mode(OFFSET_MODES[i][1]), self._update_inspector()))
-        tb.addWidget(self.bpr_combo)
-        tb.addWidget(self.mode_combo)
-
-    def _saved(self) -> None:
-        self.notify("Saved")
-
-    def _undo_tip(self, text: str) -> None:
-        self.act_undo.setToolTip(f"Undo {text} (Ctrl+Z)")
-
-    def _redo_tip(self, text: str) -> None:
-        self.act_redo.setToolTip(f"Redo {text} (Ctrl+Shift+Z)")
-
-    # -- notices -----------------------------------------------------------------------
-    def notify(self, text: str) -> None:
-        self.last_message = text
-        self.status.emit(text)
-
-    def _show_banner(self, text: str, error: bool) -> None:
-        self.banner.setText(text)
-        self.banner.setStyleSheet(
-            "padding:4px 8px; " + ("background:#fde2e1; color:#8a0010; border-bottom:1px solid"
-                                   " #e6a0a0" if error else
-                                   "background:#e8f1fd; color:#123; border-bottom:1px solid "
-                                   "#b0c8e8"))
-        self.banner.show()
-
-    def _refused(self, reason: str) -> None:
-        self.notify(reason)
-        self._show_banner(reason, True)
-        self.act_edit.setChecked(self.doc.editable)
-        box = QMessageBox(QMessageBox.Warning, "Editing not possible", reason,
-                          QMessageBox.Ok, self)
-        box.setAttribute(Qt.WA_DeleteOnClose)
-        self.message_box = box
-        box.open()              # non-modal for the event loop: tests can read it
-
-    def _save_failed(self, reason: str) -> None:
-        self.notify(reason)
-        self._show_banner(reason, True)
-
-    def _editable_changed(self, on: bool) -> None:
-        self.act_edit.setChecked(on)
-        for a in (self.act_save, self.act_revert):
-            a.setEnabled(on and self.doc.modified)
-        if on:
-            self._show_banner("Editing enabled: edits stay pending (orange) until you "
-                              "Save (Ctrl+S).", False)
-        elif not self.file_view:
-            self.banner.hide()
-        self.view.viewport().update()
-
-    def _modified_changed(self, m: bool) -> None:
-        for a in (self.act_save, self.act_revert):
-            a.setEnabled(m and self.doc.editable)
-        self._update_inspector()
-
-    def _update_inspector(self, *_) -> None:
-        self.inspector.show_at(self.view)
-        self.status.emit(self.inspector.summary)
-
-    # -- commands ----------------------------------------------------------------------
-    def set_editing(self, on: bool = True) -> bool:
-        if not on and self.doc.modified and not self.confirm_close():
-            self.act_edit.setChecked(True)
-            return False
-        self.findbar.cancel()          # the image is reopened
-        ok = self.doc.set_editable(on)
-        self.act_edit.setChecked(self.doc.editable)
-        return ok
-
-    def save(self) -> bool:
-        self.findbar.cancel()          # the image may be reopened after the save
-        ok = self.doc.save()
-        self.view.viewport().update()
-        return ok
-
-    def revert(self) -> None:
-        self.doc.revert()
-        self.notify("Pending edits discarded")
-
-    def open_goto(self) -> GotoDialog:
-        dlg = GotoDialog(self, current=self.view.cursor, size=self.doc.size,
-                         sector_size=self.view.sector_size)
-        dlg.setAttribute(Qt.WA_DeleteOnClose)
-        dlg.chosen.connect(self.view.goto)
-        self.goto_dialog = dlg
-        dlg.open()
-        return dlg
-
-    def open_find(self, mode: str | None = None) -> None:
-        self.findbar.open_bar(mode)
-
-    def find_next(self, forward: bool = True) -> None:
-        if not self.findbar.edit.text():
-            self.open_find()
-            return
-        self.findbar.show()
-        self.findbar.start(forward)
-
-    def _found(self, offset: int, length: int) -> None:
-        self.view.select_range(offset, length)
-        self.view.cursor = offset
-        self.view.anchor = offset + length - 1 if length > 1 else None
-        self.view.ensure_visible(offset)
-        self.view.viewport().update()
-        self._update_inspector()
-
-    def show_history(self) -> QDialog:
-        if self.history is None:
-            dlg = QDialog(self)
-            dlg.setWindowTitle("Edit history")
-            lay = QVBoxLayout(dlg)
-            undo_view = QUndoView(self.doc.undo_stack, dlg)
-            undo_view.setEmptyLabel("<saved / opened>")
-            lay.addWidget(undo_view)
-            dlg.resize(320, 360)
-            self.history = dlg
-        self.history.show()
-        self.history.raise_()
-        return self.history
-
-    def confirm_close(self) -> bool:
-        """Ask Save / Discard / Cancel when edits are pending; True to go on."""
-        if not self.doc.modified:
-            return True
-        if HexEditor.ask_unsaved is not None:
-            answer = HexEditor.ask_unsaved(self)
-        else:
-            r = QMessageBox.question(
-                self, "Unsaved edits",
-                f"{self.doc.pending_bytes():,} byte(s) of edits are not saved.",
-                QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel, QMessageBox.Save)
-            answer = {QMessageBox.Save: "save", QMessageBox.Discard: "discard"}.get(r, "cancel")
-        if answer == "save":
-            return self.save()
-        if answer == "discard":
-            self.doc.revert()
-            return True
-        return False
-
-    def shutdown(self) -> None:
-        """Stop the find worker (and join it); call before the widget goes away."""
-        self.findbar.cancel()
-
-    def closeEvent(self, e) -> None:  # noqa: N802
-        self.shutdown()
-        super().closeEvent(e)
-
-
-GUEST_VIEW = "Hex (guest)"
-FILE_VIEW = "Hex (file)"
-
-
-def attach_hex_views(tab) -> tuple[HexEditor, HexEditor]:
-    """Add the guest and file hex views to an ImageTab and wire its hooks:
-    window actions (save, revert, find, goto, edit), Undo/Redo, navigation
-    requests from the other panels, and the unsaved-edits question on close."""
-    from ..model.hexdocument import hex_document_for
-    document = tab.document
-    gdoc = hex_document_for(document, tab)
-    fdoc = hex_document_for(document, tab, file_view=True)
-    guest = HexEditor(gdoc, tab)
-    filev = HexEditor(fdoc, tab, file_view=True)
-    tab.add_view(GUEST_VIEW, guest)
-    tab.add_view(FILE_VIEW, filev)
-    # the window's toolbar has Enable editing, Save, Undo and Redo for this tab: one button
-    # each (two "Enable editing" in one window read as two different things), and the
-    # offset mode stays in view on the narrow pane
-    for a in (guest.act_edit, guest.act_save, guest.act_undo, guest.act_redo):
-        guest.toolbar.removeAction(a)
-    tab.hex_guest, tab.hex_file = guest, filev
-
-    def current() -> HexEditor:
-        return filev if tab.views.currentWidget() is filev else guest
-
-    def goto() -> None:
-        ed = current()
-        tab.views.setCurrentWidget(ed)
-        ed.open_goto()
-
-    def find() -> None:
-        ed = current()
-        tab.views.setCurrentWidget(ed)
-        ed.open_find()
-
-    def edit() -> None:
-        tab.views.setCurrentWidget(guest)
-        guest.set_editing(not gdoc.editable)
-
-    def sync() -> None:
-        pending = gdoc.modified and gdoc.editable
-        tab.set_action_enabled("save", pending)
-        tab.set_action_enabled("revert", pending)
-        guest.act_revert.setVisible(gdoc.editable)      # a lone greyed Revert says nothing
-
-    tab.register_action("save", guest.save, False)
-    tab.register_action("revert", guest.revert, False)
-    tab.register_action("find", find, True)
-    tab.register_action("goto", goto, True)
-    tab.register_action("edit", edit, True)
-    tab.register_action("history", guest.show_history, True)
-    tab.set_undo_stack(gdoc.undo_stack)
-    sync()
-    gdoc.modifiedChanged.connect(lambda _m: sync())
-    gdoc.editableChanged.connect(lambda _e: (sync(), tab.titleChanged.emit()))
-    tab.confirm_close = guest.confirm_close
-
-    def show_file(offset, length) -> None:
-        tab.views.setCurrentWidget(filev)
-        filev.view.select_range(int(offset), int(length))
-
-    def show_guest(offset) -> None:
-        tab.views.setCurrentWidget(guest)
-        guest.view.goto(int(offset), focus=False)
-
-    tab.showFileBytes.connect(show_file)
-    tab.showGuestOffset.connect(show_guest)
-    document.closed.connect(guest.shutdown)
-    document.closed.connect(filev.shutdown)
-    return guest, filev

@@ -1,27 +1,26 @@
-"""One image in the main window: banner, header panel, table tree and pictures.
+"""One image in the main window: banner, header panel, table tree, pictures and hex.
 
-Hooks for the hex views: :meth:`ImageTab.add_view` adds a tab to the picture
-area; the ``showFileBytes`` / ``showGuestOffset`` / ``clusterSelected`` signals
-say what the user asked to see; :meth:`register_action` lets a view take over
-a window action (save, revert, find, goto, edit) for this tab, and
-:meth:`set_undo_stack` plugs its QUndoStack into the window's Undo/Redo.
+The tab composes views over what its :class:`~qcow2view.model.document.ImageDocument`
+owns (the models and the two hex documents) and wires them together: the
+``showFileBytes`` / ``showGuestOffset`` / ``clusterSelected`` signals say what the
+user asked to see; :meth:`register_action` lets a view take over a window action
+(save, revert, find, goto, edit) for this tab, and :attr:`undo_stack` is the one
+the window's Undo/Redo act on.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
 from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QSplitter, QTabWidget, QVBoxLayout,
                                QWidget)
 
-from ..model.allocation import AllocationModel
 from ..model.document import ImageDocument
-from ..model.header_model import HeaderModel
-from ..model.problems_model import ProblemsModel
-from ..model.table_tree_model import TableTreeModel
+from ..model.repair import RepairJob
 from .headerpanel import HeaderPanel
+from .hexeditor import FILE_VIEW, GUEST_VIEW, HexEditor
 from .problemspanel import ProblemsPanel
 from .pyqtgraph_loader import loader as pyqtgraph_loader
 from .tablepanel import TablePanel
@@ -76,12 +75,14 @@ class ImageTab(QWidget):
     def __init__(self, document: ImageDocument, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.document = document
-        self.header_model = HeaderModel(self)
-        self.tree_model = TableTreeModel(self)
-        self.allocation = AllocationModel(self)
-        self.problems_model = ProblemsModel(self)
+        self.header_model = document.header_model
+        self.tree_model = document.tree_model
+        self.allocation = document.allocation
+        self.problems_model = document.problems_model
         self._handlers: dict[str, tuple[Callable[[], None], bool]] = {}
         self.undo_stack: QUndoStack | None = None
+        self._restored_layout = False
+        self.repair_job: RepairJob | None = None     # Image > Repair writing to this file
 
         self.banner = Banner()
         self.header_panel = HeaderPanel(self.header_model)
@@ -103,6 +104,10 @@ class ImageTab(QWidget):
         from .filespanel import attach_files_pane     # the guest's files (issue 12)
         self.files_panel = attach_files_pane(self)
         QTimer.singleShot(30, self, lambda: self._build_pictures(False))
+        self.hex_guest = HexEditor(document.hex_guest, self)
+        self.hex_file = HexEditor(document.hex_file, self, file_view=True)
+        self.views.addTab(self.hex_guest, GUEST_VIEW)
+        self.views.addTab(self.hex_file, FILE_VIEW)
 
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.setObjectName("imageSplitter")
@@ -138,15 +143,20 @@ class ImageTab(QWidget):
             self._reload()
         if d.analysis is not None:
             self._maps_ready()
+        self._wire_hex_editors()
 
     def showEvent(self, ev) -> None:
         super().showEvent(ev)
         if not self._sized:
             self._sized = True
-            if not getattr(self, "restored_layout", False):
+            if not self._restored_layout:
                 # proportions: QSplitter spreads its real width by these weights
                 # header fields with offset and raw bytes in view; tree; pictures
                 self.splitter.setSizes([3400, 2800, 3800])
+
+    def restore_layout(self, state: QByteArray) -> None:
+        """The panes' proportions as the user left them (QSplitter.saveState)."""
+        self._restored_layout = self.splitter.restoreState(state)
 
     def _build_pictures(self, wait: bool = True) -> None:
         """Build the pyqtgraph views: the heatmap, then (next tick) the mapping plot,
@@ -200,11 +210,76 @@ class ImageTab(QWidget):
         self._build_pictures()
         return self._mapping
 
-    # -- hooks for other views ---------------------------------------------------------------
-    def add_view(self, name: str, widget: QWidget) -> int:
-        """Add a tab (e.g. "Hex (guest)") to the picture area; returns its index."""
-        return self.views.addTab(widget, name)
+    # -- the hex editors -----------------------------------------------------------------------
+    def _wire_hex_editors(self) -> None:
+        """The window's actions (save, revert, find, goto, edit, history), Undo/Redo and
+        the other panels' navigation requests act on the hex editors of this tab."""
+        guest, filev, gdoc = self.hex_guest, self.hex_file, self.document.hex_guest
+        # the window's toolbar has Enable editing, Save, Undo and Redo for this tab: one
+        # button each (two "Enable editing" in one window read as two different things),
+        # and the offset mode stays in view on the narrow pane
+        for a in (guest.act_edit, guest.act_save, guest.act_undo, guest.act_redo):
+            guest.toolbar.removeAction(a)
+        self.register_action("save", guest.save, False)
+        self.register_action("revert", guest.revert, False)
+        self.register_action("find", lambda: self._current_editor().open_find(), True)
+        self.register_action("goto", lambda: self._current_editor().open_goto(), True)
+        self.register_action("edit", self._toggle_editing, True)
+        self.register_action("history", guest.show_history, True)
+        self.undo_stack = gdoc.undo_stack
+        self._sync_edit_actions()
+        gdoc.modifiedChanged.connect(self._sync_edit_actions)
+        gdoc.editableChanged.connect(self._editable_changed)
+        self.showFileBytes.connect(self._show_file_bytes)
+        self.showGuestOffset.connect(self._show_guest_offset)
+        self.document.closed.connect(guest.shutdown)
+        self.document.closed.connect(filev.shutdown)
 
+    def _current_editor(self) -> HexEditor:
+        """The hex editor on show (the guest one unless the file one is), made current."""
+        ed = self.hex_file if self.views.currentWidget() is self.hex_file else self.hex_guest
+        self.views.setCurrentWidget(ed)
+        return ed
+
+    def _toggle_editing(self) -> None:
+        self.views.setCurrentWidget(self.hex_guest)
+        self.hex_guest.set_editing(not self.document.hex_guest.editable)
+
+    def _sync_edit_actions(self, *_) -> None:
+        gdoc = self.document.hex_guest
+        pending = gdoc.modified and gdoc.editable
+        self.set_action_enabled("save", pending)
+        self.set_action_enabled("revert", pending)
+        self.hex_guest.act_revert.setVisible(gdoc.editable)  # a lone greyed Revert says nothing
+
+    def _editable_changed(self, _editable: bool) -> None:
+        self._sync_edit_actions()
+        self.titleChanged.emit()
+
+    def _show_file_bytes(self, offset, length) -> None:
+        self.views.setCurrentWidget(self.hex_file)
+        self.hex_file.view.select_range(int(offset), int(length))
+
+    def _show_guest_offset(self, offset) -> None:
+        self.views.setCurrentWidget(self.hex_guest)
+        self.hex_guest.view.goto(int(offset), focus=False)
+
+    def track_repair(self, job: RepairJob) -> None:
+        """Hold ``job`` as :attr:`repair_job` until it is done or failed."""
+        self.repair_job = job
+        job.done.connect(self._repair_over)
+        job.failed.connect(self._repair_over)
+        self.actionsChanged.emit()
+
+    def _repair_over(self, *_) -> None:
+        self.repair_job = None
+        self.actionsChanged.emit()
+
+    def confirm_close(self) -> bool:
+        """Ask Save / Discard / Cancel when edits are pending; True to go on."""
+        return self.hex_guest.confirm_close()
+
+    # -- the picture area's pages -------------------------------------------------------------
     def view(self, name: str) -> QWidget | None:
         for i in range(self.views.count()):
             if self.views.tabText(i) == name:
@@ -228,8 +303,8 @@ class ImageTab(QWidget):
                 "mapping": self._mapping or self._mapping_box,
                 "problems": self.problems,
                 "files": self.files_panel,
-                "hex": getattr(self, "hex_guest", None),
-                "hex-file": getattr(self, "hex_file", None)}[key]
+                "hex": self.hex_guest,
+                "hex-file": self.hex_file}[key]
         return page if page is not None and self.views.indexOf(page) >= 0 else None
 
     def show_pane(self, key: str) -> bool:
@@ -243,10 +318,10 @@ class ImageTab(QWidget):
         hex view (made current) and, when this image holds it, its host cluster on the map."""
         self.table_panel.go_to_guest(offset)
         self.showGuestOffset.emit(offset)
-        guest = getattr(self, "hex_guest", None)
-        m = guest.doc.mapping_at(offset) if guest is not None else None
+        guest = self.document.hex_guest
+        m = guest.mapping_at(offset)
         if m is not None and m.depth == 0 and m.host_offset is not None:
-            self._marked_cluster = m.host_offset // guest.doc.cluster_size
+            self._marked_cluster = m.host_offset // guest.cluster_size
             if self._heatmap is not None:
                 self._heatmap.select_cluster(self._marked_cluster)
 
@@ -277,10 +352,6 @@ class ImageTab(QWidget):
             return True
         return False
 
-    def set_undo_stack(self, stack: QUndoStack) -> None:
-        self.undo_stack = stack
-        self.actionsChanged.emit()
-
     # -- titles ------------------------------------------------------------------------------------
     @property
     def title(self) -> str:
@@ -293,22 +364,13 @@ class ImageTab(QWidget):
     # -- document events ---------------------------------------------------------------------
     def _reload(self) -> None:
         img = self.document.image
-        self.header_model.set_image(img)
-        self.tree_model.set_image(img)
         if img is not None:
             self.table_panel.set_extent(img.virtual_size, img.file.size, img.cluster_size,
                                         img.l2_size)
-        self.problems_model.set_document(self.document)
         self._update_banner()
         self.titleChanged.emit()
 
     def _maps_ready(self) -> None:
-        d = self.document
-        hm = d.host_map
-        self.allocation.set_maps(hm, d.guest_map, d.analysis.prepared if d.analysis else None)
-        findings = getattr(d.check_result, "findings", None)
-        self.tree_model.set_analysis(None if hm is None else hm.refcounts, findings)
-        self.problems_model.set_document(d)
         self._update_banner()
 
     def _update_banner(self) -> None:

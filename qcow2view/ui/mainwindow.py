@@ -92,8 +92,6 @@ class MainWindow(QMainWindow):
         self.act_edit.setCheckable(True)
         self.act_goto = self._act("&Go to…", lambda: self._trigger("goto"), "Ctrl+G",
                                   "Go to a guest offset")
-        self.act_goto_file = self._act("Go to &file…", lambda: self._trigger("goto-file"),
-                                       "Ctrl+Shift+G", "Go to a file of the guest by its path")
         self.act_find = self._act("&Find…", lambda: self._trigger("find"), K.Find)
         self.act_recheck = self._act("Re-run &check", self._recheck,
                                      tip="Build the maps and check the image again")
@@ -127,7 +125,6 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_edit)
         m.addSeparator()
         m.addAction(self.act_goto)
-        m.addAction(self.act_goto_file)
         m.addAction(self.act_find)
         self.edit_menu = m
         m = self.menuBar().addMenu("&Image")
@@ -239,10 +236,8 @@ class MainWindow(QMainWindow):
             dialogs.error(self, "Cannot open image", open_error_text(e))
             return None
         tab = ImageTab(doc)
-        from .hexview import attach_hex_views
-        attach_hex_views(tab)
         if self._splitter_state is not None:
-            tab.restored_layout = tab.splitter.restoreState(self._splitter_state)
+            tab.restore_layout(self._splitter_state)
         tab.titleChanged.connect(self._update_state)
         tab.actionsChanged.connect(self._update_state)
         doc.progress.connect(lambda t, d, n, tab=tab: self._progress(tab, t, d, n))
@@ -266,10 +261,10 @@ class MainWindow(QMainWindow):
         if not isinstance(tab, ImageTab):
             return
         if tab.undo_stack is not None:
-            if not tab.undo_stack.isClean() and not self._confirm_discard(tab):
+            if not tab.undo_stack.isClean() and not tab.confirm_close():
                 return
             self.undo_group.removeStack(tab.undo_stack)
-        job = getattr(tab, "repair_job", None)
+        job = tab.repair_job
         if job is not None and job.worker is not None:
             # a repair is writing: let it finish (it is short next to a check), then hand
             # its result over while the document is still open (it re-reads, says what
@@ -297,14 +292,6 @@ class MainWindow(QMainWindow):
             self.close_tab(n - 1)
             if self.tabs.count() == n:   # the user kept it
                 return
-
-    def _confirm_discard(self, tab: ImageTab) -> bool:
-        if hasattr(tab, "confirm_close"):    # the hex editor asks Save / Discard / Cancel
-            return tab.confirm_close()
-        r = QMessageBox.question(self, "Unsaved edits",
-                                 f"{tab.title} has edits that are not saved. Discard them?",
-                                 QMessageBox.Discard | QMessageBox.Cancel)
-        return r == QMessageBox.Discard
 
     # -- actions -----------------------------------------------------------------------------
     def open_dialog(self) -> None:
@@ -372,18 +359,11 @@ class MainWindow(QMainWindow):
         job = repair_current(self, tab, all=all)
         if job is None or job.worker is None:
             return      # not confirmed, or refused (editing is on): nothing was written
-        tab.repair_job = job
-
-        def over(*_) -> None:
-            tab.repair_job = None
-            self._update_state()
-        job.done.connect(over)
-        job.failed.connect(over)
-        self._update_state()
+        tab.track_repair(job)       # the tab says actionsChanged when it is over
 
     @staticmethod
     def _repairing(tab: ImageTab) -> bool:
-        return getattr(tab, "repair_job", None) is not None
+        return tab.repair_job is not None
 
     def _cancel(self) -> None:
         tab = self.current_tab()
@@ -420,8 +400,7 @@ class MainWindow(QMainWindow):
                 self.undo_group.addStack(tab.undo_stack)
                 self.undo_group.setActiveStack(tab.undo_stack)
         has = tab is not None
-        for a in (self.act_close, self.act_goto, self.act_goto_file, self.act_recheck,
-                  self.act_edit):
+        for a in (self.act_close, self.act_goto, self.act_recheck, self.act_edit):
             a.setEnabled(has)
         self.act_edit.setChecked(bool(has and tab.document.writable))
         self.act_save.setEnabled(bool(has and tab.action_enabled("save")))

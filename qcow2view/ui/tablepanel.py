@@ -97,6 +97,7 @@ class TablePanel(QWidget):
         self.status.hide()
         lay.addWidget(self.view)
         model.modelReset.connect(self._expand_top)
+        self._expand_top()      # the document's model may be filled already
 
     # -- column widths ----------------------------------------------------------------------
     def set_extent(self, virtual_size: int, file_size: int, cluster_size: int,

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from qcow2view.engine import open_image  # noqa: E402
 from qcow2view.model.hexdocument import HexDocument  # noqa: E402
-from qcow2view.ui.hexview import HexEditor  # noqa: E402
+from qcow2view.ui.hexeditor import HexEditor  # noqa: E402
 
 QEMU_IMG = shutil.which("qemu-img")
 QEMU_IO = shutil.which("qemu-io")

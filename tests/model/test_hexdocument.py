@@ -10,7 +10,8 @@ from qemu import create, qemu_img, qemu_io, qemu_map, to_raw
 
 from qcow2view.engine import CancelledError, open_image
 from qcow2view.model.extents import ByteKind, extents
-from qcow2view.model.hexdocument import BLOCK_SIZE, FileHexDocument, HexDocument
+from qcow2view.model.bytesource import ImageFileSource
+from qcow2view.model.hexdocument import BLOCK_SIZE, HexDocument
 from qcow2view.model.hexsearch import find, parse_pattern
 from qcow2view.ui.goto import parse_goto
 
@@ -72,7 +73,7 @@ def test_reads_and_tints_match_qemu(layered, tmp_path):
 
 def test_file_document_shows_the_image_file(layered):
     with open_image(layered) as img:
-        doc = FileHexDocument(img)
+        doc = HexDocument(img, source=ImageFileSource)
         data = layered.read_bytes()
         assert doc.size == len(data)
         assert doc.read(0, 4) == b"QFI\xfb"

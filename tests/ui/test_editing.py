@@ -20,7 +20,7 @@ from qcow2view.engine import open_image
 from qcow2view.engine.fileio import HostFile
 from qcow2view.model.hexdocument import HexDocument
 from qcow2view.model.workers import running_workers
-from qcow2view.ui.hexview import HexEditor
+from qcow2view.ui.hexeditor import HexEditor
 
 K = 1024
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
@@ -224,7 +224,7 @@ def test_scattered_edits_save_as_coalesced_runs(tmp_path):
 
 
 def test_main_window_edit_save_and_close(qtbot, tmp_path):
-    from qcow2view.ui.hexview import FILE_VIEW, GUEST_VIEW
+    from qcow2view.ui.hexeditor import FILE_VIEW, GUEST_VIEW
     from qcow2view.ui.mainwindow import MainWindow
     img = create(tmp_path / "w.qcow2", "4M")
     qemu_io(img, "write -P 0x61 0 64k")

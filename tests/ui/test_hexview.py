@@ -8,9 +8,11 @@ from PySide6.QtGui import QGuiApplication
 from qemu import create, qemu_io, qemu_map
 
 from qcow2view.engine import open_image
-from qcow2view.model.hexdocument import FileHexDocument, HexDocument
+from qcow2view.model.bytesource import ImageFileSource
+from qcow2view.model.hexdocument import HexDocument
 from qcow2view.model.workers import running_workers
-from qcow2view.ui.hexview import SCROLL_MAX, HexEditor
+from qcow2view.ui.hexeditor import HexEditor
+from qcow2view.ui.hexview import SCROLL_MAX
 
 K = 1024
 
@@ -25,7 +27,7 @@ def editor(qtbot):
 
     def make(path, writable: bool = False, file_view: bool = False) -> HexEditor:
         img = open_image(path, writable=writable)
-        doc = (FileHexDocument if file_view else HexDocument)(img)
+        doc = HexDocument(img, source=ImageFileSource) if file_view else HexDocument(img)
         ed = HexEditor(doc, file_view=file_view)
         qtbot.addWidget(ed)
         ed.resize(900, 600)

@@ -128,7 +128,7 @@ def test_declining_writes_nothing(window, qtbot, damaged, monkeypatch, which):
     wait_ready(qtbot, tab)
     monkeypatch.setattr(repair, "assume_yes", False)
     (window.act_repair_leaks if which == "leaks" else window.act_repair_all).trigger()
-    assert getattr(tab, "repair_job", None) is None
+    assert tab.repair_job is None
     assert damaged.read_bytes() == before
     assert qemu.check(damaged)[1]["leaks"] == 2
 
