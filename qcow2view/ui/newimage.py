@@ -1,7 +1,7 @@
 """File > New image: the options of ``create_image`` with live validation.
 
 Rules are not repeated here: every change asks the engine's
-``validate_create_options`` and shows each problem in red next to the field it
+``validate_create_options`` (through :mod:`qcow2view.model.newimage`) and shows each problem in red next to the field it
 concerns; Create stays disabled while there is any.
 """
 
@@ -14,8 +14,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
                                QPushButton, QVBoxLayout, QWidget)
 
-from ..engine import Qcow2Error
-from ..engine.create import create_image, validate_create_options
+from ..model import newimage as new_image
 
 SIZE_UNITS = (("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30),
               ("TiB", 1 << 40))
@@ -226,7 +225,7 @@ class NewImageDialog(QDialog):
         elif not os.path.isdir(os.path.dirname(self._abs(self.path.text())) or "."):
             problems.append(("path", "the folder does not exist"))
         opts = self.options()
-        for msg in validate_create_options(size=size, **opts):
+        for msg in new_image.option_problems(size, **opts):
             problems.append((field_of(msg), msg))
         backing = opts["backing_file"]
         if backing and not os.path.exists(self._backing_abs(backing)):
@@ -294,10 +293,9 @@ class NewImageDialog(QDialog):
                 self.general.setText("Not replaced: choose another file name")
                 self.general.show()
                 return False
-        try:
-            create_image(path, self.size_bytes(), overwrite=overwrite, **self.options())
-        except (Qcow2Error, OSError) as e:
-            self.general.setText(f"Could not create the image: {e}")
+        why = new_image.create(path, self.size_bytes(), overwrite=overwrite, **self.options())
+        if why is not None:
+            self.general.setText(f"Could not create the image: {why}")
             self.general.show()
             return False
         self.created.emit(path)
