@@ -84,6 +84,8 @@ class GotoFileDialog(QDialog):
         self.go()
 
     def go(self) -> None:
+        if self.result() == QDialog.Accepted:
+            return          # the completer's activation and the Return key both ask
         f, why = resolve_one(self.contents, self.edit.text())
         if why is None:
             why = self.contents.edit_refusal(f) if not f.info.extents else None

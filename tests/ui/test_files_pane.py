@@ -1,0 +1,140 @@
+"""The Files pane and Go to file, driven as a user would, judged by the real tools:
+debugfs reads the edited file, e2fsck -fn and qemu-img check are clean, the backing
+file is untouched.  The disk is the guest tests' GPT fixture (sgdisk, mkfs.vfat +
+mcopy, mkfs.ext4 -d, qemu-img convert) with a qcow2 overlay on top."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication
+from qemu import check, qemu_img, to_raw
+
+from guest.conftest import debugfs, gpt_disk, tool  # noqa: F401 - the session fixture
+from gui_fixtures import run_app, wait_ready
+from qcow2view.model.guest_files import guest_contents
+from qcow2view.model.guest_model import FILE
+from qcow2view.ui.filespanel import FilesPanel
+from qcow2view.ui.gotofile import GotoFileDialog
+
+pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
+
+
+@pytest.fixture
+def overlay(tmp_path, gpt_disk):  # noqa: F811
+    base = tmp_path / "base.qcow2"
+    shutil.copyfile(gpt_disk.qcow2, base)
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", "qcow2", top)
+    return base, top
+
+
+def _files_ready(qtbot, tab):
+    c = guest_contents(tab.document)
+    qtbot.waitUntil(lambda: c.state == "ready", timeout=30000)
+    return c
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _partition(raw: bytes, gpt_disk, n: int, out):  # noqa: F811
+    start = gpt_disk.starts[n]
+    out.write_bytes(raw[start:start + gpt_disk.parts[n].stat().st_size])
+    return out
+
+
+def test_keyboard_path_edits_a_file_in_place(qtbot, window, overlay, gpt_disk, tmp_path):  # noqa: F811,E501
+    base, top = overlay
+    before = _sha(base)
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    contents = _files_ready(qtbot, tab)
+    index_before = contents.index
+    hexed = tab.pane("hex")
+
+    qtbot.keyClick(window, Qt.Key_E, Qt.ControlModifier)                 # Enable editing
+    qtbot.waitUntil(lambda: tab.document.writable)
+    qtbot.keyClick(window, Qt.Key_G, Qt.ControlModifier | Qt.ShiftModifier)   # Go to file
+    dlg = tab.findChild(GotoFileDialog)
+    assert dlg is not None and dlg.isVisible()
+    qtbot.keyClicks(dlg.edit, "2:/etc/hostname")
+    qtbot.keyClick(dlg.edit, Qt.Key_Return)
+    f = contents.resolve("2:/etc/hostname")[0]
+    first = f.info.extents[0][1]
+    assert QApplication.focusWidget() is hexed.view
+    assert hexed.view.cursor == first
+    qtbot.keyClicks(hexed.view, "47")                                    # 'g' -> 'G'
+    qtbot.keyClick(hexed.view, Qt.Key_S, Qt.ControlModifier)             # Save
+    qtbot.waitUntil(lambda: not hexed.doc.modified)
+    # the index is read again from the saved file
+    qtbot.waitUntil(lambda: contents.state == "ready" and contents.index is not index_before,
+                    timeout=30000)
+    window.close_all()                                                   # the locks go
+
+    raw = to_raw(top, tmp_path / "top.raw")
+    part = _partition(raw, gpt_disk, 2, tmp_path / "p2.img")
+    assert debugfs(part, "cat /etc/hostname") == "Guest-host\n"
+    fsck = subprocess.run([tool("e2fsck"), "-fn", part], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    rc, data = check(top)
+    assert rc == 0 and not data.get("corruptions") and not data.get("leaks"), data
+    assert _sha(base) == before                                          # backing untouched
+
+
+def test_files_pane_finds_selects_lights_and_saves(qtbot, window, overlay, gpt_disk, tmp_path):  # noqa: F811,E501
+    base, top = overlay
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    assert tab.show_pane("files")
+    panel: FilesPanel = tab.pane("files")
+    _files_ready(qtbot, tab)
+    qtbot.keyClicks(panel.filter, "fstab")
+    qtbot.waitUntil(lambda: panel.model.matches == 2)          # the FAT's and the ext4's
+    node = panel.current_node()
+    assert node.kind == FILE and node.path == "/etc/fstab"
+    # the overlay maps nothing itself: every cluster comes from the backing file
+    assert "in 1 extent, 0 host clusters" in panel.summary_label.text()
+    assert "from backing file base.qcow2" in panel.summary_label.text()
+    layer = panel.map_layer
+    assert layer is not None and layer.active and tab.heatmap.mode() == "kind"
+    tab.heatmap.set_mode("guest")
+    lit = layer.cells()
+    assert 0 < lit.sum() < lit.size                            # its clusters lit, others dim
+    panel.copy_path(node)
+    assert QGuiApplication.clipboard().text() == "/etc/fstab"
+    out = tmp_path / "copy"
+    FilesPanel.ask_save_path = staticmethod(lambda name: str(out))
+    try:
+        assert panel.save_copy(node) == str(out)
+    finally:
+        FilesPanel.ask_save_path = None
+    src = gpt_disk.src if node.vol == 1 else gpt_disk.extra["fat_src"]
+    assert out.read_bytes() == (src / "etc/fstab").read_bytes()
+    # inline data (a fast symlink's target lives in its inode) is refused, with the reason
+    qtbot.keyClick(window, Qt.Key_G, Qt.ControlModifier | Qt.ShiftModifier)
+    dlg = tab.findChild(GotoFileDialog)
+    qtbot.keyClicks(dlg.edit, "2:/link")
+    qtbot.keyClick(dlg.edit, Qt.Key_Return)
+    assert dlg.isVisible() and "inline" in dlg.note.text()
+    dlg.edit.setText("/etc/fstab")
+    qtbot.keyClick(dlg.edit, Qt.Key_Return)
+    assert "2 filesystems" in dlg.note.text() and "1:/etc/fstab" in dlg.note.text()
+    dlg.reject()
+
+
+def test_goto_file_on_the_command_line(overlay, tmp_path):
+    _base, top = overlay
+    r = run_app(top, "--goto-file", "/etc/nope", "--screenshot", tmp_path / "x.png",
+                tmp_path=tmp_path)
+    assert r.returncode == 2 and "/etc/nope" in r.stderr
+    r = run_app(top, "--view", "files", "--goto-file", "2:/etc/fstab", "--screenshot",
+                tmp_path / "f.png", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "f.png").stat().st_size > 10000
