@@ -137,4 +137,7 @@ def preview_delete(image, key: str) -> SnapshotDeletePreview:
     rc = np.array([image.refcount(int(c)) for c in uniq.tolist()], dtype=np.int64)
     n = int(np.count_nonzero(rc == counts))
     n += -(-sn.l1_size * 8 // image.cluster_size)
+    if len(image.snapshots) == 1:        # the snapshot table goes with the last entry
+        n += -(-(sn.offset + sn.entry_size - image.header.snapshots_offset)
+               // image.cluster_size)
     return SnapshotDeletePreview(sn, n, n * image.cluster_size)

@@ -1,0 +1,236 @@
+"""Image operations from the window (snapshot create/apply/delete, resize, commit,
+rebase, convert, amend): what each will do, said before it runs, and the job that
+runs it in a worker thread.
+
+As for a repair, the document's own image stays read-only; the operation opens
+a second, writable handle (QEMU's writer locks: an image in use is refused) and
+the document re-reads everything -- header, tables and maps -- afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, Signal
+
+from ..engine import CancelledError, open_image
+from ..engine.metadata_ops import opened_writable
+from ..engine.ops import snapshot as snapshot_ops
+from ..engine.ops.amend import amend_image
+from ..engine.ops.commit import commit_image, plan_commit
+from ..engine.ops.convert import convert_image, open_source
+from ..engine.ops.measure import measure
+from ..engine.ops.rebase import rebase_image
+from ..engine.ops.resize import resize_image
+from .document import ImageDocument, open_error_text
+from .units import count, human_size
+from .workers import Worker
+
+Run = Callable[[Callable[[int, int], None]], Any]
+
+
+class OperationJob(QObject):
+    """One operation on one document; ``done`` carries the operation's result."""
+
+    progressed = Signal(int, int)
+    done = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+
+    def __init__(self, document: ImageDocument, title: str, run: Run, parent=None) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.title = title
+        self._run = run
+        self.worker: Worker | None = None
+
+    def refusal(self) -> str | None:
+        if self.document.writable:
+            return ("Editing is enabled for this image: save or revert the pending edits "
+                    "and turn editing off first.")
+        return None
+
+    def start(self) -> bool:
+        why = self.refusal()
+        if why is not None:
+            self.failed.emit(why)
+            return False
+        if self.document.busy:
+            self.document.cancel_analysis()
+            self.document.wait_analysis()
+        run = self._run
+
+        def work(progress, cancel):
+            def report(done: int, total: int) -> None:
+                progress(done, total)
+                if cancel():
+                    raise CancelledError("cancelled")
+            return run(report)
+
+        self.worker = Worker(self.title, work, self)
+        self.worker.progressed.connect(lambda _t, d, n: self.progressed.emit(d, n))
+        self.worker.progressed.connect(self.document.progress)
+        self.worker.succeeded.connect(self._succeeded)
+        self.worker.failed.connect(self._failed)
+        self.worker.start()
+        return True
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def _refresh(self) -> None:
+        try:
+            self.document.refresh()         # header, tables and maps read again
+        except Exception as e:               # noqa: BLE001 - told to the user, never raised
+            self.failed.emit(open_error_text(e))
+
+    def _succeeded(self, result) -> None:
+        self._refresh()
+        self.done.emit(result)
+
+    def _failed(self, error) -> None:
+        self._refresh()
+        if isinstance(error, CancelledError):
+            self.cancelled.emit()
+        else:
+            self.failed.emit(open_error_text(error))
+
+
+# -- what each operation does (said before it runs) --------------------------------------
+def snapshot_names(document: ImageDocument) -> list[str]:
+    img = document.image
+    return [s.name for s in img.snapshots] if img is not None else []
+
+
+def describe_snapshot(document: ImageDocument, kind: str, name: str) -> str:
+    img_name = document.name
+    if kind == "create":
+        return (f"Takes snapshot '{name}' of {img_name}: the disk as it is now (guest "
+                "state only, no VM state).")
+    with open_image(document.path, ignore_backing_errors=True) as im:
+        if kind == "apply":
+            s = snapshot_ops._find(im, name)
+            size = f" and its size to {human_size(s.disk_size)}" if (
+                s.disk_size and s.disk_size != im.virtual_size) else ""
+            return (f"Reverts the disk of {img_name} to snapshot '{name}'{size}. What the "
+                    "disk holds now and no snapshot keeps is lost.")
+        p = snapshot_ops.preview_delete(im, name)
+    return (f"Deletes snapshot '{name}' of {img_name} and frees "
+            f"{human_size(p.freed_bytes)} ({count(p.freed_clusters, 'cluster')}).")
+
+
+def describe_resize(document: ImageDocument, new_size: int) -> str:
+    old = document.image.virtual_size
+    if new_size >= old:
+        return f"Grows the disk of {document.name} from {human_size(old)} to {human_size(new_size)}."
+    return (f"Shrinks the disk of {document.name} from {human_size(old)} to "
+            f"{human_size(new_size)}: everything past {human_size(new_size)} is lost.")
+
+
+def other_overlays(base: str, exclude: str, limit: int = 200) -> int:
+    """Images in the base's folder (but ``exclude``) whose backing file is ``base``."""
+    folder = os.path.dirname(os.path.abspath(base))
+    n = 0
+    try:
+        names = sorted(os.listdir(folder))[:limit]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.samefile(path, exclude) if os.path.exists(exclude) else False:
+            continue
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) != b"QFI\xfb":
+                    continue
+            with open_image(path, ignore_backing_errors=True) as im:
+                info = im.backing_chain[0] if im.backing_chain else None
+                if info and info.path and os.path.exists(info.path) \
+                        and os.path.samefile(info.path, base):
+                    n += 1
+        except Exception:                  # noqa: BLE001 - unreadable files do not count
+            continue
+    return n
+
+
+def describe_commit(document: ImageDocument) -> str:
+    plan = plan_commit(document.path)
+    others = other_overlays(plan.base, document.path)
+    shared = f" (shared by {count(others, 'other overlay')})" if others else ""
+    return (f"Writes {human_size(plan.bytes_to_write)} into "
+            f"{os.path.basename(plan.base)}{shared}, then empties {document.name}.")
+
+
+def describe_convert(document: ImageDocument, out_fmt: str, options: dict) -> str:
+    src = open_source(document.path)
+    try:
+        m = measure(source=src, out_fmt=out_fmt, options=options)
+    finally:
+        src.close()
+    return (f"Writes the disk of {document.name} into a new {out_fmt} image of "
+            f"{human_size(m.required)} at most ({human_size(m.fully_allocated)} fully "
+            "allocated).")
+
+
+def describe_rebase(document: ImageDocument, backing: str, unsafe: bool) -> str:
+    if unsafe:
+        return f"Only rewrites the backing file name of {document.name} to '{backing}'."
+    if not backing:
+        return (f"Copies everything {document.name} reads from its backing file into it "
+                "and removes the backing file name (flatten).")
+    return (f"Copies into {document.name} every range where its backing file and "
+            f"'{backing}' differ, then names '{backing}' as its backing file.")
+
+
+# -- the work ------------------------------------------------------------------------------
+def snapshot_job(document: ImageDocument, kind: str, name: str, parent=None) -> OperationJob:
+    ops = {"create": lambda im, p: snapshot_ops.create_snapshot(im, name),
+           "apply": lambda im, p: snapshot_ops.apply_snapshot(im, name, p),
+           "delete": lambda im, p: snapshot_ops.delete_snapshot(im, name, p)}
+    fn = ops[kind]
+    return _image_job(document, f"Snapshot {kind}", fn, parent)
+
+
+def resize_job(document: ImageDocument, new_size: int, parent=None) -> OperationJob:
+    return _image_job(document, "Resizing",
+                      lambda im, p: resize_image(im, new_size, shrink=True, progress=p), parent)
+
+
+def amend_job(document: ImageDocument, options: dict, parent=None) -> OperationJob:
+    return _image_job(document, "Amending",
+                      lambda im, p: amend_image(im, options, progress=p), parent)
+
+
+def commit_job(document: ImageDocument, parent=None) -> OperationJob:
+    path = document.path
+    return OperationJob(document, "Committing", lambda p: commit_image(path, progress=p),
+                        parent)
+
+
+def rebase_job(document: ImageDocument, backing: str, backing_fmt: str | None, unsafe: bool,
+               parent=None) -> OperationJob:
+    path = document.path
+    return OperationJob(document, "Rebasing", lambda p: rebase_image(
+        path, backing, backing_fmt, unsafe=unsafe, progress=p), parent)
+
+
+def convert_job(document: ImageDocument, dst: str, out_fmt: str, compress: bool,
+                options: dict, parent=None) -> OperationJob:
+    path = document.path
+    return OperationJob(document, "Converting", lambda p: convert_image(
+        path, dst, out_fmt=out_fmt, compress=compress, options=options, progress=p), parent)
+
+
+def _image_job(document, title: str, fn, parent) -> OperationJob:
+    path = document.path
+
+    def run(progress):
+        with opened_writable(path, ignore_backing_errors=True) as im:
+            return fn(im, progress)
+    return OperationJob(document, title, run, parent)

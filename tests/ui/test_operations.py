@@ -1,0 +1,145 @@
+"""Image operations from the window: the Image menu entries and the header panel's
+snapshot buttons say what they will do, ask, run in a worker and refresh the
+document; qemu-img judges the result."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtGui import QAction
+
+import qemu
+from gui_fixtures import wait_ready
+from qcow2view.model.header_model import NameRole
+from qcow2view.ui import operations
+
+pytestmark = pytest.mark.qt_log_ignore("This plugin does not support")
+
+
+@pytest.fixture
+def answers():
+    """Dialog answers by kind; every question asked is recorded."""
+    asked = []
+    given = {"confirm": True}
+
+    def answer(kind, title, text, default):
+        asked.append((kind, title, text))
+        return given.get(kind, default)
+    operations.answer = answer
+    yield given, asked
+    operations.answer = None
+
+
+def _action(window, name) -> QAction:
+    act = window.image_menu.findChild(QAction, "op:" + name)
+    assert act is not None and act in window.image_menu.actions(), name
+    return act
+
+
+def _run(qtbot, window, tab, name):
+    """Trigger an operation and wait until the document has read the image again."""
+    old = tab.document.image
+    _action(window, name).trigger()
+    qtbot.waitUntil(lambda: tab.document.image is not old, timeout=30000)
+    wait_ready(qtbot, tab)
+
+
+def test_menu_entries(window, qtbot, sample_image):
+    names = ["Create snapshot", "Apply snapshot", "Delete snapshot", "Resize",
+             "Commit into backing file", "Rebase", "Convert", "Amend options"]
+    for n in names:
+        _action(window, n)
+    tab = window.open_path(str(sample_image))
+    wait_ready(qtbot, tab)
+    window.image_menu.aboutToShow.emit()
+    assert all(_action(window, n).isEnabled() for n in names)
+    window.act_edit.trigger()              # editing: operations use their own handle
+    window.image_menu.aboutToShow.emit()
+    assert not any(_action(window, n).isEnabled() for n in names)
+    window.act_edit.trigger()
+
+
+def test_snapshot_delete_says_what_it_frees(window, qtbot, sample_image, answers, tmp_path):
+    given, asked = answers
+    before = qemu.to_raw(sample_image, tmp_path / "b.raw")
+    tab = window.open_path(str(sample_image))
+    wait_ready(qtbot, tab)
+    given["item"] = "snap1"
+    _run(qtbot, window, tab, "Delete snapshot")
+    text = [t for k, _, t in asked if k == "confirm"][0]
+    # snap1 alone holds the first data cluster, the L2 table the disk copied when that
+    # cluster was rewritten, its L1 table and (the last snapshot) the snapshot table
+    assert "Deletes snapshot 'snap1'" in text and "frees 256 KiB (4 clusters)" in text
+    assert qemu.info(sample_image).get("snapshots") is None
+    assert qemu.check(sample_image)[0] == 0
+    assert qemu.to_raw(sample_image, tmp_path / "a.raw") == before
+    assert tab.document.image.snapshots == []          # the document re-read it
+
+
+def test_snapshot_buttons_in_the_header_panel(window, qtbot, sample_image, answers, tmp_path):
+    given, asked = answers
+    snap = qemu.to_raw(sample_image, tmp_path / "s.raw", snapshot="snap1")
+    tab = window.open_path(str(sample_image))
+    wait_ready(qtbot, tab)
+    bar = tab.header_panel.findChild(operations.SnapshotButtons)
+    assert set(bar.buttons) == {"create", "apply", "delete"}
+    given["text"] = "fresh"
+    old = tab.document.image
+    bar.buttons["create"].click()
+    qtbot.waitUntil(lambda: tab.document.image is not old, timeout=30000)
+    wait_ready(qtbot, tab)
+    assert [s.name for s in tab.document.image.snapshots] == ["snap1", "fresh"]
+    # select the row of snap1, apply it: the apply asks first and reverts the disk
+    view = tab.header_panel.view
+    model = view.model()
+    row = next(r for r in range(model.rowCount())
+               if model.index(r, 0).data(NameRole) == "snapshot:1")
+    view.setCurrentIndex(model.index(row, 0))
+    assert bar.selected() == "snap1"
+    given.pop("item", None)
+    old = tab.document.image
+    bar.buttons["apply"].click()
+    qtbot.waitUntil(lambda: tab.document.image is not old, timeout=30000)
+    wait_ready(qtbot, tab)
+    assert qemu.to_raw(sample_image, tmp_path / "n.raw") == snap
+    assert any(k == "confirm" and "Reverts the disk" in t for k, _, t in asked)
+    assert qemu.check(sample_image)[0] == 0
+
+
+def test_commit_says_where_and_how_much(window, qtbot, tmp_path, answers):
+    given, asked = answers
+    base = qemu.create(tmp_path / "base.qcow2", "8M")
+    qemu.qemu_io(base, "write -P 1 0 8M")
+    top = qemu.create(tmp_path / "top.qcow2", "8M", backing="base.qcow2", backing_fmt="qcow2")
+    qemu.create(tmp_path / "other.qcow2", "8M", backing="base.qcow2", backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 2 1M 2M")
+    view = qemu.to_raw(top, tmp_path / "t.raw")
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    _run(qtbot, window, tab, "Commit into backing file")
+    text = [t for k, _, t in asked if k == "confirm"][0]
+    assert text == ("Writes 2 MiB into base.qcow2 (shared by 1 other overlay), "
+                    "then empties top.qcow2.")
+    assert qemu.to_raw(base, tmp_path / "b.raw") == view
+    assert qemu.to_raw(top, tmp_path / "t2.raw") == view
+    assert qemu.check(top)[0] == 0 and qemu.check(base)[0] == 0
+
+
+def test_cancel_leaves_a_valid_image(window, qtbot, tmp_path, answers, monkeypatch):
+    given, _ = answers
+    img = qemu.create(tmp_path / "a.qcow2", "16M", "cluster_size=4k")
+    qemu.qemu_io(img, "write -P 1 0 16M")
+    tab = window.open_path(str(img))
+    wait_ready(qtbot, tab)
+    given["amend"] = {"refcount_bits": 64}
+    jobs = []
+    real = operations.run_job
+
+    def run_job(w, job, text):
+        jobs.append(job)
+        job.progressed.connect(lambda d, t: job.cancel())     # Cancel at the first report
+        return real(w, job, text)
+    monkeypatch.setattr(operations, "run_job", run_job)
+    _run(qtbot, window, tab, "Amend options")
+    assert jobs
+    assert qemu.check(img)[0] == 0
+    assert qemu.info(img)["format-specific"]["data"]["refcount-bits"] in (16, 64)
