@@ -133,6 +133,8 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_repair_leaks)
         m.addAction(self.act_repair_all)
         self.image_menu = m
+        from .operations import install_operations     # Image > snapshot, resize, commit…
+        install_operations(self)
         self.view_menu = self.menuBar().addMenu("&View")
         m = self.menuBar().addMenu("&Help")
         m.addAction(self.act_about)
