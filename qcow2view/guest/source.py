@@ -128,6 +128,19 @@ class GuestSource(io.RawIOBase):
         return pos
 
     def read(self, size: int = -1) -> bytes:
+        pos = self.pos
+        if self.pieces is None and 0 < size <= self.size - pos:
+            # the common case, kept short: a small read inside one cached block
+            # (the libraries call this ~once per inode and directory block)
+            c = self.cache
+            at = self.base + pos
+            i = at // c.block
+            o = at - i * c.block
+            if o + size <= c.block:
+                hit = c._cache.get(i)
+                if hit is not None and o + size <= len(hit):
+                    self.pos = pos + size
+                    return hit[o:o + size]
         if size is None or size < 0:
             size = self.size - self.pos
         size = max(0, min(size, self.size - self.pos))
