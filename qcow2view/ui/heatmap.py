@@ -14,6 +14,7 @@ severity, so a single leaked cluster among millions becomes its own red cell.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pyqtgraph as pg
@@ -42,12 +43,12 @@ class HeatmapItem(pg.ImageItem):
     cellClicked = Signal(int, int)    # row, col
     cellHovered = Signal(int, int)    # row, col (-1, -1 on leave)
 
-    def __init__(self) -> None:
+    def __init__(self, describe: Callable[[Picture | DetailPicture, int, int], str]) -> None:
         super().__init__(axisOrder="row-major")
         self.setLookupTable(PALETTE)
         self.setLevels([0, 255])
         self.picture: Picture | None = None
-        self.describe = None          # callable(pic, row, col) -> str
+        self.describe = describe      # the tooltip of a cell
         self._last = (-1, -1)
 
     def set_picture(self, pic: Picture | DetailPicture) -> None:
@@ -75,8 +76,7 @@ class HeatmapItem(pg.ImageItem):
             return
         if cell != self._last:
             self._last = cell
-            if self.describe is not None:
-                self.setToolTip(self.describe(self.picture, *cell))
+            self.setToolTip(self.describe(self.picture, *cell))
             self.cellHovered.emit(*cell)
 
     def mouseClickEvent(self, ev) -> None:
@@ -177,26 +177,7 @@ class HeatmapView(QWidget):
         vb.invertY(True)
         vb.setAspectLocked(True)
         vb.setMouseEnabled(x=True, y=True)
-        self.item = HeatmapItem()
-        self.item.describe = self.model.describe
-        self.item.cellClicked.connect(self._clicked)
-        self.item.cellHovered.connect(self._hovered)
-        self.plot.addItem(self.item)
-        self.marker = QGraphicsRectItem()
-        pen = QPen(QColor("#d50000"))
-        pen.setCosmetic(True)
-        pen.setWidth(2)
-        self.marker.setPen(pen)
-        self.marker.setZValue(10)
-        self.marker.hide()
-        self.plot.addItem(self.marker)
-        self.detail_item = HeatmapItem()
-        self.detail_item.describe = self.model.describe
-        self.detail_item.setZValue(5)
-        self.detail_item.cellClicked.connect(self._detail_clicked)
-        self.detail_item.cellHovered.connect(self._detail_hovered)
-        self.detail_item.hide()
-        self.plot.addItem(self.detail_item)
+        self._add_items()
         self.detail: DetailPicture | None = None
         self._info_text = ""
         self._detail_timer = QTimer(self)
@@ -231,6 +212,27 @@ class HeatmapView(QWidget):
         self.selected: int | None = None
         self._prefetch: Worker | None = None
         self._prefetch_key = None
+
+    def _add_items(self) -> None:
+        """The picture, the marker of the selected cluster, and the zoomed-in detail."""
+        self.item = HeatmapItem(self.model.describe)
+        self.item.cellClicked.connect(self._clicked)
+        self.item.cellHovered.connect(self._hovered)
+        self.plot.addItem(self.item)
+        self.marker = QGraphicsRectItem()
+        pen = QPen(QColor("#d50000"))
+        pen.setCosmetic(True)
+        pen.setWidth(2)
+        self.marker.setPen(pen)
+        self.marker.setZValue(10)
+        self.marker.hide()
+        self.plot.addItem(self.marker)
+        self.detail_item = HeatmapItem(self.model.describe)
+        self.detail_item.setZValue(5)
+        self.detail_item.cellClicked.connect(self._detail_clicked)
+        self.detail_item.cellHovered.connect(self._detail_hovered)
+        self.detail_item.hide()
+        self.plot.addItem(self.detail_item)
 
     # -- mode and drawing ---------------------------------------------------------------
     def mode(self) -> str:

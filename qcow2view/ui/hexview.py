@@ -560,46 +560,47 @@ class HexView(QAbstractScrollArea):
         return bool(t) and t.isprintable() and not (
             e.modifiers() & (Qt.ControlModifier | Qt.AltModifier | Qt.MetaModifier))
 
+    def _command_key(self, e) -> bool:
+        """Undo, redo, clipboard, select all, find, go to, save, edit: True if ``e`` was one."""
+        key, mods = e.key(), e.modifiers()
+        ctrl = bool(mods & Qt.ControlModifier)
+        shift = bool(mods & Qt.ShiftModifier)
+        if e.matches(QKeySequence.Undo):
+            self.doc.undo_stack.undo()
+        elif e.matches(QKeySequence.Redo) or (ctrl and shift and key == Qt.Key_Z):
+            self.doc.undo_stack.redo()
+        elif e.matches(QKeySequence.Copy):
+            self.copy(self.column)
+        elif e.matches(QKeySequence.Paste):
+            self.paste()
+        elif e.matches(QKeySequence.SelectAll):
+            self.anchor, self.cursor = 0, self.size - 1
+            self.viewport().update()
+            self.selectionChanged.emit(*self.selection())
+        elif e.matches(QKeySequence.Find):
+            self.requestFind.emit(self.column == "text")
+        elif ctrl and key == Qt.Key_G and not shift:   # before FindNext (Ctrl+G on some desktops)
+            self.requestGoto.emit()
+        elif e.matches(QKeySequence.FindNext) or e.matches(QKeySequence.FindPrevious):
+            self.requestFindNext.emit(not shift)
+        elif e.matches(QKeySequence.Save):
+            self.requestSave.emit()
+        elif ctrl and key == Qt.Key_E:
+            self.requestEditable.emit()
+        else:
+            return False
+        return True
+
     def keyPressEvent(self, e) -> None:  # noqa: N802
         if self.doc is None or self.size == 0:
+            return
+        if self._command_key(e):
             return
         key, mods = e.key(), e.modifiers()
         ctrl = bool(mods & Qt.ControlModifier)
         shift = bool(mods & Qt.ShiftModifier)
         bpr = self.bytes_per_row
         c = self.cursor
-        if e.matches(QKeySequence.Undo):
-            self.doc.undo_stack.undo()
-            return
-        if e.matches(QKeySequence.Redo) or (ctrl and shift and key == Qt.Key_Z):
-            self.doc.undo_stack.redo()
-            return
-        if e.matches(QKeySequence.Copy):
-            self.copy(self.column)
-            return
-        if e.matches(QKeySequence.Paste):
-            self.paste()
-            return
-        if e.matches(QKeySequence.SelectAll):
-            self.anchor, self.cursor = 0, self.size - 1
-            self.viewport().update()
-            self.selectionChanged.emit(*self.selection())
-            return
-        if e.matches(QKeySequence.Find):
-            self.requestFind.emit(self.column == "text")
-            return
-        if ctrl and key == Qt.Key_G and not shift:   # before FindNext (Ctrl+G on some desktops)
-            self.requestGoto.emit()
-            return
-        if e.matches(QKeySequence.FindNext) or e.matches(QKeySequence.FindPrevious):
-            self.requestFindNext.emit(not shift)
-            return
-        if e.matches(QKeySequence.Save):
-            self.requestSave.emit()
-            return
-        if ctrl and key == Qt.Key_E:
-            self.requestEditable.emit()
-            return
         move = None
         if key == Qt.Key_Left:
             move = c - 1

@@ -85,6 +85,33 @@ class NewImageDialog(QDialog):
         form.addRow("Size:", self._row("size", self.size_value, self.size_unit,
                                        self.size_from_backing))
 
+        self._add_format_rows(form)
+
+        self.general = QLabel(self)
+        self.general.setStyleSheet(ERROR_STYLE)
+        self.general.setWordWrap(True)
+        self.errors["general"] = self.general
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel, self)
+        self.create_btn = self.buttons.addButton("Create", QDialogButtonBox.AcceptRole)
+        self.buttons.accepted.connect(self.create)
+        self.buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.general)
+        lay.addWidget(self.buttons)
+
+        for w in (self.path, self.size_value, self.backing_file, self.data_file):
+            w.textChanged.connect(self.validate)
+        for w in (self.size_unit, self.compat, self.cluster_size, self.refcount_bits,
+                  self.compression_type, self.preallocation, self.backing_fmt):
+            w.currentIndexChanged.connect(self.validate)
+        for w in (self.lazy_refcounts, self.extended_l2, self.size_from_backing):
+            w.toggled.connect(self.validate)
+        self.problems: list[str] = []
+        self.validate()
+
+    def _add_format_rows(self, form: QFormLayout) -> None:
+        """The qcow2 options, named as ``qemu-img create -o`` names them."""
         self.compat = QComboBox(self)
         self.compat.addItems(["1.1", "0.10"])
         form.addRow("Compatibility:", self._row("compat", self.compat))
@@ -126,29 +153,6 @@ class NewImageDialog(QDialog):
         self.data_file = QLineEdit(self)
         self.data_file.setPlaceholderText("none (data in the image file)")
         form.addRow("External data file:", self._row("data_file", self.data_file))
-
-        self.general = QLabel(self)
-        self.general.setStyleSheet(ERROR_STYLE)
-        self.general.setWordWrap(True)
-        self.errors["general"] = self.general
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel, self)
-        self.create_btn = self.buttons.addButton("Create", QDialogButtonBox.AcceptRole)
-        self.buttons.accepted.connect(self.create)
-        self.buttons.rejected.connect(self.reject)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.general)
-        lay.addWidget(self.buttons)
-
-        for w in (self.path, self.size_value, self.backing_file, self.data_file):
-            w.textChanged.connect(self.validate)
-        for w in (self.size_unit, self.compat, self.cluster_size, self.refcount_bits,
-                  self.compression_type, self.preallocation, self.backing_fmt):
-            w.currentIndexChanged.connect(self.validate)
-        for w in (self.lazy_refcounts, self.extended_l2, self.size_from_backing):
-            w.toggled.connect(self.validate)
-        self.problems: list[str] = []
-        self.validate()
 
     def _row(self, field: str, *widgets: QWidget) -> QWidget:
         """The field's widgets on a line, its problems in red underneath."""
