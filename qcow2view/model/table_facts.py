@@ -10,8 +10,8 @@ from ..engine import Qcow2Error
 from ..engine import clusters as C
 from ..engine.clusters import ClusterType
 from .table_nodes import (_RC_UNKNOWN, _TYPE_NAMES, CHILD_KIND, COL_FLAGS, COL_GUEST, COL_HOST,
-                          COL_INDEX, COL_PROBLEM, COL_RAW, COL_REFCOUNT, L1E, L2E, RBE, RTE,
-                          KindRole, Node)
+                          COL_INDEX, COL_PROBLEM, COL_RAW, COL_REFCOUNT, COLUMNS, L1E, L2E,
+                          PAGE_KIND, RBE, RTE, EntryOffsetRole, KindRole, Node)
 
 
 class TableFacts:
@@ -55,12 +55,19 @@ class TableFacts:
 
     def _child_refcounts(self, holder: Node) -> np.ndarray:
         """Refcount of the host cluster each entry of ``holder``'s table points at, for
-        the whole table at once from the host map (-1: points at nothing;
-        _RC_UNKNOWN: past the map, or no map yet; looked up per row when shown)."""
+        the whole table (a page: its entries) at once from the host map, indexed from
+        entry ``holder.rc_base`` (-1: points at nothing; _RC_UNKNOWN: past the map, or
+        no map yet; looked up per row when shown)."""
         if holder.rc is not None:
             return holder.rc
         img = self._img
         raw = holder.raw if holder.raw is not None else np.zeros(0, dtype=np.uint64)
+        types = holder.types
+        lo = 0
+        if holder.base is not holder and len(holder.cand):     # a page: its entries only
+            lo, hi = int(holder.cand[0]), int(holder.cand[-1]) + 1
+            raw = raw[lo:hi]
+            types = None if types is None else types[lo:hi]
         kind = CHILD_KIND[holder.kind]
         if kind == L1E:
             hosts = raw & np.uint64(C.L1E_OFFSET_MASK)
@@ -68,12 +75,11 @@ class TableFacts:
             hosts = raw & np.uint64(C.REFT_OFFSET_MASK)
         elif kind == L2E and not img.has_data_file:     # data file clusters have no refcount
             hosts = raw & np.uint64(C.L2E_OFFSET_MASK)
-            if holder.types is not None:
-                comp = holder.types == ClusterType.COMPRESSED
+            if types is not None:
+                comp = types == ClusterType.COMPRESSED
                 if comp.any():
                     hosts[comp] = raw[comp] & np.uint64(img.layout.offset_mask)
-                hosts[(holder.types == ClusterType.ZERO_PLAIN)
-                      | (holder.types == ClusterType.UNALLOCATED)] = 0
+                hosts[(types == ClusterType.ZERO_PLAIN) | (types == ClusterType.UNALLOCATED)] = 0
         else:
             hosts = np.zeros(len(raw), dtype=np.uint64)
         clusters = (hosts >> np.uint64(img.cluster_bits)).astype(np.int64)
@@ -82,7 +88,7 @@ class TableFacts:
         if rc is not None:
             known = (hosts != 0) & (clusters < len(rc))
             out[known] = rc[clusters[known]]
-        holder.rc, holder.rc_hosts = out, hosts
+        holder.rc, holder.rc_hosts, holder.rc_base = out, hosts, lo
         return out
 
     def _refcount_from_blocks(self, host_offset: int) -> int:
@@ -159,9 +165,10 @@ class TableFacts:
             if kind == RBE:
                 return ""
             rcs = self._child_refcounts(holder)
-            rc = int(rcs[entry])
+            i = entry - holder.rc_base
+            rc = int(rcs[i])
             if rc == _RC_UNKNOWN:       # not in the host map (yet): its refcount block
-                rc = rcs[entry] = self._refcount_from_blocks(int(holder.rc_hosts[entry]))
+                rc = rcs[i] = self._refcount_from_blocks(int(holder.rc_hosts[i]))
             return "" if rc < 0 else str(rc)
         if col == COL_PROBLEM:
             probs = self._problems(holder, kind, entry)
@@ -200,6 +207,43 @@ class TableFacts:
             if raw & C.REFT_OFFSET_MASK:
                 parts.append("refcount block")
         return ", ".join(parts)
+
+    # -- pages of a big table ------------------------------------------------------------
+    def _page_span(self, holder: Node, row: int) -> tuple[int, int, int]:
+        """First and last table entry of page ``row`` of ``holder``, and how many of its
+        entries are shown (fewer than last - first + 1 with the allocated filter)."""
+        cand = holder.cand[row * holder.span:(row + 1) * holder.span]
+        return int(cand[0]), int(cand[-1]), len(cand)
+
+    def _page_row(self, holder: Node, row: int) -> tuple:
+        first, last, n = self._page_span(holder, row)
+        texts = [""] * len(COLUMNS)
+        texts[COL_INDEX] = f"entries {first:,} – {last:,}"
+        if n != last - first + 1:
+            texts[COL_FLAGS] = f"{n:,} shown"
+        img = self._img
+        kind, cs = CHILD_KIND[holder.kind], self._cs
+        if kind in (L1E, L2E):
+            span = img.l2_size * cs if kind == L1E else cs
+            g0 = self._guest_offset(holder, kind, first)
+            g1 = self._guest_offset(holder, kind, last) + span - 1
+            texts[COL_GUEST] = f"{g0:#x} – {g1:#x}"
+        else:
+            per = img.refcount_block_entries
+            if kind == RTE:
+                texts[COL_GUEST] = f"host clusters {first * per:,} – {(last + 1) * per - 1:,}"
+            else:
+                c0 = holder.entry * per
+                texts[COL_GUEST] = f"host clusters {c0 + first:,} – {c0 + last:,}"
+        return tuple(texts), (None,) * len(COLUMNS), None
+
+    def _page_data(self, holder: Node, row: int, role: int):
+        if role == KindRole:
+            return PAGE_KIND
+        if role == EntryOffsetRole:     # its first entry's bytes
+            return self._entry_offset(holder, CHILD_KIND[holder.kind],
+                                      self._page_span(holder, row)[0])
+        return None
 
     def entry_length(self, index: QModelIndex) -> int:
         """Bytes of the entry at ``index`` in the file (for the file hex view)."""

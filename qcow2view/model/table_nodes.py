@@ -13,6 +13,13 @@ from PySide6.QtGui import QBrush, QColor
 from ..engine.clusters import ClusterType
 
 BATCH = 256
+#: A table with more entries than this shows them in pages of PAGE entries (pages of
+#: pages past PAGE * PAGE), so that going to entry 4,000,000 of a 4M-entry L1 table
+#: lays out two short lists, not four million rows: the view asks the model for every
+#: row of an expanded container on each relayout.  Smaller tables (with 64 KiB
+#: clusters: an 8192-entry L2 table, a 32768-entry refcount block) are shown whole.
+PAGED_ABOVE = 32768
+PAGE = 2048
 
 ROOT, L1_ROOT, RT_ROOT, L1E, L2E, RTE, RBE = range(7)
 CHILD_KIND = {ROOT: None, L1_ROOT: L1E, RT_ROOT: RTE, L1E: L2E, RTE: RBE}
@@ -25,6 +32,7 @@ HostOffsetRole = Qt.UserRole + 2      # host offset the entry points at (or None
 GuestOffsetRole = Qt.UserRole + 3     # first guest byte the entry maps (or None)
 KindRole = Qt.UserRole + 4            # "l1_table", "l1", "l2", "refcount_table", ...
 
+PAGE_KIND = "entries"     # KindRole of a page row
 _KIND_NAMES = {L1_ROOT: "l1_table", RT_ROOT: "refcount_table", L1E: "l1", L2E: "l2",
                RTE: "refcount_table_entry", RBE: "refcount"}
 _TYPE_NAMES = {ClusterType.UNALLOCATED: "unallocated", ClusterType.ZERO_PLAIN: "zero",
@@ -53,7 +61,7 @@ class Node:
 
     __slots__ = ("kind", "parent", "pos", "entry", "label", "snapshot", "cand", "count",
                  "kids", "error", "raw", "bitmap", "types", "table_offset", "loaded",
-                 "rows", "rc", "rc_hosts")
+                 "rows", "rc", "rc_hosts", "rc_base", "span", "base")
 
     def __init__(self, kind: int, parent: "Node | None", pos: int, entry: int = -1) -> None:
         self.kind = kind
@@ -74,4 +82,38 @@ class Node:
         self.rows: dict[int, tuple] = {}      # row -> (texts, brushes, problem tooltip)
         self.rc: np.ndarray | None = None     # refcount of what each entry points at, -1: none
         self.rc_hosts: np.ndarray | None = None   # the host offsets those refcounts are of
+        self.rc_base = 0                  # the entry rc[0] is of
+        self.span = 0                     # >0: the rows are pages of this many entries
+        self.base: Node = self            # the container whose table this is (pages: theirs)
+
+    def page(self, row: int) -> "Node":
+        """The page at ``row`` of a paged container: a node of the same kind that shares
+        the table and shows ``span`` of its entries (its own rows, kids and caches)."""
+        p = Node(self.kind, self, row, self.entry)
+        p.base = self.base
+        for name in ("label", "snapshot", "error", "raw", "bitmap", "types", "table_offset"):
+            setattr(p, name, getattr(self, name))
+        p.loaded = True
+        p.cand = self.cand[row * self.span:(row + 1) * self.span]    # a view, no copy
+        p.span = paging_span(len(p.cand), self.span)
+        return p
+
+    @property
+    def total(self) -> int:
+        """Rows this container has: its entries shown, or its pages."""
+        n = 0 if self.cand is None else len(self.cand)
+        return -(-n // self.span) if self.span else n
+
+
+def paging_span(n: int, within: int = 0) -> int:
+    """Entries per row of a container of ``n`` entries (0: rows are entries); a page of
+    ``within`` entries is split again only when that is more than PAGE."""
+    if within:
+        return within // PAGE if within > PAGE else 0
+    if n <= PAGED_ABOVE:
+        return 0
+    span = PAGE
+    while -(-n // span) > PAGE:
+        span *= PAGE
+    return span
 

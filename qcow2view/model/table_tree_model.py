@@ -37,7 +37,8 @@ from .table_nodes import (_ALIGN, _ALIGN_RIGHT, _DISPLAY, _FOREGROUND, _GREY,  #
                           BATCH, CHILD_KIND, COL_FLAGS, COL_GUEST, COL_HOST, COL_INDEX,
                           COL_PROBLEM, COL_RAW, COL_REFCOUNT, COLUMNS, L1_ROOT, L1E, L2E,
                           PROBLEM_COLOR, ROOT, RT_ROOT, RTE, EntryOffsetRole,
-                          GuestOffsetRole, HostOffsetRole, KindRole, Node)
+                          GuestOffsetRole, HostOffsetRole, KindRole, Node, PAGE_KIND,
+                          paging_span)
 # (COL_*, the roles and BATCH are imported from here by the views and tests)
 
 
@@ -170,6 +171,7 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
             node.cand = np.arange(len(raw), dtype=np.int64)
         if node.kind == L1E and img is not None and node.raw is not None and len(node.raw):
             node.types = C.decode_l2_types(node.raw, node.bitmap, img.has_data_file)
+        node.span = paging_span(len(node.cand))
 
     def _read_table(self, node: Node) -> None:
         img = self._img
@@ -193,6 +195,9 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
         pos = parent.row()
         kid = holder.kids.get(pos)
         if kid is not None:
+            return kid
+        if holder.span:
+            kid = holder.kids[pos] = holder.page(pos)
             return kid
         kind = CHILD_KIND.get(holder.kind)
         if kind not in (L1E, RTE):
@@ -247,10 +252,17 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
         if parent.column() != 0:
             return False
         holder: Node = parent.internalPointer()
+        if holder.span:
+            return True     # a page
         if holder.kind in (L1E, RTE):
             return False    # L2 entries and refcounts are leaves
-        node = self._container(parent)
-        return node is not None and self._has_kids(node)
+        kid = holder.kids.get(parent.row())
+        if kid is not None or holder.kind == ROOT:
+            return kid is not None and self._has_kids(kid)
+        # an L1 or refcount table entry: asked for every row on expand, so answered
+        # from the raw entry without making a Node for it
+        raw = int(holder.raw[int(holder.cand[parent.row()])])
+        return bool(raw & (C.L1E_OFFSET_MASK if holder.kind == L1_ROOT else C.REFT_OFFSET_MASK))
 
     def canFetchMore(self, parent=QModelIndex()) -> bool:
         if parent.isValid() and parent.column() != 0:
@@ -260,7 +272,7 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
             return False
         if node.cand is None:
             return True
-        return node.count < len(node.cand) and (not self._paced or node.count == 0)
+        return node.count < node.total and (not self._paced or node.count == 0)
 
     def fetchMore(self, parent=QModelIndex()) -> None:
         node = self._container(parent)
@@ -271,7 +283,7 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
 
     def _fetch_to(self, node: Node, parent: QModelIndex, upto: int) -> None:
         assert node.cand is not None
-        upto = min(upto, len(node.cand))
+        upto = min(upto, node.total)
         if upto <= node.count:
             return
         self._wanted.discard(node)
@@ -308,14 +320,15 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
         row, col = index.row(), index.column()
         if holder.kind == ROOT:
             return self._root_data(holder.kids[row], col, role)
-        if holder.cand is None or row >= len(holder.cand):
+        if holder.cand is None or row >= holder.total:
             return None
         if role in _ROW_ROLES:
             cached = holder.rows.get(row)
             if cached is None:
-                cached = holder.rows[row] = self._row(holder, row)
+                cached = holder.rows[row] = (self._page_row(holder, row) if holder.span
+                                             else self._row(holder, row))
                 if self._paced and row >= holder.count - BATCH // 4 \
-                        and holder.count < len(holder.cand):
+                        and holder.count < holder.total:
                     self._want_more(holder)
             texts, brushes, problems = cached
             if role == _DISPLAY:
@@ -325,6 +338,8 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
             return problems if col == COL_PROBLEM else (texts[col] or None)
         if role == _ALIGN:
             return _ALIGN_RIGHT if col == COL_REFCOUNT else None
+        if holder.span:
+            return self._page_data(holder, row, role)
         entry = int(holder.cand[row])
         kind = CHILD_KIND[holder.kind]
         if role == EntryOffsetRole:
@@ -399,6 +414,12 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
         pos = self._pos_of(node, entry)
         if pos < 0:
             return QModelIndex()
+        while node.span:        # down through the pages that hold it
+            page, pos = divmod(pos, node.span)
+            if page >= node.count:
+                self._fetch_to(node, parent, page + 1 + BATCH // 4)
+            parent = self.index(page, 0, parent)
+            node = self._container(parent)
         if pos >= node.count:
             self._fetch_to(node, parent, pos + 1 + BATCH // 4)
         return self.index(pos, 0, parent)

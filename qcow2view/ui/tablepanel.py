@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
 
 from ..model.table_tree_model import (COL_FLAGS, COL_GUEST, COL_HOST, COL_INDEX, COL_PROBLEM,
                                       COL_RAW, COL_REFCOUNT, EntryOffsetRole, GuestOffsetRole,
-                                      HostOffsetRole, KindRole, TableTreeModel)
+                                      HostOffsetRole, KindRole, PAGE_KIND, TableTreeModel)
 from .goto import parse_goto
 
 
@@ -170,18 +170,25 @@ class TablePanel(QWidget):
             self._fitting = False
 
     def _expand_top(self) -> None:
-        """Open the active L1 table and its first L2 table: something to read at once."""
-        root = self.model.index(0, 0)
-        if not root.isValid():
+        """Open the active L1 table and its first L2 table (through the first page of a
+        huge L1 table): something to read at once."""
+        m = self.model
+        parent = m.index(0, 0)
+        if not parent.isValid():
             return
-        self.view.expand(root)
-        if self.model.canFetchMore(root):
-            self.model.fetchMore(root)
-        for r in range(min(self.model.rowCount(root), 64)):
-            child = self.model.index(r, 0, root)
-            if self.model.hasChildren(child):
-                self.view.expand(child)
-                break
+        for _ in range(4):      # root, up to two levels of pages, the L1 entry
+            self.view.expand(parent)
+            if m.canFetchMore(parent):
+                m.fetchMore(parent)
+            if parent.data(KindRole) not in ("l1_table", PAGE_KIND):
+                return
+            for r in range(min(m.rowCount(parent), 64)):
+                child = m.index(r, 0, parent)
+                if m.hasChildren(child):
+                    parent = child
+                    break
+            else:
+                return
 
     def _filter(self, on: bool) -> None:
         self.model.set_allocated_only(on)
