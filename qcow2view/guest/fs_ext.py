@@ -53,7 +53,9 @@ def ext_metadata(src, fs: Filesystem) -> None:
     if blocks * bs > fs.volume.size:
         fs.problem(f"ext superblock: {blocks} blocks of {bs} bytes exceed the "
                    f"{fs.volume.size}-byte volume")
-    groups = -(-(blocks - first_data) // bpg)
+    # only the groups that lie inside the volume: a huge block count in a damaged
+    # superblock must not size the loop below
+    groups = min(-(-(blocks - first_data) // bpg), -(-fs.volume.size // (bpg * bs)))
     gdt_blocks = -(-groups * desc_size // bs)
     if groups > MAX_GROUPS or gdt_blocks * bs > fs.volume.size:
         fs.problem(f"ext superblock: {groups} block groups, metadata regions not shown")

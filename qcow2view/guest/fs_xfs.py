@@ -31,7 +31,7 @@ def xfs_metadata(src, fs: Filesystem) -> None:
     if dblocks * bsize > fs.volume.size:
         fs.problem(f"XFS superblock: {dblocks} blocks of {bsize} bytes exceed the "
                    f"{fs.volume.size}-byte volume")
-    for ag in range(agcount):
+    for ag in range(min(agcount, -(-fs.volume.size // (agblocks * bsize)))):
         fs.add_metadata(ag * agblocks * bsize, 4 * sectsize,
                         "superblock and AG headers" if ag == 0 else
                         "superblock backup and AG headers")
