@@ -102,12 +102,8 @@ def create_snapshot(image, name: str) -> Snapshot:
     f.fsync()
 
     # 3. the snapshot table
-    old_off, old_n = h.snapshots_offset, h.nb_snapshots
-    old_bytes = b""
-    if image.snapshots:
-        last = image.snapshots[-1]
-        old_bytes = f.pread_exact(old_off, last.offset + last.entry_size - old_off,
-                                  "snapshot table")
+    old_n = h.nb_snapshots
+    old_bytes = snapshot_table_bytes(image)
     ids = [int(s.id_str) for s in image.snapshots if s.id_str.isdigit()]
     id_str = str(max(ids, default=0) + 1)
     now = time.time_ns()
@@ -116,6 +112,21 @@ def create_snapshot(image, name: str) -> Snapshot:
     write_snapshot_table(image, alloc, old_bytes + entry, old_n + 1)
     image.reload_metadata()
     return image.snapshots[-1]
+
+
+def snapshot_table_bytes(image) -> bytes:
+    """The snapshot table as it is, every entry padded to 8 bytes (qemu-img ends the
+    file right after the last entry's name, without that padding)."""
+    if not image.snapshots:
+        return b""
+    last = image.snapshots[-1]
+    off = image.header.snapshots_offset
+    n = last.offset + last.entry_size - off
+    data = image.file.pread(off, n)
+    if len(data) < n - 7:
+        raise CorruptImageError(f"{n} bytes needed but the file ends at {image.file.size:#x}",
+                                structure="snapshot table", offset=off)
+    return data + bytes(n - len(data))
 
 
 def write_snapshot_table(image, alloc, table: bytes, count: int) -> None:

@@ -119,3 +119,16 @@ def test_refusals(base_image, tmp_path, capsys):
         release(holder)
     assert qemu.compare(mine, base_image).returncode == 0
     assert_clean(mine)
+
+
+def test_table_at_the_end_of_the_file(tmp_path, capsys):
+    """qemu-img ends the file right after the last snapshot's name (no padding)."""
+    img = qemu.create(tmp_path / "e.qcow2", "1M")
+    qemu.qemu_io(img, "write -P 1 0 64k")
+    qemu.qemu_img("snapshot", "-c", "s", img)
+    theirs, mine = twins(img, tmp_path)
+    for args in (("-c", "t"), ("-d", "s")):
+        qemu.qemu_img("snapshot", *args, theirs)
+        rc, _, err = ours(capsys, "snapshot", *args, mine)
+        assert rc == 0, err
+    assert_same_as_qemu(theirs, mine)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import metadata_ops as M
 from ..errors import RequestError
-from ..snapshot_create import create_snapshot, write_snapshot_table
+from ..snapshot_create import create_snapshot, snapshot_table_bytes, write_snapshot_table
 from ..snapshots import Snapshot
 
 __all__ = ["list_snapshots", "create_snapshot", "apply_snapshot", "delete_snapshot",
@@ -101,10 +101,8 @@ def delete_snapshot(image, key: str, progress=None) -> Snapshot:
     sn_l1 = image.snapshot_l1_table(sn).entries.copy()
     tables, data = M.l1_references(image, sn_l1, progress)    # cancellable: nothing changed yet
     # 1. the entry leaves the snapshot table (a new table; the old one is freed)
-    base = image.header.snapshots_offset
-    last = image.snapshots[-1]
-    old = image.file.pread_exact(base, last.offset + last.entry_size - base, "snapshot table")
-    lo = sn.offset - base
+    old = snapshot_table_bytes(image)
+    lo = sn.offset - image.header.snapshots_offset
     write_snapshot_table(image, alloc, old[:lo] + old[lo + sn.entry_size:],
                          len(image.snapshots) - 1)
     # 2. everything its L1 reaches loses one reference, then the L1 table goes
