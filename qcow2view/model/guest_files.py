@@ -405,3 +405,30 @@ def owner_text(o: Owner) -> str:
     else:
         bits.append(o.what)
     return ", ".join(bits)
+
+
+def cluster_namer(contents: GuestContents):
+    """``namer(mode, cluster)`` for :meth:`AllocationModel.set_namer`: "host cluster
+    0x1a2b: guest 0x4c30000, partition 2 (ext4), /var/log/syslog +0x10000" (a file's
+    bytes before other owners of the cluster), None before the index is in."""
+    def name(mode: str, cluster: int) -> str | None:
+        idx = contents.index
+        if idx is None:
+            return None
+        if mode == "guest":
+            gm = contents.document.guest_map
+            if gm is None:
+                return None
+            ranges = idx.ranges(cluster * gm.cluster_size, gm.cluster_size)
+            head = f"guest cluster {cluster:#x}"
+        else:
+            try:
+                ranges = idx.host_owners(cluster)
+            except Exception:       # noqa: BLE001 - a hover never fails
+                return None
+            head = f"host cluster {cluster:#x}"
+        if not ranges:
+            return None
+        g, _n, o = next((r for r in ranges if r[2].what == "file data"), ranges[0])
+        return f"{head}: guest {g:#x}, {owner_text(o)}"
+    return name

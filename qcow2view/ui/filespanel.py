@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QHeaderView, QLabel, QL
                                QMenu, QProgressBar, QPushButton, QSizePolicy, QTreeView,
                                QVBoxLayout, QWidget)
 
-from ..model.guest_files import GuestContents, Summary, guest_contents
+from ..model.guest_files import GuestContents, Summary, cluster_namer, guest_contents
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, FilesSortModel,
                                  Node)
@@ -287,6 +287,7 @@ def attach_files_pane(tab) -> FilesPanel:
     panel.highlight.connect(lambda s: _highlight(tab, panel, s))
     panel.message.connect(lambda text: _say(tab, text))
     tab.document.mapsReady.connect(contents.ensure)
+    tab.allocation.set_namer(cluster_namer(contents))
 
     def goto_file() -> None:
         from .gotofile import open_goto_file

@@ -138,3 +138,24 @@ def test_goto_file_on_the_command_line(overlay, tmp_path):
                 tmp_path / "f.png", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "f.png").stat().st_size > 10000
+
+
+def test_map_hover_names_the_file_a_cluster_holds(qtbot, window, gpt_disk):  # noqa: F811
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    contents = _files_ready(qtbot, tab)
+    f = contents.resolve("2:/data/big.bin")[0]
+    fo, g0, n = f.info.extents[0]
+    cs = tab.document.image.cluster_size
+    g = (g0 // cs + 2) * cs                     # a cluster wholly inside the file
+    assert g + cs <= g0 + n
+    # where qemu-img map puts that guest byte is the host cluster to hover
+    import qemu
+    host = qemu.host_offset(gpt_disk.qcow2, g)
+    pic = tab.heatmap.picture
+    r, c = pic.cell_of(host // cs)
+    text = tab.allocation.describe(pic, r, c)
+    first = text.splitlines()[0]
+    assert first.startswith(f"host cluster {host // cs:#x}: guest {g:#x}, partition 2 (ext4), ")
+    assert first.endswith(f" +{fo + g - g0:#x}")
+    assert "/data/big.bin +" in first or "/data/hard +" in first          # hard links
