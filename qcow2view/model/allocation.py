@@ -261,6 +261,7 @@ class AllocationModel(QObject):
     """Host and guest maps as pictures, legends and hover texts."""
 
     changed = Signal()
+    _namer = None       # set_namer: the guest's names for hover texts
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -469,7 +470,18 @@ class AllocationModel(QObject):
                 lines.append("most severe:")
                 lines += self._describe_cluster(pic.mode, rep)
             return "\n".join(lines)
-        return "\n".join(self._describe_cluster(pic.mode, r.start))
+        return "\n".join(self._named(pic.mode, r.start)
+                         + self._describe_cluster(pic.mode, r.start))
+
+    def set_namer(self, namer) -> None:
+        """``namer(mode, cluster) -> str | None``: what the guest keeps in a cluster
+        ("host cluster 0x1a2b: guest 0x4c30000, partition 2 (ext4), /etc/fstab +0x0"),
+        the first line of its hover text."""
+        self._namer = namer
+
+    def _named(self, mode: str, cluster: int) -> list[str]:
+        text = self._namer(mode, cluster) if self._namer is not None else None
+        return [text] if text else []
 
     def _names(self, mode: str) -> dict[int, str]:
         if mode == "kind":
