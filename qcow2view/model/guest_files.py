@@ -114,6 +114,7 @@ class Summary:
     guest_clusters: np.ndarray          # guest cluster numbers (of the guest map)
     host_clusters: np.ndarray           # host cluster numbers
     first_offset: int | None = None     # the first guest byte (Show in hex)
+    ranges: list[tuple[int, int]] = field(default_factory=list)   # guest byte ranges
 
 
 class GuestContents(QObject):
@@ -276,6 +277,23 @@ class GuestContents(QObject):
                 out.append(path)
         return sorted(out)
 
+    def layout(self) -> tuple[int, list[tuple[int, int, str]], int, int]:
+        """(disk size, [(start, size, name) per partition], image file size, cluster
+        size), for pictures of where things are."""
+        d = self.document
+        img = d.image
+        idx = self.index
+        parts = []
+        if idx is not None:
+            for gv in idx.disk.volumes:
+                p = gv.partition
+                fs = gv.filesystem
+                name = (f"{p.index}" if p.index else "disk") + (f" {fs.type}" if fs else "")
+                parts.append((gv.volume.start, gv.volume.size, name))
+        disk = idx.disk.size if idx is not None else (img.virtual_size if img else 0)
+        file_size = img.file.size if img is not None else 0
+        return disk, parts, file_size, img.cluster_size if img is not None else 1
+
     def edit_refusal(self, f: IndexedFile) -> str | None:
         """Why the bytes of ``f`` cannot be edited in place in the hex view."""
         info = f.info
@@ -327,7 +345,7 @@ class GuestContents(QObject):
         none = np.zeros(0, np.int64)
         first = ranges[0][0] if ranges else None
         if gm is None or not ranges:
-            return Summary(head, none, none, first)
+            return Summary(head, none, none, first, ranges)
         ucs = gm.cluster_size
         guest = np.unique(np.concatenate(
             [np.arange(g // ucs, (g + max(n, 1) - 1) // ucs + 1, dtype=np.int64)
@@ -353,7 +371,7 @@ class GuestContents(QObject):
         unalloc = int(np.count_nonzero((states == GuestState.UNALLOCATED) & (depth == 0)))
         if unalloc:
             parts.append(f"{unalloc} unallocated")
-        return Summary(", ".join(parts), guest, host, first)
+        return Summary(", ".join(parts), guest, host, first, ranges)
 
     def _shared(self, host: np.ndarray) -> list[str]:
         hm = self.document.host_map

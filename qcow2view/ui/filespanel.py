@@ -22,6 +22,7 @@ from ..model.guest_files import GuestContents, Summary, cluster_namer, guest_con
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, FilesSortModel,
                                  Node)
+from .filestrip import FileStrip
 
 FILES_VIEW = "Files"
 
@@ -103,6 +104,8 @@ class FilesPanel(QWidget):
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(bar)
         lay.addWidget(self.tree, 1)
+        self.strip = FileStrip()
+        lay.addWidget(self.strip)
         lay.addWidget(self.summary_label)
 
         contents.progress.connect(self._progress)
@@ -127,6 +130,7 @@ class FilesPanel(QWidget):
 
     def _ready(self) -> None:
         self._sync_state()
+        self.strip.set_layout(*self.contents.layout())
         if self.filter.text().strip():
             self.apply_filter()
         else:
@@ -191,6 +195,10 @@ class FilesPanel(QWidget):
         self.summary = s
         self.summary_label.setText(s.text if s is not None else " ")
         self.summary_label.setToolTip(s.text if s is not None else "")
+        if s is None:
+            self.strip.set_lit([], [])
+        else:
+            self.strip.set_lit(s.ranges, s.host_clusters)
         self.highlight.emit(s)
 
     def describe(self, node: Node) -> Summary | None:
