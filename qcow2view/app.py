@@ -317,27 +317,36 @@ def save_png(image, path: str) -> bool:
     return True
 
 
+MAP_WIDTH = (16, 4096)     # --width bounds: the PNG takes about 4 * width^2 bytes
+
+
 def map_main(ns) -> int:
     """``qcow2view map IMAGE --png OUT.png``: the heatmap alone, rendered offscreen."""
+    lo, hi = MAP_WIDTH
+    if not lo <= ns.width <= hi:
+        print(f"qcow2view map: --width must be between {lo} and {hi} pixels", file=sys.stderr)
+        return 2
     _headless_default()
     from PySide6.QtGui import QGuiApplication
     install_message_filter()
     app = QGuiApplication.instance() or QGuiApplication(sys.argv[:1])  # noqa: F841 - fonts
     from .engine import Qcow2Error, open_image
-    from .model.allocation import AllocationModel, auto_width
     try:
+        # open while drawing: the host map reads refcounts from the file when asked
         with open_image(ns.image, ignore_backing_errors=True) as img:
             hm = img.host_map() if ns.mode != "guest" else None
             gm = img.guest_map() if ns.mode == "guest" else None
+            return _render_map(ns, hm, gm)
     except Qcow2Error as e:
         print(f"qcow2view map: {e}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"qcow2view map: {ns.image}: {e.strerror}", file=sys.stderr)
         return 1
-    if ns.width < 16:
-        print("qcow2view map: --width must be at least 16", file=sys.stderr)
-        return 2
+
+
+def _render_map(ns, hm, gm) -> int:
+    from .model.allocation import AllocationModel, auto_width
     model = AllocationModel()
     model.set_maps(hm, gm)
     n = model.count(ns.mode)
@@ -348,8 +357,11 @@ def map_main(ns) -> int:
     if not save_png(image, os.fspath(ns.png)):
         print(f"qcow2view map: cannot write {ns.png}", file=sys.stderr)
         return 1
+    tail = getattr(hm, "free_tail", 0) if ns.mode != "guest" else 0
+    more = (f"; then {tail:,} unused clusters to the end of the file, not drawn"
+            if tail else "")
     print(f"{ns.png}: {pic.count:,} clusters, {pic.width} x {pic.rows} cells, "
-          f"{pic.bin} cluster(s) per cell")
+          f"{pic.bin} cluster(s) per cell{more}")
     return 0
 
 

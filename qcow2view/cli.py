@@ -77,7 +77,8 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("image")
         p.add_argument("--png", required=True, metavar="OUT.png")
         p.add_argument("--mode", choices=("kind", "refcount", "guest"), default="kind")
-        p.add_argument("--width", type=int, default=1024, help="picture width in pixels")
+        p.add_argument("--width", type=int, default=1024,
+                       help="picture width in pixels, 16 to 4096 (default 1024)")
     elif cmd == "create":
         p.description = "Create a QCOW2 image (options as qemu-img create -o names them)."
         p.add_argument("path")

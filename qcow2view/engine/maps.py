@@ -144,9 +144,10 @@ class GuestState(enum.IntEnum):
 
 
 # Entries a guest map holds at most (10 bytes each, and the pictures built from it
-# add a few more).  A bigger disk is summarised: each entry then stands for a
-# power-of-two run of clusters (a 4 PiB disk of 2 MiB clusters has 2^31).
-MAX_GUEST_ENTRIES = 1 << 24
+# add one more): 40 MiB, and still ten times the cells a picture has.  A bigger
+# disk is summarised: each entry then stands for a power-of-two run of clusters
+# (a 1 TiB disk of 64 KiB clusters 4, a 4 PiB disk of 2 MiB clusters 512).
+MAX_GUEST_ENTRIES = 1 << 22
 
 # Which member a summarised entry shows: the most significant, in the heatmap's order
 GUEST_STATE_RANK = np.zeros(8, dtype=np.uint8)
@@ -420,14 +421,23 @@ def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = 
         raw, bm = read_tables(image.file, (l1[bi] & U64(C.L1E_OFFSET_MASK)).astype(np.int64),
                               cs, image.extended_l2)
         fast = _contiguous_rows(raw, cs) if bm is None else np.zeros(len(bi), dtype=bool)
+        done = b + len(bi)
         if k > 1:
-            st, ho = _decode_states(raw, bm, image.has_data_file, layout)
-            for r in np.nonzero(fast)[0].tolist():
-                st[r] = GuestState.DATA
-                np.add(ramp, raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=ho[r])
-            _summarise(states, hosts, st, ho, bi, L, k, n)
+            if k <= L and fast.any():
+                # a contiguous table: each of its entries is DATA at its first member
+                _summarise_contiguous(states, hosts, raw[fast, 0], bi[fast], L, k, cs)
+                rest = np.flatnonzero(~fast)
+                raw, bi = raw[rest], bi[rest]
+                bm = None if bm is None else bm[rest]
+                fast = fast[rest]
+            if len(bi):
+                st, ho = _decode_states(raw, bm, image.has_data_file, layout)
+                for r in np.nonzero(fast)[0].tolist():
+                    st[r] = GuestState.DATA
+                    np.add(ramp, raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=ho[r])
+                _summarise(states, hosts, st, ho, bi, L, k, n)
             if progress is not None:
-                progress(b + len(bi), total)
+                progress(done, total)
             continue
         for r in np.nonzero(fast)[0].tolist():
             lo = int(bi[r]) * L
@@ -455,6 +465,20 @@ def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = 
     if progress is not None:
         progress(total, total)
     return GuestMap(cs * k, vsize, states, depth, hosts, snap_name, k)
+
+
+def _summarise_contiguous(states: np.ndarray, hosts: np.ndarray, first: np.ndarray,
+                          l1_idx: np.ndarray, L: int, k: int, cs: int) -> None:
+    """:func:`_summarise` for whole tables of contiguous data clusters (``first``:
+    each table's first L2 entry), ``k`` dividing ``L``: every entry they cover is
+    DATA at the host offset of its first cluster."""
+    per = L // k
+    e = l1_idx.astype(np.int64)[:, None] * per + np.arange(per, dtype=np.int64)
+    h = ((first & U64(C.L2E_OFFSET_MASK))[:, None]
+         + np.arange(per, dtype=U64) * U64(k * cs))
+    keep = e < len(states)
+    states[e[keep]] = GuestState.DATA
+    hosts[e[keep]] = h[keep]
 
 
 def _summarise(states: np.ndarray, hosts: np.ndarray, st: np.ndarray, ho: np.ndarray,

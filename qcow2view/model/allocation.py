@@ -5,6 +5,12 @@ One cell per host cluster (modes ``kind`` and ``refcount``) or per guest cluster
 they are binned and each bin shows its most severe member, so one leaked or
 corrupt cluster among millions still shows red.  Every mode uses one shared
 256-entry palette (:data:`PALETTE`), so a view sets its lookup table once.
+
+Memory: nothing here holds a per-cluster array of its own.  The ``kind`` mode
+reads the host map's kinds, the ``guest`` mode one byte per guest map entry,
+and the ``refcount`` mode is computed a chunk at a time from the kinds and the
+refcounts (which the engine reads from the refcount blocks), both when binning
+a picture and for the few clusters a hover or a zoom asks about.
 """
 
 from __future__ import annotations
@@ -214,17 +220,29 @@ def _host_severity() -> np.ndarray:
     return (base * 4 + rank).astype(np.uint8)
 
 
-def mode_indices(mode: str, host_map, guest_map) -> np.ndarray:
-    """Palette index per cluster for ``mode`` (before binning)."""
+CHUNK = 1 << 22     # clusters per pass when binning (bounded temporaries)
+
+
+def refcount_indices(kinds: np.ndarray, refcounts) -> np.ndarray:
+    """Refcount-mode palette indices of a run of clusters (leaks and corruption
+    keep their kind's colour)."""
+    kinds = np.asarray(kinds, dtype=np.uint8)
+    idx = np.minimum(np.asarray(refcounts), 3).astype(np.uint8)
+    idx += np.uint8(RC_BASE)
+    bad = (kinds == LEAKED) | (kinds == CORRUPT)
+    idx[bad] = kinds[bad]
+    return idx
+
+
+def mode_indices(mode: str, host_map, guest_map, lo: int = 0, hi: int | None = None
+                 ) -> np.ndarray:
+    """Palette index per cluster ``lo..hi-1`` for ``mode`` (before binning); a view
+    of the host map's kinds in mode ``kind``."""
     if mode == "kind":
-        return np.ascontiguousarray(host_map.kinds, dtype=np.uint8)
+        return np.asarray(host_map.kinds[lo:hi], dtype=np.uint8)
     if mode == "refcount":
-        kinds = np.asarray(host_map.kinds, dtype=np.uint8)
-        idx = (np.minimum(np.asarray(host_map.refcounts), 3).astype(np.uint8)
-               + np.uint8(RC_BASE))
-        bad = (kinds == LEAKED) | (kinds == CORRUPT)
-        idx[bad] = kinds[bad]
-        return idx
+        hi = len(host_map.kinds) if hi is None else hi
+        return refcount_indices(host_map.kinds[lo:hi], host_map.refcounts[lo:hi])
     if mode == "guest":
         st = np.asarray(guest_map.states, dtype=np.uint8)
         idx = st + np.uint8(GUEST_BASE)
@@ -233,18 +251,21 @@ def mode_indices(mode: str, host_map, guest_map) -> np.ndarray:
             d = np.asarray(guest_map.depth, dtype=np.uint8)[back]
             idx[back] = np.where(d == 0, GUEST_BASE + 0,
                                  BACKING_BASE + np.minimum(d, 4) - 1).astype(np.uint8)
-        return idx
+        return idx[lo:hi]
     raise ValueError(f"unknown mode {mode!r}")
 
 
 def prepare(host_map, guest_map) -> dict:
-    """Index arrays and class counts of every mode (for a worker thread)."""
+    """What is cheap to have ahead, for a worker thread: the guest mode's indices
+    (one byte per guest map entry), the class counts of the modes that need no
+    refcounts, and the mapping plot's segments.  The refcount mode's counts come
+    with its first picture (one pass over the refcounts for both)."""
     indices, counts = {}, {}
-    for mode in MODES:
-        if (guest_map if mode == "guest" else host_map) is None:
-            continue
-        indices[mode] = mode_indices(mode, host_map, guest_map)
-        counts[mode] = _counts(indices[mode])
+    if guest_map is not None:
+        indices["guest"] = mode_indices("guest", None, guest_map)
+        counts["guest"] = _counts(indices["guest"])
+    if host_map is not None:
+        counts["kind"] = _counts(np.asarray(host_map.kinds, dtype=np.uint8))
     segments = {MAX_SEGMENTS: mapping_segments(guest_map)} if guest_map is not None else {}
     return {"indices": indices, "counts": counts, "segments": segments}
 
@@ -295,21 +316,26 @@ class AllocationModel(QObject):
             return 0
         return len(m.states) if mode == "guest" else len(m.kinds)
 
-    # per-cluster palette indices, before binning
-    def _indices(self, mode: str) -> np.ndarray:
+    # per-cluster palette indices, before binning, of clusters lo..hi-1
+    def _indices(self, mode: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        if mode != "guest":
+            return mode_indices(mode, self.host_map, None, lo, hi)
         got = self._index.get(mode)
         if got is None:
             gen = self._gen
-            got = mode_indices(mode, self.host_map, self.guest_map)
+            got = mode_indices(mode, None, self.guest_map)
             if gen == self._gen:
                 self._index[mode] = got
-        return got
+        return got[lo:hi]
 
     def _mode_counts(self, mode: str) -> np.ndarray:
         got = self._counts.get(mode)
         if got is None:
             gen = self._gen
-            got = _counts(self._indices(mode))
+            n = self.count(mode)
+            got = np.zeros(256, dtype=np.int64)
+            for lo in range(0, n, CHUNK):
+                got += _counts(self._indices(mode, lo, min(n, lo + CHUNK)))
             if gen == self._gen:
                 self._counts[mode] = got
         return got
@@ -356,14 +382,23 @@ class AllocationModel(QObject):
         m = self.guest_map if mode == "guest" else self.host_map
         if m is None:
             raise LookupError(f"no map for mode {mode!r} yet")
-        idx = self._indices(mode)
-        n = len(idx)
+        n = self.count(mode)
         w = width or auto_width(n)
         b = max(1, -(-n // (w * max_rows)))
-        cells = _bin_most_severe(idx, self._severity(mode), b) if n else idx
-        rows = max(1, -(-len(cells) // w))
+        cells = -(-n // b)
+        rows = max(1, -(-cells // w))
         data = np.full(rows * w, PAST_END, dtype=np.uint8)
-        data[:len(cells)] = cells
+        counts = np.zeros(256, dtype=np.int64) if mode not in self._counts else None
+        sev = self._severity(mode)
+        step = max(1, CHUNK // b) * b           # whole bins per pass
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            idx = self._indices(mode, lo, hi)
+            data[lo // b:-(-hi // b)] = _bin_most_severe(idx, sev, b)
+            if counts is not None:
+                counts += _counts(idx)
+        if counts is not None and gen == self._gen:
+            self._counts[mode] = counts
         pic = Picture(mode, np.ascontiguousarray(data.reshape(rows, w)), w, b, n,
                       m.cluster_size)
         if gen == self._gen:
@@ -380,7 +415,7 @@ class AllocationModel(QObject):
         rows, cols = r1 - r0, c1 - c0
         a = (r0 * w + c0) * b
         e = min(((r1 - 1) * w + c1) * b, n)
-        idx = self._indices(pic.mode)[a:e]
+        idx = self._indices(pic.mode, a, e)
         # key = severity << 8 | index: the max of a sub-cell is its most severe member
         keys = np.empty(len(idx) + 1, dtype=np.uint16)
         keys[:-1] = self._severity(pic.mode)[idx]
@@ -435,7 +470,7 @@ class AllocationModel(QObject):
             return None
         if pic.bin == 1:
             return r.start
-        idx = self._indices(pic.mode)[r.start:r.stop]
+        idx = self._indices(pic.mode, r.start, r.stop)
         return r.start + int(self._severity(pic.mode)[idx].argmax())
 
     def owners(self, cluster: int) -> list:
@@ -457,14 +492,14 @@ class AllocationModel(QObject):
         if pic.bin > 1:
             lines.append(f"clusters {r.start:,} – {r.stop - 1:,} "
                          f"({r.start * cs:#x} – {r.stop * cs - 1:#x})")
-            idx = self._indices(pic.mode)[r.start:r.stop]
+            idx = self._indices(pic.mode, r.start, r.stop)
             counts = np.bincount(idx, minlength=256)
             names = self._names(pic.mode)
             parts = [f"{int(counts[i]):,} {names.get(i, str(i))}"
                      for i in np.argsort(-counts) if counts[i]]
             lines.append(", ".join(parts[:6]))
             rep = self.representative(pic, row, col)
-            if rep is not None and self._severity(pic.mode)[self._indices(pic.mode)[rep]] \
+            if rep is not None and self._severity(pic.mode)[idx[rep - r.start]] \
                     >= self._severity(pic.mode)[idx].max() and counts.astype(bool).sum() > 1:
                 lines.append("")
                 lines.append("most severe:")
@@ -517,9 +552,13 @@ class AllocationModel(QObject):
         hm = self.host_map
         cs = hm.cluster_size
         kind = int(hm.kinds[c])
+        try:        # read from the refcount block (the image may be closing meanwhile)
+            rc = str(int(hm.refcounts[c]))
+        except Exception:
+            rc = "?"
         lines = [f"host cluster {c:,} at {c * cs:#x}",
                  f"kind: {HOST_KINDS.get(kind, (str(kind), ''))[0]}",
-                 f"refcount {int(hm.refcounts[c])}, references found {int(hm.references[c])}"]
+                 f"refcount {rc}, references found {int(hm.references[c])}"]
         if c * cs >= hm.file_size:
             lines.append("past the end of the file")
         for o in self.owners(c)[:4]:
