@@ -93,9 +93,16 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
         else:
             create_image(dst_path, size, overwrite=True, **options)
             with M.opened_writable(dst_path) as dst:
+                # a new file nothing refers to yet: like qemu-img convert (cache=unsafe)
+                # it is written without flushes; `sync` makes it durable
+                dst.file.fsync = _no_flush
                 _to_qcow2(src, dst, size, compress, progress)
     finally:
         src.close()
+
+
+def _no_flush() -> None:
+    """fsync of the output file: skipped, as qemu-img convert's default cache=unsafe."""
 
 
 def _to_raw(src, dst_path: str, size: int, progress) -> None:
@@ -110,7 +117,6 @@ def _to_raw(src, dst_path: str, size: int, progress) -> None:
             for a, b in nonzero_runs(data, RAW_GRANULE):
                 out.pwrite(pos + a, memoryview(data)[a:b])
             M.report(progress, pos + n, size)
-        out.fsync()
     finally:
         out.close()
 

@@ -1,0 +1,133 @@
+"""Image operations against qemu-img, side by side in one run (not a test).
+
+    python tests/benchmarks/bench_ops.py [--size 4G] [--overlay 1G] [--keep]
+
+Images (a scratch folder under /tmp, deleted afterwards unless --keep): a qcow2
+image of ``--size`` random (incompressible) data, an empty base with an overlay
+holding ``--overlay`` of random data.  Each operation runs as a whole process,
+ours (``python -m qcow2view OP ...``) and qemu-img's, on copies of the same
+input; the table prints wall seconds and the ratio ours/qemu-img.  Targets:
+<= 1.5 for each, <= 1.0 for convert -c.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+QEMU_IMG = shutil.which("qemu-img")
+QEMU_IO = shutil.which("qemu-io")
+OURS = [sys.executable, "-m", "qcow2view"]
+TARGETS = {"convert -c": 1.0}
+
+
+def run(cmd: list) -> float:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    t = time.perf_counter()
+    p = subprocess.run([str(c) for c in cmd], env=env, capture_output=True)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{p.stderr.decode()}")
+    return wall
+
+
+def random_raw(path: str, size: int) -> None:
+    chunk = 64 << 20
+    with open(path, "wb") as f:
+        for _ in range(0, size, chunk):
+            f.write(os.urandom(chunk))
+
+
+def sync_drop() -> None:
+    os.sync()
+
+
+def main() -> None:
+    from qcow2view.engine.create import parse_size
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="4G")
+    ap.add_argument("--overlay", default="1G")
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    size, ov = parse_size(a.size), parse_size(a.overlay)
+    total, _, free = shutil.disk_usage(tempfile.gettempdir())
+    need = 5 * size + 3 * ov
+    if free < need * 1.2:
+        raise SystemExit(f"needs about {need >> 30} GiB free in {tempfile.gettempdir()}")
+    d = tempfile.mkdtemp(prefix="bench-ops-")
+    j = lambda n: os.path.join(d, n)      # noqa: E731
+    rows = []
+    try:
+        random_raw(j("src.raw"), size)
+        subprocess.run([QEMU_IMG, "convert", "-O", "qcow2", j("src.raw"), j("src.qcow2")],
+                       check=True)
+        os.unlink(j("src.raw"))
+
+        def pair(name, ours_cmd, qemu_cmd, setup=None, cleanup=()):
+            times = []
+            for cmd in (qemu_cmd, ours_cmd):
+                if setup:
+                    setup()
+                sync_drop()
+                times.append(run(cmd))
+                for c in cleanup:
+                    if os.path.exists(j(c)):
+                        os.unlink(j(c))
+            rows.append((name, times[1], times[0]))
+            print(f"{name:<28} ours {times[1]:8.2f} s   qemu-img {times[0]:8.2f} s   "
+                  f"ratio {times[1] / times[0]:5.2f}", flush=True)
+
+        pair("convert", OURS + ["convert", "-O", "qcow2", j("src.qcow2"), j("out.qcow2")],
+             [QEMU_IMG, "convert", "-O", "qcow2", j("src.qcow2"), j("out.qcow2")],
+             cleanup=["out.qcow2"])
+        pair("convert -c", OURS + ["convert", "-c", "-O", "qcow2", j("src.qcow2"), j("c.qcow2")],
+             [QEMU_IMG, "convert", "-c", "-O", "qcow2", j("src.qcow2"), j("c.qcow2")],
+             cleanup=["c.qcow2"])
+
+        # commit: an empty base and an overlay of random data
+        random_raw(j("ov.raw"), ov)
+
+        def make_chain():
+            for n in ("base.qcow2", "top.qcow2"):
+                if os.path.exists(j(n)):
+                    os.unlink(j(n))
+            subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", j("base.qcow2"),
+                            str(size)], check=True)
+            subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+                            "qcow2", j("top.qcow2")], check=True)
+            subprocess.run([QEMU_IO, "-c", f"write -s {j('ov.raw')} 0 {ov}", j("top.qcow2")],
+                           check=True, capture_output=True)
+        pair(f"commit ({a.overlay} overlay)", OURS + ["commit", j("top.qcow2")],
+             [QEMU_IMG, "commit", j("top.qcow2")], setup=make_chain)
+
+        def snap_copy():
+            shutil.copyfile(j("src.qcow2"), j("s.qcow2"))
+            subprocess.run([QEMU_IMG, "snapshot", "-c", "s", j("s.qcow2")], check=True)
+        pair("snapshot -d", OURS + ["snapshot", "-d", "s", j("s.qcow2")],
+             [QEMU_IMG, "snapshot", "-d", "s", j("s.qcow2")], setup=snap_copy)
+
+        def amend_copy():
+            shutil.copyfile(j("src.qcow2"), j("a.qcow2"))
+        pair("amend refcount_bits 16->64",
+             OURS + ["amend", "-o", "refcount_bits=64", j("a.qcow2")],
+             [QEMU_IMG, "amend", "-o", "refcount_bits=64", j("a.qcow2")], setup=amend_copy)
+    finally:
+        if not a.keep:
+            shutil.rmtree(d, ignore_errors=True)
+    print()
+    print(f"{'operation':<28}{'ours s':>10}{'qemu-img s':>12}{'ratio':>8}{'target':>8}")
+    for name, o, q in rows:
+        t = TARGETS.get(name, 1.5)
+        print(f"{name:<28}{o:10.2f}{q:12.2f}{o / q:8.2f}{t:8.1f}"
+              + ("" if o / q <= t else "   MISSED"))
+
+
+if __name__ == "__main__":
+    main()
