@@ -128,7 +128,8 @@ def describe_snapshot(document: ImageDocument, kind: str, name: str) -> str:
 def describe_resize(document: ImageDocument, new_size: int) -> str:
     old = document.image.virtual_size
     if new_size >= old:
-        return f"Grows the disk of {document.name} from {human_size(old)} to {human_size(new_size)}."
+        return (f"Grows the disk of {document.name} from {human_size(old)} to "
+                f"{human_size(new_size)}.")
     return (f"Shrinks the disk of {document.name} from {human_size(old)} to "
             f"{human_size(new_size)}: everything past {human_size(new_size)} is lost.")
 
