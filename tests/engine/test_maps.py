@@ -342,3 +342,21 @@ def test_guest_map_of_a_4_pib_disk_stays_small(tmp_path):
     assert entries == sorted(want)
     assert set(states) == {GuestState.DATA}
     assert hosts == [want[i] for i in entries]
+
+
+def test_a_sparse_tail_is_summarised_not_mapped(tmp_path):
+    """A 1 MiB image in a file with a sparse 1 TiB tail (2^31 clusters of 512 bytes):
+    the host map ends at the last cluster used and counts the rest as a free tail;
+    the check reads as qemu-img's did before the tail was added (the tail is unused)."""
+    p = qemu.create(tmp_path / "tail.qcow2", "1M", "cluster_size=512")
+    qemu.qemu_io(p, "write -P 5 0 8k", "write -P 6 512k 4k")
+    code, want = qemu.check(p)
+    used = -(-p.stat().st_size // 512)
+    os.truncate(p, 1 << 40)
+    with open_image(p) as im:
+        hm = im.host_map()
+        got = im.check().to_json()
+    assert len(hm) <= used and len(hm) + hm.free_tail == 1 << 31
+    assert len(hm.references) == len(hm) and len(hm.refcounts) == len(hm)
+    assert (hm.kinds == HostKind.DATA).sum() == 24            # 12 KiB of 512-byte clusters
+    assert code == 0 and {**got, "filename": want["filename"]} == want
