@@ -29,6 +29,7 @@ from .rebuild import rebuild_refcount_structure
 from .refcounts import decode_refcount_block, encode_refcount_block
 from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
                       Scanner, check_cancel, read_zero_filled)
+from .snapshots import SNAPSHOT_FIXED_SIZE, incomplete_snapshots, repack_snapshot_entry
 
 __all__ = ["CheckResult", "Finding", "check", "repair"]
 
@@ -236,14 +237,24 @@ def _cached_scan(image):
     return getattr(hit[1], "_scan", None)
 
 
+def _snapshot_findings(image) -> list[Finding]:
+    """qcow2_check_read_snapshot_table: every v3 entry needs 16 bytes of extra data."""
+    cs = image.cluster_size
+    return [Finding("snapshot_incomplete", s.offset // cs, 0, 0,
+                    f"snapshot table entry {s.index} is incomplete", s.offset + 36,
+                    "corruption")
+            for s in incomplete_snapshots(image.snapshots, image.header.version)]
+
+
 def _result(image, scan: RefScan, disk: DiskRefcounts) -> CheckResult:
     cmp, found = compare(scan, disk, image)
-    findings = found + scan.findings
+    snaps = _snapshot_findings(image)
+    findings = snaps + found + scan.findings
     dropped = scan.findings_dropped + max(0, len(findings) - MAX_FINDINGS)
-    findings.sort(key=lambda f: (f.cluster, f.kind))
+    findings[len(snaps):] = sorted(findings[len(snaps):], key=lambda f: (f.cluster, f.kind))
     cs = image.cluster_size
     return CheckResult(
-        corruptions=scan.corruptions + cmp["corruptions"] + cmp["overflow"],
+        corruptions=len(snaps) + scan.corruptions + cmp["corruptions"] + cmp["overflow"],
         leaks=cmp["leaks"],
         check_errors=scan.check_errors + cmp["check_errors"],
         total_clusters=-(-image.virtual_size // cs),
@@ -284,6 +295,9 @@ def repair(image, leaks: bool = True, all: bool = False, progress: Progress = No
 
 def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
             cancel: Cancel) -> CheckResult:
+    # the snapshot table first, as qcow2_check_fix_snapshot_table: the walk below
+    # then counts the new table's clusters and the old one's release
+    fixed_snapshots = _fix_snapshot_table(image) if fix_errors else 0
     scan, disk = _scan(image, progress, cancel)
     first = _result(image, scan, disk)
     rebuild = first.rebuild_needed or _refblock_shared(image, scan)
@@ -324,9 +338,31 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
         after = mid
     if not after.check_errors and not after.corruptions:
         _mark_clean(image)
-    after.corruptions_fixed = fixed_c
+    after.corruptions_fixed = fixed_c + fixed_snapshots
     after.leaks_fixed = fixed_l
     return after
+
+
+def _fix_snapshot_table(image) -> int:
+    """Rewrite the snapshot table as qcow2_write_snapshots does when an entry lacks
+    the extra data v3 needs; returns the entries fixed."""
+    bad = incomplete_snapshots(image.snapshots, image.header.version)
+    if not bad:
+        return 0
+    from .snapshot_create import write_snapshot_table
+    table = bytearray()
+    for s in image.snapshots:
+        table += bytes((-len(table)) % 8)
+        what = f"snapshot table entry {s.index}"
+        head = image.file.pread_exact(s.offset, SNAPSHOT_FIXED_SIZE, what)
+        id_len, name_len = struct.unpack_from(">HH", head, 12)
+        extra_len = struct.unpack_from(">I", head, 36)[0]
+        raw = image.file.pread_exact(
+            s.offset, SNAPSHOT_FIXED_SIZE + extra_len + id_len + name_len, what)
+        table += repack_snapshot_entry(raw, s, image.virtual_size)
+    write_snapshot_table(image, image._writer.alloc, bytes(table), len(image.snapshots))
+    image.reload_metadata()
+    return len(bad)
 
 
 def _refblock_shared(image, scan: RefScan) -> bool:

@@ -72,3 +72,35 @@ def parse_snapshot_table(data: bytes, base: int, count: int) -> list[Snapshot]:
                               date_nsec, vm_clock, vm_state, extra_size, disk_size, icount, extra))
         off = p
     return snaps
+
+
+#: the extra data a v3 entry must have: vm_state_size_large and disk_size
+SNAPSHOT_EXTRA_MIN_V3 = 16
+#: what qcow2_write_snapshots writes (QEMU 7.2): vm_state_size_large, disk_size, icount
+SNAPSHOT_EXTRA_KNOWN = 24
+
+
+def incomplete_snapshots(snapshots: list[Snapshot], version: int) -> list[Snapshot]:
+    """v3 entries with less than 16 bytes of extra data, which ``qemu-img check``
+    reports as "snapshot table entry N is incomplete" (a corruption)."""
+    if version < 3:
+        return []
+    return [s for s in snapshots if s.extra_data_size < SNAPSHOT_EXTRA_MIN_V3]
+
+
+def repack_snapshot_entry(entry: bytes, s: Snapshot, disk_size: int) -> bytes:
+    """Entry ``s`` (its bytes ``entry`` as on disk) as qcow2_write_snapshots writes it:
+    the 24 bytes of extra data QEMU knows (the disk size it was taken at defaults to
+    ``disk_size``, the image's, and icount to -1), extra data beyond them kept, id and
+    name bytes as they were; not padded."""
+    (l1_off, l1_size, id_len, name_len, date_sec, date_nsec, vm_clock, _vm32,
+     extra_size) = struct.unpack_from(">QIHHIIQII", entry, 0)
+    names = entry[SNAPSHOT_FIXED_SIZE + extra_size:
+                  SNAPSHOT_FIXED_SIZE + extra_size + id_len + name_len]
+    icount = (1 << 64) - 1 if s.icount is None else s.icount
+    extra = struct.pack(">QQQ", s.vm_state_size,
+                        disk_size if s.disk_size is None else s.disk_size,
+                        icount) + s.extra_data[SNAPSHOT_EXTRA_KNOWN:]
+    vm32 = s.vm_state_size if s.vm_state_size <= 0xFFFFFFFF else 0
+    return struct.pack(">QIHHIIQII", l1_off, l1_size, id_len, name_len, date_sec, date_nsec,
+                       vm_clock, vm32, len(extra)) + extra + bytes(names)
