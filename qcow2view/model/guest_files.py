@@ -117,6 +117,18 @@ class Summary:
     ranges: list[tuple[int, int]] = field(default_factory=list)   # guest byte ranges
 
 
+def _changes(path: str, index: GuestIndex, snapshot: str | None, progress, cancel):
+    from ..guest.changed import changed_vs_backing, changed_vs_snapshot
+
+    def cb(done: int, total: int) -> bool:
+        progress(done, total)
+        return not cancel()
+    with open_image(path, ignore_backing_errors=True) as img:
+        if snapshot is None:
+            return changed_vs_backing(img, index, cb)
+        return changed_vs_snapshot(img, snapshot, index, cb)
+
+
 class GuestContents(QObject):
     """The guest index of one document, built on request in the background."""
 
@@ -124,6 +136,7 @@ class GuestContents(QObject):
     busyChanged = Signal(bool)
     ready = Signal()                    # index in (or failed / cancelled: see state)
     reset = Signal()                    # the index is gone (rebuilding)
+    changesReady = Signal(object)       # Changes, or a str: why there are none
 
     def __init__(self, document) -> None:
         super().__init__(document)
@@ -133,6 +146,8 @@ class GuestContents(QObject):
         self.error: str | None = None
         self._worker: Worker | None = None
         self._stamp: tuple[int, int] | None = None     # the file as the index read it
+        self.changes = None                 # the last Changes found (changed files)
+        self._changes_worker: Worker | None = None
         document.closed.connect(self.close)
         document.changed.connect(self._file_changed)
 
@@ -172,23 +187,103 @@ class GuestContents(QObject):
         w.start()
 
     def cancel(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for w in (self._worker, self._changes_worker):
+            if w is not None:
+                w.cancel()
 
     def wait(self, timeout_ms: int = 60000) -> bool:
         w = self._worker
         return True if w is None else w.wait(timeout_ms)
 
     @property
-    def busy(self) -> bool:
+    def building(self) -> bool:
         return self.state == "building"
+
+    @property
+    def busy(self) -> bool:
+        return self.state == "building" or self._changes_worker is not None
 
     def close(self) -> None:
         self._stop()
         self._drop()
         self.state = "idle"
 
+    # -- changed files -------------------------------------------------------------------
+    def compare_choices(self) -> list[tuple[str, str | None]]:
+        """(label, snapshot name or None for the backing chain) of what this disk can be
+        compared with."""
+        img = self.document.image
+        if img is None:
+            return []
+        out = []
+        if img.backing_filename is not None:
+            out.append((f"backing file {os.path.basename(img.backing_filename)}", None))
+        out.extend((f"snapshot {s.name}", s.name) for s in img.snapshots)
+        return out
+
+    def find_changes(self, snapshot: str | None) -> None:
+        """Compare with the backing chain (or ``snapshot``) in the background; the
+        result comes with :attr:`changesReady`."""
+        self._stop_changes()
+        idx = self.index
+        if idx is None:
+            self.changesReady.emit("the guest's files are not read yet")
+            return
+        path = self.document.path
+        w = Worker("Comparing", lambda p, c: _changes(path, idx, snapshot, p, c), self)
+        w.progressed.connect(self.progress)
+        w.succeeded.connect(self._changes_done)
+        w.failed.connect(self._changes_failed)
+        self._changes_worker = w
+        self.busyChanged.emit(True)
+        w.start()
+
+    @property
+    def comparing(self) -> bool:
+        return self._changes_worker is not None
+
+    def _stop_changes(self) -> None:
+        w, self._changes_worker = self._changes_worker, None
+        if w is not None:
+            for sig in (w.progressed, w.succeeded, w.failed):
+                try:
+                    sig.disconnect()
+                except (RuntimeError, TypeError):
+                    pass
+            w.stop()
+            w.deleteLater()
+            self.busyChanged.emit(False)
+
+    def _changes_over(self) -> None:
+        w, self._changes_worker = self._changes_worker, None
+        if w is not None:
+            w.wait()
+            w.deleteLater()
+        self.busyChanged.emit(False)
+
+    def _changes_done(self, changes) -> None:
+        if self.sender() is not self._changes_worker:
+            return
+        self._changes_over()
+        self.changes = changes
+        self.changesReady.emit(changes)
+
+    def _changes_failed(self, exc: BaseException) -> None:
+        if self.sender() is not self._changes_worker:
+            return
+        self._changes_over()
+        if isinstance(exc, (Cancelled, CancelledError)):
+            self.changesReady.emit("cancelled")
+        elif isinstance(exc, Qcow2Error):
+            self.changesReady.emit(exc.reason)
+        else:
+            self.changesReady.emit(f"{type(exc).__name__}: {exc}")
+            if not isinstance(exc, OSError):
+                raise exc
+
     def _drop(self) -> None:
+        self._stop_changes()
+        self.changes = None
         if self.built is not None:
             self.built.close()
             self.built = None

@@ -77,12 +77,17 @@ class FilesModel(QAbstractItemModel):
         self.root = Node(None, DISK, "")
         self.filter_text = ""
         self.matches = 0            # filter matches (may exceed what is shown)
+        self.changes = None         # Changes shown instead of the tree (changed files)
+        self._changed: dict[int, int] = {}      # file id -> bytes changed
         contents.reset.connect(self._rebuild)
         contents.ready.connect(self._rebuild)
         self._rebuild()
 
     # -- building the top of the tree ---------------------------------------------------
     def _rebuild(self) -> None:
+        if self.changes is not None and self.contents.index is None:
+            self.changes = None
+            self._changed = {}
         self.beginResetModel()
         self.root = Node(None, DISK, "")
         self._fill(self.root, None)
@@ -128,6 +133,8 @@ class FilesModel(QAbstractItemModel):
                 fn.add(Node(fn, NOTE, fs.reason or "unreadable")).note = fs.reason or ""
             if keep is None:
                 fn.pending = None
+            elif self.changes is not None:
+                self._fill_flat(fn, vi, keep[vi])
             else:
                 self._fill_filtered(fn, vi, keep[vi])
 
@@ -160,12 +167,52 @@ class FilesModel(QAbstractItemModel):
                 n.pending = []
                 dirs[path] = n
 
+    def _fill_flat(self, fs_node: Node, vi: int, entries: list[tuple[str, int]]) -> None:
+        """Changed files: one row per file, its whole path as its name, most bytes first."""
+        files = self.contents.index.files
+        fs_node.pending = []
+        for path, fid in sorted(entries, key=lambda e: (-self._changed.get(e[1], 0), e[0])):
+            fs_node.add(Node(fs_node, FILE, path, vi, files[fid], path))
+
+    # -- changed files -----------------------------------------------------------------
+    def set_changes(self, changes) -> None:
+        """Show only the files ``changes`` (a guest.changed.Changes) lists, with the
+        bytes changed; None shows the tree again."""
+        self.changes = changes
+        self._changed = {}
+        idx = self.contents.index
+        if changes is None or idx is None:
+            self.changes = None
+            self._rebuild()
+            return
+        keep: dict[int, list[tuple[str, int]]] = {}
+        vols = {id(gv): i for i, gv in enumerate(idx.volumes)}
+        for cf in changes.files:
+            for f in idx.find(cf.path, cf.partition)[:1]:
+                self._changed[f.id] = cf.bytes_changed
+                keep.setdefault(vols[id(f.volume)], []).append((cf.path, f.id))
+        self.matches = len(changes.files)
+        self.beginResetModel()
+        self.root = Node(None, DISK, "")
+        self._fill(self.root, keep)
+        if changes.other_bytes_changed and self.root.children:
+            d = self.root.children[0]
+            text = f"{human_size(changes.other_bytes_changed)} changed outside any file"
+            d.add(Node(d, NOTE, text)).note = ""
+        self.endResetModel()
+
+    def bytes_changed(self, node: Node) -> int | None:
+        """Bytes of ``node``'s file that changed (changed-files view), else None."""
+        return None if node.file is None else self._changed.get(node.file.id)
+
     # -- filter ------------------------------------------------------------------------
     def set_filter(self, text: str) -> None:
         """Show only names containing ``text`` (a path, with '/': the whole path),
         with their directories; empty shows everything."""
         text = text.strip()
         self.filter_text = text
+        self.changes = None
+        self._changed = {}
         c = self.contents
         if not text or c.built is None:
             self.matches = 0
@@ -364,6 +411,8 @@ class FilesModel(QAbstractItemModel):
             return ""
         info = f.info
         bits = []
+        if f.id in self._changed:
+            bits.append(f"{human_size(self._changed[f.id])} changed")
         if info.type == "symlink" and info.target:
             bits.append(f"→ {info.target}")
         if info.inline:
@@ -393,7 +442,7 @@ class FilesModel(QAbstractItemModel):
         if col == MODE:
             return (group, info.mode or 0)
         if col == DETAILS:
-            return (group, len(info.extents))
+            return (group, self._changed.get(node.file.id, 0), len(info.extents))
         return (group, info.extents[0][1] if info.extents else -1)
 
     # -- for the views -----------------------------------------------------------------

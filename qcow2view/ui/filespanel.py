@@ -14,7 +14,7 @@ import os
 
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
                                QMenu, QProgressBar, QPushButton, QSizePolicy, QTreeView,
                                QVBoxLayout, QWidget)
 
@@ -66,9 +66,16 @@ class FilesPanel(QWidget):
         self.read_button = QPushButton("Read files")
         self.read_button.setToolTip("Read the partitions, filesystems and files of the guest disk")
         self.read_button.clicked.connect(contents.rebuild)
+        self.show_what = QComboBox()
+        self.show_what.setObjectName("filesShow")
+        self.show_what.setToolTip("All files, or only the files whose bytes differ from the "
+                                  "backing file or a snapshot, most bytes changed first")
+        self.show_what.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+        self.show_what.activated.connect(self._show_what)
         bar = QHBoxLayout()
         bar.setContentsMargins(0, 0, 0, 0)
         bar.addWidget(self.filter, 1)
+        bar.addWidget(self.show_what)
         bar.addWidget(self.matches)
         bar.addWidget(self.progress)
         bar.addWidget(self.cancel_button)
@@ -111,6 +118,8 @@ class FilesPanel(QWidget):
         contents.progress.connect(self._progress)
         contents.busyChanged.connect(lambda _b: self._sync_state())
         contents.ready.connect(self._ready)
+        contents.changesReady.connect(self._changes_ready)
+        self._fill_choices()
         self._sync_state()
 
     # -- state -------------------------------------------------------------------------
@@ -121,6 +130,7 @@ class FilesPanel(QWidget):
         self.cancel_button.setVisible(busy)
         self.read_button.setVisible(c.state in ("idle", "cancelled", "failed"))
         self.read_button.setText("Read again" if c.state != "idle" else "Read files")
+        self.show_what.setEnabled(c.state == "ready" and not c.comparing)
         if busy:
             self.progress.setRange(0, 0)
 
@@ -128,7 +138,49 @@ class FilesPanel(QWidget):
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(min(done, max(1, total)))
 
+    def _fill_choices(self) -> None:
+        self.show_what.clear()
+        self.show_what.addItem("All files", "all")
+        for label, snap in self.contents.compare_choices():
+            self.show_what.addItem(f"Changed vs {label}", snap)
+        self.show_what.setVisible(self.show_what.count() > 1)
+
+    def _show_what(self, i: int) -> None:
+        if i <= 0:
+            self.model.set_changes(None)
+            self.matches.setText("")
+            self.expand_top()
+            return
+        self.filter.blockSignals(True)
+        self.filter.clear()
+        self.filter.blockSignals(False)
+        self.matches.setText("comparing…")
+        self.contents.find_changes(self.show_what.itemData(i))
+
+    def show_changes(self, snapshot: str | None = None) -> None:
+        """Changed files against the backing chain (or ``snapshot``)."""
+        i = next((j for j in range(1, self.show_what.count())
+                  if self.show_what.itemData(j) == snapshot), -1)
+        if i > 0:
+            self.show_what.setCurrentIndex(i)
+            self._show_what(i)
+
+    def _changes_ready(self, changes) -> None:
+        if isinstance(changes, str):
+            self.matches.setText(changes)
+            return
+        if self.show_what.currentIndex() <= 0:
+            return          # the user went back to all files meanwhile
+        self.model.set_changes(changes)
+        self.matches.setText(f"{len(changes.files):,} files changed")
+        self.tree.expandAll()
+        first = self._first_file()
+        if first.isValid():
+            self.tree.selectionModel().setCurrentIndex(
+                first, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+
     def _ready(self) -> None:
+        self._fill_choices()
         self._sync_state()
         self.strip.set_layout(*self.contents.layout())
         if self.filter.text().strip():
@@ -156,6 +208,8 @@ class FilesPanel(QWidget):
     # -- filter ------------------------------------------------------------------------
     def apply_filter(self) -> None:
         text = self.filter.text()
+        if self.show_what.currentIndex() > 0:
+            self.show_what.setCurrentIndex(0)
         self.model.set_filter(text)
         m = self.model.matches
         if text.strip() and self.contents.built is not None:
@@ -344,7 +398,7 @@ def read_files_now(tab, timeout: float = 120.0) -> GuestContents:
     contents = guest_contents(tab.document)
     contents.ensure()
     deadline = time.monotonic() + timeout
-    while contents.busy and time.monotonic() < deadline:
+    while contents.building and time.monotonic() < deadline:
         contents.wait(100)
         QCoreApplication.processEvents()      # the worker's result is a queued signal
     return contents

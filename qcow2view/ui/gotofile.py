@@ -70,7 +70,7 @@ class GotoFileDialog(QDialog):
         if self.contents.index is not None:
             self.paths.setStringList(self.contents.completions())
             self._say("")
-        elif self.contents.busy:
+        elif self.contents.building:
             self._say("Reading the guest's files…", error=False)
         elif self.contents.state == "failed":
             self._say(f"The guest's files could not be read: {self.contents.error}")

@@ -18,7 +18,7 @@ from qemu import check, qemu_img, to_raw
 from guest.conftest import debugfs, gpt_disk, tool  # noqa: F401 - the session fixture
 from gui_fixtures import run_app, wait_ready
 from qcow2view.model.guest_files import guest_contents
-from qcow2view.model.guest_model import FILE
+from qcow2view.model.guest_model import FILE, NODE_ROLE
 from qcow2view.ui.filespanel import FilesPanel
 from qcow2view.ui.gotofile import GotoFileDialog
 
@@ -159,3 +159,43 @@ def test_map_hover_names_the_file_a_cluster_holds(qtbot, window, gpt_disk):  # n
     assert first.startswith(f"host cluster {host // cs:#x}: guest {g:#x}, partition 2 (ext4), ")
     assert first.endswith(f" +{fo + g - g0:#x}")
     assert "/data/big.bin +" in first or "/data/hard +" in first          # hard links
+
+
+def test_changed_files_of_an_overlay_largest_first(qtbot, window, overlay, gpt_disk):  # noqa: F811,E501
+    _base, top = overlay
+    src = (gpt_disk.src / "data/big.bin").read_bytes()
+    host = (gpt_disk.src / "etc/fstab").read_bytes()
+    # qemu-io writes into the overlay: 8 KiB of big.bin and 3 bytes of /etc/fstab
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    contents = _files_ready(qtbot, tab)
+    big = contents.resolve("2:/data/big.bin")[0].info.extents[0][1]
+    fstab = contents.resolve("2:/etc/fstab")[0].info.extents[0][1]
+    window.close_all()
+    import qemu
+    qemu.qemu_io(top, f"write -P 0x41 {big + 4096} 8192", f"write -P 0x23 {fstab} 3")
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    tab.show_pane("files")
+    panel: FilesPanel = tab.pane("files")
+    assert panel.show_what.itemText(1) == "Changed vs backing file base.qcow2"
+    panel.show_changes(None)
+    qtbot.waitUntil(lambda: panel.model.changes is not None, timeout=30000)
+    rows = [n for n in (i.data(NODE_ROLE) for i in _all(panel.proxy)) if n.kind == FILE]
+    # the oracle: the bytes that differ from what mkfs.ext4 -d copied in
+    want_big = sum(b != 0x41 for b in src[4096:4096 + 8192])
+    want_fstab = sum(b != 0x23 for b in host[:3])
+    got = {n.path: panel.model.bytes_changed(n) for n in rows}
+    assert [n.path for n in rows] in (["/data/big.bin", "/etc/fstab"],
+                                      ["/data/hard", "/etc/fstab"])
+    assert sorted(got.values()) == sorted([want_big, want_fstab])
+
+
+def _all(model, parent=None):
+    from PySide6.QtCore import QModelIndex
+    parent = parent or QModelIndex()
+    for r in range(model.rowCount(parent)):
+        i = model.index(r, 0, parent)
+        yield i
+        yield from _all(model, i)
