@@ -130,7 +130,10 @@ class FilesModel(QAbstractItemModel):
             name = fs.type + (f" “{fs.label}”" if fs.label else "")
             fn = pn.add(Node(pn, FS, name, vi, path="/"))
             if not fs.readable:
-                fn.add(Node(fn, NOTE, fs.reason or "unreadable")).note = fs.reason or ""
+                # "unreadable: ..." is a problem; "files of swap are not listed" is not
+                text = fs.reason or "unreadable"
+                note = fn.add(Node(fn, NOTE, text))
+                note.note = text if text.startswith("unreadable") else ""
             if keep is None:
                 fn.pending = None
             elif self.changes is not None:
@@ -333,7 +336,7 @@ class FilesModel(QAbstractItemModel):
             return node.note or self._details(node) or None
         if role == Qt.ForegroundRole and node.kind == NOTE:
             from PySide6.QtGui import QColor
-            return QColor("#b71c1c")
+            return QColor("#b71c1c" if node.note else "#78909c")
         if role == Qt.TextAlignmentRole and col in (SIZE, OFFSET):
             return int(Qt.AlignRight | Qt.AlignVCenter)
         return None

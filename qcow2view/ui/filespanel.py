@@ -48,7 +48,9 @@ class FilesPanel(QWidget):
 
         self.filter = QLineEdit()
         self.filter.setObjectName("filesFilter")
-        self.filter.setPlaceholderText("Find a name anywhere (e.g. fstab, /etc/ho)")
+        self.filter.setPlaceholderText("Find a name (e.g. fstab)")
+        self.filter.setToolTip("Finds a name anywhere in the tree; with a '/', a part of "
+                               "the path (/etc/ho)")
         self.filter.setClearButtonEnabled(True)
         self.filter.textChanged.connect(lambda _t: self._filter_timer.start())
         self._filter_timer = QTimer(self)
@@ -70,11 +72,13 @@ class FilesPanel(QWidget):
         self.show_what.setObjectName("filesShow")
         self.show_what.setToolTip("All files, or only the files whose bytes differ from the "
                                   "backing file or a snapshot, most bytes changed first")
-        self.show_what.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+        # "Changed vs backing file very-long-name.qcow2" must not squeeze the filter
+        self.show_what.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.show_what.setMinimumContentsLength(12)
         self.show_what.activated.connect(self._show_what)
         bar = QHBoxLayout()
         bar.setContentsMargins(0, 0, 0, 0)
-        bar.addWidget(self.filter, 1)
+        bar.addWidget(self.filter, 2)
         bar.addWidget(self.show_what)
         bar.addWidget(self.matches)
         bar.addWidget(self.progress)
@@ -105,6 +109,7 @@ class FilesPanel(QWidget):
         self.summary_label.setObjectName("filesSummary")
         self.summary_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.summary_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.summary_label.setWordWrap(True)      # a narrow pane: two lines, not cut off
         self.summary_label.setStyleSheet("color: #263238; padding: 2px")
 
         lay = QVBoxLayout(self)
