@@ -4,6 +4,7 @@
 #   hex.png    the demo image's boot sector in the guest hex view (--goto its partition table)
 #   leaks.png  a fragmented image with leaked clusters (made with qemu-img and qemu-io), on the
 #              Problems tab
+#   files.png  the demo image's Files pane, a file selected (--goto-file) and where it lives lit
 # Needs qemu-img and qemu-io (Debian: qemu-utils).  Usage: bash packaging/make-screenshots.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,7 @@ PY
 
 shot map --demo --view map
 shot hex --demo --view hex --goto 0x1be
+shot files --demo --view files --goto-file /usr/share/doc/qcow2view/README
 
 # leaks.png: 256 MiB, 64 KiB clusters; 48 clusters written in a shuffled guest order (host
 # order is then not guest order: fragmentation), two of them compressed; then six of them

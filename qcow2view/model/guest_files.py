@@ -454,6 +454,9 @@ class GuestContents(QObject):
                                   | (states == GuestState.COMPRESSED))
             host = np.unique((gm.host_offsets[guest[own]] // np.uint64(ucs)).astype(np.int64))
             parts.append(count(len(host), "host cluster"))
+            comp = int(np.count_nonzero((depth == 0) & (states == GuestState.COMPRESSED)))
+            if comp:
+                parts.append(f"{comp} compressed")
             parts.extend(self._shared(host))
         backing = int(np.count_nonzero(depth > 0))
         if backing:

@@ -10,7 +10,6 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 BAND = 14           # pixels per band
 LABEL = 70          # pixels for the band's name
-LIT = QColor("#ff6d00")
 PART_FILL = (QColor("#e3f2fd"), QColor("#e8f5e9"))
 EDGE = QColor("#90a4ae")
 
@@ -30,7 +29,7 @@ class FileStrip(QWidget):
         self.host = np.zeros(0, np.int64)           # lit host clusters
         self.cluster_size = 1
         self.setToolTip("Where the selection lives: on the guest disk (partitions "
-                        "outlined) and in the image file, lit in orange")
+                        "outlined) and in the image file, lit in the selection's colour")
 
     def set_layout(self, disk_size: int, partitions: list[tuple[int, int, str]],
                    file_size: int, cluster_size: int) -> None:
@@ -48,6 +47,7 @@ class FileStrip(QWidget):
 
     def paintEvent(self, _e) -> None:  # noqa: N802
         p = QPainter(self)
+        lit = self.palette().highlight().color()      # the colour of the selected row
         w = max(1.0, self.width() - LABEL - 4.0)
         p.setPen(QColor("#546e7a"))
         for i, name in enumerate(("guest disk", "image file")):
@@ -66,7 +66,7 @@ class FileStrip(QWidget):
             for g, n in self.guest:
                 x0 = self._x(g, self.disk_size, w)
                 x1 = self._x(g + n, self.disk_size, w)
-                p.fillRect(QRectF(x0, y0, max(2.0, x1 - x0), BAND), LIT)
+                p.fillRect(QRectF(x0, y0, max(3.0, x1 - x0), BAND), lit)
             for r, name in boxes:       # names over the lit bytes, so they stay readable
                 p.setPen(EDGE)
                 p.drawRect(r)
@@ -76,7 +76,7 @@ class FileStrip(QWidget):
             cs = self.cluster_size
             px = np.unique((self.host * cs * w / self.file_size).astype(np.int64))
             for x in px.tolist():
-                p.fillRect(QRectF(LABEL + x, y1, 2.0, BAND), LIT)
+                p.fillRect(QRectF(LABEL + x, y1, 3.0, BAND), lit)
         p.setPen(EDGE)
         p.drawRect(QRectF(LABEL, y0, w, BAND))
         p.drawRect(QRectF(LABEL, y1, w, BAND))
