@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 
 import numpy as np
@@ -164,16 +165,36 @@ def _feature_table() -> bytes:
     return bytes(out)
 
 
-def _backing_size(path: str, image_path: str, fmt: str | None) -> int:
+def _backing_size(path: str, image_path: str, fmt: str | None, *,
+                  need_size: bool = True) -> int | None:
+    """The backing file's disk size (None when it is not needed and the file is not
+    there).  Like qemu-img, refuse a backing file that is not a regular file or a block
+    device (a FIFO would hang the open, a folder has no disk)."""
     from .image import Image, probe_format   # lazy: image imports nothing from here
     full = path if os.path.isabs(path) else os.path.join(
         os.path.dirname(os.path.abspath(image_path)), path)
-    if not os.path.exists(full):
+    try:
+        mode = os.stat(full).st_mode
+    except FileNotFoundError:
+        if not need_size:
+            return None
         raise RequestError(f"Could not open backing file {path!r} (looked for {full}) "
-                           "to take the image size from it")
+                           "to take the image size from it", path=image_path) from None
+    except (OSError, ValueError) as e:
+        raise RequestError(f"Could not open backing file {path!r}: "
+                           f"{getattr(e, 'strerror', None) or e}", path=image_path) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise RequestError(f"'file' driver requires {path!r} to be a regular file; could "
+                           "not open the backing image", path=image_path)
+    if not need_size:
+        return None
     fmt = fmt or probe_format(full)
     if fmt == "raw":
-        return os.path.getsize(full)
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)     # a block device's st_size is 0
+        finally:
+            os.close(fd)
     with Image(full, ignore_backing_errors=True) as b:
         return b.virtual_size
 
@@ -236,8 +257,9 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
     if problems:
         raise RequestError("; ".join(problems), path=path)
     cluster_size, refcount_bits = int(cluster_size), int(refcount_bits)
-    if size is None:
-        size = _backing_size(backing_file, path, backing_fmt)
+    if backing_file:
+        found = _backing_size(backing_file, path, backing_fmt, need_size=size is None)
+        size = found if size is None else size
     size = -(-int(size) // 512) * 512
     if os.path.exists(path) and not overwrite:
         raise RequestError("the file exists (pass overwrite=True / --force to replace it)",
@@ -315,8 +337,10 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
         fd = os.open(path, flags, 0o644)
     except OSError as e:
         raise Qcow2Error(f"cannot create: {e.strerror}", path=path) from e
+    made_data = False
     try:
         if data_path:
+            made_data = not os.path.exists(data_path)
             dfd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.ftruncate(dfd, size)
@@ -338,10 +362,13 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
     except OSError as e:
         os.close(fd)
         fd = -1
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        # nothing of a failed create stays behind: the image, nor a data file it made
+        for made in (path, data_path if made_data else None):
+            try:
+                if made:
+                    os.unlink(made)
+            except OSError:
+                pass
         raise Qcow2Error(f"cannot write the new image: {e.strerror}", path=path) from e
     finally:
         if fd >= 0:
