@@ -243,6 +243,10 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
     directory, so give an absolute name for images QEMU will open from elsewhere.
     """
     path = os.fspath(path)
+    for what, name in (("image", path), ("data file", data_file)):
+        if name and "\0" in name:      # os.open would raise a bare ValueError
+            raise RequestError(f"the {what} name cannot contain a NUL byte",
+                               path=path.replace("\0", "\\0"))
     if isinstance(size, str):
         size = parse_size(size)
     lazy_refcounts = _bool("lazy_refcounts", lazy_refcounts)

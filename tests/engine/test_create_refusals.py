@@ -65,3 +65,15 @@ def test_failed_create_leaves_no_data_file(tmp_path):
     assert q.returncode == o.returncode == 1
     assert "File too large" in o.stderr and "Traceback" not in o.stderr
     assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("where", ["image", "data file"])
+def test_nul_byte_in_a_name_is_a_typed_error(tmp_path, where):
+    from qcow2view.engine import RequestError
+    from qcow2view.engine.create import create_image
+    kw = {"data_file": str(tmp_path / "d\0.raw")} if where == "data file" else {}
+    name = "a\0.qcow2" if where == "image" else "a.qcow2"
+    with pytest.raises(RequestError, match=f"the {where} name cannot contain a NUL byte"):
+        create_image(tmp_path / name if where != "image" else str(tmp_path) + "/" + name,
+                     "1M", **kw)
+    assert os.listdir(tmp_path) == []
