@@ -69,6 +69,7 @@ ln -s ../share/doc/qcow2view/README "$root/usr/bin/readme"       # a symlink
 truncate -s 1M "$root/var/log/lastlog"                           # sparse: a hole
 printf 'wtmp' | dd of="$root/var/log/lastlog" bs=1 seek=524288 conv=notrunc status=none
 printf 'hello from the demo user\n' > "$root/home/demo/.profile"
+find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 rootfs=$work/root.img
 truncate -s "$(part 2 size)" "$rootfs"
 mkfs.ext4 -q -F -L rootfs -U 5f0c7a4e-0d1b-4c6e-9a53-7132c0f2a0e4 \
@@ -89,7 +90,8 @@ printf 'demo-vm-prod\n' > "$work/hostname"
     printf 'Jan  2 08:%02d:%02d demo-vm-prod sshd[%d]: Accepted publickey for demo\n' \
         $((i / 60 % 60)) $((i % 60)) "$i"; done; } > "$work/syslog"
 printf 'remember: snapshot before upgrading\n' > "$work/notes.txt"
-debugfs -w -f - "$rootfs" >/dev/null 2>&1 <<EOF
+E2FSPROGS_FAKE_TIME=$((SOURCE_DATE_EPOCH + 86400 + 8 * 3600)) \
+    debugfs -w -f - "$rootfs" >/dev/null 2>&1 <<EOF
 rm /etc/hostname
 write $work/hostname /etc/hostname
 rm /var/log/syslog

@@ -21,7 +21,7 @@ from .engine import create_image, open_image
 from .engine.compressed_write import write_compressed
 from .engine.snapshot_create import create_snapshot
 
-DEMO_VERSION = "2"
+DEMO_VERSION = "3"
 MiB = 1 << 20
 SWAP_START = 113 * MiB          # partition 3 of the demo guest (packaging/make-demo-guest.sh)
 DOC_TEXT = b"qcow2view shows where every byte of a guest file lives"
