@@ -128,22 +128,15 @@ def emit(text: str = "") -> None:
         quiet_stdout()
 
 
-def _terminal_command(cmd: str, argv: list[str]) -> int:
+def _in_a_terminal(run) -> int:
+    """Run a terminal command: names that are not UTF-8 print as their bytes, and a
+    reader that goes away (``| head -1``) ends it quietly, as qemu-img ends."""
     try:
         sys.stdout.reconfigure(errors="qcow2view-names")    # type: ignore[union-attr]
     except (AttributeError, ValueError):
         pass
-    ns = _sub_parser(cmd).parse_args(argv)
     try:
-        if cmd in ("info", "check"):
-            from . import cmd_info
-            rc = cmd_info.info_main(ns) if cmd == "info" else cmd_info.check_main(ns)
-        elif cmd == "create":
-            from . import cmd_create
-            rc = cmd_create.create_main(ns)
-        else:
-            from . import app
-            rc = app.map_main(ns)
+        rc = run()
     except BrokenPipeError:     # a print not through emit(): the work is done anyway
         quiet_stdout()
         return 0
@@ -154,16 +147,28 @@ def _terminal_command(cmd: str, argv: list[str]) -> int:
     return rc
 
 
+def _terminal_command(cmd: str, argv: list[str]) -> int:
+    ns = _sub_parser(cmd).parse_args(argv)
+    if cmd in ("info", "check"):
+        from . import cmd_info
+        return cmd_info.info_main(ns) if cmd == "info" else cmd_info.check_main(ns)
+    if cmd == "create":
+        from . import cmd_create
+        return cmd_create.create_main(ns)
+    from . import app
+    return app.map_main(ns)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in OPERATIONS:
         from . import cmd_ops
-        return cmd_ops.main(argv[0], argv[1:])
+        return _in_a_terminal(lambda: cmd_ops.main(argv[0], argv[1:]))
     if argv and argv[0] in GUEST:
         from . import cmd_guest
-        return cmd_guest.main(argv[0], argv[1:])
+        return _in_a_terminal(lambda: cmd_guest.main(argv[0], argv[1:]))
     if argv and argv[0] in SUBCOMMANDS:
-        return _terminal_command(argv[0], argv[1:])
+        return _in_a_terminal(lambda: _terminal_command(argv[0], argv[1:]))
     ns = _gui_parser().parse_args(argv)
     if ns.install_desktop or ns.uninstall_desktop:
         from . import desktop
