@@ -25,7 +25,8 @@ SNAPSHOT_EXTRA_DATA_SIZE = 24     # vm_state_size_large, disk_size, icount (QEMU
 def _pack_entry(l1_offset: int, l1_size: int, id_str: str, name: str, date_sec: int,
                 date_nsec: int, disk_size: int) -> bytes:
     id_b, name_b = id_str.encode(), name.encode()
-    extra = struct.pack(">QQQ", 0, disk_size, 0xFFFFFFFFFFFFFFFF)
+    # as qemu-img snapshot -c: vm_state_size, disk_size, icount 0 (its entry is zeroed)
+    extra = struct.pack(">QQQ", 0, disk_size, 0)
     out = struct.pack(">QIHHIIQII", l1_offset, l1_size, len(id_b), len(name_b), date_sec,
                       date_nsec, 0, 0, len(extra)) + extra + id_b + name_b
     return out + bytes((-len(out)) % 8)

@@ -101,3 +101,22 @@ def test_snapshot_names_are_unique(tmp_path):
         with pytest.raises(RequestError):
             create_snapshot(im, "a")
     _assert_clean(path)
+
+
+def test_snapshot_entry_lists_as_qemu_img_snapshot_c_makes_it(tmp_path):
+    """Ours and qemu-img's 'snapshot -c' of the same image list the same way in
+    'qemu-img snapshot -l' (VM size, clock, icount), the date aside."""
+    a = qemu.create(tmp_path / "a.qcow2", "8M")
+    qemu.qemu_io(a, "write -P 7 0 1M")
+    b = tmp_path / "b.qcow2"
+    b.write_bytes(a.read_bytes())
+    with open_image(a, writable=True) as im:
+        create_snapshot(im, "s1")
+    qemu.qemu_img("snapshot", "-c", "s1", b)
+
+    def listing(p):
+        out = qemu.qemu_img("snapshot", "-l", p).stdout.decode().splitlines()
+        # ID TAG VM-SIZE(2 words) DATE(2 words) VM-CLOCK ICOUNT: drop the date
+        return [line.split()[:4] + line.split()[6:] for line in out[2:]]
+    assert listing(a) == listing(b)
+    assert listing(a)[0][-1] == "0"          # qemu-img's icount, not 'none'
