@@ -84,6 +84,9 @@ def refcount_dtype(refcount_order: int) -> np.dtype:
                     else np.uint32 if refcount_order == 5 else np.uint64)
 
 
+FEW_PER_BLOCK = 16   # refcounts looked up in one block below which it is not read whole
+
+
 class DiskRefcounts:
     """The refcounts on disk, read one refcount block at a time when asked.
 
@@ -123,6 +126,18 @@ class DiskRefcounts:
         if self.order >= 3:
             return np.frombuffer(buf, dtype=self.dtype.newbyteorder(">")).astype(self.dtype)
         return decode_refcount_block(buf, self.order).astype(self.dtype)
+
+    def _entry(self, rti: int, i: int) -> int:
+        """Entry ``i`` of refcount block ``rti``, read alone (0 where no block)."""
+        off = int(self.table[rti]) & REFT_OFFSET_MASK if rti < len(self.table) else 0
+        if not off or off & (self.cs - 1):
+            return 0
+        bits = 1 << self.order
+        pos = off + (i * bits) // 8
+        raw = read_zero_filled(self.file, pos, max(1, bits // 8))
+        if bits >= 8:
+            return int.from_bytes(raw, "big")
+        return (raw[0] >> ((i * bits) % 8)) & ((1 << bits) - 1)
 
     def block(self, rti: int) -> np.ndarray | None:
         """:meth:`_block` through the cache of recently used blocks (do not modify)."""
@@ -190,9 +205,14 @@ class DiskRefcounts:
             starts = np.flatnonzero(np.r_[True, srt[1:] != srt[:-1]])
             for a, b in zip(starts.tolist(), np.r_[starts[1:], len(c)].tolist()):
                 t = int(srt[a])
+                sel = order[a:b]
+                if b - a <= FEW_PER_BLOCK and t not in self._cache:
+                    # a few refcounts of a block (L2 tables spread over a huge
+                    # image): read those bytes, not the block
+                    out[sel] = [self._entry(t, int(x) - t * per) for x in c[sel].tolist()]
+                    continue
                 blk = self.block(t)
                 if blk is not None:
-                    sel = order[a:b]
                     out[sel] = blk[c[sel] - t * per]
         if self.bad_blocks:
             ok = ~np.isin(c // per, np.fromiter(self.bad_blocks, dtype=np.int64))

@@ -37,6 +37,7 @@ from .extensions import EXT_BITMAPS
 from .header import QCOW_MAX_L1_SIZE
 from .refcounts import (REFT_RESERVED_MASK, DiskRefcounts, max_refcount,  # noqa: F401
                         read_zero_filled)
+from .tableread import TableReader, read_tables  # noqa: F401
 
 Progress = Callable[[int, int], None] | None
 Cancel = Callable[[], bool] | None
@@ -72,35 +73,6 @@ class Finding:
     message: str                 # names the structure and the offset
     entry_offset: int | None     # file offset of the table entry at fault, if any
     severity: str                # "corruption" | "leak" | "check_error"
-
-
-def read_tables(file, offsets: np.ndarray, cs: int, extended: bool,
-                buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one cluster at each offset into an (n, cs/8) native uint64 array
-    (inside ``buf`` when it is big enough: reusing one buffer spares the page
-    faults of a fresh one per batch)."""
-    import os
-    n = len(offsets)
-    words = n * (cs // 8)
-    arr = buf[:words] if buf is not None and len(buf) >= words else np.empty(words, dtype=U64)
-    mv = memoryview(arr).cast("B")
-    fd = file.fd
-    size = file.size
-    preadv = os.preadv
-    short = []
-    for k, o in enumerate(offsets.tolist()):
-        if o + cs <= size:
-            if preadv(fd, [mv[k * cs:(k + 1) * cs]], o) != cs:
-                short.append((k, o))
-        else:
-            short.append((k, o))
-    for k, o in short:   # past the end of the file (or a short read): zeros, as QEMU
-        mv[k * cs:(k + 1) * cs] = read_zero_filled(file, o, cs)
-    arr.byteswap(inplace=True)
-    words = arr.reshape(n, -1)
-    if extended:
-        return words[:, 0::2], words[:, 1::2]
-    return words, None
 
 
 class _EntryOffsets:
@@ -225,7 +197,8 @@ class Scanner:
         self.disk = disk
         self.check_copied = check_copied and disk is not None
         self.want_ranges = want_ranges
-        self._buf: np.ndarray | None = None
+        self.reader = TableReader(image.file, self.cs, image.extended_l2,
+                                  max(1, BATCH_ENTRIES // image.l2_size))
         self.progress = progress
         self.cancel = cancel
         self.extended = image.extended_l2
@@ -499,17 +472,23 @@ class Scanner:
             self._tick(len(idx) - len(live))
         per_batch = max(1, BATCH_ENTRIES // self.im.l2_size)
         copied = active and self.check_copied
+        jobs = []
         for b in range(0, len(live), per_batch):
             batch = live[b:b + per_batch]
             # an entry with flag bits only: its "table" is the header cluster, which
             # QEMU walks for references but not for COPIED flags (offset 0 skipped)
             hdr = l2_offsets[batch] == 0
-            for rows, cp in ((batch[~hdr], copied), (batch[hdr], False)):
-                if len(rows):
-                    got = self._walk_l2_batch(l2_offsets[rows], idx[rows], active, sname, cp)
-                    if got is not None:
-                        lo_all[rows], hi_all[rows] = got
-            self._tick(len(batch))
+            parts = [(rows, cp) for rows, cp in ((batch[~hdr], copied), (batch[hdr], False))
+                     if len(rows)]
+            for k, (rows, cp) in enumerate(parts):
+                tick = len(batch) if k == len(parts) - 1 else 0
+                jobs.append((l2_offsets[rows], (rows, cp, tick)))
+        for (rows, cp, tick), raw, bm in self.reader.stream(jobs):
+            got = self._walk_l2_batch(raw, bm, l2_offsets[rows], active, sname, cp)
+            if got is not None:
+                lo_all[rows], hi_all[rows] = got
+            if tick:
+                self._tick(tick)
 
     def _copied_l1(self, ent, l2_offsets, entry_offs, idx) -> None:
         have = l2_offsets != 0
@@ -529,23 +508,13 @@ class Scanner:
                           f"{'set' if copied[j] else 'clear'} but the L2 table at {o:#x} "
                           f"has refcount {int(rc[j])}", e)
 
-    def read_l2_batch(self, l2_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """L2 tables as (n, l2_size) arrays of entries and sub-cluster bitmaps.
-
-        Reads straight into one numpy buffer with positional reads (thread-safe);
-        bytes past the end of the file read as zeros, as in QEMU.
-        """
-        if self._buf is None:
-            per_batch = max(1, BATCH_ENTRIES // self.im.l2_size)
-            self._buf = np.empty(per_batch * (self.cs // 8), dtype=U64)
-        return read_tables(self.im.file, l2_offsets, self.cs, self.extended, self._buf)
-
-    def _walk_l2_batch(self, l2_offsets: np.ndarray, l1_idx: np.ndarray, active: bool,
-                       sname: str | None, copied: bool) -> tuple[np.ndarray, np.ndarray] | None:
-        """check_refcounts_l2 over a batch of tables, vectorised (and
-        check_oflag_copied's L2 part if ``copied``); with want_ranges, returns the
-        lowest and highest host cluster each table references."""
-        raw, bm = self.read_l2_batch(l2_offsets)
+    def _walk_l2_batch(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
+                       active: bool, sname: str | None, copied: bool
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+        """check_refcounts_l2 over a batch of tables (their entries ``raw`` and
+        sub-cluster bitmaps ``bm``), vectorised (and check_oflag_copied's L2 part if
+        ``copied``); with want_ranges, returns the lowest and highest host cluster
+        each table references."""
         n = len(l2_offsets)
         lo = hi = None
         if self.want_ranges:
