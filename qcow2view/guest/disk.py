@@ -73,10 +73,9 @@ class _Ticker:
             if ok is False:
                 raise Cancelled("cancelled")
 
-    def tick(self) -> None:
-        self.done += 1
-        if self.done & 1023 == 0:
-            self.report()
+    def tick(self, n: int = 1) -> None:
+        self.done += n
+        self.report()
 
 
 def _safe_read(src: GuestSource):

@@ -162,13 +162,14 @@ def _why(e: BaseException, src) -> str:
 Describe = Callable[[object, str], FileInfo]
 
 
-def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[], None],
+def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
          dir_key: Callable[[object], int], src=None) -> None:
     """Depth-first walk from ``root``; ``describe(entry, path)`` makes a FileInfo.
 
     A directory seen twice (a loop) is not entered again; unreadable directories and
     entries are problems and counted in ``fs.skipped``; the walk never goes deeper than
-    :data:`MAX_DEPTH` nor past :data:`MAX_ENTRIES` entries."""
+    :data:`MAX_DEPTH` nor past :data:`MAX_ENTRIES` entries.  ``tick(n)`` is told of
+    every 1024 entries listed."""
     try:
         seen = {dir_key(root)}
     except (OSError, ValueError) as e:
@@ -177,6 +178,7 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[], None],
         return
     stack = [(root, "", 0)]
     count = 0
+    add = fs.files.append
     while stack:
         entry, path, depth = stack.pop()
         try:
@@ -197,12 +199,13 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[], None],
                 fs.problem(f"{path or '/'}: entry {i} unreadable ({_why(e, src)})")
                 fs.skipped += 1
                 continue
-            fs.files.append(info)
+            add(info)
             count += 1
-            if count >= MAX_ENTRIES:
-                fs.problem(f"more than {MAX_ENTRIES} entries: the rest are not listed")
-                return
-            tick()
+            if not count & 1023:
+                tick(1024)
+                if count >= MAX_ENTRIES:
+                    fs.problem(f"more than {MAX_ENTRIES} entries: the rest are not listed")
+                    return
             if info.type != "dir":
                 continue
             k = dir_key(sub)

@@ -94,6 +94,9 @@ def ext_metadata(src, fs: Filesystem) -> None:
 
 
 def _describe(vol, known: dict):
+    one_piece = len(vol.pieces) == 1
+    base, vsize = vol.start, vol.size
+
     def describe(e, path: str) -> FileInfo:
         ino = e.inode_number
         first = known.get(ino)
@@ -106,10 +109,17 @@ def _describe(vol, known: dict):
         kind = TYPES_BY_MODE.get(mode & 0o170000, "file")
         size = e.size
         n = e.number_of_extents
-        raw = [e.get_extent(i) for i in range(min(n, 1 << 20))]
-        if kind == "dir" and size == 0:     # libfsext gives directories no size
-            size = sum(r[1] for r in raw if not r[2] & 1)
-        exts, sparse = map_extents(vol, raw, size)
+        if n == 1 and size and one_piece:   # most files: one extent, no hole
+            off, length, flags = e.get_extent(0)
+            if flags & 1 or off + length > vsize:
+                exts, sparse = map_extents(vol, [(off, length, flags)], size)
+            else:
+                exts, sparse = ((0, base + off, min(size, length)),), size > length
+        else:
+            raw = [e.get_extent(i) for i in range(min(n, 1 << 20))]
+            if kind == "dir" and size == 0:     # libfsext gives directories no size
+                size = sum(r[1] for r in raw if not r[2] & 1)
+            exts, sparse = map_extents(vol, raw, size)
         target = e.symbolic_link_target if kind == "symlink" else None
         info = FileInfo(path, ino, kind, size, mode,
                         e.get_modification_time_as_integer() / 1e9,

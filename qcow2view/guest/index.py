@@ -35,7 +35,7 @@ import contextlib
 import gc
 from array import array
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -48,9 +48,9 @@ UNPARTITIONED, PARTITION_TABLE, FREE, METADATA, FILE_DATA = range(5)
 __all__ = ["WHAT", "Owner", "IndexedFile", "GuestIndex", "build_index", "Cancelled"]
 
 
-@dataclass(frozen=True)
-class Owner:
-    """What holds one guest byte (the keys are those of ``qcow2view-cli owner``)."""
+class Owner(NamedTuple):
+    """What holds one guest byte (the keys are those of ``qcow2view-cli owner``).
+    A NamedTuple: made on every hover, it must be cheap to build."""
 
     offset: int
     what: str
@@ -127,7 +127,7 @@ class GuestIndex:
             for r in fs.metadata:
                 add(r.start, r.length, METADATA, vi, label_id(r.label))
             self._add_files(gv, vi, fs, S, E, K, V, R, F, T)
-        self._merge(*(np.frombuffer(a, dt).copy() for a, dt in
+        self._merge(*(np.frombuffer(a, dt) for a, dt in
                       ((S, np.int64), (E, np.int64), (K, np.int8), (V, np.int32),
                        (R, np.int32), (F, np.int64), (T, np.int8))))
 
@@ -145,22 +145,22 @@ class GuestIndex:
             f = by_inode.get(info.inode) if linked else None
             if f is None:
                 fid = len(files)
-                f = IndexedFile(fid, gv, info, [])
+                f = IndexedFile(fid, gv, info, [info.path])   # a literal: no spare slots
                 files.append(f)
                 if linked:
                     by_inode[info.inode] = f
                 ext = info.extents
                 if ext:
                     kind = METADATA if info.type == "dir" or info.system else FILE_DATA
-                    last = ext[-1]
-                    for fo, g, n in ext:
-                        if n <= 0:
-                            continue
-                        if last is ext[-1] and (fo, g, n) == last:
-                            n = -(-n // bs) * bs        # the last block's slack is the file's
+                    for fo, g, n in ext[:-1]:
                         s_add(g), e_add(g + n), k_add(kind), v_add(vi), r_add(fid)
                         f_add(fo), t_add(1)
-            f.names.append(info.path)
+                    fo, g, n = ext[-1]
+                    n = -(-n // bs) * bs                # the last block's slack is the file's
+                    s_add(g), e_add(g + n), k_add(kind), v_add(vi), r_add(fid)
+                    f_add(fo), t_add(1)
+            else:
+                f.names.append(info.path)
             got = by_path.get(info.path)
             if got is None:
                 by_path[info.path] = [f]
@@ -174,7 +174,8 @@ class GuestIndex:
         np.clip(S, 0, self.disk.size, out=S)
         np.clip(E, 0, self.disk.size, out=E)
         keep = E > S
-        S, E, K, V, R, F, T = S[keep], E[keep], K[keep], V[keep], R[keep], F[keep], T[keep]
+        if not keep.all():
+            S, E, K, V, R, F, T = (a[keep] for a in (S, E, K, V, R, F, T))
         bp = np.unique(np.concatenate([S, E]))
         seg = bp[:-1]
         owner = np.full(len(seg), -1, np.int64)
@@ -202,7 +203,12 @@ class GuestIndex:
         self.base = S[own]                  # the interval's own start, for file offsets
         self.foff = F[own]
         self.isfile = T[own].astype(bool)
+        # scalar lookups read these (a list for bisect, compact arrays for the rest:
+        # indexing them is several times cheaper than indexing numpy arrays)
         self._starts_list = self.starts.tolist()
+        self._row = tuple(array(c, a.tobytes()) for c, a in (
+            ("B", self.kind), ("i", self.vol), ("i", self.ref), ("q", self.base),
+            ("q", self.foff), ("b", self.isfile.astype(np.int8))))
 
     # -- questions --------------------------------------------------------------------
     def owner(self, offset: int) -> Owner:
@@ -213,26 +219,25 @@ class GuestIndex:
         return self._owner_at(i, offset)
 
     def _owner_at(self, i: int, offset: int) -> Owner:
-        k = int(self.kind[i])
-        v = int(self.vol[i])
+        kind, vol, ref, base, foff, isfile = self._row
+        k = kind[i]
+        v = vol[i]
         if v < 0:
-            label = self._regions[self.ref[i]] if k == PARTITION_TABLE else None
-            return Owner(offset, WHAT[k], label=label)
+            label = self._regions[ref[i]] if k == PARTITION_TABLE else None
+            return Owner(offset, WHAT[k], None, None, None, None, label)
         gv = self.volumes[v]
         fs = gv.filesystem
-        common = dict(partition=gv.partition.index, filesystem=fs.type if fs else None,
-                      volume=gv.lv_name)
-        r = int(self.ref[i])
-        if self.isfile[i]:
+        part, fstype, lv = gv.partition.index, fs.type if fs else None, gv.lv_name
+        r = ref[i]
+        if isfile[i]:
             f = self.files[r]
-            fo = int(self.foff[i]) + offset - int(self.base[i])
-            return Owner(offset, WHAT[k], path=f.path, file_offset=fo,
-                         names=tuple(f.names),
-                         label=("directory" if f.info.type == "dir" else
-                                f.path.lstrip("/") if f.info.system else None), **common)
-        if k == METADATA:
-            return Owner(offset, WHAT[k], label=self._regions[r], **common)
-        return Owner(offset, WHAT[k], **common)
+            info = f.info
+            label = ("directory" if info.type == "dir" else
+                     info.path.lstrip("/") if info.system else None)
+            return Owner(offset, WHAT[k], part, fstype, info.path,
+                         foff[i] + offset - base[i], label, tuple(f.names), lv)
+        label = self._regions[r] if k == METADATA else None
+        return Owner(offset, WHAT[k], part, fstype, None, None, label, (), lv)
 
     def what(self, offsets: np.ndarray) -> np.ndarray:
         """WHAT codes (uint8) for many guest offsets at once."""
@@ -263,6 +268,11 @@ class GuestIndex:
     def paths(self) -> list[str]:
         """Every path of every filesystem (for completion)."""
         return list(self._by_path)
+
+    def by_path(self):
+        """(path, [IndexedFile, ...]) for every path: a path can name files on
+        several filesystems."""
+        return self._by_path.items()
 
     def host_owners(self, cluster: int) -> list[tuple[int, int, Owner]]:
         """What the guest bytes held by host cluster ``cluster`` of the image are:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from ..engine.errors import Qcow2Error
 
 BLOCK = 64 * 1024          # cache granule: a multiple of every cluster size up to 64 KiB
-CACHE_BLOCKS = 256         # 16 MiB at most
+CACHE_BLOCKS = 64          # 4 MiB at most
 
 
 class BlockCache:
