@@ -150,7 +150,12 @@ def read_source(src: GuestSource, progress: Progress = None) -> GuestDisk:
         for p in parts:
             start = min(max(0, p.start), size)
             gv = GuestVolume(p, Volume.linear(start, max(0, min(p.size, size - start))))
-            expected += probe_volume(src, gv)
+            try:
+                expected += probe_volume(src, gv)
+            except Qcow2Error as e:        # this partition's bytes only (a backing gap)
+                if table.kind is None:
+                    raise
+                gv.problems.append(f"unreadable: {e.reason}")
             if table.kind is None and gv.probe is None:
                 continue        # no table and nothing at offset 0: no whole-disk entry
             disk.volumes.append(gv)

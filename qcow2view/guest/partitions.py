@@ -14,6 +14,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 
+from ..engine.errors import Qcow2Error
 from .parttypes import EXTENDED_IDS, gpt_type_name, mbr_type_name
 
 SECTOR = 512
@@ -138,7 +139,10 @@ def read_gpt(read, disk_size: int, ss: int, table: PartitionTable) -> bool:
                               Region(primary.entries_lba * ss,
                                      primary.num_entries * primary.entry_size,
                                      "GPT partition entries")]
-            _check_backup(read, primary, ss, disk_size, table)
+            try:
+                _check_backup(read, primary, ss, disk_size, table)
+            except Qcow2Error as e:          # e.g. the backing file holding it is missing
+                table.problems.append(f"backup GPT unreadable: {e.reason}")
             return True
     # the primary is damaged: try the backup, where the primary says or at the end
     where = [last_lba]

@@ -119,3 +119,23 @@ def test_encrypted_image_is_unreadable(tmp_path):
     with open_image(q) as im:
         disk = read_disk(im)
     assert disk.unreadable and "encrypted" in disk.unreadable
+
+
+def test_partly_missing_backing_file_names_what_is_unreadable(gpt_disk, tmp_path):
+    """The overlay holds the table; the partitions' bytes were in the lost backing file."""
+    base = tmp_path / "base.qcow2"
+    shutil.copy(gpt_disk.qcow2, base)
+    ov = tmp_path / "ov.qcow2"
+    qemu.qemu_img("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", ov)
+    head = tmp_path / "head.bin"
+    head.write_bytes(gpt_disk.raw.read_bytes()[:1 << 20])
+    qemu.qemu_io(ov, f"write -s {head} 0 {1 << 20}")
+    base.unlink()
+    with open_image(ov, ignore_backing_errors=True) as im:
+        disk = read_disk(im)
+    assert disk.unreadable is None and disk.table.kind == "gpt"
+    assert [v.partition.name for v in disk.volumes] == ["EFI", "root"]
+    assert any(p.startswith("backup GPT unreadable") for p in disk.problems)
+    for v in (1, 2):
+        assert any(p.startswith(f"partition {v}: unreadable: ") for p in disk.problems), \
+            disk.problems
