@@ -9,7 +9,7 @@ from PySide6.QtCore import QModelIndex
 from ..engine import Qcow2Error
 from ..engine import clusters as C
 from ..engine.clusters import ClusterType
-from .table_nodes import (_RC_UNKNOWN, _TYPE_NAMES, CHILD_KIND, COL_FLAGS, COL_GUEST, COL_HOST,
+from .table_nodes import (_RC_UNKNOWN, _RED, _TYPE_NAMES, CHILD_KIND, COL_FLAGS, COL_GUEST, COL_HOST,
                           COL_INDEX, COL_PROBLEM, COL_RAW, COL_REFCOUNT, COLUMNS, L1E, L2E,
                           PAGE_KIND, RBE, RTE, EntryOffsetRole, KindRole, Node)
 
@@ -235,7 +235,28 @@ class TableFacts:
             else:
                 c0 = holder.entry * per
                 texts[COL_GUEST] = f"host clusters {c0 + first:,} – {c0 + last:,}"
-        return tuple(texts), (None,) * len(COLUMNS), None
+        brushes: tuple = (None,) * len(COLUMNS)
+        problems = self._page_problems(holder, row, kind, first, last)
+        if problems:
+            texts[COL_PROBLEM] = f"⚠ {problems:,} in these entries"
+            brushes = (None,) * COL_PROBLEM + (_RED,) + (None,) * (len(COLUMNS) - COL_PROBLEM - 1)
+        return tuple(texts), brushes, texts[COL_PROBLEM] or None
+
+    def _page_problems(self, holder: Node, row: int, kind: int, first: int, last: int) -> int:
+        """Findings at the page's entries or at the clusters they point to (what their
+        rows would mark), counted with numpy over the page's entries."""
+        at, clusters = self._problem_keys
+        n = 0
+        if len(at):
+            lo = self._entry_offset(holder, kind, first)
+            hi = self._entry_offset(holder, kind, last + 1)
+            n += int(np.searchsorted(at, hi) - np.searchsorted(at, lo))
+        if len(clusters) and kind in (L1E, RTE):
+            raw = holder.raw[holder.cand[row * holder.span:(row + 1) * holder.span]]
+            mask = C.L1E_OFFSET_MASK if kind == L1E else C.REFT_OFFSET_MASK
+            hosts = (raw & np.uint64(mask)) >> np.uint64(self._img.cluster_bits)
+            n += int(np.isin(hosts[hosts != 0].astype(np.int64), clusters).sum())
+        return n
 
     def _page_data(self, holder: Node, row: int, role: int):
         if role == KindRole:

@@ -55,6 +55,7 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
         self._refcounts: np.ndarray | None = None     # from the host map when ready
         self._problems_at: dict[int, list[str]] = {}  # entry file offset -> messages
         self._problems_cluster: dict[int, list[str]] = {}
+        self._problem_keys = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # for pages
         self.tables_read = 0      # L2 tables / refcount blocks / snapshot L1s read so far
         self._paced = False
         self._wanted: set[Node] = set()     # containers whose end the view has reached
@@ -98,6 +99,8 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
                 self._problems_at.setdefault(f.entry_offset, []).append(f.message)
             else:
                 self._problems_cluster.setdefault(f.cluster, []).append(f.message)
+        self._problem_keys = (np.array(sorted(self._problems_at), dtype=np.int64),
+                              np.array(sorted(self._problems_cluster), dtype=np.int64))
         self._announce_all()
 
     def _announce_all(self) -> None:

@@ -130,3 +130,28 @@ def test_allocated_only_pages_count_what_they_show(small_pages, small):
         assert l1.data(KindRole) == "l1"
         # the L1 entries with an L2 table: 3 of 512, so no pages at that level
         assert l1.parent() == model.root_index()
+
+
+def test_a_page_marks_the_problems_of_its_entries(small_pages, small):
+    """A refcount of 0 on the L2 table of the L1 entry for 9M: the pages on the way to
+    that entry say so (as the entry's own row does), the other pages do not."""
+    from gui_fixtures import set_refcount
+    with open_image(small) as img:
+        l2_table = int(img.l1_table.entries[(9 << 20) // (512 * 64)]) & ((1 << 56) - 512)
+    set_refcount(small, l2_table // 512, 0)
+    model = TableTreeModel()
+    with open_image(small) as img:
+        model.set_image(img)
+        findings = img.check().findings
+        model.set_analysis(None, findings)
+        assert [f.kind for f in findings] == ["copied_flag_wrong_l1", "refcount_zero"]
+        l1 = model.index_for_guest(9 << 20)
+        while l1.data(KindRole) != "l1":
+            l1 = l1.parent()
+        assert l1.siblingAtColumn(6).data().endswith("(+1)")   # both, on the entry's row
+        sub, page = l1.parent(), l1.parent().parent()
+        assert sub.data(KindRole) == page.data(KindRole) == PAGE_KIND
+        for p in (sub, page):
+            assert p.siblingAtColumn(6).data() == "⚠ 2 in these entries"
+        root = model.root_index()
+        assert model.index(0, 6, root).data() == ""
