@@ -20,8 +20,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
 
 from ..model.guest_files import GuestContents, Summary, cluster_namer, guest_contents
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
-                                 OFFSET, PART, SIZE, TYPE, FilesModel, FilesSortModel,
-                                 Node)
+                                 OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
 
 FILES_VIEW = "Files"
@@ -37,12 +36,12 @@ class FilesPanel(QWidget):
     #: tests replace this: () -> a path to save to, or "" for cancelled
     ask_save_path = None
 
-    def __init__(self, contents: GuestContents, parent: QWidget | None = None) -> None:
+    def __init__(self, contents: GuestContents, parent: QWidget | None = None, *,
+                 read_when_shown: bool = True) -> None:
         super().__init__(parent)
         self.contents = contents
+        self.read_when_shown = read_when_shown
         self.model = FilesModel(contents, self)
-        self.proxy = FilesSortModel(self)
-        self.proxy.setSourceModel(self.model)
         self.summary: Summary | None = None
         self.map_layer = None               # the map's highlight layer, once used
 
@@ -87,7 +86,7 @@ class FilesPanel(QWidget):
 
         self.tree = QTreeView()
         self.tree.setObjectName("filesTree")
-        self.tree.setModel(self.proxy)
+        self.tree.setModel(self.model)
         self.tree.setUniformRowHeights(True)
         self.tree.setSortingEnabled(True)
         self.tree.sortByColumn(-1, Qt.AscendingOrder)       # table order until asked
@@ -176,9 +175,10 @@ class FilesPanel(QWidget):
             return
         if self.show_what.currentIndex() <= 0:
             return          # the user went back to all files meanwhile
+        self.tree.header().setSortIndicator(-1, Qt.AscendingOrder)   # most bytes first
         self.model.set_changes(changes)
         self.matches.setText(f"{len(changes.files):,} files changed")
-        self.tree.expandAll()
+        self.expand_top()
         first = self._first_file()
         if first.isValid():
             self.tree.selectionModel().setCurrentIndex(
@@ -196,7 +196,7 @@ class FilesPanel(QWidget):
     def expand_top(self) -> None:
         """Disk, partitions and filesystems open: the tree's first screen says what
         the disk holds."""
-        p = self.proxy
+        p = self.model
         for r in range(p.rowCount()):
             disk = p.index(r, 0)
             self.tree.expand(disk)
@@ -208,7 +208,8 @@ class FilesPanel(QWidget):
 
     def showEvent(self, ev) -> None:  # noqa: N802
         super().showEvent(ev)
-        self.contents.ensure()
+        if self.read_when_shown:
+            self.contents.ensure()
 
     # -- filter ------------------------------------------------------------------------
     def apply_filter(self) -> None:
@@ -218,9 +219,8 @@ class FilesPanel(QWidget):
         self.model.set_filter(text)
         m = self.model.matches
         if text.strip() and self.contents.built is not None:
-            shown = f"{m:,} found" if m <= 2000 else f"first 2,000 of {m:,} shown"
-            self.matches.setText(shown)
-            self.tree.expandAll()
+            self.matches.setText(f"first {m:,} shown" if self.model.more else f"{m:,} found")
+            self.expand_top()
             first = self._first_file()
             if first.isValid():
                 self.tree.selectionModel().setCurrentIndex(
@@ -231,7 +231,7 @@ class FilesPanel(QWidget):
             self.expand_top()
 
     def _first_file(self, parent: QModelIndex = QModelIndex()) -> QModelIndex:
-        p = self.proxy
+        p = self.model
         for r in range(p.rowCount(parent)):
             i = p.index(r, 0, parent)
             if i.data(NODE_ROLE).kind == FILE:
@@ -333,10 +333,9 @@ class FilesPanel(QWidget):
         if self.filter.text():
             self.filter.clear()
             self.apply_filter()
-        src = self.model.find_path(vol, path)
-        if not src.isValid():
+        i = self.model.find_path(vol, path)
+        if not i.isValid():
             return False
-        i = self.proxy.mapFromSource(src)
         self.tree.selectionModel().setCurrentIndex(
             i, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
         self.tree.scrollTo(i)
@@ -348,12 +347,23 @@ def attach_files_pane(tab) -> FilesPanel:
     """Add the Files pane to ``tab`` and wire it: Show in hex, the map's highlight, Go to
     file (Ctrl+Shift+G), and the index built once the maps are in."""
     contents = guest_contents(tab.document)
-    panel = FilesPanel(contents, tab)
+    panel = FilesPanel(contents, tab, read_when_shown=False)
     tab.views.addTab(panel, FILES_VIEW)
     panel.showInHex.connect(lambda off: show_guest_in_hex(tab, int(off)))
     panel.highlight.connect(lambda s: _highlight(tab, panel, s))
     panel.message.connect(lambda text: _say(tab, text))
-    tab.document.mapsReady.connect(contents.ensure)
+    # read the files once the window has settled (maps in, pictures built): a build
+    # running beside pyqtgraph's import and the map's construction held the event loop
+    # up to 0.8 s (the GIL); Go to file and --goto-file start it at once
+    settle = QTimer(panel)
+    settle.setInterval(100)
+
+    def settled() -> None:
+        if tab.ready:
+            settle.stop()
+            contents.ensure()
+    settle.timeout.connect(settled)
+    settle.start()
     tab.allocation.set_namer(cluster_namer(contents))
 
     def goto_file() -> None:

@@ -9,7 +9,7 @@ from guest.conftest import gpt_disk  # noqa: F401 - the session fixture, reused
 from qcow2view.model.document import ImageDocument
 from qcow2view.model.guest_files import guest_contents
 from qcow2view.model.guest_model import (DIR, FILE, FS, NAME, NODE_ROLE, PART, SIZE,
-                                         FilesModel, FilesSortModel)
+                                         FilesModel)
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_tree_lists_partitions_filesystems_and_the_source_tree(contents, gpt_dis
     assert size["/data/big.bin"] == (gpt_disk.src / "data/big.bin").stat().st_size
 
 
-def test_filter_finds_a_name_anywhere_and_sorting_puts_big_files_first(contents, qtmodeltester):
+def test_filter_finds_a_name_anywhere_and_sorting_puts_big_files_first(contents, qtmodeltester):  # noqa: E501
     model = FilesModel(contents)
     model.set_filter("fstab")
     qtmodeltester.check(model)
@@ -57,17 +57,15 @@ def test_filter_finds_a_name_anywhere_and_sorting_puts_big_files_first(contents,
     files = [n.path for n in shown if n.kind == FILE]
     assert files == ["/etc/fstab", "/etc/fstab"]         # in the FAT and the ext4 tree
     model = FilesModel(contents)        # (Qt's tester fetches inside a reset: a new model)
-    proxy = FilesSortModel()
-    proxy.setSourceModel(model)
-    qtmodeltester.check(proxy)
-    proxy.sort(SIZE, Qt.DescendingOrder)
-    ext = next(i for i in _walk(proxy) if i.data(NODE_ROLE).kind == FS
+    model.sort(SIZE, Qt.DescendingOrder)
+    qtmodeltester.check(model)
+    ext = next(i for i in _walk(model) if i.data(NODE_ROLE).kind == FS
                and "ext4" in i.data(NODE_ROLE).name)
-    data = next(proxy.index(r, 0, ext) for r in range(proxy.rowCount(ext))
-                if proxy.index(r, 0, ext).data() == "data")
-    while proxy.canFetchMore(data):
-        proxy.fetchMore(data)
-    names = [proxy.index(r, NAME, data).data() for r in range(proxy.rowCount(data))]
+    data = next(model.index(r, 0, ext) for r in range(model.rowCount(ext))
+                if model.index(r, 0, ext).data() == "data")
+    while model.canFetchMore(data):
+        model.fetchMore(data)
+    names = [model.index(r, NAME, data).data() for r in range(model.rowCount(data))]
     assert names[0] in ("big.bin", "hard")
 
 
@@ -82,3 +80,25 @@ def test_summary_names_extents_and_host_clusters(contents, qtbot, gpt_disk):  # 
     assert "host cluster" in s.text
     assert len(s.host_clusters) >= 1 and s.first_offset == f.info.extents[0][1]
     assert contents.read_file(f) == (gpt_disk.src / "data/big.bin").read_bytes()
+
+
+def test_sorting_orders_rows_still_to_fetch(contents, gpt_disk, monkeypatch):  # noqa: F811
+    """A directory is fetched in batches: sorted, the first batch already holds the
+    largest files of the whole directory, not of the rows fetched so far."""
+    import qcow2view.model.guest_model as gm
+    monkeypatch.setattr(gm, "BATCH", 2)
+    model = FilesModel(contents)
+    model.sort(SIZE, Qt.DescendingOrder)
+    ext = next(i for i in _walk(model) if i.data(NODE_ROLE).kind == FS
+               and "ext4" in i.data(NODE_ROLE).name)
+    model.fetchMore(ext)
+    first = [model.index(r, 0, ext).data(NODE_ROLE) for r in range(model.rowCount(ext))]
+    files = sorted((p for p in gpt_disk.src.iterdir() if p.is_file() and not p.is_symlink()),
+                   key=lambda p: -p.stat().st_size)
+    # directories first (by size as their entries say), then the largest files
+    assert all(n.kind == DIR for n in first)
+    while model.canFetchMore(ext):
+        model.fetchMore(ext)
+    rows = [model.index(r, 0, ext).data(NODE_ROLE) for r in range(model.rowCount(ext))]
+    got = [n.name for n in rows if n.kind == FILE and n.file.info.type == "file"]
+    assert got == [p.name for p in files]
