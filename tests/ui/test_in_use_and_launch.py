@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +114,8 @@ def test_ctrl_c_in_the_terminal_quits_an_idle_window(tmp_path):
     img = qemu.create(tmp_path / "a.qcow2", "1M")
     p = _child("import sys; from qcow2view.cli import main; sys.exit(main(sys.argv[1:]))",
                img, tmp_path=tmp_path)
+    watchdog = threading.Timer(90, p.kill)      # never hang the suite on a stuck window
+    watchdog.start()
     try:
         for line in p.stderr:          # the launch milestones (QCOW2VIEW_TIMING)
             if "maps ready" in line:
@@ -123,6 +126,7 @@ def test_ctrl_c_in_the_terminal_quits_an_idle_window(tmp_path):
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
     finally:
+        watchdog.cancel()
         if p.poll() is None:
             p.kill()
             p.wait()
