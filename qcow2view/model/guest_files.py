@@ -123,6 +123,8 @@ class Built:
 _gc_lock = threading.Lock()
 _gc_paused = 0               # builds running (two tabs may build at once)
 _gc_was_enabled = True
+_gc_freeze = False
+FREEZE_OBJECTS = 200_000        # index entries (files and names) worth freezing
 
 
 @contextlib.contextmanager
@@ -132,25 +134,33 @@ def _cyclic_gc_paused():
     it built.  Pause the collector meanwhile, then move what the build made out of its
     reach (``gc.freeze``: the index has no reference cycles; reference counting still
     frees it)."""
-    global _gc_paused, _gc_was_enabled
+    global _gc_paused, _gc_was_enabled, _gc_freeze
     with _gc_lock:
         if _gc_paused == 0:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
         _gc_paused += 1
+    made = {"objects": 0}
     try:
-        yield
+        yield made
     finally:
         with _gc_lock:
             _gc_paused -= 1
+            _gc_freeze = _gc_freeze or made["objects"] >= FREEZE_OBJECTS
             if _gc_paused == 0 and _gc_was_enabled:
-                gc.freeze()
+                # a small index is collected as usual (freezing also keeps whatever cyclic
+                # garbage exists at that moment for good)
+                if _gc_freeze:
+                    gc.freeze()
+                _gc_freeze = False
                 gc.enable()
 
 
 def _build(path: str, progress, cancel) -> Built:
-    with _cyclic_gc_paused():
-        return _build_index(path, progress, cancel)
+    with _cyclic_gc_paused() as made:
+        built = _build_index(path, progress, cancel)
+        made["objects"] = len(built.index.files) + len(built.listing.names)
+        return built
 
 
 def _build_index(path: str, progress, cancel) -> Built:
