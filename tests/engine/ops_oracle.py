@@ -84,3 +84,4 @@ def release(p: subprocess.Popen) -> None:
     except OSError:
         pass
     p.wait(timeout=10)
+    p.stdout.close()

@@ -132,7 +132,8 @@ def preview_delete(image, key: str) -> SnapshotDeletePreview:
     tables, data = M.l1_references(image, l1)
     refs = np.concatenate([tables, data])
     uniq, counts = np.unique(refs, return_counts=True)
-    rc = np.array([image.refcount(int(c)) for c in uniq.tolist()], dtype=np.int64)
+    counts_now = image.refcounts(int(uniq[-1]) + 1 if uniq.size else 0)
+    rc = counts_now[uniq].astype(np.int64)
     n = int(np.count_nonzero(rc == counts))
     n += -(-sn.l1_size * 8 // image.cluster_size)
     if len(image.snapshots) == 1:        # the snapshot table goes with the last entry
