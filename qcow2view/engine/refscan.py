@@ -89,6 +89,14 @@ class _EntryOffsets:
         rows, cols = np.nonzero(key)
         return self.base[rows] + cols.astype(np.int64) * self.esize
 
+    def flat(self, pos, L: int):
+        """Offsets of the entries at flat positions ``pos`` (an int or an array) of
+        a batch of tables of ``L`` entries."""
+        if isinstance(pos, (int, np.integer)):
+            return int(self.base[pos // L]) + int(pos % L) * self.esize
+        pos = np.asarray(pos, dtype=np.int64)
+        return self.base[pos // L] + (pos % L) * self.esize
+
 
 def read_table_in_file(file, offset: int, entries: int) -> np.ndarray:
     """A big-endian u64 table as far as it lies inside the file (entries past
@@ -559,10 +567,18 @@ class Scanner:
         if not cand.any():
             return cand
         ramp = np.arange(L, dtype=U64) * U64(cs)
-        # contiguity test in place (raw -= base, compare with the ramp); the
-        # rows not handled here get their entries back at the end
-        np.subtract(raw, base[:, None], out=raw)
-        cand &= ~np.not_equal(raw, ramp).any(axis=1)
+        ci = np.flatnonzero(cand)
+        in_place = 2 * len(ci) > n
+        if in_place:
+            # most rows may qualify: contiguity test in place (raw -= base, compare
+            # with the ramp); the rows not handled here get their entries back below
+            np.subtract(raw, base[:, None], out=raw)
+            cand &= ~np.not_equal(raw, ramp).any(axis=1)
+        else:
+            # a few candidates (sparse tables): test copies of those rows only
+            sub = raw[ci]
+            np.subtract(sub, base[ci, None], out=sub)
+            cand[ci] = ~np.not_equal(sub, ramp).any(axis=1)
         disk = self.disk
         for i in np.nonzero(cand)[0].tolist():
             c0 = int(boff[i]) >> cb
@@ -597,7 +613,9 @@ class Scanner:
             if active:
                 r.allocated_clusters += L
         back = ~cand
-        if back.all():
+        if not in_place:
+            pass
+        elif back.all():
             raw += base[:, None]
         elif back.any():
             raw[back] += base[back, None]
@@ -606,52 +624,63 @@ class Scanner:
     def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
                       active: bool, sname: str | None, copied: bool,
                       lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> None:
+        """Every entry's own work, on the entries that are not zero only (a zero
+        entry, with a zero sub-cluster bitmap, references nothing): the arrays
+        below are over those, ``pos`` their flat positions in the batch."""
         cs, cb = self.cs, self.cb
         n, L = raw.shape
         esize = 16 if self.extended else 8
         eoff = _EntryOffsets(l2_offsets, esize)
-        off = raw & U64(C.L2E_OFFSET_MASK)
+        if bm is None:
+            pos = np.flatnonzero(raw)
+            vals = raw.reshape(-1)[pos]
+            bmv = None
+        else:
+            pos = np.flatnonzero((raw != 0) | (bm != 0))
+            vals = raw.reshape(-1)[pos]
+            bmv = bm.reshape(-1)[pos]
+        off = vals & U64(C.L2E_OFFSET_MASK)
         has_off = off != 0
         if self.data_file:
-            has_off |= (raw & U64(C.QCOW_OFLAG_COPIED)) != 0
+            has_off |= (vals & U64(C.QCOW_OFLAG_COPIED)) != 0
         # compressed, zero-flag and reserved bits are rare: one pass tells
         special = U64(C.QCOW_OFLAG_COMPRESSED | C.L2E_STD_RESERVED_MASK
                       | (0 if self.extended else C.QCOW_OFLAG_ZERO))
-        if np.bitwise_and(raw, special).any():
-            comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
+        if np.bitwise_and(vals, special).any():
+            comp = (vals & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
             zero = (np.zeros_like(comp) if self.extended
-                    else ((raw & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp)
+                    else ((vals & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp)
             alloc = ~comp & has_off            # NORMAL or ZERO_ALLOC
-            resv = ~comp & ((raw & U64(C.L2E_STD_RESERVED_MASK)) != 0)
+            resv = ~comp & ((vals & U64(C.L2E_STD_RESERVED_MASK)) != 0)
         else:
             comp = zero = resv = None
             alloc = has_off
         where = "snapshot " + repr(sname) + " " if sname else ""
 
         def report(mask, kind, text):
-            rows, cols = np.nonzero(mask)
+            sel = np.flatnonzero(mask)
             room = max(0, MAX_FINDINGS - len(self.r.findings))
-            for i, j in zip(rows[:room].tolist(), cols[:room].tolist()):
-                e = int(eoff[i, j])
-                o = int(off[i, j])
-                self._corrupt(kind, o >> cb, f"{where}L2 entry at {e:#x} "
-                              f"({int(raw[i, j]):#018x}): {text}", e)
-            extra = len(rows) - min(len(rows), room)   # counted, not listed
+            for k in sel[:room].tolist():
+                e = eoff.flat(int(pos[k]), L)
+                self._corrupt(kind, int(off[k]) >> cb, f"{where}L2 entry at {e:#x} "
+                              f"({int(vals[k]):#018x}): {text}", e)
+            extra = len(sel) - min(len(sel), room)   # counted, not listed
             self.r.corruptions += extra
             self.r.findings_dropped += extra
 
         if resv is not None and resv.any():
             report(resv, "reserved_bits", "reserved bits set")
         if comp is not None and comp.any():
-            self._compressed(raw, bm, comp, eoff, active, where, report, lo, hi)
-        flat = np.flatnonzero(alloc)
-        if len(flat):
-            a_raw = raw.reshape(-1)[flat]
-            a_off = a_raw & U64(C.L2E_OFFSET_MASK)
+            self._compressed(vals, bmv, comp, pos, L, eoff, active, where, report, lo, hi)
+        ai = np.flatnonzero(alloc)
+        if len(ai):
+            flat = pos[ai]
+            a_raw = vals[ai]
+            a_off = off[ai]
             a_cl = a_off >> U64(cb)
             rows = flat // L
-            if bm is not None:
-                a_bm = bm.reshape(-1)[flat]
+            if bmv is not None:
+                a_bm = bmv[ai]
                 badbm = ((a_bm >> U64(32)) & a_bm) != 0
                 if badbm.any():
                     self._report_flat(flat[badbm], L, eoff, a_raw[badbm], a_off[badbm],
@@ -682,12 +711,12 @@ class Scanner:
                 self._inc_data(a_off, a_cl, mis if any_mis else None, flat, L, eoff, where)
             if copied:
                 self._copied_l2_flat(a_raw, a_off, a_cl, flat, L, eoff)
-        if bm is not None:
+        if bmv is not None:
             unalloc = ~has_off if comp is None else ~comp & ~has_off & ~zero
-            bad = unalloc & ((bm & U64(C.L2_BITMAP_ALL_ALLOC)) != 0)
+            bad = unalloc & ((bmv & U64(C.L2_BITMAP_ALL_ALLOC)) != 0)
             if bad.any():
                 report(bad, "invalid_subcluster_bitmap", "unallocated cluster has a "
-                       "non-zero sub-cluster allocation bitmap")
+                       "non-zero sub-cluster bitmap")
 
     def _report_flat(self, flat, L, eoff, raws, offs, kind, where, text) -> None:
         for f, w, o in zip(flat[:MAX_FINDINGS].tolist(), raws[:MAX_FINDINGS].tolist(),
@@ -716,9 +745,11 @@ class Scanner:
             cl = np.concatenate([cl, cl[mis] + 1])   # a misaligned cluster spans two
         self._mark(cl, K_DATA)
 
-    def _compressed(self, raw, bm, comp, eoff, active, where, report, lo, hi) -> None:
+    def _compressed(self, vals, bmv, comp, pos, L, eoff, active, where, report, lo, hi
+                    ) -> None:
+        """The compressed entries among ``vals`` (flat positions ``pos``)."""
         cb = self.cb
-        cp = comp & ((raw & U64(C.QCOW_OFLAG_COPIED)) != 0)
+        cp = comp & ((vals & U64(C.QCOW_OFLAG_COPIED)) != 0)
         if cp.any():
             report(cp, "invalid_compressed", "COPIED flag set on a compressed cluster")
         ok = comp.copy()
@@ -726,24 +757,26 @@ class Scanner:
             report(comp, "invalid_compressed", "compressed cluster in an image with a "
                    "data file")
             return
-        if bm is not None:
-            badbm = comp & (bm != 0)
+        if bmv is not None:
+            badbm = comp & (bmv != 0)
             if badbm.any():
                 report(badbm, "invalid_compressed", "compressed cluster with a "
                        "non-zero sub-cluster bitmap")
                 ok &= ~badbm
         if not ok.any():
             return
-        e = raw[ok]
+        e = vals[ok]
+        p = pos[ok]
         coff = (e & U64(self.layout.offset_mask)).astype(np.int64)
         nsec = ((e >> U64(self.layout.csize_shift)) & U64(self.layout.csize_mask)
                 ).astype(np.int64) + 1
         csize = nsec * 512 - (coff & 511)
         if lo is not None:
-            rows = np.nonzero(ok)[0]
+            rows = p // L
             np.minimum.at(lo, rows, coff >> cb)
             np.maximum.at(hi, rows, (coff + csize - 1) >> cb)
-        self.inc_regions(coff, csize, K_COMPRESSED, f"{where}compressed cluster", eoff[ok])
+        self.inc_regions(coff, csize, K_COMPRESSED, f"{where}compressed cluster",
+                         eoff.flat(p, L))
         if active:
             k = int(ok.sum())
             self.r.allocated_clusters += k
