@@ -21,6 +21,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _cwd_outside_the_checkout(tmp_path_factory):
+    """Tests run from a scratch folder, so output named by a relative path (qemu-img
+    makes a relative data_file in the current folder) never lands in the checkout."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _need_qemu():
     if qemu.QEMU_IMG is None or qemu.QEMU_IO is None:
         pytest.exit("qemu-img and qemu-io are needed (apt-get install qemu-utils)", returncode=4)

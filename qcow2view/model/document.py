@@ -76,9 +76,6 @@ def _analyse(path: str, worker: Worker, progress, cancel) -> Analysis:
                 raise
             except Qcow2Error as e:
                 out.errors.append(f"{task}: {e}")
-            except (AttributeError, NotImplementedError) as e:
-                # the maps/check part of the engine is not there: show what we can
-                out.errors.append(f"{task}: not available ({e})")
         worker.set_task("Preparing pictures")
         if out.host_map is not None or out.guest_map is not None:
             out.prepared = prepare(out.host_map, out.guest_map)
@@ -299,11 +296,7 @@ class ImageDocument(QObject):
         if w is None:
             return
         self._worker = None
-        for sig in (w.progressed, w.succeeded, w.failed, w.finished):
-            try:
-                sig.disconnect()
-            except (RuntimeError, TypeError):
-                pass
+        w.disconnect(self)      # nothing of this worker reaches the document any more
         # a result that arrives after this still owns an open Image: close it
         # in the worker's thread as it is emitted
         w.succeeded.connect(_close_analysis, Qt.DirectConnection)

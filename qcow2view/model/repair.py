@@ -20,10 +20,11 @@ class RepairJob(QObject):
     done = Signal(object)
     failed = Signal(str)
 
-    def __init__(self, document: ImageDocument, *, all: bool = False, parent=None) -> None:
+    def __init__(self, document: ImageDocument, *, fix_all: bool = False,
+                 parent=None) -> None:
         super().__init__(parent)
         self.document = document
-        self.all = all
+        self.fix_all = fix_all      # also too-low refcounts (qemu-img check -r all)
         self.worker: Worker | None = None
 
     def refusal(self) -> str | None:
@@ -41,7 +42,7 @@ class RepairJob(QObject):
         if why is not None:
             self.failed.emit(why)
             return False
-        path, fix_all = self.document.path, self.all
+        path, fix_all = self.document.path, self.fix_all
 
         def run(progress, cancel):
             with open_image(path, writable=True, repair=True,

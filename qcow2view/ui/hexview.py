@@ -120,11 +120,7 @@ class HexView(QAbstractScrollArea):
     # -- document ----------------------------------------------------------------------
     def set_document(self, doc: HexDocument) -> None:
         if self.doc is not None:
-            for sig in (self.doc.contentChanged, self.doc.reloaded):
-                try:
-                    sig.disconnect(self)
-                except (RuntimeError, TypeError):
-                    pass
+            self.doc.disconnect(self)       # the old document's signals stop coming here
         self.doc = doc
         doc.contentChanged.connect(self._content_changed)
         doc.reloaded.connect(self._reloaded)

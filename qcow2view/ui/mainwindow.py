@@ -96,11 +96,11 @@ class MainWindow(QMainWindow):
         self.act_recheck = self._act("Re-run &check", self._recheck,
                                      tip="Build the maps and check the image again")
         self.act_repair_leaks = self._act(
-            "Repair &Leaks…", lambda: self._repair(all=False),
+            "Repair &Leaks…", lambda: self._repair(fix_all=False),
             tip="Free leaked clusters, as 'qemu-img check -r leaks' (asks first; writes "
                 "to the image file)")
         self.act_repair_all = self._act(
-            "Repair &All…", lambda: self._repair(all=True),
+            "Repair &All…", lambda: self._repair(fix_all=True),
             tip="Free leaked clusters and fix refcounts, as 'qemu-img check -r all' (asks "
                 "first; writes to the image file)")
         self.act_about = self._act("&About qcow2view", self._about)
@@ -303,11 +303,7 @@ class MainWindow(QMainWindow):
             self.open_path(p)
 
     def open_demo(self) -> ImageTab | None:
-        try:
-            from ..demo import demo_image_path
-        except ImportError:
-            dialogs.error(self, "Demo image", "The demo image is not available in this build.")
-            return None
+        from ..demo import demo_image_path
         try:
             path = demo_image_path()
         except Exception as e:   # noqa: BLE001 - making it needs qemu-img or disk space
@@ -316,14 +312,9 @@ class MainWindow(QMainWindow):
         return self.open_path(os.fspath(path))
 
     def new_image(self) -> None:
-        try:
-            from .newimage import NewImageDialog
-        except ImportError:
-            dialogs.error(self, "New image", "Creating images is not available in this build.")
-            return
+        from .newimage import NewImageDialog
         dlg = NewImageDialog(self)
-        if hasattr(dlg, "created"):
-            dlg.created.connect(lambda p: self.open_path(os.fspath(p)))
+        dlg.created.connect(lambda p: self.open_path(os.fspath(p)))
         dlg.setAttribute(Qt.WA_DeleteOnClose)
         dlg.open()
 
@@ -351,14 +342,14 @@ class MainWindow(QMainWindow):
         if tab is not None:
             tab.document.start_analysis()
 
-    def _repair(self, *, all: bool) -> None:
+    def _repair(self, *, fix_all: bool) -> None:
         """Image > Repair: the user confirms, then a second, writable handle repairs the
         file while the document stays read-only (see ui/repair.py)."""
         tab = self.current_tab()
         if tab is None or self._repairing(tab):
             return
         from .repair import repair_current
-        job = repair_current(self, tab, all=all)
+        job = repair_current(self, tab, fix_all=fix_all)
         if job is None or job.worker is None:
             return      # not confirmed, or refused (editing is on): nothing was written
         tab.track_repair(job)       # the tab says actionsChanged when it is over

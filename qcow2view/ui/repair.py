@@ -12,22 +12,22 @@ from . import dialogs
 assume_yes: bool | None = None
 
 
-def repair_current(window: QWidget, tab, *, all: bool = False) -> RepairJob | None:
-    """Repair the image of ``tab`` (leaks, or with ``all`` also too-low refcounts)."""
+def repair_current(window: QWidget, tab, *, fix_all: bool = False) -> RepairJob | None:
+    """Repair the image of ``tab`` (leaks, or with ``fix_all`` also too-low refcounts)."""
     doc = tab.document
-    what = "leaked clusters and refcounts that are too low" if all else "leaked clusters"
+    what = "leaked clusters and refcounts that are too low" if fix_all else "leaked clusters"
     if assume_yes is None:
         answer = QMessageBox.question(
             window, "Repair image",
             f"Repair {what} in {doc.name}?\n\nThis writes to the image file (as "
-            f"'qemu-img check -r {'all' if all else 'leaks'}' would). Guest data is not "
+            f"'qemu-img check -r {'all' if fix_all else 'leaks'}' would). Guest data is not "
             "changed. Make sure no virtual machine uses the image.",
             QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
         if answer != QMessageBox.Yes:
             return None
     elif not assume_yes:
         return None
-    job = RepairJob(doc, all=all, parent=tab)
+    job = RepairJob(doc, fix_all=fix_all, parent=tab)
     job.failed.connect(lambda text: dialogs.error(window, "Repair failed", text))
 
     def report(result) -> None:
