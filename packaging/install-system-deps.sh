@@ -15,7 +15,8 @@ gui=(
 # the oracles of tests/test_desktop.py; qemu-img/qemu-io, the oracle of everything else.
 # sgdisk, sfdisk/fdisk, mkfs.* (+ mcopy, ntfscp, debugfs, blkid) and fls: the oracles of tests/guest/.
 tests=(desktop-file-utils appstream xdg-utils shared-mime-info libglib2.0-bin qemu-utils
-       gdisk fdisk util-linux dosfstools mtools e2fsprogs ntfs-3g xfsprogs sleuthkit)
+       gdisk fdisk util-linux dosfstools mtools e2fsprogs ntfs-3g xfsprogs exfatprogs lvm2
+       sleuthkit)
 
 case "${1:-}" in
     --gui) pkgs=("${gui[@]}") ;;

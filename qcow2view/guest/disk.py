@@ -22,7 +22,8 @@ Progress = Callable[[int, int], object] | None
 #: blkid TYPE -> the module and function that list its files
 READERS = {"ext2": ("fs_ext", "read_ext"), "ext3": ("fs_ext", "read_ext"),
            "ext4": ("fs_ext", "read_ext"), "vfat": ("fs_fat", "read_fat"),
-           "ntfs": ("fs_ntfs", "read_ntfs"), "xfs": ("fs_xfs", "read_xfs")}
+           "exfat": ("fs_fat", "read_fat"), "ntfs": ("fs_ntfs", "read_ntfs"),
+           "xfs": ("fs_xfs", "read_xfs")}
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _prefixed(gv: GuestVolume) -> list[str]:
 
 #: blkid TYPE -> the libyal module that reads its files
 LIBRARIES = {"ext2": "pyfsext", "ext3": "pyfsext", "ext4": "pyfsext", "vfat": "pyfsfat",
-             "ntfs": "pyfsntfs", "xfs": "pyfsxfs"}
+             "exfat": "pyfsfat", "ntfs": "pyfsntfs", "xfs": "pyfsxfs"}
 
 
 def read_through_library(src: GuestSource, gv: GuestVolume, path: str, size: int) -> bytes:

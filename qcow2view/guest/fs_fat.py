@@ -1,12 +1,12 @@
-"""FAT12/16/32 through libfsfat; reserved sectors, FATs and the FAT12/16 root
-directory computed from the boot sector."""
+"""FAT12/16/32 and exFAT through libfsfat; reserved sectors (boot regions), FATs and
+the FAT12/16 root directory computed from the boot sector."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import struct
 
-from .files import FileInfo, Filesystem, map_extents, short_error, walk
+from .files import FileInfo, Filesystem, map_extents, short_error, utc_seconds, walk
 
 ATTR_DIRECTORY = 0x10
 
@@ -32,6 +32,26 @@ def fat_metadata(src, fs: Filesystem) -> None:
         fs.problem(f"FAT boot sector: {total} sectors exceed the {fs.volume.size}-byte volume")
 
 
+def exfat_metadata(src, fs: Filesystem) -> None:
+    """exFAT: the main and backup boot regions (12 sectors each), the FATs and the
+    cluster heap's start, from the boot sector."""
+    bs = src.pread(0, 512)
+    if len(bs) < 512:
+        fs.problem("exFAT boot sector unreadable")
+        return
+    fat_off, fat_len, heap_off = struct.unpack_from("<III", bs, 0x50)
+    sector_shift, cluster_shift, nfats = bs[0x6C], bs[0x6D], bs[0x6E]
+    if not 9 <= sector_shift <= 12 or cluster_shift > 25 - sector_shift or nfats not in (1, 2):
+        fs.problem("exFAT boot sector: geometry out of range")
+        return
+    ss = 1 << sector_shift
+    fs.block_size = ss << cluster_shift
+    fs.add_metadata(0, 12 * ss, "boot region")
+    fs.add_metadata(12 * ss, 12 * ss, "backup boot region")
+    for i in range(nfats):
+        fs.add_metadata((fat_off + i * fat_len) * ss, fat_len * ss, f"FAT {i + 1}")
+
+
 def _entry_mtime(src, offset: int) -> float | None:
     """Modification time from the short directory entry at or after ``offset``
     (libfsfat's identifier; its own date conversion is a month off)."""
@@ -52,7 +72,7 @@ def _fat_time(date: int, time: int) -> float | None:
     return d.timestamp()
 
 
-def _describe(vol, src):
+def _describe(vol, src, exfat: bool):
     def describe(e, path: str) -> FileInfo:
         attrs = e.file_attribute_flags
         kind = "dir" if attrs & ATTR_DIRECTORY else "file"
@@ -63,6 +83,7 @@ def _describe(vol, src):
             raw = [e.get_extent(i) for i in range(min(n, 1 << 22))]
         exts, sparse = map_extents(vol, raw, size)
         return FileInfo(path, e.identifier, kind, size, None,
+                        utc_seconds(e.modification_time) if exfat else
                         _entry_mtime(src, e.identifier),
                         None, None, 1, None, exts)
     return describe
@@ -70,7 +91,8 @@ def _describe(vol, src):
 
 def read_fat(src, fs: Filesystem, tick) -> None:
     import pyfsfat
-    fat_metadata(src, fs)
+    exfat = fs.type == "exfat"
+    (exfat_metadata if exfat else fat_metadata)(src, fs)
     vol = pyfsfat.volume()
     try:
         vol.open_file_object(src)
@@ -81,7 +103,7 @@ def read_fat(src, fs: Filesystem, tick) -> None:
     try:
         if not fs.label:
             fs.label = vol.label or None
-        walk(vol.get_root_directory(), _describe(fs.volume, src), fs, tick,
+        walk(vol.get_root_directory(), _describe(fs.volume, src, exfat), fs, tick,
              lambda d: d.identifier, src)
     except (OSError, ValueError) as e:
         src.reraise()

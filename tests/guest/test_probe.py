@@ -64,3 +64,25 @@ def test_ext3_told_from_ext4(tmp_path):
     p = probe(lambda o, n: data[o:o + n], len(data))
     want = _blkid(img)
     assert (p.type, p.label, p.uuid) == (want["TYPE"], want["LABEL"], want["UUID"])
+
+
+def test_exfat_detected_and_listed(tmp_path):
+    """An (empty: nothing fills exFAT unmounted) exFAT: named as blkid names it, its
+    label from the root directory, its boot regions and FATs as metadata."""
+    from conftest import need
+    need("mkfs.exfat")
+    from qcow2view.guest.disk import read_source
+    from qcow2view.guest.source import BlockCache, GuestSource
+    img = tmp_path / "x.exfat"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    sh(tool("mkfs.exfat"), "-L", "EXL", img)
+    data = img.read_bytes()
+    disk = read_source(GuestSource(BlockCache(lambda o, n: data[o:o + n], len(data))))
+    [v] = disk.volumes
+    want = _blkid(img)
+    assert (v.probe.type, v.probe.label, v.probe.uuid) == (want["TYPE"], want["LABEL"],
+                                                          want["UUID"])
+    fs = v.filesystem
+    assert fs.readable and fs.problems == [] and fs.files == []
+    assert {r.label for r in fs.metadata} >= {"boot region", "backup boot region", "FAT 1"}
