@@ -630,3 +630,24 @@ def cluster_namer(contents: GuestContents):
         g, _n, o = next((r for r in ranges if r[2].what == "file data"), ranges[0])
         return f"{head}: guest {g:#x}, {owner_text(o)}"
     return name
+
+
+def byte_namer(contents: GuestContents):
+    """``namer(guest offset)`` for the hex inspector: "partition 2 (ext4), block 5 of
+    4 KiB, /etc/fstab +0x10" (None before the index is in)."""
+    def name(offset: int) -> str | None:
+        o = contents.owner(offset)
+        if o is None:
+            return None
+        text = owner_text(o)
+        idx = contents.index
+        gv = next((v for v in idx.volumes if v.partition.index == o.partition
+                   and v.lv_name == o.volume), None) if o.partition is not None else None
+        fs = gv.filesystem if gv is not None else None
+        if fs is not None and fs.block_size and len(gv.volume.pieces) == 1:
+            block = (offset - gv.volume.start) // fs.block_size
+            where, _sep, rest = text.partition(", ")
+            text = f"{where}, block {block} of {human_size(fs.block_size)}" + (
+                f", {rest}" if rest else "")
+        return text
+    return name

@@ -18,7 +18,8 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QMenu, QProgressBar, QPushButton, QSizePolicy, QTreeView,
                                QVBoxLayout, QWidget)
 
-from ..model.guest_files import GuestContents, Summary, cluster_namer, guest_contents
+from ..model.guest_files import (GuestContents, Summary, byte_namer, cluster_namer,
+                                 guest_contents)
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
@@ -348,7 +349,7 @@ def attach_files_pane(tab) -> FilesPanel:
     file (Ctrl+Shift+G), and the index built once the maps are in."""
     contents = guest_contents(tab.document)
     panel = FilesPanel(contents, tab, read_when_shown=False)
-    tab.views.addTab(panel, FILES_VIEW)
+    tab.views.insertTab(tab.views.indexOf(tab.problems) + 1, panel, FILES_VIEW)
     panel.showInHex.connect(lambda off: show_guest_in_hex(tab, int(off)))
     panel.highlight.connect(lambda s: _highlight(tab, panel, s))
     panel.message.connect(lambda text: _say(tab, text))
@@ -365,6 +366,9 @@ def attach_files_pane(tab) -> FilesPanel:
     settle.timeout.connect(settled)
     settle.start()
     tab.allocation.set_namer(cluster_namer(contents))
+    hexed = tab.hex_guest
+    hexed.inspector.set_namer(byte_namer(contents))
+    contents.ready.connect(lambda: hexed.inspector.show_at(hexed.view))
 
     def goto_file() -> None:
         from .gotofile import open_goto_file

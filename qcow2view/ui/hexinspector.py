@@ -59,6 +59,12 @@ class Inspector(QLabel):
         self.setWordWrap(True)
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.summary = ""
+        self._namer = None
+
+    def set_namer(self, namer) -> None:
+        """``namer(guest offset) -> str | None``: what the guest keeps there
+        ("partition 2 (ext4), block 5 of 4 KiB, /etc/fstab +0x10"), a line of its own."""
+        self._namer = namer
 
     def show_at(self, view: HexView) -> None:
         doc = view.doc
@@ -83,6 +89,10 @@ class Inspector(QLabel):
             be = struct.unpack(">" + code, raw[:n])[0]
             vals.append(f"u{8 * n} {le}" if n == 1 else f"u{8 * n} le {le} be {be}")
         lines.append("   ".join(vals))
+        if self._namer is not None and not isinstance(doc.source, ImageFileSource):
+            name = self._namer(off)
+            if name:
+                lines.append(name)
         start, sl = view.selection()
         if sl:
             lines[0] += f"   selection {start:#x}+{sl:#x} ({sl:,} bytes)"

@@ -199,3 +199,20 @@ def _all(model, parent=None):
         i = model.index(r, 0, parent)
         yield i
         yield from _all(model, i)
+
+
+def test_hex_inspector_names_partition_block_and_file(qtbot, window, gpt_disk):  # noqa: F811
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    contents = _files_ready(qtbot, tab)
+    f = contents.resolve("2:/etc/fstab")[0]
+    g = f.info.extents[0][1] + 0x10
+    hexed = tab.pane("hex")
+    tab.show_pane("hex")
+    hexed.view.goto(g)
+    # the oracle for the block: debugfs's block map of the file (bmap of block 0)
+    block = int(debugfs(gpt_disk.parts[2], "bmap /etc/fstab 0").strip())
+    stats = debugfs(gpt_disk.parts[2], "stats")
+    bs = int(stats.split("Block size:")[1].split()[0])
+    last = hexed.inspector.text().splitlines()[-1]
+    assert last == f"partition 2 (ext4), block {block} of {bs // 1024} KiB, /etc/fstab +0x10"
