@@ -23,6 +23,7 @@ from .allocation import AllocationModel, prepare
 from .bytesource import ImageFileSource
 from .header_model import HeaderModel
 from .hexdocument import HexDocument
+from .guest_files import GuestContents
 from .problems_model import ProblemsModel
 from .table_tree_model import TableTreeModel
 from .units import count
@@ -116,6 +117,8 @@ class ImageDocument(QObject):
         self.tree_model = TableTreeModel(self)
         self.allocation = AllocationModel(self)
         self.problems_model = ProblemsModel(self)
+        #: the guest's partitions, filesystems and files (read on request, in a worker)
+        self.guest = GuestContents(self)
         #: the guest disk and the image file in the hex editor; a save through the guest
         #: document re-reads everything
         self.hex_guest = HexDocument(None, self, reopen=self._reopen_for_edit,

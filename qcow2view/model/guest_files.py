@@ -571,12 +571,6 @@ class GuestContents(QObject):
         return [f"{len(shared)} shared{where}"]
 
 
-def guest_contents(document) -> GuestContents:
-    """The document's GuestContents (made on first use, owned by the document)."""
-    got = document.findChild(GuestContents)
-    return got if got is not None else GuestContents(document)
-
-
 def hover_text(contents: GuestContents | None, offset: int) -> str:
     """", partition 2 (ext4), /var/log/syslog +0x10000" for guest byte ``offset``
     ("" when the index is not built or says nothing)."""

@@ -18,8 +18,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QMenu, QProgressBar, QPushButton, QSizePolicy, QTreeView,
                                QVBoxLayout, QWidget)
 
-from ..model.guest_files import (GuestContents, Summary, byte_namer, cluster_namer,
-                                 guest_contents)
+from ..model.guest_files import GuestContents, Summary, byte_namer, cluster_namer
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
@@ -347,7 +346,7 @@ class FilesPanel(QWidget):
 def attach_files_pane(tab) -> FilesPanel:
     """Add the Files pane to ``tab`` and wire it: Show in hex, the map's highlight, Go to
     file (Ctrl+Shift+G), and the index built once the maps are in."""
-    contents = guest_contents(tab.document)
+    contents = tab.document.guest
     panel = FilesPanel(contents, tab, read_when_shown=False)
     tab.views.insertTab(tab.views.indexOf(tab.problems) + 1, panel, FILES_VIEW)
     panel.showInHex.connect(lambda off: show_guest_in_hex(tab, int(off)))
@@ -414,7 +413,7 @@ def read_files_now(tab, timeout: float = 120.0) -> GuestContents:
     import time
 
     from PySide6.QtCore import QCoreApplication
-    contents = guest_contents(tab.document)
+    contents = tab.document.guest
     contents.ensure()
     deadline = time.monotonic() + timeout
     while contents.building and time.monotonic() < deadline:

@@ -44,7 +44,6 @@ def probe(image: str) -> None:
     from PySide6.QtWidgets import QApplication
 
     from qcow2view.app import make_app
-    from qcow2view.model.guest_files import guest_contents
     from qcow2view.ui.mainwindow import MainWindow
 
     app = make_app()
@@ -53,7 +52,7 @@ def probe(image: str) -> None:
     tab = win.open_path(image)
     tab.show_pane("files")
     panel = tab.pane("files")
-    contents = guest_contents(tab.document)
+    contents = tab.document.guest
     gaps = []
     clock = QElapsedTimer()
     clock.start()

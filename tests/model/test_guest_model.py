@@ -7,7 +7,6 @@ from PySide6.QtCore import QModelIndex, Qt
 
 from guest.conftest import gpt_disk  # noqa: F401 - the session fixture, reused
 from qcow2view.model.document import ImageDocument
-from qcow2view.model.guest_files import guest_contents
 from qcow2view.model.guest_model import (DIR, FILE, FS, NAME, NODE_ROLE, PART, SIZE,
                                          FilesModel)
 
@@ -16,7 +15,7 @@ from qcow2view.model.guest_model import (DIR, FILE, FS, NAME, NODE_ROLE, PART, S
 def contents(qtbot, gpt_disk):  # noqa: F811
     doc = ImageDocument(gpt_disk.qcow2)
     doc.load_header()
-    c = guest_contents(doc)
+    c = doc.guest
     with qtbot.waitSignal(c.ready, timeout=30000):
         c.ensure()
     assert c.state == "ready"

@@ -17,7 +17,6 @@ from qemu import check, qemu_img, to_raw
 
 from guest.conftest import debugfs, gpt_disk, tool  # noqa: F401 - the session fixture
 from gui_fixtures import run_app, wait_ready
-from qcow2view.model.guest_files import guest_contents
 from qcow2view.model.guest_model import FILE, NODE_ROLE
 from qcow2view.ui.filespanel import FilesPanel
 from qcow2view.ui.gotofile import GotoFileDialog
@@ -35,7 +34,7 @@ def overlay(tmp_path, gpt_disk):  # noqa: F811
 
 
 def _files_ready(qtbot, tab):
-    c = guest_contents(tab.document)
+    c = tab.document.guest
     qtbot.waitUntil(lambda: c.state == "ready", timeout=30000)
     return c
 
