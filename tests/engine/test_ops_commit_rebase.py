@@ -110,3 +110,19 @@ def test_refusals(chain, tmp_path, capsys):
     for n in NAMES:
         assert qemu.compare(o / n, chain / n).returncode == 0
         assert_clean(o / n)
+
+
+def test_commit_into_a_raw_base(tmp_path, capsys):
+    base = tmp_path / "b.raw"
+    base.write_bytes(b"\x01" * (2 << 20))
+    top = qemu.create(tmp_path / "t.qcow2", "2M", backing="b.raw", backing_fmt="raw")
+    qemu.qemu_io(top, "write -P 2 64k 128k", "write -z 1M 64k")
+    q, o = tmp_path / "q", tmp_path / "o"
+    for d in (q, o):
+        d.mkdir()
+        shutil.copyfile(base, d / "b.raw")
+        shutil.copyfile(top, d / "t.qcow2")
+    qemu.qemu_img("commit", q / "t.qcow2")
+    assert ours(capsys, "commit", o / "t.qcow2")[0] == 0
+    assert (o / "b.raw").read_bytes() == (q / "b.raw").read_bytes()
+    assert_same_as_qemu(q / "t.qcow2", o / "t.qcow2")
