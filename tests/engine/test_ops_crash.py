@@ -70,6 +70,12 @@ def _chain(d):
     return {"img": t, "base": b, "new": n}
 
 
+def _zeros_image(d):
+    img = qemu.create(d / "img", "4M", "cluster_size=4k")
+    qemu.qemu_io(img, "write -P 1 0 1M", "write -z 64k 64k", "write -z 2M 64k")
+    return {"img": img}
+
+
 SCENARIOS = {
     "snapshot-apply": (_snap_image, _with_image(lambda im: apply_snapshot(im, "one"))),
     "snapshot-delete": (_snap_image, _with_image(lambda im: delete_snapshot(im, "two"))),
@@ -80,6 +86,8 @@ SCENARIOS = {
         lambda im: amend_image(im, {"refcount_bits": "64"}))),
     "commit": (_chain, lambda p: commit_image(str(p["img"]))),
     "rebase": (_chain, lambda p: rebase_image(str(p["img"]), "new", "qcow2")),
+    "rebase-flatten": (_chain, lambda p: rebase_image(str(p["img"]), "")),
+    "amend-downgrade": (_zeros_image, _with_image(lambda im: amend_image(im, {"compat": "0.10"}))),
 }
 
 
