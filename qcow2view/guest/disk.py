@@ -8,6 +8,7 @@ may return False or raise to cancel (then :class:`Cancelled` is raised).
 from __future__ import annotations
 
 import importlib
+import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -94,7 +95,11 @@ def _source_of(src: GuestSource, gv: GuestVolume) -> GuestSource:
 def probe_volume(src: GuestSource, gv: GuestVolume) -> int:
     """Probe ``gv`` (and the LVs of an LVM PV); the entries expected, for progress."""
     vsrc = _source_of(src, gv)
-    gv.probe = p = probe(_safe_read(vsrc), vsrc.size)
+    try:
+        gv.probe = p = probe(_safe_read(vsrc), vsrc.size)
+    except (struct.error, ValueError, IndexError) as e:
+        gv.problems.append(f"superblock unreadable ({e})")
+        return 0
     if p is None:
         return 0
     if p.type == "LVM2_member" and gv.lv_name is None:
@@ -125,6 +130,11 @@ def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker) -> None:
         fn(_source_of(src, gv), fs, ticker.tick)
     except Qcow2Error as e:
         fs.readable, fs.reason = False, f"unreadable: {e.reason}"
+    except Cancelled:
+        raise
+    except Exception as e:  # noqa: BLE001 - untrusted data through a C library: a problem
+        fs.readable, fs.reason = False, f"unreadable: {type(e).__name__}: {short_error(e)}"
+        fs.problem(f"files not listed: {type(e).__name__}: {short_error(e)}")
     if p.label is None and fs.label:        # NTFS keeps its label in $Volume
         p.label = fs.label
     ticker.report()

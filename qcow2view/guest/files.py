@@ -170,6 +170,10 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
     entries are problems and counted in ``fs.skipped``; the walk never goes deeper than
     :data:`MAX_DEPTH` nor past :data:`MAX_ENTRIES` entries.  ``tick(n)`` is told of
     every 1024 entries listed."""
+    if root is None:
+        fs.problem("/: root directory unreadable")
+        fs.skipped += 1
+        return
     try:
         seen = {dir_key(root)}
     except (OSError, ValueError) as e:

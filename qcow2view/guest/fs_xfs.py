@@ -10,6 +10,34 @@ from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, short_error
 MAX_AGS = 1 << 20
 
 
+def xfs_geometry(src) -> tuple[int, int, int] | None:
+    """(block size, blocks per AG, log2 of the AG block field) from the superblock."""
+    sb = src.pread(0, 128)
+    if len(sb) < 128 or sb[:4] != b"XFSB":
+        return None
+    bsize = struct.unpack_from(">I", sb, 4)[0]
+    agblocks = struct.unpack_from(">I", sb, 84)[0]
+    agblklog = sb[124]
+    if not 512 <= bsize <= 65536 or not agblocks or agblklog > 31:
+        return None
+    return bsize, agblocks, agblklog
+
+
+def linear_offsets(raw: list, geometry: tuple[int, int, int] | None) -> list:
+    """libfsxfs gives an extent's offset as (AG number << agblklog | block in AG) times
+    the block size, XFS's own block numbering; the bytes are at (AG number x blocks per
+    AG + block in AG) x block size (the two agree in AG 0 only)."""
+    if geometry is None:
+        return raw
+    bs, agblocks, agblklog = geometry
+    mask = (1 << agblklog) - 1
+    out = []
+    for off, n, flags in raw:
+        fsb, rest = divmod(off, bs)
+        out.append((((fsb >> agblklog) * agblocks + (fsb & mask)) * bs + rest, n, flags))
+    return out
+
+
 def xfs_metadata(src, fs: Filesystem) -> None:
     sb = src.pread(0, 512)
     if len(sb) < 512 or sb[:4] != b"XFSB":
@@ -41,7 +69,7 @@ def xfs_metadata(src, fs: Filesystem) -> None:
         fs.add_metadata((ag * agblocks + blk) * bsize, logblocks * bsize, "journal (log)")
 
 
-def _describe(vol, known: dict):
+def _describe(vol, known: dict, geometry):
     def describe(e, path: str) -> FileInfo:
         ino = e.inode_number
         first = known.get(ino)
@@ -52,8 +80,13 @@ def _describe(vol, known: dict):
         mode = e.file_mode
         kind = TYPES_BY_MODE.get(mode & 0o170000, "file")
         size = e.size
-        n = e.number_of_extents
-        raw = [e.get_extent(i) for i in range(min(n, 1 << 20))]
+        try:
+            n = e.number_of_extents
+        except OSError:
+            if kind not in ("dir", "symlink"):
+                raise
+            n = 0                       # short-form directory / inline symlink: in the inode
+        raw = linear_offsets([e.get_extent(i) for i in range(min(n, 1 << 20))], geometry)
         exts, sparse = map_extents(vol, raw, size)
         info = FileInfo(path, ino, kind, size, mode,
                         e.get_modification_time_as_integer() / 1e9,
@@ -79,7 +112,8 @@ def read_xfs(src, fs: Filesystem, tick) -> None:
         fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
         return
     try:
-        walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
+        describe = _describe(fs.volume, {}, xfs_geometry(src))
+        walk(vol.get_root_directory(), describe, fs, tick,
              lambda d: d.inode_number, src)
     except (OSError, ValueError) as e:
         src.reraise()

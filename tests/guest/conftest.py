@@ -168,18 +168,41 @@ def mbr_disk(tmp_path_factory) -> Disk:
     return Disk(raw, q, src, parts, starts)
 
 
+def xfs_protofile(root: Path) -> str:
+    """mkfs.xfs -p: the tree as a prototype file (regular files, directories,
+    symlinks), so mkfs fills the filesystem without mounting it."""
+    lines = ["/dev/null", "0 0", "d--755 0 0"]
+
+    def walk(d: Path) -> None:
+        for p in sorted(d.iterdir()):
+            if p.is_symlink():
+                lines.append(f"{p.name} l--777 0 0 {os.readlink(p)}")
+            elif p.is_dir():
+                lines.append(f"{p.name} d--755 0 0")
+                walk(p)
+                lines.append("$")
+            else:
+                lines.append(f"{p.name} ---644 0 0 {p}")
+    walk(root)
+    return "\n".join(lines + ["$", ""])
+
+
 @pytest.fixture(scope="session")
 def xfs_disk(tmp_path_factory) -> Disk:
-    """A whole-disk (no table) empty XFS, label xl (mkfs.xfs cannot be filled unmounted)."""
+    """A whole-disk (no table) XFS, label xl, filled by mkfs.xfs -p from a tree."""
     need("mkfs.xfs")
     d = tmp_path_factory.mktemp("xfs")
+    src = make_tree(d / "src", links=False)
+    os.symlink("etc/hostname", src / "link")
+    proto = d / "proto.txt"
+    proto.write_text(xfs_protofile(src))
     raw = d / "disk.raw"
     with open(raw, "wb") as f:
         f.truncate(300 * MiB)
-    sh(tool("mkfs.xfs"), "-q", "-L", "xl", raw)
+    sh(tool("mkfs.xfs"), "-q", "-L", "xl", "-p", proto, raw)
     q = d / "disk.qcow2"
     qemu.qemu_img("convert", "-O", "qcow2", raw, q)
-    return Disk(raw, q)
+    return Disk(raw, q, src)
 
 
 def debugfs(image: Path, cmd: str) -> str:

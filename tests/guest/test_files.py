@@ -155,3 +155,30 @@ def test_compressed_image_lists_the_same(gpt_disk, gpt_compressed):
         return [(v.partition.index, f.path, f.size, f.extents)
                 for v, fs in d.filesystems() for f in fs.files]
     assert listing(gpt_compressed) == listing(gpt_disk.qcow2)
+
+
+def test_xfs_files_match_the_source_and_xfs_db(xfs_disk):
+    from conftest import tool
+    v, _ = _volume(xfs_disk.qcow2, 0)
+    fs = v.filesystem
+    assert (fs.type, fs.label, fs.problems) == ("xfs", "xl", [])
+    got = {f.path: f for f in fs.files}
+    want = source_files(xfs_disk.src)
+    assert set(want) <= set(got)
+    sb = sh(tool("xfs_db"), "-r", "-c", "sb 0", "-c", "print agblocks agblklog blocksize",
+            xfs_disk.raw)
+    agblocks, agblklog, bs = (int(x.split(" = ")[1]) for x in sb.splitlines())
+    for path, p in want.items():
+        f = got[path]
+        if p.is_symlink():
+            assert f.type == "symlink" and f.target == os.readlink(p)
+            continue
+        assert f.size == p.stat().st_size
+        assert _bytes(xfs_disk.qcow2, f) == p.read_bytes(), path
+        if not f.extents:
+            continue
+        bmap = sh(tool("xfs_db"), "-r", "-c", f"path {path}", "-c", "bmap", xfs_disk.raw)
+        m = re.search(r"data offset (\d+) startblock (\d+)", bmap)
+        fsb = int(m.group(2))                  # AG number in the high bits
+        start = ((fsb >> agblklog) * agblocks + (fsb & ((1 << agblklog) - 1))) * bs
+        assert (f.extents[0][0], f.extents[0][1]) == (int(m.group(1)) * bs, start), path
