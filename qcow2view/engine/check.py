@@ -109,9 +109,12 @@ def _used_end(scan: RefScan, disk: DiskRefcounts) -> int:
     return min(scan.nb_clusters, max(len(scan.refs), disk.covered_end))
 
 
-def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Finding]]:
+def compare(scan: RefScan, disk: DiskRefcounts, image, on_chunk=None
+            ) -> tuple[dict, list[Finding]]:
     """compare_refcounts: counts and findings, vectorised in chunks of clusters
-    (the refcounts on disk streamed block by block, never held whole)."""
+    (the refcounts on disk streamed block by block, never held whole).
+    ``on_chunk(lo, ondisk, counted)`` sees each chunk on the way (the host map
+    marks leaks and corruption from it, so one pass serves both)."""
     nb = _used_end(scan, disk)
     cs = scan.cluster_size
     cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
@@ -139,6 +142,8 @@ def compare(scan: RefScan, disk: DiskRefcounts, image) -> tuple[dict, list[Findi
             errs.append(np.nonzero(err)[0] + lo)
         else:
             ok = None
+        if on_chunk is not None:
+            on_chunk(lo, ondisk, counted)
         ne = np.not_equal(ondisk, counted)       # mixed dtypes: no converted copies
         if ok is not None:
             ne &= ok
@@ -228,7 +233,8 @@ def check(image, progress: Progress = None, cancel: Cancel = None) -> CheckResul
 
 
 def _cached_scan(image):
-    """The walk behind the image's cached host map, if it is still current."""
+    """The walk behind the image's cached host map, if it is still current:
+    (scan, disk refcounts, the comparison already made)."""
     if image.writable:
         return None
     hit = getattr(image, "_maps_cache", {}).get(("host",))
@@ -246,8 +252,9 @@ def _snapshot_findings(image) -> list[Finding]:
             for s in incomplete_snapshots(image.snapshots, image.header.version)]
 
 
-def _result(image, scan: RefScan, disk: DiskRefcounts) -> CheckResult:
-    cmp, found = compare(scan, disk, image)
+def _result(image, scan: RefScan, disk: DiskRefcounts, compared=None) -> CheckResult:
+    cmp, found = compared if compared is not None else compare(scan, disk, image)
+    found = list(found)
     snaps = _snapshot_findings(image)
     findings = snaps + found + scan.findings
     dropped = scan.findings_dropped + max(0, len(findings) - MAX_FINDINGS)

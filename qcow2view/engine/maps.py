@@ -84,7 +84,10 @@ class ClusterRefcounts:
     def __getitem__(self, key):
         if isinstance(key, slice):
             lo, hi, step = key.indices(self.n)
-            return self.disk.range(lo, max(lo, hi)).copy()[::step]
+            hi = max(lo, hi)
+            if hi - lo > self.disk.per_block:     # a long run: stream past the cache
+                return self.disk.range(lo, hi, keep=False)[::step]
+            return self.disk.range(lo, hi).copy()[::step]
         if isinstance(key, (int, np.integer)):
             if not -self.n <= key < self.n:
                 raise IndexError(f"cluster {key} outside the map")
@@ -120,7 +123,8 @@ class HostMap:
                                  # where some cluster has more than 255)
     free_tail: int = 0           # unused clusters after the map up to the end of the file
     _owners: Callable[[int], list[Owner]] | None = field(default=None, repr=False)
-    _scan: tuple | None = field(default=None, repr=False)   # (RefScan, DiskRefcounts)
+    _scan: tuple | None = field(default=None, repr=False)   # (RefScan, DiskRefcounts,
+                                                            # check.compare's result)
 
     def owners(self, cluster: int) -> list[Owner]:
         """Reverse lookup for one cluster (reads the tables again, on demand)."""
@@ -202,7 +206,12 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
     past = _counted_past_end(disk, n) if not free_tail else None
     total = n + (0 if past is None else len(past))
     kinds = _fit_kinds(scan, total)
-    _mark_mismatches(scan, disk, kinds, n)
+    from .check import compare      # the check's comparison, kept for a check after
+    compared = compare(scan, disk, image,
+                       on_chunk=lambda lo, d, r: _mark_mismatches(kinds, lo, d, r, n))
+    for c in scan.overlap_clusters:
+        if c < n:
+            kinds[c] = HostKind.CORRUPT
     if past is not None:
         # refcounts for clusters past the end of the file (a truncated image):
         # show them, as leaks, after the clusters the file has
@@ -210,7 +219,7 @@ def host_map(image, progress: Progress = None, cancel: Cancel = None) -> HostMap
     refs = scan.refs[:total] if len(scan.refs) >= total else scan.refs_range(0, total)
     hm = HostMap(image.cluster_size, image.file.size, kinds, ClusterRefcounts(disk, total),
                  refs, free_tail)
-    hm._scan = (scan, disk)
+    hm._scan = (scan, disk, compared)
     tables = scan.l2_table_arrays()
     lo = np.concatenate(scan.l2_lo) if scan.l2_lo else np.zeros(0, np.int64)
     hi = np.concatenate(scan.l2_hi) if scan.l2_hi else np.zeros(0, np.int64)
@@ -239,25 +248,17 @@ def _fit_kinds(scan, total: int) -> np.ndarray:
     return kinds
 
 
-def _mark_mismatches(scan, disk: DiskRefcounts, kinds: np.ndarray, n: int) -> None:
-    """LEAKED where the refcount is above the references, CORRUPT where below or
-    where metadata overlaps (clusters 0..n-1, in chunks)."""
-    cap = scan.refcount_max
-    step = 1 << 22
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        r, d = scan.refs_range(lo, hi), disk.range(lo, hi, keep=False)
-        if cap < 0xFFFFFFFF and len(r) and int(r.max()) > cap:
-            r = np.minimum(r, np.uint32(cap))
-        ne = np.not_equal(d, r)
-        if ne.any():
-            idx = np.flatnonzero(ne)
-            leaked = d[idx].astype(np.uint64) > r[idx].astype(np.uint64)
-            kinds[lo + idx[leaked]] = HostKind.LEAKED
-            kinds[lo + idx[~leaked]] = HostKind.CORRUPT
-    for c in scan.overlap_clusters:
-        if c < n:
-            kinds[c] = HostKind.CORRUPT
+def _mark_mismatches(kinds: np.ndarray, lo: int, ondisk: np.ndarray, counted: np.ndarray,
+                     n: int) -> None:
+    """LEAKED where the refcount is above the references, CORRUPT where below, for
+    the chunk of clusters from ``lo`` (those below ``n``)."""
+    ne = np.not_equal(ondisk, counted)
+    if ne.any():
+        idx = np.flatnonzero(ne)
+        idx = idx[idx < n - lo]
+        leaked = ondisk[idx].astype(np.uint64) > counted[idx].astype(np.uint64)
+        kinds[lo + idx[leaked]] = HostKind.LEAKED
+        kinds[lo + idx[~leaked]] = HostKind.CORRUPT
 
 
 MAX_PAST_END = 1 << 20    # clusters shown past the end of the file, at most
