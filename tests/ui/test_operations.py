@@ -143,3 +143,31 @@ def test_cancel_leaves_a_valid_image(window, qtbot, tmp_path, answers, monkeypat
     assert jobs
     assert qemu.check(img)[0] == 0
     assert qemu.info(img)["format-specific"]["data"]["refcount-bits"] in (16, 64)
+
+
+def test_resize_rebase_and_convert_from_the_menu(window, qtbot, tmp_path, answers):
+    given, asked = answers
+    base = qemu.create(tmp_path / "base.qcow2", "8M")
+    qemu.qemu_io(base, "write -P 1 0 8M")
+    top = qemu.create(tmp_path / "top.qcow2", "8M", backing="base.qcow2", backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 2 1M 1M")
+    view = qemu.to_raw(top, tmp_path / "v.raw")
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    given["text"] = ""                                  # rebase -b "": flatten
+    _run(qtbot, window, tab, "Rebase")
+    assert qemu.info(top).get("backing-filename") is None
+    assert qemu.to_raw(top, tmp_path / "f.raw") == view and qemu.check(top)[0] == 0
+    given["text"] = "+8M"
+    _run(qtbot, window, tab, "Resize")
+    assert any("Grows the disk of top.qcow2 from 8 MiB to 16 MiB" in t for _, _, t in asked)
+    assert qemu.info(top)["virtual-size"] == 16 << 20
+    out = tmp_path / "copy.qcow2"
+    given["convert"] = (str(out), "qcow2", True, {"compression_type": "zstd"})
+    old = tab.document.image
+    _action(window, "Convert").trigger()
+    qtbot.waitUntil(lambda: tab.document.image is not old, timeout=30000)
+    wait_ready(qtbot, tab)
+    assert any("into a new qcow2 image of" in t for _, _, t in asked)
+    assert qemu.compare(top, out).returncode == 0
+    assert qemu.info(out)["format-specific"]["data"]["compression-type"] == "zstd"
