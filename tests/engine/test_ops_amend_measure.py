@@ -92,3 +92,36 @@ def test_measure_as_qemu(image, capsys, args):
     rc, out, err = ours(capsys, "measure", "--output=json", *args)
     assert rc == 0, err
     assert json.loads(out) == want
+
+
+def test_downgrade_expands_zero_clusters_of_snapshots_over_a_backing_file(tmp_path, capsys):
+    base = qemu.create(tmp_path / "b.qcow2", "4M", "cluster_size=4k")
+    qemu.qemu_io(base, "write -P 1 0 4M")
+    img = qemu.create(tmp_path / "a.qcow2", "4M", "cluster_size=4k", backing="b.qcow2",
+                      backing_fmt="qcow2")
+    qemu.qemu_io(img, "write -P 2 0 1M", "write -z 64k 64k", "write -z 2M 64k")
+    qemu.qemu_img("snapshot", "-c", "s", img)
+    qemu.qemu_io(img, "write -z 3M 64k", "write -P 3 64k 8k")
+    theirs, mine = twins(img, tmp_path)
+    qemu.qemu_img("amend", "-o", "compat=0.10", theirs)
+    rc, _, err = ours(capsys, "amend", "-o", "compat=0.10", mine)
+    assert rc == 0, err
+    assert_same_as_qemu(theirs, mine)
+    snapshot_views_equal(theirs, mine, tmp_path)
+
+
+def test_downgrade_refused_where_zeros_would_overwrite_a_snapshot(tmp_path, capsys):
+    """A zero write over a cluster a snapshot shares keeps the cluster (zero flag and
+    offset); qemu-img amend then writes zeros into it and the snapshot changes."""
+    img = qemu.create(tmp_path / "n.qcow2", "4M", "cluster_size=4k")
+    qemu.qemu_io(img, "write -P 1 0 1M")
+    qemu.qemu_img("snapshot", "-c", "s", img)
+    qemu.qemu_io(img, "write -z 0 4k")
+    theirs, mine = twins(img, tmp_path)
+    snap = qemu.to_raw(img, tmp_path / "s.raw", snapshot="s")
+    qemu.qemu_img("amend", "-o", "compat=0.10", theirs)
+    assert qemu.to_raw(theirs, tmp_path / "q.raw", snapshot="s") != snap    # qemu's loss
+    rc, _, err = ours(capsys, "amend", "-o", "compat=0.10", mine)
+    assert rc == 1 and "holds data for a snapshot" in err
+    assert qemu.to_raw(mine, tmp_path / "o.raw", snapshot="s") == snap
+    assert qemu.compare(mine, img).returncode == 0

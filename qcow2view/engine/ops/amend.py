@@ -89,36 +89,70 @@ def _downgrade(image, writer) -> None:
 
 
 def _expand_zero_clusters(image, alloc) -> None:
-    """Zero-flag entries of the active disk become what v2 can say
-    (qcow2_expand_zero_clusters): unallocated when nothing is below, or the
-    cluster written with zeros when it has one."""
+    """Zero-flag entries become what v2 can say (qcow2_expand_zero_clusters), in the
+    active disk and every snapshot: unallocated when no backing file shows through,
+    else a new cluster of zeros (counted once per L1 table sharing its L2 table); a
+    preallocated zero cluster is written with zeros and keeps its place."""
     cs, cb = image.cluster_size, image.cluster_bits
     zero = np.uint64(C.QCOW_OFLAG_ZERO)
-    for l1i, e in enumerate(image.l1_table.entries.tolist()):
-        l2off = e & C.L1E_OFFSET_MASK
-        if not l2off:
-            continue
-        words = M.read_l2_words(image, l2off, l1i)
-        zeros = ((words & zero) != 0) & ((words & M.COMPRESSED) == 0)
-        if not zeros.any():
-            continue
-        off = words & M.OFFSET_MASK
-        if not e & C.QCOW_OFLAG_COPIED or alloc.refcount(l2off >> cb) != 1 \
-                or (image.backing is not None and (zeros & (off == 0)).any()):
-            raise RequestError("Cannot downgrade: zero clusters in an L2 table shared with "
-                               "a snapshot, or over a backing file, are not expanded here")
-        for i in np.flatnonzero(zeros & (off != 0)).tolist():
-            image.file.pwrite(int(off[i]), bytes(cs))
-        image.file.fsync()
-        new = np.where(zeros & (off != 0), words & ~zero, np.where(zeros, 0, words))
-        image.file.pwrite(l2off, new.astype(">u8").tobytes())
-        image.file.fsync()
-    for s in image.snapshots:
-        for l1i, e in enumerate(image.snapshot_l1_table(s).entries.tolist()):
+    l1s = [image.l1_table.entries] + [image.snapshot_l1_table(s).entries
+                                      for s in image.snapshots]
+    data = _plain_data_clusters(image, l1s)
+    seen: set[int] = set()
+    for l1 in l1s:
+        for l1i, e in enumerate(l1.tolist()):
             l2off = e & C.L1E_OFFSET_MASK
-            if l2off and (M.read_l2_words(image, l2off, l1i) & zero).any():
-                raise RequestError(f"Cannot downgrade: snapshot {s.name!r} has zero clusters "
-                                   "(expanding them is not supported here)")
+            if not l2off or l2off in seen:
+                continue
+            seen.add(l2off)
+            words = M.read_l2_words(image, l2off, l1i)
+            zeros = ((words & zero) != 0) & ((words & M.COMPRESSED) == 0)
+            if zeros.any():
+                _expand_table(image, alloc, l2off, words, zeros, alloc.refcount(l2off >> cb),
+                              data)
+
+
+def _plain_data_clusters(image, l1s) -> set[int]:
+    """Host offsets some L2 entry maps as data (no zero flag), over all the L1 tables."""
+    out: set[int] = set()
+    for l1 in l1s:
+        for l1i, e in enumerate(l1.tolist()):
+            l2off = e & C.L1E_OFFSET_MASK
+            if l2off:
+                w = M.read_l2_words(image, l2off, l1i)
+                plain = ((w & np.uint64(C.QCOW_OFLAG_ZERO | C.QCOW_OFLAG_COMPRESSED)) == 0)
+                out.update((w[plain] & M.OFFSET_MASK).tolist())
+    out.discard(0)
+    return out
+
+
+def _expand_table(image, alloc, l2off: int, words, zeros, l2_refcount: int,
+                  data_clusters: set[int]) -> None:
+    cs = image.cluster_size
+    off = words & M.OFFSET_MASK
+    new = words & ~np.uint64(C.QCOW_OFLAG_ZERO)
+    fill = [int(o) for o in off[zeros & (off != 0)].tolist()]
+    for host in fill:
+        if host in data_clusters:
+            raise RequestError(f"Cannot downgrade: the zero cluster at {host:#x} holds data "
+                               "for a snapshot (writing zeros into it would change the "
+                               "snapshot)")
+    plain = np.flatnonzero(zeros & (off == 0))
+    if image.backing is None:
+        new[plain] = 0                   # nothing below: unallocated reads zeros
+    else:
+        for i in plain.tolist():
+            host = alloc.alloc(1) * cs
+            if l2_refcount > 1:
+                alloc.change(host, cs, l2_refcount - 1)
+            new[i] = host | (C.QCOW_OFLAG_COPIED if l2_refcount == 1 else 0)
+            fill.append(host)
+        M.sync_refcounts(image, alloc)   # counted before anything points there
+    for host in fill:
+        image.file.pwrite(host, bytes(cs))
+    image.file.fsync()
+    image.file.pwrite(l2off, new.astype(">u8").tobytes())
+    image.file.fsync()
 
 
 def change_refcount_width(image, writer, bits: int, progress=None) -> None:
