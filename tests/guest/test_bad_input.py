@@ -139,3 +139,21 @@ def test_partly_missing_backing_file_names_what_is_unreadable(gpt_disk, tmp_path
     for v in (1, 2):
         assert any(p.startswith(f"partition {v}: unreadable: ") for p in disk.problems), \
             disk.problems
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_ntfs_and_xfs_damage_never_raises(mbr_disk, xfs_disk, seed):
+    """The MFT and the XFS AG headers, root inode chunk and directories overwritten at
+    random: problems, not exceptions."""
+    r = random.Random(seed)
+    for part, hi in ((mbr_disk.parts[1], 200_000), (xfs_disk.raw, 400_000)):
+        head = bytearray(part.read_bytes()[:4 << 20])
+        for _ in range(30 * (seed + 1)):
+            o = r.randrange(0, hi)
+            head[o:o + 4] = r.randbytes(4)
+        size = part.stat().st_size
+        data = bytes(head)
+        disk = read_source(GuestSource(BlockCache(
+            lambda o, n: data[o:o + n] + bytes(max(0, min(o + n, size) - max(o, len(data)))),
+            size)))
+        assert isinstance(disk.problems, list)
