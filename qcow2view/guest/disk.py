@@ -104,7 +104,11 @@ def probe_volume(src: GuestSource, gv: GuestVolume) -> int:
         return 0
     if p.type == "LVM2_member" and gv.lv_name is None:
         from .lvm import read_lvm
-        read_lvm(vsrc, gv)
+        try:
+            read_lvm(vsrc, gv)
+        except (KeyError, ValueError, TypeError, AttributeError, struct.error) as e:
+            gv.problems.append(f"LVM metadata unusable ({type(e).__name__}: {e})")
+            gv.logical_volumes = []
         return sum(probe_volume(src, lv) for lv in gv.logical_volumes)
     gv.problems.extend(p.problems)
     return p.entries

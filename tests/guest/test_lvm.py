@@ -183,3 +183,21 @@ def test_libvslvm_agrees_on_the_logical_volumes(lvm_disk):
     assert vg.number_of_logical_volumes == 2
     lv = vg.get_logical_volume(0)
     assert (lv.name, lv.size) == ("lv1", 2 * EXT)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_damaged_lvm_metadata_is_a_problem(lvm_disk, seed):
+    """Random bytes in the label, PV header and text metadata: problems, no exception."""
+    import random
+    from qcow2view.guest.disk import read_source
+    from qcow2view.guest.source import BlockCache, GuestSource
+    _q, _src, raw, _lv1, _lv2 = lvm_disk
+    data = bytearray(raw.read_bytes()[:8 * MiB])
+    r = random.Random(seed)
+    text = data.find(b"vgt {", MiB)
+    for _ in range(5 * (seed + 1)):
+        o = r.choice([r.randrange(MiB, MiB + 1024), r.randrange(text, text + 1500)])
+        data[o] = r.randrange(256)
+    data = bytes(data)
+    disk = read_source(GuestSource(BlockCache(lambda o, n: data[o:o + n], len(data))))
+    assert isinstance(disk.problems, list)
