@@ -179,6 +179,7 @@ class ImageDocument(QObject):
             old.close()
         self.image = new
         self._writable = writable
+        self.read_only_reason = None      # what kept --edit out is over, or asked anew
         self.writableChanged.emit(writable)
         self.changed.emit()
 

@@ -83,12 +83,20 @@ def test_image_in_use_opens_read_only_and_says_so(qtbot, held_by_qemu):
         w.close_all()
 
 
-def test_edit_on_an_image_in_use_opens_read_only_with_the_reason(qtbot, held_by_qemu):
+def test_edit_on_an_image_in_use_opens_read_only_with_the_reason(qtbot, tmp_path):
+    img = qemu.create(tmp_path / "vm.qcow2", "1M")
+    vm = subprocess.Popen([qemu.QEMU_IO, "-f", "qcow2", "-c", "sleep 100000", str(img)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     w = MainWindow(remember=False, edit=True)
     qtbot.addWidget(w)
     w.show()
     try:
-        tab = w.open_path(str(held_by_qemu))
+        deadline = time.monotonic() + 20
+        with open(img, "rb") as f:
+            while not held_lock_bytes(f.fileno()):
+                assert time.monotonic() < deadline, "qemu-io never took its locks"
+                time.sleep(0.05)
+        tab = w.open_path(str(img))
         assert tab is not None, "refused to open at all"
         assert not tab.document.writable
         text = tab.banner.text()
@@ -96,7 +104,13 @@ def test_edit_on_an_image_in_use_opens_read_only_with_the_reason(qtbot, held_by_
         assert re.search('Failed to get (shared )?"write" lock', text.replace("&quot;", '"'))
         assert "read-only" in w.windowTitle()
         wait_ready(qtbot, tab)
+        vm.kill()                       # the VM is gone: editing may begin, said no more
+        vm.wait()
+        tab.document.reopen(writable=True)
+        assert tab.document.writable and not tab.banner.isVisible()
     finally:
+        vm.kill()
+        vm.wait()
         w.close_all()
 
 
