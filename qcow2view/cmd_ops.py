@@ -53,6 +53,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-l", dest="snapshot", help="snapshot.name=NAME or snapshot.id=ID")
         p.add_argument("-m", dest="threads", type=int, default=2, help="compression threads")
         p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
+        p.add_argument("-U", action="store_true", dest="force_share",
+                       help="copy a source that is in use")
         p.add_argument("src")
         p.add_argument("dst")
     elif cmd == "amend":
@@ -176,7 +178,7 @@ def _convert(ns) -> int:
     sp = SnapshotParam.parse(ns.snapshot)
     convert_image(ns.src, ns.dst, out_fmt=ns.out_fmt, compress=ns.compress,
                   options=_create_options(ns.options), snapshot=sp and sp.key,
-                  src_fmt=ns.fmt, progress=_progress(ns))
+                  src_fmt=ns.fmt, force_share=ns.force_share, progress=_progress(ns))
     return 0
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import qemu
-from ops_oracle import assert_clean, info_fields, ours
+from ops_oracle import assert_clean, hold_with_qemu_io, info_fields, ours, release
 
 MiB = 1 << 20
 
@@ -71,3 +71,17 @@ def test_refusals(source, tmp_path, capsys):
     rc, _, err = ours(capsys, "convert", "-O", "qcow2", "-o", "cluster_size=3000",
                       source, tmp_path / "x.qcow2")
     assert rc == 1 and "Cluster size must be a power of two" in err
+
+
+def test_a_source_in_use_is_refused_unless_shared(source, tmp_path, capsys):
+    holder = hold_with_qemu_io(source)
+    try:
+        assert qemu.qemu_img("convert", "-O", "raw", source, tmp_path / "q.raw",
+                             check=False).returncode == 1
+        rc, _, err = ours(capsys, "convert", "-O", "raw", source, tmp_path / "o.raw")
+        assert rc == 1 and "in use" in err and len(err.splitlines()) == 1
+        qemu.qemu_img("convert", "-U", "-O", "raw", source, tmp_path / "q.raw")
+        assert ours(capsys, "convert", "-U", "-O", "raw", source, tmp_path / "o.raw")[0] == 0
+    finally:
+        release(holder)
+    assert (tmp_path / "q.raw").read_bytes() == (tmp_path / "o.raw").read_bytes()

@@ -18,7 +18,7 @@ import numpy as np
 from .. import metadata_ops as M
 from ..compressed_write import write_compressed
 from ..create import create_image
-from ..errors import Qcow2Error, RequestError
+from ..errors import ImageInUseError, Qcow2Error, RequestError
 from ..fileio import HostFile
 from ..image import RawImage, open_image, probe_format
 
@@ -73,9 +73,11 @@ def nonzero_runs(data: bytes, granule: int) -> list[tuple[int, int]]:
 def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                   compress: bool = False, options: dict | None = None,
                   snapshot: str | None = None, src_fmt: str | None = None,
-                  progress=None) -> None:
+                  force_share: bool = False, progress=None) -> None:
     """Write the guest disk of ``src_path`` (or of one of its snapshots) to a new
-    image at ``dst_path`` (replaced if it exists, as qemu-img does)."""
+    image at ``dst_path`` (replaced if it exists, as qemu-img does).  A source in
+    use by a VM is refused unless ``force_share`` (qemu-img's ``-U``): its copy
+    would mix moments of a running disk."""
     options = dict(options or {})
     if out_fmt not in ("qcow2", "raw"):
         raise RequestError(f"output format {out_fmt!r} is not supported (qcow2 or raw)")
@@ -87,6 +89,10 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
         raise RequestError("the output file is the input file", path=dst_path)
     src = open_source(src_path, src_fmt, snapshot)
     try:
+        if getattr(src, "in_use", False) and not force_share:
+            raise ImageInUseError(f"{src_path} is in use ({src.in_use_by or 'locked'}); is "
+                                  "a VM or another qemu process using it? (-U copies it "
+                                  "anyway)", path=src_path)
         size = src.virtual_size
         if out_fmt == "raw":
             _to_raw(src, dst_path, size, progress)
