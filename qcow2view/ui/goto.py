@@ -28,6 +28,7 @@ _RE = re.compile(
 def parse_goto(text: str, *, current: int = 0, size: int | None = None,
                sector_size: int = 512) -> int:
     """The byte offset ``text`` names; ValueError with a reason if none."""
+    text = text.replace("_", "").replace(",", "")     # 16_777_216, 1,048,576
     m = _RE.match(text)
     if not m or not text.strip():
         raise ValueError("expected an offset such as 4096, 0x1000, 1M, LBA 2048 or +4K")

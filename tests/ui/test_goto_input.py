@@ -29,9 +29,10 @@ def test_jump_box_with_a_huge_number(qtbot, tmp_path):
             w.jump.setText(text)
             w.jump.returnPressed.emit()
             assert w.status.isVisible() and EXPECTED in w.status.text()
-        w.jump.setText("LBA 8")         # the same words as Ctrl+G and --goto take
-        w.jump.returnPressed.emit()
-        assert not w.status.isVisible()
+        for text in ("LBA 8", "0x1000", "1,024", "4_096"):   # what Ctrl+G and --goto take
+            w.jump.setText(text)
+            w.jump.returnPressed.emit()
+            assert not w.status.isVisible(), text
         w.close()
 
 
