@@ -3,7 +3,8 @@ the file's first byte, the guest hex view focused, so typing edits the file.
 
 Paths two filesystems share complete as ``PARTITION:PATH`` (``2:/etc/fstab``).
 A file whose bytes live inline in the filesystem's metadata is refused with the
-reason; a filesystem whose journal needs recovery is warned about first.
+reason; a filesystem whose journal needs recovery is warned about first (Return
+again goes there anyway).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class GotoFileDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Go to file")
         self.contents = contents
+        self._warned = None         # the file whose journal warning was shown
         self.edit = QLineEdit()
         self.edit.setObjectName("gotoFilePath")
         self.edit.setPlaceholderText("/etc/fstab, or 2:/etc/fstab")
@@ -92,6 +94,12 @@ class GotoFileDialog(QDialog):
         if why is not None:
             self._say(why)
             return
+        warning = self.contents.journal_warning(f)
+        if warning and self._warned is not f:
+            # warned before the caret lands where typing edits: Return again goes on
+            self._warned = f
+            self._say(f"{warning}. Return again to go there anyway.", error=True)
+            return
         self.chosen.emit(f)
         self.accept()
 
@@ -114,12 +122,9 @@ def open_goto_file(tab, contents: GuestContents) -> GotoFileDialog:
         if panel is not None:
             vol = contents.index.volumes.index(f.volume)
             panel.select_path(vol, f.path)
-        warning = contents.journal_warning(f) or (
-            contents.edit_refusal(f) if f.info.inline else None)
+        warning = contents.journal_warning(f)
         if warning:
-            hexed = tab.pane("hex")
-            if hexed is not None:
-                hexed.notify(warning)
+            tab.hex_guest.notify(warning)
     dlg.chosen.connect(chosen)
     dlg.open()
     dlg.edit.setFocus()

@@ -39,6 +39,11 @@ def _files_ready(qtbot, tab):
     return c
 
 
+def _goto_dialog(tab) -> GotoFileDialog:
+    """The Go to file dialog on show (an earlier one may await its deferred delete)."""
+    return [d for d in tab.findChildren(GotoFileDialog) if d.isVisible()][-1]
+
+
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -61,7 +66,7 @@ def test_keyboard_path_edits_a_file_in_place(qtbot, window, overlay, gpt_disk, t
     qtbot.keyClick(window, Qt.Key_E, Qt.ControlModifier)                 # Enable editing
     qtbot.waitUntil(lambda: tab.document.writable)
     qtbot.keyClick(window, Qt.Key_G, Qt.ControlModifier | Qt.ShiftModifier)   # Go to file
-    dlg = tab.findChild(GotoFileDialog)
+    dlg = _goto_dialog(tab)
     assert dlg is not None and dlg.isVisible()
     qtbot.keyClicks(dlg.edit, "2:/etc/hostname")
     qtbot.keyClick(dlg.edit, Qt.Key_Return)
@@ -118,7 +123,7 @@ def test_files_pane_finds_selects_lights_and_saves(qtbot, window, overlay, gpt_d
     assert out.read_bytes() == (src / "etc/fstab").read_bytes()
     # inline data (a fast symlink's target lives in its inode) is refused, with the reason
     qtbot.keyClick(window, Qt.Key_G, Qt.ControlModifier | Qt.ShiftModifier)
-    dlg = tab.findChild(GotoFileDialog)
+    dlg = _goto_dialog(tab)
     qtbot.keyClicks(dlg.edit, "2:/link")
     qtbot.keyClick(dlg.edit, Qt.Key_Return)
     assert dlg.isVisible() and "inline" in dlg.note.text()
@@ -215,3 +220,42 @@ def test_hex_inspector_names_partition_block_and_file(qtbot, window, gpt_disk): 
     bs = int(stats.split("Block size:")[1].split()[0])
     last = hexed.inspector.text().splitlines()[-1]
     assert last == f"partition 2 (ext4), block {block} of {bs // 1024} KiB, /etc/fstab +0x10"
+
+
+@pytest.fixture
+def needs_recovery(tmp_path, gpt_disk):  # noqa: F811
+    """The GPT disk with its ext4 flagged needs_recovery (debugfs -w 'feature
+    needs_recovery'), as after a guest crash."""
+    part = tmp_path / "p2.img"
+    shutil.copyfile(gpt_disk.parts[2], part)
+    subprocess.run([tool("debugfs"), "-w", "-R", "feature needs_recovery", part],
+                   check=True, capture_output=True)
+    raw = bytearray(gpt_disk.raw.read_bytes())
+    start = gpt_disk.starts[2]
+    data = part.read_bytes()
+    raw[start:start + len(data)] = data
+    (tmp_path / "disk.raw").write_bytes(bytes(raw))
+    q = tmp_path / "recover.qcow2"
+    qemu_img("convert", "-O", "qcow2", tmp_path / "disk.raw", q)
+    return q
+
+
+def test_goto_file_warns_when_the_journal_needs_recovery(qtbot, window, needs_recovery):
+    tab = window.open_path(str(needs_recovery))
+    wait_ready(qtbot, tab)
+    contents = _files_ready(qtbot, tab)
+    qtbot.keyClick(window, Qt.Key_G, Qt.ControlModifier | Qt.ShiftModifier)
+    dlg = _goto_dialog(tab)
+    qtbot.keyClicks(dlg.edit, "2:/etc/hostname")
+    qtbot.keyClick(dlg.edit, Qt.Key_Return)
+    assert dlg.isVisible() and "journal needs recovery" in dlg.note.text()
+    qtbot.keyClick(dlg.edit, Qt.Key_Return)                # again: go there anyway
+    assert not dlg.isVisible()
+    f = contents.resolve("2:/etc/hostname")[0]
+    assert tab.pane("hex").view.cursor == f.info.extents[0][1]
+    # the FAT partition has no journal: no warning
+    qtbot.keyClick(window, Qt.Key_G, Qt.ControlModifier | Qt.ShiftModifier)
+    dlg = _goto_dialog(tab)
+    qtbot.keyClicks(dlg.edit, "1:/etc/hostname")
+    qtbot.keyClick(dlg.edit, Qt.Key_Return)
+    assert not dlg.isVisible()
