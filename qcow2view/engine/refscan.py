@@ -196,7 +196,7 @@ class Scanner:
     def __init__(self, image, *, disk: DiskRefcounts | None = None,
                  check_copied: bool = False, want_ranges: bool = False,
                  compact: bool = False, progress: Progress = None,
-                 cancel: Cancel = None) -> None:
+                 cancel: Cancel = None, guest=None) -> None:
         self.im = image
         self.cs = image.cluster_size
         self.cb = image.cluster_bits
@@ -205,6 +205,8 @@ class Scanner:
         self.disk = disk
         self.check_copied = check_copied and disk is not None
         self.want_ranges = want_ranges
+        # fed the active L1's L2 tables as they are read (guestmap.GuestMapBuilder)
+        self.guest = guest
         self.reader = TableReader(image.file, self.cs, image.extended_l2,
                                   max(1, BATCH_ENTRIES // image.l2_size))
         self.progress = progress
@@ -486,12 +488,15 @@ class Scanner:
             # an entry with flag bits only: its "table" is the header cluster, which
             # QEMU walks for references but not for COPIED flags (offset 0 skipped)
             hdr = l2_offsets[batch] == 0
-            parts = [(rows, cp) for rows, cp in ((batch[~hdr], copied), (batch[hdr], False))
-                     if len(rows)]
-            for k, (rows, cp) in enumerate(parts):
+            parts = [(rows, cp, h) for rows, cp, h in ((batch[~hdr], copied, False),
+                                                       (batch[hdr], False, True)) if len(rows)]
+            for k, (rows, cp, h) in enumerate(parts):
                 tick = len(batch) if k == len(parts) - 1 else 0
-                jobs.append((l2_offsets[rows], (rows, cp, tick)))
-        for (rows, cp, tick), raw, bm in self.reader.stream(jobs):
+                jobs.append((l2_offsets[rows], (rows, cp, tick, h)))
+        guest = self.guest if active else None
+        for (rows, cp, tick, h), raw, bm in self.reader.stream(jobs):
+            if guest is not None and not h:
+                guest.add(idx[rows], raw, bm)
             got = self._walk_l2_batch(raw, bm, l2_offsets[rows], active, sname, cp)
             if got is not None:
                 lo_all[rows], hi_all[rows] = got

@@ -14,7 +14,7 @@ import qemu
 from qcow2view.engine import (CancelledError, GuestState, HOST_KIND_SEVERITY, HostKind,
                               open_image)
 from check_images import (_backing, _bitmaps, _compressed, _data_file, _extended, _img,
-                        _small, _snapshots, dmg_leak, dmg_refcount_zero)
+                        _prealloc, _small, _snapshots, dmg_leak, dmg_refcount_zero)
 
 
 def assert_guest_like_qemu(path, gm, cs):
@@ -184,9 +184,26 @@ def test_progress_and_cancel(tmp_path):
         im.host_map(progress=lambda d, t: seen.append((d, t)))
         assert seen and seen[-1][0] == seen[-1][1]
         with pytest.raises(CancelledError):
-            im.guest_map(cancel=lambda: True)
-        with pytest.raises(CancelledError):
             im.check(cancel=lambda: True)
+    with open_image(p) as im:       # (the host map above built the guest map too)
+        with pytest.raises(CancelledError):
+            im.guest_map(cancel=lambda: True)
+
+
+def test_the_host_map_walk_builds_the_guest_map_as_guest_map_does(tmp_path):
+    """The window reads each L2 table once: the host map's walk feeds the guest
+    map, which must be the one guest_map builds on its own (summarised too)."""
+    for build in (_snapshots, _compressed, _extended, _backing, _data_file, _small, _prealloc):
+        d = tmp_path / build.__name__
+        d.mkdir()
+        p = build(d)
+        with open_image(p) as a, open_image(p) as b:
+            a.host_map()
+            shared, alone = a.guest_map(), b.guest_map()
+        for f in ("states", "depth", "host_offsets"):
+            assert (getattr(shared, f) == getattr(alone, f)).all(), (build.__name__, f)
+        assert (shared.cluster_size, shared.clusters_per_entry) == (alone.cluster_size,
+                                                                    alone.clusters_per_entry)
 
 
 def test_map_in_worker_while_reading(tmp_path):

@@ -1,0 +1,334 @@
+"""The guest map: how each guest cluster reads (data, compressed, zero,
+unallocated, from a backing file at depth N) and where its data lies on the host.
+
+Built from the L1/L2 tables with numpy a batch of tables at a time, or fed the
+batches of the host map's walk (:class:`GuestMapBuilder`), so the window reads
+each L2 table once for both maps.  A disk with more clusters than
+:data:`MAX_GUEST_ENTRIES` is summarised (see :class:`GuestMap`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import clusters as C
+from .refscan import BATCH_ENTRIES, Cancel, Progress, check_cancel
+from .tableread import read_tables
+
+U64 = np.uint64
+
+
+class GuestState(enum.IntEnum):
+    """How a guest cluster reads (one uint8 per guest cluster)."""
+
+    UNALLOCATED = 0
+    ZERO = 1
+    DATA = 2
+    COMPRESSED = 3
+    BACKING = 4
+    MIXED = 5
+
+
+# Entries a guest map holds at most (10 bytes each, and the pictures built from it
+# add one more): 40 MiB, and still ten times the cells a picture has.  A bigger
+# disk is summarised: each entry then stands for a power-of-two run of clusters
+# (a 1 TiB disk of 64 KiB clusters 4, a 4 PiB disk of 2 MiB clusters 512).
+MAX_GUEST_ENTRIES = 1 << 22
+
+# Which member a summarised entry shows: the most significant, in the heatmap's order
+GUEST_STATE_RANK = np.zeros(8, dtype=np.uint8)
+for _s, _r in ((GuestState.UNALLOCATED, 0), (GuestState.ZERO, 1), (GuestState.BACKING, 2),
+               (GuestState.MIXED, 3), (GuestState.COMPRESSED, 4), (GuestState.DATA, 5)):
+    GUEST_STATE_RANK[_s] = _r
+
+
+@dataclass
+class GuestMap:
+    """One entry per guest cluster, or per ``clusters_per_entry`` clusters on a disk
+    with more than :data:`MAX_GUEST_ENTRIES` clusters: then ``cluster_size`` is the
+    bytes an entry covers, and each entry holds the state, depth and host offset of
+    its most significant member (data > compressed > mixed > backing > zero >
+    unallocated; the first such member)."""
+
+    cluster_size: int            # bytes per entry
+    virtual_size: int
+    states: np.ndarray           # uint8 GuestState per entry
+    depth: np.ndarray            # uint8: 0 = this image, N = Nth backing file
+    host_offsets: np.ndarray     # uint64 host offset of data/compressed (byte offset), else 0
+    snapshot: str | None
+    clusters_per_entry: int = 1
+
+    @property
+    def image_cluster_size(self) -> int:
+        return self.cluster_size // self.clusters_per_entry
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+
+class GuestMapBuilder:
+    """A guest map built a batch of L2 tables at a time (:meth:`add`), completed by
+    :meth:`finish`; the tables come from :func:`guest_map`'s own reads or from
+    the host map's walk of the active L1 table."""
+
+    def __init__(self, image, l1: np.ndarray, vsize: int, snap_name: str | None,
+                 max_entries: int = MAX_GUEST_ENTRIES) -> None:
+        self.image = image
+        self.cs = cs = image.cluster_size
+        self.vsize = vsize
+        self.snap_name = snap_name
+        self.n = n = -(-vsize // cs)
+        k = 1                               # clusters per entry
+        while -(-n // k) > max_entries:
+            k *= 2
+        self.k = k
+        m = -(-n // k)
+        self.states = np.zeros(m, dtype=np.uint8)
+        self.depth = np.zeros(m, dtype=np.uint8)
+        self.hosts = np.zeros(m, dtype=U64)
+        self.L = L = image.l2_size
+        self.l1 = l1[:-(-n // L)]
+        self.ramp = np.arange(L, dtype=U64) * U64(cs)
+
+    def tables(self) -> np.ndarray:
+        """L1 indices of the L2 tables the map needs."""
+        return np.nonzero(self.l1 & U64(C.L1E_OFFSET_MASK))[0]
+
+    def add(self, bi: np.ndarray, raw: np.ndarray, bm: np.ndarray | None) -> None:
+        """The L2 tables of L1 entries ``bi`` (their entries and sub-cluster bitmaps;
+        left as they were, so a walk can go on with them)."""
+        keep = bi < len(self.l1)
+        if not keep.all():
+            bi, raw = bi[keep], raw[keep]
+            bm = None if bm is None else bm[keep]
+        if not len(bi):
+            return
+        cs, L, k, n = self.cs, self.L, self.k, self.n
+        states, hosts, ramp = self.states, self.hosts, self.ramp
+        fast = _contiguous_rows(raw, cs) if bm is None else np.zeros(len(bi), dtype=bool)
+        if k > 1:
+            if k <= L and fast.any():
+                # a contiguous table: each of its entries is DATA at its first member
+                _summarise_contiguous(states, hosts, raw[fast, 0], bi[fast], L, k, cs)
+                rest = np.flatnonzero(~fast)
+                raw, bi = raw[rest], bi[rest]
+                bm = None if bm is None else bm[rest]
+                fast = fast[rest]
+            if len(bi):
+                st, ho = _decode_states(raw, bm, self.image.has_data_file, self.image.layout)
+                for r in np.nonzero(fast)[0].tolist():
+                    st[r] = GuestState.DATA
+                    np.add(ramp, raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=ho[r])
+                _summarise(states, hosts, st, ho, bi, L, k, n)
+            return
+        for r in np.nonzero(fast)[0].tolist():
+            lo = int(bi[r]) * L
+            hi = min(n, lo + L)
+            states[lo:hi] = GuestState.DATA
+            np.add(ramp[:hi - lo], raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=hosts[lo:hi])
+        rest = np.nonzero(~fast)[0]
+        if len(rest) == 0:
+            return
+        if len(rest) < len(bi):
+            raw = raw[rest]
+            bm = None if bm is None else bm[rest]
+        st, ho = _decode_states(raw, bm, self.image.has_data_file, self.image.layout)
+        for r, i in enumerate(bi[rest].tolist()):
+            lo = i * L
+            hi = min(n, lo + L)
+            states[lo:hi] = st[r, :hi - lo]
+            hosts[lo:hi] = ho[r, :hi - lo]
+
+    def finish(self, follow_backing: bool = True, cancel: Cancel = None) -> GuestMap:
+        if follow_backing and self.image.backing is not None:
+            _merge_backing(self.image, self.states, self.depth, self.hosts, self.cs * self.k,
+                           self.vsize, cancel)
+        return GuestMap(self.cs * self.k, self.vsize, self.states, self.depth, self.hosts,
+                        self.snap_name, self.k)
+
+
+def active_builder(image) -> GuestMapBuilder | None:
+    """A builder of :func:`guest_map`'s map of the image as opened (no snapshot view:
+    then the active L1 table is not the one the image shows)."""
+    if image.snapshot is not None:
+        return None
+    return GuestMapBuilder(image, image.l1_table.entries, image.virtual_size, None)
+
+
+def guest_map(image, snapshot=None, progress: Progress = None, cancel: Cancel = None,
+              follow_backing: bool = True, max_entries: int = MAX_GUEST_ENTRIES) -> GuestMap:
+    snap_name = None
+    if snapshot is not None:
+        s = image.find_snapshot(snapshot) if not hasattr(snapshot, "l1_table_offset") \
+            else snapshot
+        l1 = image.snapshot_l1_table(s).entries
+        vsize = s.disk_size if s.disk_size is not None else image.virtual_size
+        snap_name = s.name
+    else:
+        l1 = image.l1_table.entries
+        vsize = image.virtual_size
+        if image.snapshot is not None:
+            snap_name = image.snapshot.name
+    g = GuestMapBuilder(image, l1, vsize, snap_name, max_entries)
+    idx = g.tables()
+    per_batch = max(1, BATCH_ENTRIES // g.L)
+    total = len(idx) + 1
+    for b in range(0, len(idx), per_batch):
+        check_cancel(cancel)
+        bi = idx[b:b + per_batch]
+        raw, bm = read_tables(image.file, (g.l1[bi] & U64(C.L1E_OFFSET_MASK)).astype(np.int64),
+                              g.cs, image.extended_l2)
+        g.add(bi, raw, bm)
+        if progress is not None:
+            progress(b + len(bi), total)
+    gm = g.finish(follow_backing, cancel)
+    if progress is not None:
+        progress(total, total)
+    return gm
+
+
+def _summarise_contiguous(states: np.ndarray, hosts: np.ndarray, first: np.ndarray,
+                          l1_idx: np.ndarray, L: int, k: int, cs: int) -> None:
+    """:func:`_summarise` for whole tables of contiguous data clusters (``first``:
+    each table's first L2 entry), ``k`` dividing ``L``: every entry they cover is
+    DATA at the host offset of its first cluster."""
+    per = L // k
+    e = l1_idx.astype(np.int64)[:, None] * per + np.arange(per, dtype=np.int64)
+    h = ((first & U64(C.L2E_OFFSET_MASK))[:, None]
+         + np.arange(per, dtype=U64) * U64(k * cs))
+    keep = e < len(states)
+    states[e[keep]] = GuestState.DATA
+    hosts[e[keep]] = h[keep]
+
+
+def _summarise(states: np.ndarray, hosts: np.ndarray, st: np.ndarray, ho: np.ndarray,
+               l1_idx: np.ndarray, L: int, k: int, n: int) -> None:
+    """Fold the clusters of whole L2 tables (rows of ``st``/``ho``) into entries of
+    ``k`` clusters: the most significant member wins, the first one on ties."""
+    rows = len(l1_idx)
+    g = min(k, L)                       # members of one entry inside one table
+    first = l1_idx.astype(np.int64)[:, None] * L + np.arange(0, L, g, dtype=np.int64)
+    rank = GUEST_STATE_RANK[st]
+    rank[(first[:, :1] + np.arange(L)) >= n] = 0     # past the end of the disk
+    rank = rank.reshape(rows, L // g, g)
+    pick = rank.argmax(axis=2)[..., None]
+    r = np.take_along_axis(rank, pick, 2).ravel()
+    s = np.take_along_axis(st.reshape(rows, L // g, g), pick, 2).ravel()
+    h = np.take_along_axis(ho.reshape(rows, L // g, g), pick, 2).ravel()
+    e = (first // k).ravel()
+    keep = (e < len(states)) & (r > 0)
+    e, r, s, h = e[keep], r[keep], s[keep], h[keep]
+    if g < k and len(e):
+        # several tables per entry: the best of this batch per entry, then the map's
+        order = np.lexsort((-r.astype(np.int16), e))
+        e, r, s, h = e[order], r[order], s[order], h[order]
+        u = np.r_[True, e[1:] != e[:-1]]
+        e, r, s, h = e[u], r[u], s[u], h[u]
+        better = r > GUEST_STATE_RANK[states[e]]
+        e, s, h = e[better], s[better], h[better]
+    states[e] = s
+    hosts[e] = h
+
+
+def _contiguous_rows(raw: np.ndarray, cs: int) -> np.ndarray:
+    """Rows that map one run of contiguous, aligned, plain data clusters."""
+    n, L = raw.shape
+    base = raw[:, 0].copy()
+    flags = base & ~U64(C.L2E_OFFSET_MASK)
+    boff = base & U64(C.L2E_OFFSET_MASK)
+    cand = (((flags == 0) | (flags == U64(C.QCOW_OFLAG_COPIED))) & (boff != 0)
+            & ((boff & U64(cs - 1)) == 0)
+            & (boff + U64((L - 1) * cs) <= U64(C.L2E_OFFSET_MASK)))
+    if not cand.any():
+        return cand
+    ramp = np.arange(L, dtype=U64) * U64(cs)
+    np.subtract(raw, base[:, None], out=raw)
+    cand &= ~np.not_equal(raw, ramp).any(axis=1)
+    raw += base[:, None]
+    return cand
+
+
+def _decode_states(raw: np.ndarray, bm: np.ndarray | None, has_data_file: bool,
+                   layout) -> tuple[np.ndarray, np.ndarray]:
+    comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
+    off = raw & U64(C.L2E_OFFSET_MASK)
+    has_off = off != 0
+    if has_data_file:
+        has_off |= (raw & U64(C.QCOW_OFLAG_COPIED)) != 0
+    st = np.full(raw.shape, GuestState.UNALLOCATED, dtype=np.uint8)
+    ho = np.zeros(raw.shape, dtype=U64)
+    if bm is None:
+        zero = ((raw & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp
+        data = has_off & ~zero & ~comp
+        st[zero] = GuestState.ZERO
+        st[data] = GuestState.DATA
+        ho[data] = off[data]
+    else:
+        full = U64(C.L2_BITMAP_ALL_ALLOC)
+        alloc = bm & full
+        zero = bm >> U64(32)
+        a = has_off & ~comp
+        u = ~has_off & ~comp
+        st[a | u] = GuestState.MIXED
+        st[(a & (alloc == 0) & (zero == 0)) | (u & (alloc == 0) & (zero == 0))] = \
+            GuestState.UNALLOCATED
+        st[(a | (u & (alloc == 0))) & (zero == full) & ((alloc & zero) == 0)] = \
+            GuestState.ZERO
+        d = a & (alloc == full) & (zero == 0)
+        st[d] = GuestState.DATA
+        keep = a & ((st == GuestState.DATA) | (st == GuestState.MIXED))
+        ho[keep] = off[keep]
+    st[comp] = GuestState.COMPRESSED
+    ho[comp] = raw[comp] & U64(layout.offset_mask)
+    return st, ho
+
+
+def _merge_backing(image, states, depth, hosts, cs, vsize, cancel) -> None:
+    need = states == GuestState.UNALLOCATED
+    if not need.any():
+        return
+    b = image.backing
+    n = len(states)
+    if hasattr(b, "l1_table"):
+        sub = guest_map(b, cancel=cancel)
+        bcs = sub.cluster_size
+        # the backing file's view at this image's cluster granularity
+        pos = np.arange(n, dtype=U64) * U64(cs)
+        inside = pos < U64(sub.virtual_size)
+        if bcs >= cs:
+            j = (pos[inside] // U64(bcs)).astype(np.intp)
+            bst = sub.states[j]
+            bdp = sub.depth[j]
+            bho = sub.host_offsets[j]
+            adj = np.where((bst == GuestState.DATA) | (bst == GuestState.BACKING),
+                           pos[inside] % U64(bcs), U64(0))
+            bho = np.where(bho != 0, bho + adj, bho)
+        else:
+            r = cs // bcs
+            m = int(inside.sum())
+            pad = m * r - len(sub.states)
+            grid = np.concatenate([sub.states, np.zeros(max(pad, 0), np.uint8)])[:m * r]
+            grid = grid.reshape(m, r)
+            bst = grid[:, 0].copy()
+            bst[np.any(grid != grid[:, :1], axis=1)] = GuestState.MIXED
+            dgrid = np.concatenate([sub.depth, np.zeros(max(pad, 0), np.uint8)])[:m * r]
+            bdp = dgrid.reshape(m, r)[:, 0].copy()
+            hgrid = np.concatenate([sub.host_offsets, np.zeros(max(pad, 0), U64)])[:m * r]
+            bho = hgrid.reshape(m, r)[:, 0].copy()
+        found = bst != GuestState.UNALLOCATED
+        tgt = np.nonzero(inside)[0]
+        hit = tgt[found & need[tgt]]
+        k = found & need[tgt]
+        states[hit] = GuestState.BACKING
+        depth[hit] = np.minimum(bdp[k].astype(np.int64) + 1, 255).astype(np.uint8)
+        hosts[hit] = bho[k]
+    else:   # raw backing file: guest offset == file offset
+        pos = np.arange(n, dtype=U64) * U64(cs)
+        hit = need & (pos < U64(b.virtual_size))
+        states[hit] = GuestState.BACKING
+        depth[hit] = 1
+        hosts[hit] = pos[hit]
+
