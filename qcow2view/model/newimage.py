@@ -7,6 +7,8 @@ import os
 
 from ..engine import Qcow2Error
 from ..engine.create import create_image, validate_create_options
+from ..engine.ops.measure import measure
+from .units import human_size
 
 
 def option_problems(size: int, **options) -> list[str]:
@@ -23,3 +25,16 @@ def create(path: str | os.PathLike, size: int, *, overwrite: bool = False,
     except (Qcow2Error, OSError) as e:
         return str(e)
     return None
+
+
+def space_text(size: int | None, **options) -> str:
+    """What the new image takes on disk, as ``qemu-img measure`` says: metadata now,
+    and the whole disk once every cluster is written ('' when it cannot be told)."""
+    if size is None:
+        return ""
+    try:
+        m = measure(size, options=options)
+    except (Qcow2Error, ValueError):
+        return ""
+    return (f"Takes {human_size(m.required)} now, {human_size(m.fully_allocated)} when "
+            "every cluster is written")

@@ -98,6 +98,9 @@ class NewImageDialog(QDialog):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.general)
+        self.space = QLabel(self)        # qemu-img measure's two sizes
+        self.space.setObjectName("space")
+        lay.addWidget(self.space)
         lay.addWidget(self.buttons)
 
         for w in (self.path, self.size_value, self.backing_file, self.data_file):
@@ -243,6 +246,7 @@ class NewImageDialog(QDialog):
             label.setVisible(bool(label.text()))
         self.problems = [m for _, m in problems]
         self.create_btn.setEnabled(not problems)
+        self.space.setText("" if problems else new_image.space_text(size, **opts))
         return self.problems
 
     def _abs(self, p: str) -> str:

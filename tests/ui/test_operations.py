@@ -171,3 +171,21 @@ def test_resize_rebase_and_convert_from_the_menu(window, qtbot, tmp_path, answer
     assert any("into a new qcow2 image of" in t for _, _, t in asked)
     assert qemu.compare(top, out).returncode == 0
     assert qemu.info(out)["format-specific"]["data"]["compression-type"] == "zstd"
+
+
+def test_new_image_dialog_says_the_space_it_takes(qtbot, tmp_path):
+    import json
+
+    from qcow2view.model.units import human_size
+    from qcow2view.ui.newimage import NewImageDialog
+    dlg = NewImageDialog(directory=str(tmp_path))
+    qtbot.addWidget(dlg)
+    dlg.size_value.setText("10")
+    dlg.size_unit.setCurrentText("GiB")
+    want = json.loads(qemu.qemu_img("measure", "--output=json", "--size", "10G",
+                                    "-O", "qcow2").stdout)
+    assert dlg.space.text() == (f"Takes {human_size(want['required'])} now, "
+                                f"{human_size(want['fully-allocated'])} when every "
+                                "cluster is written")
+    dlg.size_value.setText("ten")
+    assert dlg.space.text() == ""
