@@ -117,3 +117,23 @@ def test_commands_load_no_qt(gpt_disk):
             "assert not [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph'))]")
     subprocess.run([sys.executable, "-c", code, str(gpt_disk.qcow2)], check=True,
                    capture_output=True)
+
+
+def test_cat_and_changed_with_a_snapshot(gpt_disk, tmp_path, capsysbinary):
+    import shutil
+    q = tmp_path / "snap.qcow2"
+    shutil.copy(gpt_disk.qcow2, q)
+    qemu.qemu_img("snapshot", "-c", "s1", q)
+    part, start = gpt_disk.parts[2], gpt_disk.starts[2]
+    bs = int(re.search(r"Block size:\s+(\d+)", debugfs(part, "stats")).group(1))
+    blk = int(debugfs(part, "bmap /etc/hostname 0").split()[0])
+    qemu.qemu_io(q, f"write -P 0x21 {start + blk * bs} 5")
+    rc, out, _ = run(capsysbinary, "cat", q, "/etc/hostname", "--partition", "2")
+    assert out == b"!!!!!-host\n"
+    rc, out, _ = run(capsysbinary, "cat", q, "/etc/hostname", "--partition", "2",
+                     "--snapshot", "s1")
+    assert out == b"guest-host\n"
+    rc, out, _ = run(capsysbinary, "changed", q, "--snapshot", "s1", "--json")
+    assert json.loads(out) == {"against": "snapshot s1", "files": [
+        {"path": "/etc/hostname", "partition": 2, "bytes_changed": 5}],
+        "other_bytes_changed": 0}
