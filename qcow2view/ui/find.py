@@ -3,10 +3,13 @@ worker thread with progress and Cancel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                                QToolButton, QWidget)
 
+from ..model.hexdocument import HexDocument
 from ..model.hexsearch import find, parse_pattern
 from ..model.workers import Worker
 
@@ -17,10 +20,11 @@ class FindBar(QWidget):
     found = Signal(object, object)          # offset, length (offsets exceed 2^31)
     finished = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, doc: HexDocument, caret: Callable[[], int],
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.doc = None
-        self.caret = lambda: 0            # where a search starts (set by the editor)
+        self.doc = doc
+        self.caret = caret                # where a search starts: the editor's caret
         self.worker: Worker | None = None
         self._pattern = b""
         self.edit = QLineEdit(self)
@@ -80,7 +84,7 @@ class FindBar(QWidget):
 
     def start(self, forward: bool = True) -> bool:
         """Search from just after (before) the caret; False if the input is bad."""
-        if self.doc is None or self.running:
+        if self.running:
             return False
         try:
             pattern = parse_pattern(self.edit.text(),

@@ -42,9 +42,7 @@ class HexEditor(QWidget):
         self.banner = QLabel(self)
         self.banner.setWordWrap(True)
         self.banner.hide()
-        self.findbar = FindBar(self)
-        self.findbar.doc = doc
-        self.findbar.caret = lambda: self.view.cursor
+        self.findbar = FindBar(doc, lambda: self.view.cursor, self)
         self.findbar.hide()
         self.legend = HexLegend(doc.source.kinds_shown, self)
         if file_view:
@@ -226,12 +224,7 @@ class HexEditor(QWidget):
         self.findbar.start(forward)
 
     def _found(self, offset: int, length: int) -> None:
-        self.view.select_range(offset, length)
-        self.view.cursor = offset
-        self.view.anchor = offset + length - 1 if length > 1 else None
-        self.view.ensure_visible(offset)
-        self.view.viewport().update()
-        self._update_inspector()
+        self.view.select_range(offset, length, caret_at_start=True)
 
     def show_history(self) -> QDialog:
         if self.history is None:

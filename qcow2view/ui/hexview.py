@@ -314,15 +314,15 @@ class HexView(QAbstractScrollArea):
             self.setFocus(Qt.OtherFocusReason)
             self.activateWindow()
 
-    def select_range(self, offset: int, length: int) -> None:
-        """Select ``length`` bytes from ``offset`` (e.g. a metadata structure)."""
+    def select_range(self, offset: int, length: int, *, caret_at_start: bool = False) -> None:
+        """Select ``length`` bytes from ``offset`` (e.g. a metadata structure), the caret
+        on the last byte (or, with ``caret_at_start``, on the first: a find match)."""
         if length <= 0:
             self.goto(offset, focus=False)
             return
         end = min(self.size - 1, offset + length - 1)
         self.goto(offset, focus=False)
-        self.anchor = offset
-        self.cursor = end
+        self.anchor, self.cursor = (end, offset) if caret_at_start else (offset, end)
         if (end - offset) // self.bytes_per_row < self.visible_rows:
             self.ensure_visible(end)
         self.ensure_visible(offset)
