@@ -96,7 +96,8 @@ def _index(im):
 def _file_json(f) -> dict:
     return {"path": f.path, "size": f.size, "extents": [list(e) for e in f.extents],
             "type": f.type, "mode": f.mode, "inode": f.inode, "links": f.links,
-            "target": f.target, "mtime": f.mtime, "inline": f.inline, "sparse": f.sparse}
+            "target": f.target, "mtime": f.mtime, "inline": f.inline, "sparse": f.sparse,
+            "encoded": f.encoded}
 
 
 def _fs_json(gv, files: bool) -> dict | None:
@@ -273,7 +274,7 @@ def cat_main(ns) -> int:
         if info.type == "dir":
             raise BadInput(f"{ns.path}: is a directory")
         out = sys.stdout.buffer
-        if info.inline:
+        if info.inline or info.encoded:
             src = GuestSource.of_image(im)
             out.write(read_through_library(src, f.volume, info.path, info.size))
         else:

@@ -217,9 +217,30 @@ def read_through_library(src: GuestSource, gv: GuestVolume, path: str, size: int
                                        else path)
         if e is None:
             raise OSError(f"{path}: not found")
-        return e.read(size) if size else b""
+        data = e.read(size) if size else b""
+        if lib.__name__ == "pyfsext" and size > EXT_INLINE_BYTES:
+            data = _ext_inline_tail(e, data, size)
+        return data
     except (OSError, ValueError) as err:
         vsrc.reraise()
         raise OSError(f"{path}: unreadable ({short_error(err)})") from None
     finally:
         vol.close()
+
+
+EXT_INLINE_BYTES = 60          # inline data inside the inode's i_block; the rest is an xattr
+
+
+def _ext_inline_tail(e, data: bytes, size: int) -> bytes:
+    """ext4 inline data past the inode's 60 bytes lives in the 'system.data' extended
+    attribute (libfsext reads that part as zeros)."""
+    try:
+        for i in range(e.number_of_extended_attributes):
+            a = e.get_extended_attribute(i)
+            if a.name == "system.data":
+                tail = a.read_buffer(a.size)
+                return (data[:EXT_INLINE_BYTES] + tail)[:size]
+    except (OSError, ValueError):
+        pass
+    return data
+

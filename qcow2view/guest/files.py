@@ -77,6 +77,9 @@ class FileInfo:
     inline: bool = False          # the bytes live inside filesystem metadata
     sparse: bool = False
     system: bool = False          # the filesystem's own file ($MFT, ...)
+    #: the extents hold the file encoded (NTFS compression): they are its clusters, but
+    #: its bytes are read through the library, and file offsets within them are not exact
+    encoded: bool = False
 
 
 @dataclass

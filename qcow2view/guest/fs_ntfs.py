@@ -11,6 +11,7 @@ from .partitions import Region
 
 FIRST_USER_RECORD = 16          # records 0..15 are NTFS's own files
 REF_MASK = (1 << 48) - 1
+EXTENT_COMPRESSED = 0x2         # libfsntfs: the run holds compressed data
 
 #: what the bytes of NTFS's own files are, for the metadata regions
 SYSTEM_LABELS = {0: "MFT", 1: "MFT mirror", 2: "journal ($LogFile)", 4: "$AttrDef",
@@ -36,7 +37,7 @@ def _describe(vol, fs: Filesystem):
                         size, None, utc_seconds(e.modification_time),
                         utc_seconds(e.access_time), utc_seconds(e.entry_modification_time),
                         1, target, exts, inline=size > 0 and n == 0, sparse=sparse,
-                        system=system)
+                        system=system, encoded=any(r[2] & EXTENT_COMPRESSED for r in raw))
         if system and ref in SYSTEM_LABELS and ref != 8:
             for _f, g, m in exts:
                 fs.metadata.append(Region(g, m, SYSTEM_LABELS[ref]))

@@ -47,6 +47,7 @@ def make_tree(root: Path, links: bool = True) -> Path:
     (root / "etc").mkdir(parents=True)
     (root / "etc/hostname").write_text("guest-host\n")
     (root / "etc/fstab").write_text("UUID=x / ext4 defaults 0 1\n" * 40)
+    (root / "etc/motd").write_text("m" * 99 + "\n")   # inline_data beyond the i_block's 60
     (root / "bin").mkdir()
     (root / "bin/tool").write_bytes(r.randbytes(200_000))
     (root / "data").mkdir()

@@ -104,12 +104,13 @@ def test_ext4_metadata_regions_as_debugfs_stats(gpt_disk, ext_root):
 def test_ext4_inline_data_is_marked_and_read_by_the_library(mbr_disk):
     v, _disk = _volume(mbr_disk.qcow2, 6)
     fs = v.filesystem
-    f = next(f for f in fs.files if f.path == "/hostname")
-    assert "Size of inline data" in debugfs(mbr_disk.parts[6], "stat /hostname")
-    assert f.inline and f.extents == ()
-    with open_image(mbr_disk.qcow2) as im:
-        got = read_through_library(GuestSource.of_image(im), v, f.path, f.size)
-    assert got == (mbr_disk.src / "etc/hostname").read_bytes()
+    for name in ("hostname", "motd"):        # 11 bytes; 100 (past the inode's 60)
+        f = next(f for f in fs.files if f.path == f"/{name}")
+        assert "Size of inline data" in debugfs(mbr_disk.parts[6], f"stat /{name}")
+        assert f.inline and f.extents == ()
+        with open_image(mbr_disk.qcow2) as im:
+            got = read_through_library(GuestSource.of_image(im), v, f.path, f.size)
+        assert got == (mbr_disk.src / "etc" / name).read_bytes()
 
 
 def test_fat_files_match_the_source_and_fls(gpt_disk):
