@@ -2,30 +2,43 @@
 
 Build it once, in a worker thread if there is a GUI::
 
-    idx = build_index(image, progress=cb)     # cb(done, total) -> False (or raise) cancels
-    o = idx.owner(0x4c30000)                  # Owner(what="file data", partition=2,
-                                              #   filesystem="ext4", path="/etc/hostname",
-                                              #   file_offset=0, names=(...), label=None)
-    idx.what(offsets)                         # numpy: WHAT code per guest offset (maps)
-    idx.find("/etc/hostname", partition=2)    # [IndexedFile] (every filesystem if None)
-    idx.file_ranges(f)                        # its (file offset, guest offset, length)
-    idx.host_owners(cluster)                  # [(guest offset, length, Owner)] for a
-                                              #   host cluster of the image
+    idx = build_index(image, progress=cb)  # cb(done, total) -> False (or raise) cancels:
+                                           # Cancelled is raised; a few seconds for 140k files
+    o = idx.owner(0x4c30000)               # Owner(offset, what="file data", partition=2,
+                                           #   filesystem="ext4", path="/etc/hostname",
+                                           #   file_offset=0, label=None, names=(...),
+                                           #   volume=None)  -- a NamedTuple, ~2 us
+    idx.ranges(start, length)              # [(guest offset, length, Owner)] across a range
+    idx.what(offsets)                      # numpy uint8 WHAT code per offset (map colours)
+    idx.find("/etc/hostname", partition=2) # [IndexedFile] (every filesystem if None)
+    idx.paths(), idx.by_path()             # every path; (path, [IndexedFile]) pairs
+    f.info.extents                         # (file offset, guest offset, length), FileInfo
+    idx.host_owners(cluster)               # [(guest offset, length, Owner)] held by a host
+                                           #   cluster of the image
+    idx.disk                               # the GuestDisk: table, volumes, problems
+    idx.volumes, idx.files                 # volumes (partitions, then their LVs) by id;
+                                           #   IndexedFile by id
+    idx.starts, idx.kind, idx.vol          # the merged ranges as numpy arrays (sorted
+                                           #   starts; WHAT code; volume id or -1)
 
 What a byte is (:data:`WHAT`, in the order codes are numbered): "unpartitioned",
 "partition table", "free space" (in a partition, no file or metadata claims it),
 "filesystem metadata" (a labelled region: superblock, inode table, FAT, MFT,
 journal, a directory's blocks), "file data".  When ranges overlap the later kind
-wins (file data over metadata over free space).
+wins (file data over metadata over free space).  A file's last block counts as
+its own (slack) although its extents stop at its size.
 
 Hard links are keyed by (volume, inode): one :class:`IndexedFile` per file, with
-every name in ``names``; ``owner`` reports the first name as ``path``.
+every name in ``names``; ``owner`` reports the first name as ``path``.  Inline
+(resident) data has no extents of its own: its bytes are inside the metadata
+region that holds the inode or MFT record.
 
-Lookups are a ``bisect`` over the sorted start offsets of the merged ranges
-(a few microseconds); :meth:`GuestIndex.what` is numpy ``searchsorted`` for many
-offsets at once.  The index holds no Image reference except for
-:meth:`host_owners`, which reads the engine's guest map (built on first use and
-cached by the engine).  Everything here is plain Python and numpy: no Qt.
+Lookups are a ``bisect`` over the sorted start offsets of the merged ranges;
+:meth:`GuestIndex.what` is numpy ``searchsorted`` for many offsets at once.  An
+index never changes after it is built, so any thread may read it.  It keeps the
+Image only for :meth:`host_owners`, which reads the engine's guest map (built on
+first use, cached by the engine; a read-only image's map may be built in a
+worker).  Everything here is plain Python and numpy: no Qt.
 """
 
 from __future__ import annotations
