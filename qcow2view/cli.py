@@ -90,6 +90,8 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
                             "compression_type, preallocation, backing_file, backing_fmt, data_file")
         p.add_argument("-b", dest="backing_file", help="backing file")
         p.add_argument("-F", dest="backing_fmt", help="backing file format")
+        p.add_argument("-u", dest="unsafe", action="store_true",
+                       help="do not open the backing file (it may be missing); needs SIZE")
         p.add_argument("--force", action="store_true", help="replace an existing file")
     return p
 

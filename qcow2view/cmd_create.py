@@ -40,7 +40,7 @@ def create_main(ns) -> int:
             opts["refcount_bits"] = int(opts["refcount_bits"]) \
                 if opts["refcount_bits"].isdigit() else opts["refcount_bits"]
         size = None if ns.size in (None, "") else parse_size(ns.size)
-        create_image(ns.path, size, overwrite=ns.force, **opts)
+        create_image(ns.path, size, overwrite=ns.force, unsafe=ns.unsafe, **opts)
     except Qcow2Error as e:
         print(f"qcow2view create: {e}", file=sys.stderr)
         return 1

@@ -43,3 +43,21 @@ def test_create_command_rejects_bad_options(tmp_path):
     p = _run(img, "1M", "-o", "bogus=1")
     assert p.returncode == 1 and "unknown option" in p.stderr
     assert not img.exists()
+
+
+def test_a_missing_backing_file_is_refused_unless_u(tmp_path):
+    """As qemu-img create: a backing file that does not open is refused, size given
+    or not, and nothing is left behind; with -u the image is made without looking,
+    with the same header as qemu-img create -u makes."""
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    args = ("-b", "missing.qcow2", "-F", "qcow2")
+    p = _run(ours, "1G", *args)
+    q = qemu.qemu_img("create", "-q", "-f", "qcow2", *args, theirs, "1G", check=False)
+    assert q.returncode != 0 and p.returncode != 0
+    assert not ours.exists() and not theirs.exists()
+    assert p.stderr.count("\n") == 1 and "missing.qcow2" in p.stderr and \
+        "No such file" in p.stderr
+    assert _run(ours, "1G", *args, "-u").returncode == 0
+    qemu.qemu_img("create", "-q", "-f", "qcow2", "-u", *args, theirs, "1G")
+    assert ours.read_bytes()[:4096] == theirs.read_bytes()[:4096]
+    assert _run(tmp_path / "n.qcow2", *args, "-u").returncode == 1     # -u needs a size

@@ -166,28 +166,29 @@ def _feature_table() -> bytes:
 
 
 def _backing_size(path: str, image_path: str, fmt: str | None, *,
-                  need_size: bool = True) -> int | None:
-    """The backing file's disk size (None when it is not needed and the file is not
-    there).  Like qemu-img, refuse a backing file that is not a regular file or a block
-    device (a FIFO would hang the open, a folder has no disk)."""
+                  unsafe: bool = False) -> int | None:
+    """The backing file's disk size.  Like qemu-img create, the backing file must
+    open (a missing one is refused) unless ``unsafe`` (``-u``), which does not look
+    at it at all and returns None; and like qemu-img, refuse a backing file that is
+    not a regular file or a block device (a FIFO would hang the open, a folder has
+    no disk)."""
     from .image import Image, probe_format   # lazy: image imports nothing from here
     full = path if os.path.isabs(path) else os.path.join(
         os.path.dirname(os.path.abspath(image_path)), path)
+    if unsafe:
+        return None
     try:
         mode = os.stat(full).st_mode
     except FileNotFoundError:
-        if not need_size:
-            return None
-        raise RequestError(f"Could not open backing file {path!r} (looked for {full}) "
-                           "to take the image size from it", path=image_path) from None
+        raise RequestError(f"Could not open backing file {path!r} (looked for {full}): "
+                           "No such file or directory (-u creates the image without "
+                           "opening it)", path=image_path) from None
     except (OSError, ValueError) as e:
         raise RequestError(f"Could not open backing file {path!r}: "
                            f"{getattr(e, 'strerror', None) or e}", path=image_path) from None
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise RequestError(f"'file' driver requires {path!r} to be a regular file; could "
                            "not open the backing image", path=image_path)
-    if not need_size:
-        return None
     fmt = fmt or probe_format(full)
     if fmt == "raw":
         fd = os.open(full, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -229,10 +230,12 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
                  compression_type: str = "zlib", preallocation: str = "off",
                  backing_file: str | None = None, backing_fmt: str | None = None,
                  data_file: str | None = None, data_file_raw: bool = False,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, unsafe: bool = False) -> None:
     """Create a QCOW2 image at ``path`` (options and defaults as ``qemu-img create -o``).
 
-    ``size`` None takes the backing file's size.  Sizes round up to 512 bytes
+    ``size`` None takes the backing file's size.  The backing file must open, as
+    qemu-img create wants, unless ``unsafe`` (its ``-u``: with a size given, the
+    backing file is named but not opened).  Sizes round up to 512 bytes
     as qemu-img rounds them.  Raises :class:`RequestError` with the reason for
     invalid options, before any file is touched; an existing file (image or
     data file) is replaced only with ``overwrite=True`` (qemu-img would silently
@@ -262,7 +265,10 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
         raise RequestError("; ".join(problems), path=path)
     cluster_size, refcount_bits = int(cluster_size), int(refcount_bits)
     if backing_file:
-        found = _backing_size(backing_file, path, backing_fmt, need_size=size is None)
+        if unsafe and size is None:
+            raise RequestError("-u needs the image size (the backing file is not opened)",
+                               path=path)
+        found = _backing_size(backing_file, path, backing_fmt, unsafe=unsafe)
         size = found if size is None else size
     size = -(-int(size) // 512) * 512
     if os.path.exists(path) and not overwrite:
