@@ -105,3 +105,26 @@ def test_progress_reports_and_cancels(gpt_disk):
             raise RuntimeError("stop")
         with pytest.raises(Cancelled):
             build_index(im, progress=boom)
+
+
+def test_a_cluster_only_a_snapshot_holds_is_named(gpt_disk, tmp_path):
+    """After a write copies a shared cluster, the old host cluster (where qemu-img map
+    put the file before) belongs to the snapshot alone, and is still named by it."""
+    import shutil
+    q = tmp_path / "s.qcow2"
+    shutil.copy(gpt_disk.qcow2, q)
+    with open_image(q) as im:
+        g = build_index(im).find("/bin/tool", 2)[0].info.extents[0][1]
+    mapping = json.loads(qemu.qemu_img("map", "--output=json", q).stdout)
+    host = next(m["offset"] + g - m["start"] for m in mapping
+                if m["start"] <= g < m["start"] + m["length"] and m.get("offset") is not None)
+    qemu.qemu_img("snapshot", "-c", "s1", q)
+    qemu.qemu_io(q, f"write -P 0x33 {g} 512")
+    with open_image(q) as im:
+        idx = build_index(im)
+        cluster = host // im.cluster_size
+        after = json.loads(qemu.qemu_img("map", "--output=json", q).stdout)
+        assert all(m.get("offset") is None or not m["offset"] <= host < m["offset"] + m["length"]
+                   for m in after)                  # the live disk no longer maps it
+        owners = idx.host_owners(cluster)
+    assert any(o.path == "/bin/tool" for _g, _n, o in owners)
