@@ -148,10 +148,15 @@ def test_io_error_at_every_step(tmp_path, name):
 
 
 CHILD = r"""
-import sys
+import os, sys, time
 sys.path.insert(0, sys.argv[1])
 from qcow2view import cli
-sys.exit(cli.main(sys.argv[2:]))
+from qcow2view.engine.fileio import HostFile
+marker = sys.argv[2]
+# each file operation takes 10 ms, so that a kill lands inside the operation
+HostFile.fault_hook = lambda what: time.sleep(0.01)
+open(marker, "w").close()
+sys.exit(cli.main(sys.argv[3:]))
 """
 
 
@@ -159,18 +164,27 @@ sys.exit(cli.main(sys.argv[2:]))
 @pytest.mark.parametrize("args", [("snapshot", "-d", "two"), ("amend", "-o", "refcount_bits=8"),
                                   ("snapshot", "-a", "one")])
 def test_sigkill_at_random_moments(tmp_path, args):
+    import random
     paths = _snap_image(tmp_path)
     img = paths["img"]
     pristine = img.read_bytes()
     before = _views(paths, tmp_path)
+    marker = tmp_path / "started"
     shutil.copyfile(img, tmp_path / "done")
-    subprocess.run([sys.executable, "-c", CHILD, ROOT, *args, str(tmp_path / "done")],
+    t = time.monotonic()
+    subprocess.run([sys.executable, "-c", CHILD, ROOT, marker, *args, str(tmp_path / "done")],
                    check=True)
+    span = time.monotonic() - t
     after = _views({"img": tmp_path / "done"}, tmp_path)
-    for delay in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4):
+    rng = random.Random(len(args[-1]))
+    for _ in range(6):
         img.write_bytes(pristine)
-        child = subprocess.Popen([sys.executable, "-c", CHILD, ROOT, *args, str(img)])
-        time.sleep(delay)          # python start-up is most of it: kills land anywhere
+        if marker.exists():
+            marker.unlink()
+        child = subprocess.Popen([sys.executable, "-c", CHILD, ROOT, marker, *args, str(img)])
+        while not marker.exists() and child.poll() is None:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, span / 2))     # the operation itself is most of it
         child.send_signal(signal.SIGKILL)
         child.wait()
         assert_consistent(img)
