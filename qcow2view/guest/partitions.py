@@ -271,22 +271,27 @@ def read_partition_table(read, disk_size: int, fs_at_zero=None) -> PartitionTabl
     mbr = read(0, SECTOR)
     entries = _mbr_entries(mbr) or []
     protective = [e for e in entries if e[2] == 0xEE]
+    failed: list[str] = []            # why the GPT tried first (512-byte sectors) failed
     for ss in (SECTOR, 4096):
         if ss != SECTOR and disk_size < 2 * ss:
             break
         if read(ss, 8) == GPT_SIGNATURE or (protective and ss == SECTOR):
-            if read_gpt(read, disk_size, ss, table):
-                table.sector_size = ss
-                table.regions.insert(0, Region(0, SECTOR, "protective MBR"))
-                others = [e for e in entries if e[2] != 0xEE]
-                if others:
-                    table.hybrid_mbr = True
-                    table.problems.append(
-                        "hybrid MBR: the MBR also lists partitions "
-                        + ", ".join(f"{e[0] + 1} (0x{e[2]:02x})" for e in others))
-                elif not protective:
-                    table.problems.append("GPT without a protective MBR entry")
-                return table
+            attempt = PartitionTable(None)
+            if not read_gpt(read, disk_size, ss, attempt):
+                failed = failed or attempt.problems
+                continue
+            attempt.sector_size = ss
+            attempt.regions.insert(0, Region(0, SECTOR, "protective MBR"))
+            others = [e for e in entries if e[2] != 0xEE]
+            if others:
+                attempt.hybrid_mbr = True
+                attempt.problems.append(
+                    "hybrid MBR: the MBR also lists partitions "
+                    + ", ".join(f"{e[0] + 1} (0x{e[2]:02x})" for e in others))
+            elif not protective:
+                attempt.problems.append("GPT without a protective MBR entry")
+            return attempt
+    table.problems.extend(failed)
     if protective:
         table.problems.append("protective MBR (0xEE) but no readable GPT")
         table.kind = "mbr"
