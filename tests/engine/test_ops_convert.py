@@ -85,3 +85,15 @@ def test_a_source_in_use_is_refused_unless_shared(source, tmp_path, capsys):
     finally:
         release(holder)
     assert (tmp_path / "q.raw").read_bytes() == (tmp_path / "o.raw").read_bytes()
+
+
+def test_an_output_in_use_is_not_replaced(source, tmp_path, capsys):
+    out = qemu.create(tmp_path / "busy.qcow2", "1M")
+    qemu.qemu_io(out, "write -P 7 0 64k")
+    holder = hold_with_qemu_io(out)
+    try:
+        rc, _, err = ours(capsys, "convert", "-O", "qcow2", source, out)
+        assert rc == 1 and "in use" in err
+    finally:
+        release(holder)
+    assert qemu.check(out)[0] == 0 and qemu.info(out)["virtual-size"] == 1 << 20
