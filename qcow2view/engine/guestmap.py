@@ -16,7 +16,7 @@ import numpy as np
 
 from . import clusters as C
 from .refscan import BATCH_ENTRIES, Cancel, Progress, check_cancel
-from .tableread import read_tables
+from .tableread import contiguous_rows, read_tables
 
 U64 = np.uint64
 
@@ -97,18 +97,23 @@ class GuestMapBuilder:
         """L1 indices of the L2 tables the map needs."""
         return np.nonzero(self.l1 & U64(C.L1E_OFFSET_MASK))[0]
 
-    def add(self, bi: np.ndarray, raw: np.ndarray, bm: np.ndarray | None) -> None:
+    def add(self, bi: np.ndarray, raw: np.ndarray, bm: np.ndarray | None,
+            contig: np.ndarray | None = None) -> None:
         """The L2 tables of L1 entries ``bi`` (their entries and sub-cluster bitmaps;
-        left as they were, so a walk can go on with them)."""
+        left as they were, so a walk can go on with them; ``contig``: their
+        :func:`~.tableread.contiguous_rows`, if known)."""
+        cs, L, k, n = self.cs, self.L, self.k, self.n
+        if contig is None:
+            contig = (contiguous_rows(raw, cs, self.ramp) if bm is None
+                      else np.zeros(len(bi), dtype=bool))
         keep = bi < len(self.l1)
         if not keep.all():
-            bi, raw = bi[keep], raw[keep]
+            bi, raw, contig = bi[keep], raw[keep], contig[keep]
             bm = None if bm is None else bm[keep]
         if not len(bi):
             return
-        cs, L, k, n = self.cs, self.L, self.k, self.n
         states, hosts, ramp = self.states, self.hosts, self.ramp
-        fast = _contiguous_rows(raw, cs) if bm is None else np.zeros(len(bi), dtype=bool)
+        fast = contig
         if k > 1:
             if k <= L and fast.any():
                 # a contiguous table: each of its entries is DATA at its first member
@@ -231,24 +236,6 @@ def _summarise(states: np.ndarray, hosts: np.ndarray, st: np.ndarray, ho: np.nda
         e, s, h = e[better], s[better], h[better]
     states[e] = s
     hosts[e] = h
-
-
-def _contiguous_rows(raw: np.ndarray, cs: int) -> np.ndarray:
-    """Rows that map one run of contiguous, aligned, plain data clusters."""
-    n, L = raw.shape
-    base = raw[:, 0].copy()
-    flags = base & ~U64(C.L2E_OFFSET_MASK)
-    boff = base & U64(C.L2E_OFFSET_MASK)
-    cand = (((flags == 0) | (flags == U64(C.QCOW_OFLAG_COPIED))) & (boff != 0)
-            & ((boff & U64(cs - 1)) == 0)
-            & (boff + U64((L - 1) * cs) <= U64(C.L2E_OFFSET_MASK)))
-    if not cand.any():
-        return cand
-    ramp = np.arange(L, dtype=U64) * U64(cs)
-    np.subtract(raw, base[:, None], out=raw)
-    cand &= ~np.not_equal(raw, ramp).any(axis=1)
-    raw += base[:, None]
-    return cand
 
 
 def _decode_states(raw: np.ndarray, bm: np.ndarray | None, has_data_file: bool,

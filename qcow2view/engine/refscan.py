@@ -37,7 +37,7 @@ from .extensions import EXT_BITMAPS
 from .header import QCOW_MAX_L1_SIZE
 from .refcounts import (REFT_RESERVED_MASK, DiskRefcounts, max_refcount,  # noqa: F401
                         read_zero_filled)
-from .tableread import TableReader, read_tables  # noqa: F401
+from .tableread import TableReader, contiguous_rows, read_tables  # noqa: F401
 
 Progress = Callable[[int, int], None] | None
 Cancel = Callable[[], bool] | None
@@ -209,6 +209,7 @@ class Scanner:
         self.guest = guest
         self.reader = TableReader(image.file, self.cs, image.extended_l2,
                                   max(1, BATCH_ENTRIES // image.l2_size))
+        self._ramp = np.arange(image.l2_size, dtype=U64) * U64(self.cs)
         self.progress = progress
         self.cancel = cancel
         self.extended = image.extended_l2
@@ -495,9 +496,12 @@ class Scanner:
                 jobs.append((l2_offsets[rows], (rows, cp, tick, h)))
         guest = self.guest if active else None
         for (rows, cp, tick, h), raw, bm in self.reader.stream(jobs):
+            contig = None
             if guest is not None and not h:
-                guest.add(idx[rows], raw, bm)
-            got = self._walk_l2_batch(raw, bm, l2_offsets[rows], active, sname, cp)
+                if bm is None:      # one contiguity test for both walks
+                    contig = contiguous_rows(raw, self.cs, self._ramp)
+                guest.add(idx[rows], raw, bm, contig)
+            got = self._walk_l2_batch(raw, bm, l2_offsets[rows], active, sname, cp, contig)
             if got is not None:
                 lo_all[rows], hi_all[rows] = got
             if tick:
@@ -522,7 +526,8 @@ class Scanner:
                           f"has refcount {int(rc[j])}", e)
 
     def _walk_l2_batch(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
-                       active: bool, sname: str | None, copied: bool
+                       active: bool, sname: str | None, copied: bool,
+                       contig: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray] | None:
         """check_refcounts_l2 over a batch of tables (their entries ``raw`` and
         sub-cluster bitmaps ``bm``), vectorised (and check_oflag_copied's L2 part if
@@ -534,7 +539,7 @@ class Scanner:
             lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
             hi = np.full(n, -1, dtype=np.int64)
         if bm is None:
-            done = self._fast_rows(raw, active, copied)
+            done = self._fast_rows(raw, active, copied, contig)
             if lo is not None and done.any():
                 lo[done] = self._fast_boff[done].astype(np.int64) >> self.cb
                 hi[done] = lo[done] + raw.shape[1] - 1
@@ -552,7 +557,8 @@ class Scanner:
         self._generic_rows(raw, bm, l2_offsets, active, sname, copied, lo, hi)
         return None if lo is None else (lo, hi)
 
-    def _fast_rows(self, raw: np.ndarray, active: bool, copied_check: bool) -> np.ndarray:
+    def _fast_rows(self, raw: np.ndarray, active: bool, copied_check: bool,
+                   contig: np.ndarray | None = None) -> np.ndarray:
         """Tables whose entries are one run of contiguous, aligned, plain data
         clusters (what preallocation and sequential writes make): counted with
         slices instead of per-entry work.  Returns the rows it handled; the
@@ -571,10 +577,12 @@ class Scanner:
             cand &= boff + U64((L - 1) * cs) < U64(self.file_size)
         if not cand.any():
             return cand
-        ramp = np.arange(L, dtype=U64) * U64(cs)
+        ramp = self._ramp
         ci = np.flatnonzero(cand)
-        in_place = 2 * len(ci) > n
-        if in_place:
+        in_place = contig is None and 2 * len(ci) > n
+        if contig is not None:
+            cand &= contig              # tested already (contiguous_rows)
+        elif in_place:
             # most rows may qualify: contiguity test in place (raw -= base, compare
             # with the ramp); the rows not handled here get their entries back below
             np.subtract(raw, base[:, None], out=raw)
