@@ -74,6 +74,22 @@ def opened_writable(path, **kwargs):
         raise
 
 
+def refuse_if_in_use(path) -> None:
+    """Refuse a file some process holds with QEMU's locks (a raw file written
+    directly, an output about to be replaced)."""
+    from . import locking
+    from .errors import ImageInUseError
+    from .fileio import HostFile
+    f = HostFile(path)
+    try:
+        held = locking.held_lock_bytes(f.fd)
+    finally:
+        f.close()
+    if held:
+        raise ImageInUseError(f"{path} is in use ({locking.describe(held) or 'locked'}); is a "
+                              "VM or another qemu process using it?", path=os.fspath(path))
+
+
 def sync_refcounts(image, alloc) -> None:
     """Changed refcount blocks and table entries on disk, flushed."""
     _commit_refcounts(image, alloc)

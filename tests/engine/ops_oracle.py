@@ -67,9 +67,9 @@ def snapshot_views_equal(a: Path, b: Path, tmp: Path) -> None:
             qemu.to_raw(b, tmp / "sb.raw", snapshot=n), n
 
 
-def hold_with_qemu_io(path: Path) -> subprocess.Popen:
+def hold_with_qemu_io(path: Path, fmt: str = "qcow2") -> subprocess.Popen:
     """A real qemu-io process holding ``path`` open for writing (QEMU's locks)."""
-    p = subprocess.Popen([qemu.QEMU_IO, "-f", "qcow2", str(path)], stdin=subprocess.PIPE,
+    p = subprocess.Popen([qemu.QEMU_IO, "-f", fmt, str(path)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     p.stdin.write(b"read 0 512\n")
     p.stdin.flush()

@@ -126,3 +126,11 @@ def test_commit_into_a_raw_base(tmp_path, capsys):
     assert ours(capsys, "commit", o / "t.qcow2")[0] == 0
     assert (o / "b.raw").read_bytes() == (q / "b.raw").read_bytes()
     assert_same_as_qemu(q / "t.qcow2", o / "t.qcow2")
+    # a raw base a VM holds is not written
+    holder = hold_with_qemu_io(base, "raw")
+    try:
+        rc, _, err = ours(capsys, "commit", top)
+        assert rc == 1 and "in use" in err
+    finally:
+        release(holder)
+    assert base.read_bytes() == b"\x01" * (2 << 20)

@@ -129,6 +129,7 @@ def _copy(top, granule: int, flags: np.ndarray, write, write_zeroes, progress) -
 
 
 def _into_raw(top, path: str, granule: int, flags: np.ndarray, progress) -> None:
+    M.refuse_if_in_use(path)
     out = HostFile(path, writable=True)
     try:
         if out.size < top.virtual_size:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import locking
 from .. import metadata_ops as M
 from ..compressed_write import write_compressed
 from ..create import create_image
@@ -89,7 +88,7 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
     if os.path.exists(dst_path):
         if os.path.samefile(src_path, dst_path):
             raise RequestError("the output file is the input file", path=dst_path)
-        _refuse_if_in_use(dst_path)
+        M.refuse_if_in_use(dst_path)
     src = open_source(src_path, src_fmt, snapshot)
     try:
         if getattr(src, "in_use", False) and not force_share:
@@ -108,18 +107,6 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                 _to_qcow2(src, dst, size, compress, progress)
     finally:
         src.close()
-
-
-def _refuse_if_in_use(path: str) -> None:
-    """An existing output a VM holds is never truncated (qemu-img fails to lock it)."""
-    f = HostFile(path)
-    try:
-        held = locking.held_lock_bytes(f.fd)
-    finally:
-        f.close()
-    if held:
-        raise ImageInUseError(f"{path} is in use ({locking.describe(held) or 'locked'}); is a "
-                              "VM or another qemu process using it?", path=path)
 
 
 def _no_flush() -> None:
