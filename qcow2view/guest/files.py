@@ -165,62 +165,79 @@ def _why(e: BaseException, src) -> str:
 Describe = Callable[[object, str], FileInfo]
 
 
+MAX_BAD_IN_A_ROW = 1000          # a directory is given up after this many bad entries
+
+
 def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
          dir_key: Callable[[object], int], src=None) -> None:
     """Depth-first walk from ``root``; ``describe(entry, path)`` makes a FileInfo.
 
     A directory seen twice (a loop) is not entered again; unreadable directories and
     entries are problems and counted in ``fs.skipped``; the walk never goes deeper than
-    :data:`MAX_DEPTH` nor past :data:`MAX_ENTRIES` entries.  ``tick(n)`` is told of
-    every 1024 entries listed."""
-    if root is None:
-        fs.problem("/: root directory unreadable")
-        fs.skipped += 1
-        return
+    :data:`MAX_DEPTH` nor past :data:`MAX_ENTRIES` entries, and gives a directory up
+    after :data:`MAX_BAD_IN_A_ROW` unreadable entries in a row (a damaged count).
+    ``tick(n)`` is told of every 1024 entries listed."""
     try:
+        if root is None:
+            raise OSError("no root directory")
         seen = {dir_key(root)}
     except (OSError, ValueError) as e:
         fs.problem(f"/: root directory unreadable ({short_error(e)})")
         fs.skipped += 1
         return
     stack = [(root, "", 0)]
-    count = 0
-    add = fs.files.append
+    listed = [0]
     while stack:
         entry, path, depth = stack.pop()
-        try:
-            n = entry.number_of_sub_file_entries
-        except (OSError, ValueError) as e:
-            fs.problem(f"{path or '/'}: directory unreadable ({_why(e, src)}), "
-                       "0 entries shown")
-            fs.skipped += 1
-            continue
-        for i in range(n):
-            try:
-                sub = entry.get_sub_file_entry(i)
-                name = sub.name
-                if name in (".", "..") or name is None:
-                    continue
-                info = describe(sub, f"{path}/{name}")
-            except (OSError, ValueError, OverflowError, TypeError) as e:
-                fs.problem(f"{path or '/'}: entry {i} unreadable ({_why(e, src)})")
-                fs.skipped += 1
-                continue
-            add(info)
-            count += 1
-            if not count & 1023:
+        for sub, info in _entries(entry, path, describe, fs, src):
+            fs.files.append(info)
+            listed[0] += 1
+            if not listed[0] & 1023:
                 tick(1024)
-                if count >= MAX_ENTRIES:
+                if listed[0] >= MAX_ENTRIES:
                     fs.problem(f"more than {MAX_ENTRIES} entries: the rest are not listed")
                     return
             if info.type != "dir":
                 continue
-            k = dir_key(sub)
+            try:
+                k = dir_key(sub)
+            except (OSError, ValueError) as e:
+                fs.problem(f"{info.path}: directory unreadable ({_why(e, src)})")
+                continue
             if k in seen:
                 fs.problem(f"{info.path}: directory already seen (a loop), not entered")
-                continue
-            if depth + 1 >= MAX_DEPTH:
+            elif depth + 1 >= MAX_DEPTH:
                 fs.problem(f"{info.path}: deeper than {MAX_DEPTH} levels, not entered")
+            else:
+                seen.add(k)
+                stack.append((sub, info.path, depth + 1))
+
+
+def _entries(entry, path: str, describe: Describe, fs: Filesystem, src):
+    """(library entry, FileInfo) of each readable entry of one directory."""
+    try:
+        n = entry.number_of_sub_file_entries
+    except (OSError, ValueError) as e:
+        fs.problem(f"{path or '/'}: directory unreadable ({_why(e, src)}), 0 entries shown")
+        fs.skipped += 1
+        return
+    bad = 0
+    for i in range(n):
+        try:
+            sub = entry.get_sub_file_entry(i)
+            name = sub.name
+            if name in (".", "..") or name is None:
                 continue
-            seen.add(k)
-            stack.append((sub, info.path, depth + 1))
+            info = describe(sub, f"{path}/{name}")
+        except (OSError, ValueError, OverflowError, TypeError) as e:
+            fs.problem(f"{path or '/'}: entry {i} unreadable ({_why(e, src)})")
+            fs.skipped += 1
+            bad += 1
+            if bad >= MAX_BAD_IN_A_ROW:
+                fs.problem(f"{path or '/'}: {bad} unreadable entries in a row, "
+                           f"the other {n - i - 1} not tried")
+                fs.skipped += n - i - 1
+                return
+            continue
+        bad = 0
+        yield sub, info
