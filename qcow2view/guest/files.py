@@ -97,8 +97,11 @@ class Filesystem:
     reason: str | None = None     # why the files are not listed
     used_inodes: int = 0          # estimate for progress
 
-    def problem(self, text: str) -> None:
-        if len(self.problems) < MAX_PROBLEMS:
+    def problem(self, text: str, always: bool = False) -> None:
+        """List a problem; past MAX_PROBLEMS only those marked ``always`` (summaries)."""
+        if always:
+            self.problems.append(text)
+        elif len(self.problems) < MAX_PROBLEMS:
             self.problems.append(text)
         elif len(self.problems) == MAX_PROBLEMS:
             self.problems.append("more problems not listed")
@@ -195,7 +198,8 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
             if not listed[0] & 1023:
                 tick(1024)
                 if listed[0] >= MAX_ENTRIES:
-                    fs.problem(f"more than {MAX_ENTRIES} entries: the rest are not listed")
+                    fs.problem(f"more than {MAX_ENTRIES} entries: the rest are not listed",
+                               always=True)
                     return
             if info.type != "dir":
                 continue
@@ -235,7 +239,7 @@ def _entries(entry, path: str, describe: Describe, fs: Filesystem, src):
             bad += 1
             if bad >= MAX_BAD_IN_A_ROW:
                 fs.problem(f"{path or '/'}: {bad} unreadable entries in a row, "
-                           f"the other {n - i - 1} not tried")
+                           f"the other {n - i - 1} not tried", always=True)
                 fs.skipped += n - i - 1
                 return
             continue

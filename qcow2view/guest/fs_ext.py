@@ -175,4 +175,5 @@ def _count_unreached(src, fs: Filesystem) -> None:
     unreached = fs.used_inodes - (first_ino - 1) - found
     if unreached > 0:
         fs.skipped += unreached
-        fs.problem(f"{unreached} inodes in use were not reached from the root directory")
+        fs.problem(f"{unreached} inodes in use were not reached from the root directory",
+                   always=True)
