@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import qemu
-from conftest import debugfs
+from guestdisks import debugfs
 
 from qcow2view.engine import open_image
 from qcow2view.guest.changed import changed_vs_backing, changed_vs_snapshot

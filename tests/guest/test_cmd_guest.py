@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import qemu
-from conftest import debugfs
+from guestdisks import debugfs
 
 from qcow2view.cli import main
 

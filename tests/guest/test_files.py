@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import debugfs, sh, source_files
+from guestdisks import debugfs, sh, source_files
 
 from qcow2view.engine import open_image
 from qcow2view.guest.disk import GuestSource, read_disk, read_through_library
@@ -159,7 +159,7 @@ def test_compressed_image_lists_the_same(gpt_disk, gpt_compressed):
 
 
 def test_xfs_files_match_the_source_and_xfs_db(xfs_disk):
-    from conftest import tool
+    from guestdisks import tool
     v, _ = _volume(xfs_disk.qcow2, 0)
     fs = v.filesystem
     assert (fs.type, fs.label, fs.problems) == ("xfs", "xl", [])

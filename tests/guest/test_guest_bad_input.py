@@ -11,7 +11,7 @@ import struct
 import pytest
 
 import qemu
-from conftest import debugfs, sh, tool
+from guestdisks import debugfs, sh, tool
 
 from qcow2view.engine import open_image
 from qcow2view.guest.disk import read_disk

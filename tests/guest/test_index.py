@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import qemu
-from conftest import debugfs
+from guestdisks import debugfs
 
 from qcow2view.engine import open_image
 from qcow2view.guest.index import WHAT, Cancelled, build_index

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import qemu
-from conftest import make_tree, sh, source_files, tool
+from guestdisks import make_tree, sh, source_files, tool
 
 from qcow2view.engine import open_image
 from qcow2view.guest.disk import read_disk

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 import qemu
-from conftest import sh, tool
+from guestdisks import sh, tool
 
 from qcow2view.engine import open_image
 from qcow2view.guest.disk import read_disk

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import sh, tool
+from guestdisks import sh, tool
 
 from qcow2view.engine import open_image
 from qcow2view.guest.disk import read_disk
@@ -69,7 +69,7 @@ def test_ext3_told_from_ext4(tmp_path):
 def test_exfat_detected_and_listed(tmp_path):
     """An (empty: nothing fills exFAT unmounted) exFAT: named as blkid names it, its
     label from the root directory, its boot regions and FATs as metadata."""
-    from conftest import need
+    from guestdisks import need
     need("mkfs.exfat")
     from qcow2view.guest.disk import read_source
     from qcow2view.guest.source import BlockCache, GuestSource
