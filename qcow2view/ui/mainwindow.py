@@ -92,6 +92,8 @@ class MainWindow(QMainWindow):
         self.act_edit.setCheckable(True)
         self.act_goto = self._act("&Go to…", lambda: self._trigger("goto"), "Ctrl+G",
                                   "Go to a guest offset")
+        self.act_goto_file = self._act("Go to &file…", lambda: self._trigger("goto-file"),
+                                       "Ctrl+Shift+G", "Go to a file of the guest by its path")
         self.act_find = self._act("&Find…", lambda: self._trigger("find"), K.Find)
         self.act_recheck = self._act("Re-run &check", self._recheck,
                                      tip="Build the maps and check the image again")
@@ -125,6 +127,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_edit)
         m.addSeparator()
         m.addAction(self.act_goto)
+        m.addAction(self.act_goto_file)
         m.addAction(self.act_find)
         self.edit_menu = m
         m = self.menuBar().addMenu("&Image")
@@ -393,7 +396,8 @@ class MainWindow(QMainWindow):
                 self.undo_group.addStack(tab.undo_stack)
                 self.undo_group.setActiveStack(tab.undo_stack)
         has = tab is not None
-        for a in (self.act_close, self.act_goto, self.act_recheck, self.act_edit):
+        for a in (self.act_close, self.act_goto, self.act_goto_file, self.act_recheck,
+                  self.act_edit):
             a.setEnabled(has)
         self.act_edit.setChecked(bool(has and tab.document.writable))
         self.act_save.setEnabled(bool(has and tab.action_enabled("save")))
