@@ -123,11 +123,7 @@ class GuestMapBuilder:
                 bm = None if bm is None else bm[rest]
                 fast = fast[rest]
             if len(bi):
-                st, ho = _decode_states(raw, bm, self.image.has_data_file, self.image.layout)
-                for r in np.nonzero(fast)[0].tolist():
-                    st[r] = GuestState.DATA
-                    np.add(ramp, raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=ho[r])
-                _summarise(states, hosts, st, ho, bi, L, k, n)
+                self._summarise_sparse(bi, raw, bm, fast)
             return
         for r in np.nonzero(fast)[0].tolist():
             lo = int(bi[r]) * L
@@ -146,6 +142,39 @@ class GuestMapBuilder:
             hi = min(n, lo + L)
             states[lo:hi] = st[r, :hi - lo]
             hosts[lo:hi] = ho[r, :hi - lo]
+
+    def _summarise_sparse(self, bi: np.ndarray, raw: np.ndarray, bm: np.ndarray | None,
+                          fast: np.ndarray) -> None:
+        """Fold tables into summarised entries (``k`` > 1 clusters each) looking only
+        at the entries that are not zero (an unallocated member never shows): each
+        entry keeps its most significant member, the first one on ties (an earlier
+        batch's too).  A contiguous table counts by its first cluster."""
+        L, k = self.L, self.k
+        nz = raw != 0 if bm is None else (raw != 0) | (bm != 0)
+        if fast.any():
+            nz[fast] = False
+            nz[fast, 0] = True
+        pos = np.flatnonzero(nz)
+        if not len(pos):
+            return
+        vals = raw.reshape(-1)[pos][None, :]
+        bmv = None if bm is None else bm.reshape(-1)[pos][None, :]
+        st, ho = _decode_states(vals, bmv, self.image.has_data_file, self.image.layout)
+        st, ho = st.ravel(), ho.ravel()
+        g = bi.astype(np.int64)[pos // L] * L + pos % L          # guest cluster
+        rank = GUEST_STATE_RANK[st]
+        keep = (g < self.n) & (rank > 0)
+        g, rank, st, ho = g[keep], rank[keep], st[keep], ho[keep]
+        if not len(g):
+            return
+        e = g // k
+        order = np.lexsort((g, -rank.astype(np.int16), e))
+        e, rank, st, ho = e[order], rank[order], st[order], ho[order]
+        first = np.r_[True, e[1:] != e[:-1]]
+        e, rank, st, ho = e[first], rank[first], st[first], ho[first]
+        better = rank > GUEST_STATE_RANK[self.states[e]]
+        self.states[e[better]] = st[better]
+        self.hosts[e[better]] = ho[better]
 
     def finish(self, follow_backing: bool = True, cancel: Cancel = None) -> GuestMap:
         if follow_backing and self.image.backing is not None:
@@ -207,35 +236,6 @@ def _summarise_contiguous(states: np.ndarray, hosts: np.ndarray, first: np.ndarr
     keep = e < len(states)
     states[e[keep]] = GuestState.DATA
     hosts[e[keep]] = h[keep]
-
-
-def _summarise(states: np.ndarray, hosts: np.ndarray, st: np.ndarray, ho: np.ndarray,
-               l1_idx: np.ndarray, L: int, k: int, n: int) -> None:
-    """Fold the clusters of whole L2 tables (rows of ``st``/``ho``) into entries of
-    ``k`` clusters: the most significant member wins, the first one on ties."""
-    rows = len(l1_idx)
-    g = min(k, L)                       # members of one entry inside one table
-    first = l1_idx.astype(np.int64)[:, None] * L + np.arange(0, L, g, dtype=np.int64)
-    rank = GUEST_STATE_RANK[st]
-    rank[(first[:, :1] + np.arange(L)) >= n] = 0     # past the end of the disk
-    rank = rank.reshape(rows, L // g, g)
-    pick = rank.argmax(axis=2)[..., None]
-    r = np.take_along_axis(rank, pick, 2).ravel()
-    s = np.take_along_axis(st.reshape(rows, L // g, g), pick, 2).ravel()
-    h = np.take_along_axis(ho.reshape(rows, L // g, g), pick, 2).ravel()
-    e = (first // k).ravel()
-    keep = (e < len(states)) & (r > 0)
-    e, r, s, h = e[keep], r[keep], s[keep], h[keep]
-    if g < k and len(e):
-        # several tables per entry: the best of this batch per entry, then the map's
-        order = np.lexsort((-r.astype(np.int16), e))
-        e, r, s, h = e[order], r[order], s[order], h[order]
-        u = np.r_[True, e[1:] != e[:-1]]
-        e, r, s, h = e[u], r[u], s[u], h[u]
-        better = r > GUEST_STATE_RANK[states[e]]
-        e, s, h = e[better], s[better], h[better]
-    states[e] = s
-    hosts[e] = h
 
 
 def _decode_states(raw: np.ndarray, bm: np.ndarray | None, has_data_file: bool,
