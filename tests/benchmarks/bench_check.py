@@ -69,7 +69,8 @@ with open_image(sys.argv[1]) as im:
     out["walk_peak"] = tracemalloc.get_traced_memory()[1]
     out["refs_bytes"] = scan.refs.nbytes
     out["refs_dtype"] = str(scan.refs.dtype)
-    out["refcount_cache_bytes"] = sum(b.nbytes for b in disk._cache.values() if b is not None)
+    cache = getattr(disk, "_cache", {}).values()
+    out["refcount_cache_bytes"] = sum(b.nbytes for b in cache if b is not None)
     tracemalloc.reset_peak()
     t = time.process_time()
     CK._result(im, scan, disk)
