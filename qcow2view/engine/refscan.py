@@ -10,16 +10,19 @@ but decodes whole tables with numpy instead of one entry at a time.
 Counts are kept as "attempts" per cluster, one byte each, widened to uint16 or
 uint32 only if some cluster gets more references than that holds; the array
 reaches only as far as the last cluster referenced or covered by a refcount
-block (it grows on demand), never to the end of a file with a sparse tail.  QEMU's in-memory refcounts saturate at the
-image's refcount maximum and report every reference beyond it as a corruption,
-which is the same total whatever the order, so the saturation is applied once
-at the end (:meth:`RefScan.counted`).
+block (it grows on demand), never to the end of a file with a sparse tail.
+QEMU's in-memory refcounts saturate at the image's refcount maximum and report
+every reference beyond it as a corruption, which is the same total whatever the
+order, so the saturation is applied once at the end (:meth:`RefScan.counted`).
+The check keeps no kinds array (the host map does: one byte per cluster); the
+refcounts on disk are read a block at a time (:class:`~.refcounts.DiskRefcounts`).
 
-Speed: L2 tables are read into one reused buffer and decoded a batch at a time
-(about a million entries); tables that map one contiguous run of plain data
-clusters (preallocation, sequential writes) are counted with slices, others
-on the compacted array of their allocated entries.  A 1 TiB image with 64 KiB
-clusters (16M clusters) is walked in about 0.15 s and 150-190 MiB.
+Speed: L2 tables are read a batch at a time (about a million entries), the next
+batch in a second thread (:mod:`tableread`); tables that map one contiguous run
+of plain data clusters (preallocation, sequential writes) are counted with
+slices, others on the entries that are not zero.  An 8 TiB preallocated image
+(134M clusters) is checked in about 1.2 s of CPU and 190-210 MiB (1.0 byte per
+cluster plus about 70 MiB); qemu-img takes 6 s and 264 MiB.
 """
 
 from __future__ import annotations
