@@ -96,6 +96,9 @@ class Filesystem:
     readable: bool = True
     reason: str | None = None     # why the files are not listed
     used_inodes: int = 0          # estimate for progress
+    #: where inodes (MFT records) lie: (guest offset, first number, bytes each, count),
+    #: so a byte of an inode table can be named by the file whose inode it holds
+    record_tables: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     def problem(self, text: str, always: bool = False) -> None:
         """List a problem; past MAX_PROBLEMS only those marked ``always`` (summaries)."""

@@ -89,6 +89,12 @@ def ext_metadata(src, fs: Filesystem) -> None:
                               (itb, it_len, "inode table")):
             if 0 < blk < blocks:
                 fs.add_metadata(blk * bs, n, label)
+        if 0 < itb < blocks:                 # which inode each byte of the table holds
+            done = 0
+            for g0, m in fs.volume.to_guest(itb * bs, it_len):
+                fs.record_tables.append((g0, g * ipg + 1 + done // inode_size, inode_size,
+                                         m // inode_size))
+                done += m
     if meta_bg:
         fs.problem("ext meta_bg: group descriptor blocks not shown")
 

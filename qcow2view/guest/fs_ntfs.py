@@ -19,7 +19,7 @@ SYSTEM_LABELS = {0: "MFT", 1: "MFT mirror", 2: "journal ($LogFile)", 4: "$AttrDe
                  10: "$UpCase"}
 
 
-def _describe(vol, fs: Filesystem):
+def _describe(vol, fs: Filesystem, record_size: int):
     def describe(e, path: str) -> FileInfo:
         ref = e.file_reference & REF_MASK
         is_dir = e.has_directory_entries_index()
@@ -41,6 +41,9 @@ def _describe(vol, fs: Filesystem):
         if system and ref in SYSTEM_LABELS and ref != 8:
             for _f, g, m in exts:
                 fs.metadata.append(Region(g, m, SYSTEM_LABELS[ref]))
+        if ref == 0 and path == "/$MFT" and record_size:   # which record each byte holds
+            for fo, g, m in exts:
+                fs.record_tables.append((g, fo // record_size, record_size, m // record_size))
         return info
     return describe
 
@@ -63,7 +66,8 @@ def read_ntfs(src, fs: Filesystem, tick) -> None:
     try:
         fs.label = vol.name or fs.label
         fs.used_inodes = vol.number_of_file_entries
-        walk(vol.get_root_directory(), _describe(fs.volume, fs), fs, tick,
+        record_size = vol.mft_entry_size if 0 < vol.mft_entry_size <= 65536 else 0
+        walk(vol.get_root_directory(), _describe(fs.volume, fs, record_size), fs, tick,
              lambda d: d.file_reference & REF_MASK, src)
         _count_links(fs)
     except (OSError, ValueError) as e:

@@ -105,6 +105,8 @@ class GuestIndex:
         self.volumes: list[GuestVolume] = [s for v in disk.volumes
                                            for s in [v] + v.logical_volumes]
         self._by_path: dict[str, list[IndexedFile]] = {}
+        # per volume id: sorted inodes, their file ids, and the record tables
+        self._records: dict[int, tuple] = {}
         self._regions: list[str] = []
         self._build()
 
@@ -151,6 +153,8 @@ class GuestIndex:
         s_add, e_add, k_add, v_add, r_add, f_add, t_add = (
             S.append, E.append, K.append, V.append, R.append, F.append, T.append)
         by_inode: dict[int, IndexedFile] = {}
+        inos, fids = array("q"), array("q")      # every file's inode, for record_owner
+        ino_add, fid_add = inos.append, fids.append
         bs = max(1, fs.block_size)
         shared_names = fs.type == "ntfs"        # NTFS link counts come from the names
         for info in fs.files:
@@ -160,6 +164,7 @@ class GuestIndex:
                 fid = len(files)
                 f = IndexedFile(fid, gv, info, [info.path])   # a literal: no spare slots
                 files.append(f)
+                ino_add(info.inode), fid_add(fid)
                 if linked:
                     by_inode[info.inode] = f
                 ext = info.extents
@@ -179,6 +184,11 @@ class GuestIndex:
                 by_path[info.path] = [f]
             else:
                 got.append(f)
+        ino = np.frombuffer(inos, np.int64)
+        order = np.argsort(ino, kind="stable")
+        tables = sorted(fs.record_tables)
+        self._records[vi] = (ino[order], np.frombuffer(fids, np.int64)[order],
+                             [t[0] for t in tables], tables)
 
     def _merge(self, S, E, K, V, R, F, T) -> None:
         """Paint the intervals, higher kind over lower, into non-overlapping ranges
@@ -245,12 +255,43 @@ class GuestIndex:
         if isfile[i]:
             f = self.files[r]
             info = f.info
+            if info.system and info.inode == 0 and fstype == "ntfs":    # $MFT: whose record
+                number, rf = self.record_owner(v, offset)
+                if rf is not None:
+                    return Owner(offset, WHAT[k], part, fstype, rf.path, None,
+                                 f"MFT, record {number}", tuple(rf.names), lv)
             label = ("directory" if info.type == "dir" else
                      info.path.lstrip("/") if info.system else None)
             return Owner(offset, WHAT[k], part, fstype, info.path,
                          foff[i] + offset - base[i], label, tuple(f.names), lv)
         label = self._regions[r] if k == METADATA else None
+        if label in ("inode table", "MFT"):
+            number, f = self.record_owner(v, offset)
+            if number is not None:
+                label = f"{label}, {'record' if label == 'MFT' else 'inode'} {number}"
+                if f is not None:
+                    return Owner(offset, WHAT[k], part, fstype, f.path, None, label,
+                                 tuple(f.names), lv)
         return Owner(offset, WHAT[k], part, fstype, None, None, label, (), lv)
+
+    def record_owner(self, vol: int, offset: int) -> tuple[int | None, IndexedFile | None]:
+        """The inode (MFT record) number whose bytes hold guest ``offset`` in volume
+        ``vol``, and the file it belongs to (None: unused, or not reached)."""
+        rec = self._records.get(vol)
+        if rec is None:
+            return None, None
+        inos, fids, starts, tables = rec
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0:
+            return None, None
+        g, first, each, count = tables[i]
+        k = (offset - g) // each
+        if k >= count:
+            return None, None
+        number = first + k
+        j = int(np.searchsorted(inos, number))
+        f = self.files[int(fids[j])] if j < len(inos) and inos[j] == number else None
+        return number, f
 
     def what(self, offsets: np.ndarray) -> np.ndarray:
         """WHAT codes (uint8) for many guest offsets at once."""

@@ -48,7 +48,8 @@ def test_metadata_table_and_unpartitioned(gpt_disk, index):
     bs = _bs(part)
     it = int(re.search(r"inode table at (\d+)", debugfs(part, "stats")).group(1))
     o = index.owner(start + it * bs + 5)
-    assert (o.what, o.label, o.partition) == ("filesystem metadata", "inode table", 2)
+    assert (o.what, o.label, o.partition) == ("filesystem metadata",
+                                              "inode table, inode 1", 2)   # inode 1 + 5 bytes
     assert index.owner(start + 1024).label == "superblock"
     assert index.owner(0).what == "partition table"              # protective MBR
     assert index.owner(512).label == "GPT header"
@@ -128,3 +129,26 @@ def test_a_cluster_only_a_snapshot_holds_is_named(gpt_disk, tmp_path):
                    for m in after)                  # the live disk no longer maps it
         owners = idx.host_owners(cluster)
     assert any(o.path == "/bin/tool" for _g, _n, o in owners)
+
+
+def test_inode_table_and_mft_bytes_name_their_file(gpt_disk, mbr_disk, index):
+    """debugfs imap says where /etc/fstab's inode lies; that byte names /etc/fstab.
+    An MFT record of the NTFS partition names the file it describes."""
+    part, start = gpt_disk.parts[2], gpt_disk.starts[2]
+    bs = _bs(part)
+    imap = debugfs(part, "imap /etc/fstab")
+    blk, off = re.search(r"located at block (\d+), offset (0x[0-9a-f]+)", imap).groups()
+    o = index.owner(start + int(blk) * bs + int(off, 16) + 3)
+    ino = int(re.search(r"Inode (\d+)", imap).group(1))
+    assert (o.what, o.path, o.label) == ("filesystem metadata", "/etc/fstab",
+                                         f"inode table, inode {ino}")
+    with open_image(mbr_disk.qcow2) as im:
+        idx = build_index(im)
+    big = idx.find("/big.bin", 1)[0]
+    [vi] = [i for i, v in enumerate(idx.volumes) if v.partition.index == 1]
+    mft = idx.find("/$MFT", 1)[0].info
+    size = next(each for _g, _f, each, _n in idx._records[vi][3])
+    fo = big.info.inode * size                     # its record's offset in $MFT
+    g = next(g + fo - f for f, g, n in mft.extents if f <= fo < f + n)
+    o = idx.owner(g + 10)
+    assert (o.path, o.label) == ("/big.bin", f"MFT, record {big.info.inode}")
