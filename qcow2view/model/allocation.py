@@ -24,9 +24,10 @@ from PySide6.QtGui import QColor, QImage
 
 from .units import human_size
 
-MODES = ("kind", "refcount", "guest")
+MODES = ("kind", "refcount", "guest", "fs")
 MODE_TITLES = {"kind": "Host clusters by kind", "refcount": "Host clusters by refcount",
-               "guest": "Guest clusters"}
+               "guest": "Guest clusters", "fs": "Guest clusters by what the guest keeps there"}
+GUEST_MODES = ("guest", "fs")      # one cell per guest cluster (the guest map's entries)
 
 # HostKind values (engine/maps.py contract) -> name, colour
 HOST_KINDS: dict[int, tuple[str, str]] = {
@@ -70,6 +71,11 @@ GUEST_STATES: dict[int, tuple[str, str]] = {
 }
 BACKING_BASE = 80
 BACKING_COLOURS = ["#ffb74d", "#fb8c00", "#ef6c00", "#bf360c"]   # depth 1, 2, 3, 4+
+# mode "fs": the guest index's WHAT codes (qcow2view.guest.index.WHAT, in that order)
+FS_BASE = 96
+FS_CLASSES = [("unpartitioned", "#eceff1"), ("partition table", "#263238"),
+              ("free in the filesystem", "#c5e1a5"), ("filesystem metadata", "#8e24aa"),
+              ("file data", "#1e88e5")]
 _GUEST_SEVERITY = {0: 0, 1: 1, 4: 2, 5: 3, 3: 4, 2: 5}
 PAST_END = 255
 SEGMENT_CHUNK = 1 << 20
@@ -93,6 +99,8 @@ def _palette() -> np.ndarray:
         put(GUEST_BASE + s, col)
     for i, col in enumerate(BACKING_COLOURS):
         put(BACKING_BASE + i, col)
+    for i, (_, col) in enumerate(FS_CLASSES):
+        put(FS_BASE + i, col)
     put(PAST_END, PAST_END_COLOUR)
     return lut
 
@@ -289,6 +297,7 @@ class AllocationModel(QObject):
         self.host_map = None
         self.guest_map = None
         self._cache: dict[tuple, Picture] = {}
+        self._fs: np.ndarray | None = None      # mode "fs": palette index per guest entry
         self._index: dict[str, np.ndarray] = {}
         self._counts: dict[str, np.ndarray] = {}
         self._segments: dict[int, tuple] = {}
@@ -307,17 +316,32 @@ class AllocationModel(QObject):
         self._segments = dict((prepared or {}).get("segments", {}))
         self.changed.emit()
 
+    def set_fs_classes(self, codes: np.ndarray | None) -> None:
+        """Mode ``fs``: one WHAT code (:data:`FS_CLASSES` order) per guest map entry,
+        from the guest index (None: not known, the mode is not available).  No
+        :attr:`changed`: the other modes' pictures stand (a view showing ``fs`` redraws)."""
+        self._fs = None if codes is None else np.asarray(codes, dtype=np.uint8) + np.uint8(
+            FS_BASE)
+        for key in [k for k in self._cache if k[0] == "fs"]:
+            del self._cache[key]
+        self._counts.pop("fs", None)
+
     def available(self, mode: str) -> bool:
-        return (self.guest_map if mode == "guest" else self.host_map) is not None
+        if mode == "fs":
+            return self.guest_map is not None and self._fs is not None \
+                and len(self._fs) == len(self.guest_map.states)
+        return (self.guest_map if mode in GUEST_MODES else self.host_map) is not None
 
     def count(self, mode: str) -> int:
-        m = self.guest_map if mode == "guest" else self.host_map
+        m = self.guest_map if mode in GUEST_MODES else self.host_map
         if m is None:
             return 0
-        return len(m.states) if mode == "guest" else len(m.kinds)
+        return len(m.states) if mode in GUEST_MODES else len(m.kinds)
 
     # per-cluster palette indices, before binning, of clusters lo..hi-1
     def _indices(self, mode: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        if mode == "fs":
+            return self._fs[lo:hi]
         if mode != "guest":
             return mode_indices(mode, self.host_map, None, lo, hi)
         got = self._index.get(mode)
@@ -356,6 +380,9 @@ class AllocationModel(QObject):
         if mode == "kind":
             return self._host_severity
         sev = np.zeros(256, dtype=np.uint8)
+        if mode == "fs":        # a cell shows file data if any cluster of it holds some
+            sev[FS_BASE:FS_BASE + len(FS_CLASSES)] = np.arange(1, len(FS_CLASSES) + 1)
+            return sev
         if mode == "refcount":
             for i in range(4):
                 sev[RC_BASE + i] = i + 1
@@ -379,8 +406,8 @@ class AllocationModel(QObject):
         if got is not None:
             return got
         gen = self._gen
-        m = self.guest_map if mode == "guest" else self.host_map
-        if m is None:
+        m = self.guest_map if mode in GUEST_MODES else self.host_map
+        if m is None or not self.available(mode):
             raise LookupError(f"no map for mode {mode!r} yet")
         n = self.count(mode)
         w = width or auto_width(n)
@@ -452,6 +479,9 @@ class AllocationModel(QObject):
             entries = [(RC_BASE + i, name) for i, (name, _) in enumerate(REFCOUNT_CLASSES)]
             entries += [(LEAKED, "leaked"), (CORRUPT, "corrupt")]
             always = {RC_BASE, RC_BASE + 1}
+        elif mode == "fs":
+            entries = [(FS_BASE + i, name) for i, (name, _) in enumerate(FS_CLASSES)]
+            always = set()
         else:
             entries = [(GUEST_BASE + s, name) for s, (name, _) in GUEST_STATES.items()]
             entries += [(BACKING_BASE + i, f"backing file, depth {i + 1}" + ("+" if i == 3 else ""))
@@ -525,12 +555,14 @@ class AllocationModel(QObject):
             d = {RC_BASE + i: n for i, (n, _) in enumerate(REFCOUNT_CLASSES)}
             d.update({LEAKED: "leaked", CORRUPT: "corrupt"})
             return d
+        if mode == "fs":
+            return {FS_BASE + i: n for i, (n, _) in enumerate(FS_CLASSES)}
         d = {GUEST_BASE + s: n for s, (n, _) in GUEST_STATES.items()}
         d.update({BACKING_BASE + i: f"backing (depth {i + 1})" for i in range(4)})
         return d
 
     def _describe_cluster(self, mode: str, c: int) -> list[str]:
-        if mode == "guest":
+        if mode in GUEST_MODES:
             gm = self.guest_map
             cs = gm.cluster_size
             st = int(gm.states[c])

@@ -607,7 +607,7 @@ def cluster_namer(contents: GuestContents):
         idx = contents.index
         if idx is None:
             return None
-        if mode == "guest":
+        if mode in ("guest", "fs"):
             gm = contents.document.guest_map
             if gm is None:
                 return None
@@ -645,3 +645,25 @@ def byte_namer(contents: GuestContents):
                 f", {rest}" if rest else "")
         return text
     return name
+
+
+def fs_classes(index: GuestIndex, guest_map, chunk: int = 1 << 20) -> np.ndarray:
+    """One WHAT code per guest map entry: the most telling of what its bytes hold (any
+    file data makes it "file data", then metadata, partition table, free space)."""
+    n = len(guest_map.states)
+    cs = guest_map.cluster_size
+    kinds = np.append(index.kind, np.uint8(0))          # reduceat needs an end sentinel
+    out = np.empty(n, np.uint8)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        first = np.arange(lo, hi, dtype=np.int64) * cs
+        a = np.searchsorted(index.starts, first, side="right") - 1
+        b = np.searchsorted(index.starts, np.minimum(first + cs, index.disk.size),
+                            side="left")        # ranges a..b-1 overlap the entry
+        b = np.maximum(b, a + 1)
+        pairs = np.empty(2 * len(a), np.int64)
+        pairs[0::2], pairs[1::2] = np.maximum(a, 0), b
+        out[lo:hi] = np.maximum.reduceat(kinds, pairs)[0::2]
+    past = np.arange(n, dtype=np.int64) * cs >= index.disk.size
+    out[past] = 0
+    return out

@@ -18,7 +18,8 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QMenu, QProgressBar, QPushButton, QSizePolicy, QTreeView,
                                QVBoxLayout, QWidget)
 
-from ..model.guest_files import GuestContents, Summary, byte_namer, cluster_namer
+from ..model.guest_files import (GuestContents, Summary, byte_namer, cluster_namer,
+                                 fs_classes)
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
@@ -365,6 +366,16 @@ def attach_files_pane(tab) -> FilesPanel:
     settle.timeout.connect(settled)
     settle.start()
     tab.allocation.set_namer(cluster_namer(contents))
+
+    def fs_mode() -> None:      # the map's "By file system" colours, once both are in
+        gm = tab.document.guest_map
+        idx = contents.index
+        tab.allocation.set_fs_classes(
+            fs_classes(idx, gm) if idx is not None and gm is not None else None)
+        if tab.heatmap.mode() == "fs":
+            tab.heatmap.redraw()
+    contents.ready.connect(fs_mode)
+    tab.document.mapsReady.connect(fs_mode)
     hexed = tab.hex_guest
     hexed.inspector.set_namer(byte_namer(contents))
     contents.ready.connect(lambda: hexed.inspector.show_at(hexed.view))

@@ -23,8 +23,8 @@ from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import (QButtonGroup, QGraphicsRectItem, QGridLayout, QHBoxLayout,
                                QLabel, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
-from ..model.allocation import (MODE_TITLES, MODES, PALETTE, AllocationModel, DetailPicture,
-                                Picture, auto_width)
+from ..model.allocation import (GUEST_MODES, MODE_TITLES, MODES, PALETTE, AllocationModel,
+                                DetailPicture, Picture, auto_width)
 from ..model.units import human_size
 from ..model.workers import Worker
 from .axes import ByteAxis
@@ -34,7 +34,8 @@ DETAIL_MIN_PIXELS = 3        # refine once an overview cell is this many pixels 
 DETAIL_MAX_CLUSTERS = 1 << 22    # clusters binned per refinement (~30 ms of numpy)
 DETAIL_MAX_SIDE = 2048       # sub-cells per side of the refined picture
 DETAIL_DELAY_MS = 120        # after the last range change (wheel steps come in bursts)
-MODE_LABELS = {"kind": "By kind", "refcount": "By refcount", "guest": "Guest view"}
+MODE_LABELS = {"kind": "By kind", "refcount": "By refcount", "guest": "Guest view",
+               "fs": "By file system"}      # guest clusters by what the guest keeps there
 
 
 class HeatmapItem(pg.ImageItem):
@@ -293,7 +294,7 @@ class HeatmapView(QWidget):
         self.axis.extent = (0, pic.rows)
         self.fit()
         self.legend.set_entries(m.legend(mode))
-        what = "guest" if mode == "guest" else "host"
+        what = "guest" if mode in GUEST_MODES else "host"
         cell = ("1 cell = 1 cluster" if pic.bin == 1
                 else f"1 cell = {pic.bin:,} clusters ({human_size(pic.bin * pic.cluster_size)})")
         self._info_text = f"{n:,} {what} clusters of {human_size(pic.cluster_size)} · {cell}"
@@ -301,7 +302,7 @@ class HeatmapView(QWidget):
         self.info.setToolTip(f"{MODE_TITLES[mode]}. " + (
             "" if pic.bin == 1 else "Each cell shows the most severe kind among its clusters: "
             "corrupt, then leaked, then metadata, compressed, data, free."))
-        if self.selected is not None and mode != "guest":
+        if self.selected is not None and mode not in GUEST_MODES:
             self._mark(self.selected)
 
         self._start_prefetch()
@@ -373,7 +374,7 @@ class HeatmapView(QWidget):
         self.detail_item.show()
         each = "1 cluster" if d.bin == 1 else f"up to {d.bin:,} clusters"
         self.info.setText(f"{self._info_text} · zoomed in: 1 small cell = {each}")
-        if self.selected is not None and self._mode != "guest":
+        if self.selected is not None and self._mode not in GUEST_MODES:
             self._mark(self.selected)
 
     def _width_for(self, mode: str) -> int:

@@ -398,7 +398,7 @@ class ImageTab(QWidget):
         self.showFileBytes.emit(entry_offset, 8)
 
     def _cluster_clicked(self, cluster: int, mode: str) -> None:
-        if mode == "guest":
+        if mode in ("guest", "fs"):        # a guest cluster (the guest map's entry)
             gm = self.allocation.guest_map
             off = cluster * gm.cluster_size
             self.table_panel.go_to_guest(off)

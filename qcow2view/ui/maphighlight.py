@@ -46,7 +46,7 @@ class MapHighlight:
         """(rows, width) bool: the overview cells lit in the current mode."""
         pic = self.view.picture
         lit = np.zeros((pic.rows, pic.width), bool)
-        clusters = self.guest if pic.mode == "guest" else self.host
+        clusters = self.guest if pic.mode in ("guest", "fs") else self.host
         clusters = clusters[(clusters >= 0) & (clusters < pic.count)]
         k = clusters // pic.bin
         r, c = np.divmod(k, pic.width)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QModelIndex, Qt
 
-from guest.conftest import gpt_disk  # noqa: F401 - the session fixture, reused
+from guest.guestdisks import gpt_disk  # noqa: F401 - the session fixture, reused
 from qcow2view.model.document import ImageDocument
 from qcow2view.model.guest_model import (DIR, FILE, FS, NAME, NODE_ROLE, PART, SIZE,
                                          FilesModel)

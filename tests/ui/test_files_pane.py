@@ -15,7 +15,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 from qemu import check, qemu_img, to_raw
 
-from guest.conftest import debugfs, gpt_disk, tool  # noqa: F401 - the session fixture
+from guest.guestdisks import debugfs, gpt_disk, tool  # noqa: F401 - the session fixture
 from gui_fixtures import run_app, wait_ready
 from qcow2view.model.guest_model import FILE, NODE_ROLE
 from qcow2view.ui.filespanel import FilesPanel
@@ -259,3 +259,23 @@ def test_goto_file_warns_when_the_journal_needs_recovery(qtbot, window, needs_re
     qtbot.keyClicks(dlg.edit, "1:/etc/hostname")
     qtbot.keyClick(dlg.edit, Qt.Key_Return)
     assert not dlg.isVisible()
+
+
+def test_map_by_file_system(qtbot, window, gpt_disk):  # noqa: F811
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    contents = _files_ready(qtbot, tab)
+    heat = tab.heatmap
+    heat.set_mode("fs")
+    legend = {name: n for name, _c, n in tab.allocation.legend("fs")}
+    cs = tab.document.image.cluster_size
+    # the oracle: sgdisk's table (the clusters before partition 1 hold the table) and the
+    # source tree (file data somewhere in each filesystem)
+    assert legend["partition table"] >= 1
+    assert legend["file data"] >= (gpt_disk.src / "data/big.bin").stat().st_size // cs
+    assert sum(legend.values()) == -(-gpt_disk.raw.stat().st_size // cs)
+    f = contents.resolve("2:/data/big.bin")[0]
+    g = f.info.extents[0][1] // cs + 1
+    r, c = heat.picture.cell_of(g)
+    assert tab.allocation.describe(heat.picture, r, c).startswith(
+        f"guest cluster {g:#x}: guest {g * cs:#x}, partition 2 (ext4), /data/")
