@@ -178,7 +178,8 @@ def _convert(ns) -> int:
     sp = SnapshotParam.parse(ns.snapshot)
     convert_image(ns.src, ns.dst, out_fmt=ns.out_fmt, compress=ns.compress,
                   options=_create_options(ns.options), snapshot=sp and sp.key,
-                  src_fmt=ns.fmt, force_share=ns.force_share, progress=_progress(ns))
+                  src_fmt=ns.fmt, force_share=ns.force_share, threads=max(1, ns.threads),
+                  progress=_progress(ns))
     return 0
 
 

@@ -11,12 +11,13 @@ or into a sparse raw file (``-O raw``).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import metadata_ops as M
-from ..compressed_write import write_compressed
+from ..compressed_write import compress_clusters, write_compressed
 from ..create import create_image
 from ..errors import ImageInUseError, Qcow2Error, RequestError
 from ..fileio import HostFile
@@ -73,11 +74,12 @@ def nonzero_runs(data: bytes, granule: int) -> list[tuple[int, int]]:
 def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                   compress: bool = False, options: dict | None = None,
                   snapshot: str | None = None, src_fmt: str | None = None,
-                  force_share: bool = False, progress=None) -> None:
+                  force_share: bool = False, threads: int = 2, progress=None) -> None:
     """Write the guest disk of ``src_path`` (or of one of its snapshots) to a new
     image at ``dst_path`` (replaced if it exists, as qemu-img does).  A source in
     use by a VM is refused unless ``force_share`` (qemu-img's ``-U``): its copy
-    would mix moments of a running disk."""
+    would mix moments of a running disk.  ``threads`` compress at once with
+    ``compress`` (qemu-img's ``-m``)."""
     options = dict(options or {})
     if out_fmt not in ("qcow2", "raw"):
         raise RequestError(f"output format {out_fmt!r} is not supported (qcow2 or raw)")
@@ -104,7 +106,11 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                 # a new file nothing refers to yet: like qemu-img convert (cache=unsafe)
                 # it is written without flushes; `sync` makes it durable
                 dst.file.fsync = _no_flush
-                _to_qcow2(src, dst, size, compress, progress)
+                if compress and threads > 1:
+                    with ThreadPoolExecutor(threads) as pool:
+                        _to_qcow2(src, dst, size, compress, progress, pool)
+                else:
+                    _to_qcow2(src, dst, size, compress, progress)
     finally:
         src.close()
 
@@ -129,8 +135,9 @@ def _to_raw(src, dst_path: str, size: int, progress) -> None:
         out.close()
 
 
-def _to_qcow2(src, dst, size: int, compress: bool, progress) -> None:
+def _to_qcow2(src, dst, size: int, compress: bool, progress, pool=None) -> None:
     cs = dst.cluster_size
+    ctype = dst.header.compression_type
     chunk = max(CHUNK // cs, 1) * cs
     for pos in range(0, size, chunk):
         n = min(chunk, size - pos)
@@ -139,7 +146,9 @@ def _to_qcow2(src, dst, size: int, compress: bool, progress) -> None:
             piece = memoryview(data)[a:b]
             whole = (b - a) // cs * cs
             if compress and whole:
-                write_compressed(dst, pos + a, bytes(piece[:whole]))
+                clusters = bytes(piece[:whole])
+                write_compressed(dst, pos + a, clusters,
+                                 compressed=compress_clusters(clusters, cs, ctype, pool))
                 if whole < b - a:    # the disk's last, partial cluster
                     dst.write(pos + a + whole, piece[whole:])
             else:
