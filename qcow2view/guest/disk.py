@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..engine.errors import Qcow2Error
 from .files import Cancelled, Filesystem, Volume, short_error
-from .partitions import Partition, PartitionTable, read_partition_table
+from .partitions import Partition, PartitionTable, Region, read_partition_table
 from .probe import Probe, probe
 from .source import GuestSource
 
@@ -38,6 +38,9 @@ class GuestVolume:
     logical_volumes: list["GuestVolume"] = field(default_factory=list)
     lv_name: str | None = None          # set for LVM logical volumes
     problems: list[str] = field(default_factory=list)
+    #: the volume's own structures outside any filesystem (an LVM label and metadata
+    #: area), as guest ranges
+    regions: list[Region] = field(default_factory=list)
 
 
 @dataclass

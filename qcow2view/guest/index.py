@@ -136,6 +136,8 @@ class GuestIndex:
         for vi, gv in enumerate(self.volumes):
             for _v, g, n in gv.volume.pieces:
                 add(g, n, FREE, vi, -1)
+            for r in gv.regions:
+                add(r.start, r.length, METADATA, vi, label_id(r.label))
             fs = gv.filesystem
             if fs is None:
                 continue

@@ -12,7 +12,7 @@ import re
 import struct
 
 from .files import Volume
-from .partitions import Partition
+from .partitions import Partition, Region
 
 SECTOR = 512
 MDA_MAGIC = b" LVM2 x[5A%r0N*>"
@@ -68,7 +68,8 @@ def _parse(text: bytes):
     return section(0)
 
 
-def _pv_header(read) -> tuple[str, list[tuple[int, int]]] | None:
+def _pv_header(read) -> tuple[str, list[tuple[int, int]], int] | None:
+    """(PV UUID, metadata areas (offset, size), label offset) of a PV's label."""
     head = read(0, 4 * SECTOR)
     for s in range(4):
         o = s * SECTOR
@@ -86,7 +87,7 @@ def _pv_header(read) -> tuple[str, list[tuple[int, int]]] | None:
                     if off == 0:
                         break
                     lists[which].append((off, size))
-            return uuid, lists[1]
+            return uuid, lists[1], o
     return None
 
 
@@ -113,7 +114,12 @@ def read_lvm(src, gv) -> None:
     if got is None:
         gv.problems.append("LVM label unreadable")
         return
-    pv_uuid, mdas = got
+    pv_uuid, mdas, label_at = got
+    for g, n in gv.volume.to_guest(label_at, SECTOR):
+        gv.regions.append(Region(g, n, "LVM label"))
+    for start, size in mdas:
+        for g, n in gv.volume.to_guest(start, size):
+            gv.regions.append(Region(g, n, "LVM metadata area"))
     text = _metadata_text(src.pread, mdas)
     if text is None:
         gv.problems.append("LVM metadata area unreadable")

@@ -166,6 +166,11 @@ def test_logical_volumes_are_listed_and_read(lvm_disk):
     f = got["/data/big.bin"]
     o = idx.owner(f.extents[-1][1])
     assert (o.path, o.volume, o.partition) == ("/data/big.bin", "vgt/lv2", 1)
+    # the PV's own label (sector 1, as pvcreate writes it) and metadata area
+    assert idx.owner(MiB + 512 + 3).label == "LVM label"
+    text = data.find(b"vgt {", MiB)
+    assert idx.owner(text).label == "LVM metadata area"
+    assert idx.owner(text).what == "filesystem metadata"
 
 
 def test_libvslvm_agrees_on_the_logical_volumes(lvm_disk):
