@@ -35,7 +35,7 @@ DETAIL_MAX_CLUSTERS = 1 << 22    # clusters binned per refinement (~30 ms of num
 DETAIL_MAX_SIDE = 2048       # sub-cells per side of the refined picture
 DETAIL_DELAY_MS = 120        # after the last range change (wheel steps come in bursts)
 MODE_LABELS = {"kind": "By kind", "refcount": "By refcount", "guest": "Guest view",
-               "fs": "By file system"}      # guest clusters by what the guest keeps there
+               "fs": "FS view"}     # by file system (short: the map pane may be narrow)
 
 
 class HeatmapItem(pg.ImageItem):
