@@ -99,6 +99,11 @@ class Filesystem:
     #: where inodes (MFT records) lie: (guest offset, first number, bytes each, count),
     #: so a byte of an inode table can be named by the file whose inode it holds
     record_tables: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: guest runs the allocation map (block bitmaps, FAT) says are in use
+    allocated: list[tuple[int, int]] = field(default_factory=list)
+
+    def add_allocated(self, vol_offset: int, length: int) -> None:
+        self.allocated.extend(self.volume.to_guest(vol_offset, length))
 
     def problem(self, text: str, always: bool = False) -> None:
         """List a problem; past MAX_PROBLEMS only those marked ``always`` (summaries)."""

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
+from ..engine.errors import Qcow2Error
+
 from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, short_error, walk
 from .partitions import Region
 from .probe import EXT_INCOMPAT_64BIT, EXT_INCOMPAT_META_BG, EXT_RO_SPARSE_SUPER
@@ -67,6 +71,7 @@ def ext_metadata(src, fs: Filesystem) -> None:
         fs.problem("ext group descriptors unreadable")
         return
     it_len = ipg * inode_size
+    bitmaps = []
     for g in range(groups):
         gstart = (first_data + g * bpg) * bs
         if _has_backup(g, bool(ro & EXT_RO_SPARSE_SUPER), sparse2):
@@ -85,6 +90,7 @@ def ext_metadata(src, fs: Filesystem) -> None:
         if desc_size >= 64:
             hb, hi, ht = struct.unpack_from("<III", d, 0x20)
             bb, ib, itb = bb | hb << 32, ib | hi << 32, itb | ht << 32
+        bitmaps.append((g, bb, struct.unpack_from("<H", d, 0x12)[0]))
         for blk, n, label in ((bb, bs, "block bitmap"), (ib, bs, "inode bitmap"),
                               (itb, it_len, "inode table")):
             if 0 < blk < blocks:
@@ -97,6 +103,33 @@ def ext_metadata(src, fs: Filesystem) -> None:
                 done += m
     if meta_bg:
         fs.problem("ext meta_bg: group descriptor blocks not shown")
+    _ext_allocated(src, fs, bitmaps, bpg, first_data, blocks, bs)
+
+
+BG_BLOCK_UNINIT = 0x2            # bg_flags: the block bitmap was never written
+MAX_BITMAP_BYTES = 64 << 20      # block bitmaps read at most (a 2 TiB ext4 of 4 KiB blocks)
+
+
+def _ext_allocated(src, fs: Filesystem, bitmaps, bpg: int, first_data: int, blocks: int,
+                   bs: int) -> None:
+    """The blocks each group's block bitmap marks in use, as guest runs."""
+    if len(bitmaps) * bs > MAX_BITMAP_BYTES:
+        fs.problem("ext: too many block bitmaps to read; unclaimed blocks shown as free")
+        return
+    for g, bb, flags in bitmaps:
+        base = first_data + g * bpg
+        if flags & BG_BLOCK_UNINIT or not 0 < bb < blocks or base >= blocks:
+            continue
+        try:
+            raw = src.pread(bb * bs, bs)
+        except Qcow2Error as e:
+            fs.problem(f"group {g}: block bitmap unreadable ({e.reason})")
+            continue
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")
+        bits = bits[:min(bpg, blocks - base)].astype(np.int8)
+        edges = np.diff(np.concatenate(([0], bits, [0])))
+        for s, e in zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()):
+            fs.add_allocated((base + s) * bs, (e - s) * bs)
 
 
 def _describe(vol, known: dict):

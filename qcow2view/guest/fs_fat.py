@@ -6,6 +6,10 @@ from __future__ import annotations
 import datetime as _dt
 import struct
 
+import numpy as np
+
+from ..engine.errors import Qcow2Error
+
 from .files import FileInfo, Filesystem, map_extents, short_error, utc_seconds, walk
 
 ATTR_DIRECTORY = 0x10
@@ -30,6 +34,35 @@ def fat_metadata(src, fs: Filesystem) -> None:
         fs.add_metadata((reserved + nfats * fatsz) * bps, root_entries * 32, "root directory")
     if total * bps > fs.volume.size:
         fs.problem(f"FAT boot sector: {total} sectors exceed the {fs.volume.size}-byte volume")
+    data_start = (reserved + nfats * fatsz) * bps + root_entries * 32
+    clusters = max(0, (min(total * bps, fs.volume.size) - data_start) // (bps * spc))
+    _fat_allocated(src, fs, reserved * bps, fatsz * bps, clusters, data_start, bps * spc)
+
+
+MAX_FAT_BYTES = 64 << 20
+
+
+def _fat_allocated(src, fs: Filesystem, fat_at: int, fat_bytes: int, clusters: int,
+                   data_start: int, cluster: int) -> None:
+    """Clusters the first FAT marks in use, as guest runs (FAT16 and FAT32)."""
+    if clusters < 4085:                 # FAT12: 12-bit entries, and small: not mapped
+        return
+    width = 2 if clusters < 65525 else 4
+    need = (clusters + 2) * width
+    if need > min(fat_bytes, MAX_FAT_BYTES):
+        return
+    try:
+        raw = src.pread(fat_at, need)
+    except Qcow2Error as e:
+        fs.problem(f"FAT unreadable ({e.reason})")
+        return
+    fat = np.frombuffer(raw[:need], "<u2" if width == 2 else "<u4")[2:]
+    if width == 4:
+        fat = fat & 0x0FFFFFFF
+    used = np.concatenate(([0], (fat != 0).astype(np.int8), [0]))
+    edges = np.diff(used)
+    for s, e in zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()):
+        fs.add_allocated(data_start + s * cluster, (e - s) * cluster)
 
 
 def exfat_metadata(src, fs: Filesystem) -> None:

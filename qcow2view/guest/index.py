@@ -57,6 +57,10 @@ from .files import Cancelled, FileInfo
 
 WHAT = ("unpartitioned", "partition table", "free space", "filesystem metadata", "file data")
 UNPARTITIONED, PARTITION_TABLE, FREE, METADATA, FILE_DATA = range(5)
+#: the label of blocks the allocation map says are in use that no file's data or named
+#: structure claims (directories the library gives no extents, extent tree and
+#: attribute blocks)
+IN_USE = "in use (directory, extent tree or attributes)"
 
 __all__ = ["WHAT", "Owner", "IndexedFile", "GuestIndex", "build_index", "Cancelled"]
 
@@ -143,6 +147,10 @@ class GuestIndex:
                 continue
             for r in fs.metadata:
                 add(r.start, r.length, METADATA, vi, label_id(r.label))
+            if fs.allocated:
+                in_use = label_id(IN_USE)
+                for g, n in fs.allocated:
+                    add(g, n, METADATA, vi, in_use, 0, 2)
             self._add_files(gv, vi, fs, S, E, K, V, R, F, T)
         self._merge(*(np.frombuffer(a, dt) for a, dt in
                       ((S, np.int64), (E, np.int64), (K, np.int8), (V, np.int32),
@@ -204,8 +212,12 @@ class GuestIndex:
         bp = np.unique(np.concatenate([S, E]))
         seg = bp[:-1]
         owner = np.full(len(seg), -1, np.int64)
-        for k in range(len(WHAT)):
-            ids = np.nonzero(K == k)[0]
+        # paint levels: each kind in WHAT order, and under the other metadata the
+        # blocks a filesystem's allocation map says are in use (T == 2)
+        levels = [K == k for k in range(len(WHAT))]
+        levels[METADATA:METADATA + 1] = [(K == METADATA) & (T == 2), (K == METADATA) & (T != 2)]
+        for level in levels:
+            ids = np.nonzero(level)[0]
             if len(ids) == 0:
                 continue
             o = ids[np.argsort(S[ids], kind="stable")]
@@ -227,7 +239,7 @@ class GuestIndex:
         self.ref = R[own]
         self.base = S[own]                  # the interval's own start, for file offsets
         self.foff = F[own]
-        self.isfile = T[own].astype(bool)
+        self.isfile = T[own] == 1
         # scalar lookups read these (a list for bisect, compact arrays for the rest:
         # indexing them is several times cheaper than indexing numpy arrays)
         self._starts_list = self.starts.tolist()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 
 import qemu
-from guestdisks import debugfs
+from guestdisks import debugfs, sh
 
 from qcow2view.engine import open_image
 from qcow2view.guest.index import WHAT, Cancelled, build_index
@@ -152,3 +153,22 @@ def test_inode_table_and_mft_bytes_name_their_file(gpt_disk, mbr_disk, index):
     g = next(g + fo - f for f, g, n in mft.extents if f <= fo < f + n)
     o = idx.owner(g + 10)
     assert (o.path, o.label) == ("/big.bin", f"MFT, record {big.info.inode}")
+
+
+def test_blocks_in_use_that_no_file_claims_are_not_free(gpt_disk, index):
+    """The root directory's block (ext4: in use per debugfs testb, no file's extent) and
+    a FAT directory's cluster (istat's sectors) read as in use, not free space."""
+    from qcow2view.guest.index import IN_USE
+    part, start = gpt_disk.parts[2], gpt_disk.starts[2]
+    bs = _bs(part)
+    blk = int(debugfs(part, "bmap <2> 0").split()[0])
+    assert "marked in use" in debugfs(part, f"testb {blk}")
+    o = index.owner(start + blk * bs)
+    assert (o.what, o.label) == ("filesystem metadata", IN_USE)
+    if shutil.which("istat"):
+        fat = gpt_disk.parts[1]
+        ino = next(line.split()[1].rstrip(":") for line in sh("fls", "-D", fat).splitlines()
+                   if line.endswith("\tbin"))
+        sector = int(sh("istat", "-f", "fat", fat, ino).split("Sectors:")[1].split()[0])
+        o = index.owner(gpt_disk.starts[1] + sector * 512)
+        assert (o.what, o.label, o.partition) == ("filesystem metadata", IN_USE, 1)
