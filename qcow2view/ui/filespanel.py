@@ -45,6 +45,7 @@ class FilesPanel(QWidget):
         self.model = FilesModel(contents, self)
         self.summary: Summary | None = None
         self.map_layer = None               # the map's highlight layer, once used
+        self.partition_marks = None         # partition starts on the map's guest views
 
         self.filter = QLineEdit()
         self.filter.setObjectName("filesFilter")
@@ -372,8 +373,15 @@ def attach_files_pane(tab) -> FilesPanel:
         idx = contents.index
         tab.allocation.set_fs_classes(
             fs_classes(idx, gm) if idx is not None and gm is not None else None)
-        if tab.heatmap.mode() == "fs":
-            tab.heatmap.redraw()
+        if idx is None:
+            return
+        heatmap = tab.heatmap
+        if panel.partition_marks is None or panel.partition_marks.view is not heatmap:
+            from .maphighlight import PartitionMarks
+            panel.partition_marks = PartitionMarks(heatmap)
+        panel.partition_marks.set(contents.layout()[1])
+        if heatmap.mode() == "fs":
+            heatmap.redraw()
     contents.ready.connect(fs_mode)
     tab.document.mapsReady.connect(fs_mode)
     hexed = tab.hex_guest

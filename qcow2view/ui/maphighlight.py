@@ -1,8 +1,9 @@
-"""Light up some clusters on the heatmap and dim the rest (the Files pane's selection).
+"""Layers on the heatmap for the guest's files: the selection's clusters lit and the
+rest dimmed (:class:`MapHighlight`), and where partitions start (:class:`PartitionMarks`).
 
-An RGBA :class:`pyqtgraph.ImageItem` on top of the map's overview picture: cells
-holding none of the clusters are veiled in white, the others stay as they are and
-get an outline.  It follows the map's picture (a mode switch, a resize) through
+The highlight is an RGBA :class:`pyqtgraph.ImageItem` on top of the map's overview
+picture: cells holding none of the clusters are veiled in white, the others stay as
+they are.  Both follow the map's picture (a mode switch, a resize) through
 :attr:`HeatmapView.pictureChanged`.
 """
 
@@ -66,3 +67,45 @@ class MapHighlight:
         self.item.setImage(rgba, autoLevels=False, levels=(0, 255))
         self.item.setRect(0, 0, pic.width, pic.rows)
         self.item.show()
+
+
+class PartitionMarks:
+    """Where each partition starts on the guest views of the map: a bar on the left edge
+    of the cell holding its first cluster, and its name ("2 ext4")."""
+
+    def __init__(self, view) -> None:
+        self.view = view
+        self.partitions: list[tuple[int, int, str]] = []
+        self.items: list = []
+        view.pictureChanged.connect(self.redraw)
+        view.modeChanged.connect(lambda _m: self.redraw())
+
+    def set(self, partitions: list[tuple[int, int, str]]) -> None:
+        """(guest start, size, name) of each partition."""
+        self.partitions = list(partitions)
+        self.redraw()
+
+    def _clear(self) -> None:
+        for it in self.items:
+            self.view.plot.removeItem(it)
+        self.items = []
+
+    def redraw(self) -> None:
+        self._clear()
+        pic = self.view.picture
+        if pic is None or pic.mode not in ("guest", "fs"):
+            return
+        pen = pg.mkPen("#d50000", width=3)
+        for start, _size, name in self.partitions:
+            cluster = start // pic.cluster_size
+            if cluster >= pic.count:
+                continue
+            r, c = pic.cell_of(cluster)
+            line = pg.PlotCurveItem([c, c], [r, r + 1], pen=pen)
+            # above the cell, or below it on the first row (above is outside the plot)
+            label = pg.TextItem(name, color="#b71c1c", anchor=(0, 1) if r else (0, 0))
+            label.setPos(c, r)
+            for it in (line, label):
+                it.setZValue(9)
+                self.view.plot.addItem(it)
+                self.items.append(it)

@@ -279,3 +279,16 @@ def test_map_by_file_system(qtbot, window, gpt_disk):  # noqa: F811
     r, c = heat.picture.cell_of(g)
     assert tab.allocation.describe(heat.picture, r, c).startswith(
         f"guest cluster {g:#x}: guest {g * cs:#x}, partition 2 (ext4), /data/")
+
+
+def test_guest_map_marks_where_partitions_start(qtbot, window, gpt_disk):  # noqa: F811
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    tab.heatmap.set_mode("guest")
+    marks = tab.pane("files").partition_marks
+    import pyqtgraph as pg
+    labels = [it.textItem.toPlainText() for it in marks.items if isinstance(it, pg.TextItem)]
+    assert labels == ["1 vfat", "2 ext4"]            # sgdisk's two partitions, blkid's types
+    tab.heatmap.set_mode("kind")
+    assert not marks.items                           # host views: no guest partitions
