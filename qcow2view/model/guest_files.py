@@ -25,6 +25,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 from ..engine import CancelledError, Qcow2Error, open_image
 from ..engine.maps import GuestState
 from ..guest.index import GuestIndex, IndexedFile, Owner, build_index
+from ..guest.fields import FieldIndex, structure_fields
 from ..guest.files import Cancelled
 from ..guest.journal import needs_recovery
 from .units import count, human_size
@@ -113,6 +114,7 @@ class Built:
     listing: Listing
     image: Any
     recovery: dict[int, bool] = field(default_factory=dict)   # volume -> journal needs it
+    fields: FieldIndex | None = None    # named fields of the tables and superblocks
 
     def close(self) -> None:
         if self.image is not None:
@@ -178,7 +180,11 @@ def _build_index(path: str, progress, cancel) -> Built:
             fs = gv.filesystem
             if fs is not None and fs.type in ("ext3", "ext4"):
                 recovery[vi] = needs_recovery(img.read, gv.volume.start)
-        return Built(index, listing, img, recovery)
+        try:
+            fields = FieldIndex(structure_fields(index.disk, img.read))
+        except Qcow2Error:
+            fields = None       # the labels are a nicety: an unreadable sector loses them
+        return Built(index, listing, img, recovery, fields)
     except BaseException:
         img.close()
         raise
@@ -634,6 +640,10 @@ def byte_namer(contents: GuestContents):
         if o is None:
             return None
         text = owner_text(o)
+        b = contents.built
+        fld = b.fields.at(offset) if b is not None and b.fields is not None else None
+        if fld is not None:     # a field of the partition table or a superblock, named
+            text += f", {fld.structure} {fld.name} = {fld.value}"
         idx = contents.index
         gv = next((v for v in idx.volumes if v.partition.index == o.partition
                    and v.lv_name == o.volume), None) if o.partition is not None else None

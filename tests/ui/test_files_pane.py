@@ -292,3 +292,14 @@ def test_guest_map_marks_where_partitions_start(qtbot, window, gpt_disk):  # noq
     assert labels == ["1 vfat", "2 ext4"]            # sgdisk's two partitions, blkid's types
     tab.heatmap.set_mode("kind")
     assert not marks.items                           # host views: no guest partitions
+
+
+def test_hex_inspector_names_gpt_header_fields(qtbot, window, gpt_disk):  # noqa: F811
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    hexed = tab.pane("hex")
+    tab.show_pane("hex")
+    hexed.view.goto(512 + 72)               # LBA 1: the GPT header; +72 partition_entry_lba
+    last = hexed.inspector.text().splitlines()[-1]
+    assert last.endswith("GPT header partition_entry_lba = 2"), last   # as sgdisk makes it
