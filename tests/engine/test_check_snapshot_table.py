@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def strip_extra_data(path, index: int) -> None:
     """Rewrite the snapshot table in place with entry ``index``'s extra_data_size 0 (the
     same ids, names and L1 tables; the table only gets shorter)."""
-    d = bytearray(open(path, "rb").read())
+    d = bytearray(Path(path).read_bytes())
     nb, start = struct.unpack_from(">IQ", d, 60)
     assert index < nb
     off, table = start, bytearray()
@@ -35,7 +36,7 @@ def strip_extra_data(path, index: int) -> None:
         table += bytes((-len(table)) % 8) + struct.pack(">QIHHIIQII", *fields) + body
         off += (40 + extra + id_len + name_len + 7) & ~7
     d[start:off] = table + bytes(off - start - len(table))
-    open(path, "wb").write(d)
+    Path(path).write_bytes(d)
 
 
 def cli(*args) -> subprocess.CompletedProcess:
