@@ -29,9 +29,6 @@ class Snapshot:
     icount: int | None
     extra_data: bytes = b""
 
-    def matches(self, key: str | int) -> bool:
-        return str(key) in (self.id_str, self.name)
-
 
 def parse_snapshot_table(data: bytes, base: int, count: int) -> list[Snapshot]:
     """Parse ``count`` entries from ``data`` read at file offset ``base``."""
