@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.errors import RequestError
 from ..engine.maps import GuestState
 from .files import Cancelled
-from .index import FILE_DATA, GuestIndex
+from .index import GuestIndex
 
 CHUNK = 4 << 20          # compare in runs of at most this many bytes
 
@@ -72,13 +72,11 @@ def _compare(index: GuestIndex, runs, read_new, read_old, progress) -> tuple[dic
                 c = int(np.count_nonzero(diff[lo - start:lo - start + m]))
                 if not c:
                     continue
-                if owner.what == "file data" and owner.path is not None:
-                    f = index.find(owner.path, owner.partition)
-                    key = f[0].id if f else -1
-                    if key >= 0:
-                        per_file[key] = per_file.get(key, 0) + c
-                        continue
-                other += c
+                f = index.file_at(lo) if owner.what == "file data" else None
+                if f is not None:
+                    per_file[f.id] = per_file.get(f.id, 0) + c
+                else:
+                    other += c
         done += n
         if progress is not None and progress(done, total) is False:
             raise Cancelled("cancelled")
@@ -139,5 +137,4 @@ def changed_vs_snapshot(image, snapshot: str, index: GuestIndex,
     return _result(index, f"snapshot {snap.name}", per_file, other, runs)
 
 
-__all__ = ["Changes", "ChangedFile", "changed_vs_backing", "changed_vs_snapshot",
-           "FILE_DATA"]
+__all__ = ["Changes", "ChangedFile", "changed_vs_backing", "changed_vs_snapshot"]

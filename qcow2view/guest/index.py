@@ -307,6 +307,14 @@ class GuestIndex:
         f = self.files[int(fids[j])] if j < len(inos) and inos[j] == number else None
         return number, f
 
+    def file_at(self, offset: int) -> IndexedFile | None:
+        """The file whose data (or directory blocks) hold guest byte ``offset``."""
+        if not 0 <= offset < self.disk.size:
+            return None
+        i = bisect.bisect_right(self._starts_list, offset) - 1
+        _k, _v, ref, _b, _f, isfile = self._row
+        return self.files[ref[i]] if isfile[i] else None
+
     def what(self, offsets: np.ndarray) -> np.ndarray:
         """WHAT codes (uint8) for many guest offsets at once."""
         i = np.searchsorted(self.starts, np.asarray(offsets, np.int64), side="right") - 1
