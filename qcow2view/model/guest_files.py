@@ -677,3 +677,37 @@ def fs_classes(index: GuestIndex, guest_map, chunk: int = 1 << 20) -> np.ndarray
     past = np.arange(n, dtype=np.int64) * cs >= index.disk.size
     out[past] = 0
     return out
+
+
+def guest_rows(contents: GuestContents) -> list:
+    """The header panel's "Guest" section: the partition table and each partition with
+    what it holds ("EFI System, 40 MiB, vfat “ESP”, UUID 1234-ABCD")."""
+    from .header_model import HeaderRow
+    idx = contents.index
+    if idx is None:
+        return []
+    disk = idx.disk
+    table = (disk.table.kind or "no partition table").upper() if disk.table.kind \
+        else "no partition table"
+    rows = [HeaderRow(f"Guest ({table}, {count(len(disk.volumes), 'volume')})", section=True)]
+    if disk.unreadable:
+        rows.append(HeaderRow("disk", meaning=disk.unreadable, name="guest:disk"))
+    for gv in idx.volumes:
+        p = gv.partition
+        name = f"LV {gv.lv_name}" if gv.lv_name else (
+            f"partition {p.index}" if p.index else "whole disk")
+        if p.name:
+            name += f": {p.name}"
+        bits = [p.type, human_size(gv.volume.size)]
+        fs = gv.filesystem
+        if fs is not None:
+            bits.append(fs.type + (f" “{fs.label}”" if fs.label else ""))
+            if fs.uuid:
+                bits.append(f"UUID {fs.uuid}")
+        elif gv.probe is not None:
+            bits.append(gv.probe.type)
+        rows.append(HeaderRow(name, raw=f"{gv.volume.start:#x}", meaning=", ".join(bits),
+                              name=f"guest:{p.index}:{gv.lv_name or ''}"))
+    for text in disk.problems[:10]:
+        rows.append(HeaderRow("problem", meaning=text, name="guest:problem"))
+    return rows

@@ -174,12 +174,22 @@ class HeaderModel(RowsModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._rows: list[HeaderRow] = []
+        self._image_rows: list[HeaderRow] = []
+        self._guest: list[HeaderRow] = []       # set_guest: the "Guest" section
         self._bold = QFont()
         self._bold.setBold(True)
 
     def set_image(self, img: Image | None) -> None:
         self.beginResetModel()
-        self._rows = header_rows(img) if img is not None else []
+        self._image_rows = header_rows(img) if img is not None else []
+        self._rows = self._image_rows + self._guest
+        self.endResetModel()
+
+    def set_guest(self, rows: list[HeaderRow]) -> None:
+        """The "Guest" section (partition table, filesystems) after the image's rows."""
+        self.beginResetModel()
+        self._guest = list(rows)
+        self._rows = self._image_rows + self._guest
         self.endResetModel()
 
     def row(self, i: int) -> HeaderRow:

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QVBoxLayout, QWidget)
 
 from ..model.guest_files import (GuestContents, Summary, byte_namer, cluster_namer,
-                                 fs_classes)
+                                 fs_classes, guest_rows)
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
@@ -384,6 +384,7 @@ def attach_files_pane(tab) -> FilesPanel:
             heatmap.redraw()
     contents.ready.connect(fs_mode)
     tab.document.mapsReady.connect(fs_mode)
+    contents.ready.connect(lambda: tab.header_model.set_guest(guest_rows(contents)))
     hexed = tab.hex_guest
     hexed.inspector.set_namer(byte_namer(contents))
     contents.ready.connect(lambda: hexed.inspector.show_at(hexed.view))

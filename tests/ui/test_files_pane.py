@@ -303,3 +303,18 @@ def test_hex_inspector_names_gpt_header_fields(qtbot, window, gpt_disk):  # noqa
     hexed.view.goto(512 + 72)               # LBA 1: the GPT header; +72 partition_entry_lba
     last = hexed.inspector.text().splitlines()[-1]
     assert last.endswith("GPT header partition_entry_lba = 2"), last   # as sgdisk makes it
+
+
+def test_header_panel_has_a_guest_section(qtbot, window, gpt_disk):  # noqa: F811
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    m = tab.header_model
+    rows = [m.row(i) for i in range(m.rowCount())]
+    start = next(i for i, r in enumerate(rows) if r.section and r.field.startswith("Guest"))
+    assert rows[start].field == "Guest (GPT, 2 volumes)"
+    p1, p2 = rows[start + 1], rows[start + 2]
+    # sgdisk's names and starts, mkfs's labels
+    assert (p1.field, int(p1.raw, 16)) == ("partition 1: EFI", gpt_disk.starts[1])
+    assert (p2.field, int(p2.raw, 16)) == ("partition 2: root", gpt_disk.starts[2])
+    assert "vfat “EFI”" in p1.meaning and "ext4 “rootfs”" in p2.meaning
