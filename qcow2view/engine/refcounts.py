@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -95,6 +98,11 @@ class DiskRefcounts:
     decoded into the image's own refcount width, so their cost is the cache (about
     :data:`CACHE_BYTES`) whatever the image's size.  Clusters past the last
     refcount block (:attr:`covered_end`) have refcount 0.
+
+    A host map keeps one for its hover texts and pictures after the image that
+    built it is closed (a window re-reading a saved file): then the blocks are
+    read through a duplicate of the file descriptor, kept as long as this is.
+    The cache is shared by threads (a picture worker, the GUI thread) under a lock.
     """
 
     CACHE_BYTES = 8 << 20
@@ -116,13 +124,25 @@ class DiskRefcounts:
         self.covered_end = (int(used[-1]) + 1) * self.per_block if len(used) else 0
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
         self._cache_max = max(4, self.CACHE_BYTES // (self.per_block * self.dtype.itemsize))
+        self._lock = threading.Lock()
+        self._size = self.file.size
+        self._fd = os.dup(self.file.fd) if self.file.fd >= 0 else -1
+        if self._fd >= 0:
+            weakref.finalize(self, os.close, self._fd)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        """Bytes of the file (zeros past its end), through the image while it is open."""
+        if self.file.fd >= 0 or self._fd < 0:
+            return read_zero_filled(self.file, offset, length)
+        data = os.pread(self._fd, length, offset) if offset < self._size else b""
+        return data + bytes(length - len(data))
 
     def _block(self, rti: int) -> np.ndarray | None:
         """Refcount block ``rti`` decoded (None: no block, or a misaligned one)."""
         off = int(self.table[rti]) & REFT_OFFSET_MASK if rti < len(self.table) else 0
         if not off or off & (self.cs - 1):
             return None
-        buf = read_zero_filled(self.file, off, self.cs)
+        buf = self._read(off, self.cs)
         if self.order >= 3:
             return np.frombuffer(buf, dtype=self.dtype.newbyteorder(">")).astype(self.dtype)
         return decode_refcount_block(buf, self.order).astype(self.dtype)
@@ -134,30 +154,32 @@ class DiskRefcounts:
             return 0
         bits = 1 << self.order
         pos = off + (i * bits) // 8
-        raw = read_zero_filled(self.file, pos, max(1, bits // 8))
+        raw = self._read(pos, max(1, bits // 8))
         if bits >= 8:
             return int.from_bytes(raw, "big")
         return (raw[0] >> ((i * bits) % 8)) & ((1 << bits) - 1)
 
     def block(self, rti: int) -> np.ndarray | None:
         """:meth:`_block` through the cache of recently used blocks (do not modify)."""
-        try:
-            self._cache.move_to_end(rti)
-            return self._cache[rti]
-        except KeyError:
-            pass
-        blk = self._cache[rti] = self._block(rti)
-        if len(self._cache) > self._cache_max:
-            self._cache.popitem(last=False)
+        with self._lock:
+            if rti in self._cache:
+                self._cache.move_to_end(rti)
+                return self._cache[rti]
+        blk = self._block(rti)
+        with self._lock:
+            self._cache[rti] = blk
+            while len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
         return blk
 
     def forget(self, rtis=None) -> None:
         """Drop cached blocks (all, or those of ``rtis``) after they were rewritten."""
-        if rtis is None:
-            self._cache.clear()
-        else:
-            for rti in rtis:
-                self._cache.pop(int(rti), None)
+        with self._lock:
+            if rtis is None:
+                self._cache.clear()
+            else:
+                for rti in rtis:
+                    self._cache.pop(int(rti), None)
 
     def error(self, cluster: int) -> bool:
         return (cluster // self.per_block) in self.bad_blocks
@@ -206,7 +228,7 @@ class DiskRefcounts:
             for a, b in zip(starts.tolist(), np.r_[starts[1:], len(c)].tolist()):
                 t = int(srt[a])
                 sel = order[a:b]
-                if b - a <= FEW_PER_BLOCK and t not in self._cache:
+                if b - a <= FEW_PER_BLOCK and t not in self._cache:   # (a peek: no lock)
                     # a few refcounts of a block (L2 tables spread over a huge
                     # image): read those bytes, not the block
                     out[sel] = [self._entry(t, int(x) - t * per) for x in c[sel].tolist()]

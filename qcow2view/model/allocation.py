@@ -265,15 +265,13 @@ def mode_indices(mode: str, host_map, guest_map, lo: int = 0, hi: int | None = N
 
 def prepare(host_map, guest_map) -> dict:
     """What is cheap to have ahead, for a worker thread: the guest mode's indices
-    (one byte per guest map entry), the class counts of the modes that need no
-    refcounts, and the mapping plot's segments.  The refcount mode's counts come
-    with its first picture (one pass over the refcounts for both)."""
+    (one byte per guest map entry) and class counts, and the mapping plot's
+    segments.  The host modes' counts come with their first picture (one pass
+    over the host clusters for both)."""
     indices, counts = {}, {}
     if guest_map is not None:
         indices["guest"] = mode_indices("guest", None, guest_map)
         counts["guest"] = _counts(indices["guest"])
-    if host_map is not None:
-        counts["kind"] = _counts(np.asarray(host_map.kinds, dtype=np.uint8))
     segments = {MAX_SEGMENTS: mapping_segments(guest_map)} if guest_map is not None else {}
     return {"indices": indices, "counts": counts, "segments": segments}
 

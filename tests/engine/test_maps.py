@@ -377,3 +377,14 @@ def test_a_sparse_tail_is_summarised_not_mapped(tmp_path):
     assert len(hm.references) == len(hm) and len(hm.refcounts) == len(hm)
     assert (hm.kinds == HostKind.DATA).sum() == 24            # 12 KiB of 512-byte clusters
     assert code == 0 and {**got, "filename": want["filename"]} == want
+
+
+def test_host_map_refcounts_are_read_after_the_image_is_closed(tmp_path):
+    """The window keeps the host map of a closed analysis image for a moment (a
+    saved file being re-read): its refcounts, read on demand, still read."""
+    p = _img(tmp_path, "write -P 1 0 64k")
+    with open_image(p) as im:
+        hm = im.host_map()
+    data = np.nonzero(hm.kinds == HostKind.DATA)[0]
+    assert len(data) == 16 and (hm.refcounts[data] == 1).all()
+    assert (np.asarray(hm.refcounts).astype(np.uint64) == hm.references).all()
