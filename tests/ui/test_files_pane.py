@@ -113,6 +113,10 @@ def test_files_pane_finds_selects_lights_and_saves(qtbot, window, overlay, gpt_d
     assert 0 < lit.sum() < lit.size                            # its clusters lit, others dim
     panel.copy_path(node)
     assert QGuiApplication.clipboard().text() == "/etc/fstab"
+    assert panel.show_in_hex(node)                             # the context menu's first
+    assert tab.views.currentWidget() is tab.pane("hex")
+    assert tab.pane("hex").view.cursor == node.file.info.extents[0][1]
+    tab.show_pane("files")
     out = tmp_path / "copy"
     FilesPanel.ask_save_path = staticmethod(lambda name: str(out))
     try:
