@@ -152,6 +152,9 @@ class GuestIndex:
                 for g, n in fs.allocated:
                     add(g, n, METADATA, vi, in_use, 0, 2)
             self._add_files(gv, vi, fs, S, E, K, V, R, F, T)
+        # per volume id: (partition index, filesystem type, LV name) for owners
+        self._vol_names = [(gv.partition.index, gv.filesystem.type if gv.filesystem else None,
+                            gv.lv_name) for gv in self.volumes]
         self._merge(*(np.frombuffer(a, dt) for a, dt in
                       ((S, np.int64), (E, np.int64), (K, np.int8), (V, np.int32),
                        (R, np.int32), (F, np.int64), (T, np.int8))))
@@ -197,7 +200,8 @@ class GuestIndex:
         ino = np.frombuffer(inos, np.int64)
         order = np.argsort(ino, kind="stable")
         tables = sorted(fs.record_tables)
-        self._records[vi] = (ino[order], np.frombuffer(fids, np.int64)[order],
+        self._records[vi] = (array("q", ino[order].tobytes()),
+                             array("q", np.frombuffer(fids, np.int64)[order].tobytes()),
                              [t[0] for t in tables], tables)
 
     def _merge(self, S, E, K, V, R, F, T) -> None:
@@ -262,13 +266,14 @@ class GuestIndex:
         if v < 0:
             label = self._regions[ref[i]] if k == PARTITION_TABLE else None
             return Owner(offset, WHAT[k], None, None, None, None, label)
-        gv = self.volumes[v]
-        fs = gv.filesystem
-        part, fstype, lv = gv.partition.index, fs.type if fs else None, gv.lv_name
+        part, fstype, lv = self._vol_names[v]
         r = ref[i]
         if isfile[i]:
             f = self.files[r]
             info = f.info
+            if k == FILE_DATA and not info.system:          # the common case, kept short
+                return Owner(offset, "file data", part, fstype, info.path,
+                             foff[i] + offset - base[i], None, tuple(f.names), lv)
             if info.system and info.inode == 0 and fstype == "ntfs":    # $MFT: whose record
                 number, rf = self.record_owner(v, offset)
                 if rf is not None:
@@ -303,8 +308,8 @@ class GuestIndex:
         if k >= count:
             return None, None
         number = first + k
-        j = int(np.searchsorted(inos, number))
-        f = self.files[int(fids[j])] if j < len(inos) and inos[j] == number else None
+        j = bisect.bisect_left(inos, number)
+        f = self.files[fids[j]] if j < len(inos) and inos[j] == number else None
         return number, f
 
     def file_at(self, offset: int) -> IndexedFile | None:
