@@ -111,7 +111,7 @@ class FilesModel(QAbstractItemModel):
         if idx is None:
             text = {"building": "reading the guest disk…", "cancelled": "cancelled",
                     "failed": f"unreadable: {c.error}"}.get(c.state, "not read yet")
-            root.add(Node(root, NOTE, text)).note = text
+            root.add(Node(root, NOTE, text)).note = text if c.state == "failed" else ""
             return
         disk = idx.disk
         table = (disk.table.kind or "no partition table").upper() \

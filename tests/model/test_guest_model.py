@@ -101,3 +101,35 @@ def test_sorting_orders_rows_still_to_fetch(contents, gpt_disk, monkeypatch):  #
     rows = [model.index(r, 0, ext).data(NODE_ROLE) for r in range(model.rowCount(ext))]
     got = [n.name for n in rows if n.kind == FILE and n.file.info.type == "file"]
     assert got == [p.name for p in files]
+
+
+def test_cancel_stops_the_build_and_read_again_starts_it(qtbot, gpt_disk, monkeypatch):  # noqa: F811,E501
+    import time
+
+    import qcow2view.model.guest_files as gf
+    real = gf.build_index
+
+    def slow(image, progress):
+        for i in range(1000):          # a big disk: progress until the user cancels
+            if progress(i, 1000) is False:
+                raise gf.Cancelled("cancelled")
+            time.sleep(0.01)
+        return real(image, progress)
+    monkeypatch.setattr(gf, "build_index", slow)
+    doc = ImageDocument(gpt_disk.qcow2)
+    doc.load_header()
+    c = doc.guest
+    model = FilesModel(c)
+    with qtbot.waitSignal(c.ready, timeout=30000):
+        c.ensure()
+        qtbot.waitUntil(lambda: c.busy)
+        c.cancel()
+    assert c.state == "cancelled" and c.index is None
+    assert model.index(0, 0).data() == "cancelled"         # a note, not a problem
+    c.ensure()                          # cancelled stays cancelled until asked again
+    assert c.state == "cancelled"
+    monkeypatch.setattr(gf, "build_index", real)
+    with qtbot.waitSignal(c.ready, timeout=30000):
+        c.rebuild()                     # "Read again"
+    assert c.state == "ready" and c.index is not None
+    doc.close()
