@@ -194,18 +194,6 @@ class HexDocument(QObject):
         """Bytes as the user sees them (pending edits applied)."""
         return bytes(self._span(offset, length)[0])
 
-    def read_stored(self, offset: int, length: int) -> bytes:
-        """Bytes as the image holds them (no pending edits)."""
-        parts = []
-        pos, end = offset, min(offset + length, self.size)
-        while pos < end:
-            bi, o = divmod(pos, BLOCK_SIZE)
-            b = self._block(bi)
-            n = min(end - pos, len(b.data) - o)
-            parts.append(b.data[o:o + n])
-            pos += n
-        return b"".join(parts)
-
     def _span(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         end = min(offset + length, self.size)
         n = max(0, end - offset)
@@ -249,9 +237,6 @@ class HexDocument(QObject):
     def extents(self, start: int, end: int):
         """(start, end, ByteKind) runs, for the find worker (hold :attr:`lock`)."""
         return self.source.extents(start, end)
-
-    def pending_blocks(self) -> list[int]:
-        return sorted(self._pend)
 
     # -- the overlay -------------------------------------------------------------------
     def _overlay(self, offset: int, length: int) -> tuple[bytearray, bytearray]:
