@@ -133,3 +133,24 @@ def test_cancel_stops_the_build_and_read_again_starts_it(qtbot, gpt_disk, monkey
         c.rebuild()                     # "Read again"
     assert c.state == "ready" and c.index is not None
     doc.close()
+
+
+def test_an_unreadable_disk_says_why(qtbot, tmp_path, gpt_disk):  # noqa: F811
+    """An overlay whose backing file is gone: the tree says so, naming the file."""
+    import shutil
+
+    from qemu import qemu_img
+    base = tmp_path / "gone.qcow2"
+    shutil.copyfile(gpt_disk.qcow2, base)
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", "qcow2", top)
+    base.unlink()
+    doc = ImageDocument(top)
+    doc.load_header()
+    with qtbot.waitSignal(doc.guest.ready, timeout=30000):
+        doc.guest.ensure()
+    model = FilesModel(doc.guest)
+    disk = model.index(0, 0)
+    notes = [model.index(r, 0, disk).data() for r in range(model.rowCount(disk))]
+    assert any(n.startswith("⚠ unreadable: ") and "gone.qcow2" in n for n in notes), notes
+    doc.close()
