@@ -489,6 +489,30 @@ class GuestContents(QObject):
             return f"{f.path} has no data blocks (empty or all holes)"
         return None
 
+    def edit_guard(self, offset: int, length: int) -> str | None:
+        """Why an edit of guest bytes ``offset..offset+length`` is refused: it would
+        land in the inode (MFT record) of a file whose bytes are inline there, inside
+        checksummed metadata.  None when the index is not read or all is well."""
+        idx = self.index
+        if idx is None or length <= 0:
+            return None
+        vols = {(gv.partition.index, gv.lv_name): i for i, gv in enumerate(idx.volumes)}
+        for lo, n, o in idx.ranges(offset, min(length, 1 << 20)):
+            if o.what != "filesystem metadata" or o.partition is None:
+                continue
+            vi = vols.get((o.partition, o.volume))
+            if vi is None:
+                continue
+            # records are 128 bytes or more: one probe per 128 bytes meets each of them
+            for at in list(range(lo, lo + n, 128))[:64] + [lo + n - 1]:
+                number, f = idx.record_owner(vi, at)
+                if f is not None and f.info.inline:
+                    where = "MFT record" if f.volume.filesystem.type == "ntfs" else "inode"
+                    return (f"{f.path}: its bytes are inline data in {where} {number}, "
+                            "inside checksummed filesystem metadata; editing them in "
+                            "place is refused")
+        return None
+
     def journal_warning(self, f: IndexedFile) -> str | None:
         """A warning when ``f``'s filesystem has a journal that needs recovery."""
         b = self.built

@@ -114,6 +114,7 @@ class HexDocument(QObject):
         self.undo_stack.setUndoLimit(1000)
         self._reopen = reopen
         self._after_save = after_save
+        self._edit_guard: Callable[[int, int], str | None] | None = None
 
     # -- the image ---------------------------------------------------------------------
     @property
@@ -305,6 +306,11 @@ class HexDocument(QObject):
         return self._npending
 
     # -- editing -----------------------------------------------------------------------
+    def set_edit_guard(self, guard: Callable[[int, int], str | None] | None) -> None:
+        """``guard(offset, length)``: why an edit there must not be made (bytes inside
+        checksummed filesystem metadata, such as a file's inline data), or None."""
+        self._edit_guard = guard
+
     def _check_edit(self, offset: int, length: int) -> int:
         if not self.editable:
             raise PermissionError("the image is open read-only (Enable editing first)")
@@ -315,6 +321,9 @@ class HexDocument(QObject):
             # the overlay and the undo step hold every byte in memory
             raise ValueError(f"an edit of {n:,} bytes is too large for the hex editor "
                              f"(at most {MAX_EDIT >> 20} MiB at once)")
+        why = self._edit_guard(offset, n) if self._edit_guard is not None else None
+        if why is not None:
+            raise ValueError(why)
         return n
 
     def replace(self, offset: int, data: bytes, *, typing: bool = False,

@@ -387,6 +387,7 @@ def attach_files_pane(tab) -> FilesPanel:
     contents.ready.connect(lambda: tab.header_model.set_guest(guest_rows(contents)))
     hexed = tab.hex_guest
     hexed.inspector.set_namer(byte_namer(contents))
+    tab.document.hex_guest.set_edit_guard(contents.edit_guard)
     contents.ready.connect(lambda: hexed.inspector.show_at(hexed.view))
 
     def goto_file() -> None:

@@ -647,6 +647,13 @@ class HexView(QAbstractScrollArea):
                 break
 
     def _type_char(self, ch: str) -> bool:
+        try:
+            return self._type(ch)
+        except ValueError as e:     # the document refused the edit, with the reason
+            self.message.emit(str(e))
+            return False
+
+    def _type(self, ch: str) -> bool:
         doc = self.doc
         if not doc.editable:
             self.message.emit("Read-only: press Ctrl+E to enable editing")

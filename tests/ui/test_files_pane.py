@@ -322,3 +322,26 @@ def test_header_panel_has_a_guest_section(qtbot, window, gpt_disk):  # noqa: F81
     assert (p1.field, int(p1.raw, 16)) == ("partition 1: EFI", gpt_disk.starts[1])
     assert (p2.field, int(p2.raw, 16)) == ("partition 2: root", gpt_disk.starts[2])
     assert "vfat “EFI”" in p1.meaning and "ext4 “rootfs”" in p2.meaning
+
+
+def test_typing_into_inline_data_is_refused(qtbot, window, overlay, gpt_disk):  # noqa: F811
+    """/link is a fast symlink: its target lives in its inode.  debugfs imap says where
+    that inode is; typing there is refused with the reason and changes nothing."""
+    _base, top = overlay
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    imap = debugfs(gpt_disk.parts[2], "imap /link")
+    block = int(imap.split("located at block ")[1].split(",")[0])
+    within = int(imap.split("offset ")[1].split()[0], 16)
+    bs = int(debugfs(gpt_disk.parts[2], "stats").split("Block size:")[1].split()[0])
+    at = gpt_disk.starts[2] + block * bs + within + 0x28        # i_block: the target
+    hexed = tab.pane("hex")
+    qtbot.keyClick(window, Qt.Key_E, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: tab.document.writable)
+    tab.show_pane("hex")
+    hexed.view.goto(at)
+    with qtbot.waitSignal(hexed.view.message) as said:
+        qtbot.keyClicks(hexed.view, "00")
+    assert "/link" in said.args[0] and "inline data in inode" in said.args[0]
+    assert not hexed.doc.modified
