@@ -489,6 +489,14 @@ class GuestContents(QObject):
             return f"{f.path} has no data blocks (empty or all holes)"
         return None
 
+    def volume_of_row(self, name: str) -> int | None:
+        """The volume a header panel row ("guest:N", from :func:`guest_rows`) stands for."""
+        head, _sep, tail = name.partition(":")
+        if head != "guest" or not tail.isdigit() or self.index is None:
+            return None
+        vol = int(tail)
+        return vol if vol < len(self.index.volumes) else None
+
     def edit_guard(self, offset: int, length: int) -> str | None:
         """Why an edit of guest bytes ``offset..offset+length`` is refused: it would
         land in the inode (MFT record) of a file whose bytes are inline there, inside
@@ -731,7 +739,7 @@ def guest_rows(contents: GuestContents) -> list:
         elif gv.probe is not None:
             bits.append(gv.probe.type)
         rows.append(HeaderRow(name, raw=f"{gv.volume.start:#x}", meaning=", ".join(bits),
-                              name=f"guest:{p.index}:{gv.lv_name or ''}"))
+                              name=f"guest:{idx.volumes.index(gv)}"))
     for text in disk.problems[:10]:
         rows.append(HeaderRow("problem", meaning=text, name="guest:problem"))
     return rows

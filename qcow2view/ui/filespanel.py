@@ -385,6 +385,7 @@ def attach_files_pane(tab) -> FilesPanel:
     contents.ready.connect(fs_mode)
     tab.document.mapsReady.connect(fs_mode)
     contents.ready.connect(lambda: tab.header_model.set_guest(guest_rows(contents)))
+    tab.header_panel.rowClicked.connect(lambda name: _guest_row_clicked(tab, panel, name))
     hexed = tab.hex_guest
     hexed.inspector.set_namer(byte_namer(contents))
     tab.document.hex_guest.set_edit_guard(contents.edit_guard)
@@ -405,6 +406,14 @@ def show_guest_in_hex(tab, offset: int) -> None:
     if hexed is not None:
         hexed.view.goto(offset, focus=True)
         hexed.view.setFocus()
+
+
+def _guest_row_clicked(tab, panel: FilesPanel, name: str) -> None:
+    """A partition of the header panel's Guest section: its filesystem in Files."""
+    vol = panel.contents.volume_of_row(name)
+    if vol is not None:
+        tab.show_pane("files")
+        panel.select_path(vol, "/")
 
 
 def _say(tab, text: str) -> None:

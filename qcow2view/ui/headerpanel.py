@@ -5,13 +5,14 @@ from __future__ import annotations
 from PySide6.QtCore import QModelIndex, Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableView, QVBoxLayout, QWidget
 
-from ..model.header_model import HeaderModel, OffsetRole, SectionRole
+from ..model.header_model import HeaderModel, NameRole, OffsetRole, SectionRole
 
 
 class HeaderPanel(QWidget):
     """A table of the header model; clicking a field asks to show its bytes."""
 
     showFileBytes = Signal(object, object)     # offset, length
+    rowClicked = Signal(str)                    # the row's name (NameRole): "guest:2:" ...
 
     def __init__(self, model: HeaderModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -60,6 +61,7 @@ class HeaderPanel(QWidget):
         where = index.data(OffsetRole)
         if where is not None:
             self.showFileBytes.emit(where[0], where[1])
+        self.rowClicked.emit(index.data(NameRole) or "")
 
     def select_field(self, name: str) -> bool:
         row = self.model.find(name)

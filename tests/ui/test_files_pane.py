@@ -322,6 +322,13 @@ def test_header_panel_has_a_guest_section(qtbot, window, gpt_disk):  # noqa: F81
     assert (p1.field, int(p1.raw, 16)) == ("partition 1: EFI", gpt_disk.starts[1])
     assert (p2.field, int(p2.raw, 16)) == ("partition 2: root", gpt_disk.starts[2])
     assert "vfat “EFI”" in p1.meaning and "ext4 “rootfs”" in p2.meaning
+    # clicking a partition there shows its filesystem in the Files pane
+    view = tab.header_panel.view
+    view.scrollTo(m.index(start + 2, 0))
+    qtbot.mouseClick(view.viewport(), Qt.LeftButton,
+                     pos=view.visualRect(m.index(start + 2, 0)).center())
+    assert tab.views.currentWidget() is tab.pane("files")
+    assert tab.pane("files").current_node().name == "ext4 “rootfs”"
 
 
 def test_typing_into_inline_data_is_refused(qtbot, window, overlay, gpt_disk):  # noqa: F811
