@@ -18,8 +18,8 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QMenu, QProgressBar, QPushButton, QSizePolicy, QTreeView,
                                QVBoxLayout, QWidget)
 
-from ..model.guest_files import (GuestContents, Summary, byte_namer, cluster_namer,
-                                 fs_classes, guest_rows)
+from ..model.guest_files import GuestContents, Summary
+from ..model.guest_names import byte_namer, cluster_namer, fs_classes, guest_rows
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
@@ -47,6 +47,34 @@ class FilesPanel(QWidget):
         self.map_layer = None               # the map's highlight layer, once used
         self.partition_marks = None         # partition starts on the map's guest views
 
+        bar = self._make_bar()
+        self._make_tree()
+
+        self.summary_label = QLabel(" ")
+        self.summary_label.setObjectName("filesSummary")
+        self.summary_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.summary_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.summary_label.setWordWrap(True)      # a narrow pane: two lines, not cut off
+        self.summary_label.setStyleSheet("color: #263238; padding: 2px")
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addLayout(bar)
+        lay.addWidget(self.tree, 1)
+        self.strip = FileStrip()
+        lay.addWidget(self.strip)
+        lay.addWidget(self.summary_label)
+
+        contents.progress.connect(self._progress)
+        contents.busyChanged.connect(lambda _b: self._sync_state())
+        contents.ready.connect(self._ready)
+        contents.changesReady.connect(self._changes_ready)
+        self._fill_choices()
+        self._sync_state()
+
+    def _make_bar(self) -> QHBoxLayout:
+        """Filter, Show (all / changed files), match count, progress, Cancel, Read."""
+        contents = self.contents
         self.filter = QLineEdit()
         self.filter.setObjectName("filesFilter")
         self.filter.setPlaceholderText("Find a name (e.g. fstab)")
@@ -85,7 +113,9 @@ class FilesPanel(QWidget):
         bar.addWidget(self.progress)
         bar.addWidget(self.cancel_button)
         bar.addWidget(self.read_button)
+        return bar
 
+    def _make_tree(self) -> None:
         self.tree = QTreeView()
         self.tree.setObjectName("filesTree")
         self.tree.setModel(self.model)
@@ -105,28 +135,6 @@ class FilesPanel(QWidget):
             h.setSectionResizeMode(col, QHeaderView.Interactive)
             h.resizeSection(col, width)
         h.setMinimumSectionSize(40)
-
-        self.summary_label = QLabel(" ")
-        self.summary_label.setObjectName("filesSummary")
-        self.summary_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.summary_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-        self.summary_label.setWordWrap(True)      # a narrow pane: two lines, not cut off
-        self.summary_label.setStyleSheet("color: #263238; padding: 2px")
-
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(4, 4, 4, 4)
-        lay.addLayout(bar)
-        lay.addWidget(self.tree, 1)
-        self.strip = FileStrip()
-        lay.addWidget(self.strip)
-        lay.addWidget(self.summary_label)
-
-        contents.progress.connect(self._progress)
-        contents.busyChanged.connect(lambda _b: self._sync_state())
-        contents.ready.connect(self._ready)
-        contents.changesReady.connect(self._changes_ready)
-        self._fill_choices()
-        self._sync_state()
 
     # -- state -------------------------------------------------------------------------
     def _sync_state(self) -> None:
