@@ -34,7 +34,7 @@ class FilesPanel(QWidget):
     highlight = Signal(object)              # Summary, or None to clear
     message = Signal(str)
 
-    #: tests replace this: () -> a path to save to, or "" for cancelled
+    #: tests replace this: (suggested file name) -> a path to save to, or "" for cancelled
     ask_save_path = None
 
     def __init__(self, contents: GuestContents, parent: QWidget | None = None, *,
