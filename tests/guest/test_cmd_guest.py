@@ -137,3 +137,19 @@ def test_cat_and_changed_with_a_snapshot(gpt_disk, tmp_path, capsysbinary):
     assert json.loads(out) == {"against": "snapshot s1", "files": [
         {"path": "/etc/hostname", "partition": 2, "bytes_changed": 5}],
         "other_bytes_changed": 0}
+
+
+def test_missing_backing_file_reads_as_unreadable(gpt_disk, tmp_path, capsysbinary):
+    import shutil
+    base = tmp_path / "base.qcow2"
+    shutil.copy(gpt_disk.qcow2, base)
+    ov = tmp_path / "ov.qcow2"
+    qemu.qemu_img("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", ov)
+    base.unlink()
+    rc, out, _ = run(capsysbinary, "ls", ov, "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["partitions"] == [] and d["problems"][0].startswith("unreadable: ")
+    rc, out, err = run(capsysbinary, "owner", ov, "0")
+    assert rc == 2 and "unreadable" in err and err.count("\n") == 1
+    rc, out, err = run(capsysbinary, "changed", ov)
+    assert rc == 2 and "backing file" in err and "not found" in err
