@@ -307,8 +307,8 @@ class FilesModel(QAbstractItemModel):
             return self._sort_key(node, col)
         if role == NODE_ROLE:
             return node
-        if role == TOOLTIP:
-            return node.note or self._details(node) or None
+        if role == TOOLTIP:     # a note's text may be cut off in a narrow pane
+            return node.name if node.kind == NOTE else self._details(node) or None
         if role == FOREGROUND and node.kind == NOTE:
             return PROBLEM_COLOUR if node.note else NOTE_COLOUR
         if role == ALIGNMENT and col in (SIZE, OFFSET):
