@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from .files import FileInfo, Filesystem, map_extents, short_error, utc_seconds, walk
 from .partitions import Region
 
@@ -70,11 +72,36 @@ def read_ntfs(src, fs: Filesystem, tick) -> None:
         walk(vol.get_root_directory(), _describe(fs.volume, fs, record_size), fs, tick,
              lambda d: d.file_reference & REF_MASK, src)
         _count_links(fs)
+        _allocated(vol, fs)
     except (OSError, ValueError) as e:
         src.reraise()
         fs.problem(f"root directory unreadable ({short_error(e)})")
     finally:
         vol.close()
+
+
+MAX_BITMAP_BYTES = 64 << 20      # $Bitmap of a 2 PiB volume of 4 KiB clusters
+BITMAP_RECORD = 6
+
+
+def _allocated(vol, fs: Filesystem) -> None:
+    """Clusters $Bitmap marks in use (directory indexes, security descriptors and
+    other attributes the file listing gives no extents), as guest runs."""
+    try:
+        e = vol.get_file_entry(BITMAP_RECORD)
+        size = e.size
+        if not 0 < size <= MAX_BITMAP_BYTES:
+            return
+        raw = e.read(size)
+    except (OSError, ValueError) as err:
+        fs.problem(f"$Bitmap unreadable ({short_error(err)})")
+        return
+    cs = fs.block_size
+    clusters = fs.volume.size // cs
+    bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:clusters]
+    edges = np.diff(np.concatenate(([0], bits.astype(np.int8), [0])))
+    for s, t in zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()):
+        fs.add_allocated(s * cs, (t - s) * cs)
 
 
 def _count_links(fs: Filesystem) -> None:

@@ -172,3 +172,18 @@ def test_blocks_in_use_that_no_file_claims_are_not_free(gpt_disk, index):
         sector = int(sh("istat", "-f", "fat", fat, ino).split("Sectors:")[1].split()[0])
         o = index.owner(gpt_disk.starts[1] + sector * 512)
         assert (o.what, o.label, o.partition) == ("filesystem metadata", IN_USE, 1)
+
+
+def test_ntfs_directory_index_clusters_are_in_use(mbr_disk):
+    """The root directory's $INDEX_ALLOCATION cluster (istat) is in use per $Bitmap,
+    though no file's data claims it."""
+    from qcow2view.guest.index import IN_USE
+    if not shutil.which("istat"):
+        pytest.skip("istat (sleuthkit) not installed")
+    out = sh("istat", "-f", "ntfs", mbr_disk.parts[1], "5")
+    cluster = int(out.split("Type: $INDEX_ALLOCATION")[1].splitlines()[1].split()[0])
+    with open_image(mbr_disk.qcow2) as im:
+        idx = build_index(im)
+    cs = next(v.filesystem.block_size for v in idx.volumes if v.partition.index == 1)
+    o = idx.owner(mbr_disk.starts[1] + cluster * cs)
+    assert (o.what, o.label, o.filesystem) == ("filesystem metadata", IN_USE, "ntfs")
