@@ -396,6 +396,7 @@ def attach_files_pane(tab) -> FilesPanel:
     tab.header_panel.rowClicked.connect(lambda name: _guest_row_clicked(tab, panel, name))
     hexed = tab.hex_guest
     hexed.inspector.set_namer(byte_namer(contents))
+    hexed.view.set_tooltip(byte_namer(contents))     # fields and files named on hover
     tab.document.hex_guest.set_edit_guard(contents.edit_guard)
     contents.ready.connect(lambda: hexed.inspector.show_at(hexed.view))
 

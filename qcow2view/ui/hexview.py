@@ -14,7 +14,7 @@ import math
 from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import (QColor, QFont, QFontDatabase, QFontMetrics, QFontMetricsF,
                            QGuiApplication, QKeySequence, QPainter, QPen, QStaticText)
-from PySide6.QtWidgets import QAbstractScrollArea, QInputDialog, QMenu, QWidget
+from PySide6.QtWidgets import QAbstractScrollArea, QInputDialog, QMenu, QToolTip, QWidget
 
 from ..model.extents import ByteKind
 from ..model.hexdocument import HexDocument
@@ -103,6 +103,7 @@ class HexView(QAbstractScrollArea):
         self._syncing = False
         self._statics: dict[str, QStaticText] = {}
         self._exact_row: int | None = None
+        self._describe = None                  # set_tooltip
         font = QFontDatabase.systemFont(QFontDatabase.FixedFont)
         font.setStyleHint(QFont.Monospace)
         font.setPointSizeF(max(9.0, font.pointSizeF()))
@@ -497,6 +498,23 @@ class HexView(QAbstractScrollArea):
         if self.size == 0:
             return None
         return min(off, self.size - 1), col, nib
+
+    def set_tooltip(self, describe) -> None:
+        """``describe(offset) -> str | None``: the hover text of a byte (the guest's
+        names: a GPT header field, a file and its offset)."""
+        self._describe = describe
+
+    def viewportEvent(self, e) -> bool:  # noqa: N802
+        if e.type() == QEvent.ToolTip and self._describe is not None:
+            pos = e.pos()          # a QHelpEvent
+            h = self.hit(pos.x(), pos.y()) if pos.y() >= self.header_h else None
+            text = self._describe(h[0]) if h is not None else None
+            if text:
+                QToolTip.showText(e.globalPos(), f"{h[0]:#x}: {text}", self.viewport())
+            else:
+                QToolTip.hideText()
+            return True
+        return super().viewportEvent(e)
 
     def mousePressEvent(self, e) -> None:  # noqa: N802
         if e.button() not in (Qt.LeftButton, Qt.RightButton):

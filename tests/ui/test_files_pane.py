@@ -352,3 +352,23 @@ def test_typing_into_inline_data_is_refused(qtbot, window, overlay, gpt_disk):  
         qtbot.keyClicks(hexed.view, "00")
     assert "/link" in said.args[0] and "inline data in inode" in said.args[0]
     assert not hexed.doc.modified
+
+
+def test_hovering_a_byte_names_its_field(qtbot, window, gpt_disk, monkeypatch):  # noqa: F811
+    from PySide6.QtCore import QEvent, QPoint
+    from PySide6.QtGui import QHelpEvent
+
+    import qcow2view.ui.hexview as hv
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    tab.show_pane("hex")
+    v = tab.pane("hex").view
+    v.goto(512)                                 # the GPT header (LBA 1) in view
+    shown = []
+    monkeypatch.setattr(hv.QToolTip, "showText",
+                        staticmethod(lambda pos, text, w=None: shown.append(text)))
+    y = next(y for y in range(v.header_h, v.viewport().height())
+             if (v.hit(v.x_hex + 1, y) or (None,))[0] == 512)
+    v.viewportEvent(QHelpEvent(QEvent.ToolTip, QPoint(v.x_hex + 1, y), QPoint(0, 0)))
+    assert shown and shown[0].startswith("0x200: ") and "GPT header signature" in shown[0]
