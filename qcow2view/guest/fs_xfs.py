@@ -115,8 +115,43 @@ def read_xfs(src, fs: Filesystem, tick) -> None:
         describe = _describe(fs.volume, {}, xfs_geometry(src))
         walk(vol.get_root_directory(), describe, fs, tick,
              lambda d: d.inode_number, src)
+        _inode_chunks(src, fs)
     except (OSError, ValueError) as e:
         src.reraise()
         fs.problem(f"root directory unreadable ({short_error(e)})")
     finally:
         vol.close()
+
+
+CHUNK = 64                       # inodes are allocated 64 at a time
+
+
+def _inode_chunks(src, fs: Filesystem) -> None:
+    """The inode chunks holding the inodes found (and the root's), as labelled regions
+    and record tables: an XFS inode number encodes where it lies (AG, block, slot)."""
+    sb = src.pread(0, 128)
+    if len(sb) < 128:
+        return
+    geometry = xfs_geometry(src)
+    if geometry is None:
+        return
+    bs, agblocks, agblklog = geometry
+    isize = struct.unpack_from(">H", sb, 104)[0]
+    inopblog = sb[123]
+    if not 256 <= isize <= 2048 or inopblog > 8 or isize << inopblog != bs:
+        return
+    root = struct.unpack_from(">Q", sb, 56)[0]
+    per_block = 1 << inopblog
+    chunks = {ino & ~(CHUNK - 1) for ino in [root] + [f.inode for f in fs.files]}
+    for first in sorted(chunks):
+        agno = first >> (agblklog + inopblog)
+        agbno = (first >> inopblog) & ((1 << agblklog) - 1)
+        at = (agno * agblocks + agbno) * bs + (first & (per_block - 1)) * isize
+        if at + CHUNK * isize > fs.volume.size:
+            continue
+        fs.add_metadata(at, CHUNK * isize, "inode chunk")
+        done = 0
+        for g, n in fs.volume.to_guest(at, CHUNK * isize):
+            fs.record_tables.append((g, first + done // isize, isize, n // isize))
+            done += n
+

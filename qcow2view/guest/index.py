@@ -284,7 +284,7 @@ class GuestIndex:
             return Owner(offset, WHAT[k], part, fstype, info.path,
                          foff[i] + offset - base[i], label, tuple(f.names), lv)
         label = self._regions[r] if k == METADATA else None
-        if label in ("inode table", "MFT"):
+        if label in ("inode table", "inode chunk", "MFT"):
             number, f = self.record_owner(v, offset)
             if number is not None:
                 label = f"{label}, {'record' if label == 'MFT' else 'inode'} {number}"

@@ -187,3 +187,17 @@ def test_ntfs_directory_index_clusters_are_in_use(mbr_disk):
     cs = next(v.filesystem.block_size for v in idx.volumes if v.partition.index == 1)
     o = idx.owner(mbr_disk.starts[1] + cluster * cs)
     assert (o.what, o.label, o.filesystem) == ("filesystem metadata", IN_USE, "ntfs")
+
+
+def test_xfs_inode_bytes_name_their_file(xfs_disk):
+    """xfs_db converts an inode number to its disk address; that byte is named by the
+    file whose inode it is."""
+    from guestdisks import tool
+    with open_image(xfs_disk.qcow2) as im:
+        idx = build_index(im)
+    f = idx.find("/etc/hostname", 0)[0]
+    out = sh(tool("xfs_db"), "-r", "-c", f"convert ino {f.info.inode} byte", xfs_disk.raw)
+    at = int(re.search(r"\((\d+)\)", out).group(1))
+    o = idx.owner(at + 10)
+    assert (o.what, o.path, o.label) == ("filesystem metadata", "/etc/hostname",
+                                         f"inode chunk, inode {f.info.inode}")
