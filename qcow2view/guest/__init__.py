@@ -5,5 +5,6 @@ stack as dfVFS stacks them: image -> :mod:`source` (a file-like object) ->
 :mod:`partitions` (our MBR/GPT parser) -> :mod:`probe` (blkid-style TYPE) ->
 the filesystem readers (:mod:`fs_ext`, :mod:`fs_fat`, :mod:`fs_ntfs`,
 :mod:`fs_xfs`, on the libyal bindings) and :mod:`lvm` -> :mod:`index` (guest
-byte -> owner, host cluster -> owners) and :mod:`changed`.
+byte -> owner, host cluster -> owners), :mod:`changed` (changed files) and
+:mod:`fields` (named fields of the tables and superblocks, for labelling bytes).
 """
