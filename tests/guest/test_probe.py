@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from guestdisks import sh, tool
 
 from qcow2view.engine import open_image
@@ -86,3 +88,29 @@ def test_exfat_detected_and_listed(tmp_path):
     fs = v.filesystem
     assert fs.readable and fs.problems == [] and fs.files == []
     assert {r.label for r in fs.metadata} >= {"boot region", "backup boot region", "FAT 1"}
+
+
+@pytest.mark.parametrize("kind", ["crypto_LUKS", "iso9660"])
+def test_luks_and_iso9660_named_as_blkid(tmp_path, kind):
+    """A LUKS2 header (cryptsetup luksFormat on a file, a quick PBKDF) and an ISO
+    image (genisoimage): TYPE, LABEL and UUID as blkid -p prints them."""
+    from guestdisks import need
+    from qcow2view.guest.probe import probe
+    if kind == "crypto_LUKS":
+        need("cryptsetup")
+        img = tmp_path / "luks.img"
+        with open(img, "wb") as f:
+            f.truncate(32 << 20)
+        sh(tool("cryptsetup"), "luksFormat", "-q", "--type", "luks2", "--label", "secret",
+           "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img, "-", input=b"pw")
+    else:
+        need("genisoimage")
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src/a.txt").write_text("hi\n")
+        img = tmp_path / "x.iso"
+        sh(tool("genisoimage"), "-quiet", "-V", "MYISO", "-o", img, tmp_path / "src")
+    data = img.read_bytes()
+    p = probe(lambda o, n: data[o:o + n], len(data))
+    want = _blkid(img)
+    assert (p.type, p.label, p.uuid) == (want["TYPE"], want["LABEL"], want["UUID"]) == (
+        kind, want["LABEL"], want["UUID"])
