@@ -47,7 +47,7 @@ Cancel = Callable[[], bool] | None
 
 MAX_FINDINGS = 10_000          # individual findings kept; the counts stay exact
 MAX_OVERLAPS = 100_000         # clusters remembered as metadata overlaps
-BATCH_ENTRIES = 1 << 20        # L2 entries decoded per numpy batch
+BATCH_ENTRIES = 1 << 19        # L2 entries per batch (4 MiB; the walk holds three)
 BME_TABLE_ENTRY_RESERVED_MASK = 0xFF000000000001FE
 SNAPSHOT_FIXED_SIZE = 40
 
