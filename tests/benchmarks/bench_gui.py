@@ -188,7 +188,6 @@ def _median(values: list[float]) -> float:
 
 
 def _images(d: str) -> list[str]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_check
     os.makedirs(d, exist_ok=True)
     return [bench_check.make_prealloc(d, "1T"), bench_check.make_prealloc(d, "8T"),
@@ -207,7 +206,7 @@ def main() -> int:
     ap.add_argument("--dir", default="/tmp/qcow2view-bench-gui")
     ap.add_argument("--no-probe", action="store_true")
     ns = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]   # + bench_check
     images = ns.images or _images(ns.dir)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
     rows = []
