@@ -116,6 +116,7 @@ def read_xfs(src, fs: Filesystem, tick) -> None:
         walk(vol.get_root_directory(), describe, fs, tick,
              lambda d: d.inode_number, src)
         _inode_chunks(src, fs)
+        _count_unreached(src, fs)
     except (OSError, ValueError) as e:
         src.reraise()
         fs.problem(f"root directory unreadable ({short_error(e)})")
@@ -154,4 +155,25 @@ def _inode_chunks(src, fs: Filesystem) -> None:
         for g, n in fs.volume.to_guest(at, CHUNK * isize):
             fs.record_tables.append((g, first + done // isize, isize, n // isize))
             done += n
+
+
+NULLFSINO = (1 << 64) - 1
+
+
+def _count_unreached(src, fs: Filesystem) -> None:
+    """Inodes the superblock counts in use (icount - ifree) that no directory entry
+    reached, less the root and the realtime/quota inodes: what the library skipped."""
+    sb = src.pread(0, 256)
+    if len(sb) < 256:
+        return
+    special = [struct.unpack_from(">Q", sb, o)[0] for o in (56, 64, 72, 160, 168)]
+    if struct.unpack_from(">H", sb, 100)[0] & 0xF == 5:        # v5: the project quota too
+        special.append(struct.unpack_from(">Q", sb, 232)[0])
+    found = {f.inode for f in fs.files}
+    reserved = sum(1 for ino in set(special) if ino not in (0, NULLFSINO) and ino not in found)
+    unreached = fs.used_inodes - reserved - len(found)
+    if unreached > 0:
+        fs.skipped += unreached
+        fs.problem(f"{unreached} inodes in use were not reached from the root directory",
+                   always=True)
 

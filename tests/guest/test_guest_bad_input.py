@@ -158,3 +158,21 @@ def test_random_ntfs_and_xfs_damage_never_raises(mbr_disk, xfs_disk, seed):
             lambda o, n: data[o:o + n] + bytes(max(0, min(o + n, size) - max(o, len(data)))),
             size)))
         assert isinstance(disk.problems, list)
+
+
+def test_unreadable_xfs_directory_counts_what_was_not_reached(xfs_disk, tmp_path):
+    """/etc's short-form entries (inside its inode, found by xfs_db) overwritten: /etc
+    shows no entries and the inodes it held are counted as not reached."""
+    from guestdisks import tool
+    with open_image(xfs_disk.qcow2) as im:
+        ino = next(f.inode for f in read_disk(im).volumes[0].filesystem.files
+                   if f.path == "/etc")
+    out = sh(tool("xfs_db"), "-r", "-c", f"convert ino {ino} byte", xfs_disk.raw)
+    at = int(re.search(r"\((\d+)\)", out).group(1))
+    data = bytearray(xfs_disk.raw.read_bytes())
+    data[at + 176:at + 176 + 64] = b"\xff" * 64             # the v5 inode's data fork
+    disk, fs, paths = _listing(bytes(data))
+    n = len(list((xfs_disk.src / "etc").iterdir()))
+    assert "/etc/hostname" not in paths and "/bin/tool" in paths
+    assert f"partition 0: {n} inodes in use were not reached from the root directory" \
+        in disk.problems, disk.problems
