@@ -336,6 +336,13 @@ class AllocationModel(QObject):
             return 0
         return len(m.states) if mode in GUEST_MODES else len(m.kinds)
 
+    def free_tail(self, mode: str) -> int:
+        """Unused host clusters after the last one mapped, up to the end of the file
+        (a sparse tail, summarised rather than drawn)."""
+        if mode == "guest" or self.host_map is None:
+            return 0
+        return int(getattr(self.host_map, "free_tail", 0))
+
     # per-cluster palette indices, before binning, of clusters lo..hi-1
     def _indices(self, mode: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
         if mode == "fs":

@@ -298,6 +298,9 @@ class HeatmapView(QWidget):
         cell = ("1 cell = 1 cluster" if pic.bin == 1
                 else f"1 cell = {pic.bin:,} clusters ({human_size(pic.bin * pic.cluster_size)})")
         self._info_text = f"{n:,} {what} clusters of {human_size(pic.cluster_size)} · {cell}"
+        tail = m.free_tail(mode)
+        if tail:
+            self._info_text += f" · then {tail:,} unused clusters to the end of the file"
         self.info.setText(self._info_text)
         self.info.setToolTip(f"{MODE_TITLES[mode]}. " + (
             "" if pic.bin == 1 else "Each cell shows the most severe kind among its clusters: "

@@ -77,3 +77,21 @@ def test_map_width_is_bounded(tmp_path, sparse_tail, width):
     assert not (tmp_path / "w.png").exists()
     h = run_app("map", "--help", tmp_path=tmp_path)
     assert "16 to 4096" in h.stdout
+
+
+@pytest.mark.qt_log_ignore("This plugin does not support")
+def test_heatmap_says_what_follows_the_map(qtbot, sparse_tail):
+    from qcow2view.ui.mainwindow import MainWindow
+    path, used = sparse_tail
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    t = w.open_path(str(path))
+    qtbot.waitUntil(lambda: t.document.analysis is not None and not t.document.busy,
+                    timeout=30000)
+    t.views.setCurrentWidget(t.heatmap)
+    t.heatmap.redraw()
+    n = t.allocation.count("kind")
+    assert 0 < n <= used
+    assert f"then {(1 << 31) - n:,} unused clusters" in t.heatmap.info.text()
+    w.close_all()
