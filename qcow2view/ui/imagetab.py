@@ -53,12 +53,16 @@ class Banner(QLabel):
 
 
 class _Box(QWidget):
-    """A tab page whose content is added later."""
+    """A tab page whose content is added later (it says so meanwhile)."""
 
     def __init__(self) -> None:
         super().__init__()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        note = QLabel("Building maps…", self)
+        note.setAlignment(Qt.AlignCenter)
+        note.setStyleSheet("color: #607d8b")
+        lay.addWidget(note)
 
 
 def _esc(t: str) -> str:
@@ -87,8 +91,9 @@ class ImageTab(QWidget):
         self.banner = Banner()
         self.header_panel = HeaderPanel(self.header_model)
         self.table_panel = TablePanel(self.tree_model)
-        # the pictures need pyqtgraph, which takes a while to import: they are built
-        # just after the first paint, so the header and tree show at once
+        # the pictures need pyqtgraph, which takes a while to import (on this thread, in
+        # slices): it is imported once the maps are in, when there is something to draw
+        # and the analysis no longer competes for the interpreter
         self._heatmap = None
         self._mapping = None
         self._marked_cluster: int | None = None    # go_to_guest before the map was built
@@ -101,7 +106,6 @@ class ImageTab(QWidget):
         self.views.addTab(self._map_box, "Map")
         self.views.addTab(self._mapping_box, "Mapping")
         self.views.addTab(self.problems, "Problems")
-        QTimer.singleShot(30, self, lambda: self._build_pictures(False))
         self.hex_guest = HexEditor(document.hex_guest, self)
         self.hex_file = HexEditor(document.hex_file, self, file_view=True)
         self.views.addTab(self.hex_guest, GUEST_VIEW)
@@ -138,6 +142,7 @@ class ImageTab(QWidget):
         d.loaded.connect(self._reload)
         d.changed.connect(self._reload)
         d.mapsReady.connect(self._maps_ready)
+        d.analysisCancelled.connect(self._schedule_pictures)
         d.writableChanged.connect(lambda _w: self.titleChanged.emit())
         if d.image is not None:
             self._reload()
@@ -372,6 +377,11 @@ class ImageTab(QWidget):
 
     def _maps_ready(self) -> None:
         self._update_banner()
+        self._schedule_pictures()
+
+    def _schedule_pictures(self) -> None:
+        if self._heatmap is None or self._mapping is None:
+            QTimer.singleShot(0, self, lambda: self._build_pictures(False))
 
     def _update_banner(self) -> None:
         d = self.document
