@@ -1,7 +1,8 @@
 """Cluster allocation and refcount updates (QEMU's qcow2-refcount.c, in miniature).
 
-The allocator keeps the refcount blocks it has touched in memory and records
-what changed; :class:`~qcow2view.engine.write.Writer` decides when the changes
+Part of the metadata store (:mod:`~qcow2view.engine.metadata`, which owns the
+refcount table): the allocator keeps the refcount blocks it has touched in
+memory and records what changed; the store's writers decide when the changes
 reach the file, so that a refcount is raised (and flushed) before any table
 points to the cluster and lowered only after the last reference is gone.
 
@@ -16,13 +17,12 @@ blocks that count it (``qcow2_refcount_area``).
 from __future__ import annotations
 
 import itertools
-import struct
 
 import numpy as np
 
 from .clusters import REFT_OFFSET_MASK
 from .errors import CorruptImageError, Qcow2Error
-from .header import FIELD_BY_NAME, QCOW_MAX_REFTABLE_SIZE
+from .header import QCOW_MAX_REFTABLE_SIZE
 from .refcounts import block_entries, decode_refcount_block, encode_refcount_block, max_refcount
 
 
@@ -30,23 +30,27 @@ _GENERATIONS = itertools.count(1)
 
 
 class RefcountAllocator:
-    def __init__(self, image) -> None:
-        self.image = image
-        self.file = image.file
-        h = image.header
-        self.cs = image.cluster_size
-        self.cb = image.cluster_bits
-        self.order = h.refcount_order
+    """The refcount blocks of a :class:`~qcow2view.engine.metadata.MetadataStore`
+    (which owns the refcount table) and the allocation of clusters."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.file = store.file
+        self.cs = store.cluster_size
+        self.cb = store.cluster_bits
+        self.order = store.header.refcount_order
         self.per = block_entries(self.cb, self.order)
         self.max_rc = max_refcount(self.order)
-        self.reftable: np.ndarray = np.array(image._reftable, dtype=np.uint64)
-        image._reftable = self.reftable
         self.blocks: dict[int, np.ndarray] = {}
         self.dirty_blocks: set[int] = set()
         self.new_blocks: set[int] = set()      # written, but no reftable entry on disk yet
         self.dirty_rt: set[int] = set()
         self.free_hint = 0
         self.generation = next(_GENERATIONS)   # changes when blocks or the table move
+
+    @property
+    def reftable(self) -> np.ndarray:
+        return self.store.reftable
 
     # -- reading -----------------------------------------------------------------------
     def block(self, rti: int) -> np.ndarray | None:
@@ -59,7 +63,7 @@ class RefcountAllocator:
         off = int(self.reftable[rti]) & REFT_OFFSET_MASK
         if not off:
             return None
-        where = self.image.header.refcount_table_offset + 8 * rti
+        where = self.store.header.refcount_table_offset + 8 * rti
         if off & (self.cs - 1):
             raise CorruptImageError(f"refcount block offset {off:#x} is not cluster aligned",
                                     structure="refcount table entry", offset=where)
@@ -182,6 +186,60 @@ class RefcountAllocator:
             if v == 0 and c < self.free_hint:
                 self.free_hint = c
 
+    def change_many(self, clusters: np.ndarray, delta: int) -> None:
+        """Add ``delta`` to the refcount of each cluster index in ``clusters`` (a
+        cluster listed twice changes twice), block by block."""
+        clusters = np.asarray(clusters, dtype=np.int64)
+        if clusters.size == 0 or delta == 0:
+            return
+        uniq, counts = np.unique(clusters, return_counts=True)
+        per = self.per
+        bounds = np.flatnonzero(np.diff(uniq // per)) + 1
+        for part_c, part_n in zip(np.split(uniq, bounds), np.split(counts, bounds)):
+            rti = int(part_c[0] // per)
+            block = self.block(rti)
+            if block is None:
+                raise CorruptImageError(f"cluster {int(part_c[0]):#x} has no refcount block",
+                                        structure="refcount table", offset=int(part_c[0]))
+            idx = part_c - rti * per
+            new = block[idx].astype(np.int64) + part_n * delta
+            bad = np.flatnonzero((new < 0) | (new > self.max_rc))
+            if bad.size:
+                c = int(part_c[bad[0]])
+                raise CorruptImageError(
+                    f"refcount of cluster at {c << self.cb:#x} would become "
+                    f"{int(new[bad[0]])}", structure="refcount block",
+                    offset=int(self.reftable[rti]) & REFT_OFFSET_MASK)
+            block[idx] = new.astype(np.uint64)
+            self.dirty_blocks.add(rti)
+            if delta < 0:
+                zero = part_c[new == 0]
+                if zero.size and int(zero[0]) < self.free_hint:
+                    self.free_hint = int(zero[0])
+
+    def counts_of(self, clusters: np.ndarray) -> np.ndarray:
+        """Refcounts (as they are in memory now) of the given cluster indices."""
+        clusters = np.asarray(clusters, dtype=np.int64)
+        out = np.zeros(clusters.size, dtype=np.uint64)
+        rtis = clusters // self.per
+        for rti in np.unique(rtis).tolist():
+            block = self.block(rti)
+            if block is not None:
+                sel = rtis == rti
+                out[sel] = block[clusters[sel] - rti * self.per]
+        return out
+
+    def last_used(self) -> int:
+        """Index of the last host cluster with a nonzero refcount (-1 if none)."""
+        for rti in range(len(self.reftable) - 1, -1, -1):
+            block = self.block(rti)
+            if block is None:
+                continue
+            used = np.flatnonzero(block)
+            if used.size:
+                return rti * self.per + int(used[-1])
+        return -1
+
     # -- growing the refcount table ----------------------------------------------------
     def _grow_table(self, min_entries: int) -> None:
         """Replace the refcount table by a larger one (written and committed at once).
@@ -230,14 +288,11 @@ class RefcountAllocator:
         f.pwrite((p + nblocks) * cs, table.astype(">u8").tobytes())
         f.fsync()
         # switch the header to the new table in one write, then free the old one
-        h = self.image.header
-        f.pwrite(FIELD_BY_NAME["refcount_table_offset"].offset,
-                 struct.pack(">QI", (p + nblocks) * cs, tclusters))
-        self.image.header = h.replace(refcount_table_offset=(p + nblocks) * cs,
-                                      refcount_table_clusters=tclusters)
+        h = self.store.header
+        self.store.write_header(sync=False, refcount_table_offset=(p + nblocks) * cs,
+                                refcount_table_clusters=tclusters)
         self.blocks.update(area_blocks)
-        self.reftable = table
-        self.image._reftable = table
+        self.store.reftable = table
         self.dirty_blocks.clear()
         self.new_blocks.clear()
         self.dirty_rt.clear()
@@ -267,8 +322,8 @@ class RefcountAllocator:
             wrote = True
         self.dirty_blocks.clear()
         if self.dirty_rt:
-            rt_off = self.image.header.refcount_table_offset
-            for lo, hi in _runs(sorted(self.dirty_rt)):
+            rt_off = self.store.header.refcount_table_offset
+            for lo, hi in runs_of(sorted(self.dirty_rt)):
                 self.file.pwrite(rt_off + 8 * lo,
                                  self.reftable[lo:hi].astype(">u8").tobytes())
             wrote = True
@@ -284,21 +339,16 @@ class RefcountAllocator:
         self.dirty_rt |= set(np.flatnonzero(self.reftable).tolist())
 
     def forget(self) -> None:
-        """Drop cached blocks after a failed commit: the file is the truth again."""
+        """Drop cached blocks (the store re-reads the table): the file is the truth."""
         self.blocks.clear()
         self.dirty_blocks.clear()
         self.new_blocks.clear()
         self.dirty_rt.clear()
         self.free_hint = 0
         self.generation = next(_GENERATIONS)
-        h = self.image.header
-        rt = self.file.pread_exact(h.refcount_table_offset, h.refcount_table_clusters * self.cs,
-                                   "refcount table")
-        self.reftable = np.frombuffer(rt, dtype=">u8").astype(np.uint64)
-        self.image._reftable = self.reftable
 
 
-def _runs(indices: list[int]) -> list[tuple[int, int]]:
+def runs_of(indices: list[int]) -> list[tuple[int, int]]:
     """Sorted indices -> [lo, hi) runs of consecutive values."""
     out: list[tuple[int, int]] = []
     for i in indices:

@@ -26,7 +26,7 @@ from . import clusters as C
 from .errors import CorruptImageError, Qcow2Error, ReadOnlyError
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .rebuild import rebuild_refcount_structure
-from .refcounts import decode_refcount_block, encode_refcount_block
+from .refcounts import decode_refcount_block
 from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
                       Scanner, check_cancel, read_zero_filled)
 from .snapshots import SNAPSHOT_FIXED_SIZE, incomplete_snapshots, repack_snapshot_entry
@@ -237,10 +237,8 @@ def _cached_scan(image):
     (scan, disk refcounts, the comparison already made)."""
     if image.writable:
         return None
-    hit = getattr(image, "_maps_cache", {}).get(("host",))
-    if hit is None or hit[0] != image.file.size:
-        return None
-    return getattr(hit[1], "_scan", None)
+    hit = image.cached_map(("host",))
+    return None if hit is None else getattr(hit, "_scan", None)
 
 
 def _snapshot_findings(image) -> list[Finding]:
@@ -284,9 +282,7 @@ def repair(image, leaks: bool = True, all: bool = False, progress: Progress = No
                             "(open_image(path, writable=True))", path=image.path)
     fix_errors = bool(all)
     fix_leaks = bool(leaks or all)
-    writer = getattr(image, "_writer", None)
-    if writer is not None:
-        writer.flush()                 # pending metadata of earlier writes first
+    image.flush()                      # pending metadata of earlier writes first
     try:
         return _repair(image, fix_leaks, fix_errors, progress, cancel)
     except OSError as e:
@@ -295,9 +291,8 @@ def repair(image, leaks: bool = True, all: bool = False, progress: Progress = No
         raise Qcow2Error(f"repair stopped: {e.strerror or e}; the image is no worse than "
                          "before (check it again)", path=image.path) from e
     finally:
-        if writer is not None:
-            # the allocator caches refcount blocks we rewrote underneath it
-            writer.alloc.forget()
+        # the store caches refcount blocks the repair rewrote underneath it
+        image.meta.forget_refcounts()
 
 
 def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
@@ -356,7 +351,6 @@ def _fix_snapshot_table(image) -> int:
     bad = incomplete_snapshots(image.snapshots, image.header.version)
     if not bad:
         return 0
-    from .snapshot_create import write_snapshot_table
     table = bytearray()
     for s in image.snapshots:
         table += bytes((-len(table)) % 8)
@@ -367,8 +361,8 @@ def _fix_snapshot_table(image) -> int:
         raw = image.file.pread_exact(
             s.offset, SNAPSHOT_FIXED_SIZE + extra_len + id_len + name_len, what)
         table += repack_snapshot_entry(raw, s, image.virtual_size)
-    write_snapshot_table(image, image._writer.alloc, bytes(table), len(image.snapshots))
-    image.reload_metadata()
+    image.meta.write_snapshot_table(bytes(table), len(image.snapshots))
+    image.meta.reload()
     return len(bad)
 
 
@@ -443,6 +437,7 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
     cs = image.cluster_size
     order = image.header.refcount_order
     per = disk.per_block
+    meta = image.meta
     done = 0
     order_ = np.argsort(clusters, kind="stable")
     clusters, values = clusters[order_], values[order_]
@@ -461,7 +456,7 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
                                     path=image.path)
         counts = decode_refcount_block(read_zero_filled(f, off, cs), order)
         counts[members - rti * per] = vals
-        f.pwrite(off, encode_refcount_block(counts, order))
+        meta.put_refcount_block(off, counts)
         disk.forget([rti])
         done += len(members)
     f.fsync()
@@ -482,12 +477,8 @@ def _fix_copied(image, entries: list[tuple[int, int, bool, int]],
         cur = struct.unpack(">Q", f.pread(eo, 8))[0]
         if cur != raw:
             continue
-        new = raw ^ C.QCOW_OFLAG_COPIED
-        f.pwrite(eo, struct.pack(">Q", new))
-        if is_l1:
-            i = (eo - image.l1_table.offset) // 8
-            if image.snapshot is None and 0 <= i < image.l1_table.size:
-                image.l1_table.entries[i] = new
+        # the store knows an active L1 entry by its offset (is_l1) and updates it
+        image.meta.write_table_entry(eo, raw ^ C.QCOW_OFLAG_COPIED)
         n += 1
     if n:
         f.fsync()
@@ -503,11 +494,5 @@ def _mark_clean(image) -> None:
     bits = h.incompatible_features & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT)
     if not bits:
         return
-    new = h.incompatible_features & ~bits
-    image.file.pwrite(72, struct.pack(">Q", new))
-    image.file.fsync()
-    try:
-        image.header = h.replace(incompatible_features=new)
-    except Exception:   # a frozen header without replace(): re-read lazily later
-        pass
+    image.meta.write_header(incompatible_features=h.incompatible_features & ~bits)
 

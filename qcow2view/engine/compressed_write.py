@@ -36,10 +36,10 @@ def write_compressed(image, offset: int, data: bytes, *,
     cs = image.cluster_size
     if offset % cs or len(data) % cs:
         raise RequestError("compressed writes need whole, cluster-aligned clusters")
-    image._check_request(offset, len(data))
+    image.check_request(offset, len(data))
     if image.has_data_file:
         raise RequestError("images with an external data file cannot hold compressed clusters")
-    writer = image._write_side()
+    image.require_writable()
     if compressed is None:
         compressed = compress_clusters(data, cs, image.header.compression_type)
     streams: list[tuple[int, bytes]] = []     # (guest offset, compressed bytes)
@@ -56,8 +56,17 @@ def write_compressed(image, offset: int, data: bytes, *,
         if m.l2_entry_offset is None:
             image.write_zeroes(g, cs)        # creates the L2 table (a zero cluster)
     image.flush()
+    _write_streams(image, streams)
+
+
+def _write_streams(image, streams: list[tuple[int, bytes]]) -> None:
+    """Pack the streams into new host clusters and point their L2 entries at them:
+    refcounts raised and flushed, then the streams written and flushed, then the
+    entries, and only then the clusters they replace freed."""
+    cs = image.cluster_size
+    meta = image.meta
     f = image.file
-    alloc = writer.alloc
+    alloc = meta.refcounts
     total = sum(len(z) for _, z in streams)
     n = -(-total // cs)
     start = alloc.alloc(n)                   # refcount 1 each
@@ -76,30 +85,23 @@ def write_compressed(image, offset: int, data: bytes, *,
     for i, c in enumerate(counts.tolist()):
         if c > 1:
             alloc.change(host + i * cs, cs, c - 1)
-    if alloc.write_new_blocks():
-        f.fsync()
-    alloc.write_dirty()
+    meta.commit_refcounts()
     f.pwrite(host, b"".join(z for _, z in streams))
     f.fsync()
     # now point the L2 entries at the streams, releasing whatever was there
     frees = []
     for g, entry in entries:
         m = image.guest_mapping(g)
-        l1i = m.l1_index
-        l1e = int(image.l1_table.entries[l1i])
-        if not l1e & C.QCOW_OFLAG_COPIED:
+        if not meta.l1[m.l1_index] & C.QCOW_OFLAG_COPIED:
             raise RequestError("the L2 table is shared with a snapshot; write compressed "
                                "clusters before taking snapshots")
+        l2_offset = meta.l1[m.l1_index] & C.L1E_OFFSET_MASK
         old = int.from_bytes(f.pread_exact(m.l2_entry_offset, 8, "L2 entry"), "big")
         if old & C.L2E_OFFSET_MASK and not old & C.QCOW_OFLAG_COMPRESSED:
-            frees.append(old & C.L2E_OFFSET_MASK)
-        f.pwrite(m.l2_entry_offset, entry.to_bytes(8, "big"))
-        if image.extended_l2:
-            f.pwrite(m.l2_entry_offset + 8, bytes(8))
+            frees.append((old & C.L2E_OFFSET_MASK, cs))
+        meta.write_l2_entries(l2_offset, m.l2_index, [entry],
+                              [0] if image.extended_l2 else None)
     f.fsync()
-    for off in frees:
-        alloc.change(off, cs, -1)
     if frees:
-        alloc.write_dirty()
-        f.fsync()
-    image.reload_metadata()
+        meta.free(frees)
+    meta.reload()

@@ -14,17 +14,18 @@ from __future__ import annotations
 import os
 import re
 import stat
-import struct
 
 import numpy as np
 
+from .backing import probe_format
 from .errors import Qcow2Error, RequestError
 from .extensions import (EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_NAME_TABLE,
-                         pack_extension)
-from .header import (AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, FEATURE_NAMES,
+                         pack_extension, pack_feature_name_table)
+from .header import (AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS,
                      INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2,
                      MAX_BACKING_FILE_NAME, QCOW_MAGIC, QCOW_MAX_L1_SIZE,
                      QCOW_MAX_REFTABLE_SIZE, V2_HEADER_LENGTH, V3_HEADER_LENGTH_CT, Header)
+from .image import Image
 from .refcounts import block_entries, encode_refcount_block
 
 COMPAT_VALUES = {"0.10": 2, "v2": 2, "1.1": 3, "v3": 3}
@@ -158,13 +159,6 @@ def validate_create_options(*, size: int | None = None, cluster_size: int = 6553
     return problems
 
 
-def _feature_table() -> bytes:
-    out = bytearray()
-    for (kind, bit), name in sorted(FEATURE_NAMES.items()):
-        out += struct.pack(">BB46s", kind, bit, name.encode())
-    return bytes(out)
-
-
 def _backing_size(path: str, image_path: str, fmt: str | None, *,
                   unsafe: bool = False) -> int | None:
     """The backing file's disk size.  Like qemu-img create, the backing file must
@@ -172,7 +166,6 @@ def _backing_size(path: str, image_path: str, fmt: str | None, *,
     at it at all and returns None; and like qemu-img, refuse a backing file that is
     not a regular file or a block device (a FIFO would hang the open, a folder has
     no disk)."""
-    from .image import Image, probe_format   # lazy: image imports nothing from here
     full = path if os.path.isabs(path) else os.path.join(
         os.path.dirname(os.path.abspath(image_path)), path)
     if unsafe:
@@ -306,7 +299,7 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
     if data_file:
         exts += pack_extension(EXT_DATA_FILE, data_file.encode())
     if version == 3:
-        exts += pack_extension(EXT_FEATURE_NAME_TABLE, _feature_table())
+        exts += pack_extension(EXT_FEATURE_NAME_TABLE, pack_feature_name_table())
     exts += bytes(8)   # end of extensions
     bname = os.fsencode(backing_file) if backing_file else b""
     bf_off = hlen + len(exts) if bname else 0

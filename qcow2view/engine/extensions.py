@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import CorruptImageError
+from .header import FEATURE_NAMES
 
 EXT_END = 0x00000000
 EXT_BACKING_FORMAT = 0xE2792ACA
@@ -132,3 +133,11 @@ def feature_name_table(exts: list[HeaderExtension]) -> dict[tuple[int, int], str
 def pack_extension(ext_type: int, data: bytes) -> bytes:
     pad = (-len(data)) % 8
     return struct.pack(">II", ext_type, len(data)) + data + bytes(pad)
+
+
+def pack_feature_name_table() -> bytes:
+    """The feature name table QEMU writes: every feature it knows, 48 bytes each."""
+    out = bytearray()
+    for (kind, bit), name in sorted(FEATURE_NAMES.items()):
+        out += struct.pack(">BB46s", kind, bit, name.encode())
+    return bytes(out)

@@ -92,6 +92,11 @@ HEADER_FIELDS: tuple[HeaderField, ...] = (
 FIELD_BY_NAME = {f.name: f for f in HEADER_FIELDS}
 
 
+def _field(name: str) -> dict:
+    """``structure`` and ``offset`` of an error about header field ``name``."""
+    return {"structure": name, "offset": FIELD_BY_NAME[name].offset}
+
+
 @dataclass(frozen=True)
 class Header:
     """The decoded header.  ``offset`` is always 0: the header starts the file."""
@@ -198,7 +203,8 @@ class Header:
         version = vals["version"]
         if version not in (2, 3):
             raise UnsupportedFeatureError(f"unsupported QCOW version {version}",
-                                          structure="header version", offset=4)
+                                          structure="header version",
+                                          offset=FIELD_BY_NAME["version"].offset)
         unknown = b""
         if version == 3:
             if len(buf) < V3_HEADER_LENGTH:
@@ -209,14 +215,14 @@ class Header:
             hl = vals["header_length"]
             if hl < V3_HEADER_LENGTH:
                 raise CorruptImageError(f"header_length {hl} is less than 104",
-                                        structure="header_length", offset=100)
+                                        **_field("header_length"))
             cluster_size = 1 << vals["cluster_bits"] if 9 <= vals["cluster_bits"] <= 21 else 0
             if cluster_size and hl > cluster_size:
                 raise CorruptImageError(f"header_length {hl} exceeds the cluster size",
-                                        structure="header_length", offset=100)
+                                        **_field("header_length"))
             if hl > len(buf):
                 raise CorruptImageError(f"header_length {hl} reaches past the end of the file",
-                                        structure="header_length", offset=100)
+                                        **_field("header_length"))
             if hl > V3_HEADER_LENGTH:
                 vals["compression_type"] = buf[104]
                 unknown = bytes(buf[105:hl])
@@ -235,82 +241,81 @@ class Header:
         if not MIN_CLUSTER_BITS <= self.cluster_bits <= MAX_CLUSTER_BITS:
             raise CorruptImageError(
                 f"cluster_bits {self.cluster_bits} is outside 9..21",
-                structure="cluster_bits", offset=20)
+                **_field("cluster_bits"))
         cs = self.cluster_size
         if self.refcount_order > 6:
             raise CorruptImageError(f"refcount_order {self.refcount_order} exceeds 6",
-                                    structure="refcount_order", offset=96)
+                                    **_field("refcount_order"))
         if self.crypt_method not in CRYPT_METHODS:
             raise CorruptImageError(f"invalid crypt_method {self.crypt_method}",
-                                    structure="crypt_method", offset=32)
+                                    **_field("crypt_method"))
         if self.version == 3:
             if self.compression_type not in COMPRESSION_TYPES:
                 raise UnsupportedFeatureError(
                     f"unknown compression_type {self.compression_type}",
-                    structure="compression_type", offset=104)
+                    **_field("compression_type"))
             has_bit = bool(self.incompatible_features & INCOMPAT_COMPRESSION)
             if self.compression_type != COMPRESSION_ZLIB and not has_bit:
                 raise CorruptImageError(
                     "compression_type is not zlib but the compression type "
-                    "incompatible bit is clear", structure="incompatible_features", offset=72)
+                    "incompatible bit is clear", **_field("incompatible_features"))
             if self.compression_type == COMPRESSION_ZLIB and has_bit:
                 raise CorruptImageError(
                     "compression type bit is set but compression_type is zlib",
-                    structure="incompatible_features", offset=72)
+                    **_field("incompatible_features"))
             if self.extended_l2 and self.cluster_bits < 14:
                 raise CorruptImageError(
                     "extended L2 entries need clusters of at least 16 KiB",
-                    structure="incompatible_features", offset=72)
+                    **_field("incompatible_features"))
         if self.backing_file_offset:
             if self.backing_file_offset > cs or self.backing_file_size > MAX_BACKING_FILE_NAME \
                     or self.backing_file_offset + self.backing_file_size > min(cs, file_size):
                 raise CorruptImageError(
                     f"backing file name ({self.backing_file_size} bytes at "
                     f"{self.backing_file_offset:#x}) lies outside the first cluster",
-                    structure="backing_file_offset", offset=8)
+                    **_field("backing_file_offset"))
         if self.size > (1 << 63) - 1:
             raise CorruptImageError("virtual size does not fit in 63 bits",
-                                    structure="size", offset=24)
+                                    **_field("size"))
         # active L1 table
         if self.l1_size > QCOW_MAX_L1_SIZE // 8:
             raise CorruptImageError(
                 f"l1_size {self.l1_size} exceeds QEMU's limit of {QCOW_MAX_L1_SIZE // 8}",
-                structure="l1_size", offset=36)
+                **_field("l1_size"))
         needed = -(-self.size // (cs * self.l2_size)) if self.size else 0
         if self.l1_size < needed:
             raise CorruptImageError(
                 f"L1 table too small: {self.l1_size} entries for a {self.size}-byte disk "
-                f"needs {needed}", structure="l1_size", offset=36)
+                f"needs {needed}", **_field("l1_size"))
         if self.l1_size:
-            self._check_table("l1_table_offset", 40, self.l1_table_offset, self.l1_size * 8,
+            self._check_table("l1_table_offset", self.l1_table_offset, self.l1_size * 8,
                               file_size)
         if self.refcount_table_clusters > QCOW_MAX_REFTABLE_SIZE // cs:
             raise CorruptImageError(
                 f"refcount_table_clusters {self.refcount_table_clusters} exceeds QEMU's limit",
-                structure="refcount_table_clusters", offset=56)
+                **_field("refcount_table_clusters"))
         if self.refcount_table_clusters == 0:
             raise CorruptImageError("the refcount table has no clusters",
-                                    structure="refcount_table_clusters", offset=56)
-        self._check_table("refcount_table_offset", 48, self.refcount_table_offset,
+                                    **_field("refcount_table_clusters"))
+        self._check_table("refcount_table_offset", self.refcount_table_offset,
                           self.refcount_table_clusters * cs, file_size)
         if self.nb_snapshots > QCOW_MAX_SNAPSHOTS:
             raise CorruptImageError(
                 f"nb_snapshots {self.nb_snapshots} exceeds QEMU's limit of {QCOW_MAX_SNAPSHOTS}",
-                structure="nb_snapshots", offset=60)
+                **_field("nb_snapshots"))
         if self.nb_snapshots:
             # each entry is at least 40 bytes
-            self._check_table("snapshots_offset", 64, self.snapshots_offset,
+            self._check_table("snapshots_offset", self.snapshots_offset,
                               self.nb_snapshots * 40, file_size)
 
-    def _check_table(self, name: str, field_offset: int, offset: int, nbytes: int,
-                     file_size: int) -> None:
+    def _check_table(self, name: str, offset: int, nbytes: int, file_size: int) -> None:
         if offset & (self.cluster_size - 1):
             raise CorruptImageError(f"{name} {offset:#x} is not cluster aligned",
-                                    structure=name, offset=field_offset)
+                                    **_field(name))
         if offset == 0 or offset + nbytes > file_size:
             raise CorruptImageError(
                 f"{name} {offset:#x} (+{nbytes} bytes) lies outside the file "
-                f"({file_size:#x} bytes)", structure=name, offset=field_offset)
+                f"({file_size:#x} bytes)", **_field(name))
 
     def pack(self) -> bytes:
         """Encode to ``header_length`` bytes (72 for v2)."""

@@ -8,81 +8,37 @@ an allocation was bounded by :meth:`Header.validate` first.
 from __future__ import annotations
 
 import os
-import struct
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 
 from . import clusters as C
-from .bitmaps import Bitmap, parse_bitmap_directory
-from .clusters import ClusterType, CompressionLayout, L1Entry, L2Entry
+from .backing import (MAX_BACKING_DEPTH, BackingInfo, RawImage, is_protocol_name,
+                      probe_format)
+from .bitmaps import Bitmap
+from .check import check as check_image
+from .check import repair as repair_image
+from .clusters import ClusterType, CompressionLayout
 from .compression import decompress_cluster
 from .encryption import LUKS_HEADER_SIZE, LuksHeader, parse_luks_header
 from .errors import (BackingFileError, CorruptImageError, DataFileError, EncryptedImageError,
-                     Qcow2Error, RequestError, TruncatedImageError, UnsupportedFeatureError)
-from .extensions import (EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_DATA_FILE,
-                         EXT_FULL_DISK_ENCRYPTION, HeaderExtension, feature_name_table,
-                         parse_extensions)
+                     Qcow2Error, ReadOnlyError, RequestError, UnsupportedFeatureError)
+from .extensions import (EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FULL_DISK_ENCRYPTION,
+                         HeaderExtension, feature_name_table, parse_extensions)
 from .fileio import HostFile
-from .header import (AUTOCLEAR_BITMAPS, CRYPT_METHODS, FEATURE_INCOMPATIBLE,
-                     INCOMPAT_KNOWN, QCOW_MAGIC, QCOW_MAX_BITMAPS, QCOW_MAX_L1_SIZE,
-                     QCOW_MAX_SNAPSHOTS_SIZE, Header, feature_bit_names,
-                     header_bytes_needed)
-from .refcounts import RefcountTableEntry, block_entries, decode_refcount_block
-from .snapshots import Snapshot, parse_snapshot_table
+from .header import (AUTOCLEAR_BITMAPS, CRYPT_METHODS, FEATURE_INCOMPATIBLE, FIELD_BY_NAME,
+                     INCOMPAT_KNOWN, Header, feature_bit_names)
+from .locking import describe, held_lock_bytes
+from .maps import guest_map as build_guest_map
+from .maps import host_map as build_host_map
+from .metadata import L1Table, L2Table, MetadataStore, header_probe
+from .refcounts import RefcountTableEntry
+from .snapshots import Snapshot
+from .write import Writer
 
-MAX_BACKING_DEPTH = 64
-L2_CACHE_BYTES = 32 * 1024 * 1024
-HEADER_PROBE = 4096
-
-
-@dataclass(frozen=True)
-class BackingInfo:
-    """One file of the backing chain (depth 1 is the image's direct backing file)."""
-
-    depth: int
-    filename: str            # as stored in the image that names it
-    path: str | None         # resolved absolute path
-    format: str | None       # as named (backing_fmt) or probed
-    found: bool
-    virtual_size: int | None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class L1Table:
-    offset: int
-    size: int                # entries
-    entries: np.ndarray      # uint64, native order
-
-    def entry(self, index: int) -> L1Entry:
-        return L1Entry(index, int(self.entries[index]), self.offset + 8 * index)
-
-
-@dataclass(frozen=True)
-class L2Table:
-    offset: int
-    l1_index: int
-    raw: np.ndarray                  # uint64 standard entries
-    bitmap: np.ndarray | None        # uint64 sub-cluster bitmaps (extended L2)
-    entry_size: int
-    layout: CompressionLayout
-    has_data_file: bool
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def entry(self, index: int) -> L2Entry:
-        bm = None if self.bitmap is None else int(self.bitmap[index])
-        return C.decode_l2_entry(index, int(self.raw[index]), bm,
-                                 self.offset + self.entry_size * index, self.layout,
-                                 self.has_data_file)
-
-    def types(self) -> np.ndarray:
-        return C.decode_l2_types(self.raw, self.bitmap, self.has_data_file)
-
+__all__ = ["BackingInfo", "GuestMapping", "Image", "L1Table", "L2Table", "RawImage",
+           "open_image", "probe_format"]
 
 @dataclass(frozen=True)
 class GuestMapping:
@@ -100,40 +56,7 @@ class GuestMapping:
     compressed_size: int = 0
 
 
-class RawImage:
-    """A raw backing file: guest offset == file offset."""
-
-    format = "raw"
-
-    def __init__(self, path: str) -> None:
-        self.file = HostFile(path)
-        self.path = path
-        self.virtual_size = self.file.size
-        self.backing_chain: list[BackingInfo] = []
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.file.pread_zero_fill(offset, length)
-
-    def close(self) -> None:
-        self.file.close()
-
-
 _Backing = Union["Image", RawImage, None]
-
-
-def _is_protocol_name(name: str) -> bool:
-    if name.startswith("json:"):
-        return True
-    head = name.split("/", 1)[0]
-    return ":" in head and not os.path.exists(name)
-
-
-def probe_format(path: str) -> str:
-    f = HostFile(path)      # refuses what QEMU's file driver refuses (directories, FIFOs)
-    try:
-        return "qcow2" if f.pread(0, 4) == QCOW_MAGIC else "raw"
-    finally:
-        f.close()
 
 
 class Image:
@@ -173,13 +96,12 @@ class Image:
     # -- opening --------------------------------------------------------------------
     def _open(self, snapshot, ignore_backing_errors: bool, chain: tuple[str, ...]) -> None:
         f = self.file
-        head = self._header_probe()
-        self.header = h = Header.parse(head, file_size=f.size)
+        head = header_probe(f)
+        h = Header.parse(head, file_size=f.size)
         self.cluster_bits = h.cluster_bits
         self.cluster_size = cs = h.cluster_size
         if len(head) < min(cs, f.size):
             head = f.pread(0, min(cs, f.size))
-        self.file_size = f.size
         ext_end = h.backing_file_offset if h.backing_file_offset > h.extensions_offset else cs
         self.extensions: list[HeaderExtension] = (
             parse_extensions(head, h.extensions_offset, ext_end) if h.version >= 2 else [])
@@ -189,7 +111,8 @@ class Image:
             names = feature_bit_names(FEATURE_INCOMPATIBLE, unknown, self.feature_names)
             raise UnsupportedFeatureError(
                 f"unsupported incompatible features: {', '.join(names)} "
-                f"(bits {unknown:#x})", structure="incompatible_features", offset=72)
+                f"(bits {unknown:#x})", structure="incompatible_features",
+                offset=FIELD_BY_NAME["incompatible_features"].offset)
         self.l2_bits = h.l2_bits
         self.l2_size = h.l2_size
         self.extended_l2 = h.extended_l2
@@ -202,30 +125,11 @@ class Image:
         self.backing_format = self._ext_text(EXT_BACKING_FORMAT)
         self.data_file_name = self._ext_text(EXT_DATA_FILE)
         self.has_data_file = h.has_data_file
-        self.virtual_size = h.size
-
-        # refcount table (bounded by Header.validate)
-        rt = f.pread_exact(h.refcount_table_offset, h.refcount_table_clusters * cs,
-                           "refcount table")
-        self._reftable = C.be_u64(rt)
-        self.refcount_block_entries = block_entries(h.cluster_bits, h.refcount_order)
-
-        self.snapshots = self._read_snapshots()
-        self.bitmaps = self._read_bitmaps()
-
-        self.snapshot: Snapshot | None = None
-        l1_offset, l1_size = h.l1_table_offset, h.l1_size
-        if snapshot is not None:
-            self.snapshot = self.find_snapshot(snapshot)
-            l1_offset, l1_size = self._check_snapshot_l1(self.snapshot)
-            # The view keeps today's virtual size, as `qemu-img convert -l` reads it
-            # (past a smaller snapshot's L1 table the disk is unallocated); the size
-            # the snapshot had is `snapshot.disk_size` (what `snapshot -a` restores).
-        self.l1_table = self._read_l1(l1_offset, l1_size, "L1 table")
-        self._l1 = self.l1_table.entries.tolist()
-        self._l2_cache: OrderedDict[int, tuple[list[int], list[int] | None]] = OrderedDict()
-        self._l2_cache_max = max(16, L2_CACHE_BYTES // cs)
-        self._zcache: tuple[int, bytes] | None = None
+        # The view of a snapshot keeps today's virtual size, as `qemu-img convert -l`
+        # reads it (past a smaller snapshot's L1 table the disk is unallocated); the
+        # size the snapshot had is `snapshot.disk_size` (what `snapshot -a` restores).
+        self.meta = MetadataStore(f, h, self.extensions, snapshot=snapshot,
+                                  writable=self.writable)
         # L2 entry bits that keep a read off the fast path: anything but COPIED and a
         # cluster-aligned offset (compressed, zero, reserved bits, misalignment)
         self._fast_reject = ~(C.QCOW_OFLAG_COPIED | (C.L2E_OFFSET_MASK & ~(cs - 1))) \
@@ -236,62 +140,45 @@ class Image:
         self.backing_chain: list[BackingInfo] = []
         self._open_backing(ignore_backing_errors, chain)
 
-    def _header_probe(self) -> bytes:
-        """The file's first bytes: at least the whole header (header_length may
-        exceed the usual 4 KiB probe, up to a cluster)."""
-        head = self.file.pread(0, HEADER_PROBE)
-        need = header_bytes_needed(head)
-        return self.file.pread(0, need) if need > len(head) else head
+    # -- what the metadata store holds -------------------------------------------------
+    @property
+    def header(self) -> Header:
+        return self.meta.header
+
+    @property
+    def virtual_size(self) -> int:
+        return self.meta.header.size
+
+    @property
+    def file_size(self) -> int:
+        return self.file.size
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The snapshot this read-only view shows (None: the active disk)."""
+        return self.meta.view
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return self.meta.snapshots
+
+    @property
+    def bitmaps(self) -> list[Bitmap]:
+        return self.meta.bitmaps
+
+    @property
+    def l1_table(self) -> L1Table:
+        return self.meta.l1_table
+
+    @property
+    def refcount_block_entries(self) -> int:
+        return self.meta.refcount_block_entries
 
     def _ext_text(self, ext_type: int) -> str | None:
         for e in self.extensions:
             if e.type == ext_type:
                 return e.text
         return None
-
-    def _read_l1(self, offset: int, size: int, what: str) -> L1Table:
-        if size == 0:
-            return L1Table(offset, 0, np.zeros(0, dtype=np.uint64))
-        buf = self.file.pread_exact(offset, size * 8, what)
-        return L1Table(offset, size, C.be_u64(buf))
-
-    def _check_snapshot_l1(self, s: Snapshot) -> tuple[int, int]:
-        if s.l1_size > QCOW_MAX_L1_SIZE // 8:
-            raise CorruptImageError(f"snapshot {s.name!r} L1 table of {s.l1_size} entries "
-                                    "is too large", structure="snapshot l1_size",
-                                    offset=s.offset + 8)
-        if s.l1_table_offset & (self.cluster_size - 1):
-            raise CorruptImageError(f"snapshot {s.name!r} L1 table offset "
-                                    f"{s.l1_table_offset:#x} is not cluster aligned",
-                                    structure="snapshot l1_table_offset", offset=s.offset)
-        return s.l1_table_offset, s.l1_size
-
-    def _read_snapshots(self) -> list[Snapshot]:
-        h = self.header
-        if not h.nb_snapshots:
-            return []
-        if h.snapshots_offset & (self.cluster_size - 1):
-            raise CorruptImageError("snapshot table is not cluster aligned",
-                                    structure="snapshots_offset", offset=64)
-        avail = min(self.file.size - h.snapshots_offset, QCOW_MAX_SNAPSHOTS_SIZE)
-        data = self.file.pread(h.snapshots_offset, avail)
-        return parse_snapshot_table(data, h.snapshots_offset, h.nb_snapshots)
-
-    def _read_bitmaps(self) -> list[Bitmap]:
-        ext = next((e for e in self.extensions if e.type == EXT_BITMAPS), None)
-        if ext is None:
-            return []
-        nb, _, dsize, doff = struct.unpack_from(">IIQQ", ext.data)
-        if nb > QCOW_MAX_BITMAPS or dsize > 64 * 1024 * 1024:
-            raise CorruptImageError(f"bitmap directory of {nb} entries / {dsize} bytes "
-                                    "is too large", structure="bitmaps extension",
-                                    offset=ext.offset)
-        if doff & (self.cluster_size - 1):
-            raise CorruptImageError("bitmap directory is not cluster aligned",
-                                    structure="bitmap_directory_offset",
-                                    offset=ext.data_offset + 16)
-        data = self.file.pread_exact(doff, dsize, "bitmap directory")
-        return parse_bitmap_directory(data, doff, nb)
 
     def _resolve(self, name: str) -> str:
         if os.path.isabs(name):
@@ -325,7 +212,7 @@ class Image:
         fmt = self.backing_format
         info_err = None
         path = None
-        if _is_protocol_name(name):
+        if is_protocol_name(name):
             info_err = (f"backing file {name!r} is a protocol or json: name; qcow2view "
                         "only follows plain file names")
         elif fmt not in (None, "qcow2", "raw"):
@@ -411,19 +298,20 @@ class Image:
         only note whether someone holds QEMU's locks (``in_use``/``in_use_by``).
         """
         if self.writable:
-            from .write import Writer
             self._writer = Writer(self)
         else:
-            from .locking import describe, held_lock_bytes
             held = held_lock_bytes(self.file.fd)
             self.in_use = bool(held)
             self.in_use_by = describe(held)
 
-    def _write_side(self):
+    def require_writable(self) -> None:
+        """Refuse a closed or read-only image before changing anything."""
+        self._write_side()
+
+    def _write_side(self) -> Writer:
         if self._closed:
             raise RequestError("the image is closed", path=self.path)
         if self._writer is None:
-            from .errors import ReadOnlyError
             raise ReadOnlyError("the image is open read-only", path=self.path)
         return self._writer
 
@@ -482,167 +370,92 @@ class Image:
         return -(-self.file.size // self.cluster_size)
 
     def find_snapshot(self, key: str | int) -> Snapshot:
-        for s in self.snapshots:
-            if s.id_str == str(key):
-                return s
-        for s in self.snapshots:
-            if s.name == str(key):
-                return s
-        raise RequestError(f"no snapshot with id or name {key!r}")
+        return self.meta.find_snapshot(key)
 
-    # -- tables -------------------------------------------------------------------------
+    # -- tables (read through the metadata store) ------------------------------------------
     def snapshot_l1_table(self, snapshot: Snapshot | str | int) -> L1Table:
         s = snapshot if isinstance(snapshot, Snapshot) else self.find_snapshot(snapshot)
-        off, size = self._check_snapshot_l1(s)
-        return self._read_l1(off, size, f"L1 table of snapshot {s.name!r}")
-
-    def _check_l2_offset(self, l2_offset: int, l1_index: int) -> None:
-        if l2_offset & (self.cluster_size - 1):
-            raise CorruptImageError(f"L2 table offset {l2_offset:#x} is not cluster aligned "
-                                    f"(L1 index {l1_index})", structure="L1 entry",
-                                    offset=self.l1_table.offset + 8 * l1_index)
-        if l2_offset + self.cluster_size > self.file.size:
-            # the entry is at fault, not the (missing) table
-            raise TruncatedImageError(
-                f"L2 table offset {l2_offset:#x} lies past the end of the file "
-                f"({self.file.size:#x} bytes; L1 index {l1_index})", structure="L1 entry",
-                offset=self.l1_table.offset + 8 * l1_index if l1_index >= 0 else None)
+        return self.meta.snapshot_l1_table(s)
 
     def read_l2_bytes(self, l2_offset: int, l1_index: int = -1) -> bytes:
-        self._check_l2_offset(l2_offset, l1_index)
-        if self._writer is not None:     # a table with uncommitted changes
-            pinned = self._writer.pinned_table_bytes(l2_offset)
-            if pinned is not None:
-                return pinned
-        return self.file.pread_exact(l2_offset, self.cluster_size,
-                                     f"L2 table (L1 index {l1_index})")
+        """The L2 table's bytes (with the changes writes have not committed yet)."""
+        return self.meta.read_l2_bytes(l2_offset, l1_index)
 
     def l2_table(self, l2_offset: int, l1_index: int = -1) -> L2Table:
         """Decode the L2 table at ``l2_offset`` (one table at a time, on demand)."""
-        buf = self.read_l2_bytes(l2_offset, l1_index)
-        words = C.be_u64(buf)
-        if self.extended_l2:
-            raw, bitmap = words[0::2].copy(), words[1::2].copy()
-        else:
-            raw, bitmap = words, None
-        return L2Table(l2_offset, l1_index, raw, bitmap, self.header.l2_entry_size,
-                       self.layout, self.has_data_file)
-
-    def _l2(self, l2_offset: int, l1_index: int) -> tuple[list[int], list[int] | None]:
-        """Cached L2 table as Python int lists for the read fast path."""
-        cache = self._l2_cache
-        t = cache.get(l2_offset)
-        if t is not None:
-            cache.move_to_end(l2_offset)
-            return t
-        buf = self.read_l2_bytes(l2_offset, l1_index)
-        words = np.frombuffer(buf, dtype=">u8").tolist()
-        t = (words[0::2], words[1::2]) if self.extended_l2 else (words, None)
-        cache[l2_offset] = t
-        if len(cache) > self._l2_cache_max:
-            cache.popitem(last=False)
-        return t
+        return self.meta.l2_table(l2_offset, l1_index)
 
     def reload_metadata(self) -> None:
         """Re-read header, refcount table, snapshots and the active L1 table after an
-        operation that rewrote them directly (snapshot creation, compressed writes).
-        Pending writes must have been committed (``flush()``) first."""
-        f = self.file
-        f.refresh_size()
-        self.file_size = f.size
-        h = self.header = Header.parse(self._header_probe(), file_size=f.size)
-        self._reftable = C.be_u64(f.pread_exact(
-            h.refcount_table_offset, h.refcount_table_clusters * self.cluster_size,
-            "refcount table"))
-        self.snapshots = self._read_snapshots()
-        if self.snapshot is None:
-            self.l1_table = self._read_l1(h.l1_table_offset, h.l1_size, "L1 table")
-        if self._writer is not None:
-            self._writer.alloc.forget()
-        self.invalidate_caches()
+        operation that rewrote them.  Pending writes must have been committed
+        (``flush()``) first."""
+        self.meta.reload()
 
     def invalidate_caches(self) -> None:
         """Forget cached tables (after the file changed underneath)."""
-        self._l2_cache.clear()
-        self._zcache = None
-        self._l1 = self.l1_table.entries.tolist()
-        self._maps_cache = {}
+        self.meta.invalidate()
 
     # -- check, repair and maps (engine/check.py, engine/maps.py) ---------------------
     def check(self, progress=None, cancel=None):
         """Check like ``qemu-img check``; returns a :class:`check.CheckResult`."""
-        from .check import check
         if self._writer is not None:
             self._writer.commit()        # check reads the file itself
-        return check(self, progress, cancel)
+        return check_image(self, progress, cancel)
 
     def repair(self, leaks: bool = True, all: bool = False, progress=None, cancel=None):
         """Repair like ``qemu-img check -r leaks|all`` (image opened writable)."""
-        from .check import repair
         try:
-            return repair(self, leaks=leaks, all=all, progress=progress, cancel=cancel)
+            return repair_image(self, leaks=leaks, all=all, progress=progress, cancel=cancel)
         finally:
             self.invalidate_caches()
 
     def host_map(self, progress=None, cancel=None):
         """Kind, refcount and references of every host cluster (maps.HostMap)."""
-        from .maps import host_map
-        return self._cached_map(("host",), lambda: host_map(self, progress, cancel))
+        return self._cached_map(("host",), lambda: build_host_map(self, progress, cancel))
 
     def guest_map(self, snapshot=None, progress=None, cancel=None, follow_backing=True):
         """State and host offset of every guest cluster (maps.GuestMap; a disk of more
         than maps.MAX_GUEST_ENTRIES clusters is summarised, see GuestMap)."""
-        from .maps import guest_map
         key = ("guest", None if snapshot is None else str(getattr(snapshot, "id_str", snapshot)),
                follow_backing)
         return self._cached_map(
-            key, lambda: guest_map(self, snapshot, progress, cancel, follow_backing))
+            key, lambda: build_guest_map(self, snapshot, progress, cancel, follow_backing))
+
+    def cached_map(self, key: tuple):
+        """A map built before for this file size (read-only opens only), or None."""
+        hit = self.meta.maps_cache.get(key)
+        return hit[1] if hit is not None and hit[0] == self.file.size else None
 
     def _cached_map(self, key: tuple, build):
         if self._writer is not None:
             self._writer.commit()        # maps read the file itself
-        cache = getattr(self, "_maps_cache", None)
-        if cache is None:
-            cache = self._maps_cache = {}
-        hit = cache.get(key)
-        if hit is not None and hit[0] == self.file.size:
-            return hit[1]
+        hit = self.cached_map(key)
+        if hit is not None:
+            return hit
         got = build()
         if not self.writable:    # writes change tables in place: cache read-only opens only
-            cache[key] = (self.file.size, got)
+            self.meta.maps_cache[key] = (self.file.size, got)
         return got
 
     # refcounts
     @property
     def refcount_table(self) -> np.ndarray:
-        return self._reftable
+        return self.meta.reftable
 
     def refcount_table_entry(self, index: int) -> RefcountTableEntry:
-        return RefcountTableEntry(index, int(self._reftable[index]),
+        return RefcountTableEntry(index, int(self.meta.reftable[index]),
                                   self.header.refcount_table_offset + 8 * index)
 
     def refcount_block(self, rt_index: int) -> tuple[int, np.ndarray] | None:
         """(file offset, counts) of refcount block ``rt_index``, or None if unallocated."""
-        off = int(self._reftable[rt_index]) & C.REFT_OFFSET_MASK
-        if not off:
-            return None
-        if off & (self.cluster_size - 1):
-            raise CorruptImageError(f"refcount block offset {off:#x} is not cluster aligned",
-                                    structure="refcount table entry",
-                                    offset=self.header.refcount_table_offset + 8 * rt_index)
-        if self._writer is not None:     # counts raised by uncommitted writes
-            counts = self._writer.alloc.blocks.get(rt_index)
-            if counts is not None:
-                return off, counts.copy()
-        buf = self.file.pread_exact(off, self.cluster_size, f"refcount block {rt_index}")
-        return off, decode_refcount_block(buf, self.header.refcount_order)
+        return self.meta.refcount_block(rt_index)
 
     def refcount(self, host_cluster: int) -> int:
         """Refcount of host cluster ``host_cluster`` (0 where no block covers it)."""
         if host_cluster < 0:
             raise RequestError(f"no host cluster {host_cluster}", path=self.path)
         rti, bi = divmod(host_cluster, self.refcount_block_entries)
-        if rti >= len(self._reftable):
+        if rti >= len(self.meta.reftable):
             return 0
         blk = self.refcount_block(rti)
         return 0 if blk is None else int(blk[1][bi])
@@ -652,7 +465,7 @@ class Image:
         n = self.host_clusters if nclusters is None else nclusters
         out = np.zeros(n, dtype=np.uint64)
         per = self.refcount_block_entries
-        for rti in range(min(len(self._reftable), -(-n // per))):
+        for rti in range(min(len(self.meta.reftable), -(-n // per))):
             blk = self.refcount_block(rti)
             if blk is None:
                 continue
@@ -662,7 +475,8 @@ class Image:
         return out
 
     # -- guest reads --------------------------------------------------------------------
-    def _check_request(self, offset: int, length: int) -> None:
+    def check_request(self, offset: int, length: int) -> None:
+        """Refuse a guest range outside the disk, or any request once closed."""
         if offset < 0 or length < 0 or offset + length > self.virtual_size:
             raise RequestError(f"request {offset:#x}+{length:#x} lies outside the "
                                f"{self.virtual_size}-byte disk", path=self.path)
@@ -674,7 +488,8 @@ class Image:
             raise EncryptedImageError(
                 f"encrypted images are not supported (encryption: {self.encryption}); "
                 "the header and encryption details can be inspected, guest data cannot",
-                structure="crypt_method", offset=32, path=self.path)
+                structure="crypt_method",
+                offset=FIELD_BY_NAME["crypt_method"].offset, path=self.path)
 
     def read(self, offset: int, length: int) -> bytes:
         """Guest bytes ``offset..offset+length``, byte-exact with QEMU."""
@@ -685,10 +500,11 @@ class Image:
         if (0 <= offset and 0 < length and offset + length <= self.virtual_size
                 and (offset + length - 1) >> cb == cidx and not self._closed
                 and not self.encrypted and not self.has_data_file):
-            l1 = self._l1
+            meta = self.meta
+            l1 = meta.l1
             l1i = cidx >> self.l2_bits
             if l1i < len(l1):
-                t = self._l2_cache.get(l1[l1i] & C.L1E_OFFSET_MASK)
+                t = meta.l2_cache.get(l1[l1i] & C.L1E_OFFSET_MASK)
                 if t is not None and t[1] is None:
                     e = t[0][cidx & (self.l2_size - 1)]
                     if not e & self._fast_reject and e & C.L2E_OFFSET_MASK:
@@ -699,7 +515,7 @@ class Image:
                             data = b""
                         if len(data) == length:
                             return data
-        self._check_request(offset, length)
+        self.check_request(offset, length)
         if length == 0:
             return b""
         self._check_encryption()
@@ -744,7 +560,7 @@ class Image:
             dst[:n] = b.read(pos, n)
 
     def _compressed_cluster(self, entry: int, src: HostFile) -> bytes:
-        zc = self._zcache
+        zc = self.meta.compressed_cache
         if zc is not None and zc[0] == entry:
             return zc[1]
         coff, csize = self.layout.decode(entry)
@@ -754,7 +570,7 @@ class Image:
                                     structure="compressed cluster", offset=coff)
         out = decompress_cluster(data, self.cluster_size, self.header.compression_type,
                                  offset=coff)
-        self._zcache = (entry, out)
+        self.meta.remember_compressed(entry, out)
         return out
 
     def _extent(self, pos: int, end: int) -> tuple[ClusterType, int, int, HostFile]:
@@ -771,11 +587,12 @@ class Image:
         l2i = cidx & (self.l2_size - 1)
         table_end = (l1i + 1) << (l2_bits + cb)
         limit = min(end, table_end)
-        l1e = self._l1[l1i] if l1i < len(self._l1) else 0
+        l1 = self.meta.l1
+        l1e = l1[l1i] if l1i < len(l1) else 0
         l2off = l1e & C.L1E_OFFSET_MASK
         if not l2off:
             return ClusterType.UNALLOCATED, 0, limit - pos, self.file
-        raw, bitmap = self._l2(l2off, l1i)
+        raw, bitmap = self.meta.l2(l2off, l1i)
         entry = raw[l2i]
         src = self.data_file if self.has_data_file else self.file
         if bitmap is not None:
@@ -845,7 +662,7 @@ class Image:
             raise CorruptImageError(
                 f"extended L2 entry has a sub-cluster both allocated and zero "
                 f"(bitmap {bm:#018x})", structure="L2 entry",
-                offset=((self._l1[l1i] & C.L1E_OFFSET_MASK) + 16 * l2i))
+                offset=((self.meta.l1[l1i] & C.L1E_OFFSET_MASK) + 16 * l2i))
         kind = {ClusterType.NORMAL: ClusterType.NORMAL,
                 ClusterType.ZERO_ALLOC: ClusterType.ZERO_PLAIN,
                 ClusterType.ZERO_PLAIN: ClusterType.ZERO_PLAIN}.get(t, ClusterType.UNALLOCATED)
@@ -876,13 +693,13 @@ class Image:
                             f"match guest cluster offset {guest_cluster:#x}", l1i, l2i)
 
     def _bad_entry(self, what: str, l1i: int, l2i: int) -> None:
-        l2off = self._l1[l1i] & C.L1E_OFFSET_MASK
+        l2off = self.meta.l1[l1i] & C.L1E_OFFSET_MASK
         raise CorruptImageError(f"{what} (L1 index {l1i}, L2 index {l2i})",
                                 structure="L2 entry",
                                 offset=l2off + self.header.l2_entry_size * l2i)
 
     def _unaligned(self, host: int, l1i: int, l2i: int) -> None:
-        l2off = self._l1[l1i] & C.L1E_OFFSET_MASK
+        l2off = self.meta.l1[l1i] & C.L1E_OFFSET_MASK
         raise CorruptImageError(
             f"cluster allocation offset {host:#x} is not cluster aligned "
             f"(L1 index {l1i}, L2 index {l2i})", structure="L2 entry",
@@ -891,18 +708,19 @@ class Image:
     # -- introspection ------------------------------------------------------------------
     def guest_mapping(self, guest_offset: int) -> GuestMapping:
         """Which table entries map ``guest_offset`` and where its bytes live."""
-        self._check_request(guest_offset, 0)
+        self.check_request(guest_offset, 0)
         cb = self.cluster_bits
         cidx = guest_offset >> cb
         l1i, l2i = cidx >> self.l2_bits, cidx & (self.l2_size - 1)
         l1_entry_offset = self.l1_table.offset + 8 * l1i
-        l2off = (self._l1[l1i] if l1i < len(self._l1) else 0) & C.L1E_OFFSET_MASK
+        l1 = self.meta.l1
+        l2off = (l1[l1i] if l1i < len(l1) else 0) & C.L1E_OFFSET_MASK
         l2_entry_offset = None
         t = ClusterType.UNALLOCATED
         host = None
         csize = 0
         if l2off:
-            raw, bitmap = self._l2(l2off, l1i)
+            raw, bitmap = self.meta.l2(l2off, l1i)
             l2_entry_offset = l2off + self.header.l2_entry_size * l2i
             entry = raw[l2i]
             in_cluster = guest_offset & (self.cluster_size - 1)

@@ -16,16 +16,12 @@ structure.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import UnsupportedFeatureError
 from .header import QCOW_MAX_REFTABLE_SIZE
-from .refcounts import encode_refcount_block
-
-HEADER_REFCOUNT_TABLE_OFFSET = 48     # refcount_table_offset (u64), then _clusters (u32)
 
 
 @dataclass
@@ -45,15 +41,15 @@ class _Counts:
     """The walk's counts as QEMU's in-memory refcount array: grows on allocation."""
 
     def __init__(self, counts: np.ndarray) -> None:
-        self.a = np.array(counts, copy=True)
-        self.n = len(counts)
+        self.array = np.array(counts, copy=True)
+        self.used_end = len(counts)
 
-    def grow(self, n: int) -> None:
-        if n > len(self.a):
-            more = np.zeros(max(n, len(self.a) + (len(self.a) >> 3) + 64) - len(self.a),
-                            dtype=self.a.dtype)
-            self.a = np.concatenate([self.a, more])
-        self.n = max(self.n, n)
+    def grow(self, size: int) -> None:
+        have = len(self.array)
+        if size > have:
+            more = np.zeros(max(size, have + (have >> 3) + 64) - have, dtype=self.array.dtype)
+            self.array = np.concatenate([self.array, more])
+        self.used_end = max(self.used_end, size)
 
     def next_used(self, lo: int, hi: int) -> int | None:
         """First cluster in [lo, hi) with a non-zero count."""
@@ -61,41 +57,41 @@ class _Counts:
 
     def next_free(self, lo: int) -> int | None:
         """First cluster from ``lo`` with count 0 (None: none before the end)."""
-        return self._first(lo, self.n, used=False)
+        return self._first(lo, self.used_end, used=False)
 
     def _first(self, lo: int, hi: int, used: bool) -> int | None:
-        hi = min(hi, self.n)
+        hi = min(hi, self.used_end)
         while lo < hi:
-            part = self.a[lo:min(hi, lo + SCAN_CHUNK)]
-            z = np.flatnonzero(part if used else part == 0)
-            if len(z):
-                return lo + int(z[0])
+            part = self.array[lo:min(hi, lo + SCAN_CHUNK)]
+            hits = np.flatnonzero(part if used else part == 0)
+            if len(hits):
+                return lo + int(hits[0])
             lo += SCAN_CHUNK
         return None
 
-    def alloc(self, k: int, first_free: int) -> tuple[int, int]:
-        """alloc_clusters_imrt: the first run of ``k`` free clusters from
+    def alloc(self, count: int, first_free: int) -> tuple[int, int]:
+        """alloc_clusters_imrt: the first run of ``count`` free clusters from
         ``first_free``, or one that the array's end cuts short, grown past it;
         returns (first cluster, new first_free: the first free cluster met)."""
-        if k == 1:
-            z = self.next_free(first_free)
-            start = self.n if z is None else z
-            first_free = first_free if z is None else z
+        if count == 1:
+            free_at = self.next_free(first_free)
+            start = self.used_end if free_at is None else free_at
+            first_free = first_free if free_at is None else free_at
         else:                             # the table: rare, one pass is fine
-            z = np.flatnonzero(self.a[first_free:self.n] == 0)
-            start = self.n
-            if len(z):
-                cut = np.flatnonzero(np.diff(z) != 1)
-                starts = z[np.r_[0, cut + 1]]
-                ends = np.r_[z[cut], z[-1]] + 1
-                fits = np.flatnonzero(ends - starts >= k)
+            free_at = np.flatnonzero(self.array[first_free:self.used_end] == 0)
+            start = self.used_end
+            if len(free_at):
+                cut = np.flatnonzero(np.diff(free_at) != 1)
+                starts = free_at[np.r_[0, cut + 1]]
+                ends = np.r_[free_at[cut], free_at[-1]] + 1
+                fits = np.flatnonzero(ends - starts >= count)
                 if len(fits):
                     start = first_free + int(starts[fits[0]])
-                elif first_free + int(ends[-1]) == self.n:
+                elif first_free + int(ends[-1]) == self.used_end:
                     start = first_free + int(starts[-1])
-                first_free += int(z[0])
-        self.grow(start + k)
-        self.a[start:start + k] = 1
+                first_free += int(free_at[0])
+        self.grow(start + count)
+        self.array[start:start + count] = 1
         return start, first_free
 
 
@@ -106,7 +102,7 @@ def plan_rebuild(counts: np.ndarray, per_block: int, cluster_size: int) -> Rebui
     blocks for its clusters; a table that turns out too small stays allocated
     (a leak, as in QEMU) and another is placed."""
     per = per_block
-    c = _Counts(counts)
+    refs = _Counts(counts)
     blocks: dict[int, int] = {}
     entries = 0                       # refcount table entries (whole clusters of them)
     per_table_cluster = cluster_size // 8
@@ -118,14 +114,14 @@ def plan_rebuild(counts: np.ndarray, per_block: int, cluster_size: int) -> Rebui
         first_free = 0
         cluster = first
         while True:
-            cluster = c.next_used(cluster, end)
+            cluster = refs.next_used(cluster, end)
             if cluster is None:
                 return grown
             rti = cluster // per
             start = rti * per
             if rti not in blocks:
                 first_free = max(first_free, start)
-                at, first_free = c.alloc(1, first_free)
+                at, first_free = refs.alloc(1, first_free)
                 end = max(end, at + 1)       # the block counting this block too
                 if entries <= rti:
                     entries = -(-(rti + 1) // per_table_cluster) * per_table_cluster
@@ -133,13 +129,13 @@ def plan_rebuild(counts: np.ndarray, per_block: int, cluster_size: int) -> Rebui
                 blocks[rti] = at
             cluster = start + per
 
-    place_blocks(0, c.n)
+    place_blocks(0, refs.used_end)
     while True:
         table_clusters = -(-entries // per_table_cluster)
-        table, _ = c.alloc(table_clusters, 0)
+        table, _ = refs.alloc(table_clusters, 0)
         if not place_blocks(table, table + table_clusters):
             break
-    return RebuildPlan(c.a[:c.n], blocks, table, table_clusters)
+    return RebuildPlan(refs.array[:refs.used_end], blocks, table, table_clusters)
 
 
 def rebuild_refcount_structure(image, counts: np.ndarray) -> RebuildPlan:
@@ -149,8 +145,8 @@ def rebuild_refcount_structure(image, counts: np.ndarray) -> RebuildPlan:
     the image's refcount maximum (QEMU's in-memory refcount array).
     """
     f = image.file
+    meta = image.meta
     cs = image.cluster_size
-    order = image.header.refcount_order
     per = image.refcount_block_entries
     plan = plan_rebuild(counts, per, cs)
     if plan.table_clusters * cs > QCOW_MAX_REFTABLE_SIZE:
@@ -159,18 +155,16 @@ def rebuild_refcount_structure(image, counts: np.ndarray) -> RebuildPlan:
             f"than QEMU's limit of {QCOW_MAX_REFTABLE_SIZE >> 20} MiB",
             structure="refcount table", offset=image.header.refcount_table_offset,
             path=image.path)
-    c = plan.counts
+    planned = plan.counts
     table = np.zeros(plan.table_clusters * cs // 8, dtype=np.uint64)
     for rti, at in sorted(plan.blocks.items()):
         blk = np.zeros(per, dtype=np.uint64)
-        part = c[rti * per:(rti + 1) * per]
+        part = planned[rti * per:(rti + 1) * per]
         blk[:len(part)] = part
-        f.pwrite(at * cs, encode_refcount_block(blk, order))
+        meta.put_refcount_block(at * cs, blk)
         table[rti] = at * cs
-    f.pwrite(plan.table_cluster * cs, table.astype(">u8").tobytes())
+    meta.write_table(plan.table_cluster * cs, table.astype(">u8").tobytes())
     f.fsync()
     # one write switches both fields: the image uses the old or the new structure
-    f.pwrite(HEADER_REFCOUNT_TABLE_OFFSET,
-             struct.pack(">QI", plan.table_cluster * cs, plan.table_clusters))
-    f.fsync()
+    meta.switch_refcount_structure(plan.table_cluster * cs, plan.table_clusters)
     return plan

@@ -4,9 +4,10 @@ One request is planned in memory (which clusters are written in place, which
 need a new host cluster, which L2 tables must be created or copied).  Its
 guest data is written at once -- into clusters that nothing on disk points to
 yet, or in place into clusters the image owns -- while its metadata stays
-pending in memory (readers of this Image see it: pinned tables) until
-:meth:`Writer.commit`, run by ``flush()``/``close()`` or once enough piles up.
-This is QEMU's write-back metadata cache.  A commit goes in QEMU's order, one
+pending in the image's metadata store (tables pinned there, so every reader
+sees them) until :meth:`Writer.commit`, run by ``flush()``/``close()`` or once
+enough piles up.  This is QEMU's write-back metadata cache.  A commit goes in
+QEMU's order (:meth:`MetadataStore.commit_tables` for stages 1 and 2), one
 flush barrier per stage:
 
 1. new refcount blocks (flush), then raised refcounts, reftable entries and
@@ -25,18 +26,17 @@ set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from dataclasses import replace as dc_replace
 
 import numpy as np
 
 from . import clusters as C
-from .allocator import RefcountAllocator, _runs
+from . import locking
+from .allocator import RefcountAllocator
 from .clusters import ClusterType
 from .errors import (CorruptImageError, EncryptedImageError, ImageInUseError, Qcow2Error,
-                     ReadOnlyError, RequestError, UnsupportedFeatureError)
-from .bitmaps import BME_FLAG_AUTO, BME_FLAG_IN_USE
-from .header import AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_KNOWN
-from . import locking
+                     RequestError, UnsupportedFeatureError)
+from .header import AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, FIELD_BY_NAME, INCOMPAT_KNOWN
+from .metadata import MetadataStore
 
 SUB = C.SUBCLUSTERS
 ALL_ALLOC = C.L2_BITMAP_ALL_ALLOC
@@ -46,6 +46,8 @@ ZERO_CHUNK = 8 << 20
 COMMIT_BYTES = 64 << 20
 COMMIT_TABLE_ENTRIES = 1 << 20      # pending L2 entries held as Python lists (~40 MB)
 COMMIT_FREES = 4096
+FEATURES_AT = FIELD_BY_NAME["incompatible_features"].offset
+CRYPT_AT = FIELD_BY_NAME["crypt_method"].offset
 
 
 def _alloc_range(a: int, b: int) -> int:
@@ -95,6 +97,7 @@ class Writer:
 
     def __init__(self, image) -> None:
         self.image = image
+        self.meta: MetadataStore = image.meta
         self._check_writable()
         self.locked = False
         self._locked_files = []
@@ -110,11 +113,9 @@ class Writer:
         except BaseException:
             self._unlock()
             raise
-        self.alloc = RefcountAllocator(image)
         self.prepared = False
         self.unflushed = False
         self.pending: dict[int, _Table] = {}        # by L1 index: uncommitted tables
-        self.pinned: dict[int, _Table] = {}         # the same, by table offset
         self.pending_frees: list[tuple[int, int]] = []
         self.pending_data = 0
         self._pending_drops: dict[int, int] = {}    # cluster -> pending decrements
@@ -125,25 +126,30 @@ class Writer:
         self._tables_created = 0
         self._meta_gen = None
 
+    @property
+    def alloc(self) -> RefcountAllocator:
+        """The store's refcounts and allocator."""
+        return self.meta.refcounts
+
     # -- opening ---------------------------------------------------------------------
     def _check_writable(self) -> None:
         im, h = self.image, self.image.header
         if im.snapshot is not None:
             raise RequestError("a snapshot view is read-only")
-        if h.corrupt and not getattr(im, "for_repair", False):
+        if h.corrupt and not im.for_repair:
             raise CorruptImageError("the image is marked corrupt; repair it (qemu-img check "
                                     "-r all) before writing", structure="incompatible_features",
-                                    offset=72)
+                                    offset=FEATURES_AT)
         if h.incompatible_features & ~INCOMPAT_KNOWN:
             raise UnsupportedFeatureError("unknown incompatible features",
-                                          structure="incompatible_features", offset=72)
+                                          structure="incompatible_features", offset=FEATURES_AT)
         if im.encrypted:
             raise EncryptedImageError("encrypted images cannot be written",
-                                      structure="crypt_method", offset=32)
-        if h.dirty and not getattr(im, "for_repair", False):
+                                      structure="crypt_method", offset=CRYPT_AT)
+        if h.dirty and not im.for_repair:
             raise Qcow2Error("the dirty bit is set (lazy refcounts were not written back); "
                              "repair the refcounts (qemu-img check -r all) before writing",
-                             structure="incompatible_features", offset=72)
+                             structure="incompatible_features", offset=FEATURES_AT)
         if im.data_file is None and im.has_data_file:
             raise Qcow2Error("the external data file is missing")
 
@@ -191,30 +197,20 @@ class Writer:
         them, so they become inconsistent, but stay accounted for (no leaks)."""
         if self.prepared:
             return
-        im = self.image
-        h = im.header
-        if h.version >= 3:
-            keep = h.autoclear_features & (AUTOCLEAR_DATA_FILE_RAW | AUTOCLEAR_BITMAPS)
-            if h.autoclear_features != keep:
-                im.file.pwrite(88, keep.to_bytes(8, "big"))
-                im.file.fsync()
-                im.header = h = h.replace(autoclear_features=keep)
-            if h.autoclear_features & AUTOCLEAR_BITMAPS and im.bitmaps:
-                marked = []
-                for b in im.bitmaps:
-                    if b.flags & BME_FLAG_AUTO and not b.flags & BME_FLAG_IN_USE:
-                        im.file.pwrite(b.offset + 12,
-                                       (b.flags | BME_FLAG_IN_USE).to_bytes(4, "big"))
-                        b = dc_replace(b, flags=b.flags | BME_FLAG_IN_USE)
-                    marked.append(b)
-                im.file.fsync()
-                im.bitmaps = marked
+        meta = self.meta
+        if meta.header.version >= 3:
+            keep = meta.header.autoclear_features & (AUTOCLEAR_DATA_FILE_RAW
+                                                     | AUTOCLEAR_BITMAPS)
+            if meta.header.autoclear_features != keep:
+                meta.write_header(autoclear_features=keep)
+            if keep & AUTOCLEAR_BITMAPS and meta.bitmaps:
+                meta.mark_bitmaps_in_use()
         self.prepared = True
 
     # -- public entry points -----------------------------------------------------------
     def write(self, offset: int, data) -> None:
         data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        self.image._check_request(offset, len(data))
+        self.image.check_request(offset, len(data))
         if not data:
             return
         self._prepare()
@@ -222,7 +218,7 @@ class Writer:
 
     def write_zeroes(self, offset: int, length: int) -> None:
         im = self.image
-        im._check_request(offset, length)
+        im.check_request(offset, length)
         if length == 0:
             return
         self._prepare()
@@ -330,18 +326,18 @@ class Writer:
         if t is not None:
             tables[l1i] = t
             return t
-        im = self.image
-        if l1i >= len(im._l1):
+        im, meta = self.image, self.meta
+        if l1i >= len(meta.l1):
             raise CorruptImageError(f"L1 index {l1i} lies past the L1 table",
-                                    structure="L1 table", offset=im.l1_table.offset)
-        l1e = im._l1[l1i]
+                                    structure="L1 table", offset=meta.l1_table.offset)
+        l1e = meta.l1[l1i]
         l2off = l1e & C.L1E_OFFSET_MASK
         if l2off and l1e & C.QCOW_OFLAG_COPIED:
-            raw, bm = im._l2(l2off, l1i)
+            raw, bm = meta.l2(l2off, l1i)
             t = _Table(l1i, l2off, list(raw), None if bm is None else list(bm), False)
         else:
             if l2off:   # shared with a snapshot: copy before changing (l2_allocate)
-                raw, bm = im._l2(l2off, l1i)
+                raw, bm = meta.l2(l2off, l1i)
                 raw, bm = list(raw), None if bm is None else list(bm)
             else:
                 raw = [0] * im.l2_size
@@ -402,7 +398,7 @@ class Writer:
                 del self._pending_drops[c]
         for host, n in undo.allocated:
             self.alloc.change(host, n, -1)
-        self.image._maps_cache = {}
+        self.meta.changed()
 
     def _run_inner(self, offset: int, length: int, data, zero: bool) -> None:
         im = self.image
@@ -551,8 +547,9 @@ class Writer:
         if lo == 0 and hi == cs:
             new, newbm = (0 if compressed else e), ALL_ZERO
         else:
-            if compressed:   # qemu: -ENOTSUP, the block layer writes zeros
-                raise _Fallback()
+            if compressed:   # qemu: -ENOTSUP; _zero_run writes zeros instead
+                raise RequestError("part of a compressed cluster cannot be zeroed in "
+                                   "its L2 entry")
             scs = cs // SUB
             r = _alloc_range(lo // scs, -(-hi // scs))
             new, newbm = e, (bm | (r << 32)) & ~r
@@ -645,25 +642,22 @@ class Writer:
             dst.pwrite(host, buf)
         for dst, off, piece in inplace:
             dst.pwrite(off, piece)
-        cache = im._l2_cache
+        meta = self.meta
         for t in tables.values():
             if not (t.new or t.changed):
                 continue
             if t.l1_index not in self.pending:
                 self.pending[t.l1_index] = t
-                self.pinned[t.offset] = t
+                meta.pin(t)
                 if t.new:
-                    entry = t.offset | C.QCOW_OFLAG_COPIED
-                    im._l1[t.l1_index] = entry
-                    im.l1_table.entries[t.l1_index] = entry
+                    meta.set_l1_entry(t.l1_index, t.offset | C.QCOW_OFLAG_COPIED)
                     if t.old_offset:
-                        cache.pop(t.old_offset, None)
+                        meta.drop_table(t.old_offset)
                         self.pending_frees.append((t.old_offset, im.cluster_size))
-            cache[t.offset] = (t.raw, t.bitmap)
+            meta.cache_table(t)
         if frees:
             self.pending_frees += frees
-            im._zcache = None
-        im._maps_cache = {}
+        meta.changed()
         self.pending_data += sum(n.hi - n.lo for n in news)
 
     def commit(self) -> None:
@@ -697,62 +691,23 @@ class Writer:
             t.old_offset = 0
             t.changed = set()
         self.pending.clear()
-        self.pinned.clear()
+        self.meta.unpin_all()
         self.pending_data = 0
-        im.file_size = im.file.size
         self.unflushed = True
 
     def _commit_stages(self) -> None:
-        im = self.image
-        f = im.file
-        alloc = self.alloc
-        es = im.header.l2_entry_size
-        tables = list(self.pending.values())
-        # stage 1: raised refcounts and new tables, with the data written so far
-        if alloc.write_new_blocks():
-            f.fsync()
-        alloc.write_dirty()
-        for t in tables:
-            if t.new:
-                f.pwrite(t.offset, _table_bytes(t.raw, t.bitmap))
-        if im.data_file is not None and self.pending_data:
-            im.data_file.fsync()
-        f.fsync()
-        # stage 2: entries of existing L2 tables, then the L1 entries of new ones
-        for t in tables:
-            if not t.new:
-                for a, b in _runs(sorted(t.changed)):
-                    f.pwrite(t.offset + es * a,
-                             _table_bytes(t.raw[a:b],
-                                          None if t.bitmap is None else t.bitmap[a:b]))
-        for a, b in _runs(sorted(t.l1_index for t in tables if t.new)):
-            f.pwrite(im.l1_table.offset + 8 * a,
-                     b"".join(v.to_bytes(8, "big") for v in im._l1[a:b]))
-        # stage 3: lower refcounts once nothing on disk refers to the clusters
+        """The store writes the tables in QEMU's order (stages 1 and 2); refcounts of
+        what lost its last reference are lowered after a flush (stage 3)."""
+        im, meta = self.image, self.meta
+        data_file = im.data_file if im.data_file is not None and self.pending_data else None
+        meta.commit_tables(list(self.pending.values()), data_file)
         if self.pending_frees:
-            f.fsync()
+            im.file.fsync()
             # in memory at once and for good: a retry writes the lowered blocks
             # again (stage 2 is durable by now) but must not lower them twice
             frees, self.pending_frees = self.pending_frees, []
             self._pending_drops = {}
-            for off, n in frees:
-                alloc.change(off, n, -1)
-            alloc.write_dirty()
-
-    def pinned_table_bytes(self, l2_offset: int) -> bytes | None:
-        """The current bytes of an L2 table with uncommitted changes (for readers)."""
-        t = self.pinned.get(l2_offset)
-        return None if t is None else _table_bytes(t.raw, t.bitmap)
-
-
-class _Fallback(Exception):
-    """A zero-write qemu cannot express in metadata: write zeros instead."""
-
-
-def _table_bytes(raw: list[int], bitmap: list[int] | None) -> bytes:
-    if bitmap is None:
-        return b"".join(v.to_bytes(8, "big") for v in raw)
-    return b"".join(r.to_bytes(8, "big") + m.to_bytes(8, "big") for r, m in zip(raw, bitmap))
+            meta.release(frees)
 
 
 def _coalesce(news: list[_NewCluster], src):

@@ -14,11 +14,10 @@ import numpy as np
 
 from .. import clusters as C
 from .. import metadata_ops as M
-from ..allocator import RefcountAllocator
 from ..create import COMPAT_VALUES, _bool
 from ..errors import RequestError
 from ..header import V3_HEADER_LENGTH_CT
-from ..refcounts import block_entries, encode_refcount_block, max_refcount
+from ..refcounts import block_entries, max_refcount
 
 AMENDABLE = ("compat", "refcount_bits", "lazy_refcounts")
 
@@ -44,17 +43,17 @@ def amend_image(image, options: dict, progress=None) -> None:
     if version < 3 and bits != 16:
         raise RequestError("Different refcount widths than 16 bits require compatibility "
                            "level 1.1 or above (use compat=1.1 or greater)")
-    writer = image._write_side()
+    image.require_writable()
     image.flush()
     if version > h.version:
         _upgrade(image)
     if lazy != image.header.lazy_refcounts:
-        M.write_header_fields(image, compatible_features=(
+        image.meta.write_header(compatible_features=(
             image.header.compatible_features & ~1) | int(lazy))
     if bits != image.header.refcount_bits:
-        change_refcount_width(image, writer, bits, progress)
+        change_refcount_width(image, bits, progress)
     if version < image.header.version:
-        _downgrade(image, writer)
+        _downgrade(image)
     M.reload(image)
 
 
@@ -70,7 +69,7 @@ def _upgrade(image) -> None:
     M.reload(image)
 
 
-def _downgrade(image, writer) -> None:
+def _downgrade(image) -> None:
     h = image.header
     if h.refcount_order != 4:
         raise RequestError("compat=0.10 requires refcount_bits=16")
@@ -82,18 +81,18 @@ def _downgrade(image, writer) -> None:
     if h.incompatible_features:
         raise RequestError(f"Cannot downgrade an image with incompatible features "
                            f"{h.incompatible_features:#x} set")
-    _expand_zero_clusters(image, writer.alloc)
+    _expand_zero_clusters(image)
     M.rewrite_header_cluster(image, version=2, header_length=72, incompatible_features=0,
                              compatible_features=0, autoclear_features=0)
     M.reload(image)
 
 
-def _expand_zero_clusters(image, alloc) -> None:
+def _expand_zero_clusters(image) -> None:
     """Zero-flag entries become what v2 can say (qcow2_expand_zero_clusters), in the
     active disk and every snapshot: unallocated when no backing file shows through,
     else a new cluster of zeros (counted once per L1 table sharing its L2 table); a
     preallocated zero cluster is written with zeros and keeps its place."""
-    cs, cb = image.cluster_size, image.cluster_bits
+    cb = image.cluster_bits
     zero = np.uint64(C.QCOW_OFLAG_ZERO)
     l1s = [image.l1_table.entries] + [image.snapshot_l1_table(s).entries
                                       for s in image.snapshots]
@@ -108,7 +107,8 @@ def _expand_zero_clusters(image, alloc) -> None:
             words = M.read_l2_words(image, l2off, l1i)
             zeros = ((words & zero) != 0) & ((words & M.COMPRESSED) == 0)
             if zeros.any():
-                _expand_table(image, alloc, l2off, words, zeros, alloc.refcount(l2off >> cb),
+                _expand_table(image, l2off, words, zeros,
+                              image.meta.refcounts.refcount(l2off >> cb),
                               data)
 
 
@@ -126,9 +126,10 @@ def _plain_data_clusters(image, l1s) -> set[int]:
     return out
 
 
-def _expand_table(image, alloc, l2off: int, words, zeros, l2_refcount: int,
+def _expand_table(image, l2off: int, words, zeros, l2_refcount: int,
                   data_clusters: set[int]) -> None:
     cs = image.cluster_size
+    alloc = image.meta.refcounts
     off = words & M.OFFSET_MASK
     new = words & ~np.uint64(C.QCOW_OFLAG_ZERO)
     fill = [int(o) for o in off[zeros & (off != 0)].tolist()]
@@ -147,21 +148,21 @@ def _expand_table(image, alloc, l2off: int, words, zeros, l2_refcount: int,
                 alloc.change(host, cs, l2_refcount - 1)
             new[i] = host | (C.QCOW_OFLAG_COPIED if l2_refcount == 1 else 0)
             fill.append(host)
-        M.sync_refcounts(image, alloc)   # counted before anything points there
+        M.sync_refcounts(image)   # counted before anything points there
     for host in fill:
         image.file.pwrite(host, bytes(cs))
     image.file.fsync()
-    image.file.pwrite(l2off, new.astype(">u8").tobytes())
+    image.meta.write_l2(l2off, new)
     image.file.fsync()
 
 
-def change_refcount_width(image, writer, bits: int, progress=None) -> None:
+def change_refcount_width(image, bits: int, progress=None) -> None:
     """Rewrite the refcount structure with ``bits``-wide entries."""
     cs = image.cluster_size
     order = bits.bit_length() - 1
-    old = writer.alloc
+    old = image.meta.refcounts
     nfile = -(-image.file.size // cs)
-    counts = np.zeros(max(nfile, M.last_used_cluster(image, old) + 1), dtype=np.uint64)
+    counts = np.zeros(max(nfile, M.last_used_cluster(image) + 1), dtype=np.uint64)
     for rti in range(len(old.reftable)):
         block = old.block(rti)
         if block is None:
@@ -190,20 +191,16 @@ def change_refcount_width(image, writer, bits: int, progress=None) -> None:
     total[:counts.size] = counts
     total[p:p + nblocks + tclusters] = 1
     table = np.zeros(tclusters * cs // 8, dtype=np.uint64)
-    f = image.file
+    meta = image.meta
     for j in range(nblocks):
         table[j] = (p + j) * cs
-        f.pwrite((p + j) * cs, encode_refcount_block(total[j * per:(j + 1) * per], order))
-    f.pwrite((p + nblocks) * cs, table.astype(">u8").tobytes())
-    f.fsync()
+        meta.put_refcount_block((p + j) * cs, total[j * per:(j + 1) * per], order)
+    meta.write_table((p + nblocks) * cs, table.astype(">u8").tobytes())
+    image.file.fsync()
     h = image.header
     old_spans = [(h.refcount_table_offset, h.refcount_table_clusters * cs)]
     old_spans += [(int(e) & C.REFT_OFFSET_MASK, cs) for e in old.reftable.tolist()
                   if int(e) & C.REFT_OFFSET_MASK]
-    M.write_header_fields(image, refcount_order=order,
-                          refcount_table_offset=(p + nblocks) * cs,
-                          refcount_table_clusters=tclusters)
-    M.reload(image)
-    writer.alloc = RefcountAllocator(image)
-    M.free_spans(image, writer.alloc, old_spans)
+    meta.switch_refcount_structure((p + nblocks) * cs, tclusters, refcount_order=order)
+    M.free_spans(image, old_spans)
     M.finish(progress, 1)

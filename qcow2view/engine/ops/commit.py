@@ -20,6 +20,7 @@ from ..errors import ImageInUseError, Qcow2Error, RequestError
 from ..fileio import HostFile
 from ..image import Image, RawImage, open_image
 from .convert import nonzero_runs
+from .resize import resize_image
 
 CHUNK = 4 << 20
 
@@ -98,7 +99,6 @@ def commit_image(overlay: str, base: str | None = None, *, keep: bool = False,
         else:
             with M.opened_writable(target.path) as dst:
                 if dst.virtual_size < top.virtual_size:
-                    from .resize import resize_image
                     resize_image(dst, top.virtual_size)
                 _copy(top, granule, flags, dst.write, dst.write_zeroes, progress)
     if not keep:
@@ -146,13 +146,12 @@ def empty_image(image) -> None:
     """Make every guest cluster of a writable ``image`` unallocated (reads from the
     backing file again), as qcow2_make_empty: the L1 table is cleared in one
     write, then its tables and clusters lose the active disk's reference."""
-    writer = image._write_side()
+    image.require_writable()
     image.flush()
     old = image.l1_table.entries.copy()
     if not old.any():
         return
-    image.file.pwrite(image.l1_table.offset, bytes(8 * old.size))
-    image.file.fsync()
-    M.change_l1_refcounts(image, writer.alloc, old, -1)
-    M.sync_refcounts(image, writer.alloc)
+    image.meta.write_l1(np.zeros(old.size, dtype=np.uint64))
+    M.change_l1_refcounts(image, old, -1)
+    M.sync_refcounts(image)
     M.reload(image)

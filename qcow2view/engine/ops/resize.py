@@ -47,7 +47,7 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         raise RequestError("Image size is too large")
     if image.has_data_file:
         raise RequestError("resizing images with an external data file is not supported here")
-    writer = image._write_side()
+    image.require_writable()
     image.flush()
     old_size = image.virtual_size
     if new_size == old_size:
@@ -58,15 +58,15 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
     if need * 8 > QCOW_MAX_L1_SIZE:
         raise RequestError("The image size is too large for file format 'qcow2'")
     if new_size > old_size:
-        M.grow_l1_table(image, writer.alloc, need)
-        M.write_header_fields(image, size=new_size)
+        image.meta.grow_l1(need)
+        image.meta.write_header(size=new_size)
         M.reload(image)
         _zero_over_backing(image, old_size, new_size)
     else:
-        M.write_header_fields(image, size=new_size)
+        image.meta.write_header(size=new_size)
         M.reload(image)
-        _discard_tail(image, writer.alloc, new_size)
-        _cut_file(image, writer.alloc)
+        _discard_tail(image, new_size)
+        _cut_file(image)
         M.reload(image)
     M.finish(progress, 1)
 
@@ -82,33 +82,31 @@ def _zero_over_backing(image, old_size: int, new_size: int) -> None:
     image.flush()
 
 
-def _discard_tail(image, alloc, new_size: int) -> None:
+def _discard_tail(image, new_size: int) -> None:
     cs, l2_size = image.cluster_size, image.l2_size
     keep_clusters = -(-new_size // cs)
     keep_l1 = -(-keep_clusters // l2_size)
     l1 = image.l1_table.entries.copy()
-    f = image.file
     step = 2 if image.extended_l2 else 1
     # the table that straddles the new end loses its tail entries
     first = keep_clusters - (keep_l1 - 1) * l2_size if keep_l1 else 0
     if keep_l1 and first < l2_size and l1[keep_l1 - 1] & np.uint64(C.L1E_OFFSET_MASK):
-        _cut_table(image, alloc, keep_l1 - 1, first, step)
+        _cut_table(image, keep_l1 - 1, first, step)
     # whole tables past the end leave the L1 table, then lose their references
     gone = l1[keep_l1:].copy()
     if (gone & np.uint64(C.L1E_OFFSET_MASK)).any():
-        f.pwrite(image.l1_table.offset + 8 * keep_l1, bytes(8 * len(gone)))
-        f.fsync()
+        image.meta.write_l1(np.zeros(len(gone), dtype=np.uint64), first=keep_l1)
         tables, data = M.l1_references(image, np.concatenate([np.zeros(keep_l1, np.uint64),
                                                               gone]))
-        M.change_refcounts(alloc, tables, -1)
-        M.change_refcounts(alloc, data, -1)
-        M.sync_refcounts(image, alloc)
+        M.change_refcounts(image, tables, -1)
+        M.change_refcounts(image, data, -1)
+        M.sync_refcounts(image)
     M.reload(image)
 
 
-def _cut_table(image, alloc, l1i: int, first: int, step: int) -> None:
+def _cut_table(image, l1i: int, first: int, step: int) -> None:
     """Zero the entries from ``first`` on in the L2 table of L1 entry ``l1i``."""
-    f = image.file
+    meta = image.meta
     cb = image.cluster_bits
     e = int(image.l1_table.entries[l1i])
     l2off = e & C.L1E_OFFSET_MASK
@@ -119,24 +117,22 @@ def _cut_table(image, alloc, l1i: int, first: int, step: int) -> None:
     if not tail.any():
         return
     words[first * step:] = 0
-    if e & C.QCOW_OFLAG_COPIED and alloc.refcount(l2off >> cb) == 1:
-        f.pwrite(l2off + 8 * first * step, bytes(8 * (len(words) - first * step)))
-        f.fsync()
-        M.change_refcounts(alloc, dropped, -1)
+    if e & C.QCOW_OFLAG_COPIED and meta.refcounts.refcount(l2off >> cb) == 1:
+        meta.write_l2(l2off, words[first * step:], first=first * step)
+        image.file.fsync()
+        M.change_refcounts(image, dropped, -1)
     else:
         # shared with a snapshot: the active disk gets its own copy (l2_allocate)
-        new = M.write_new_table(image, alloc, words.astype(">u8").tobytes())
-        f.pwrite(image.l1_table.offset + 8 * l1i,
-                 (new | C.QCOW_OFLAG_COPIED).to_bytes(8, "big"))
-        f.fsync()
-        M.change_refcounts(alloc, dropped, -1)
-        M.change_refcounts(alloc, np.array([l2off >> cb]), -1)
-    M.sync_refcounts(image, alloc)
+        new = meta.allocate_table(words.astype(">u8").tobytes())
+        meta.write_l1(np.array([new | C.QCOW_OFLAG_COPIED], dtype=np.uint64), first=l1i)
+        M.change_refcounts(image, dropped, -1)
+        M.change_refcounts(image, np.array([l2off >> cb]), -1)
+    M.sync_refcounts(image)
 
 
-def _cut_file(image, alloc) -> None:
+def _cut_file(image) -> None:
     """Cut the file after its last used cluster, as QEMU does after a shrink."""
-    end = (M.last_used_cluster(image, alloc) + 1) * image.cluster_size
+    end = (M.last_used_cluster(image) + 1) * image.cluster_size
     if 0 < end < image.file.size:
         image.file.truncate(end)
         image.file.fsync()

@@ -19,8 +19,9 @@ import numpy as np
 
 from .. import metadata_ops as M
 from ..errors import RequestError
-from ..snapshot_create import create_snapshot, snapshot_table_bytes, write_snapshot_table
+from ..snapshot_create import create_snapshot
 from ..snapshots import Snapshot
+from .resize import resize_image
 
 __all__ = ["list_snapshots", "create_snapshot", "apply_snapshot", "delete_snapshot",
            "SnapshotDeletePreview", "preview_delete"]
@@ -52,14 +53,11 @@ def apply_snapshot(image, key: str, progress=None) -> Snapshot:
     """Revert the disk of a writable ``image`` to snapshot ``key`` (qemu-img snapshot -a)."""
     _check_supported(image)
     sn = _find(image, key)
-    writer = image._write_side()
+    image.require_writable()
     image.flush()
     if sn.disk_size is not None and sn.disk_size != image.virtual_size:
-        from .resize import resize_image
         resize_image(image, sn.disk_size, shrink=True)
-    alloc = writer.alloc
-    M.grow_l1_table(image, alloc, sn.l1_size)
-    alloc = writer.alloc
+    image.meta.grow_l1(sn.l1_size)
     cur = image.l1_table
     sn_l1 = np.zeros(cur.size, dtype=np.uint64)
     sn_l1[:sn.l1_size] = image.snapshot_l1_table(sn).entries
@@ -72,19 +70,18 @@ def apply_snapshot(image, key: str, progress=None) -> Snapshot:
     # 1. the snapshot's tables lose COPIED (refcount 1 without COPIED is safe; the
     #    reverse is not), then whatever it reaches gains the active disk's reference
     new_l1 = M.clear_copied_in_tables(image, sn_l1)
-    M.change_refcounts(alloc, tables, +1)
-    M.change_refcounts(alloc, data, +1)
-    M.sync_refcounts(image, alloc)
+    M.change_refcounts(image, tables, +1)
+    M.change_refcounts(image, data, +1)
+    M.sync_refcounts(image)
     # 2. the active L1 becomes the snapshot's (in place, as QEMU)
-    image.file.pwrite(cur.offset, new_l1.astype(">u8").tobytes())
-    image.file.fsync()
+    image.meta.write_l1(new_l1)
     # 3. the old active disk loses its reference
-    M.change_refcounts(alloc, old_tables, -1)
-    M.change_refcounts(alloc, old_data, -1)
-    M.sync_refcounts(image, alloc)
+    M.change_refcounts(image, old_tables, -1)
+    M.change_refcounts(image, old_data, -1)
+    M.sync_refcounts(image)
     # 4. COPIED where the refcount is now 1
     M.reload(image)
-    M.fix_copied_flags(image, writer.alloc)
+    M.fix_copied_flags(image)
     M.reload(image)
     M.finish(progress, steps)
     return sn
@@ -95,25 +92,24 @@ def delete_snapshot(image, key: str, progress=None) -> Snapshot:
     """Delete snapshot ``key`` of a writable ``image`` (qemu-img snapshot -d)."""
     _check_supported(image)
     sn = _find(image, key)
-    writer = image._write_side()
+    image.require_writable()
     image.flush()
-    alloc = writer.alloc
     sn_l1 = image.snapshot_l1_table(sn).entries.copy()
     tables, data = M.l1_references(image, sn_l1, progress)    # cancellable: nothing changed yet
     # 1. the entry leaves the snapshot table (a new table; the old one is freed)
-    old = snapshot_table_bytes(image)
+    old = image.meta.snapshot_table_bytes()
     lo = sn.offset - image.header.snapshots_offset
-    write_snapshot_table(image, alloc, old[:lo] + old[lo + sn.entry_size:],
-                         len(image.snapshots) - 1)
+    image.meta.write_snapshot_table(old[:lo] + old[lo + sn.entry_size:],
+                                    len(image.snapshots) - 1)
     # 2. everything its L1 reaches loses one reference, then the L1 table goes
-    M.change_refcounts(alloc, tables, -1)
-    M.change_refcounts(alloc, data, -1)
-    M.sync_refcounts(image, alloc)
+    M.change_refcounts(image, tables, -1)
+    M.change_refcounts(image, data, -1)
+    M.sync_refcounts(image)
     if sn.l1_size:
-        M.free_spans(image, alloc, [(sn.l1_table_offset, sn.l1_size * 8)])
+        M.free_spans(image, [(sn.l1_table_offset, sn.l1_size * 8)])
     # 3. COPIED where the refcount is now 1
     M.reload(image)
-    M.fix_copied_flags(image, writer.alloc)
+    M.fix_copied_flags(image)
     M.reload(image)
     return sn
 
