@@ -29,7 +29,7 @@ def parse_resize(current: int, text: str) -> int:
         new = current + delta if text[0] == "+" else current - delta
     else:
         new = parse_size(text)
-    if new < 0:
+    if new <= 0:    # qemu-img resize refuses a size of 0 as well
         raise RequestError("New image size must be positive")
     return new
 
