@@ -117,16 +117,16 @@ def _open_rw(path: str):
 # -- snapshot -----------------------------------------------------------------------------
 def _snapshot(ns) -> int:
     from .engine.ops import snapshot as S
-    if not (ns.create or ns.apply or ns.delete):
+    if ns.create is None and ns.apply is None and ns.delete is None:   # "" is a name
         if not os.path.exists(ns.image):
             raise Qcow2Error("no such file", path=ns.image)
         with open_image(ns.image, ignore_backing_errors=True) as im:
             _print_snapshots(S.list_snapshots(im))
         return 0
     with _open_rw(ns.image) as im:
-        if ns.create:
+        if ns.create is not None:
             S.create_snapshot(im, ns.create)
-        elif ns.apply:
+        elif ns.apply is not None:
             S.apply_snapshot(im, ns.apply, _progress(ns))
         else:
             S.delete_snapshot(im, ns.delete, _progress(ns))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import qemu
-from ops_oracle import ours, twins
+from ops_oracle import assert_same_as_qemu, info_fields, ours, twins
 
 
 @pytest.fixture(scope="module")
@@ -26,3 +26,21 @@ def test_resize_to_zero_is_refused_as_qemu(small, tmp_path, capsys, size):
     assert "must be positive" in err and len(err.splitlines()) == 1
     assert qemu.compare(mine, small).returncode == 0
     assert qemu.info(mine)["virtual-size"] == 10 << 20
+
+
+def test_snapshot_delete_looks_up_by_name_only_as_qemu(small, tmp_path, capsys):
+    """qemu-img snapshot -d finds the snapshot by name (bdrv_snapshot_find): "-d 1" is
+    refused while snapshot id 1 exists under another name; "-d ''" deletes the snapshot
+    named '' (it was taken for "no -d at all" and listed instead)."""
+    base = tmp_path / "named.qcow2"
+    base.write_bytes(small.read_bytes())
+    for name in ("with space", "", "x"):
+        qemu.qemu_img("snapshot", "-c", name, base)
+    theirs, mine = twins(base, tmp_path)
+    p = qemu.qemu_img("snapshot", "-d", "1", theirs, check=False)
+    rc, _, err = ours(capsys, "snapshot", "-d", "1", mine)
+    assert p.returncode == rc == 1 and len(err.splitlines()) == 1
+    qemu.qemu_img("snapshot", "-d", "", theirs)
+    assert ours(capsys, "snapshot", "-d", "", mine)[0] == 0
+    assert_same_as_qemu(theirs, mine)
+    assert info_fields(mine)["snapshots"] == ["with space", "x"]

@@ -31,9 +31,10 @@ def list_snapshots(image) -> list[Snapshot]:
     return list(image.snapshots)
 
 
-def _find(image, key: str) -> Snapshot:
-    # qemu-img looks a snapshot up by id first, then by name
-    for s in image.snapshots:
+def _find(image, key: str, by_id: bool = True) -> Snapshot:
+    # qemu-img -a looks a snapshot up by id first, then by name; -d by name only
+    # (bdrv_snapshot_find), so "-d 2" never deletes the snapshot whose id is 2
+    for s in image.snapshots if by_id else ():
         if s.id_str == key:
             return s
     for s in image.snapshots:
@@ -91,7 +92,7 @@ def apply_snapshot(image, key: str, progress=None) -> Snapshot:
 def delete_snapshot(image, key: str, progress=None) -> Snapshot:
     """Delete snapshot ``key`` of a writable ``image`` (qemu-img snapshot -d)."""
     _check_supported(image)
-    sn = _find(image, key)
+    sn = _find(image, key, by_id=False)
     image.require_writable()
     image.flush()
     sn_l1 = image.snapshot_l1_table(sn).entries.copy()
@@ -123,7 +124,7 @@ class SnapshotDeletePreview:
 
 def preview_delete(image, key: str) -> SnapshotDeletePreview:
     """What deleting ``key`` would free: clusters only that snapshot references."""
-    sn = _find(image, key)
+    sn = _find(image, key, by_id=False)
     l1 = image.snapshot_l1_table(sn).entries
     tables, data = M.l1_references(image, l1)
     refs = np.concatenate([tables, data])
