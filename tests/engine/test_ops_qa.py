@@ -44,3 +44,18 @@ def test_snapshot_delete_looks_up_by_name_only_as_qemu(small, tmp_path, capsys):
     assert ours(capsys, "snapshot", "-d", "", mine)[0] == 0
     assert_same_as_qemu(theirs, mine)
     assert info_fields(mine)["snapshots"] == ["with space", "x"]
+
+
+def test_unsafe_rebase_onto_a_file_not_there_yet(small, tmp_path, capsys):
+    """rebase -u -F names a backing file that does not exist (yet), as qemu-img does --
+    the way to fix an overlay before its base is moved; without -F it is refused."""
+    top = qemu.create(tmp_path / "top.qcow2", "10M", backing=str(small), backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 6 1M 64k")
+    theirs, mine = twins(top, tmp_path)
+    qemu.qemu_img("rebase", "-u", "-b", "moved.qcow2", "-F", "qcow2", theirs)
+    assert ours(capsys, "rebase", "-u", "-b", "moved.qcow2", "-F", "qcow2", mine)[0] == 0
+    assert mine.read_bytes() == theirs.read_bytes()
+    p = qemu.qemu_img("rebase", "-u", "-b", "other.qcow2", theirs, check=False)
+    rc, _, err = ours(capsys, "rebase", "-u", "-b", "other.qcow2", mine)
+    assert p.returncode == rc == 1 and "backing format must be specified" in err
+    assert mine.read_bytes() == theirs.read_bytes()

@@ -41,7 +41,14 @@ def rebase_image(path: str, backing: str, backing_fmt: str | None = None, *,
         full = backing if os.path.isabs(backing) else os.path.join(
             os.path.dirname(os.path.abspath(path)), backing)
         if not os.path.exists(full):
-            raise RequestError(f"Could not open new backing file '{full}'")
+            # -u with -F names a file that is not there (yet), as qemu-img allows;
+            # without -F its format cannot be probed
+            if not unsafe:
+                raise RequestError(f"Could not open new backing file '{full}'")
+            if backing_fmt is None:
+                raise RequestError(f"Could not change the backing file to '{backing}': "
+                                   "backing format must be specified")
+            full = None
     with M.opened_writable(path, ignore_backing_errors=unsafe) as im:
         new = None
         if full:
