@@ -369,17 +369,21 @@ class AllocationModel(QObject):
                 self._counts[mode] = got
         return got
 
-    def prefetch(self, requests, cancel=lambda: False) -> None:
+    def prefetch(self, requests, cancel=lambda: False, progress=None) -> None:
         """Compute pictures ahead (may run in a worker thread: numpy drops the GIL).
 
-        ``requests`` are (mode, max_rows, width) tuples; results land in the cache.
+        ``requests`` are (mode, max_rows, width) tuples; results land in the cache,
+        and ``progress(done, total)`` tells after each one (so a view can show the
+        first while the others are binned).
         """
-        for mode, max_rows, width in requests:
+        for i, (mode, max_rows, width) in enumerate(requests):
             if cancel():
                 return
             if self.available(mode):
                 self.picture(mode, max_rows=max_rows, width=width)
                 self._mode_counts(mode)
+            if progress is not None:
+                progress(i + 1, len(requests))
 
     def _severity(self, mode: str) -> np.ndarray:
         if mode == "kind":

@@ -399,9 +399,14 @@ class HeatmapView(QWidget):
         # the shown mode first
         todo.sort(key=lambda t: t[0] != self._mode)
         self._prefetch = Worker("Preparing pictures",
-                                lambda _p, cancel: model.prefetch(todo, cancel), self)
+                                lambda p, cancel: model.prefetch(todo, cancel, p), self)
         self._prefetch.succeeded.connect(self._prefetched)
+        # the shown mode's picture is drawn as soon as it is binned, not after all
+        self._prefetch.progressed.connect(self._picture_binned)
         self._prefetch.start()
+
+    def _picture_binned(self, _task: str, _done: int, _total: int) -> None:
+        self._prefetched(None)
 
     def _prefetched(self, _result) -> None:
         pic = self.picture
