@@ -59,3 +59,28 @@ def test_unsafe_rebase_onto_a_file_not_there_yet(small, tmp_path, capsys):
     rc, _, err = ours(capsys, "rebase", "-u", "-b", "other.qcow2", mine)
     assert p.returncode == rc == 1 and "backing format must be specified" in err
     assert mine.read_bytes() == theirs.read_bytes()
+
+
+def test_commit_base_is_found_relative_to_the_chain_as_qemu(small, tmp_path, capsys,
+                                                            monkeypatch):
+    """commit -b BASE: a relative BASE names a file beside the image that points to it
+    (bdrv_find_backing_image), not one in the working directory."""
+    chains = {}
+    for side in ("q", "o"):
+        d = tmp_path / side
+        d.mkdir()
+        b0 = d / "b0.qcow2"
+        b0.write_bytes(small.read_bytes())
+        qemu.create(d / "b1.qcow2", "10M", backing="b0.qcow2", backing_fmt="qcow2")
+        qemu.qemu_io(d / "b1.qcow2", "write -P 2 1M 1M")
+        qemu.create(d / "t.qcow2", "10M", backing="b1.qcow2", backing_fmt="qcow2")
+        qemu.qemu_io(d / "t.qcow2", "write -P 3 2M 512")
+        chains[side] = d
+    monkeypatch.chdir(tmp_path)
+    p = qemu.qemu_img("commit", "-b", "q/b0.qcow2", "q/t.qcow2", check=False)
+    rc, _, err = ours(capsys, "commit", "-b", "o/b0.qcow2", "o/t.qcow2")
+    assert p.returncode == rc == 1 and len(err.splitlines()) == 1
+    qemu.qemu_img("commit", "-q", "-b", "b0.qcow2", "q/t.qcow2")
+    assert ours(capsys, "commit", "-b", "b0.qcow2", "o/t.qcow2")[0] == 0
+    for name in ("b0.qcow2", "b1.qcow2", "t.qcow2"):
+        assert_same_as_qemu(chains["q"] / name, chains["o"] / name)

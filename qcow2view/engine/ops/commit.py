@@ -48,9 +48,11 @@ def _pick_base(top: Image, base: str | None) -> int:
         raise RequestError("Image does not have a backing file", path=top.path)
     if base is None:
         return 1
-    want = os.path.realpath(base)
+    # as bdrv_find_backing_image: a relative BASE is taken from the directory of the
+    # image that names each candidate (not from the working directory)
     for depth, im in enumerate(chain[1:], 1):
-        if os.path.realpath(im.path) == want:
+        above = os.path.dirname(os.path.abspath(chain[depth - 1].path))
+        if os.path.realpath(os.path.join(above, base)) == os.path.realpath(im.path):
             return depth
     raise RequestError(f"'{base}' is not in the backing chain of '{top.path}'")
 
