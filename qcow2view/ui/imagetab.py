@@ -123,6 +123,7 @@ class ImageTab(QWidget):
         self.splitter.setStretchFactor(1, 4)
         self.splitter.setStretchFactor(2, 4)
         self._sized = False
+        self._closed = False        # close_document() was called: build nothing more
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         top = QHBoxLayout()
@@ -169,6 +170,8 @@ class ImageTab(QWidget):
         pyqtgraph is imported in slices first and this is called again when it is in."""
         if self._heatmap is not None and self._mapping is not None:
             return
+        if self._closed and not wait:
+            return      # a tick queued before the close: no picture (nor its worker) now
         imports = pyqtgraph_loader()
         if not imports.ready:
             if not wait:
@@ -433,6 +436,7 @@ class ImageTab(QWidget):
                 and self._mapping is not None and self._heatmap.ready)
 
     def close_document(self) -> None:
+        self._closed = True
         if self._heatmap is not None:
             self._heatmap.stop_prefetch()
         self.document.close()

@@ -106,7 +106,10 @@ class MainWindow(QMainWindow):
             tip="Free leaked clusters and fix refcounts, as 'qemu-img check -r all' (asks "
                 "first; writes to the image file)")
         self.act_about = self._act("&About qcow2view", self._about)
+        self._build_menus()
 
+    def _build_menus(self) -> None:
+        """The menu bar and the main toolbar over the actions."""
         m = self.menuBar().addMenu("&File")
         m.addAction(self.act_new)
         m.addAction(self.act_open)
