@@ -243,23 +243,47 @@ def changed_main(ns) -> int:
 
 # -- cat --------------------------------------------------------------------------------
 def _resolve(idx, path: str, partition: int | None):
-    """The file at ``path`` (symlinks followed, as virt-cat does)."""
-    import posixpath
-    for _ in range(MAX_SYMLINKS):
-        got = idx.find(path, partition)
+    """The file at ``path``, resolved one component at a time as the guest kernel would
+    (as virt-cat does): symlinks in any component followed (``/lib/os-release`` with
+    ``/lib -> usr/lib``), ``.``, ``..`` and repeated or trailing slashes."""
+    todo = [c for c in path.split("/") if c not in ("", ".")]
+    done: list[str] = []
+    volume, hops, f, asked = None, 0, None, partition
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            done = done[:-1]
+            f = None
+            continue
+        here = "/" + "/".join(done + [name])
+        got = [g for g in idx.find(here, partition) if volume is None or g.volume is volume]
         if not got:
             raise BadInput(f"{path}: no such file in the guest"
-                           + (f" (partition {partition})" if partition is not None else ""))
-        parts = {f.volume.partition.index for f in got}
-        if len(got) > 1 and len(parts) > 1 or len({id(f.volume) for f in got}) > 1:
+                           + (f" (partition {asked})" if asked is not None else ""))
+        parts = {g.volume.partition.index for g in got}
+        if len({id(g.volume) for g in got}) > 1:
             raise BadInput(f"{path}: on several filesystems (partitions "
                            f"{', '.join(map(str, sorted(parts)))}); choose one with --partition")
         f = got[0]
-        if f.info.type != "symlink":
-            return f
-        partition = f.volume.partition.index
-        path = posixpath.normpath(posixpath.join(posixpath.dirname(path), f.info.target))
-    raise BadInput(f"{path}: too many levels of symbolic links")
+        volume, partition = f.volume, f.volume.partition.index
+        if f.info.type == "symlink":
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise BadInput(f"{path}: too many levels of symbolic links")
+            target = f.info.target or ""
+            if target.startswith("/"):
+                done = []
+            todo = [c for c in target.split("/") if c not in ("", ".")] + todo
+            f = None
+            continue
+        if todo and f.info.type != "dir":
+            raise BadInput(f"{path}: not a directory")
+        done.append(name)
+    if f is None:       # the root directory, or a path that ends in ".."
+        raise BadInput(f"{path}: is a directory")
+    if path.endswith("/") and f.info.type != "dir":
+        raise BadInput(f"{path}: not a directory")
+    return f
 
 
 def cat_main(ns) -> int:

@@ -1,0 +1,65 @@
+"""QA pass over the guest commands: paths as users type them, names as Linux keeps
+them (bytes).  One small whole-disk ext4 made by mkfs.ext4 -d; the oracle is the
+source tree and debugfs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import qemu
+from guestdisks import need, sh, tool
+
+from qcow2view.cli import main
+
+MiB = 1 << 20
+BAD_NAME = b"bad\xff\xfename"        # not UTF-8: Linux names are bytes
+
+
+@pytest.fixture(scope="module")
+def usrmerge(tmp_path_factory):
+    """/lib -> usr/lib, /abs -> /usr/lib, /etc/os-release -> ../usr/lib/os-release
+    (a usrmerge layout) and a file whose name is not UTF-8."""
+    need("mkfs.ext4")
+    d = tmp_path_factory.mktemp("usrmerge")
+    src = d / "src"
+    (src / "usr/lib").mkdir(parents=True)
+    (src / "etc").mkdir()
+    (src / "usr/lib/os-release").write_text("ID=qa\n")
+    os.symlink("usr/lib", src / "lib")
+    os.symlink("/usr/lib", src / "abs")
+    os.symlink("../usr/lib/os-release", src / "etc/os-release")
+    with open(os.path.join(os.fsencode(src), b"etc/" + BAD_NAME), "wb") as f:
+        f.write(b"not utf-8\n")
+    raw = d / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(8 * MiB)
+    sh(tool("mkfs.ext4"), "-q", "-d", src, raw)
+    q = d / "disk.qcow2"
+    qemu.qemu_img("convert", "-O", "qcow2", raw, q)
+    return q
+
+
+def run(capsysbinary, *argv) -> tuple[int, bytes, str]:
+    rc = main([os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv])
+    out, err = capsysbinary.readouterr()
+    return rc, out, err.decode(errors="replace")
+
+
+@pytest.mark.parametrize("path", ["/lib/os-release", "/abs/os-release", "/etc/os-release",
+                                  "//usr/./lib/../lib/os-release", "usr/lib/os-release"])
+def test_cat_follows_symlinks_in_every_component(usrmerge, capsysbinary, path):
+    rc, out, err = run(capsysbinary, "cat", usrmerge, path)
+    assert (rc, out) == (0, b"ID=qa\n"), err
+
+
+@pytest.mark.parametrize("path,reason", [("/usr/lib/", "is a directory"),
+                                         ("/lib", "is a directory"),
+                                         ("/", "is a directory"),
+                                         ("/usr/lib/os-release/", "not a directory"),
+                                         ("/etc/os-release/x", "not a directory"),
+                                         ("/lib/nope", "no such file")])
+def test_cat_refuses_what_is_not_a_file(usrmerge, capsysbinary, path, reason):
+    rc, out, err = run(capsysbinary, "cat", usrmerge, path)
+    assert rc == 2 and out == b"" and reason in err and len(err.splitlines()) == 1
