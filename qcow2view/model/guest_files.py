@@ -562,10 +562,16 @@ class GuestContents(QObject):
         if gm is None or not ranges:
             return Summary(head, none, none, first, ranges)
         ucs = gm.cluster_size
-        guest = np.unique(np.concatenate(
-            [np.arange(g // ucs, (g + max(n, 1) - 1) // ucs + 1, dtype=np.int64)
-             for g, n in ranges]))
-        guest = guest[guest < len(gm.states)]
+        # a mask over the guest map, not an arange per range: a whole partition of a big
+        # disk is millions of clusters, held once (and as int32 where that fits)
+        entries = len(gm.states)
+        mask = np.zeros(entries, bool)
+        for g, n in ranges:
+            mask[g // ucs:min(entries, (g + max(n, 1) - 1) // ucs + 1)] = True
+        guest = np.flatnonzero(mask)
+        if entries < 1 << 31:
+            guest = guest.astype(np.int32)
+        del mask
         states, depth = gm.states[guest], gm.depth[guest]
         parts = [head]
         host = none
