@@ -179,8 +179,14 @@ Describe = Callable[[object, str], FileInfo]
 MAX_BAD_IN_A_ROW = 1000          # a directory is given up after this many bad entries
 
 
+#: (inode, name bytes) of every entry of a directory, read from its blocks: the
+#: names a library cannot give because they are not UTF-8 (Linux names are bytes)
+RawNames = Callable[[object], list[tuple[int, bytes]]]
+
+
 def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
-         dir_key: Callable[[object], int], src=None) -> None:
+         dir_key: Callable[[object], int], src=None, raw_names: RawNames | None = None
+         ) -> None:
     """Depth-first walk from ``root``; ``describe(entry, path)`` makes a FileInfo.
 
     A directory seen twice (a loop) is not entered again; unreadable directories and
@@ -200,7 +206,7 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
     listed = [0]
     while stack:
         entry, path, depth = stack.pop()
-        for sub, info in _entries(entry, path, describe, fs, src):
+        for sub, info in _entries(entry, path, describe, fs, src, raw_names):
             fs.files.append(info)
             listed[0] += 1
             if not listed[0] & 1023:
@@ -225,7 +231,8 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
                 stack.append((sub, info.path, depth + 1))
 
 
-def _entries(entry, path: str, describe: Describe, fs: Filesystem, src):
+def _entries(entry, path: str, describe: Describe, fs: Filesystem, src,
+             raw_names: RawNames | None = None):
     """(library entry, FileInfo) of each readable entry of one directory."""
     try:
         n = entry.number_of_sub_file_entries
@@ -234,10 +241,18 @@ def _entries(entry, path: str, describe: Describe, fs: Filesystem, src):
         fs.skipped += 1
         return
     bad = 0
+    undecoded: list[tuple[int, bytes]] | None = None
     for i in range(n):
         try:
             sub = entry.get_sub_file_entry(i)
-            name = sub.name
+            try:
+                name = sub.name
+            except (OSError, ValueError):
+                if raw_names is None:
+                    raise
+                if undecoded is None:
+                    undecoded = [(k, b) for k, b in raw_names(entry) if not _is_utf8(b)]
+                name = _take_name(undecoded, sub.inode_number)
             if name in (".", "..") or name is None:
                 continue
             info = describe(sub, f"{path}/{name}")
@@ -253,3 +268,21 @@ def _entries(entry, path: str, describe: Describe, fs: Filesystem, src):
             continue
         bad = 0
         yield sub, info
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _take_name(undecoded: list[tuple[int, bytes]], inode: int) -> str:
+    """The next not-UTF-8 name of ``inode`` in the directory, its bytes kept as
+    os.fsdecode keeps them (lone surrogates), so it prints and round-trips as bytes."""
+    for i, (k, b) in enumerate(undecoded):
+        if k == inode:
+            del undecoded[i]
+            return b.decode("utf-8", "surrogateescape")
+    raise ValueError("name is not UTF-8 and was not found in the directory's blocks")

@@ -173,6 +173,35 @@ def _describe(vol, known: dict):
     return describe
 
 
+MAX_DIR_BYTES = 64 << 20       # of one directory read for its raw names
+
+
+def _raw_names(src, block_size: int):
+    """(inode, name bytes) of a directory's entries, read from its blocks (linear and
+    htree leaf blocks share the format; the htree root's and nodes' fake entries and
+    the checksum tail have inode 0): for names libfsext cannot decode."""
+    def names(d) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        budget = MAX_DIR_BYTES
+        for i in range(min(d.number_of_extents, 4096)):
+            off, length, flags = d.get_extent(i)
+            if flags & 1 or budget <= 0:
+                continue
+            data = src.pread(off, min(length, budget))
+            budget -= len(data)
+            for b in range(0, len(data), block_size):
+                blk, pos = data[b:b + block_size], 0
+                while pos + 8 <= len(blk):
+                    ino, rec, nlen = struct.unpack_from("<IHB", blk, pos)
+                    if rec < 8 or pos + rec > len(blk):
+                        break
+                    if ino and 8 + nlen <= rec:
+                        out.append((ino, blk[pos + 8:pos + 8 + nlen]))
+                    pos += rec
+        return out
+    return names
+
+
 def read_ext(src, fs: Filesystem, tick) -> None:
     import pyfsext
     ext_metadata(src, fs)
@@ -194,7 +223,7 @@ def read_ext(src, fs: Filesystem, tick) -> None:
         except (OSError, ValueError, struct.error) as e:
             fs.problem(f"journal inode unreadable ({short_error(e)})")
         walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
-             lambda d: d.inode_number, src)
+             lambda d: d.inode_number, src, _raw_names(src, fs.block_size or 1024))
         _count_unreached(src, fs)
     except (OSError, ValueError) as e:
         src.reraise()

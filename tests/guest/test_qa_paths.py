@@ -63,3 +63,18 @@ def test_cat_follows_symlinks_in_every_component(usrmerge, capsysbinary, path):
 def test_cat_refuses_what_is_not_a_file(usrmerge, capsysbinary, path, reason):
     rc, out, err = run(capsysbinary, "cat", usrmerge, path)
     assert rc == 2 and out == b"" and reason in err and len(err.splitlines()) == 1
+
+
+def test_a_name_that_is_not_utf8_is_listed_as_its_bytes(usrmerge, capsysbinary):
+    """libfsext cannot decode such a name; it is read from the directory block instead
+    (it was an 'entry unreadable' problem and the file was missing)."""
+    import json
+    rc, out, err = run(capsysbinary, "ls", usrmerge, "--files", "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["problems"] == [], d["problems"]
+    paths = {f["path"] for f in d["partitions"][0]["filesystem"]["files"]}
+    assert "/etc/" + os.fsdecode(BAD_NAME) in paths
+    rc, out, _ = run(capsysbinary, "ls", usrmerge, "--files")
+    assert b"/etc/" + BAD_NAME + b"\n" in out           # printed as the bytes, as ls does
+    rc, out, err = run(capsysbinary, "cat", usrmerge, b"/etc/" + BAD_NAME)
+    assert (rc, out) == (0, b"not utf-8\n"), err
