@@ -55,9 +55,9 @@ class RefcountAllocator:
     # -- reading -----------------------------------------------------------------------
     def block(self, rti: int) -> np.ndarray | None:
         """Counts of refcount block ``rti`` (None where no block covers it)."""
-        b = self.blocks.get(rti)
-        if b is not None:
-            return b
+        counts = self.blocks.get(rti)
+        if counts is not None:
+            return counts
         if rti >= len(self.reftable):
             return None
         off = int(self.reftable[rti]) & REFT_OFFSET_MASK
@@ -68,99 +68,99 @@ class RefcountAllocator:
             raise CorruptImageError(f"refcount block offset {off:#x} is not cluster aligned",
                                     structure="refcount table entry", offset=where)
         buf = self.file.pread_exact(off, self.cs, f"refcount block {rti}")
-        b = np.array(decode_refcount_block(buf, self.order), dtype=np.uint64)
-        self.blocks[rti] = b
-        return b
+        counts = np.array(decode_refcount_block(buf, self.order), dtype=np.uint64)
+        self.blocks[rti] = counts
+        return counts
 
     def refcount(self, cluster: int) -> int:
-        rti, i = divmod(cluster, self.per)
-        b = self.block(rti)
-        return 0 if b is None else int(b[i])
+        rti, index = divmod(cluster, self.per)
+        counts = self.block(rti)
+        return 0 if counts is None else int(counts[index])
 
     # -- finding free clusters ---------------------------------------------------------
-    def find_free(self, n: int) -> int:
-        """First cluster of the first run of ``n`` free clusters at or after the hint."""
+    def find_free(self, count: int) -> int:
+        """First cluster of the first run of ``count`` free clusters at or after the hint."""
         per = self.per
-        c = self.free_hint
-        run_start, run = c, 0
+        cluster = self.free_hint
+        run_start, run = cluster, 0
         while True:
-            rti, bi = divmod(c, per)
-            b = self.block(rti)
-            if b is None:
+            rti, bi = divmod(cluster, per)
+            counts = self.block(rti)
+            if counts is None:
                 if run == 0:
-                    run_start = c
+                    run_start = cluster
                 run += per - bi
-                if run >= n:
+                if run >= count:
                     return run_start
-                c += per - bi
+                cluster += per - bi
                 continue
-            seg = b[bi:]
+            seg = counts[bi:]
             used = np.flatnonzero(seg)
             if used.size == 0:
                 if run == 0:
-                    run_start = c
+                    run_start = cluster
                 run += len(seg)
-                if run >= n:
+                if run >= count:
                     return run_start
-                c += len(seg)
+                cluster += len(seg)
                 continue
             first = int(used[0])
             if run == 0:
-                run_start = c
-            if run + first >= n:
+                run_start = cluster
+            if run + first >= count:
                 return run_start
-            if n == 1:
+            if count == 1:
                 gaps = np.flatnonzero(np.diff(used) > 1)
                 if gaps.size:
-                    return c + int(used[gaps[0]]) + 1
+                    return cluster + int(used[gaps[0]]) + 1
             else:
-                gaps = np.flatnonzero(np.diff(used) - 1 >= n)
+                gaps = np.flatnonzero(np.diff(used) - 1 >= count)
                 if gaps.size:
-                    return c + int(used[gaps[0]]) + 1
+                    return cluster + int(used[gaps[0]]) + 1
             last = int(used[-1])
             run = len(seg) - last - 1
-            run_start = c + last + 1
-            c += len(seg)
-            if run >= n:
+            run_start = cluster + last + 1
+            cluster += len(seg)
+            if run >= count:
                 return run_start
 
     # -- allocating --------------------------------------------------------------------
-    def alloc(self, n: int) -> int:
-        """Allocate ``n`` contiguous clusters (refcount 1, in memory); returns the first."""
+    def alloc(self, count: int) -> int:
+        """Allocate ``count`` contiguous clusters (refcount 1, in memory); returns the first."""
         per = self.per
         while True:
-            start = self.find_free(n)
-            for rti in range(start // per, (start + n - 1) // per + 1):
+            start = self.find_free(count)
+            for rti in range(start // per, (start + count - 1) // per + 1):
                 if self.block(rti) is None:
                     self._create_block(rti)
                     break
             else:
-                for rti in range(start // per, (start + n - 1) // per + 1):
+                for rti in range(start // per, (start + count - 1) // per + 1):
                     lo = max(start, rti * per) - rti * per
-                    hi = min(start + n, (rti + 1) * per) - rti * per
+                    hi = min(start + count, (rti + 1) * per) - rti * per
                     self.blocks[rti][lo:hi] += 1
                     self.dirty_blocks.add(rti)
-                if n == 1 or start == self.free_hint:
-                    self.free_hint = start + n
+                if count == 1 or start == self.free_hint:
+                    self.free_hint = start + count
                 return start
 
     def _create_block(self, rti: int) -> None:
         if rti >= len(self.reftable):
             self._grow_table(rti + 1)
             return
-        b = self.find_free(1)
-        brti = b // self.per
+        at = self.find_free(1)
+        brti = at // self.per
         if brti != rti and self.block(brti) is None:
             self._create_block(brti)
             return
         counts = np.zeros(self.per, dtype=np.uint64)
         self.blocks[rti] = counts
         if brti == rti:
-            counts[b % self.per] = 1          # the block counts itself
+            counts[at % self.per] = 1          # the block counts itself
         else:
-            self.blocks[brti][b % self.per] += 1
+            self.blocks[brti][at % self.per] += 1
             self.dirty_blocks.add(brti)
-        self.reftable[rti] = b * self.cs
+        self.reftable[rti] = at * self.cs
         self.generation = next(_GENERATIONS)
         self.new_blocks.add(rti)
         self.dirty_rt.add(rti)
@@ -170,21 +170,21 @@ class RefcountAllocator:
         """Add ``delta`` to the refcount of every cluster in ``offset..offset+length``."""
         first = offset >> self.cb
         last = (offset + length - 1) >> self.cb
-        for c in range(first, last + 1):
-            rti, i = divmod(c, self.per)
-            b = self.block(rti)
-            if b is None:
-                raise CorruptImageError(f"cluster {c:#x} has no refcount block",
+        for cluster in range(first, last + 1):
+            rti, index = divmod(cluster, self.per)
+            counts = self.block(rti)
+            if counts is None:
+                raise CorruptImageError(f"cluster {cluster:#x} has no refcount block",
                                         structure="refcount table", offset=offset)
-            v = int(b[i]) + delta
-            if v < 0 or v > self.max_rc:
+            value = int(counts[index]) + delta
+            if value < 0 or value > self.max_rc:
                 raise CorruptImageError(
-                    f"refcount of cluster at {c << self.cb:#x} would become {v}",
+                    f"refcount of cluster at {cluster << self.cb:#x} would become {value}",
                     structure="refcount block", offset=int(self.reftable[rti]) & REFT_OFFSET_MASK)
-            b[i] = v
+            counts[index] = value
             self.dirty_blocks.add(rti)
-            if v == 0 and c < self.free_hint:
-                self.free_hint = c
+            if value == 0 and cluster < self.free_hint:
+                self.free_hint = cluster
 
     def change_many(self, clusters: np.ndarray, delta: int) -> None:
         """Add ``delta`` to the refcount of each cluster index in ``clusters`` (a
@@ -205,9 +205,9 @@ class RefcountAllocator:
             new = block[idx].astype(np.int64) + part_n * delta
             bad = np.flatnonzero((new < 0) | (new > self.max_rc))
             if bad.size:
-                c = int(part_c[bad[0]])
+                cluster = int(part_c[bad[0]])
                 raise CorruptImageError(
-                    f"refcount of cluster at {c << self.cb:#x} would become "
+                    f"refcount of cluster at {cluster << self.cb:#x} would become "
                     f"{int(new[bad[0]])}", structure="refcount block",
                     offset=int(self.reftable[rti]) & REFT_OFFSET_MASK)
             block[idx] = new.astype(np.uint64)
@@ -251,45 +251,45 @@ class RefcountAllocator:
         old = self.reftable
         old_n = len(old)
         file_clusters = -(-self.file.size // cs)
-        p = max(old_n * per, file_clusters)
+        area = max(old_n * per, file_clusters)
         entries = max(min_entries, old_n + old_n // 2 + 1)
         nblocks, tclusters = 1, 1
         while True:
             tclusters = -(-entries * 8 // cs)
-            last_rti = (p + nblocks + tclusters - 1) // per
-            need_blocks = last_rti - p // per + 1
+            last_rti = (area + nblocks + tclusters - 1) // per
+            need_blocks = last_rti - area // per + 1
             need_entries = max(entries, last_rti + 1)
             if need_blocks == nblocks and need_entries == entries:
                 break
             nblocks, entries = max(nblocks, need_blocks), need_entries
         if tclusters * cs > QCOW_MAX_REFTABLE_SIZE:
             raise Qcow2Error("the refcount table would exceed QEMU's limit of 8 MiB")
-        first_rti = p // per
+        first_rti = area // per
         table = np.zeros(tclusters * cs // 8, dtype=np.uint64)
         table[:old_n] = old
-        area_end = p + nblocks + tclusters
-        f = self.file
+        area_end = area + nblocks + tclusters
+        file = self.file
         # blocks that count the new area (including themselves and the table)
         area_blocks: dict[int, np.ndarray] = {}
-        for j in range(nblocks):
-            rti = first_rti + j
+        for block_no in range(nblocks):
+            rti = first_rti + block_no
             counts = np.zeros(per, dtype=np.uint64)
-            lo, hi = max(p, rti * per), min(area_end, (rti + 1) * per)
+            lo, hi = max(area, rti * per), min(area_end, (rti + 1) * per)
             if hi > lo:
                 counts[lo - rti * per:hi - rti * per] = 1
             area_blocks[rti] = counts
-            table[rti] = (p + j) * cs
-            f.pwrite((p + j) * cs, encode_refcount_block(counts, self.order))
+            table[rti] = (area + block_no) * cs
+            file.pwrite((area + block_no) * cs, encode_refcount_block(counts, self.order))
         # blocks changed earlier in this request (raised counts only), among them
         # those counting blocks the new table points to: on disk before the table
         for rti in sorted(self.dirty_blocks):
-            f.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
-                     encode_refcount_block(self.blocks[rti], self.order))
-        f.pwrite((p + nblocks) * cs, table.astype(">u8").tobytes())
-        f.fsync()
+            file.pwrite(int(self.reftable[rti]) & REFT_OFFSET_MASK,
+                        encode_refcount_block(self.blocks[rti], self.order))
+        file.pwrite((area + nblocks) * cs, table.astype(">u8").tobytes())
+        file.fsync()
         # switch the header to the new table in one write, then free the old one
-        h = self.store.header
-        self.store.write_header(sync=False, refcount_table_offset=(p + nblocks) * cs,
+        header = self.store.header
+        self.store.write_header(sync=False, refcount_table_offset=(area + nblocks) * cs,
                                 refcount_table_clusters=tclusters)
         self.blocks.update(area_blocks)
         self.store.reftable = table
@@ -297,8 +297,8 @@ class RefcountAllocator:
         self.new_blocks.clear()
         self.dirty_rt.clear()
         self.generation = next(_GENERATIONS)
-        f.fsync()
-        self.change(h.refcount_table_offset, h.refcount_table_clusters * cs, -1)
+        file.fsync()
+        self.change(header.refcount_table_offset, header.refcount_table_clusters * cs, -1)
 
     # -- writing back ------------------------------------------------------------------
     def write_new_blocks(self) -> bool:

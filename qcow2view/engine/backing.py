@@ -51,8 +51,9 @@ def is_protocol_name(name: str) -> bool:
 
 
 def probe_format(path: str) -> str:
-    f = HostFile(path)      # refuses what QEMU's file driver refuses (directories, FIFOs)
+    # HostFile refuses what QEMU's file driver refuses (directories, FIFOs)
+    host_file = HostFile(path)
     try:
-        return "qcow2" if f.pread(0, 4) == QCOW_MAGIC else "raw"
+        return "qcow2" if host_file.pread(0, 4) == QCOW_MAGIC else "raw"
     finally:
-        f.close()
+        host_file.close()

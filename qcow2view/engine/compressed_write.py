@@ -43,18 +43,17 @@ def write_compressed(image, offset: int, data: bytes, *,
     if compressed is None:
         compressed = compress_clusters(data, cs, image.header.compression_type)
     streams: list[tuple[int, bytes]] = []     # (guest offset, compressed bytes)
-    for pos, z in zip(range(0, len(data), cs), compressed):
-        if len(z) >= cs - 512:
+    for pos, stream in zip(range(0, len(data), cs), compressed):
+        if len(stream) >= cs - 512:
             image.write(offset + pos, data[pos:pos + cs])
         else:
-            streams.append((offset + pos, z))
+            streams.append((offset + pos, stream))
     if not streams:
         return
     # every target needs an L2 table the active L1 owns alone
-    for g, _ in streams:
-        m = image.guest_mapping(g)
-        if m.l2_entry_offset is None:
-            image.write_zeroes(g, cs)        # creates the L2 table (a zero cluster)
+    for guest, _ in streams:
+        if image.guest_mapping(guest).l2_entry_offset is None:
+            image.write_zeroes(guest, cs)    # creates the L2 table (a zero cluster)
     image.flush()
     _write_streams(image, streams)
 
@@ -65,43 +64,39 @@ def _write_streams(image, streams: list[tuple[int, bytes]]) -> None:
     entries, and only then the clusters they replace freed."""
     cs = image.cluster_size
     meta = image.meta
-    f = image.file
-    alloc = meta.refcounts
-    total = sum(len(z) for _, z in streams)
-    n = -(-total // cs)
-    start = alloc.alloc(n)                   # refcount 1 each
-    host = start * cs
-    pos = host
+    refs = meta.refcounts
+    total = sum(len(stream) for _, stream in streams)
+    nclusters = -(-total // cs)
+    host = refs.alloc(nclusters) * cs           # refcount 1 each
     entries = []
-    for g, z in streams:
-        entries.append((g, image.layout.encode(pos, len(z))))
-        pos += len(z)
     # refcount = number of streams touching each host cluster
-    counts = np.zeros(n, dtype=np.int64)
-    p = host
-    for _, z in streams:
-        counts[(p - host) // cs:(p + len(z) - 1 - host) // cs + 1] += 1
-        p += len(z)
-    for i, c in enumerate(counts.tolist()):
-        if c > 1:
-            alloc.change(host + i * cs, cs, c - 1)
+    touching = np.zeros(nclusters, dtype=np.int64)
+    pos = host
+    for guest, stream in streams:
+        entries.append((guest, image.layout.encode(pos, len(stream))))
+        touching[(pos - host) // cs:(pos + len(stream) - 1 - host) // cs + 1] += 1
+        pos += len(stream)
+    for index, count in enumerate(touching.tolist()):
+        if count > 1:
+            refs.change(host + index * cs, cs, count - 1)
     meta.commit_refcounts()
-    f.pwrite(host, b"".join(z for _, z in streams))
-    f.fsync()
+    image.file.pwrite(host, b"".join(stream for _, stream in streams))
+    image.file.fsync()
     # now point the L2 entries at the streams, releasing whatever was there
     frees = []
-    for g, entry in entries:
-        m = image.guest_mapping(g)
-        if not meta.l1[m.l1_index] & C.QCOW_OFLAG_COPIED:
+    for guest, entry in entries:
+        where = image.guest_mapping(guest)
+        l1_entry = meta.l1[where.l1_index]
+        if not l1_entry & C.QCOW_OFLAG_COPIED:
             raise RequestError("the L2 table is shared with a snapshot; write compressed "
                                "clusters before taking snapshots")
-        l2_offset = meta.l1[m.l1_index] & C.L1E_OFFSET_MASK
-        old = int.from_bytes(f.pread_exact(m.l2_entry_offset, 8, "L2 entry"), "big")
+        old = int.from_bytes(image.file.pread_exact(where.l2_entry_offset, 8, "L2 entry"),
+                             "big")
         if old & C.L2E_OFFSET_MASK and not old & C.QCOW_OFLAG_COMPRESSED:
             frees.append((old & C.L2E_OFFSET_MASK, cs))
-        meta.write_l2_entries(l2_offset, m.l2_index, [entry],
+        meta.write_l2_entries(l1_entry & C.L1E_OFFSET_MASK, where.l2_index, [entry],
                               [0] if image.extended_l2 else None)
-    f.fsync()
+    image.file.fsync()
     if frees:
         meta.free(frees)
     meta.reload()

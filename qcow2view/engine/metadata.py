@@ -144,26 +144,26 @@ class MetadataStore:
 
     # -- reading the tables ----------------------------------------------------------------
     def _read_reftable(self) -> np.ndarray:
-        h = self.header          # bounded by Header.validate
-        rt = self.file.pread_exact(h.refcount_table_offset,
-                                   h.refcount_table_clusters * self.cluster_size,
-                                   "refcount table")
-        return C.be_u64(rt)
+        header = self.header     # bounded by Header.validate
+        table = self.file.pread_exact(header.refcount_table_offset,
+                                      header.refcount_table_clusters * self.cluster_size,
+                                      "refcount table")
+        return C.be_u64(table)
 
     def _read_snapshots(self) -> list[Snapshot]:
-        h = self.header
-        if not h.nb_snapshots:
+        header = self.header
+        if not header.nb_snapshots:
             return []
-        if h.snapshots_offset & (self.cluster_size - 1):
+        if header.snapshots_offset & (self.cluster_size - 1):
             raise CorruptImageError("snapshot table is not cluster aligned",
                                     structure="snapshots_offset",
                                     offset=FIELD_BY_NAME["snapshots_offset"].offset)
-        avail = min(self.file.size - h.snapshots_offset, QCOW_MAX_SNAPSHOTS_SIZE)
-        data = self.file.pread(h.snapshots_offset, avail)
-        return parse_snapshot_table(data, h.snapshots_offset, h.nb_snapshots)
+        avail = min(self.file.size - header.snapshots_offset, QCOW_MAX_SNAPSHOTS_SIZE)
+        data = self.file.pread(header.snapshots_offset, avail)
+        return parse_snapshot_table(data, header.snapshots_offset, header.nb_snapshots)
 
     def _read_bitmaps(self) -> list[Bitmap]:
-        ext = next((e for e in self.extensions if e.type == EXT_BITMAPS), None)
+        ext = next((ext for ext in self.extensions if ext.type == EXT_BITMAPS), None)
         if ext is None:
             return []
         nb, _, dsize, doff = struct.unpack_from(">IIQQ", ext.data)
@@ -179,24 +179,24 @@ class MetadataStore:
         return parse_bitmap_directory(data, doff, nb)
 
     def find_snapshot(self, key: str | int) -> Snapshot:
-        for s in self.snapshots:
-            if s.id_str == str(key):
-                return s
-        for s in self.snapshots:
-            if s.name == str(key):
-                return s
+        for snap in self.snapshots:
+            if snap.id_str == str(key):
+                return snap
+        for snap in self.snapshots:
+            if snap.name == str(key):
+                return snap
         raise RequestError(f"no snapshot with id or name {key!r}")
 
-    def check_snapshot_l1(self, s: Snapshot) -> tuple[int, int]:
-        if s.l1_size > QCOW_MAX_L1_SIZE // 8:
-            raise CorruptImageError(f"snapshot {s.name!r} L1 table of {s.l1_size} entries "
+    def check_snapshot_l1(self, snap: Snapshot) -> tuple[int, int]:
+        if snap.l1_size > QCOW_MAX_L1_SIZE // 8:
+            raise CorruptImageError(f"snapshot {snap.name!r} L1 table of {snap.l1_size} entries "
                                     "is too large", structure="snapshot l1_size",
-                                    offset=s.offset + 8)
-        if s.l1_table_offset & (self.cluster_size - 1):
-            raise CorruptImageError(f"snapshot {s.name!r} L1 table offset "
-                                    f"{s.l1_table_offset:#x} is not cluster aligned",
-                                    structure="snapshot l1_table_offset", offset=s.offset)
-        return s.l1_table_offset, s.l1_size
+                                    offset=snap.offset + 8)
+        if snap.l1_table_offset & (self.cluster_size - 1):
+            raise CorruptImageError(f"snapshot {snap.name!r} L1 table offset "
+                                    f"{snap.l1_table_offset:#x} is not cluster aligned",
+                                    structure="snapshot l1_table_offset", offset=snap.offset)
+        return snap.l1_table_offset, snap.l1_size
 
     def read_l1(self, offset: int, size: int, what: str) -> L1Table:
         if size == 0:
@@ -204,9 +204,9 @@ class MetadataStore:
         buf = self.file.pread_exact(offset, size * 8, what)
         return L1Table(offset, size, C.be_u64(buf))
 
-    def snapshot_l1_table(self, s: Snapshot) -> L1Table:
-        off, size = self.check_snapshot_l1(s)
-        return self.read_l1(off, size, f"L1 table of snapshot {s.name!r}")
+    def snapshot_l1_table(self, snap: Snapshot) -> L1Table:
+        off, size = self.check_snapshot_l1(snap)
+        return self.read_l1(off, size, f"L1 table of snapshot {snap.name!r}")
 
     def check_l2_offset(self, l2_offset: int, l1_index: int) -> None:
         entry_at = self.l1_table.offset + 8 * l1_index
@@ -297,9 +297,8 @@ class MetadataStore:
         """Re-read the header, refcount table, snapshot table and active L1 table
         after an operation rewrote them, and forget every cache (refcount blocks
         included).  Pending table changes must have been committed first."""
-        f = self.file
-        f.refresh_size()
-        self.header = read_header(f)
+        self.file.refresh_size()
+        self.header = read_header(self.file)
         self.reftable = self._read_reftable()
         self.snapshots = self._read_snapshots()
         if self.view is None:
@@ -321,8 +320,8 @@ class MetadataStore:
         (several fields at once) is atomic, as qcow2_update_header's single write."""
         named = [FIELD_BY_NAME[name] for name in values]      # KeyError: no such field
         new = self.header.replace(**values)
-        lo = min(f.offset for f in named)
-        hi = max(f.offset + f.size for f in named)
+        lo = min(field.offset for field in named)
+        hi = max(field.offset + field.size for field in named)
         self.file.pwrite(lo, new.pack()[lo:hi])
         if sync:
             self.file.fsync()
@@ -341,12 +340,12 @@ class MetadataStore:
         """Mark enabled ("auto") persistent bitmaps in use, as QEMU does while it
         has them open for writing."""
         marked = []
-        for b in self.bitmaps:
-            if b.flags & BME_FLAG_AUTO and not b.flags & BME_FLAG_IN_USE:
-                self.file.pwrite(b.offset + BITMAP_FLAGS_AT,
-                                 (b.flags | BME_FLAG_IN_USE).to_bytes(4, "big"))
-                b = dc_replace(b, flags=b.flags | BME_FLAG_IN_USE)
-            marked.append(b)
+        for bitmap in self.bitmaps:
+            if bitmap.flags & BME_FLAG_AUTO and not bitmap.flags & BME_FLAG_IN_USE:
+                self.file.pwrite(bitmap.offset + BITMAP_FLAGS_AT,
+                                 (bitmap.flags | BME_FLAG_IN_USE).to_bytes(4, "big"))
+                bitmap = dc_replace(bitmap, flags=bitmap.flags | BME_FLAG_IN_USE)
+            marked.append(bitmap)
         self.file.fsync()
         self.bitmaps = marked
 
@@ -362,18 +361,18 @@ class MetadataStore:
     def free(self, spans) -> None:
         """Drop one reference from each (offset, length) span, on disk at once:
         nothing may point there any more."""
-        for off, n in spans:
-            self.refcounts.change(off, n, -1)
+        for off, length in spans:
+            self.refcounts.change(off, length, -1)
         self.commit_refcounts()
 
     def allocate_table(self, data: bytes) -> int:
         """Write ``data`` (a table) into newly allocated clusters, refcounts first;
         returns its file offset.  Nothing points at it yet."""
         cs = self.cluster_size
-        n = max(1, -(-len(data) // cs))
-        off = self.refcounts.alloc(n) * cs
+        count = max(1, -(-len(data) // cs))
+        off = self.refcounts.alloc(count) * cs
         self.commit_refcounts()
-        self.file.pwrite(off, bytes(data) + bytes(n * cs - len(data)))
+        self.file.pwrite(off, bytes(data) + bytes(count * cs - len(data)))
         self.file.fsync()
         return off
 
@@ -486,29 +485,28 @@ class MetadataStore:
         2. the changed entries of existing tables, then the L1 entries of new ones.
 
         Every step rewrites what it wrote before, so a failed commit can be repeated."""
-        f = self.file
         if self.refcounts.write_new_blocks():
-            f.fsync()
+            self.file.fsync()
         self.refcounts.write_dirty()
-        for t in tables:
-            if t.new:
-                self.write_l2_entries(t.offset, 0, t.raw, t.bitmap)
+        for table in tables:
+            if table.new:
+                self.write_l2_entries(table.offset, 0, table.raw, table.bitmap)
         if data_file is not None:
             data_file.fsync()
-        f.fsync()
-        for t in tables:
-            if not t.new:
-                for lo, hi in runs_of(sorted(t.changed)):
-                    self.write_l2_entries(t.offset, lo, t.raw[lo:hi],
-                                          None if t.bitmap is None else t.bitmap[lo:hi])
-        for lo, hi in runs_of(sorted(t.l1_index for t in tables if t.new)):
+        self.file.fsync()
+        for table in tables:
+            if not table.new:
+                for lo, hi in runs_of(sorted(table.changed)):
+                    bitmap = None if table.bitmap is None else table.bitmap[lo:hi]
+                    self.write_l2_entries(table.offset, lo, table.raw[lo:hi], bitmap)
+        for lo, hi in runs_of(sorted(table.l1_index for table in tables if table.new)):
             self.write_l1_entries(lo, hi)
 
     def release(self, spans) -> None:
         """Stage 3: lower the refcounts of (offset, length) spans whose last reference
         is gone and flushed, and write the blocks (not flushed: the next flush does)."""
-        for off, n in spans:
-            self.refcounts.change(off, n, -1)
+        for off, length in spans:
+            self.refcounts.change(off, length, -1)
         self.refcounts.write_dirty()
 
     # -- the snapshot table --------------------------------------------------------------
@@ -519,13 +517,13 @@ class MetadataStore:
             return b""
         last = self.snapshots[-1]
         off = self.header.snapshots_offset
-        n = last.offset + last.entry_size - off
-        data = self.file.pread(off, n)
-        if len(data) < n - 7:
-            raise CorruptImageError(f"{n} bytes needed but the file ends at "
+        size = last.offset + last.entry_size - off
+        data = self.file.pread(off, size)
+        if len(data) < size - 7:
+            raise CorruptImageError(f"{size} bytes needed but the file ends at "
                                     f"{self.file.size:#x}", structure="snapshot table",
                                     offset=off)
-        return data + bytes(n - len(data))
+        return data + bytes(size - len(data))
 
     def write_snapshot_table(self, table: bytes, count: int) -> None:
         """Replace the snapshot table by ``table`` (``count`` packed entries), as

@@ -78,11 +78,11 @@ def opened_writable(path, **kwargs):
 def refuse_if_in_use(path) -> None:
     """Refuse a file some process holds with QEMU's locks (a raw file written
     directly, an output about to be replaced)."""
-    f = HostFile(path)
+    host_file = HostFile(path)
     try:
-        held = locking.held_lock_bytes(f.fd)
+        held = locking.held_lock_bytes(host_file.fd)
     finally:
-        f.close()
+        host_file.close()
     if held:
         raise ImageInUseError(f"{path} is in use ({locking.describe(held) or 'locked'}); is a "
                               "VM or another qemu process using it?", path=os.fspath(path))
@@ -273,7 +273,7 @@ def rewrite_header_cluster(image, *, backing_file: str | None = ...,
     """Write the header cluster anew in one write, as qcow2_update_header: header
     fields (``version=2`` ...), the extensions (the backing format one replaced;
     the feature name table only for version 3) and the backing file name."""
-    h = image.header.replace(**fields)
+    header = image.header.replace(**fields)
     name = image.backing_filename if backing_file is ... else (backing_file or None)
     fmt = image.backing_format if backing_fmt is ... else backing_fmt
     if not name:
@@ -281,15 +281,16 @@ def rewrite_header_cluster(image, *, backing_file: str | None = ...,
     exts = b""
     if fmt:
         exts += pack_extension(EXT_BACKING_FORMAT, fmt.encode())
-    for e in image.extensions:
-        if e.type in (EXT_BACKING_FORMAT, EXT_FEATURE_NAME_TABLE):
+    for ext in image.extensions:
+        if ext.type in (EXT_BACKING_FORMAT, EXT_FEATURE_NAME_TABLE):
             continue
-        exts += pack_extension(e.type, e.data)
-    if h.version >= 3:
+        exts += pack_extension(ext.type, ext.data)
+    if header.version >= 3:
         exts += pack_extension(EXT_FEATURE_NAME_TABLE, pack_feature_name_table())
     exts += bytes(8)
-    hlen = h.header_length if h.version >= 3 else V2_HEADER_LENGTH
+    hlen = header.header_length if header.version >= 3 else V2_HEADER_LENGTH
     bname = os.fsencode(name) if name else b""
-    h = h.replace(header_length=hlen, backing_file_offset=hlen + len(exts) if bname else 0,
-                  backing_file_size=len(bname))
-    image.meta.write_header_cluster(h.pack() + exts + bname)
+    header = header.replace(header_length=hlen,
+                            backing_file_offset=hlen + len(exts) if bname else 0,
+                            backing_file_size=len(bname))
+    image.meta.write_header_cluster(header.pack() + exts + bname)

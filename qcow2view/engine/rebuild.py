@@ -144,7 +144,7 @@ def rebuild_refcount_structure(image, counts: np.ndarray) -> RebuildPlan:
     ``counts`` are the walk's references per host cluster, already saturated at
     the image's refcount maximum (QEMU's in-memory refcount array).
     """
-    f = image.file
+    file = image.file
     meta = image.meta
     cs = image.cluster_size
     per = image.refcount_block_entries
@@ -164,7 +164,7 @@ def rebuild_refcount_structure(image, counts: np.ndarray) -> RebuildPlan:
         meta.put_refcount_block(at * cs, blk)
         table[rti] = at * cs
     meta.write_table(plan.table_cluster * cs, table.astype(">u8").tobytes())
-    f.fsync()
+    file.fsync()
     # one write switches both fields: the image uses the old or the new structure
     meta.switch_refcount_structure(plan.table_cluster * cs, plan.table_clusters)
     return plan

@@ -25,7 +25,7 @@ STORE_STATE = {"l1", "l1_table", "l2_cache", "pinned", "reftable", "snapshots", 
                "header", "maps_cache", "compressed_cache", "refcounts"}
 OLD_PRIVATES = {"_l1", "_l2", "_l2_cache", "_reftable", "_maps_cache", "_zcache", "_writer"}
 # the check's comparison is another engineer's (imports the check lazily, as before)
-LAZY_IMPORT_ALLOWED = {"maps.py", "compression.py"}
+LAZY_IMPORT_ALLOWED = {"maps.py"}
 
 
 def _modules():
