@@ -126,6 +126,14 @@ def _gpt_entries(read, h: GptHeader, ss: int, disk_size: int) -> tuple[list[Part
     return parts, None
 
 
+def _check_extents(parts: list[Partition], disk_size: int, table: PartitionTable) -> None:
+    for p in parts:
+        if p.size == 0:
+            table.problems.append(f"partition {p.index}: last LBA before its first")
+        elif p.start + p.size > disk_size:
+            table.problems.append(f"partition {p.index} ends past the end of the disk")
+
+
 def read_gpt(read, disk_size: int, ss: int, table: PartitionTable) -> bool:
     """Fill ``table`` from the primary GPT or, failing that, the backup."""
     last_lba = disk_size // ss - 1
@@ -135,6 +143,7 @@ def read_gpt(read, disk_size: int, ss: int, table: PartitionTable) -> bool:
         parts, why = _gpt_entries(read, primary, ss, disk_size)
         if why is None:
             table.kind, table.partitions, table.disk_guid = "gpt", parts, primary.disk_guid
+            _check_extents(parts, disk_size, table)
             table.regions += [Region(ss, ss, "GPT header"),
                               Region(primary.entries_lba * ss,
                                      primary.num_entries * primary.entry_size,
@@ -155,6 +164,7 @@ def read_gpt(read, disk_size: int, ss: int, table: PartitionTable) -> bool:
         parts, bwhy = _gpt_entries(read, backup, ss, disk_size)
         if bwhy is None:
             table.kind, table.partitions, table.disk_guid = "gpt", parts, backup.disk_guid
+            _check_extents(parts, disk_size, table)
             table.used_backup_gpt = True
             table.problems.append(f"primary GPT damaged ({why}); using the backup GPT "
                                   f"at LBA {lba}")
