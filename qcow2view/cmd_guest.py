@@ -257,6 +257,12 @@ def _resolve(idx, path: str, partition: int | None):
             continue
         here = "/" + "/".join(done + [name])
         got = [g for g in idx.find(here, partition) if volume is None or g.volume is volume]
+        if not got:         # FAT, exFAT and NTFS names are found whatever their case
+            got = [g for g in _find_any_case(idx, here, partition)
+                   if volume is None or g.volume is volume]
+        if got and got[0].path != here:
+            done = got[0].path.split("/")[1:-1]
+            name = got[0].path.rsplit("/", 1)[1]
         if not got:
             raise BadInput(f"{path}: no such file in the guest"
                            + (f" (partition {asked})" if asked is not None else ""))
@@ -284,6 +290,23 @@ def _resolve(idx, path: str, partition: int | None):
     if path.endswith("/") and f.info.type != "dir":
         raise BadInput(f"{path}: not a directory")
     return f
+
+
+CASE_BLIND = ("vfat", "exfat", "ntfs")
+
+
+def _find_any_case(idx, path: str, partition: int | None) -> list:
+    folded = getattr(idx, "_casefolded", None)
+    if folded is None:
+        folded = {}
+        for p, files in idx.by_path():
+            for f in files:
+                fs = f.volume.filesystem
+                if fs is not None and fs.type in CASE_BLIND:
+                    folded.setdefault(p.casefold(), []).append(f)
+        idx._casefolded = folded
+    return [f for f in folded.get(path.casefold(), [])
+            if partition is None or f.volume.partition.index == partition]
 
 
 def cat_main(ns) -> int:

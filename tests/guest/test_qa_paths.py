@@ -78,3 +78,29 @@ def test_a_name_that_is_not_utf8_is_listed_as_its_bytes(usrmerge, capsysbinary):
     assert b"/etc/" + BAD_NAME + b"\n" in out           # printed as the bytes, as ls does
     rc, out, err = run(capsysbinary, "cat", usrmerge, b"/etc/" + BAD_NAME)
     assert (rc, out) == (0, b"not utf-8\n"), err
+
+
+@pytest.fixture(scope="module")
+def fat_disk(tmp_path_factory):
+    need("mkfs.vfat", "mcopy")
+    d = tmp_path_factory.mktemp("fatcase")
+    raw = d / "fat.raw"
+    with open(raw, "wb") as f:
+        f.truncate(16 * MiB)
+    sh(tool("mkfs.vfat"), "-F", "16", raw)
+    (d / "grub.cfg").write_text("set timeout=5\n")
+    sh("mmd", "-i", raw, "::/EFI", "::/EFI/ubuntu")
+    sh("mcopy", "-i", raw, d / "grub.cfg", "::/EFI/ubuntu/grub.cfg")
+    q = d / "fat.qcow2"
+    qemu.qemu_img("convert", "-O", "qcow2", raw, q)
+    return q, raw
+
+
+@pytest.mark.parametrize("path", ["/EFI/ubuntu/grub.cfg", "/efi/UBUNTU/GRUB.CFG"])
+def test_fat_names_are_found_whatever_their_case(fat_disk, capsysbinary, path):
+    """FAT looks names up without regard to case (as the Linux vfat driver and mtools
+    do): cat of /efi/ubuntu/grub.cfg reads /EFI/ubuntu/grub.cfg."""
+    q, raw = fat_disk
+    want = sh("mtype", "-i", raw, "::/efi/UBUNTU/GRUB.CFG").encode()
+    rc, out, err = run(capsysbinary, "cat", q, path)
+    assert (rc, out) == (0, want), err
