@@ -547,6 +547,25 @@ class GuestContents(QObject):
             out[fo:fo + n] = img.read(g, n)
         return bytes(out[:info.size])
 
+    def describe_volume(self, vol: int) -> Summary:
+        """A partition (or LV) with what it holds, its bytes lit."""
+        gv = self.index.volumes[vol]
+        what = f"partition {gv.partition.index}" if gv.partition.index else "whole disk"
+        if gv.filesystem is not None:
+            what += f" ({gv.filesystem.type})"
+        return self.summary([(g, n) for _v, g, n in gv.volume.pieces], gv.volume.size,
+                            None, f"{what}: ")
+
+    def describe_file(self, f: IndexedFile, path: str) -> Summary:
+        """A file (by the name ``path``) with its extents and clusters lit."""
+        info = f.info
+        if info.inline:
+            none = np.zeros(0, np.int64)
+            return Summary(f"{path}: {info.size} bytes inline in the filesystem's metadata "
+                           "(no blocks of its own)", none, none)
+        return self.summary([(g, n) for _fo, g, n in info.extents], info.size,
+                            len(info.extents), f"{path}: ")
+
     def summary(self, ranges: list[tuple[int, int]], size: int, extents: int | None,
                 what: str = "") -> Summary:
         """The one-line summary and highlights of guest byte ``ranges``:

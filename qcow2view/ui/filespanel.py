@@ -271,25 +271,12 @@ class FilesPanel(QWidget):
         self.highlight.emit(s)
 
     def describe(self, node: Node) -> Summary | None:
-        idx = self.contents.index
-        if idx is None:
+        if self.contents.index is None:
             return None
         if node.kind in (PART, FS):
-            gv = idx.volumes[node.vol]
-            what = (f"partition {gv.partition.index}" if gv.partition.index
-                    else "whole disk")
-            if gv.filesystem is not None:
-                what += f" ({gv.filesystem.type})"
-            return self.contents.summary([(g, n) for _v, g, n in gv.volume.pieces],
-                                         gv.volume.size, None, f"{what}: ")
+            return self.contents.describe_volume(node.vol)
         if node.kind in (DIR, FILE) and node.file is not None:
-            info = node.file.info
-            what = f"{node.path}: "
-            if info.inline:
-                return Summary(f"{what}{info.size} bytes inline in the filesystem's metadata "
-                               "(no blocks of its own)", *([],) * 2)
-            return self.contents.summary([(g, n) for _fo, g, n in info.extents], info.size,
-                                         len(info.extents), what)
+            return self.contents.describe_file(node.file, node.path)
         return None
 
     def _activated(self, index: QModelIndex) -> None:
