@@ -372,3 +372,31 @@ def test_hovering_a_byte_names_its_field(qtbot, window, gpt_disk, monkeypatch): 
              if (v.hit(v.x_hex + 1, y) or (None,))[0] == 512)
     v.viewportEvent(QHelpEvent(QEvent.ToolTip, QPoint(v.x_hex + 1, y), QPoint(0, 0)))
     assert shown and shown[0].startswith("0x200: ") and "GPT header signature" in shown[0]
+
+
+def test_snapshot_sharing_and_changes_against_a_snapshot(qtbot, window, gpt_disk, tmp_path):  # noqa: F811,E501
+    """qemu-img snapshot -c s1: every cluster of a file is shared with s1; after qemu-io
+    rewrites part of /etc/fstab, 'Changed vs snapshot s1' lists it."""
+    img = tmp_path / "snap.qcow2"
+    shutil.copyfile(gpt_disk.qcow2, img)
+    qemu_img("snapshot", "-c", "s1", img)
+    tab = window.open_path(str(img))
+    wait_ready(qtbot, tab)
+    contents = _files_ready(qtbot, tab)
+    f = contents.resolve("2:/data/big.bin")[0]
+    s = contents.describe_file(f, "/data/big.bin")
+    n = len(s.host_clusters)
+    assert f"{n} host clusters, {n} shared with snapshot s1" in s.text
+    fstab = contents.resolve("2:/etc/fstab")[0].info.extents[0][1]
+    window.close_all()
+    import qemu
+    qemu.qemu_io(img, f"write -P 0x23 {fstab} 5")
+    tab = window.open_path(str(img))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    panel: FilesPanel = tab.pane("files")
+    panel.show_changes("s1")
+    qtbot.waitUntil(lambda: panel.model.changes is not None, timeout=30000)
+    rows = [n for n in (i.data(NODE_ROLE) for i in _all(panel.model)) if n.kind == FILE]
+    want = sum(b != 0x23 for b in (gpt_disk.src / "etc/fstab").read_bytes()[:5])
+    assert [(n.path, panel.model.bytes_changed(n)) for n in rows] == [("/etc/fstab", want)]
