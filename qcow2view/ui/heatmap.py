@@ -268,8 +268,10 @@ class HeatmapView(QWidget):
         if not m.available(mode):
             self.picture = None
             self.item.clear()
-            self.placeholder.setText("Building maps…" if m.host_map is None
-                                     and m.guest_map is None else "Map not available")
+            self.placeholder.setText(
+                "Building maps…" if m.host_map is None and m.guest_map is None else
+                "Waits for the guest's files (see Files)" if mode == "fs" else
+                "Map not available")
             self.placeholder.show()
             self.legend.set_entries([])
             self.info.setText("")
