@@ -19,6 +19,15 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     p.add_argument("-q", action="store_true", dest="quiet", help="quiet")
     p.add_argument("-f", dest="fmt", help="image format (qcow2; raw where qemu-img allows it)")
     p.add_argument("-p", action="store_true", dest="progress", help="show progress")
+    # qemu-img options that change nothing here, accepted so scripts written for
+    # qemu-img run unchanged: cache modes (the engine flushes as QEMU orders it)
+    if cmd in ("commit", "rebase", "convert"):
+        p.add_argument("-t", dest="cache", metavar="CACHE", help="(accepted, no effect)")
+    if cmd in ("rebase", "convert"):
+        p.add_argument("-T", dest="src_cache", metavar="CACHE", help="(accepted, no effect)")
+    if cmd in ("snapshot", "measure"):
+        p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
+                       help="open an image in use (reading never takes a lock here)")
     if cmd == "snapshot":
         p.description = "List, create, apply or delete internal snapshots (qemu-img snapshot)."
         g = p.add_mutually_exclusive_group()
@@ -31,6 +40,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.description = "Change the virtual size (qemu-img resize)."
         p.add_argument("--shrink", action="store_true", help="allow shrinking (data past "
                        "the new end is lost)")
+        p.add_argument("--preallocation", choices=("off",), default="off",
+                       help="off only (the new clusters are allocated when written)")
         p.add_argument("image")
         p.add_argument("size", help="[+|-]SIZE")
     elif cmd == "commit":
@@ -53,8 +64,10 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-l", dest="snapshot", help="snapshot.name=NAME or snapshot.id=ID")
         p.add_argument("-m", dest="threads", type=int, default=2, help="compression threads")
         p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
-        p.add_argument("-U", action="store_true", dest="force_share",
+        p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
                        help="copy a source that is in use")
+        p.add_argument("-S", dest="sparse_size", metavar="SIZE",
+                       help="(accepted; zero clusters are always left unallocated)")
         p.add_argument("src")
         p.add_argument("dst")
     elif cmd == "amend":

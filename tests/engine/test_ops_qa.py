@@ -84,3 +84,32 @@ def test_commit_base_is_found_relative_to_the_chain_as_qemu(small, tmp_path, cap
     assert ours(capsys, "commit", "-b", "b0.qcow2", "o/t.qcow2")[0] == 0
     for name in ("b0.qcow2", "b1.qcow2", "t.qcow2"):
         assert_same_as_qemu(chains["q"] / name, chains["o"] / name)
+
+
+@pytest.mark.parametrize("args", [
+    ("snapshot", "-U", "-l", "{img}"),
+    ("measure", "--force-share", "-O", "qcow2", "{img}"),
+    ("resize", "--preallocation=off", "{img}", "+1M"),
+    ("commit", "-t", "none", "{img}"),
+    ("rebase", "-t", "none", "-T", "none", "-u", "-b", "{base}", "-F", "qcow2", "{img}"),
+    ("convert", "-t", "none", "-T", "none", "-S", "4k", "-O", "qcow2", "{img}", "{out}"),
+])
+def test_qemu_img_options_that_change_nothing_are_accepted(small, tmp_path, capsys, args):
+    """Scripts written for qemu-img pass cache modes (-t/-T), -U and -S: they were
+    usage errors (exit 2) here."""
+    done = {}
+    for side in ("q", "o"):           # commit writes into the base: one base each
+        d = tmp_path / side
+        d.mkdir()
+        (d / "base.qcow2").write_bytes(small.read_bytes())
+        top = qemu.create(d / "top.qcow2", "10M", backing="base.qcow2", backing_fmt="qcow2")
+        qemu.qemu_io(top, "write -P 6 1M 64k")
+        argv = [a.format(img=top, base="base.qcow2", out=d / "out.qcow2") for a in args]
+        if side == "q":
+            qemu.qemu_img(*argv)
+        else:
+            rc, _, err = ours(capsys, *argv)
+            assert rc == 0, err
+        done[side] = d
+    for name in ("base.qcow2", "top.qcow2") + (("out.qcow2",) if args[0] == "convert" else ()):
+        assert_same_as_qemu(done["q"] / name, done["o"] / name)
