@@ -433,7 +433,7 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
     """Set the refcounts of ``clusters`` to ``values`` block by block, then flush."""
     if len(clusters) == 0:
         return 0
-    f = image.file
+    file = image.file
     cs = image.cluster_size
     order = image.header.refcount_order
     per = disk.per_block
@@ -444,8 +444,8 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
     rtis = clusters // per
     blocks, starts = np.unique(rtis, return_index=True)
     ends = np.r_[starts[1:], len(clusters)]
-    for rti, a, b in zip(blocks.tolist(), starts.tolist(), ends.tolist()):
-        members, vals = clusters[a:b], values[a:b]
+    for rti, lo, hi in zip(blocks.tolist(), starts.tolist(), ends.tolist()):
+        members, vals = clusters[lo:hi], values[lo:hi]
         rt = image.refcount_table
         off = int(rt[rti]) & C.REFT_OFFSET_MASK if rti < len(rt) else 0
         if not off or off & (cs - 1):
@@ -454,45 +454,45 @@ def _write_refcounts(image, disk: DiskRefcounts, clusters: np.ndarray,
                                     structure="refcount table entry",
                                     offset=image.header.refcount_table_offset + 8 * rti,
                                     path=image.path)
-        counts = decode_refcount_block(read_zero_filled(f, off, cs), order)
+        counts = decode_refcount_block(read_zero_filled(file, off, cs), order)
         counts[members - rti * per] = vals
         meta.put_refcount_block(off, counts)
         disk.forget([rti])
         done += len(members)
-    f.fsync()
+    file.fsync()
     return done
 
 
 def _fix_copied(image, entries: list[tuple[int, int, bool, int]],
                 overlaps: set[int]) -> int:
-    f = image.file
+    file = image.file
     cb = image.cluster_bits
-    n = 0
+    fixed = 0
     for eo, raw, is_l1, table in entries:
-        if not is_l1 and any(c in overlaps for c in
+        if not is_l1 and any(cluster in overlaps for cluster in
                              range(table >> cb, ((table + image.cluster_size - 1) >> cb) + 1)):
             # an "L2 table" that is also other metadata or guest data: QEMU's
             # overlap check refuses the write, we leave the entry alone
             continue
-        cur = struct.unpack(">Q", f.pread(eo, 8))[0]
+        cur = struct.unpack(">Q", file.pread(eo, 8))[0]
         if cur != raw:
             continue
         # the store knows an active L1 entry by its offset (is_l1) and updates it
         image.meta.write_table_entry(eo, raw ^ C.QCOW_OFLAG_COPIED)
-        n += 1
-    if n:
-        f.fsync()
+        fixed += 1
+    if fixed:
+        file.fsync()
         image.invalidate_caches()
-    return n
+    return fixed
 
 
 def _mark_clean(image) -> None:
     """qcow2_mark_clean + qcow2_mark_consistent: clear the dirty and corrupt bits."""
-    h = image.header
-    if h.version < 3:
+    header = image.header
+    if header.version < 3:
         return
-    bits = h.incompatible_features & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT)
+    bits = header.incompatible_features & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT)
     if not bits:
         return
-    image.meta.write_header(incompatible_features=h.incompatible_features & ~bits)
+    image.meta.write_header(incompatible_features=header.incompatible_features & ~bits)
 

@@ -95,40 +95,42 @@ class Image:
 
     # -- opening --------------------------------------------------------------------
     def _open(self, snapshot, ignore_backing_errors: bool, chain: tuple[str, ...]) -> None:
-        f = self.file
-        head = header_probe(f)
-        h = Header.parse(head, file_size=f.size)
-        self.cluster_bits = h.cluster_bits
-        self.cluster_size = cs = h.cluster_size
-        if len(head) < min(cs, f.size):
-            head = f.pread(0, min(cs, f.size))
-        ext_end = h.backing_file_offset if h.backing_file_offset > h.extensions_offset else cs
+        host_file = self.file
+        head = header_probe(host_file)
+        header = Header.parse(head, file_size=host_file.size)
+        self.cluster_bits = header.cluster_bits
+        self.cluster_size = cs = header.cluster_size
+        if len(head) < min(cs, host_file.size):
+            head = host_file.pread(0, min(cs, host_file.size))
+        name_at = header.backing_file_offset
+        ext_end = name_at if name_at > header.extensions_offset else cs
         self.extensions: list[HeaderExtension] = (
-            parse_extensions(head, h.extensions_offset, ext_end) if h.version >= 2 else [])
+            parse_extensions(head, header.extensions_offset, ext_end)
+            if header.version >= 2 else [])
         self.feature_names = feature_name_table(self.extensions)
-        unknown = h.incompatible_features & ~INCOMPAT_KNOWN
+        unknown = header.incompatible_features & ~INCOMPAT_KNOWN
         if unknown:
             names = feature_bit_names(FEATURE_INCOMPATIBLE, unknown, self.feature_names)
             raise UnsupportedFeatureError(
                 f"unsupported incompatible features: {', '.join(names)} "
                 f"(bits {unknown:#x})", structure="incompatible_features",
                 offset=FIELD_BY_NAME["incompatible_features"].offset)
-        self.l2_bits = h.l2_bits
-        self.l2_size = h.l2_size
-        self.extended_l2 = h.extended_l2
-        self.layout = CompressionLayout(h.cluster_bits)
-        self.encrypted = h.crypt_method != 0
+        self.l2_bits = header.l2_bits
+        self.l2_size = header.l2_size
+        self.extended_l2 = header.extended_l2
+        self.layout = CompressionLayout(header.cluster_bits)
+        self.encrypted = header.crypt_method != 0
         # QEMU keeps the name as a C string: up to the first NUL; empty means none
-        name = (head[h.backing_file_offset:h.backing_file_offset + h.backing_file_size]
-                .split(b"\0", 1)[0] if h.backing_file_offset else b"")
+        name = (head[name_at:name_at + header.backing_file_size].split(b"\0", 1)[0]
+                if name_at else b"")
         self.backing_filename = name.decode("utf-8", "replace") if name else None
         self.backing_format = self._ext_text(EXT_BACKING_FORMAT)
         self.data_file_name = self._ext_text(EXT_DATA_FILE)
-        self.has_data_file = h.has_data_file
+        self.has_data_file = header.has_data_file
         # The view of a snapshot keeps today's virtual size, as `qemu-img convert -l`
         # reads it (past a smaller snapshot's L1 table the disk is unallocated); the
         # size the snapshot had is `snapshot.disk_size` (what `snapshot -a` restores).
-        self.meta = MetadataStore(f, h, self.extensions, snapshot=snapshot,
+        self.meta = MetadataStore(host_file, header, self.extensions, snapshot=snapshot,
                                   writable=self.writable)
         # L2 entry bits that keep a read off the fast path: anything but COPIED and a
         # cluster-aligned offset (compressed, zero, reserved bits, misalignment)
@@ -247,9 +249,9 @@ class Image:
                 raise BackingFileError(info_err, structure="backing file name",
                                        offset=self.header.backing_file_offset)
             return
-        b = self.backing
-        self.backing_chain = [BackingInfo(1, name, path, fmt, True, b.virtual_size)]
-        for sub in b.backing_chain:
+        backing = self.backing
+        self.backing_chain = [BackingInfo(1, name, path, fmt, True, backing.virtual_size)]
+        for sub in backing.backing_chain:
             self.backing_chain.append(BackingInfo(sub.depth + 1, sub.filename, sub.path,
                                                   sub.format, sub.found, sub.virtual_size,
                                                   sub.error))
@@ -374,8 +376,8 @@ class Image:
 
     # -- tables (read through the metadata store) ------------------------------------------
     def snapshot_l1_table(self, snapshot: Snapshot | str | int) -> L1Table:
-        s = snapshot if isinstance(snapshot, Snapshot) else self.find_snapshot(snapshot)
-        return self.meta.snapshot_l1_table(s)
+        snap = snapshot if isinstance(snapshot, Snapshot) else self.find_snapshot(snapshot)
+        return self.meta.snapshot_l1_table(snap)
 
     def read_l2_bytes(self, l2_offset: int, l1_index: int = -1) -> bytes:
         """The L2 table's bytes (with the changes writes have not committed yet)."""
@@ -462,15 +464,15 @@ class Image:
 
     def refcounts(self, nclusters: int | None = None) -> np.ndarray:
         """Refcounts of host clusters 0..nclusters-1 (default: the whole file)."""
-        n = self.host_clusters if nclusters is None else nclusters
-        out = np.zeros(n, dtype=np.uint64)
+        count = self.host_clusters if nclusters is None else nclusters
+        out = np.zeros(count, dtype=np.uint64)
         per = self.refcount_block_entries
-        for rti in range(min(len(self.meta.reftable), -(-n // per))):
+        for rti in range(min(len(self.meta.reftable), -(-count // per))):
             blk = self.refcount_block(rti)
             if blk is None:
                 continue
             lo = rti * per
-            hi = min(n, lo + per)
+            hi = min(count, lo + per)
             out[lo:hi] = blk[1][:hi - lo]
         return out
 
@@ -504,12 +506,12 @@ class Image:
             l1 = meta.l1
             l1i = cidx >> self.l2_bits
             if l1i < len(l1):
-                t = meta.l2_cache.get(l1[l1i] & C.L1E_OFFSET_MASK)
-                if t is not None and t[1] is None:
-                    e = t[0][cidx & (self.l2_size - 1)]
-                    if not e & self._fast_reject and e & C.L2E_OFFSET_MASK:
+                table = meta.l2_cache.get(l1[l1i] & C.L1E_OFFSET_MASK)
+                if table is not None and table[1] is None:
+                    entry = table[0][cidx & (self.l2_size - 1)]
+                    if not entry & self._fast_reject and entry & C.L2E_OFFSET_MASK:
                         try:
-                            data = os.pread(self.file.fd, length, (e & C.L2E_OFFSET_MASK)
+                            data = os.pread(self.file.fd, length, (entry & C.L2E_OFFSET_MASK)
                                             + (offset & (self.cluster_size - 1)))
                         except OSError:
                             data = b""
@@ -525,39 +527,39 @@ class Image:
         mv = None
         pos = offset
         while pos < end:
-            kind, host, n, src = self._extent(pos, end)
-            if first and n == length and kind == ClusterType.NORMAL:
+            kind, host, size, src = self._extent(pos, end)
+            if first and size == length and kind == ClusterType.NORMAL:
                 # the whole request is one contiguous host run
-                return src.pread_zero_fill(host, n)
+                return src.pread_zero_fill(host, size)
             if first:
                 out = bytearray(length)
                 mv = memoryview(out)
                 first = False
-            dst = mv[pos - offset:pos - offset + n]
+            dst = mv[pos - offset:pos - offset + size]
             if kind == ClusterType.NORMAL:
                 got = os.preadv(src.fd, [dst], host)
-                if got < n:   # past the end of the file: QEMU reads zeros
-                    dst[got:] = bytes(n - got)
+                if got < size:   # past the end of the file: QEMU reads zeros
+                    dst[got:] = bytes(size - got)
             elif kind == ClusterType.COMPRESSED:
                 data = self._compressed_cluster(host, src)
-                o = pos & (self.cluster_size - 1)
-                dst[:] = data[o:o + n]
+                in_cluster = pos & (self.cluster_size - 1)
+                dst[:] = data[in_cluster:in_cluster + size]
             elif kind == ClusterType.UNALLOCATED:
                 self._read_backing(pos, dst)
             # zero kinds: already zero
-            pos += n
+            pos += size
         return bytes(out)
 
     def _read_backing(self, pos: int, dst: memoryview) -> None:
-        b = self.backing
-        if b is None:
+        backing = self.backing
+        if backing is None:
             if self.backing_chain:   # named but unusable
                 raise BackingFileError(self.backing_chain[0].error or "backing file missing",
                                        structure="backing file", path=self.path)
             return
-        n = min(len(dst), b.virtual_size - pos)
-        if n > 0:
-            dst[:n] = b.read(pos, n)
+        size = min(len(dst), backing.virtual_size - pos)
+        if size > 0:
+            dst[:size] = backing.read(pos, size)
 
     def _compressed_cluster(self, entry: int, src: HostFile) -> bytes:
         zc = self.meta.compressed_cache
@@ -604,44 +606,44 @@ class Image:
                 self._bad_entry("compressed cluster entry in an image with an external "
                                 "data file", l1i, l2i)
             return ClusterType.COMPRESSED, entry, min(cluster_left, limit - pos), self.file
-        t = C.cluster_type(entry, self.has_data_file)
-        if t in (ClusterType.ZERO_ALLOC, ClusterType.ZERO_PLAIN) and self.header.version < 3:
+        ctype = C.cluster_type(entry, self.has_data_file)
+        if ctype in (ClusterType.ZERO_ALLOC, ClusterType.ZERO_PLAIN) and self.header.version < 3:
             self._bad_entry("zero cluster entry in a version 2 image", l1i, l2i)
-        if t == ClusterType.NORMAL:
+        if ctype == ClusterType.NORMAL:
             host = entry & C.L2E_OFFSET_MASK
             self._check_host(host, pos - in_cluster, l1i, l2i)
-            n = min(cluster_left, limit - pos)
+            size = min(cluster_left, limit - pos)
             # extend over following clusters that are contiguous on the host
             nxt = host + cs
-            i = l2i + 1
-            while pos + n < limit:
-                e = raw[i]
-                if e & C.QCOW_OFLAG_COMPRESSED or e & C.QCOW_OFLAG_ZERO \
-                        or (e & C.L2E_OFFSET_MASK) != nxt:
+            index = l2i + 1
+            while pos + size < limit:
+                next_entry = raw[index]
+                if next_entry & C.QCOW_OFLAG_COMPRESSED or next_entry & C.QCOW_OFLAG_ZERO \
+                        or (next_entry & C.L2E_OFFSET_MASK) != nxt:
                     break
-                n = min(n + cs, limit - pos)
+                size = min(size + cs, limit - pos)
                 nxt += cs
-                i += 1
-            return ClusterType.NORMAL, host + in_cluster, n, src
+                index += 1
+            return ClusterType.NORMAL, host + in_cluster, size, src
         # zero or unallocated: extend over following entries of the same type
-        if t in (ClusterType.ZERO_ALLOC, ClusterType.ZERO_PLAIN):
+        if ctype in (ClusterType.ZERO_ALLOC, ClusterType.ZERO_PLAIN):
             host = entry & C.L2E_OFFSET_MASK
-            if t == ClusterType.ZERO_ALLOC:
+            if ctype == ClusterType.ZERO_ALLOC:
                 self._check_host(host, pos - in_cluster, l1i, l2i)
             kind = ClusterType.ZERO_PLAIN
         else:
             kind = ClusterType.UNALLOCATED
-        n = min(cluster_left, limit - pos)
-        i = l2i + 1
-        while pos + n < limit:
-            t2 = C.cluster_type(raw[i], self.has_data_file)
+        size = min(cluster_left, limit - pos)
+        index = l2i + 1
+        while pos + size < limit:
+            t2 = C.cluster_type(raw[index], self.has_data_file)
             k2 = (ClusterType.ZERO_PLAIN if t2 in (ClusterType.ZERO_ALLOC, ClusterType.ZERO_PLAIN)
                   else t2)
             if k2 != kind:
                 break
-            n = min(n + cs, limit - pos)
-            i += 1
-        return kind, 0, n, src
+            size = min(size + cs, limit - pos)
+            index += 1
+        return kind, 0, size, src
 
     def _sub_extent(self, pos, limit, raw, bitmap, l2i, l1i, src):
         cs = self.cluster_size
@@ -649,39 +651,39 @@ class Image:
         entry, bm = raw[l2i], bitmap[l2i]
         in_cluster = pos & (cs - 1)
         sc = in_cluster // sc_size
-        t = C.subcluster_type(entry, bm, sc, self.has_data_file)
+        ctype = C.subcluster_type(entry, bm, sc, self.has_data_file)
         cluster_left = cs - in_cluster
-        if t == ClusterType.COMPRESSED:
+        if ctype == ClusterType.COMPRESSED:
             if self.has_data_file:
                 self._bad_entry("compressed cluster entry in an image with an external "
                                 "data file", l1i, l2i)
             return ClusterType.COMPRESSED, entry, min(cluster_left, limit - pos), self.file
-        if t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC, ClusterType.UNALLOCATED_ALLOC):
+        if ctype in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC, ClusterType.UNALLOCATED_ALLOC):
             self._check_host(entry & C.L2E_OFFSET_MASK, pos - in_cluster, l1i, l2i)
-        if t == ClusterType.INVALID:
+        if ctype == ClusterType.INVALID:
             raise CorruptImageError(
                 f"extended L2 entry has a sub-cluster both allocated and zero "
                 f"(bitmap {bm:#018x})", structure="L2 entry",
                 offset=((self.meta.l1[l1i] & C.L1E_OFFSET_MASK) + 16 * l2i))
         kind = {ClusterType.NORMAL: ClusterType.NORMAL,
                 ClusterType.ZERO_ALLOC: ClusterType.ZERO_PLAIN,
-                ClusterType.ZERO_PLAIN: ClusterType.ZERO_PLAIN}.get(t, ClusterType.UNALLOCATED)
+                ClusterType.ZERO_PLAIN: ClusterType.ZERO_PLAIN}.get(ctype, ClusterType.UNALLOCATED)
         host = entry & C.L2E_OFFSET_MASK
         if kind == ClusterType.NORMAL and host & (cs - 1):
             self._unaligned(host, l1i, l2i)
         # run of sub-clusters with the same kind inside this cluster
-        j = sc + 1
-        while j < C.SUBCLUSTERS and (pos - in_cluster) + j * sc_size < limit:
-            t2 = C.subcluster_type(entry, bm, j, self.has_data_file)
+        sub = sc + 1
+        while sub < C.SUBCLUSTERS and (pos - in_cluster) + sub * sc_size < limit:
+            t2 = C.subcluster_type(entry, bm, sub, self.has_data_file)
             k2 = {ClusterType.NORMAL: ClusterType.NORMAL,
                   ClusterType.ZERO_ALLOC: ClusterType.ZERO_PLAIN,
                   ClusterType.ZERO_PLAIN: ClusterType.ZERO_PLAIN,
                   ClusterType.INVALID: ClusterType.INVALID}.get(t2, ClusterType.UNALLOCATED)
             if k2 != kind:
                 break
-            j += 1
-        n = min((pos - in_cluster) + j * sc_size, limit) - pos
-        return kind, (host + in_cluster if kind == ClusterType.NORMAL else 0), n, src
+            sub += 1
+        size = min((pos - in_cluster) + sub * sc_size, limit) - pos
+        return kind, (host + in_cluster if kind == ClusterType.NORMAL else 0), size, src
 
     def _check_host(self, host: int, guest_cluster: int, l1i: int, l2i: int) -> None:
         """QEMU's checks of a host cluster offset before it is used (qcow2_get_host_offset)."""
@@ -716,7 +718,7 @@ class Image:
         l1 = self.meta.l1
         l2off = (l1[l1i] if l1i < len(l1) else 0) & C.L1E_OFFSET_MASK
         l2_entry_offset = None
-        t = ClusterType.UNALLOCATED
+        ctype = ClusterType.UNALLOCATED
         host = None
         csize = 0
         if l2off:
@@ -725,30 +727,31 @@ class Image:
             entry = raw[l2i]
             in_cluster = guest_offset & (self.cluster_size - 1)
             if bitmap is not None:
-                t = C.subcluster_type(entry, bitmap[l2i],
+                ctype = C.subcluster_type(entry, bitmap[l2i],
                                       in_cluster // (self.cluster_size // C.SUBCLUSTERS),
                                       self.has_data_file)
             else:
-                t = C.cluster_type(entry, self.has_data_file)
-            if t == ClusterType.COMPRESSED:
+                ctype = C.cluster_type(entry, self.has_data_file)
+            if ctype == ClusterType.COMPRESSED:
                 host, csize = self.layout.decode(entry)
-            elif t in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC, ClusterType.UNALLOCATED_ALLOC):
+            elif ctype in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC,
+                           ClusterType.UNALLOCATED_ALLOC):
                 # the byte's own host offset, as qemu-img map reports it
                 host = (entry & C.L2E_OFFSET_MASK) + in_cluster
         depth, file = 0, (self.data_file.path if self.has_data_file and self.data_file
                           else self.path)
-        if t in (ClusterType.UNALLOCATED, ClusterType.UNALLOCATED_ALLOC):
-            b = self.backing
-            if isinstance(b, Image) and guest_offset < b.virtual_size:
-                sub = b.guest_mapping(guest_offset)
+        if ctype in (ClusterType.UNALLOCATED, ClusterType.UNALLOCATED_ALLOC):
+            backing = self.backing
+            if isinstance(backing, Image) and guest_offset < backing.virtual_size:
+                sub = backing.guest_mapping(guest_offset)
                 return GuestMapping(guest_offset, sub.type, sub.depth + 1 if sub.depth >= 0
                                     else -1, sub.host_offset, sub.file, l1i, l2i,
                                     l1_entry_offset, l2_entry_offset, sub.compressed_size)
-            if isinstance(b, RawImage) and guest_offset < b.virtual_size:
-                return GuestMapping(guest_offset, ClusterType.NORMAL, 1, guest_offset, b.path,
+            if isinstance(backing, RawImage) and guest_offset < backing.virtual_size:
+                return GuestMapping(guest_offset, ClusterType.NORMAL, 1, guest_offset, backing.path,
                                     l1i, l2i, l1_entry_offset, l2_entry_offset)
             depth, file = -1, None
-        return GuestMapping(guest_offset, t, depth, host, file, l1i, l2i, l1_entry_offset,
+        return GuestMapping(guest_offset, ctype, depth, host, file, l1i, l2i, l1_entry_offset,
                             l2_entry_offset, csize)
 
     def __repr__(self) -> str:

@@ -50,9 +50,9 @@ FEATURES_AT = FIELD_BY_NAME["incompatible_features"].offset
 CRYPT_AT = FIELD_BY_NAME["crypt_method"].offset
 
 
-def _alloc_range(a: int, b: int) -> int:
+def _alloc_range(first: int, end: int) -> int:
     """Bitmap bits of sub-clusters a..b-1 (allocation half)."""
-    return ((1 << (b - a)) - 1) << a
+    return ((1 << (end - first)) - 1) << first
 
 
 @dataclass
@@ -105,11 +105,11 @@ class Writer:
             self._lock(image.file, "image")
             if image.data_file is not None:
                 self._lock(image.data_file, "external data file")
-            b = image.backing
-            while b is not None:        # the chain must not change under us
-                self._lock(b.file, "backing file", locking.BACKING_PERMS,
+            backing = image.backing
+            while backing is not None:        # the chain must not change under us
+                self._lock(backing.file, "backing file", locking.BACKING_PERMS,
                            locking.BACKING_UNSHARED)
-                b = getattr(b, "backing", None)
+                backing = getattr(backing, "backing", None)
         except BaseException:
             self._unlock()
             raise
@@ -133,20 +133,20 @@ class Writer:
 
     # -- opening ---------------------------------------------------------------------
     def _check_writable(self) -> None:
-        im, h = self.image, self.image.header
+        im, header = self.image, self.image.header
         if im.snapshot is not None:
             raise RequestError("a snapshot view is read-only")
-        if h.corrupt and not im.for_repair:
+        if header.corrupt and not im.for_repair:
             raise CorruptImageError("the image is marked corrupt; repair it (qemu-img check "
                                     "-r all) before writing", structure="incompatible_features",
                                     offset=FEATURES_AT)
-        if h.incompatible_features & ~INCOMPAT_KNOWN:
+        if header.incompatible_features & ~INCOMPAT_KNOWN:
             raise UnsupportedFeatureError("unknown incompatible features",
                                           structure="incompatible_features", offset=FEATURES_AT)
         if im.encrypted:
             raise EncryptedImageError("encrypted images cannot be written",
                                       structure="crypt_method", offset=CRYPT_AT)
-        if h.dirty and not im.for_repair:
+        if header.dirty and not im.for_repair:
             raise Qcow2Error("the dirty bit is set (lazy refcounts were not written back); "
                              "repair the refcounts (qemu-img check -r all) before writing",
                              structure="incompatible_features", offset=FEATURES_AT)
@@ -226,56 +226,56 @@ class Writer:
             # v2 has no zero flag: with a backing file qemu writes zeros
             pos, end = offset, offset + length
             while pos < end:
-                n = min(ZERO_CHUNK, end - pos)
-                self._run(pos, n, bytes(n), zero=False)
-                pos += n
+                size = min(ZERO_CHUNK, end - pos)
+                self._run(pos, size, bytes(size), zero=False)
+                pos += size
             return
         if im.header.data_file_raw:
             self._zero_data_file(offset, length)
         unit = im.cluster_size // SUB if im.extended_l2 else im.cluster_size
         end = offset + length
-        a = -(-offset // unit) * unit
-        b = end // unit * unit
+        first_unit = -(-offset // unit) * unit
+        last_unit = end // unit * unit
         vsize = im.virtual_size
-        if b < a:                                    # inside a single unit
+        if last_unit < first_unit:                                    # inside a single unit
             self._zero_partial(offset, end, unit, vsize)
             return
-        if offset < a:
-            self._zero_partial(offset, a, unit, vsize)
-        if end > b and end == vsize:                 # the disk's last, short unit
-            b = end
-        elif end > b:
-            self._zero_partial(b, end, unit, vsize)
-        pos = a
-        while pos < b:
-            n = min(b - pos, 1 << 30)
-            self._zero_run(pos, n)
-            pos += n
+        if offset < first_unit:
+            self._zero_partial(offset, first_unit, unit, vsize)
+        if end > last_unit and end == vsize:                 # the disk's last, short unit
+            last_unit = end
+        elif end > last_unit:
+            self._zero_partial(last_unit, end, unit, vsize)
+        pos = first_unit
+        while pos < last_unit:
+            size = min(last_unit - pos, 1 << 30)
+            self._zero_run(pos, size)
+            pos += size
 
-    def _zero_run(self, pos: int, n: int) -> None:
-        if not self._partial_compressed(pos, n):
-            self._run(pos, n, None, zero=True)
+    def _zero_run(self, pos: int, size: int) -> None:
+        if not self._partial_compressed(pos, size):
+            self._run(pos, size, None, zero=True)
         else:
             # sub-clusters of a compressed cluster: qemu writes zeros instead
-            while n:
-                k = min(ZERO_CHUNK, n)
-                self._run(pos, k, bytes(k), zero=False)
-                pos, n = pos + k, n - k
+            while size:
+                chunk = min(ZERO_CHUNK, size)
+                self._run(pos, chunk, bytes(chunk), zero=False)
+                pos, size = pos + chunk, size - chunk
 
-    def _partial_compressed(self, pos: int, n: int) -> bool:
+    def _partial_compressed(self, pos: int, size: int) -> bool:
         """Does a zero-write cover part of a compressed cluster (extended L2)?"""
         im = self.image
         if not im.extended_l2:
             return False
         cs = im.cluster_size
         probes = []
-        if pos % cs or n < cs:
+        if pos % cs or size < cs:
             probes.append(pos)
-        if (pos + n) % cs:
-            probes.append(pos + n - 1)
-        for p in probes:
-            m = im.guest_mapping(p)
-            if m.depth == 0 and m.type == ClusterType.COMPRESSED:
+        if (pos + size) % cs:
+            probes.append(pos + size - 1)
+        for probe in probes:
+            mapping = im.guest_mapping(probe)
+            if mapping.depth == 0 and mapping.type == ClusterType.COMPRESSED:
                 return True
         return False
 
@@ -285,8 +285,8 @@ class Writer:
         below), zero it in the metadata; otherwise write zeros."""
         ua = lo // unit * unit
         ub = min(ua + unit, vsize)
-        m = self.image.guest_mapping(ua)
-        if m.depth == -1 or m.type in (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC):
+        mapping = self.image.guest_mapping(ua)
+        if mapping.depth == -1 or mapping.type in (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC):
             self._zero_run(ua, ub - ua)
         else:
             self._run(lo, hi - lo, bytes(hi - lo), zero=False)
@@ -296,9 +296,9 @@ class Writer:
         pos, end = offset, offset + length
         try:
             while pos < end:
-                n = min(ZERO_CHUNK, end - pos)
-                df.pwrite(pos, bytes(n))
-                pos += n
+                size = min(ZERO_CHUNK, end - pos)
+                df.pwrite(pos, bytes(size))
+                pos += size
         except OSError as e:
             raise Qcow2Error(f"zeroing {length} bytes at guest offset {offset:#x} failed: "
                              f"{e.strerror or e}", path=df.path) from e
@@ -322,10 +322,10 @@ class Writer:
 
     # -- planning ----------------------------------------------------------------------
     def _table(self, l1i: int, tables: dict[int, _Table]) -> _Table:
-        t = tables.get(l1i) or self.pending.get(l1i)
-        if t is not None:
-            tables[l1i] = t
-            return t
+        table = tables.get(l1i) or self.pending.get(l1i)
+        if table is not None:
+            tables[l1i] = table
+            return table
         im, meta = self.image, self.meta
         if l1i >= len(meta.l1):
             raise CorruptImageError(f"L1 index {l1i} lies past the L1 table",
@@ -334,7 +334,7 @@ class Writer:
         l2off = l1e & C.L1E_OFFSET_MASK
         if l2off and l1e & C.QCOW_OFLAG_COPIED:
             raw, bm = meta.l2(l2off, l1i)
-            t = _Table(l1i, l2off, list(raw), None if bm is None else list(bm), False)
+            table = _Table(l1i, l2off, list(raw), None if bm is None else list(bm), False)
         else:
             if l2off:   # shared with a snapshot: copy before changing (l2_allocate)
                 raw, bm = meta.l2(l2off, l1i)
@@ -345,9 +345,9 @@ class Writer:
             host = self.alloc.alloc(1) << im.cluster_bits
             self._undo.allocated.append((host, im.cluster_size))
             self._tables_created += 1
-            t = _Table(l1i, host, raw, bm, True, l2off)
-        tables[l1i] = t
-        return t
+            table = _Table(l1i, host, raw, bm, True, l2off)
+        tables[l1i] = table
+        return table
 
     def _run(self, offset: int, length: int, data, *, zero: bool) -> None:
         im = self.image
@@ -368,36 +368,36 @@ class Writer:
                 or len(self.pending_frees) >= COMMIT_FREES):
             self.commit()
 
-    def _set(self, t: _Table, l2i: int, raw: int | None = None,
+    def _set(self, table: _Table, l2i: int, raw: int | None = None,
              bitmap: int | None = None) -> None:
         """Change an L2 entry of a table being written, journalled for _rollback."""
-        self._undo.entries.append((t, l2i, t.raw[l2i],
-                                   None if t.bitmap is None else t.bitmap[l2i],
-                                   l2i in t.changed))
+        self._undo.entries.append((table, l2i, table.raw[l2i],
+                                   None if table.bitmap is None else table.bitmap[l2i],
+                                   l2i in table.changed))
         if raw is not None:
-            t.raw[l2i] = raw
+            table.raw[l2i] = raw
         if bitmap is not None:
-            t.bitmap[l2i] = bitmap
-        t.changed.add(l2i)
+            table.bitmap[l2i] = bitmap
+        table.changed.add(l2i)
 
     def _rollback(self) -> None:
         """Undo the failed request's changes to memory; nothing on disk points at
         what it wrote, so its clusters are free again."""
         undo, self._undo = self._undo, _Undo()
-        for t, l2i, raw, bitmap, was_changed in reversed(undo.entries):
-            t.raw[l2i] = raw
+        for table, l2i, raw, bitmap, was_changed in reversed(undo.entries):
+            table.raw[l2i] = raw
             if bitmap is not None:
-                t.bitmap[l2i] = bitmap
+                table.bitmap[l2i] = bitmap
             if not was_changed:
-                t.changed.discard(l2i)
-        for c in undo.dropped:
-            left = self._pending_drops[c] - 1
+                table.changed.discard(l2i)
+        for cluster in undo.dropped:
+            left = self._pending_drops[cluster] - 1
             if left:
-                self._pending_drops[c] = left
+                self._pending_drops[cluster] = left
             else:
-                del self._pending_drops[c]
-        for host, n in undo.allocated:
-            self.alloc.change(host, n, -1)
+                del self._pending_drops[cluster]
+        for host, size in undo.allocated:
+            self.alloc.change(host, size, -1)
         self.meta.changed()
 
     def _run_inner(self, offset: int, length: int, data, zero: bool) -> None:
@@ -416,189 +416,189 @@ class Writer:
             cstart = cidx << cb
             lo = pos - cstart
             hi = min(cs, end - cstart)
-            t = self._table(cidx >> im.l2_bits, tables)
+            table = self._table(cidx >> im.l2_bits, tables)
             l2i = cidx & (im.l2_size - 1)
             if zero:
-                self._plan_zero(t, l2i, lo, hi, frees)
+                self._plan_zero(table, l2i, lo, hi, frees)
             else:
                 piece = data[pos - offset:pos - offset + hi - lo]
-                self._plan_write(t, l2i, cstart, lo, hi, piece, news, inplace, frees, src)
+                self._plan_write(table, l2i, cstart, lo, hi, piece, news, inplace, frees, src)
             pos = cstart + hi
 
         # allocate data clusters for the whole request at once
         if news:
             if has_df:
-                for n in news:      # qemu: data file host offset == guest offset
-                    n.host = n.guest
+                for new in news:      # qemu: data file host offset == guest offset
+                    new.host = new.guest
             else:
                 first = self.alloc.alloc(len(news)) << cb
                 self._undo.allocated.append((first, len(news) * cs))
-                for k, n in enumerate(news):
-                    n.host = first + k * cs
-        for n in news:
-            t = n.table
-            entry = n.host | C.QCOW_OFLAG_COPIED
-            self._set(t, n.l2_index, entry, n.bitmap)
+                for index, new in enumerate(news):
+                    new.host = first + index * cs
+        for new in news:
+            table = new.table
+            entry = new.host | C.QCOW_OFLAG_COPIED
+            self._set(table, new.l2_index, entry, new.bitmap)
 
         self._apply(tables, news, inplace, frees, src)
 
     def _old_bytes(self, guest: int, lo: int, hi: int) -> bytes:
         """Guest bytes of the cluster at ``guest`` in lo..hi, as they read now."""
         im = self.image
-        a = guest + lo
-        b = min(guest + hi, im.virtual_size)
-        out = im.read(a, b - a) if b > a else b""
+        start = guest + lo
+        end = min(guest + hi, im.virtual_size)
+        out = im.read(start, end - start) if end > start else b""
         return out + bytes(hi - lo - len(out))
 
-    def _plan_write(self, t: _Table, l2i: int, guest: int, lo: int, hi: int, piece,
+    def _plan_write(self, table: _Table, l2i: int, guest: int, lo: int, hi: int, piece,
                     news, inplace, frees, src) -> None:
         im = self.image
         cs = im.cluster_size
-        e = t.raw[l2i]
+        entry = table.raw[l2i]
         has_df = im.has_data_file
-        if t.bitmap is None:
-            typ = C.cluster_type(e, has_df)
-            host = e & C.L2E_OFFSET_MASK
-            if typ == ClusterType.NORMAL and e & C.QCOW_OFLAG_COPIED \
-                    and self._owned(host, t, l2i):
+        if table.bitmap is None:
+            typ = C.cluster_type(entry, has_df)
+            host = entry & C.L2E_OFFSET_MASK
+            if typ == ClusterType.NORMAL and entry & C.QCOW_OFLAG_COPIED \
+                    and self._owned(host, table, l2i):
                 inplace.append((src, host + lo, piece))
                 return
-            if typ == ClusterType.ZERO_ALLOC and e & C.QCOW_OFLAG_COPIED \
-                    and self._owned(host, t, l2i):
+            if typ == ClusterType.ZERO_ALLOC and entry & C.QCOW_OFLAG_COPIED \
+                    and self._owned(host, table, l2i):
                 # preallocated zero cluster we own: reuse it (keep_old_clusters)
                 buf = bytearray(cs)
                 buf[lo:hi] = piece
                 inplace.append((src, host, bytes(buf)))
-                self._set(t, l2i, host | C.QCOW_OFLAG_COPIED)
+                self._set(table, l2i, host | C.QCOW_OFLAG_COPIED)
                 return
             pieces = [(lo, piece)]
             if lo > 0 or hi < cs:
                 old = self._old_bytes(guest, 0, cs) if typ not in (
                     ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC) else bytes(cs)
                 pieces = [(0, old[:lo]), (lo, piece), (hi, old[hi:])]
-            news.append(_NewCluster(t, l2i, guest, 0, cs, pieces, None))
-            self._free_entry(e, typ, frees)
+            news.append(_NewCluster(table, l2i, guest, 0, cs, pieces, None))
+            self._free_entry(entry, typ, frees)
             return
         # extended L2
-        bm = t.bitmap[l2i]
+        bm = table.bitmap[l2i]
         scs = cs // SUB
         sc0, sc1 = lo // scs, (hi - 1) // scs + 1
-        compressed = bool(e & C.QCOW_OFLAG_COMPRESSED)
-        has_host = not compressed and (bool(e & C.L2E_OFFSET_MASK)
-                                       or (has_df and bool(e & C.QCOW_OFLAG_COPIED)))
+        compressed = bool(entry & C.QCOW_OFLAG_COMPRESSED)
+        has_host = not compressed and (bool(entry & C.L2E_OFFSET_MASK)
+                                       or (has_df and bool(entry & C.QCOW_OFLAG_COPIED)))
         if has_host and (bm >> 32) & bm & ALL_ALLOC:
             raise CorruptImageError(f"extended L2 entry has a sub-cluster both allocated and "
                                     f"zero (bitmap {bm:#018x})", structure="L2 entry",
-                                    offset=t.offset + 16 * l2i)
-        if has_host and e & C.QCOW_OFLAG_COPIED \
-                and self._owned(e & C.L2E_OFFSET_MASK, t, l2i):
-            host = e & C.L2E_OFFSET_MASK
+                                    offset=table.offset + 16 * l2i)
+        if has_host and entry & C.QCOW_OFLAG_COPIED \
+                and self._owned(entry & C.L2E_OFFSET_MASK, table, l2i):
+            host = entry & C.L2E_OFFSET_MASK
             touched = _alloc_range(sc0, sc1)
             if bm & touched == touched:           # every touched sub-cluster holds data
                 inplace.append((src, host + lo, piece))
                 return
-            a, b = sc0 * scs, sc1 * scs
-            buf = bytearray(self._old_bytes(guest, a, b)) if (lo > a or hi < b) \
-                else bytearray(b - a)
-            buf[lo - a:hi - a] = piece
-            inplace.append((src, host + a, bytes(buf)))
-            self._set(t, l2i, bitmap=(bm | touched) & ~(touched << 32))
+            first, end = sc0 * scs, sc1 * scs
+            buf = bytearray(self._old_bytes(guest, first, end)) if (lo > first or hi < end) \
+                else bytearray(end - first)
+            buf[lo - first:hi - first] = piece
+            inplace.append((src, host + first, bytes(buf)))
+            self._set(table, l2i, bitmap=(bm | touched) & ~(touched << 32))
             return
         if compressed:
-            a, b = 0, SUB
+            first, end = 0, SUB
             newbm = ALL_ALLOC
         else:
-            a, b = sc0, sc1
+            first, end = sc0, sc1
             alloc_bits = bm & ALL_ALLOC if has_host else 0
             if alloc_bits:       # a shared cluster: keep its data (calculate_l2_meta)
-                a = min(a, (alloc_bits & -alloc_bits).bit_length() - 1)
-                b = max(b, alloc_bits.bit_length())
-            r = _alloc_range(a, b)
-            newbm = ((bm if has_host else bm & ~ALL_ALLOC) | r) & ~(r << 32)
-        lo_b, hi_b = a * scs, b * scs
+                first = min(first, (alloc_bits & -alloc_bits).bit_length() - 1)
+                end = max(end, alloc_bits.bit_length())
+            bits = _alloc_range(first, end)
+            newbm = ((bm if has_host else bm & ~ALL_ALLOC) | bits) & ~(bits << 32)
+        lo_b, hi_b = first * scs, end * scs
         pieces = [(lo, piece)]
         if lo > lo_b or hi < hi_b:
             old = self._old_bytes(guest, lo_b, hi_b)
             pieces = [(lo_b, old[:lo - lo_b]), (lo, piece), (hi, old[hi - lo_b:])]
-        news.append(_NewCluster(t, l2i, guest, lo_b, hi_b, pieces, newbm))
-        self._free_entry(e, ClusterType.COMPRESSED if compressed else
+        news.append(_NewCluster(table, l2i, guest, lo_b, hi_b, pieces, newbm))
+        self._free_entry(entry, ClusterType.COMPRESSED if compressed else
                          ClusterType.NORMAL if has_host else ClusterType.UNALLOCATED, frees)
 
-    def _plan_zero(self, t: _Table, l2i: int, lo: int, hi: int, frees) -> None:
+    def _plan_zero(self, table: _Table, l2i: int, lo: int, hi: int, frees) -> None:
         """zero_in_l2_slice / zero_l2_subclusters (no unmap, as qemu-io write -z)."""
         im = self.image
         cs = im.cluster_size
-        e = t.raw[l2i]
-        compressed = bool(e & C.QCOW_OFLAG_COMPRESSED)
+        entry = table.raw[l2i]
+        compressed = bool(entry & C.QCOW_OFLAG_COMPRESSED)
         if im.header.version < 3:
             # v2 without a backing file: unallocated reads zero, so qemu discards
-            if e:
-                self._set(t, l2i, 0)
-                self._free_entry(e, C.cluster_type(e), frees)
+            if entry:
+                self._set(table, l2i, 0)
+                self._free_entry(entry, C.cluster_type(entry), frees)
             return
-        if t.bitmap is None:
-            new = C.QCOW_OFLAG_ZERO if compressed else e | C.QCOW_OFLAG_ZERO
-            if new != e:
-                self._set(t, l2i, new)
+        if table.bitmap is None:
+            new = C.QCOW_OFLAG_ZERO if compressed else entry | C.QCOW_OFLAG_ZERO
+            if new != entry:
+                self._set(table, l2i, new)
                 if compressed:
-                    self._free_entry(e, ClusterType.COMPRESSED, frees)
+                    self._free_entry(entry, ClusterType.COMPRESSED, frees)
             return
-        bm = t.bitmap[l2i]
+        bm = table.bitmap[l2i]
         if lo == 0 and hi == cs:
-            new, newbm = (0 if compressed else e), ALL_ZERO
+            new, newbm = (0 if compressed else entry), ALL_ZERO
         else:
             if compressed:   # qemu: -ENOTSUP; _zero_run writes zeros instead
                 raise RequestError("part of a compressed cluster cannot be zeroed in "
                                    "its L2 entry")
             scs = cs // SUB
-            r = _alloc_range(lo // scs, -(-hi // scs))
-            new, newbm = e, (bm | (r << 32)) & ~r
-        if (new, newbm) != (e, bm):
-            self._set(t, l2i, new, newbm)
+            bits = _alloc_range(lo // scs, -(-hi // scs))
+            new, newbm = entry, (bm | (bits << 32)) & ~bits
+        if (new, newbm) != (entry, bm):
+            self._set(table, l2i, new, newbm)
             if compressed:
-                self._free_entry(e, ClusterType.COMPRESSED, frees)
+                self._free_entry(entry, ClusterType.COMPRESSED, frees)
 
-    def _free_entry(self, e: int, typ: ClusterType, frees) -> None:
+    def _free_entry(self, entry: int, typ: ClusterType, frees) -> None:
         """Remember the host bytes an entry being replaced referenced."""
         im = self.image
         if im.has_data_file:
             return                       # data file clusters carry no refcounts
         if typ == ClusterType.COMPRESSED:
-            coff, csize = im.layout.decode(e)
+            coff, csize = im.layout.decode(entry)
             span = (coff, csize)
-        elif typ in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and e & C.L2E_OFFSET_MASK:
-            span = (e & C.L2E_OFFSET_MASK, im.cluster_size)
+        elif typ in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC) and entry & C.L2E_OFFSET_MASK:
+            span = (entry & C.L2E_OFFSET_MASK, im.cluster_size)
         else:
             return
         # refuse now rather than fail half-way through a commit
         cb = im.cluster_bits
-        for c in range(span[0] >> cb, ((span[0] + span[1] - 1) >> cb) + 1):
-            if self.alloc.refcount(c) - self._pending_drops.get(c, 0) < 1:
+        for cluster in range(span[0] >> cb, ((span[0] + span[1] - 1) >> cb) + 1):
+            if self.alloc.refcount(cluster) - self._pending_drops.get(cluster, 0) < 1:
                 raise CorruptImageError(
-                    f"host cluster {c << cb:#x} is referenced but its refcount is 0; "
+                    f"host cluster {cluster << cb:#x} is referenced but its refcount is 0; "
                     "repair the image (qemu-img check -r all) before writing",
-                    structure="refcount block", offset=c << cb)
-            self._pending_drops[c] = self._pending_drops.get(c, 0) + 1
-            self._undo.dropped.append(c)
+                    structure="refcount block", offset=cluster << cb)
+            self._pending_drops[cluster] = self._pending_drops.get(cluster, 0) + 1
+            self._undo.dropped.append(cluster)
         frees.append(span)
 
-    def _owned(self, host: int, t: _Table, l2i: int) -> bool:
+    def _owned(self, host: int, table: _Table, l2i: int) -> bool:
         """May the cluster at ``host`` be written in place (COPIED entry)?
 
         Like QEMU's overlap check, an entry pointing into metadata is
         corruption; an entry whose COPIED flag contradicts a refcount above 1
         is treated as shared (copy-on-write never destroys anything)."""
-        self._check_host(host, t, l2i)
+        self._check_host(host, table, l2i)
         im = self.image
         if im.has_data_file:
             return True
-        c = host >> im.cluster_bits
-        where = t.offset + im.header.l2_entry_size * l2i
-        if c in self._metadata():
+        cluster = host >> im.cluster_bits
+        where = table.offset + im.header.l2_entry_size * l2i
+        if cluster in self._metadata():
             raise CorruptImageError(f"L2 entry points into metadata (cluster {host:#x}); "
                                     "writing would destroy it", structure="L2 entry",
                                     offset=where)
-        rc = self.alloc.refcount(c) - self._pending_drops.get(c, 0)
+        rc = self.alloc.refcount(cluster) - self._pending_drops.get(cluster, 0)
         if rc < 1:
             raise CorruptImageError(f"data cluster {host:#x} has refcount 0",
                                     structure="L2 entry", offset=where)
@@ -610,28 +610,28 @@ class Writer:
         if self._meta is not None and self._meta_gen == gen:
             return self._meta
         im = self.image
-        h = im.header
+        header = im.header
         cb, cs = im.cluster_bits, im.cluster_size
         meta = {0}
-        meta.update(range(h.refcount_table_offset >> cb,
-                          (h.refcount_table_offset >> cb) + h.refcount_table_clusters))
-        l1_end = h.l1_table_offset + 8 * h.l1_size
-        meta.update(range(h.l1_table_offset >> cb, (l1_end + cs - 1) >> cb))
+        meta.update(range(header.refcount_table_offset >> cb,
+                          (header.refcount_table_offset >> cb) + header.refcount_table_clusters))
+        l1_end = header.l1_table_offset + 8 * header.l1_size
+        meta.update(range(header.l1_table_offset >> cb, (l1_end + cs - 1) >> cb))
         rt = self.alloc.reftable & np.uint64(C.REFT_OFFSET_MASK)
         meta.update((rt[rt != 0] >> np.uint64(cb)).tolist())
         l1 = im.l1_table.entries & np.uint64(C.L1E_OFFSET_MASK)
         meta.update((l1[l1 != 0] >> np.uint64(cb)).tolist())
-        if h.nb_snapshots:
+        if header.nb_snapshots:
             last = max(sn.offset for sn in im.snapshots) + 1024
-            meta.update(range(h.snapshots_offset >> cb, (last >> cb) + 1))
+            meta.update(range(header.snapshots_offset >> cb, (last >> cb) + 1))
         self._meta, self._meta_gen = meta, gen
         return meta
 
-    def _check_host(self, host: int, t: _Table, l2i: int) -> None:
+    def _check_host(self, host: int, table: _Table, l2i: int) -> None:
         if host & (self.image.cluster_size - 1):
             raise CorruptImageError(f"cluster allocation offset {host:#x} is not cluster "
                                     f"aligned", structure="L2 entry",
-                                    offset=t.offset + self.image.header.l2_entry_size * l2i)
+                                    offset=table.offset + self.image.header.l2_entry_size * l2i)
 
     # -- committing --------------------------------------------------------------------
     def _apply(self, tables, news, inplace, frees, src) -> None:
@@ -643,22 +643,22 @@ class Writer:
         for dst, off, piece in inplace:
             dst.pwrite(off, piece)
         meta = self.meta
-        for t in tables.values():
-            if not (t.new or t.changed):
+        for table in tables.values():
+            if not (table.new or table.changed):
                 continue
-            if t.l1_index not in self.pending:
-                self.pending[t.l1_index] = t
-                meta.pin(t)
-                if t.new:
-                    meta.set_l1_entry(t.l1_index, t.offset | C.QCOW_OFLAG_COPIED)
-                    if t.old_offset:
-                        meta.drop_table(t.old_offset)
-                        self.pending_frees.append((t.old_offset, im.cluster_size))
-            meta.cache_table(t)
+            if table.l1_index not in self.pending:
+                self.pending[table.l1_index] = table
+                meta.pin(table)
+                if table.new:
+                    meta.set_l1_entry(table.l1_index, table.offset | C.QCOW_OFLAG_COPIED)
+                    if table.old_offset:
+                        meta.drop_table(table.old_offset)
+                        self.pending_frees.append((table.old_offset, im.cluster_size))
+            meta.cache_table(table)
         if frees:
             self.pending_frees += frees
         meta.changed()
-        self.pending_data += sum(n.hi - n.lo for n in news)
+        self.pending_data += sum(new.hi - new.lo for new in news)
 
     def commit(self) -> None:
         """Put pending metadata on disk in QEMU's order (the file is consistent after
@@ -686,10 +686,10 @@ class Writer:
                 "the cause is fixed)", path=im.path)
             raise self.commit_error from e
         self.commit_error = None
-        for t in self.pending.values():
-            t.new = False
-            t.old_offset = 0
-            t.changed = set()
+        for table in self.pending.values():
+            table.new = False
+            table.old_offset = 0
+            table.changed = set()
         self.pending.clear()
         self.meta.unpin_all()
         self.pending_data = 0
@@ -714,15 +714,15 @@ def _coalesce(news: list[_NewCluster], src):
     """Data writes of new clusters, merged where host ranges touch (each run joined
     once: growing one buffer piece by piece cost 2.4 s per GiB)."""
     runs: list[tuple[int, int, list]] = []          # (start, end, parts)
-    for n in sorted(news, key=lambda n: n.host):
-        start = n.host + n.lo
+    for new in sorted(news, key=lambda new: new.host):
+        start = new.host + new.lo
         if not runs or runs[-1][1] != start:
             runs.append((start, start, []))
         first, end, parts = runs[-1]
-        for _, p in n.pieces:
-            if len(p):
-                parts.append(p)
-                end += len(p)
+        for _, piece in new.pieces:
+            if len(piece):
+                parts.append(piece)
+                end += len(piece)
         runs[-1] = (first, end, parts)
     return [(src, start, parts[0] if len(parts) == 1 else b"".join(parts))
             for start, _, parts in runs]

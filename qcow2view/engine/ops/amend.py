@@ -29,12 +29,12 @@ def amend_image(image, options: dict, progress=None) -> None:
     if unknown:
         raise RequestError(f"Changing the option {unknown[0]!r} is not supported "
                            f"(amend changes {', '.join(AMENDABLE)})")
-    h = image.header
-    version = COMPAT_VALUES.get(str(options.get("compat", h.compat)))
+    header = image.header
+    version = COMPAT_VALUES.get(str(options.get("compat", header.compat)))
     if version is None:
         raise RequestError(f"Invalid compatibility level: '{options['compat']}'")
-    lazy = _bool("lazy_refcounts", options.get("lazy_refcounts", h.lazy_refcounts))
-    bits = int(options.get("refcount_bits", h.refcount_bits))
+    lazy = _bool("lazy_refcounts", options.get("lazy_refcounts", header.lazy_refcounts))
+    bits = int(options.get("refcount_bits", header.refcount_bits))
     if bits < 1 or bits > 64 or bits & (bits - 1):
         raise RequestError("Refcount width must be a power of two and may not exceed 64 bits")
     if version < 3 and lazy:
@@ -45,7 +45,7 @@ def amend_image(image, options: dict, progress=None) -> None:
                            "level 1.1 or above (use compat=1.1 or greater)")
     image.require_writable()
     image.flush()
-    if version > h.version:
+    if version > header.version:
         _upgrade(image)
     if lazy != image.header.lazy_refcounts:
         image.meta.write_header(compatible_features=(
@@ -70,17 +70,17 @@ def _upgrade(image) -> None:
 
 
 def _downgrade(image) -> None:
-    h = image.header
-    if h.refcount_order != 4:
+    header = image.header
+    if header.refcount_order != 4:
         raise RequestError("compat=0.10 requires refcount_bits=16")
-    if image.has_data_file or image.extended_l2 or h.compression_type != 0 or image.bitmaps:
+    if image.has_data_file or image.extended_l2 or header.compression_type != 0 or image.bitmaps:
         what = ("an external data file" if image.has_data_file else "extended L2 entries"
-                if image.extended_l2 else "zstd compression" if h.compression_type
+                if image.extended_l2 else "zstd compression" if header.compression_type
                 else "persistent bitmaps")
         raise RequestError(f"Cannot downgrade an image with {what}")
-    if h.incompatible_features:
+    if header.incompatible_features:
         raise RequestError(f"Cannot downgrade an image with incompatible features "
-                           f"{h.incompatible_features:#x} set")
+                           f"{header.incompatible_features:#x} set")
     _expand_zero_clusters(image)
     M.rewrite_header_cluster(image, version=2, header_length=72, incompatible_features=0,
                              compatible_features=0, autoclear_features=0)
@@ -173,15 +173,15 @@ def change_refcount_width(image, bits: int, progress=None) -> None:
         M.report(progress, rti + 1, 2 * len(old.reftable))
     top = int(counts.max()) if counts.size else 0
     if top > max_refcount(order):
-        c = int(np.flatnonzero(counts > max_refcount(order))[0])
+        cluster = int(np.flatnonzero(counts > max_refcount(order))[0])
         raise RequestError(f"Cannot decrease refcount entry width to {bits} bits: Cluster "
-                           f"at offset {c * cs:#x} has a refcount of {int(counts[c])}")
+                           f"at offset {cluster * cs:#x} has a refcount of {int(counts[cluster])}")
     per = block_entries(image.cluster_bits, order)
     # the new blocks and table go past everything the old structure covers
-    p = counts.size
+    area = counts.size
     nblocks, tclusters = 1, 1
     while True:
-        end = p + nblocks + tclusters
+        end = area + nblocks + tclusters
         need_blocks = -(-end // per)
         need_t = max(1, -(-need_blocks * 8 // cs))
         if (need_blocks, need_t) == (nblocks, tclusters):
@@ -189,18 +189,18 @@ def change_refcount_width(image, bits: int, progress=None) -> None:
         nblocks, tclusters = max(need_blocks, nblocks), max(need_t, tclusters)
     total = np.zeros(nblocks * per, dtype=np.uint64)
     total[:counts.size] = counts
-    total[p:p + nblocks + tclusters] = 1
+    total[area:area + nblocks + tclusters] = 1
     table = np.zeros(tclusters * cs // 8, dtype=np.uint64)
     meta = image.meta
     for j in range(nblocks):
-        table[j] = (p + j) * cs
-        meta.put_refcount_block((p + j) * cs, total[j * per:(j + 1) * per], order)
-    meta.write_table((p + nblocks) * cs, table.astype(">u8").tobytes())
+        table[j] = (area + j) * cs
+        meta.put_refcount_block((area + j) * cs, total[j * per:(j + 1) * per], order)
+    meta.write_table((area + nblocks) * cs, table.astype(">u8").tobytes())
     image.file.fsync()
-    h = image.header
-    old_spans = [(h.refcount_table_offset, h.refcount_table_clusters * cs)]
+    header = image.header
+    old_spans = [(header.refcount_table_offset, header.refcount_table_clusters * cs)]
     old_spans += [(int(e) & C.REFT_OFFSET_MASK, cs) for e in old.reftable.tolist()
                   if int(e) & C.REFT_OFFSET_MASK]
-    meta.switch_refcount_structure((p + nblocks) * cs, tclusters, refcount_order=order)
+    meta.switch_refcount_structure((area + nblocks) * cs, tclusters, refcount_order=order)
     M.free_spans(image, old_spans)
     M.finish(progress, 1)

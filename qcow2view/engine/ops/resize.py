@@ -74,10 +74,10 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
 def _zero_over_backing(image, old_size: int, new_size: int) -> None:
     """A backing file longer than the old disk must not show through the new area
     (the block layer's BDRV_REQ_ZERO_WRITE on truncate)."""
-    b = image.backing
-    if b is None or b.virtual_size <= old_size:
+    backing = image.backing
+    if backing is None or backing.virtual_size <= old_size:
         return
-    end = min(new_size, b.virtual_size)
+    end = min(new_size, backing.virtual_size)
     image.write_zeroes(old_size, end - old_size)
     image.flush()
 
@@ -108,8 +108,8 @@ def _cut_table(image, l1i: int, first: int, step: int) -> None:
     """Zero the entries from ``first`` on in the L2 table of L1 entry ``l1i``."""
     meta = image.meta
     cb = image.cluster_bits
-    e = int(image.l1_table.entries[l1i])
-    l2off = e & C.L1E_OFFSET_MASK
+    l1_entry = int(image.l1_table.entries[l1i])
+    l2off = l1_entry & C.L1E_OFFSET_MASK
     words = M.read_l2_words(image, l2off, l1i)
     tail = words.copy()
     tail[:first * step] = 0
@@ -117,7 +117,7 @@ def _cut_table(image, l1i: int, first: int, step: int) -> None:
     if not tail.any():
         return
     words[first * step:] = 0
-    if e & C.QCOW_OFLAG_COPIED and meta.refcounts.refcount(l2off >> cb) == 1:
+    if l1_entry & C.QCOW_OFLAG_COPIED and meta.refcounts.refcount(l2off >> cb) == 1:
         meta.write_l2(l2off, words[first * step:], first=first * step)
         image.file.fsync()
         M.change_refcounts(image, dropped, -1)

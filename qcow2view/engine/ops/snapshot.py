@@ -131,9 +131,9 @@ def preview_delete(image, key: str) -> SnapshotDeletePreview:
     uniq, counts = np.unique(refs, return_counts=True)
     counts_now = image.refcounts(int(uniq[-1]) + 1 if uniq.size else 0)
     rc = counts_now[uniq].astype(np.int64)
-    n = int(np.count_nonzero(rc == counts))
-    n += -(-sn.l1_size * 8 // image.cluster_size)
+    freed = int(np.count_nonzero(rc == counts))
+    freed += -(-sn.l1_size * 8 // image.cluster_size)
     if len(image.snapshots) == 1:        # the snapshot table goes with the last entry
-        n += -(-(sn.offset + sn.entry_size - image.header.snapshots_offset)
+        freed += -(-(sn.offset + sn.entry_size - image.header.snapshots_offset)
                // image.cluster_size)
-    return SnapshotDeletePreview(sn, n, n * image.cluster_size)
+    return SnapshotDeletePreview(sn, freed, freed * image.cluster_size)
