@@ -12,7 +12,8 @@ from ..model.hexdocument import HexDocument
 from .find import FindBar
 from .goto import GotoDialog
 from .hexinspector import HexLegend, Inspector
-from .hexview import OFFSET_MODES, HexView
+from .hexstyle import OFFSET_MODES
+from .hexview import HexView
 
 GUEST_VIEW = "Hex (guest)"
 FILE_VIEW = "Hex (file)"

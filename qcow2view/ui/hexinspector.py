@@ -11,7 +11,8 @@ from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QWidget
 from ..model.bytesource import ImageFileSource
 from ..model.extents import ByteKind
 from ..model.hexdocument import HexDocument
-from .hexview import CLUSTER_LINE, KIND_STYLE, PENDING_STYLE, SECTOR_LINE, HexView
+from .hexstyle import CLUSTER_LINE, KIND_STYLE, PENDING_STYLE, SECTOR_LINE
+from .hexview import HexView
 
 
 class HexLegend(QWidget):

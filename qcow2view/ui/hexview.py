@@ -16,65 +16,12 @@ from PySide6.QtGui import (QColor, QFont, QFontDatabase, QFontMetrics, QFontMetr
                            QGuiApplication, QKeySequence, QPainter, QPen, QStaticText)
 from PySide6.QtWidgets import QAbstractScrollArea, QInputDialog, QMenu, QToolTip, QWidget
 
-from ..model.extents import ByteKind
 from ..model.hexdocument import HexDocument
+from .hexstyle import (CLUSTER_LINE, ERROR_KEY, SECTOR_LINE, SELECTION, STYLES, UNKNOWN,
+                       grid_font, printable, style_of)
 
 SCROLL_MAX = 1 << 28          # scrollbar range cap; rows beyond are mapped proportionally
 WHEEL_ROWS = 3
-
-#: background and text colour of each ByteKind (light theme)
-KIND_STYLE: dict[int, tuple[str, str, str]] = {
-    ByteKind.DATA: ("#ffffff", "#111111", "Data"),
-    ByteKind.COMPRESSED: ("#eadcf8", "#3a1760", "Compressed"),
-    ByteKind.BACKING: ("#fff1cc", "#5a4300", "Backing file"),
-    ByteKind.ZERO: ("#e3ebf5", "#7a8aa0", "Zero"),
-    ByteKind.UNALLOCATED: ("#f1f1f1", "#a0a0a0", "Unallocated"),
-    ByteKind.FILE: ("#ffffff", "#111111", "Image file"),
-    ByteKind.ERROR: ("#f8d0d0", "#900000", "Unreadable"),
-}
-PENDING_STYLE = ("#ffb86b", "#5c1a00", "Pending edit")
-SELECTION = QColor(30, 100, 230, 80)
-CLUSTER_LINE = QColor("#2f6fce")
-SECTOR_LINE = QColor("#c8c8c8")
-
-OFFSET_MODES = (("Byte offset (hex)", 0), ("LBA, 512-byte sectors", 512),
-                ("LBA, 4 KiB sectors", 4096))
-
-
-# non-printable bytes show as a middle dot (latin-1 0xB7)
-_PRINTABLE = bytes(b if 0x20 <= b < 0x7F else 0xB7 for b in range(256))
-
-
-def _printable(data: bytes) -> str:
-    return data.translate(_PRINTABLE).decode("latin-1")
-
-
-# bytes that could not be read show as ?? (not as the zeros the buffer holds)
-_UNKNOWN = str.maketrans("0123456789abcdef", "?" * 16)
-_ERROR_KEY = int(ByteKind.ERROR) * 2
-
-
-def grid_font(font: QFont) -> QFont:
-    """``font`` with a whole-pixel character advance, so column ``i`` of a row
-    drawn as one string is exactly at ``i * advance`` (fractional advances
-    drift by several characters over a 32-byte row)."""
-    font = QFont(font)
-    font.setHintingPreference(QFont.PreferFullHinting)
-    adv = QFontMetricsF(font).horizontalAdvance("0")
-    if adv != int(adv):
-        font.setLetterSpacing(QFont.AbsoluteSpacing, math.ceil(adv) - adv)
-    return font
-
-
-def _style(key: int) -> tuple[QColor | None, QColor]:
-    """(background or None for white, text colour) of a kind*2+pending key."""
-    kind, pending = divmod(key, 2)
-    bg, fg, _ = PENDING_STYLE if pending else KIND_STYLE.get(kind, KIND_STYLE[ByteKind.DATA])
-    return (None if bg == "#ffffff" else QColor(bg)), QColor(fg)
-
-
-_STYLES: dict[int, tuple[QColor | None, QColor]] = {}
-
 
 class HexView(QAbstractScrollArea):
     """Offset, hex and text columns over a HexDocument."""
@@ -399,11 +346,11 @@ class HexView(QAbstractScrollArea):
         cw, lh, x_hex, x_text = self.cw, self.lh, self.x_hex, self.x_text
         n = len(chunk)
         rowhex = "  ".join(chunk[i:i + 8].hex(" ") for i in range(0, n, 8))
-        rowtxt = _printable(chunk)
+        rowtxt = printable(chunk)
         for i, j, key in self._runs(keys):
-            style = _STYLES.get(key)
+            style = STYLES.get(key)
             if style is None:
-                style = _STYLES[key] = _style(key)
+                style = STYLES[key] = style_of(key)
             bg, fg = style
             ci, cj = i * 3 + i // 8, (j - 1) * 3 + (j - 1) // 8 + 2
             if bg is not None:
@@ -411,9 +358,9 @@ class HexView(QAbstractScrollArea):
                 p.fillRect(hx0, y, x_hex + cj * cw + cw // 2 - hx0, lh, bg)
                 p.fillRect(x_text + i * cw, y, (j - i) * cw, lh, bg)
             p.setPen(fg)
-            if key == _ERROR_KEY:
+            if key == ERROR_KEY:
                 p.drawStaticText(x_hex + ci * cw, y + 1,
-                                 self._static(rowhex[ci:cj].translate(_UNKNOWN)))
+                                 self._static(rowhex[ci:cj].translate(UNKNOWN)))
                 p.drawStaticText(x_text + i * cw, y + 1, self._static("?" * (j - i)))
             else:
                 p.drawStaticText(x_hex + ci * cw, y + 1, self._static(rowhex[ci:cj]))
