@@ -194,6 +194,42 @@ def _images(d: str) -> list[str]:
             bench_check.make_thin(d)]
 
 
+# where the window's memory goes: the analysis stages as the worker runs them, then
+# the pictures, each with tracemalloc's peak and the arrays it keeps (one JSON line)
+STAGES_SCRIPT = """
+import json, resource, sys, time, tracemalloc
+from qcow2view.engine import open_image
+from qcow2view.model.allocation import AllocationModel, prepare
+def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = {"import_rss": rss()}
+tracemalloc.start()
+def stage(name, fn):
+    tracemalloc.reset_peak()
+    t = time.process_time()
+    got = fn()
+    out[name] = [time.process_time() - t, tracemalloc.get_traced_memory()[1], rss()]
+    return got
+with open_image(sys.argv[1]) as img:
+    hm = stage("host map", img.host_map)
+    stage("check", img.check)
+    gm = stage("guest map", img.guest_map)
+    prep = stage("prepare", lambda: prepare(hm, gm))
+    m = AllocationModel()
+    m.set_maps(hm, gm, prep)
+    for mode in ("kind", "refcount", "guest"):
+        stage(mode + " picture", lambda: m.picture(mode, max_rows=768, width=512))
+    out["arrays"] = {"kinds": hm.kinds.nbytes, "references": hm.references.nbytes,
+                     "guest map": gm.states.nbytes + gm.depth.nbytes + gm.host_offsets.nbytes}
+print(json.dumps(out))
+"""
+
+
+def stages(image: str, env: dict) -> dict:
+    p = subprocess.run([sys.executable, "-c", STAGES_SCRIPT, image], capture_output=True,
+                       text=True, env=env, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def _clusters(image: str) -> int:
     from qcow2view.engine import open_image
     with open_image(image) as im:
@@ -228,6 +264,15 @@ def main() -> int:
               f"{qs:>8.2f}{qc:>9.2f}{qm:>9.0f}")
     print(f"(load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; wall times "
           "suffer from other load, CPU times much less)")
+    print("\nwhere the window's memory goes (analysis stages in one child per image: CPU s "
+          "(slowed by tracemalloc), tracemalloc peak MiB, RSS MiB after):")
+    for image, *_ in rows:
+        st = stages(image, env)
+        arrays = ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in st.pop("arrays").items())
+        base = st.pop("import_rss")
+        parts = [f"{k} {c:.2f}s/{pk / MiB:.0f}/{r / MiB:.0f}" for k, (c, pk, r) in st.items()]
+        print(f"{os.path.basename(image)} (imports {base / MiB:.0f} MiB; keeps {arrays}):")
+        print("    " + "; ".join(parts))
     if len(rows) >= 2:
         import bench_check
         a, b = bench_check.fit([(n, g["peak_rss_mib"] * MiB) for _, n, g, *_ in rows])
