@@ -67,11 +67,30 @@ def run_job(window: QWidget, job: ops.OperationJob, done_text: str) -> ops.Opera
     dlg.setAutoClose(False)
     dlg.setAutoReset(False)
 
+    # a modal dialog's setValue runs the event loop, which may deliver the job's end:
+    # the dialog must not be deleted under its own setValue (a segfault), so an end
+    # that arrives there waits until setValue has returned
+    state: dict = {"in_set_value": False, "deferred": None, "over": False}
+
     def progressed(done: int, total: int) -> None:
-        dlg.setMaximum(max(total, 1))
-        dlg.setValue(min(done, max(total, 1)))
+        if state["over"]:
+            return
+        state["in_set_value"] = True
+        try:
+            dlg.setMaximum(max(total, 1))
+            dlg.setValue(min(done, max(total, 1)))
+        finally:
+            state["in_set_value"] = False
+        if state["deferred"] is not None:
+            finish(*state["deferred"])
 
     def finish(message: str | None = None, error: str | None = None) -> None:
+        if state["in_set_value"]:
+            state["deferred"] = (message, error)
+            return
+        if state["over"]:
+            return
+        state["over"] = True
         dlg.reset()
         dlg.close()
         dlg.deleteLater()
