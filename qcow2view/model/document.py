@@ -14,6 +14,7 @@ views are built over them and only listen.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
@@ -121,8 +122,12 @@ class ImageDocument(QObject):
         self.guest = GuestContents(self)
         #: the guest disk and the image file in the hex editor; a save through the guest
         #: document re-reads everything
-        self.hex_guest = HexDocument(None, self, reopen=self._reopen_for_edit,
-                                     after_save=self.refresh)
+        # (through a weak reference: a cycle would leave this QObject to the garbage
+        # collector, which may run, and delete it, on a worker thread)
+        me = weakref.ref(self)
+        self.hex_guest = HexDocument(None, self,
+                                     reopen=lambda writable: me()._reopen_for_edit(writable),
+                                     after_save=lambda: me().refresh())
         self.hex_file = HexDocument(None, self, source=ImageFileSource)
         # connected first, so the models are up to date when a view hears these
         self.loaded.connect(self._image_changed)

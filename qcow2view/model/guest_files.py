@@ -228,7 +228,6 @@ class GuestContents(QObject):
 
     def __init__(self, document) -> None:
         super().__init__(document)
-        self.document = document
         self.built: Built | None = None
         self.state = "idle"             # idle | building | ready | cancelled | failed
         self.error: str | None = None
@@ -238,6 +237,13 @@ class GuestContents(QObject):
         self._changes_worker: Worker | None = None
         document.closed.connect(self.close)
         document.changed.connect(self._file_changed)
+
+    @property
+    def document(self):
+        """The owning ImageDocument (the parent: an attribute would make a reference
+        cycle, leaving the document to the garbage collector, which may delete it on a
+        worker thread)."""
+        return self.parent()
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:

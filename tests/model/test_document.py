@@ -109,3 +109,25 @@ def test_reopen_failure_keeps_the_old_image(garbage_file, tmp_path):
         d.reopen(True)
     assert d.image is img and not d.writable
     d.close()
+
+
+def test_the_document_owns_what_the_window_shows(doc, qtbot, sample_image):
+    """Header, tables, problems, allocation and both hex documents come with the
+    document and follow it: filled on load, the maps in when the check is, and the
+    hex documents on the new Image after a refresh (no view wires them)."""
+    with qtbot.waitSignal(doc.mapsReady, timeout=30000):
+        doc.load()
+    info = qemu.info(sample_image)
+    assert doc.header_model.rowCount() > 10
+    assert doc.tree_model.rowCount() == 3      # active L1, the snapshot's L1, refcount table
+    assert doc.allocation.host_map is doc.host_map and doc.allocation.guest_map is doc.guest_map
+    assert doc.problems_model.checked and doc.problems_model.rowCount() == 0
+    assert doc.hex_guest.size == info["virtual-size"]
+    assert doc.hex_file.size == sample_image.stat().st_size
+    raw = qemu.to_raw(sample_image, sample_image.with_name("guest.raw"))
+    assert doc.hex_guest.read(0, 128 << 10) == raw[:128 << 10]
+    assert doc.hex_file.read(0, 4) == b"QFI\xfb"
+    qtbot.waitUntil(lambda: not doc.busy, timeout=5000)
+    with qtbot.waitSignal(doc.mapsReady, timeout=30000):
+        doc.refresh()
+    assert doc.hex_guest.image is doc.image and doc.hex_file.image is doc.image
