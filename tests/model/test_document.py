@@ -131,3 +131,20 @@ def test_the_document_owns_what_the_window_shows(doc, qtbot, sample_image):
     with qtbot.waitSignal(doc.mapsReady, timeout=30000):
         doc.refresh()
     assert doc.hex_guest.image is doc.image and doc.hex_file.image is doc.image
+
+
+def test_a_dropped_document_is_freed_at_once(sample_image, qtbot):
+    """No reference cycle keeps a closed document for the garbage collector, which may
+    run on a worker thread and must never delete a QObject there."""
+    import gc
+    import weakref
+    d = ImageDocument(sample_image)
+    d.load_header()
+    gone = weakref.ref(d)
+    d.close()
+    gc.disable()
+    try:
+        del d
+        assert gone() is None
+    finally:
+        gc.enable()
