@@ -132,6 +132,9 @@ class MetadataStore:
         # what readers derived from the metadata, dropped whenever it changes
         self.maps_cache: dict = {}
         self.compressed_cache: tuple[int, bytes] | None = None
+        # bumped whenever a table appears or moves (the overlap set below is stale)
+        self.layout_generation = 0
+        self._overlap: tuple[tuple[int, int], set[int]] | None = None
 
     # -- geometry ------------------------------------------------------------------------
     @property
@@ -277,6 +280,29 @@ class MetadataStore:
         buf = self.file.pread_exact(off, self.cluster_size, f"refcount block {rt_index}")
         return off, decode_refcount_block(buf, self.header.refcount_order)
 
+    def metadata_clusters(self) -> set[int]:
+        """Clusters of the header, the refcount table and blocks, the active L1 and
+        L2 tables and the snapshot table: what a data write must never touch
+        (QEMU's qcow2_check_metadata_overlap)."""
+        key = (self.refcounts.generation, self.layout_generation)
+        if self._overlap is not None and self._overlap[0] == key:
+            return self._overlap[1]
+        header, cb, cs = self.header, self.cluster_bits, self.cluster_size
+        clusters = {0}
+        rt_first = header.refcount_table_offset >> cb
+        clusters.update(range(rt_first, rt_first + header.refcount_table_clusters))
+        l1_end = header.l1_table_offset + 8 * header.l1_size
+        clusters.update(range(header.l1_table_offset >> cb, (l1_end + cs - 1) >> cb))
+        blocks = self.reftable & np.uint64(C.REFT_OFFSET_MASK)
+        clusters.update((blocks[blocks != 0] >> np.uint64(cb)).tolist())
+        tables = self.l1_table.entries & np.uint64(C.L1E_OFFSET_MASK)
+        clusters.update((tables[tables != 0] >> np.uint64(cb)).tolist())
+        if header.nb_snapshots:
+            last = max(snap.offset for snap in self.snapshots) + 1024
+            clusters.update(range(header.snapshots_offset >> cb, (last >> cb) + 1))
+        self._overlap = (key, clusters)
+        return clusters
+
     # -- caches --------------------------------------------------------------------------
     def changed(self) -> None:
         """Metadata changed: what readers derived from it is stale."""
@@ -289,6 +315,7 @@ class MetadataStore:
 
     def invalidate(self) -> None:
         """Forget cached tables (after the file changed underneath)."""
+        self.layout_generation += 1
         self.l2_cache.clear()
         self.l1 = self.l1_table.entries.tolist()
         self.changed()
@@ -326,6 +353,7 @@ class MetadataStore:
         if sync:
             self.file.fsync()
         self.header = new
+        self.layout_generation += 1
 
     def write_header_cluster(self, head: bytes) -> None:
         """Replace the whole header cluster (header, extensions, backing file name)
@@ -402,6 +430,7 @@ class MetadataStore:
         """An active L1 entry changed in memory; :meth:`write_l1_entries` writes it."""
         self.l1[index] = value
         self.l1_table.entries[index] = value
+        self.layout_generation += 1
 
     def write_l1_entries(self, lo: int, hi: int) -> None:
         """Entries ``lo..hi`` of the active L1 table, as they are in memory."""
@@ -416,6 +445,7 @@ class MetadataStore:
             self.file.fsync()
         self.l1_table.entries[first:first + entries.size] = entries
         self.l1[first:first + entries.size] = entries.tolist()
+        self.layout_generation += 1
         self.changed()
 
     def grow_l1(self, min_size: int) -> None:
@@ -443,6 +473,7 @@ class MetadataStore:
                 and offset == self.l1_table.offset + 8 * index):
             self.l1_table.entries[index] = value
             self.l1[index] = value
+            self.layout_generation += 1
         self.l2_cache.clear()
         self.changed()
 
@@ -542,3 +573,4 @@ class MetadataStore:
         if old_len:
             self.free([(old_off, old_len)])
         self.snapshots = self._read_snapshots()
+        self.layout_generation += 1

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from . import clusters as C
 from . import locking
 from .allocator import RefcountAllocator
@@ -119,12 +117,9 @@ class Writer:
         self.pending_frees: list[tuple[int, int]] = []
         self.pending_data = 0
         self._pending_drops: dict[int, int] = {}    # cluster -> pending decrements
-        self._meta: set[int] | None = None
         self._undo = _Undo()
         # why the last commit failed; pending metadata stays until one succeeds
         self.commit_error: Qcow2Error | None = None
-        self._tables_created = 0
-        self._meta_gen = None
 
     @property
     def alloc(self) -> RefcountAllocator:
@@ -344,7 +339,6 @@ class Writer:
                 bm = [0] * im.l2_size if im.extended_l2 else None
             host = self.alloc.alloc(1) << im.cluster_bits
             self._undo.allocated.append((host, im.cluster_size))
-            self._tables_created += 1
             table = _Table(l1i, host, raw, bm, True, l2off)
         tables[l1i] = table
         return table
@@ -594,7 +588,7 @@ class Writer:
             return True
         cluster = host >> im.cluster_bits
         where = table.offset + im.header.l2_entry_size * l2i
-        if cluster in self._metadata():
+        if cluster in self.meta.metadata_clusters():
             raise CorruptImageError(f"L2 entry points into metadata (cluster {host:#x}); "
                                     "writing would destroy it", structure="L2 entry",
                                     offset=where)
@@ -603,29 +597,6 @@ class Writer:
             raise CorruptImageError(f"data cluster {host:#x} has refcount 0",
                                     structure="L2 entry", offset=where)
         return rc == 1
-
-    def _metadata(self) -> set[int]:
-        """Clusters of the header, refcount table and blocks, L1 and active L2 tables."""
-        gen = (self.alloc.generation, self._tables_created)
-        if self._meta is not None and self._meta_gen == gen:
-            return self._meta
-        im = self.image
-        header = im.header
-        cb, cs = im.cluster_bits, im.cluster_size
-        meta = {0}
-        meta.update(range(header.refcount_table_offset >> cb,
-                          (header.refcount_table_offset >> cb) + header.refcount_table_clusters))
-        l1_end = header.l1_table_offset + 8 * header.l1_size
-        meta.update(range(header.l1_table_offset >> cb, (l1_end + cs - 1) >> cb))
-        rt = self.alloc.reftable & np.uint64(C.REFT_OFFSET_MASK)
-        meta.update((rt[rt != 0] >> np.uint64(cb)).tolist())
-        l1 = im.l1_table.entries & np.uint64(C.L1E_OFFSET_MASK)
-        meta.update((l1[l1 != 0] >> np.uint64(cb)).tolist())
-        if header.nb_snapshots:
-            last = max(sn.offset for sn in im.snapshots) + 1024
-            meta.update(range(header.snapshots_offset >> cb, (last >> cb) + 1))
-        self._meta, self._meta_gen = meta, gen
-        return meta
 
     def _check_host(self, host: int, table: _Table, l2i: int) -> None:
         if host & (self.image.cluster_size - 1):

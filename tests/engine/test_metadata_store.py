@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import qemu
-from qcow2view.engine import open_image
+from qcow2view.engine import CorruptImageError, open_image
 from qcow2view.engine.ops.snapshot import delete_snapshot
 from qcow2view.engine.snapshot_create import create_snapshot
 
@@ -123,3 +123,23 @@ def test_table_growth_snapshot_and_delete_stay_consistent(image_path, tmp_path):
     raw = qemu.to_raw(image_path, tmp_path / "out.raw")
     assert raw[:512] == b"\x01" * 512
     assert raw[512:12 << 20] == (data * 12)[512:]
+
+
+def test_a_write_through_an_entry_into_metadata_is_refused(tmp_path):
+    """An L2 entry that points at the L1 table (COPIED, refcount 1) must not be
+    written through, as QEMU's overlap check refuses it: the L1 table survives."""
+    path = qemu.create(tmp_path / "overlap.qcow2", "1M")
+    qemu.qemu_io(path, "write -P 0x5a 0 64k")
+    with open_image(path) as im:
+        entry_at = im.guest_mapping(0).l2_entry_offset
+        l1_at = im.header.l1_table_offset
+    with open(path, "r+b") as f:
+        f.seek(entry_at)
+        f.write((l1_at | 1 << 63).to_bytes(8, "big"))      # COPIED, into the L1 table
+    l1_before = path.read_bytes()[l1_at:l1_at + 65536]
+    with open_image(path, writable=True) as im:
+        with pytest.raises(CorruptImageError, match="metadata"):
+            im.write(0, b"\xff" * 512)
+    assert path.read_bytes()[l1_at:l1_at + 65536] == l1_before
+    code, _ = qemu.check(path)
+    assert code == 2                     # the damage we made, nothing more written over
