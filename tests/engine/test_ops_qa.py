@@ -113,3 +113,27 @@ def test_qemu_img_options_that_change_nothing_are_accepted(small, tmp_path, caps
         done[side] = d
     for name in ("base.qcow2", "top.qcow2") + (("out.qcow2",) if args[0] == "convert" else ()):
         assert_same_as_qemu(done["q"] / name, done["o"] / name)
+
+
+MEASURES = [("--size", "513"), ("--size", "1"),
+            ("-O", "qcow2", "--size", "7G", "-o", "preallocation=full"),
+            ("-O", "qcow2", "--size", "7G", "-o", "preallocation=falloc"),
+            ("-O", "qcow2", "-o", "preallocation=full,cluster_size=4k", "SRC")]
+
+
+@pytest.mark.parametrize("args", MEASURES, ids=[" ".join(a) for a in MEASURES])
+def test_measure_odd_sizes_and_full_preallocation_as_qemu(small, capsys, args):
+    """raw counts whole sectors; preallocation=full/falloc needs every cluster (it was
+    refused as for create)."""
+    import json
+    args = [str(small) if a == "SRC" else a for a in args]
+    want = json.loads(qemu.qemu_img("measure", "--output=json", *args).stdout)
+    rc, out, err = ours(capsys, "measure", "--output=json", *args)
+    assert rc == 0, err
+    assert json.loads(out) == want
+
+
+def test_measure_raw_refuses_qcow2_options_as_qemu(capsys):
+    p = qemu.qemu_img("measure", "--size", "1G", "-o", "cluster_size=512", check=False)
+    rc, _, err = ours(capsys, "measure", "--size", "1G", "-o", "cluster_size=512")
+    assert p.returncode == rc == 1 and "cluster_size" in err and len(err.splitlines()) == 1

@@ -70,8 +70,16 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
     if (size is None) == (source is None):
         raise RequestError("Either --size N or one filename must be specified")
     vsize = source.virtual_size if source is not None else size
-    if out_fmt == "raw":
+    if out_fmt == "raw":     # as qemu's raw_measure: whole sectors, no qcow2 options
+        for key in options:
+            if key != "preallocation":
+                raise RequestError(f"Invalid parameter '{key}' (not an option of raw)")
+        vsize = -(-vsize // 512) * 512
         return Measurement(vsize, vsize)
+    # create does not write every cluster, but measure can say what that would take
+    allocate_all = options.get("preallocation") in ("falloc", "full")
+    if allocate_all:
+        options["preallocation"] = "metadata"
     problems = validate_create_options(size=vsize, **options)
     if problems:
         raise RequestError("; ".join(problems))
@@ -84,7 +92,7 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
     if source is not None:
         data = int(np.count_nonzero(_data_clusters(source, cs))) * cs
     bitmaps = 0 if source is not None and getattr(source, "format", "") == "qcow2" else None
-    return Measurement(full - aligned + data, full, bitmaps)
+    return Measurement(full if allocate_all else full - aligned + data, full, bitmaps)
 
 
 def _data_clusters(src, cs: int) -> np.ndarray:
