@@ -137,3 +137,11 @@ def test_measure_raw_refuses_qcow2_options_as_qemu(capsys):
     p = qemu.qemu_img("measure", "--size", "1G", "-o", "cluster_size=512", check=False)
     rc, _, err = ours(capsys, "measure", "--size", "1G", "-o", "cluster_size=512")
     assert p.returncode == rc == 1 and "cluster_size" in err and len(err.splitlines()) == 1
+
+
+def test_convert_refuses_compression_with_preallocation_as_qemu(small, tmp_path, capsys):
+    args = ("convert", "-c", "-O", "qcow2", "-o", "preallocation=metadata", str(small))
+    p = qemu.qemu_img(*args, tmp_path / "q.qcow2", check=False)
+    rc, _, err = ours(capsys, *args, str(tmp_path / "o.qcow2"))
+    assert p.returncode == rc == 1 and "preallocation" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.qcow2").exists()

@@ -85,6 +85,8 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
         raise RequestError(f"output format {out_fmt!r} is not supported (qcow2 or raw)")
     if compress and out_fmt != "qcow2":
         raise RequestError("Compression not supported for this file format")
+    if compress and (options or {}).get("preallocation", "off") != "off":
+        raise RequestError("Compression and preallocation not supported at the same time")
     if out_fmt == "raw" and options:
         raise RequestError(f"raw images take no options ({', '.join(options)})")
     if os.path.exists(dst_path):
