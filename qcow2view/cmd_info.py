@@ -192,7 +192,7 @@ def check_main(ns) -> int:
     try:
         with _open(ns.image, writable=bool(repair), repair=bool(repair)) as im:
             if repair:
-                r = im.repair(leaks=True, all=(repair == "all"))
+                r = im.repair(leaks=True, fix_all=(repair == "all"))
             else:
                 r = im.check()
     except (Qcow2Error, OSError) as e:

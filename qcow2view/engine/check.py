@@ -272,16 +272,16 @@ def _result(image, scan: RefScan, disk: DiskRefcounts, compared=None) -> CheckRe
 
 
 # -- repair ---------------------------------------------------------------------------
-def repair(image, leaks: bool = True, all: bool = False, progress: Progress = None,
+def repair(image, leaks: bool = True, fix_all: bool = False, progress: Progress = None,
            cancel: Cancel = None) -> CheckResult:
-    """Fix leaks (and with ``all``, refcounts that are too low), like ``qemu-img
+    """Fix leaks (and with ``fix_all``, refcounts that are too low), like ``qemu-img
     check -r leaks|all``; returns the check of the repaired image with
     ``leaks_fixed``/``corruptions_fixed`` set."""
     if not image.writable:
         raise ReadOnlyError("repair needs the image opened for writing "
                             "(open_image(path, writable=True))", path=image.path)
-    fix_errors = bool(all)
-    fix_leaks = bool(leaks or all)
+    fix_errors = bool(fix_all)
+    fix_leaks = bool(leaks or fix_all)
     image.flush()                      # pending metadata of earlier writes first
     try:
         return _repair(image, fix_leaks, fix_errors, progress, cancel)

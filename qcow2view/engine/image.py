@@ -404,10 +404,11 @@ class Image:
             self._writer.commit()        # check reads the file itself
         return check_image(self, progress, cancel)
 
-    def repair(self, leaks: bool = True, all: bool = False, progress=None, cancel=None):
-        """Repair like ``qemu-img check -r leaks|all`` (image opened writable)."""
+    def repair(self, leaks: bool = True, fix_all: bool = False, progress=None, cancel=None):
+        """Repair like ``qemu-img check -r leaks`` (or ``-r all`` with ``fix_all``; the
+        image opened writable)."""
         try:
-            return repair_image(self, leaks=leaks, all=all, progress=progress, cancel=cancel)
+            return repair_image(self, leaks=leaks, fix_all=fix_all, progress=progress, cancel=cancel)
         finally:
             self.invalidate_caches()
 

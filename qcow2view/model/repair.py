@@ -47,7 +47,7 @@ class RepairJob(QObject):
         def run(progress, cancel):
             with open_image(path, writable=True, repair=True,
                             ignore_backing_errors=True) as im:
-                return im.repair(leaks=True, all=fix_all, progress=progress, cancel=cancel)
+                return im.repair(leaks=True, fix_all=fix_all, progress=progress, cancel=cancel)
 
         self.worker = Worker("Repairing", run, self)
         self.worker.progressed.connect(self.document.progress)

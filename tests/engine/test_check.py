@@ -158,7 +158,7 @@ def test_repair_all(tmp_path, damage):
     damage(p)
     before = _guest(p, tmp_path, "a.raw")
     with open_image(p, writable=True) as im:
-        r = im.repair(all=True)
+        r = im.repair(fix_all=True)
     assert r.clean, r.findings
     code, out = qemu.check(p)
     assert code == 0, out
@@ -172,7 +172,7 @@ def test_repair_all_rebuilds_when_a_refcount_block_is_missing(tmp_path):
     q.write_bytes(p.read_bytes())
     _, want = qemu.check(q, "-r", "all")
     with open_image(p, writable=True) as im:
-        r = im.repair(all=True)
+        r = im.repair(fix_all=True)
     assert r.clean, r.findings
     assert r.corruptions_fixed == want["corruptions-fixed"]
     assert qemu.check(p)[0] == 0
@@ -202,7 +202,7 @@ def test_repair_all_rebuilds_like_qemu(tmp_path, bits, target):
     code, want = qemu.check(theirs, "-r", "all")
     assert code == 0 and qemu.check(theirs)[0] == 0, want
     with open_image(p, writable=True) as im:
-        r = im.repair(all=True)
+        r = im.repair(fix_all=True)
     code, out = qemu.check(p)
     assert code == 0, out
     mine = r.to_json()
@@ -272,7 +272,7 @@ def test_crash_during_rebuild_keeps_the_guest_data(tmp_path):
         HostFile.fault_after = n
         try:
             with open_image(q, writable=True) as im:
-                im.repair(all=True)
+                im.repair(fix_all=True)
             finished = True
         except Qcow2Error as e:
             assert str(q) in str(e)        # a typed error naming the file
@@ -291,7 +291,7 @@ def test_crash_during_rebuild_keeps_the_guest_data(tmp_path):
 
 def test_repair_after_a_crash_with_lazy_refcounts(tmp_path):
     """What a VM crash with lazy_refcounts leaves: dirty bit, refcounts never
-    written.  repair(all=True) rebuilds the refcount structure as qemu-img check
+    written.  repair(fix_all=True) rebuilds the refcount structure as qemu-img check
     -r all does, counts the fixes as it counts them, clears the dirty bit and
     keeps the guest data."""
     p = qemu.create(tmp_path / "lazy.qcow2", "4M", "lazy_refcounts=on", "cluster_size=4k")
@@ -304,7 +304,7 @@ def test_repair_after_a_crash_with_lazy_refcounts(tmp_path):
     assert_same_as_qemu(p)
     _, want = qemu.check(q, "-r", "all")
     with open_image(p, writable=True, repair=True) as im:
-        r = im.repair(all=True)
+        r = im.repair(fix_all=True)
     assert r.clean and r.corruptions_fixed == want["corruptions-fixed"]
     assert r.leaks_fixed == want.get("leaks-fixed", 0)
     assert qemu.check(p)[0] == 0
@@ -325,7 +325,7 @@ def test_crash_during_repair_leaves_at_most_leaks(tmp_path):
         HostFile.fault_after = n
         try:
             with open_image(q, writable=True, repair=True) as im:
-                im.repair(all=True)
+                im.repair(fix_all=True)
             finished = True
         except Qcow2Error:
             pass
@@ -450,20 +450,21 @@ def open_image_bytes(d, data):
 def test_reference_counts_widen_instead_of_wrapping(tmp_path):
     """One byte per cluster until some cluster has more than 255 references, then
     16 and 32 bits: a count never wraps."""
-    from qcow2view.engine.refscan import K_DATA, Scanner
+    from qcow2view.engine.kinds import HostKind
+    from qcow2view.engine.refscan import Scanner
     p = _img(tmp_path)
     with open_image(p) as im:
         sc = Scanner(im, compact=True)
         assert sc.r.refs.dtype == np.uint8
         sc.r.refs[4] = 0xFF
-        sc._mark_one(4, K_DATA)
+        sc._mark_one(4, HostKind.DATA)
         assert sc.r.refs.dtype == np.uint16 and sc.r.refs[4] == 0x100
         sc.r.refs[5] = 0xFFFF
-        sc._mark(np.array([5, 5, 6]), K_DATA)
+        sc._mark(np.array([5, 5, 6]), HostKind.DATA)
         assert sc.r.refs.dtype == np.uint32 and sc.r.refs[5] == 0x10001
         sc.r.refs = sc.r.refs.astype(np.uint16)
         sc.r.refs[7] = 0xFFFF
-        sc._mark_one(7, K_DATA)
+        sc._mark_one(7, HostKind.DATA)
         assert sc.r.refs[7] == 0x10000
 
 
