@@ -11,7 +11,8 @@ from .clusters import ClusterType
 from .header import Header
 from .image import BackingInfo, GuestMapping, Image, L1Table, L2Table, open_image
 from .check import CheckResult, Finding
-from .maps import GuestMap, GuestState, HOST_KIND_SEVERITY, HostKind, HostMap, Owner
+from .kinds import HOST_KIND_SEVERITY, GuestKind, HostKind
+from .maps import GuestMap, HostMap, Owner
 from .create import create_image, validate_create_options
 
 __all__ = [
@@ -19,7 +20,7 @@ __all__ = [
     "Header", "ClusterType", "BackingInfo", "GuestMapping",
     "L1Table", "L2Table",
     "CheckResult", "Finding", "HostKind", "HOST_KIND_SEVERITY", "Owner", "HostMap",
-    "GuestState", "GuestMap",
+    "GuestKind", "GuestMap",
     "Qcow2Error", "NotQcow2Error", "CorruptImageError", "TruncatedImageError",
     "UnsupportedFeatureError", "EncryptedImageError", "BackingFileError", "DataFileError",
     "RequestError", "ReadOnlyError", "ImageInUseError", "CancelledError",

@@ -9,27 +9,16 @@ each L2 table once for both maps.  A disk with more clusters than
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import clusters as C
+from .kinds import GuestKind
 from .refscan import BATCH_ENTRIES, Cancel, Progress, check_cancel
 from .tableread import contiguous_rows, read_tables
 
 U64 = np.uint64
-
-
-class GuestState(enum.IntEnum):
-    """How a guest cluster reads (one uint8 per guest cluster)."""
-
-    UNALLOCATED = 0
-    ZERO = 1
-    DATA = 2
-    COMPRESSED = 3
-    BACKING = 4
-    MIXED = 5
 
 
 # Entries a guest map holds at most (10 bytes each, and the pictures built from it
@@ -40,8 +29,8 @@ MAX_GUEST_ENTRIES = 1 << 22
 
 # Which member a summarised entry shows: the most significant, in the heatmap's order
 GUEST_STATE_RANK = np.zeros(8, dtype=np.uint8)
-for _s, _r in ((GuestState.UNALLOCATED, 0), (GuestState.ZERO, 1), (GuestState.BACKING, 2),
-               (GuestState.MIXED, 3), (GuestState.COMPRESSED, 4), (GuestState.DATA, 5)):
+for _s, _r in ((GuestKind.UNALLOCATED, 0), (GuestKind.ZERO, 1), (GuestKind.BACKING, 2),
+               (GuestKind.MIXED, 3), (GuestKind.COMPRESSED, 4), (GuestKind.DATA, 5)):
     GUEST_STATE_RANK[_s] = _r
 
 
@@ -55,7 +44,7 @@ class GuestMap:
 
     cluster_size: int            # bytes per entry
     virtual_size: int
-    states: np.ndarray           # uint8 GuestState per entry
+    states: np.ndarray           # uint8 GuestKind per entry
     depth: np.ndarray            # uint8: 0 = this image, N = Nth backing file
     host_offsets: np.ndarray     # uint64 host offset of data/compressed (byte offset), else 0
     snapshot: str | None
@@ -128,7 +117,7 @@ class GuestMapBuilder:
         for r in np.nonzero(fast)[0].tolist():
             lo = int(bi[r]) * L
             hi = min(n, lo + L)
-            states[lo:hi] = GuestState.DATA
+            states[lo:hi] = GuestKind.DATA
             np.add(ramp[:hi - lo], raw[r, 0] & U64(C.L2E_OFFSET_MASK), out=hosts[lo:hi])
         rest = np.nonzero(~fast)[0]
         if len(rest) == 0:
@@ -234,47 +223,23 @@ def _summarise_contiguous(states: np.ndarray, hosts: np.ndarray, first: np.ndarr
     h = ((first & U64(C.L2E_OFFSET_MASK))[:, None]
          + np.arange(per, dtype=U64) * U64(k * cs))
     keep = e < len(states)
-    states[e[keep]] = GuestState.DATA
+    states[e[keep]] = GuestKind.DATA
     hosts[e[keep]] = h[keep]
 
 
 def _decode_states(raw: np.ndarray, bm: np.ndarray | None, has_data_file: bool,
                    layout) -> tuple[np.ndarray, np.ndarray]:
-    comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
-    off = raw & U64(C.L2E_OFFSET_MASK)
-    has_off = off != 0
-    if has_data_file:
-        has_off |= (raw & U64(C.QCOW_OFLAG_COPIED)) != 0
-    st = np.full(raw.shape, GuestState.UNALLOCATED, dtype=np.uint8)
-    ho = np.zeros(raw.shape, dtype=U64)
-    if bm is None:
-        zero = ((raw & U64(C.QCOW_OFLAG_ZERO)) != 0) & ~comp
-        data = has_off & ~zero & ~comp
-        st[zero] = GuestState.ZERO
-        st[data] = GuestState.DATA
-        ho[data] = off[data]
-    else:
-        full = U64(C.L2_BITMAP_ALL_ALLOC)
-        alloc = bm & full
-        zero = bm >> U64(32)
-        a = has_off & ~comp
-        u = ~has_off & ~comp
-        st[a | u] = GuestState.MIXED
-        st[(a & (alloc == 0) & (zero == 0)) | (u & (alloc == 0) & (zero == 0))] = \
-            GuestState.UNALLOCATED
-        st[(a | (u & (alloc == 0))) & (zero == full) & ((alloc & zero) == 0)] = \
-            GuestState.ZERO
-        d = a & (alloc == full) & (zero == 0)
-        st[d] = GuestState.DATA
-        keep = a & ((st == GuestState.DATA) | (st == GuestState.MIXED))
-        ho[keep] = off[keep]
-    st[comp] = GuestState.COMPRESSED
+    """Kinds (the classifier's :func:`~.clusters.guest_kinds`) and host offsets."""
+    st = C.guest_kinds(raw, bm, has_data_file)
+    ho = np.where((st == GuestKind.DATA) | (st == GuestKind.MIXED),
+                  raw & U64(C.L2E_OFFSET_MASK), U64(0))
+    comp = st == GuestKind.COMPRESSED
     ho[comp] = raw[comp] & U64(layout.offset_mask)
     return st, ho
 
 
 def _merge_backing(image, states, depth, hosts, cs, vsize, cancel) -> None:
-    need = states == GuestState.UNALLOCATED
+    need = states == GuestKind.UNALLOCATED
     if not need.any():
         return
     b = image.backing
@@ -290,7 +255,7 @@ def _merge_backing(image, states, depth, hosts, cs, vsize, cancel) -> None:
             bst = sub.states[j]
             bdp = sub.depth[j]
             bho = sub.host_offsets[j]
-            adj = np.where((bst == GuestState.DATA) | (bst == GuestState.BACKING),
+            adj = np.where((bst == GuestKind.DATA) | (bst == GuestKind.BACKING),
                            pos[inside] % U64(bcs), U64(0))
             bho = np.where(bho != 0, bho + adj, bho)
         else:
@@ -300,22 +265,22 @@ def _merge_backing(image, states, depth, hosts, cs, vsize, cancel) -> None:
             grid = np.concatenate([sub.states, np.zeros(max(pad, 0), np.uint8)])[:m * r]
             grid = grid.reshape(m, r)
             bst = grid[:, 0].copy()
-            bst[np.any(grid != grid[:, :1], axis=1)] = GuestState.MIXED
+            bst[np.any(grid != grid[:, :1], axis=1)] = GuestKind.MIXED
             dgrid = np.concatenate([sub.depth, np.zeros(max(pad, 0), np.uint8)])[:m * r]
             bdp = dgrid.reshape(m, r)[:, 0].copy()
             hgrid = np.concatenate([sub.host_offsets, np.zeros(max(pad, 0), U64)])[:m * r]
             bho = hgrid.reshape(m, r)[:, 0].copy()
-        found = bst != GuestState.UNALLOCATED
+        found = bst != GuestKind.UNALLOCATED
         tgt = np.nonzero(inside)[0]
         hit = tgt[found & need[tgt]]
         k = found & need[tgt]
-        states[hit] = GuestState.BACKING
+        states[hit] = GuestKind.BACKING
         depth[hit] = np.minimum(bdp[k].astype(np.int64) + 1, 255).astype(np.uint8)
         hosts[hit] = bho[k]
     else:   # raw backing file: guest offset == file offset
         pos = np.arange(n, dtype=U64) * U64(cs)
         hit = need & (pos < U64(b.virtual_size))
-        states[hit] = GuestState.BACKING
+        states[hit] = GuestKind.BACKING
         depth[hit] = 1
         hosts[hit] = pos[hit]
 

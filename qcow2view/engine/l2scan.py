@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import clusters as C
-from .refkinds import K_COMPRESSED, K_DATA, MAX_FINDINGS
+from .kinds import HostKind
+from .refkinds import MAX_FINDINGS
 
 U64 = np.uint64
 
@@ -135,7 +136,7 @@ class L2TableWalk:
                     continue
                 rs += 1
                 if not self.compact:
-                    r.kinds[sl] = K_DATA
+                    r.kinds[sl] = HostKind.DATA
                 if c0 + L > r.nb_clusters:
                     r.nb_clusters = c0 + L
             if active:
@@ -269,14 +270,14 @@ class L2TableWalk:
             rows, cols = pf // L, pf % L
             e = eoff.base[rows] + cols.astype(np.int64) * eoff.esize
             self.inc_regions(a_off[past].astype(np.int64), np.full(len(pf), self.cs),
-                             K_DATA, f"{where}data cluster", e)
+                             HostKind.DATA, f"{where}data cluster", e)
             keep = ~past
             a_cl = a_cl[keep]
             mis = None if mis is None else mis[keep]
         cl = a_cl.astype(np.intp)
         if mis is not None:
             cl = np.concatenate([cl, cl[mis] + 1])   # a misaligned cluster spans two
-        self._mark(cl, K_DATA)
+        self._mark(cl, HostKind.DATA)
 
     def _compressed(self, vals, bmv, comp, pos, L, eoff, active, where, report, lo, hi
                     ) -> None:
@@ -300,15 +301,13 @@ class L2TableWalk:
             return
         e = vals[ok]
         p = pos[ok]
-        coff = (e & U64(self.layout.offset_mask)).astype(np.int64)
-        nsec = ((e >> U64(self.layout.csize_shift)) & U64(self.layout.csize_mask)
-                ).astype(np.int64) + 1
-        csize = nsec * 512 - (coff & 511)
+        coff, csize = self.layout.decode_array(e)
+        coff, csize = coff.astype(np.int64), csize.astype(np.int64)
         if lo is not None:
             rows = p // L
             np.minimum.at(lo, rows, coff >> cb)
             np.maximum.at(hi, rows, (coff + csize - 1) >> cb)
-        self.inc_regions(coff, csize, K_COMPRESSED, f"{where}compressed cluster",
+        self.inc_regions(coff, csize, HostKind.COMPRESSED, f"{where}compressed cluster",
                          eoff.flat(p, L))
         if active:
             k = int(ok.sum())

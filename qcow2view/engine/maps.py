@@ -12,7 +12,6 @@ can build a map while the GUI thread reads guest data from the same Image.
 
 from __future__ import annotations
 
-import enum
 import struct
 from dataclasses import dataclass, field
 from typing import Callable
@@ -23,40 +22,12 @@ from . import clusters as C
 from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
 from .extensions import EXT_BITMAPS
 from .guestmap import (GUEST_STATE_RANK, MAX_GUEST_ENTRIES, GuestMap,  # noqa: F401
-                       GuestState, active_builder, guest_map)
+                       active_builder, guest_map)
+from .kinds import HOST_KIND_SEVERITY, GuestKind, HostKind  # noqa: F401
 from .refscan import (BATCH_ENTRIES, Cancel, DiskRefcounts, Progress, Scanner,
                       read_table_in_file, read_tables)
 
 U64 = np.uint64
-
-
-class HostKind(enum.IntEnum):
-    """What a host cluster holds (one uint8 per host cluster)."""
-
-    FREE = 0
-    HEADER = 1
-    L1_TABLE = 2
-    L2_TABLE = 3
-    REFCOUNT_TABLE = 4
-    REFCOUNT_BLOCK = 5
-    SNAPSHOT_TABLE = 6
-    SNAPSHOT_L1_TABLE = 7
-    BITMAP_DIRECTORY = 8
-    BITMAP_TABLE = 9
-    BITMAP_DATA = 10
-    DATA = 11
-    COMPRESSED = 12
-    LEAKED = 13
-    CORRUPT = 14
-    ENCRYPTION_HEADER = 15
-    SNAPSHOT_L2_TABLE = 16   # L2 tables only a snapshot references
-
-
-# severity for binning when zoomed out: CORRUPT > LEAKED > everything else > FREE
-HOST_KIND_SEVERITY = np.ones(len(HostKind), dtype=np.uint8)
-HOST_KIND_SEVERITY[HostKind.FREE] = 0
-HOST_KIND_SEVERITY[HostKind.LEAKED] = 2
-HOST_KIND_SEVERITY[HostKind.CORRUPT] = 3
 
 
 @dataclass(frozen=True)
@@ -328,9 +299,8 @@ def _owners(image, hm: HostMap, tables: tuple, c: int, lo: np.ndarray,
         first = np.where(data, off // U64(cs), U64(0))
         hit_d = data & ((first == U64(c)) | (((off + U64(cs - 1)) // U64(cs) == U64(c))
                                              & ((off & U64(cs - 1)) != 0)))
-        coff = raw & U64(layout.offset_mask)
-        nsec = ((raw >> U64(layout.csize_shift)) & U64(layout.csize_mask)) + U64(1)
-        cend = coff + nsec * U64(512) - (coff & U64(511)) - U64(1)
+        coff, csize = layout.decode_array(raw)
+        cend = coff + csize - U64(1)
         hit_c = comp & (coff // U64(cs) <= U64(c)) & (cend // U64(cs) >= U64(c))
         for kind, hit in ((HostKind.DATA, hit_d), (HostKind.COMPRESSED, hit_c)):
             for i, j in zip(*np.nonzero(hit)):

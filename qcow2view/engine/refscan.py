@@ -41,10 +41,8 @@ from .header import QCOW_MAX_L1_SIZE
 from .refcounts import (REFT_RESERVED_MASK, DiskRefcounts, max_refcount,  # noqa: F401
                         read_zero_filled)
 from .l2scan import L2TableWalk
-from .refkinds import (K_BMDATA, K_BMDIR, K_BMTABLE, K_COMPRESSED,  # noqa: F401
-                       K_CORRUPT, K_CRYPT, K_DATA, K_FREE, K_HEADER, K_L1, K_L2, K_LEAKED,
-                       K_REFB, K_REFT, K_SNAPL1, K_SNAPL2, K_SNAPT, MAX_FINDINGS,
-                       MAX_OVERLAPS, METADATA_KINDS, _META, Finding)
+from .kinds import HostKind
+from .refkinds import MAX_FINDINGS, MAX_OVERLAPS, METADATA_KINDS, _META, Finding  # noqa: F401
 from .tableread import TableReader, contiguous_rows, read_tables  # noqa: F401
 
 Progress = Callable[[int, int], None] | None
@@ -270,8 +268,9 @@ class Scanner(L2TableWalk):
             r.refs[u] += counts.astype(r.refs.dtype)
         if self.compact:
             return
-        if kind == K_SNAPL2:
-            r.kinds[u[r.kinds[u] != K_L2]] = kind   # L2 tables the active L1 shares stay L2
+        if kind == HostKind.SNAPSHOT_L2_TABLE:
+            # L2 tables the active L1 shares stay L2
+            r.kinds[u[r.kinds[u] != HostKind.L2_TABLE]] = kind
         else:
             r.kinds[u] = kind
 
@@ -287,7 +286,7 @@ class Scanner(L2TableWalk):
         if self.compact:
             return
         prior = int(r.kinds[c])
-        if not (kind == K_SNAPL2 and prior == K_L2):
+        if not (kind == HostKind.SNAPSHOT_L2_TABLE and prior == HostKind.L2_TABLE):
             r.kinds[c] = kind
 
     def inc_region(self, offset: int, size: int, kind: int, what: str,
@@ -353,7 +352,7 @@ class Scanner(L2TableWalk):
         self._total = total + int(np.count_nonzero(im.refcount_table))
         check_cancel(self.cancel)
 
-        self.inc_region(0, cs, K_HEADER, "header")
+        self.inc_region(0, cs, HostKind.HEADER, "header")
         self._walk_l1(h.l1_table_offset, h.l1_size, None)
         if self.data_file and im.snapshots:
             self._corrupt("snapshots_with_data_file", 0,
@@ -375,14 +374,14 @@ class Scanner(L2TableWalk):
             id_len, name_len = struct.unpack_from(
                 ">HH", read_zero_filled(im.file, last.offset + 12, 4))
             end = last.offset + SNAPSHOT_FIXED_SIZE + last.extra_data_size + id_len + name_len
-            self.inc_region(h.snapshots_offset, end - h.snapshots_offset, K_SNAPT,
+            self.inc_region(h.snapshots_offset, end - h.snapshots_offset, HostKind.SNAPSHOT_TABLE,
                             "snapshot table")
-        self.inc_region(h.refcount_table_offset, h.refcount_table_clusters * cs, K_REFT,
-                        "refcount table")
+        self.inc_region(h.refcount_table_offset, h.refcount_table_clusters * cs,
+                        HostKind.REFCOUNT_TABLE, "refcount table")
         crypt = im.encryption_extension
         if crypt is not None and len(crypt.data) >= 16:
             coff, clen = struct.unpack_from(">QQ", crypt.data)
-            self.inc_region(coff, clen, K_CRYPT, "encryption header")
+            self.inc_region(coff, clen, HostKind.ENCRYPTION_HEADER, "encryption header")
         self._walk_bitmaps()
         self._walk_refblocks()
         if self.progress is not None:
@@ -402,7 +401,8 @@ class Scanner(L2TableWalk):
             return
         active = snap is None
         name = "L1 table" if active else f"snapshot {snap.name!r} L1 table"
-        self.inc_region(l1_offset, l1_size * 8, K_L1 if active else K_SNAPL1, name)
+        self.inc_region(l1_offset, l1_size * 8,
+                        HostKind.L1_TABLE if active else HostKind.SNAPSHOT_L1_TABLE, name)
         l1 = self._read_l1(l1_offset, l1_size)
         idx = np.nonzero(l1)[0]
         if len(idx) == 0:
@@ -420,7 +420,8 @@ class Scanner(L2TableWalk):
         self.r.l2_groups.append((l2_offsets, idx, entry_offs, sname))
         # L2 table clusters first, in L1 order, exactly as QEMU marks them
         # (it interleaves them with the L2 contents, which does not change counts)
-        self.inc_regions(l2_offsets, np.full(len(idx), self.cs), K_L2 if active else K_SNAPL2,
+        self.inc_regions(l2_offsets, np.full(len(idx), self.cs),
+                         HostKind.L2_TABLE if active else HostKind.SNAPSHOT_L2_TABLE,
                          "L2 table", entry_offs)
         mis = (l2_offsets & (self.cs - 1)) != 0
         for i in self._listed(np.nonzero(mis)[0]):
@@ -492,11 +493,11 @@ class Scanner(L2TableWalk):
             return
         ext = next(e for e in im.extensions if e.type == EXT_BITMAPS)
         _, _, dsize, doff = struct.unpack_from(">IIQQ", ext.data)
-        self.inc_region(doff, dsize, K_BMDIR, "bitmap directory")
+        self.inc_region(doff, dsize, HostKind.BITMAP_DIRECTORY, "bitmap directory")
         for b in im.bitmaps:
             name = f"bitmap {b.name!r} table"
-            self.inc_region(b.bitmap_table_offset, b.bitmap_table_size * 8, K_BMTABLE, name,
-                            b.offset)
+            self.inc_region(b.bitmap_table_offset, b.bitmap_table_size * 8,
+                            HostKind.BITMAP_TABLE, name, b.offset)
             t = read_table_in_file(im.file, b.bitmap_table_offset, b.bitmap_table_size)
             offs = t & U64(BME_TABLE_ENTRY_OFFSET_MASK)
             bad = ((t & U64(BME_TABLE_ENTRY_RESERVED_MASK)) != 0) | (
@@ -507,7 +508,7 @@ class Scanner(L2TableWalk):
                               f"{name} entry {i} ({int(t[i]):#018x}) is invalid",
                               int(eo[i]))
             use = ~bad & (offs != 0)
-            self.inc_regions(offs[use], np.full(int(use.sum()), self.cs), K_BMDATA,
+            self.inc_regions(offs[use], np.full(int(use.sum()), self.cs), HostKind.BITMAP_DATA,
                              f"bitmap {b.name!r} data", eo[use])
 
     def _walk_refblocks(self) -> None:
@@ -537,7 +538,7 @@ class Scanner(L2TableWalk):
                               f"{off:#x} lies outside the image", eo)
                 continue
             if off:
-                self.inc_region(off, cs, K_REFB, f"refcount block {i}", eo)
+                self.inc_region(off, cs, HostKind.REFCOUNT_BLOCK, f"refcount block {i}", eo)
                 after = r.ref(cluster)          # as QEMU sees it right after this one
                 if min(after, r.refcount_max) != 1:
                     shared.append((i, off, cluster, eo, after))
@@ -558,7 +559,7 @@ class Scanner(L2TableWalk):
         cl = np.concatenate([m[0] for m in self._meta_marks])
         kd = np.concatenate([np.full(len(m[0]), m[1], dtype=np.uint8)
                              for m in self._meta_marks])
-        kd[kd == K_SNAPL2] = K_L2
+        kd[kd == HostKind.SNAPSHOT_L2_TABLE] = HostKind.L2_TABLE
         order = np.argsort(cl, kind="stable")
         cl, kd = cl[order], kd[order]
         starts = np.flatnonzero(np.r_[True, cl[1:] != cl[:-1]])

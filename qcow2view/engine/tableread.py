@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import clusters as C
+from .clusters import contiguous_rows  # noqa: F401  (the classifier's run test)
 from .refcounts import read_zero_filled
 
 U64 = np.uint64
@@ -61,35 +61,6 @@ def read_tables(file, offsets: np.ndarray, cs: int, extended: bool,
     if extended:
         return table[:, 0::2], table[:, 1::2]
     return table, None
-
-
-def contiguous_rows(raw: np.ndarray, cs: int, ramp: np.ndarray | None = None) -> np.ndarray:
-    """Rows of ``raw`` (L2 tables without sub-clusters) that map one run of
-    contiguous, aligned, plain data clusters: what preallocation and sequential
-    writes make, and what both walks handle with slices instead of per entry.
-    ``raw`` is left as it was."""
-    n, L = raw.shape
-    base = raw[:, 0].copy()
-    flags = base & ~U64(C.L2E_OFFSET_MASK)
-    boff = base & U64(C.L2E_OFFSET_MASK)
-    cand = (((flags == 0) | (flags == U64(C.QCOW_OFLAG_COPIED))) & (boff != 0)
-            & ((boff & U64(cs - 1)) == 0)
-            & (boff + U64((L - 1) * cs) <= U64(C.L2E_OFFSET_MASK)))
-    ci = np.flatnonzero(cand)
-    if not len(ci):
-        return cand
-    ramp = np.arange(L, dtype=U64) * U64(cs) if ramp is None else ramp
-    if 2 * len(ci) > n:
-        # most rows may qualify: test in place (raw -= base), then put raw back
-        np.subtract(raw, base[:, None], out=raw)
-        cand &= ~np.not_equal(raw, ramp).any(axis=1)
-        raw += base[:, None]
-    else:
-        # a few candidates (sparse tables): test copies of those rows only
-        sub = raw[ci]
-        np.subtract(sub, base[ci, None], out=sub)
-        cand[ci] = ~np.not_equal(sub, ramp).any(axis=1)
-    return cand
 
 
 class TableReader:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..engine.errors import RequestError
-from ..engine.maps import GuestState
+from ..engine.kinds import GuestKind
 from .files import Cancelled
 from .index import GuestIndex
 
@@ -110,7 +110,7 @@ def changed_vs_backing(image, index: GuestIndex,
         raise RequestError(f"backing file {image.backing_filename} not found",
                            path=image.path)
     gm = image.guest_map()
-    mask = (gm.depth == 0) & (gm.states != GuestState.UNALLOCATED)
+    mask = (gm.depth == 0) & (gm.states != GuestKind.UNALLOCATED)
     runs = _runs(mask, gm.cluster_size, image.virtual_size)
     per_file, other = _compare(index, runs, image.read, _backing_reader(image), progress)
     return _result(index, f"backing file {image.backing_filename}", per_file, other, runs)
@@ -124,7 +124,7 @@ def changed_vs_snapshot(image, snapshot: str, index: GuestIndex,
     live = image.guest_map()
     old = image.guest_map(snapshot=snap)
     n = min(len(live.states), len(old.states))
-    mask = live.states != GuestState.UNALLOCATED     # past the snapshot's disk: any data
+    mask = live.states != GuestKind.UNALLOCATED     # past the snapshot's disk: any data
     mask[:n] = ((live.states[:n] != old.states[:n]) | (live.depth[:n] != old.depth[:n])
                 | (live.host_offsets[:n] != old.host_offsets[:n]))
     runs = _runs(mask, live.cluster_size, image.virtual_size)

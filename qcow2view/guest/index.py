@@ -387,12 +387,12 @@ def _host_to_guest(image) -> tuple[np.ndarray, np.ndarray]:
     """Sorted host cluster numbers and the guest offsets they hold (this image's
     own data and compressed clusters; compressed ones under the cluster where their
     bytes start)."""
-    from ..engine.maps import GuestState
+    from ..engine.kinds import GuestKind
     gm = image.guest_map()
     if gm.clusters_per_entry != 1:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    mask = (gm.depth == 0) & ((gm.states == GuestState.DATA)
-                              | (gm.states == GuestState.COMPRESSED))
+    mask = (gm.depth == 0) & ((gm.states == GuestKind.DATA)
+                              | (gm.states == GuestKind.COMPRESSED))
     idx = np.nonzero(mask)[0]
     keys = (gm.host_offsets[idx] // np.uint64(image.cluster_size)).astype(np.int64)
     order = np.argsort(keys, kind="stable")

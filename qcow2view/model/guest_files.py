@@ -23,7 +23,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Qt, Signal
 
 from ..engine import CancelledError, Qcow2Error, open_image
-from ..engine.maps import GuestState
+from ..engine.kinds import GuestKind
 from ..guest.fields import FieldIndex, structure_fields
 from ..guest.files import Cancelled
 from ..guest.index import GuestIndex, IndexedFile, Owner, build_index
@@ -601,11 +601,11 @@ class GuestContents(QObject):
         parts = [head]
         host = none
         if gm.clusters_per_entry == 1:
-            own = (depth == 0) & ((states == GuestState.DATA)
-                                  | (states == GuestState.COMPRESSED))
+            own = (depth == 0) & ((states == GuestKind.DATA)
+                                  | (states == GuestKind.COMPRESSED))
             host = np.unique((gm.host_offsets[guest[own]] // np.uint64(ucs)).astype(np.int64))
             parts.append(count(len(host), "host cluster"))
-            comp = int(np.count_nonzero((depth == 0) & (states == GuestState.COMPRESSED)))
+            comp = int(np.count_nonzero((depth == 0) & (states == GuestKind.COMPRESSED)))
             if comp:
                 parts.append(f"{comp} compressed")
             parts.extend(self._shared(host))
@@ -614,10 +614,10 @@ class GuestContents(QObject):
             names = [b.filename for b in d.image.backing_chain] if d.image else []
             name = os.path.basename(names[0]) if names else "the backing file"
             parts.append(f"{backing} from backing file {name}")
-        zero = int(np.count_nonzero((states == GuestState.ZERO) & (depth == 0)))
+        zero = int(np.count_nonzero((states == GuestKind.ZERO) & (depth == 0)))
         if zero:
             parts.append(f"{zero} zero")
-        unalloc = int(np.count_nonzero((states == GuestState.UNALLOCATED) & (depth == 0)))
+        unalloc = int(np.count_nonzero((states == GuestKind.UNALLOCATED) & (depth == 0)))
         if unalloc:
             parts.append(f"{unalloc} unallocated")
         return Summary(", ".join(parts), guest, host, first, ranges)

@@ -450,20 +450,21 @@ def open_image_bytes(d, data):
 def test_reference_counts_widen_instead_of_wrapping(tmp_path):
     """One byte per cluster until some cluster has more than 255 references, then
     16 and 32 bits: a count never wraps."""
-    from qcow2view.engine.refscan import K_DATA, Scanner
+    from qcow2view.engine.kinds import HostKind
+    from qcow2view.engine.refscan import Scanner
     p = _img(tmp_path)
     with open_image(p) as im:
         sc = Scanner(im, compact=True)
         assert sc.r.refs.dtype == np.uint8
         sc.r.refs[4] = 0xFF
-        sc._mark_one(4, K_DATA)
+        sc._mark_one(4, HostKind.DATA)
         assert sc.r.refs.dtype == np.uint16 and sc.r.refs[4] == 0x100
         sc.r.refs[5] = 0xFFFF
-        sc._mark(np.array([5, 5, 6]), K_DATA)
+        sc._mark(np.array([5, 5, 6]), HostKind.DATA)
         assert sc.r.refs.dtype == np.uint32 and sc.r.refs[5] == 0x10001
         sc.r.refs = sc.r.refs.astype(np.uint16)
         sc.r.refs[7] = 0xFFFF
-        sc._mark_one(7, K_DATA)
+        sc._mark_one(7, HostKind.DATA)
         assert sc.r.refs[7] == 0x10000
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import qemu
-from qcow2view.engine import (CancelledError, GuestState, HOST_KIND_SEVERITY, HostKind,
+from qcow2view.engine import (CancelledError, GuestKind, HOST_KIND_SEVERITY, HostKind,
                               open_image)
 from check_images import (_backing, _bitmaps, _compressed, _data_file, _extended, _img,
                         _prealloc, _small, _snapshots, dmg_leak, dmg_refcount_zero)
@@ -26,17 +26,17 @@ def assert_guest_like_qemu(path, gm, cs):
         ho = gm.host_offsets[first:first + n]
         where = f"{e}"
         if not e["present"]:
-            assert (st == GuestState.UNALLOCATED).all(), where
+            assert (st == GuestKind.UNALLOCATED).all(), where
         elif e["depth"] == 0 and e["data"] and "offset" in e:
-            assert (st == GuestState.DATA).all(), where
+            assert (st == GuestKind.DATA).all(), where
             want = e["offset"] + np.arange(n, dtype=np.uint64) * cs
             assert (ho == want).all(), where
         elif e["depth"] == 0 and e["data"]:
-            assert (st == GuestState.COMPRESSED).all() and (ho != 0).all(), where
+            assert (st == GuestKind.COMPRESSED).all() and (ho != 0).all(), where
         elif e["depth"] == 0:
-            assert (st == GuestState.ZERO).all(), where
+            assert (st == GuestKind.ZERO).all(), where
         else:
-            assert (st == GuestState.BACKING).all() and (dp == e["depth"]).all(), where
+            assert (st == GuestKind.BACKING).all() and (dp == e["depth"]).all(), where
             if e["data"] and "offset" in e:
                 want = e["offset"] + np.arange(n, dtype=np.uint64) * cs
                 assert (ho == want).all(), where
@@ -65,7 +65,7 @@ def test_backing_chain_depths(tmp_path):
         assert_guest_like_qemu(c, gm, im.cluster_size)
         assert set(gm.depth[:4].tolist()) == {0, 1, 2}
         alone = im.guest_map(follow_backing=False)
-        assert (alone.states[1:] != GuestState.BACKING).all()
+        assert (alone.states[1:] != GuestKind.BACKING).all()
 
 
 def test_extended_l2_mixed_subclusters(tmp_path):
@@ -79,9 +79,9 @@ def test_extended_l2_mixed_subclusters(tmp_path):
         kinds = {(e["data"], e["zero"], e["present"]) for e in runs
                  if e["start"] < (c + 1) * cs and e["start"] + e["length"] > c * cs}
         if len(kinds) > 1:
-            assert gm.states[c] == GuestState.MIXED
+            assert gm.states[c] == GuestKind.MIXED
         elif kinds == {(True, False, True)}:
-            assert gm.states[c] == GuestState.DATA
+            assert gm.states[c] == GuestKind.DATA
 
 
 def test_snapshot_view_matches_the_reverted_image(tmp_path):
@@ -259,7 +259,7 @@ def test_raw_backing_file_shorter_than_the_disk(tmp_path):
     with open_image(t) as im:
         gm = im.guest_map()
         assert_guest_like_qemu(t, gm, im.cluster_size)
-        assert (gm.states[16:] == GuestState.UNALLOCATED).all()
+        assert (gm.states[16:] == GuestKind.UNALLOCATED).all()
 
 
 def test_refcounts_past_the_end_of_a_truncated_file_show_as_leaks(tmp_path):
@@ -320,9 +320,9 @@ def test_summarised_guest_map_of_an_image_with_a_backing_file(tmp_path):
     with open_image(t) as im:
         gm = guest_map(im, max_entries=64)           # 1024 clusters, 16 per entry
         assert gm.clusters_per_entry == 16
-        assert gm.states[1] == GuestState.DATA
+        assert gm.states[1] == GuestKind.DATA
         others = np.delete(np.arange(len(gm)), 1)
-        assert (gm.states[others] == GuestState.BACKING).all()
+        assert (gm.states[others] == GuestKind.BACKING).all()
         assert (gm.depth[others] == 1).all()
 
 
@@ -357,7 +357,7 @@ def test_guest_map_of_a_4_pib_disk_stays_small(tmp_path):
         if e["data"]:
             want.setdefault(e["start"] // es, e["offset"] - e["start"] % (2 << 20))
     assert entries == sorted(want)
-    assert set(states) == {GuestState.DATA}
+    assert set(states) == {GuestKind.DATA}
     assert hosts == [want[i] for i in entries]
 
 

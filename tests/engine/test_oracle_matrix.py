@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import qemu
-from qcow2view.engine import (BackingFileError, DataFileError, GuestState, Qcow2Error,
+from qcow2view.engine import (BackingFileError, DataFileError, GuestKind, Qcow2Error,
                                open_image)
 
 KiB, MiB = 1024, 1 << 20
@@ -464,24 +464,24 @@ def assert_map_like_qemu(path: Path, snapshot: str | None = None) -> None:
         if lo >= hi:
             continue
         st, dp, ho = gm.states[lo:hi], gm.depth[lo:hi], gm.host_offsets[lo:hi]
-        mixed = st == GuestState.MIXED
+        mixed = st == GuestKind.MIXED
         where = f"qemu {e}; engine states {st.tolist()[:8]} depth {dp.tolist()[:8]}"
         if mixed.all():
             continue
         if not e["present"]:
-            assert (st == GuestState.UNALLOCATED).all(), where
+            assert (st == GuestKind.UNALLOCATED).all(), where
             continue
         if e["depth"] > 0:
-            assert (st == GuestState.BACKING).all() and (dp == e["depth"]).all(), where
+            assert (st == GuestKind.BACKING).all() and (dp == e["depth"]).all(), where
             continue
         if e["zero"] and not e["data"]:
-            assert (st == GuestState.ZERO).all(), where
+            assert (st == GuestKind.ZERO).all(), where
         elif "offset" in e:
-            assert (st == GuestState.DATA).all(), where
+            assert (st == GuestKind.DATA).all(), where
             want = e["offset"] + (lo * cs - e["start"]) + np.arange(hi - lo, dtype=np.uint64) * cs
             assert (ho == want).all(), where
         else:
-            assert (st == GuestState.COMPRESSED).all(), where
+            assert (st == GuestKind.COMPRESSED).all(), where
 
 
 def snapshot_names(path: Path) -> list[str]:
@@ -550,7 +550,7 @@ def test_huge_sparse_image(tmp_path):
             if e["data"]:                     # the runs here lie in single clusters
                 a = e["start"] // es
                 data.add(a)
-                assert gm.states[a] == GuestState.DATA, e
+                assert gm.states[a] == GuestKind.DATA, e
                 assert gm.host_offsets[a] == e["offset"] - e["start"] % cs, e
         # everything else is unallocated, as qemu-img map says
         assert np.count_nonzero(gm.states) == len(data) == len(offs)
