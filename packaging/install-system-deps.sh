@@ -16,7 +16,7 @@ gui=(
 # sgdisk, sfdisk/fdisk, mkfs.* (+ mcopy, ntfscp, debugfs, blkid) and fls: the oracles of tests/guest/.
 tests=(desktop-file-utils appstream xdg-utils shared-mime-info libglib2.0-bin qemu-utils
        gdisk fdisk util-linux dosfstools mtools e2fsprogs ntfs-3g xfsprogs exfatprogs lvm2
-       cryptsetup-bin genisoimage sleuthkit)
+       cryptsetup-bin genisoimage sleuthkit btrfs-progs)
 
 case "${1:-}" in
     --gui) pkgs=("${gui[@]}") ;;

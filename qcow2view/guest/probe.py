@@ -149,6 +149,23 @@ def _probe_lvm(head: bytes) -> tuple[Probe, int] | None:
     return None
 
 
+BTRFS_SUPER = 0x10000             # the primary superblock, 4 KiB
+
+
+def _probe_btrfs(sb: bytes) -> Probe | None:
+    """btrfs (Fedora's and openSUSE's root): magic, label, fsid and sector size as
+    blkid reads them; the superblock's crc32c is checked (csum_type 0)."""
+    if len(sb) < 4096 or sb[0x40:0x48] != b"_BHRfS_M":
+        return None
+    sector = struct.unpack_from("<I", sb, 0x90)[0]
+    p = Probe("btrfs", _text(sb[0x12B:0x22B]), _uuid_text(sb[0x20:0x30]),
+              sector if _is_pow2(sector, 512, 65536) else None)
+    if struct.unpack_from("<H", sb, 0xC4)[0] == 0 and \
+            crc32c(sb[0x20:0x1000]) != struct.unpack_from("<I", sb, 0)[0]:
+        p.problems.append("btrfs superblock checksum wrong")
+    return p
+
+
 def _probe_iso(pvd: bytes) -> Probe | None:
     if pvd[1:6] != b"CD001":
         return None
@@ -175,6 +192,10 @@ def probe(read, size: int) -> Probe | None:
     got = got or _probe_swap(head)
     if got:
         return got
+    if size >= BTRFS_SUPER + 4096:
+        got = _probe_btrfs(read(BTRFS_SUPER, 4096))
+        if got:
+            return got
     if size >= 32768 + 2048:
         return _probe_iso(read(32768, 2048))
     return None

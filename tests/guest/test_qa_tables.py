@@ -29,3 +29,21 @@ def test_gpt_partition_past_the_end_of_the_disk_is_a_problem(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert [p["index"] for p in d["partitions"]] == [1]
     assert "partition 1 ends past the end of the disk" in d["problems"]
+
+
+def test_btrfs_is_named_as_blkid_names_it(tmp_path, capsys):
+    """Fedora's and openSUSE's root filesystem: it was not recognised at all (a disk
+    with no table and a btrfs showed nothing)."""
+    need("mkfs.btrfs", "blkid")
+    raw = tmp_path / "bt.raw"
+    with open(raw, "wb") as f:
+        f.truncate(128 * MiB)
+    sh(tool("mkfs.btrfs"), "-q", "-L", "fedora_root", raw)
+    want = dict(kv.split("=", 1) for kv in sh(tool("blkid"), "-p", "-o", "export", raw).split())
+    q = tmp_path / "bt.qcow2"
+    qemu.qemu_img("convert", "-O", "qcow2", raw, q)
+    assert main(["ls", str(q), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    fs = d["partitions"][0]["filesystem"]
+    assert (fs["type"], fs["label"], fs["uuid"]) == (want["TYPE"], want["LABEL"], want["UUID"])
+    assert d["problems"] == []
