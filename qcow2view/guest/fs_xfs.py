@@ -114,7 +114,7 @@ def read_xfs(src, fs: Filesystem, tick) -> None:
     try:
         describe = _describe(fs.volume, {}, xfs_geometry(src))
         walk(vol.get_root_directory(), describe, fs, tick,
-             lambda d: d.inode_number, src)
+             lambda d: d.inode_number, src, _raw_names(src))
         _inode_chunks(src, fs)
         _count_unreached(src, fs)
     except (OSError, ValueError) as e:
@@ -122,6 +122,93 @@ def read_xfs(src, fs: Filesystem, tick) -> None:
         fs.problem(f"root directory unreadable ({short_error(e)})")
     finally:
         vol.close()
+
+
+XFS_SB_VERSION2_FTYPE = 0x200
+DATA_MAGICS = (b"XD2D", b"XDD3", b"XD2B", b"XDB3")
+MAX_DIR_BYTES = 64 << 20          # of one directory read for its raw names
+
+
+def _raw_names(src):
+    """(inode, name bytes) of a directory's entries read from its inode (short form) or
+    its data blocks: for the names libfsxfs cannot decode (not UTF-8)."""
+    sb = src.pread(0, 256)
+    geometry = xfs_geometry(src)
+    if len(sb) < 256 or geometry is None:
+        return None
+    bs, agblocks, agblklog = geometry
+    isize, inopblog = struct.unpack_from(">H", sb, 104)[0], sb[123]
+    v5 = struct.unpack_from(">H", sb, 100)[0] & 0xF == 5
+    ftype = v5 or bool(struct.unpack_from(">I", sb, 200)[0] & XFS_SB_VERSION2_FTYPE)
+    dirblk = bs << min(sb[192], 8)
+
+    def inode(ino: int) -> bytes:
+        agno = ino >> (agblklog + inopblog)
+        agbno = (ino >> inopblog) & ((1 << agblklog) - 1)
+        at = (agno * agblocks + agbno) * bs + (ino & ((1 << inopblog) - 1)) * isize
+        return src.pread(at, isize)
+
+    def names(d) -> list[tuple[int, bytes]]:
+        core = inode(d.inode_number)
+        if len(core) < 176 or core[:2] != b"IN":
+            return []
+        if core[5] == 1:                                    # short form, in the inode
+            return _short_form(core[176 if core[4] >= 3 else 100:], ftype)
+        out: list[tuple[int, bytes]] = []
+        raw = linear_offsets([d.get_extent(i) for i in range(min(d.number_of_extents, 4096))],
+                             geometry)
+        budget = MAX_DIR_BYTES
+        for off, n, flags in raw:
+            data = src.pread(off, min(n, budget))
+            budget -= len(data)
+            for b in range(0, len(data) - dirblk + 1, dirblk):
+                out += _data_block(data[b:b + dirblk], ftype)
+        return out
+    return names
+
+
+def _short_form(fork: bytes, ftype: bool) -> list[tuple[int, bytes]]:
+    if len(fork) < 6:
+        return []
+    count, i8 = fork[0], fork[1]
+    isz = 8 if i8 else 4
+    pos, out = 2 + isz, []
+    for _ in range(count):
+        if pos + 3 > len(fork):
+            break
+        n = fork[pos]
+        name = fork[pos + 3:pos + 3 + n]
+        at = pos + 3 + n + (1 if ftype else 0)
+        if at + isz > len(fork):
+            break
+        out.append((int.from_bytes(fork[at:at + isz], "big"), name))
+        pos = at + isz
+    return out
+
+
+def _data_block(blk: bytes, ftype: bool) -> list[tuple[int, bytes]]:
+    """Entries of a directory data block (XD2D/XDD3), or of a single-block directory
+    (XD2B/XDB3, whose tail holds the leaf entries); other blocks give none."""
+    magic = blk[:4]
+    if magic not in DATA_MAGICS:
+        return []
+    pos = 64 if magic in (b"XDD3", b"XDB3") else 16
+    end = len(blk)
+    if magic in (b"XD2B", b"XDB3"):
+        count = struct.unpack_from(">I", blk, end - 8)[0]
+        end = max(pos, end - 8 - 8 * count)
+    out = []
+    while pos + 8 <= end:
+        if blk[pos:pos + 2] == b"\xff\xff":                 # unused space
+            n = struct.unpack_from(">H", blk, pos + 2)[0]
+            if n < 8:
+                break
+            pos += n
+            continue
+        ino, n = struct.unpack_from(">QB", blk, pos)
+        out.append((ino, blk[pos + 9:pos + 9 + n]))
+        pos += (9 + n + (1 if ftype else 0) + 2 + 7) // 8 * 8
+    return out
 
 
 CHUNK = 64                       # inodes are allocated 64 at a time

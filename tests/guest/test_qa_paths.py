@@ -104,3 +104,27 @@ def test_fat_names_are_found_whatever_their_case(fat_disk, capsysbinary, path):
     want = sh("mtype", "-i", raw, "::/efi/UBUNTU/GRUB.CFG").encode()
     rc, out, err = run(capsysbinary, "cat", q, path)
     assert (rc, out) == (0, want), err
+
+
+def test_xfs_names_that_are_not_utf8_are_read_from_the_directory(tmp_path, capsysbinary):
+    """A short-form directory (in the inode) and a leaf directory (data blocks), each
+    with a name that is not UTF-8, made by mkfs.xfs -p."""
+    need("mkfs.xfs")
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"xfs bytes\n")
+    proto = b"/\n0 0\nd--755 0 0\n" + BAD_NAME + b" ---644 0 0 " + os.fsencode(data) + \
+        b"\nsub d--755 0 0\n" + b"".join(
+            b"file_with_a_long_name_%d ---644 0 0 %s\n" % (i, os.fsencode(data))
+            for i in range(150)) + BAD_NAME + b"2 ---644 0 0 " + os.fsencode(data) + b"\n$\n$\n"
+    (tmp_path / "proto").write_bytes(proto)
+    raw = tmp_path / "x.raw"
+    with open(raw, "wb") as f:
+        f.truncate(300 * MiB)
+    sh(tool("mkfs.xfs"), "-q", "-f", "-p", tmp_path / "proto", raw)
+    q = tmp_path / "x.qcow2"
+    qemu.qemu_img("convert", "-O", "qcow2", raw, q)
+    rc, out, err = run(capsysbinary, "ls", q, "--files")
+    assert rc == 0 and b"problem" not in out, out[-400:]
+    for path in (b"/" + BAD_NAME, b"/sub/" + BAD_NAME + b"2"):
+        rc, out, err = run(capsysbinary, "cat", q, path)
+        assert (rc, out) == (0, b"xfs bytes\n"), err
