@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import clusters as C
-from .kinds import GuestKind
+from .kinds import GUEST_KIND_RANK, GuestKind
 from .refscan import BATCH_ENTRIES, Cancel, Progress, check_cancel
 from .tableread import contiguous_rows, read_tables
 
@@ -26,12 +26,6 @@ U64 = np.uint64
 # disk is summarised: each entry then stands for a power-of-two run of clusters
 # (a 1 TiB disk of 64 KiB clusters 4, a 4 PiB disk of 2 MiB clusters 512).
 MAX_GUEST_ENTRIES = 1 << 22
-
-# Which member a summarised entry shows: the most significant, in the heatmap's order
-GUEST_STATE_RANK = np.zeros(8, dtype=np.uint8)
-for _s, _r in ((GuestKind.UNALLOCATED, 0), (GuestKind.ZERO, 1), (GuestKind.BACKING, 2),
-               (GuestKind.MIXED, 3), (GuestKind.COMPRESSED, 4), (GuestKind.DATA, 5)):
-    GUEST_STATE_RANK[_s] = _r
 
 
 @dataclass
@@ -151,7 +145,7 @@ class GuestMapBuilder:
         st, ho = _decode_states(vals, bmv, self.image.has_data_file, self.image.layout)
         st, ho = st.ravel(), ho.ravel()
         g = bi.astype(np.int64)[pos // L] * L + pos % L          # guest cluster
-        rank = GUEST_STATE_RANK[st]
+        rank = GUEST_KIND_RANK[st]
         keep = (g < self.n) & (rank > 0)
         g, rank, st, ho = g[keep], rank[keep], st[keep], ho[keep]
         if not len(g):
@@ -161,7 +155,7 @@ class GuestMapBuilder:
         e, rank, st, ho = e[order], rank[order], st[order], ho[order]
         first = np.r_[True, e[1:] != e[:-1]]
         e, rank, st, ho = e[first], rank[first], st[first], ho[first]
-        better = rank > GUEST_STATE_RANK[self.states[e]]
+        better = rank > GUEST_KIND_RANK[self.states[e]]
         self.states[e[better]] = st[better]
         self.hosts[e[better]] = ho[better]
 

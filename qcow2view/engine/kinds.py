@@ -63,6 +63,13 @@ HOST_KIND_SEVERITY[HostKind.FREE] = 0
 HOST_KIND_SEVERITY[HostKind.LEAKED] = 2
 HOST_KIND_SEVERITY[HostKind.CORRUPT] = 3
 
+# Which kind a summarised guest map entry (or a zoomed-out cell) shows: the most
+# significant of its members
+GUEST_KIND_RANK = np.zeros(len(GuestKind), dtype=np.uint8)
+for _kind, _rank in ((GuestKind.UNALLOCATED, 0), (GuestKind.ZERO, 1), (GuestKind.BACKING, 2),
+                     (GuestKind.MIXED, 3), (GuestKind.COMPRESSED, 4), (GuestKind.DATA, 5)):
+    GUEST_KIND_RANK[_kind] = _rank
+
 #: guest kinds whose bytes may be non-zero: the ones a search has to read
 CONTENT_KINDS = frozenset({GuestKind.DATA, GuestKind.COMPRESSED, GuestKind.BACKING,
                            GuestKind.MIXED, GuestKind.ERROR, GuestKind.FILE})

@@ -21,9 +21,9 @@ import numpy as np
 from . import clusters as C
 from .bitmaps import BME_TABLE_ENTRY_OFFSET_MASK
 from .extensions import EXT_BITMAPS
-from .guestmap import (GUEST_STATE_RANK, MAX_GUEST_ENTRIES, GuestMap,  # noqa: F401
-                       active_builder, guest_map)
-from .kinds import HOST_KIND_SEVERITY, GuestKind, HostKind  # noqa: F401
+from .guestmap import (MAX_GUEST_ENTRIES, GuestMap, active_builder,  # noqa: F401
+                       guest_map)
+from .kinds import GUEST_KIND_RANK, HOST_KIND_SEVERITY, GuestKind, HostKind  # noqa: F401
 from .refscan import (BATCH_ENTRIES, Cancel, DiskRefcounts, Progress, Scanner,
                       read_table_in_file, read_tables)
 

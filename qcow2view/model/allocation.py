@@ -22,6 +22,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QColor, QImage
 
+from ..engine.kinds import GUEST_KIND_RANK, HOST_KIND_SEVERITY, GuestKind, HostKind
 from .units import human_size
 
 MODES = ("kind", "refcount", "guest", "fs")
@@ -29,45 +30,41 @@ MODE_TITLES = {"kind": "Host clusters by kind", "refcount": "Host clusters by re
                "guest": "Guest clusters", "fs": "Guest clusters by what the guest keeps there"}
 GUEST_MODES = ("guest", "fs")      # one cell per guest cluster (the guest map's entries)
 
-# HostKind values (engine/maps.py contract) -> name, colour
-HOST_KINDS: dict[int, tuple[str, str]] = {
-    0: ("free", "#eceff1"),
-    1: ("header", "#263238"),
-    2: ("L1 table", "#6a1b9a"),
-    3: ("L2 table", "#ab47bc"),
-    4: ("refcount table", "#e65100"),
-    5: ("refcount block", "#ffa726"),
-    6: ("snapshot table", "#00695c"),
-    7: ("snapshot L1 table", "#26a69a"),
-    8: ("bitmap directory", "#5d4037"),
-    9: ("bitmap table", "#8d6e63"),
-    10: ("bitmap data", "#d7ccc8"),
-    11: ("data", "#1e88e5"),
-    12: ("compressed", "#43a047"),
-    13: ("leaked", "#ff5252"),
-    14: ("corrupt", "#b71c1c"),
-    15: ("encryption header", "#fdd835"),
-    16: ("snapshot L2 table", "#80cbc4"),
+# what a host cluster holds (the engine's HostKind) -> name, colour
+HOST_KINDS: dict[HostKind, tuple[str, str]] = {
+    HostKind.FREE: ("free", "#eceff1"),
+    HostKind.HEADER: ("header", "#263238"),
+    HostKind.L1_TABLE: ("L1 table", "#6a1b9a"),
+    HostKind.L2_TABLE: ("L2 table", "#ab47bc"),
+    HostKind.REFCOUNT_TABLE: ("refcount table", "#e65100"),
+    HostKind.REFCOUNT_BLOCK: ("refcount block", "#ffa726"),
+    HostKind.SNAPSHOT_TABLE: ("snapshot table", "#00695c"),
+    HostKind.SNAPSHOT_L1_TABLE: ("snapshot L1 table", "#26a69a"),
+    HostKind.BITMAP_DIRECTORY: ("bitmap directory", "#5d4037"),
+    HostKind.BITMAP_TABLE: ("bitmap table", "#8d6e63"),
+    HostKind.BITMAP_DATA: ("bitmap data", "#d7ccc8"),
+    HostKind.DATA: ("data", "#1e88e5"),
+    HostKind.COMPRESSED: ("compressed", "#43a047"),
+    HostKind.LEAKED: ("leaked", "#ff5252"),
+    HostKind.CORRUPT: ("corrupt", "#b71c1c"),
+    HostKind.ENCRYPTION_HEADER: ("encryption header", "#fdd835"),
+    HostKind.SNAPSHOT_L2_TABLE: ("snapshot L2 table", "#80cbc4"),
 }
-LEAKED, CORRUPT = 13, 14
-# fallback severity if the engine's table is not there: CORRUPT > LEAKED > rest > FREE
-_SEVERITY = np.ones(256, dtype=np.uint8)
-_SEVERITY[0] = 0
-_SEVERITY[LEAKED] = 254
-_SEVERITY[CORRUPT] = 255
+LEAKED, CORRUPT = HostKind.LEAKED, HostKind.CORRUPT
 
 RC_BASE = 32
 REFCOUNT_CLASSES = [("refcount 0", "#eceff1"), ("refcount 1", "#1e88e5"),
                     ("refcount 2", "#fbc02d"), ("refcount 3+", "#8e24aa")]
 
 GUEST_BASE = 64
-# GuestState values -> name, colour; BACKING is split by depth below
-GUEST_STATES: dict[int, tuple[str, str]] = {
-    0: ("unallocated", "#eceff1"),
-    1: ("zero", "#cfd8dc"),
-    2: ("data", "#1e88e5"),
-    3: ("compressed", "#43a047"),
-    5: ("mixed sub-clusters", "#7e57c2"),
+# what backs a guest cluster (the engine's GuestKind) -> name, colour; BACKING is
+# split by depth below
+GUEST_STATES: dict[GuestKind, tuple[str, str]] = {
+    GuestKind.UNALLOCATED: ("unallocated", "#eceff1"),
+    GuestKind.ZERO: ("zero", "#cfd8dc"),
+    GuestKind.DATA: ("data", "#1e88e5"),
+    GuestKind.COMPRESSED: ("compressed", "#43a047"),
+    GuestKind.MIXED: ("mixed sub-clusters", "#7e57c2"),
 }
 BACKING_BASE = 80
 BACKING_COLOURS = ["#ffb74d", "#fb8c00", "#ef6c00", "#bf360c"]   # depth 1, 2, 3, 4+
@@ -76,7 +73,6 @@ FS_BASE = 96
 FS_CLASSES = [("unpartitioned", "#eceff1"), ("partition table", "#263238"),
               ("free in the filesystem", "#c5e1a5"), ("filesystem metadata", "#8e24aa"),
               ("file data", "#1e88e5")]
-_GUEST_SEVERITY = {0: 0, 1: 1, 4: 2, 5: 3, 3: 4, 2: 5}
 PAST_END = 255
 SEGMENT_CHUNK = 1 << 20
 MAX_SEGMENTS = 50000
@@ -215,16 +211,12 @@ def _bin_most_severe(values: np.ndarray, severity: np.ndarray, b: int) -> np.nda
 def _host_severity() -> np.ndarray:
     """Binning order of host kinds: the engine's HOST_KIND_SEVERITY (corrupt > leaked >
     the rest > free), refined inside "the rest" so metadata shows through data."""
-    try:
-        from ..engine.maps import HOST_KIND_SEVERITY
-        base = np.zeros(256, dtype=np.uint16)
-        base[:len(HOST_KIND_SEVERITY)] = np.asarray(HOST_KIND_SEVERITY, dtype=np.uint16)
-    except ImportError:
-        base = _SEVERITY.astype(np.uint16)
+    base = np.zeros(256, dtype=np.uint16)
+    base[:len(HOST_KIND_SEVERITY)] = np.asarray(HOST_KIND_SEVERITY, dtype=np.uint16)
     rank = np.full(256, 3, dtype=np.uint16)      # metadata of every kind
-    rank[0] = 0
-    rank[11] = 1                                 # data
-    rank[12] = 2                                 # compressed
+    rank[HostKind.FREE] = 0
+    rank[HostKind.DATA] = 1
+    rank[HostKind.COMPRESSED] = 2
     return (base * 4 + rank).astype(np.uint8)
 
 
@@ -398,10 +390,10 @@ class AllocationModel(QObject):
             sev[LEAKED] = 254
             sev[CORRUPT] = 255
         else:
-            for s, v in _GUEST_SEVERITY.items():
-                sev[GUEST_BASE + s] = v * 10
+            for kind in GuestKind:
+                sev[GUEST_BASE + kind] = GUEST_KIND_RANK[kind] * 10
             for i in range(4):
-                sev[BACKING_BASE + i] = _GUEST_SEVERITY[4] * 10 + i
+                sev[BACKING_BASE + i] = GUEST_KIND_RANK[GuestKind.BACKING] * 10 + i
         return sev
 
     def cached_picture(self, mode: str, *, max_rows: int = 512, width: int | None = None

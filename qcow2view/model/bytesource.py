@@ -13,26 +13,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..engine import ClusterType, Image, Qcow2Error
-from .extents import ByteKind, extents, find_content
+from ..engine import Image, Qcow2Error
+from .extents import ByteKind, extents, find_content, mapping_kind
 
-_ZERO_TYPES = (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC)
-_DATA_TYPES = (ClusterType.NORMAL, ClusterType.COMPRESSED)
 DEFAULT_CLUSTER = 65536         # what an empty source reports (no image yet)
-
-
-def _mapping_kind(mapping) -> ByteKind:
-    if mapping.depth < 0:
-        return ByteKind.UNALLOCATED
-    if mapping.type in _ZERO_TYPES:
-        return ByteKind.ZERO
-    if mapping.depth > 0:
-        return ByteKind.BACKING if mapping.type in _DATA_TYPES else ByteKind.UNALLOCATED
-    if mapping.type == ClusterType.COMPRESSED:
-        return ByteKind.COMPRESSED
-    if mapping.type == ClusterType.NORMAL:
-        return ByteKind.DATA
-    return ByteKind.UNALLOCATED
 
 
 class ByteSource:
@@ -110,7 +94,7 @@ class GuestDiskSource(ByteSource):
         pos, end = start, start + length
         while pos < end:
             nxt = min(end, (pos // granule + 1) * granule)
-            out[pos - start:nxt - start] = _mapping_kind(img.guest_mapping(pos))
+            out[pos - start:nxt - start] = mapping_kind(img.guest_mapping(pos))
             pos = nxt
         return out
 

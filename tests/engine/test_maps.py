@@ -279,13 +279,13 @@ def test_refcounts_past_the_end_of_a_truncated_file_show_as_leaks(tmp_path):
 # -- summarised guest maps (disks with more clusters than MAX_GUEST_ENTRIES) --------------
 def _summary_of(fine, k):
     """What a summarised map must hold: per k clusters, the most significant member."""
-    from qcow2view.engine.maps import GUEST_STATE_RANK
+    from qcow2view.engine.kinds import GUEST_KIND_RANK
     n = len(fine)
     m = -(-n // k)
     pad = m * k - n
     st = np.concatenate([fine.states, np.zeros(pad, np.uint8)]).reshape(m, k)
     ho = np.concatenate([fine.host_offsets, np.zeros(pad, np.uint64)]).reshape(m, k)
-    j = GUEST_STATE_RANK[st].argmax(axis=1)
+    j = GUEST_KIND_RANK[st].argmax(axis=1)
     return st[np.arange(m), j], ho[np.arange(m), j]
 
 
