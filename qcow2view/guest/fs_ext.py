@@ -33,8 +33,10 @@ def _has_backup(g: int, sparse: bool, sparse2: tuple[int, int] | None) -> bool:
     return False
 
 
-def ext_metadata(src, fs: Filesystem) -> None:
-    """Superblocks, group descriptors, bitmaps and inode tables as labelled regions."""
+def ext_metadata(src, fs: Filesystem):
+    """Superblocks, group descriptors, bitmaps and inode tables as labelled regions;
+    returns where an inode lies (``inode_at(ino)``, a volume offset or None) when the
+    geometry could be read."""
     sb = src.pread(1024, 1024)
     if len(sb) < 1024:
         fs.problem("ext superblock unreadable")
@@ -72,6 +74,7 @@ def ext_metadata(src, fs: Filesystem) -> None:
         return
     it_len = ipg * inode_size
     bitmaps = []
+    tables: dict[int, int] = {}
     for g in range(groups):
         gstart = (first_data + g * bpg) * bs
         if _has_backup(g, bool(ro & EXT_RO_SPARSE_SUPER), sparse2):
@@ -96,6 +99,7 @@ def ext_metadata(src, fs: Filesystem) -> None:
             if 0 < blk < blocks:
                 fs.add_metadata(blk * bs, n, label)
         if 0 < itb < blocks:                 # which inode each byte of the table holds
+            tables[g] = itb * bs
             done = 0
             for g0, m in fs.volume.to_guest(itb * bs, it_len):
                 fs.record_tables.append((g0, g * ipg + 1 + done // inode_size, inode_size,
@@ -104,6 +108,11 @@ def ext_metadata(src, fs: Filesystem) -> None:
     if meta_bg:
         fs.problem("ext meta_bg: group descriptor blocks not shown")
     _ext_allocated(src, fs, bitmaps, bpg, first_data, blocks, bs)
+
+    def inode_at(ino: int) -> int | None:
+        t = tables.get((ino - 1) // ipg)
+        return None if t is None else t + (ino - 1) % ipg * inode_size
+    return inode_at
 
 
 BG_BLOCK_UNINIT = 0x2            # bg_flags: the block bitmap was never written
@@ -132,7 +141,16 @@ def _ext_allocated(src, fs: Filesystem, bitmaps, bpg: int, first_data: int, bloc
             fs.add_allocated((base + s) * bs, (e - s) * bs)
 
 
-def _describe(vol, known: dict):
+def _inline_dir_size(src, inode_at, ino: int) -> int:
+    """i_size of an inline-data directory (libfsext gives directories no size)."""
+    at = inode_at(ino) if inode_at is not None else None
+    raw = src.pread(at, 0x70) if at is not None else b""
+    if len(raw) < 0x70:
+        return 0
+    return struct.unpack_from("<I", raw, 4)[0] | struct.unpack_from("<I", raw, 0x6C)[0] << 32
+
+
+def _describe(vol, known: dict, src=None, inode_at=None):
     one_piece = len(vol.pieces) == 1
     base, vsize = vol.start, vol.size
 
@@ -157,7 +175,8 @@ def _describe(vol, known: dict):
         else:
             raw = [e.get_extent(i) for i in range(min(n, 1 << 20))]
             if kind == "dir" and size == 0:     # libfsext gives directories no size
-                size = sum(r[1] for r in raw if not r[2] & 1)
+                size = sum(r[1] for r in raw if not r[2] & 1) if n else \
+                    _inline_dir_size(src, inode_at, ino)
             exts, sparse = map_extents(vol, raw, size)
         target = e.symbolic_link_target if kind == "symlink" else None
         info = FileInfo(path, ino, kind, size, mode,
@@ -204,7 +223,7 @@ def _raw_names(src, block_size: int):
 
 def read_ext(src, fs: Filesystem, tick) -> None:
     import pyfsext
-    ext_metadata(src, fs)
+    inode_at = ext_metadata(src, fs)
     vol = pyfsext.volume()
     try:
         vol.open_file_object(src)
@@ -222,7 +241,7 @@ def read_ext(src, fs: Filesystem, tick) -> None:
                     fs.metadata.append(Region(g, n, "journal"))
         except (OSError, ValueError, struct.error) as e:
             fs.problem(f"journal inode unreadable ({short_error(e)})")
-        walk(vol.get_root_directory(), _describe(fs.volume, {}), fs, tick,
+        walk(vol.get_root_directory(), _describe(fs.volume, {}, src, inode_at), fs, tick,
              lambda d: d.inode_number, src, _raw_names(src, fs.block_size or 1024))
         _count_unreached(src, fs)
     except (OSError, ValueError) as e:

@@ -128,3 +128,26 @@ def test_xfs_names_that_are_not_utf8_are_read_from_the_directory(tmp_path, capsy
     for path in (b"/" + BAD_NAME, b"/sub/" + BAD_NAME + b"2"):
         rc, out, err = run(capsysbinary, "cat", q, path)
         assert (rc, out) == (0, b"xfs bytes\n"), err
+
+
+def test_ext4_inline_directory_has_its_size_and_is_inline(tmp_path, capsysbinary):
+    """An inline_data directory keeps its entries in the inode: its size is i_size as
+    debugfs says (it was 0) and it is marked inline (it was not)."""
+    import json
+    import re
+
+    from guestdisks import debugfs
+    need("mkfs.ext4", "debugfs")
+    src = tmp_path / "src"
+    (src / "small").mkdir(parents=True)
+    (src / "small/f").write_text("x\n")
+    raw = tmp_path / "i.raw"
+    with open(raw, "wb") as f:
+        f.truncate(8 * MiB)
+    sh(tool("mkfs.ext4"), "-q", "-O", "inline_data", "-d", src, raw)
+    want = int(re.search(r"Size: (\d+)", debugfs(raw, "stat /small")).group(1))
+    q = tmp_path / "i.qcow2"
+    qemu.qemu_img("convert", "-O", "qcow2", raw, q)
+    rc, out, err = run(capsysbinary, "ls", q, "--files", "--json")
+    files = {f["path"]: f for f in json.loads(out)["partitions"][0]["filesystem"]["files"]}
+    assert (files["/small"]["size"], files["/small"]["inline"]) == (want, True)
