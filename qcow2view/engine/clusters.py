@@ -88,13 +88,20 @@ def cluster_type(entry: int, has_data_file: bool = False) -> ClusterType:
     return ClusterType.NORMAL
 
 
+def has_host_cluster(entry: int, has_data_file: bool = False) -> bool:
+    """Whether an L2 entry owns a whole host cluster (not compressed; an offset,
+    or in an external data file COPIED at offset 0)."""
+    if entry & QCOW_OFLAG_COMPRESSED:
+        return False
+    return bool(entry & L2E_OFFSET_MASK) or (has_data_file and bool(entry & QCOW_OFLAG_COPIED))
+
+
 def subcluster_type(entry: int, bitmap: int, sc_index: int,
                     has_data_file: bool = False) -> ClusterType:
     """Type of sub-cluster ``sc_index`` of an extended L2 entry."""
     if entry & QCOW_OFLAG_COMPRESSED:
         return ClusterType.COMPRESSED
-    normal = bool(entry & L2E_OFFSET_MASK) or (has_data_file and bool(entry & QCOW_OFLAG_COPIED))
-    if normal:
+    if has_host_cluster(entry, has_data_file):
         if (bitmap >> 32) & bitmap & L2_BITMAP_ALL_ALLOC:
             return ClusterType.INVALID
         if bitmap >> (32 + sc_index) & 1:

@@ -618,9 +618,7 @@ class Image:
             nxt = host + cs
             index = l2i + 1
             while pos + size < limit:
-                next_entry = raw[index]
-                if next_entry & C.QCOW_OFLAG_COMPRESSED or next_entry & C.QCOW_OFLAG_ZERO \
-                        or (next_entry & C.L2E_OFFSET_MASK) != nxt:
+                if not C.continues_run(raw[index], nxt):
                     break
                 size = min(size + cs, limit - pos)
                 nxt += cs

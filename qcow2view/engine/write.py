@@ -478,8 +478,7 @@ class Writer:
         scs = cs // SUB
         sc0, sc1 = lo // scs, (hi - 1) // scs + 1
         compressed = bool(entry & C.QCOW_OFLAG_COMPRESSED)
-        has_host = not compressed and (bool(entry & C.L2E_OFFSET_MASK)
-                                       or (has_df and bool(entry & C.QCOW_OFLAG_COPIED)))
+        has_host = C.has_host_cluster(entry, has_df)
         if has_host and (bm >> 32) & bm & ALL_ALLOC:
             raise CorruptImageError(f"extended L2 entry has a sub-cluster both allocated and "
                                     f"zero (bitmap {bm:#018x})", structure="L2 entry",

@@ -78,7 +78,7 @@ class TableFacts:
             if types is not None:
                 comp = types == ClusterType.COMPRESSED
                 if comp.any():
-                    hosts[comp] = raw[comp] & np.uint64(img.layout.offset_mask)
+                    hosts[comp] = img.layout.decode_array(raw[comp])[0]
                 hosts[(types == ClusterType.ZERO_PLAIN) | (types == ClusterType.UNALLOCATED)] = 0
         else:
             hosts = np.zeros(len(raw), dtype=np.uint64)
