@@ -244,6 +244,14 @@ def decode_l2_types(raw: np.ndarray, bitmap: np.ndarray | None,
     return out
 
 
+def has_host_clusters(raw: np.ndarray, has_data_file: bool = False) -> np.ndarray:
+    """Vectorised :func:`has_host_cluster` (bool per entry)."""
+    owned = (raw & U64(L2E_OFFSET_MASK)) != 0
+    if has_data_file:
+        owned |= (raw & U64(QCOW_OFLAG_COPIED)) != 0
+    return owned & ((raw & U64(QCOW_OFLAG_COMPRESSED)) == 0)
+
+
 def guest_kinds(raw: np.ndarray, bitmap: np.ndarray | None,
                 has_data_file: bool = False) -> np.ndarray:
     """Vectorised :func:`guest_kind` (uint8 :class:`GuestKind` values) of entries."""

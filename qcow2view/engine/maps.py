@@ -295,7 +295,7 @@ def _owners(image, hm: HostMap, tables: tuple, c: int, lo: np.ndarray,
         raw, _ = read_tables(image.file, offs[rows], cs, image.extended_l2)
         comp = (raw & U64(C.QCOW_OFLAG_COMPRESSED)) != 0
         off = raw & U64(C.L2E_OFFSET_MASK)
-        data = ~comp & (off != 0)
+        data = C.has_host_clusters(raw)
         first = np.where(data, off // U64(cs), U64(0))
         hit_d = data & ((first == U64(c)) | (((off + U64(cs - 1)) // U64(cs) == U64(c))
                                              & ((off & U64(cs - 1)) != 0)))

@@ -143,12 +143,12 @@ def l2_data_clusters(image, words: np.ndarray) -> np.ndarray:
     once for every host cluster it touches."""
     raw = words[::2] if image.extended_l2 else words
     comp = (raw & COMPRESSED) != 0
-    off = raw & OFFSET_MASK
-    plain = off[(~comp) & (off != 0)] >> np.uint64(image.cluster_bits)
+    plain = (raw[C.has_host_clusters(raw)] & OFFSET_MASK) >> np.uint64(image.cluster_bits)
     parts = [plain.astype(np.int64)]
     if comp.any():
-        spans = [image.layout.decode(int(e)) for e in raw[comp].tolist()]
-        parts.append(span_clusters(image.cluster_bits, spans))
+        offsets, lengths = image.layout.decode_array(raw[comp])
+        parts.append(span_clusters(image.cluster_bits,
+                                   zip(offsets.tolist(), lengths.tolist())))
     return np.concatenate(parts)
 
 
@@ -190,7 +190,7 @@ def fix_copied_flags(image) -> None:
         words = read_l2_words(image, l2off, l1i)
         raw = words[::step]
         off = raw & OFFSET_MASK
-        owned = ((raw & COMPRESSED) == 0) & (off != 0)
+        owned = C.has_host_clusters(raw)
         rc = np.zeros(raw.size, dtype=np.uint64)
         if owned.any():
             rc[owned] = refs.counts_of((off[owned] >> np.uint64(cb)).astype(np.int64))

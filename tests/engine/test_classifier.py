@@ -10,6 +10,7 @@ import pytest
 import qemu
 from qcow2view.engine import clusters as C
 from qcow2view.engine import open_image
+from qcow2view.engine.extents import extents
 from qcow2view.engine.kinds import GuestKind
 
 KiB = 1024
@@ -63,12 +64,14 @@ def test_vectorised_classification_matches_the_scalar_rules(extended, has_data_f
     layout = C.CompressionLayout(16)
     types = C.decode_l2_types(raw, bitmap, has_data_file)
     kinds = C.guest_kinds(raw, bitmap, has_data_file)
+    owned = C.has_host_clusters(raw, has_data_file)
     for i in range(n):
         entry = int(raw[i])
         bits = None if bitmap is None else int(bitmap[i])
         scalar = C.decode_l2_entry(i, entry, bits, 0, layout, has_data_file)
         assert types[i] == scalar.type, (hex(entry), bits and hex(bits))
         assert kinds[i] == C.guest_kind(entry, bits, has_data_file), (hex(entry), bits)
+        assert owned[i] == C.has_host_cluster(entry, has_data_file), hex(entry)
 
 
 @pytest.mark.parametrize("has_data_file", [False, True])
@@ -206,3 +209,12 @@ def test_classifier_agrees_with_qemu_img_map(tmp_path, extended):
                 assert _KIND_NAME[kind] == got[0], cluster
             else:
                 assert kind == GuestKind.MIXED, cluster
+
+        # the engine's extent walk (search, "next allocated") says the same per run
+        for start, end, kind in extents(im, 0, size):
+            got = set(expected[start // sc:end // sc])
+            if kind == GuestKind.MIXED:
+                assert len(set(expected[start // cs * (cs // sc):
+                                        -(-end // cs) * (cs // sc)])) > 1
+            else:
+                assert got == {_KIND_NAME[kind]}, (start, end, kind, got)
