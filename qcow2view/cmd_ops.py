@@ -158,7 +158,8 @@ def _print_snapshots(snaps) -> None:
         secs, ms = divmod(s.vm_clock_nsec // 1_000_000, 1000)
         clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{ms:03d}"
         icount = "" if s.icount in (None, 0xFFFFFFFFFFFFFFFF) else str(s.icount)
-        emit(f"{s.id_str:<9} {s.name:<16} {size_to_str(s.vm_state_size):>8}{date:>20}"
+        pad = " " * max(0, 16 - len(s.name.encode()))     # printf pads bytes, not letters
+        emit(f"{s.id_str:<9} {s.name}{pad} {size_to_str(s.vm_state_size):>8}{date:>20}"
              f"{clock:>13}{icount:>11}")
 
 

@@ -145,3 +145,15 @@ def test_convert_refuses_compression_with_preallocation_as_qemu(small, tmp_path,
     rc, _, err = ours(capsys, *args, str(tmp_path / "o.qcow2"))
     assert p.returncode == rc == 1 and "preallocation" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.qcow2").exists()
+
+
+def test_snapshot_list_pads_names_as_qemu_img(small, tmp_path, capsys):
+    """qemu-img's printf pads the TAG column to 16 bytes: a name with non-ASCII letters
+    (several bytes each) lines up as in qemu-img's own listing."""
+    img = tmp_path / "l.qcow2"
+    img.write_bytes(small.read_bytes())
+    for name in ("plain", "ünïcødé ñame", "with space ünï"):
+        qemu.qemu_img("snapshot", "-c", name, img)
+    want = qemu.qemu_img("snapshot", "-l", img).stdout.decode()
+    rc, out, _ = ours(capsys, "snapshot", "-l", img)
+    assert rc == 0 and out == want
