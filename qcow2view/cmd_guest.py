@@ -316,6 +316,11 @@ def cat_main(ns) -> int:
         idx = _index(im)
         if idx.disk.unreadable:
             raise BadInput(f"{ns.image}: guest disk {idx.disk.unreadable}")
+        if ns.partition is not None:
+            have = sorted({gv.partition.index for gv in idx.disk.volumes})
+            if ns.partition not in have:
+                raise BadInput(f"no partition {ns.partition} on this disk (partitions: "
+                               f"{', '.join(map(str, have)) or 'none'})")
         f = _resolve(idx, ns.path, ns.partition)
         info = f.info
         if info.type == "dir":

@@ -151,3 +151,10 @@ def test_ext4_inline_directory_has_its_size_and_is_inline(tmp_path, capsysbinary
     rc, out, err = run(capsysbinary, "ls", q, "--files", "--json")
     files = {f["path"]: f for f in json.loads(out)["partitions"][0]["filesystem"]["files"]}
     assert (files["/small"]["size"], files["/small"]["inline"]) == (want, True)
+
+
+@pytest.mark.parametrize("n", ["1", "9", "-1"])
+def test_cat_names_a_partition_that_does_not_exist(usrmerge, capsysbinary, n):
+    rc, out, err = run(capsysbinary, "cat", usrmerge, "/lib/os-release", "--partition", n)
+    assert rc == 2 and out == b"" and len(err.splitlines()) == 1
+    assert f"no partition {n} on this disk (partitions: 0)" in err
