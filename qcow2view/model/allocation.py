@@ -246,10 +246,10 @@ def mode_indices(mode: str, host_map, guest_map, lo: int = 0, hi: int | None = N
     if mode == "guest":
         st = np.asarray(guest_map.states, dtype=np.uint8)
         idx = st + np.uint8(GUEST_BASE)
-        back = st == 4
+        back = st == GuestKind.BACKING
         if back.any():
             d = np.asarray(guest_map.depth, dtype=np.uint8)[back]
-            idx[back] = np.where(d == 0, GUEST_BASE + 0,
+            idx[back] = np.where(d == 0, GUEST_BASE + GuestKind.UNALLOCATED,
                                  BACKING_BASE + np.minimum(d, 4) - 1).astype(np.uint8)
         return idx[lo:hi]
     raise ValueError(f"unknown mode {mode!r}")
@@ -487,7 +487,7 @@ class AllocationModel(QObject):
             entries = [(GUEST_BASE + s, name) for s, (name, _) in GUEST_STATES.items()]
             entries += [(BACKING_BASE + i, f"backing file, depth {i + 1}" + ("+" if i == 3 else ""))
                         for i in range(4)]
-            always = {GUEST_BASE, GUEST_BASE + 2}
+            always = {GUEST_BASE + GuestKind.UNALLOCATED, GUEST_BASE + GuestKind.DATA}
         for i, name in entries:
             if counts[i] or i in always:
                 out.append((name, colour(i), int(counts[i])))

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..engine import Image, Qcow2Error
-from .extents import ByteKind, extents, find_content, mapping_kind
+from .extents import GuestKind, extents, find_content, mapping_kind
 
 DEFAULT_CLUSTER = 65536         # what an empty source reports (no image yet)
 
@@ -23,7 +23,7 @@ class ByteSource:
     """The bytes of one view of an Image (None: an empty source)."""
 
     #: the kinds a legend for this source lists
-    kinds_shown: tuple[ByteKind, ...] = ()
+    kinds_shown: tuple[GuestKind, ...] = ()
     #: whether :meth:`write` can ever work (the file view never writes)
     writes = False
 
@@ -51,7 +51,7 @@ class ByteSource:
         raise NotImplementedError
 
     def kinds(self, start: int, length: int) -> np.ndarray:
-        """A uint8 :class:`ByteKind` per byte."""
+        """A uint8 :class:`GuestKind` per byte."""
         raise NotImplementedError
 
     def mapping_at(self, offset: int):
@@ -61,7 +61,7 @@ class ByteSource:
     def next_content(self, offset: int, forward: bool) -> int | None:
         raise NotImplementedError
 
-    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, ByteKind]]:
+    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, GuestKind]]:
         raise NotImplementedError
 
     def refusal(self) -> str | None:
@@ -72,8 +72,8 @@ class ByteSource:
 class GuestDiskSource(ByteSource):
     """The guest disk, through ``Image.read`` / ``Image.write``."""
 
-    kinds_shown = (ByteKind.DATA, ByteKind.COMPRESSED, ByteKind.BACKING, ByteKind.ZERO,
-                   ByteKind.UNALLOCATED)
+    kinds_shown = (GuestKind.DATA, GuestKind.COMPRESSED, GuestKind.BACKING, GuestKind.ZERO,
+                   GuestKind.UNALLOCATED)
     writes = True
 
     @property
@@ -110,7 +110,7 @@ class GuestDiskSource(ByteSource):
         except Qcow2Error:
             return None
 
-    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, ByteKind]]:
+    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, GuestKind]]:
         return extents(self.image, start, end)
 
     def refusal(self) -> str | None:
@@ -130,7 +130,7 @@ class GuestDiskSource(ByteSource):
 class ImageFileSource(ByteSource):
     """The image file's own bytes, read-only (through the engine's HostFile)."""
 
-    kinds_shown = (ByteKind.FILE,)
+    kinds_shown = (GuestKind.FILE,)
 
     @property
     def size(self) -> int:
@@ -140,15 +140,15 @@ class ImageFileSource(ByteSource):
         return self.image.file.pread_zero_fill(offset, length)
 
     def kinds(self, start: int, length: int) -> np.ndarray:
-        return np.full(length, ByteKind.FILE, np.uint8)
+        return np.full(length, GuestKind.FILE, np.uint8)
 
     def next_content(self, offset: int, forward: bool) -> int | None:
         cs = self.cluster_size
         nxt = (offset // cs + 1) * cs if forward else (offset // cs - 1) * cs
         return nxt if 0 <= nxt < self.size else None
 
-    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, ByteKind]]:
-        yield start, min(end, self.size), ByteKind.FILE
+    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, GuestKind]]:
+        yield start, min(end, self.size), GuestKind.FILE
 
     def refusal(self) -> str | None:
         return "the image file view is read-only"

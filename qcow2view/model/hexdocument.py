@@ -21,7 +21,7 @@ from PySide6.QtGui import QUndoCommand, QUndoStack
 from . import qtfix  # noqa: F401 - PySide6 6.12 refcount guards (see qtfix)
 from ..engine import Image, Qcow2Error, open_image
 from .bytesource import ByteSource, GuestDiskSource
-from .extents import ByteKind
+from .extents import GuestKind
 
 BLOCK_SIZE = 64 * 1024
 CACHE_BLOCKS = 64                 # 4 MiB of guest data at most
@@ -34,7 +34,7 @@ class _Block:
 
     def __init__(self, data: bytes, kinds: np.ndarray, error: str | None = None) -> None:
         self.data = data          # bytes as stored (no edits)
-        self.kinds = kinds        # uint8 ByteKind per byte
+        self.kinds = kinds        # uint8 GuestKind per byte
         self.error = error
 
 
@@ -176,7 +176,7 @@ class HexDocument(QObject):
         # something in the block cannot be read: read it cluster by cluster so
         # only the clusters at fault show as unreadable
         data = bytearray(n)
-        kinds = np.full(n, ByteKind.ERROR, dtype=np.uint8)
+        kinds = np.full(n, GuestKind.ERROR, dtype=np.uint8)
         g = min(self.cluster_size, n)
         for pos in range(0, n, g):
             k = min(g, n - pos)
@@ -218,7 +218,7 @@ class HexDocument(QObject):
         return data, kinds, pend
 
     def span(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(bytes, ByteKind per byte, pending mask) for painting."""
+        """(bytes, GuestKind per byte, pending mask) for painting."""
         return self._span(offset, length)
 
     def block_error(self, offset: int) -> str | None:
@@ -236,7 +236,7 @@ class HexDocument(QObject):
             return self.source.next_content(offset, forward)
 
     def extents(self, start: int, end: int):
-        """(start, end, ByteKind) runs, for the find worker (hold :attr:`lock`)."""
+        """(start, end, GuestKind) runs, for the find worker (hold :attr:`lock`)."""
         return self.source.extents(start, end)
 
     # -- the overlay -------------------------------------------------------------------

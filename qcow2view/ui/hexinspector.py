@@ -9,7 +9,7 @@ from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QWidget
 
 from ..model.bytesource import ImageFileSource
-from ..model.extents import ByteKind
+from ..model.extents import GuestKind
 from ..model.hexdocument import HexDocument
 from .hexstyle import CLUSTER_LINE, KIND_STYLE, PENDING_STYLE, SECTOR_LINE
 from .hexview import HexView
@@ -20,7 +20,7 @@ class HexLegend(QWidget):
 
     PER_ROW = 4     # swatches per row: one long row made the window 1,200 px wide at least
 
-    def __init__(self, kinds: tuple[ByteKind, ...], parent: QWidget | None = None) -> None:
+    def __init__(self, kinds: tuple[GuestKind, ...], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         lay = QGridLayout(self)
         lay.setContentsMargins(4, 0, 4, 0)

@@ -7,17 +7,17 @@ import math
 
 from PySide6.QtGui import QColor, QFont, QFontMetricsF
 
-from ..model.extents import ByteKind
+from ..model.extents import GuestKind
 
-#: background and text colour of each ByteKind (light theme)
+#: background and text colour of each GuestKind (light theme)
 KIND_STYLE: dict[int, tuple[str, str, str]] = {
-    ByteKind.DATA: ("#ffffff", "#111111", "Data"),
-    ByteKind.COMPRESSED: ("#eadcf8", "#3a1760", "Compressed"),
-    ByteKind.BACKING: ("#fff1cc", "#5a4300", "Backing file"),
-    ByteKind.ZERO: ("#e3ebf5", "#7a8aa0", "Zero"),
-    ByteKind.UNALLOCATED: ("#f1f1f1", "#a0a0a0", "Unallocated"),
-    ByteKind.FILE: ("#ffffff", "#111111", "Image file"),
-    ByteKind.ERROR: ("#f8d0d0", "#900000", "Unreadable"),
+    GuestKind.DATA: ("#ffffff", "#111111", "Data"),
+    GuestKind.COMPRESSED: ("#eadcf8", "#3a1760", "Compressed"),
+    GuestKind.BACKING: ("#fff1cc", "#5a4300", "Backing file"),
+    GuestKind.ZERO: ("#e3ebf5", "#7a8aa0", "Zero"),
+    GuestKind.UNALLOCATED: ("#f1f1f1", "#a0a0a0", "Unallocated"),
+    GuestKind.FILE: ("#ffffff", "#111111", "Image file"),
+    GuestKind.ERROR: ("#f8d0d0", "#900000", "Unreadable"),
 }
 PENDING_STYLE = ("#ffb86b", "#5c1a00", "Pending edit")
 SELECTION = QColor(30, 100, 230, 80)
@@ -38,7 +38,7 @@ def printable(data: bytes) -> str:
 
 # bytes that could not be read show as ?? (not as the zeros the buffer holds)
 UNKNOWN = str.maketrans("0123456789abcdef", "?" * 16)
-ERROR_KEY = int(ByteKind.ERROR) * 2
+ERROR_KEY = int(GuestKind.ERROR) * 2
 
 
 def grid_font(font: QFont) -> QFont:
@@ -56,7 +56,7 @@ def grid_font(font: QFont) -> QFont:
 def style_of(key: int) -> tuple[QColor | None, QColor]:
     """(background or None for white, text colour) of a kind*2+pending key."""
     kind, pending = divmod(key, 2)
-    bg, fg, _ = PENDING_STYLE if pending else KIND_STYLE.get(kind, KIND_STYLE[ByteKind.DATA])
+    bg, fg, _ = PENDING_STYLE if pending else KIND_STYLE.get(kind, KIND_STYLE[GuestKind.DATA])
     return (None if bg == "#ffffff" else QColor(bg)), QColor(fg)
 
 

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 import qemu
-from qcow2view.engine import open_image
+from qcow2view.engine import GuestKind, open_image
 from qcow2view.model.allocation import (BACKING_BASE, CORRUPT, GUEST_BASE, LEAKED, RC_BASE,
                                         AllocationModel, colour)
 
@@ -74,8 +74,8 @@ def test_guest_view(tmp_path):
     qemu.qemu_io(top, "write -P 2 0 64k", "write -z 2M 64k", "write -c -P 3 3M 64k")
     m = _model(top)
     pic = m.picture("guest")
-    want = {0: GUEST_BASE + 2, 1: BACKING_BASE + 0, 2: GUEST_BASE + 1, 3: GUEST_BASE + 3,
-            5: GUEST_BASE + 0}
+    want = {0: GUEST_BASE + GuestKind.DATA, 1: BACKING_BASE + 0, 2: GUEST_BASE + GuestKind.ZERO,
+            3: GUEST_BASE + GuestKind.COMPRESSED, 5: GUEST_BASE + GuestKind.UNALLOCATED}
     ext = qemu.qemu_map(top)
 
     def at(off):

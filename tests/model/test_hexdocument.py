@@ -9,7 +9,7 @@ import pytest
 from qemu import create, qemu_img, qemu_io, qemu_map, to_raw
 
 from qcow2view.engine import CancelledError, open_image
-from qcow2view.model.extents import ByteKind, extents
+from qcow2view.model.extents import GuestKind, extents
 from qcow2view.model.bytesource import ImageFileSource
 from qcow2view.model.hexdocument import BLOCK_SIZE, HexDocument
 from qcow2view.model.hexsearch import find, parse_pattern
@@ -37,15 +37,15 @@ def layered(tmp_path):
     return top
 
 
-def _qemu_kind(ext: dict) -> set[ByteKind]:
+def _qemu_kind(ext: dict) -> set[GuestKind]:
     if not ext["present"]:
-        return {ByteKind.UNALLOCATED}
+        return {GuestKind.UNALLOCATED}
     if ext["zero"] and not ext["data"]:
-        return {ByteKind.ZERO, ByteKind.UNALLOCATED} if ext["depth"] else {ByteKind.ZERO}
+        return {GuestKind.ZERO, GuestKind.UNALLOCATED} if ext["depth"] else {GuestKind.ZERO}
     if ext["depth"] > 0:
-        return {ByteKind.BACKING}
+        return {GuestKind.BACKING}
     # qemu-img map gives no "offset" for compressed clusters
-    return {ByteKind.DATA} if "offset" in ext else {ByteKind.COMPRESSED}
+    return {GuestKind.DATA} if "offset" in ext else {GuestKind.COMPRESSED}
 
 
 def test_reads_and_tints_match_qemu(layered, tmp_path):
@@ -61,13 +61,13 @@ def test_reads_and_tints_match_qemu(layered, tmp_path):
         for ext in qemu_map(layered):
             for off in (ext["start"], ext["start"] + ext["length"] - 1):
                 _, kinds, pend = doc.span(off, 1)
-                assert ByteKind(int(kinds[0])) in _qemu_kind(ext), (off, ext)
+                assert GuestKind(int(kinds[0])) in _qemu_kind(ext), (off, ext)
                 assert not pend.any()
         # the extents walk agrees with qemu-img map range by range
         for s, e, kind in extents(img, 0, img.virtual_size):
             for ext in qemu_map(layered):
                 if ext["start"] <= s < ext["start"] + ext["length"]:
-                    assert kind in _qemu_kind(ext) | {ByteKind.MIXED}, (s, e, kind, ext)
+                    assert kind in _qemu_kind(ext) | {GuestKind.MIXED}, (s, e, kind, ext)
         assert len(doc._cache) <= 4
 
 
@@ -241,6 +241,6 @@ def test_missing_backing_file_marks_only_those_clusters(tmp_path):
         doc = HexDocument(img)
         data, kinds, _ = doc.span(0, 16 * K)
         assert data[8 * K:12 * K].tobytes() == b"\x62" * 4 * K
-        assert set(kinds[8 * K:12 * K].tolist()) == {ByteKind.DATA}
-        assert set(kinds[:8 * K].tolist()) == {ByteKind.ERROR}
+        assert set(kinds[8 * K:12 * K].tolist()) == {GuestKind.DATA}
+        assert set(kinds[:8 * K].tolist()) == {GuestKind.ERROR}
         assert "backing" in doc.block_error(0)

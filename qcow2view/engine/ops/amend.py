@@ -93,7 +93,6 @@ def _expand_zero_clusters(image) -> None:
     else a new cluster of zeros (counted once per L1 table sharing its L2 table); a
     preallocated zero cluster is written with zeros and keeps its place."""
     cb = image.cluster_bits
-    zero = np.uint64(C.QCOW_OFLAG_ZERO)
     l1s = [image.l1_table.entries] + [image.snapshot_l1_table(s).entries
                                       for s in image.snapshots]
     data = _plain_data_clusters(image, l1s)
@@ -105,7 +104,8 @@ def _expand_zero_clusters(image) -> None:
                 continue
             seen.add(l2off)
             words = M.read_l2_words(image, l2off, l1i)
-            zeros = ((words & zero) != 0) & ((words & M.COMPRESSED) == 0)
+            types = C.decode_l2_types(words, None, image.has_data_file)
+            zeros = (types == C.ClusterType.ZERO_PLAIN) | (types == C.ClusterType.ZERO_ALLOC)
             if zeros.any():
                 _expand_table(image, l2off, words, zeros,
                               image.meta.refcounts.refcount(l2off >> cb),
@@ -120,7 +120,7 @@ def _plain_data_clusters(image, l1s) -> set[int]:
             l2off = e & C.L1E_OFFSET_MASK
             if l2off:
                 w = M.read_l2_words(image, l2off, l1i)
-                plain = ((w & np.uint64(C.QCOW_OFLAG_ZERO | C.QCOW_OFLAG_COMPRESSED)) == 0)
+                plain = C.decode_l2_types(w, None, image.has_data_file) == C.ClusterType.NORMAL
                 out.update((w[plain] & M.OFFSET_MASK).tolist())
     out.discard(0)
     return out
