@@ -125,6 +125,18 @@ def short_error(e: BaseException) -> str:
     return text.rsplit(": ", 1)[-1].rstrip(".") or text
 
 
+def open_volume(volume, src, fs: Filesystem) -> bool:
+    """Open a libyal ``volume`` on ``src``; one that will not open marks ``fs``
+    unreadable with the reason (an engine error is raised as the engine's own)."""
+    try:
+        volume.open_file_object(src)
+    except (OSError, ValueError) as e:
+        src.reraise()
+        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+        return False
+    return True
+
+
 def map_extents(vol: Volume, raw: list[tuple[int, int, int]], size: int,
                 hole_flag: int = 1) -> tuple[tuple[tuple[int, int, int], ...], bool]:
     """Library extents (volume offset, length, flags), in file order, to

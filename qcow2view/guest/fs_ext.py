@@ -9,7 +9,7 @@ import numpy as np
 
 from ..engine.errors import Qcow2Error
 
-from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, short_error, walk
+from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, open_volume, short_error, walk
 from .partitions import Region
 from .probe import EXT_INCOMPAT_64BIT, EXT_INCOMPAT_META_BG, EXT_RO_SPARSE_SUPER
 
@@ -225,11 +225,7 @@ def read_ext(src, fs: Filesystem, tick) -> None:
     import pyfsext
     inode_at = ext_metadata(src, fs)
     vol = pyfsext.volume()
-    try:
-        vol.open_file_object(src)
-    except (OSError, ValueError) as e:
-        src.reraise()
-        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+    if not open_volume(vol, src, fs):
         return
     try:
         try:

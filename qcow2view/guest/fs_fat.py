@@ -10,7 +10,7 @@ import numpy as np
 
 from ..engine.errors import Qcow2Error
 
-from .files import FileInfo, Filesystem, map_extents, short_error, utc_seconds, walk
+from .files import FileInfo, Filesystem, map_extents, open_volume, short_error, utc_seconds, walk
 
 ATTR_DIRECTORY = 0x10
 
@@ -127,11 +127,7 @@ def read_fat(src, fs: Filesystem, tick) -> None:
     exfat = fs.type == "exfat"
     (exfat_metadata if exfat else fat_metadata)(src, fs)
     vol = pyfsfat.volume()
-    try:
-        vol.open_file_object(src)
-    except (OSError, ValueError) as e:
-        src.reraise()
-        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+    if not open_volume(vol, src, fs):
         return
     try:
         if not fs.label:

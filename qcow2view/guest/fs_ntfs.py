@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 
-from .files import FileInfo, Filesystem, map_extents, short_error, utc_seconds, walk
+from .files import FileInfo, Filesystem, map_extents, open_volume, short_error, utc_seconds, walk
 from .partitions import Region
 
 FIRST_USER_RECORD = 16          # records 0..15 are NTFS's own files
@@ -59,11 +59,7 @@ def read_ntfs(src, fs: Filesystem, tick) -> None:
             fs.block_size = bps * spc
         fs.add_metadata(0, 512, "boot sector")
     vol = pyfsntfs.volume()
-    try:
-        vol.open_file_object(src)
-    except (OSError, ValueError) as e:
-        src.reraise()
-        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+    if not open_volume(vol, src, fs):
         return
     try:
         fs.label = vol.name or fs.label

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, short_error, walk
+from .files import TYPES_BY_MODE, FileInfo, Filesystem, map_extents, open_volume, short_error, walk
 
 MAX_AGS = 1 << 20
 
@@ -105,11 +105,7 @@ def read_xfs(src, fs: Filesystem, tick) -> None:
     import pyfsxfs
     xfs_metadata(src, fs)
     vol = pyfsxfs.volume()
-    try:
-        vol.open_file_object(src)
-    except (OSError, ValueError) as e:
-        src.reraise()
-        fs.readable, fs.reason = False, f"unreadable: {short_error(e)}"
+    if not open_volume(vol, src, fs):
         return
     try:
         describe = _describe(fs.volume, {}, xfs_geometry(src))
