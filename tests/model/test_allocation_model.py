@@ -174,3 +174,13 @@ def test_summarised_guest_map_of_a_huge_disk(tmp_path):
     pic = m.picture("guest")
     text = m.describe(pic, *pic.cell_of(32))
     assert "guest clusters 128 – 131" in text and "4 clusters" in text and "data" in text
+
+
+def test_every_engine_kind_has_a_name_and_colour():
+    """The picture's tables index the engine's enums by member: every host kind and
+    every kind a guest map holds is named and coloured (no int copied by hand)."""
+    from qcow2view.engine import HostKind
+    from qcow2view.model.allocation import GUEST_STATES, HOST_KINDS
+    assert set(HOST_KINDS) == set(HostKind)
+    held = set(GuestKind) - {GuestKind.FILE, GuestKind.ERROR, GuestKind.BACKING}
+    assert set(GUEST_STATES) == held        # BACKING is coloured by depth
