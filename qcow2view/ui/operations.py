@@ -338,6 +338,16 @@ class SnapshotButtons(QWidget):
             row.addWidget(b)
             self.buttons[kind] = b
         row.addStretch(1)
+        # Apply and Delete need a snapshot to act on: greyed out while the image has none
+        tab.document.loaded.connect(self.update_enabled)
+        tab.document.changed.connect(self.update_enabled)
+        self.update_enabled()
+
+    def update_enabled(self) -> None:
+        has = bool(ops.snapshot_names(self.tab.document))
+        for kind in ("apply", "delete"):
+            self.buttons[kind].setEnabled(has)
+            self.buttons[kind].setToolTip("" if has else "The image has no internal snapshots.")
 
     def selected(self) -> str | None:
         """The snapshot of the selected header row ("snapshot:ID" rows), by name."""

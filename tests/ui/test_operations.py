@@ -189,3 +189,27 @@ def test_new_image_dialog_says_the_space_it_takes(qtbot, tmp_path):
                                 "cluster is written")
     dlg.size_value.setText("ten")
     assert dlg.space.text() == ""
+
+
+def test_apply_and_delete_need_a_snapshot(window, qtbot, tmp_path, answers):
+    given, _ = answers
+    img = qemu.create(tmp_path / "plain.qcow2", "4M")
+    tab = window.open_path(str(img))
+    wait_ready(qtbot, tab)
+    bar = tab.header_panel.findChild(operations.SnapshotButtons)
+    assert bar.buttons["create"].isEnabled()
+    assert not bar.buttons["apply"].isEnabled() and not bar.buttons["delete"].isEnabled()
+    given["text"] = "first"
+    old = tab.document.image
+    bar.buttons["create"].click()
+    qtbot.waitUntil(lambda: tab.document.image is not old, timeout=30000)
+    wait_ready(qtbot, tab)
+    assert [s["name"] for s in qemu.info(img)["snapshots"]] == ["first"]
+    assert bar.buttons["apply"].isEnabled() and bar.buttons["delete"].isEnabled()
+    given["item"] = "first"
+    old = tab.document.image
+    bar.buttons["delete"].click()
+    qtbot.waitUntil(lambda: tab.document.image is not old, timeout=30000)
+    wait_ready(qtbot, tab)
+    assert qemu.info(img).get("snapshots") is None
+    assert not bar.buttons["apply"].isEnabled() and not bar.buttons["delete"].isEnabled()
