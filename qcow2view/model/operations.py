@@ -134,9 +134,11 @@ def describe_resize(document: ImageDocument, new_size: int) -> str:
             f"{human_size(new_size)}: everything past {human_size(new_size)} is lost.")
 
 
-def other_overlays(base: str, exclude: str, limit: int = 200) -> int:
-    """Images in the base's folder (but ``exclude``) whose backing file is ``base``."""
+def other_overlays(base: str, exclude: str | list[str], limit: int = 200) -> int:
+    """Images in the base's folder (but ``exclude``, the committed chain) whose backing
+    file is ``base``."""
     folder = os.path.dirname(os.path.abspath(base))
+    skip = {os.path.realpath(p) for p in ([exclude] if isinstance(exclude, str) else exclude)}
     n = 0
     try:
         names = sorted(os.listdir(folder))[:limit]
@@ -144,7 +146,7 @@ def other_overlays(base: str, exclude: str, limit: int = 200) -> int:
         return 0
     for name in names:
         path = os.path.join(folder, name)
-        if os.path.samefile(path, exclude) if os.path.exists(exclude) else False:
+        if os.path.realpath(path) in skip:
             continue
         try:
             with open(path, "rb") as f:
@@ -160,12 +162,25 @@ def other_overlays(base: str, exclude: str, limit: int = 200) -> int:
     return n
 
 
-def describe_commit(document: ImageDocument) -> str:
-    plan = plan_commit(document.path)
-    others = other_overlays(plan.base, document.path)
+def commit_bases(document: ImageDocument) -> list[str]:
+    """Paths of the backing chain that a commit can write into (direct backing first)."""
+    img = document.image
+    chain = img.backing_chain if img is not None else []
+    return [b.path for b in chain if b.found and b.path]
+
+
+def describe_commit(document: ImageDocument, base: str | None = None,
+                    keep: bool = False) -> str:
+    """What commit does; a ``base`` down the chain implies ``keep`` (as qemu-img -b)."""
+    plan = plan_commit(document.path, base)
+    # the images between the overlay and the base are the committed chain, not others
+    above = [document.path] + commit_bases(document)[:plan.depth - 1]
+    others = other_overlays(plan.base, above)
     shared = f" (shared by {count(others, 'other overlay')})" if others else ""
+    after = (f", and keeps {document.name} as it is" if keep or base is not None
+             else f", then empties {document.name}")
     return (f"Writes {human_size(plan.bytes_to_write)} into "
-            f"{os.path.basename(plan.base)}{shared}, then empties {document.name}.")
+            f"{os.path.basename(plan.base)}{shared}{after}.")
 
 
 def describe_convert(document: ImageDocument, out_fmt: str, options: dict) -> str:
@@ -208,10 +223,11 @@ def amend_job(document: ImageDocument, options: dict, parent=None) -> OperationJ
                       lambda im, p: amend_image(im, options, progress=p), parent)
 
 
-def commit_job(document: ImageDocument, parent=None) -> OperationJob:
+def commit_job(document: ImageDocument, parent=None, base: str | None = None,
+               keep: bool = False) -> OperationJob:
     path = document.path
-    return OperationJob(document, "Committing", lambda p: commit_image(path, progress=p),
-                        parent)
+    return OperationJob(document, "Committing", lambda p: commit_image(
+        path, base, keep=keep, progress=p), parent)
 
 
 def rebase_job(document: ImageDocument, backing: str, backing_fmt: str | None, unsafe: bool,

@@ -154,26 +154,91 @@ def resize_action(window, tab):
 
 def commit_action(window, tab):
     doc = tab.document
+    bases = ops.commit_bases(doc)
+    if not bases:
+        dialogs.error(window, "Commit", f"{doc.name} has no backing file to commit into.")
+        return None
+    dlg = CommitDialog(window, bases)
+    values = answer("commit", "Commit", "", dlg.values()) if answer else (
+        dlg.values() if dlg.exec() == QDialog.Accepted else None)
+    if not values:
+        return None
+    base, keep = values
     try:
-        text = ops.describe_commit(doc)
+        text = ops.describe_commit(doc, base, keep)
     except Exception as e:       # noqa: BLE001
         dialogs.error(window, "Commit", ops.open_error_text(e))
         return None
     if not _confirm(window, "Commit into the backing file", text):
         return None
-    return run_job(window, ops.commit_job(doc, tab), f"{doc.name}: committed")
+    return run_job(window, ops.commit_job(doc, tab, base, keep), f"{doc.name}: committed")
 
 
 def rebase_action(window, tab):
     doc = tab.document
-    backing = _ask_text(window, "Rebase", "New backing file (empty: none, flatten):",
-                        (doc.image.backing_filename or "") if doc.image else "")
-    if backing is None:
+    dlg = RebaseDialog(window, (doc.image.backing_filename or "") if doc.image else "")
+    values = answer("rebase", "Rebase", "", dlg.values()) if answer else (
+        dlg.values() if dlg.exec() == QDialog.Accepted else None)
+    if not values:
         return None
-    if not _confirm(window, "Rebase", ops.describe_rebase(doc, backing, False)):
+    backing, unsafe = values
+    if not _confirm(window, "Rebase", ops.describe_rebase(doc, backing, unsafe)):
         return None
-    return run_job(window, ops.rebase_job(doc, backing, None, False, tab),
+    return run_job(window, ops.rebase_job(doc, backing, None, unsafe, tab),
                    f"{doc.name}: rebased")
+
+
+class CommitDialog(QDialog):
+    """Which image down the chain to write into (-b) and whether to keep the overlay (-d)."""
+
+    def __init__(self, parent, bases: list[str]) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Commit into the backing file")
+        self._bases = bases
+        self.base = QComboBox()
+        self.base.addItems([os.path.basename(b) for b in bases])
+        for i, b in enumerate(bases):
+            self.base.setItemData(i, b, Qt.ToolTipRole)
+        self.keep = QCheckBox("Keep the overlay as it is (-d)")
+        form = QFormLayout(self)
+        form.addRow("Write into:", self.base)
+        form.addRow("", self.keep)
+        self.base.currentIndexChanged.connect(self._base_changed)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def _base_changed(self, i: int) -> None:
+        # as qemu-img: a base further down the chain (-b) implies -d
+        if i > 0:
+            self.keep.setChecked(True)
+        self.keep.setEnabled(i == 0)
+
+    def values(self) -> tuple[str | None, bool]:
+        i = self.base.currentIndex()
+        return (self._bases[i] if i > 0 else None, self.keep.isChecked())
+
+
+class RebaseDialog(QDialog):
+    """The new backing file, and -u: only rewrite the name, copy nothing."""
+
+    def __init__(self, parent, current: str) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Rebase")
+        self.backing = QLineEdit(current)
+        self.backing.setPlaceholderText("none: flatten")
+        self.unsafe = QCheckBox("Only rewrite the name, copy nothing (-u)")
+        form = QFormLayout(self)
+        form.addRow("New backing file:", self.backing)
+        form.addRow("", self.unsafe)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def values(self) -> tuple[str, bool]:
+        return (self.backing.text(), self.unsafe.isChecked())
 
 
 def convert_action(window, tab):

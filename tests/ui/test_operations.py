@@ -154,7 +154,7 @@ def test_resize_rebase_and_convert_from_the_menu(window, qtbot, tmp_path, answer
     view = qemu.to_raw(top, tmp_path / "v.raw")
     tab = window.open_path(str(top))
     wait_ready(qtbot, tab)
-    given["text"] = ""                                  # rebase -b "": flatten
+    given["rebase"] = ("", False)                       # rebase -b "": flatten
     _run(qtbot, window, tab, "Rebase")
     assert qemu.info(top).get("backing-filename") is None
     assert qemu.to_raw(top, tmp_path / "f.raw") == view and qemu.check(top)[0] == 0
@@ -213,3 +213,67 @@ def test_apply_and_delete_need_a_snapshot(window, qtbot, tmp_path, answers):
     wait_ready(qtbot, tab)
     assert qemu.info(img).get("snapshots") is None
     assert not bar.buttons["apply"].isEnabled() and not bar.buttons["delete"].isEnabled()
+
+
+def _chain(folder):
+    """base <- mid <- top, each writing its own MiB (made by qemu-img/qemu-io)."""
+    folder.mkdir()
+    base = qemu.create(folder / "base.qcow2", "8M")
+    qemu.qemu_io(base, "write -P 1 0 8M")
+    mid = qemu.create(folder / "mid.qcow2", "8M", backing="base.qcow2", backing_fmt="qcow2")
+    qemu.qemu_io(mid, "write -P 2 4M 1M")
+    top = qemu.create(folder / "top.qcow2", "8M", backing="mid.qcow2", backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 3 1M 1M")
+    return base, mid, top
+
+
+def _layout(path):
+    """qemu-img map without host offsets: which image decides each guest range."""
+    return [{k: e[k] for k in ("start", "length", "depth", "zero", "data")}
+            for e in qemu.qemu_map(path)]
+
+
+def test_commit_down_the_chain_and_keep_the_overlay(window, qtbot, tmp_path, answers):
+    given, asked = answers
+    base, mid, top = _chain(tmp_path / "ours")
+    qbase, qmid, qtop = _chain(tmp_path / "qemu")
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    dlg = operations.CommitDialog(window, [str(mid), str(base)])
+    assert dlg.values() == (None, False)                # qemu-img commit: into mid, emptied
+    dlg.base.setCurrentIndex(1)                         # -b base implies -d, as qemu-img
+    assert dlg.values() == (str(base), True) and not dlg.keep.isEnabled()
+    dlg.deleteLater()
+    # -b base: both overlays' data go into base.qcow2, top (and mid) stay as they are
+    given["commit"] = (str(base), False)
+    _run(qtbot, window, tab, "Commit into backing file")
+    qemu.qemu_img("commit", "-q", "-b", "base.qcow2", qtop)
+    text = [t for k, _, t in asked if k == "confirm"][-1]
+    assert text == "Writes 2 MiB into base.qcow2, and keeps top.qcow2 as it is."
+    assert qemu.compare(base, qbase).returncode == 0
+    assert _layout(top) == _layout(qtop) and _layout(mid) == _layout(qmid)
+    # -d into the direct backing file: mid gets top's MiB, top keeps it
+    given["commit"] = (None, True)
+    _run(qtbot, window, tab, "Commit into backing file")
+    qemu.qemu_img("commit", "-q", "-d", qtop)
+    text = [t for k, _, t in asked if k == "confirm"][-1]
+    assert text == "Writes 1 MiB into mid.qcow2, and keeps top.qcow2 as it is."
+    assert qemu.compare(mid, qmid).returncode == 0
+    assert _layout(top) == _layout(qtop) and _layout(mid) == _layout(qmid)
+    assert all(qemu.check(p)[0] == 0 for p in (base, mid, top))
+
+
+def test_rebase_unsafe_only_rewrites_the_name(window, qtbot, tmp_path, answers):
+    given, asked = answers
+    base, mid, top = _chain(tmp_path / "ours")
+    qbase, qmid, qtop = _chain(tmp_path / "qemu")
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    given["rebase"] = ("base.qcow2", True)
+    _run(qtbot, window, tab, "Rebase")
+    qemu.qemu_img("rebase", "-q", "-u", "-b", "base.qcow2", "-F", "qcow2", qtop)
+    assert any(t == "Only rewrites the backing file name of top.qcow2 to 'base.qcow2'."
+               for k, _, t in asked if k == "confirm")
+    assert qemu.info(top)["backing-filename"] == qemu.info(qtop)["backing-filename"]
+    assert _layout(top) == _layout(qtop)                 # nothing copied
+    assert qemu.compare(top, qtop).returncode == 0 and qemu.check(top)[0] == 0
