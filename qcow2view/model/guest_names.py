@@ -83,6 +83,25 @@ def byte_namer(contents: GuestContents):
     return name
 
 
+def file_at(contents: GuestContents):
+    """``where(guest offset) -> (key, path, file offset, file size) | None`` for the hex
+    view's file ruler: the file whose data holds the byte (key tells two files of one
+    path apart; past the size lies the last block's slack)."""
+    sizes: dict = {}
+
+    def where(offset: int):
+        o = contents.owner(offset)
+        if o is None or o.what != "file data" or o.path is None or o.file_offset is None:
+            return None
+        key = (o.partition, o.volume, o.path)
+        if key not in sizes:
+            found = [f for f in contents.index.find(o.path, o.partition)
+                     if f.volume.lv_name == o.volume]
+            sizes[key] = found[0].info.size if found else None
+        return key, o.path, o.file_offset, sizes[key]
+    return where
+
+
 def fs_classes(index: GuestIndex, guest_map, chunk: int = 1 << 20) -> np.ndarray:
     """One WHAT code per guest map entry: the most telling of what its bytes hold (any
     file data makes it "file data", then metadata, partition table, free space)."""

@@ -19,7 +19,8 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QVBoxLayout, QWidget)
 
 from ..model.guest_files import GuestContents, Summary
-from ..model.guest_names import byte_namer, cluster_namer, fs_classes, guest_rows
+from ..model.guest_names import (byte_namer, cluster_namer, file_at, fs_classes,
+                                 guest_rows)
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
@@ -386,6 +387,13 @@ def attach_files_pane(tab) -> FilesPanel:
     hexed.view.set_tooltip(byte_namer(contents))     # fields and files named on hover
     tab.document.hex_guest.set_edit_guard(contents.edit_guard)
     contents.ready.connect(lambda: hexed.inspector.show_at(hexed.view))
+
+    def ruler() -> None:        # the file-offset column, once the index knows files
+        from .hexruler import FileRuler
+        idx = contents.index
+        hexed.view.set_ruler(FileRuler(file_at(contents)) if idx is not None and idx.files
+                             else None)
+    contents.ready.connect(ruler)
 
     def goto_file() -> None:
         from .gotofile import open_goto_file

@@ -17,6 +17,7 @@ from PySide6.QtGui import (QColor, QFont, QFontDatabase, QFontMetrics, QFontMetr
 from PySide6.QtWidgets import QAbstractScrollArea, QInputDialog, QMenu, QToolTip, QWidget
 
 from ..model.hexdocument import HexDocument
+from .hexruler import WIDTH_CHARS as RULER_CHARS
 from .hexstyle import (CLUSTER_LINE, ERROR_KEY, SECTOR_LINE, SELECTION, STYLES, UNKNOWN,
                        grid_font, printable, style_of)
 
@@ -51,6 +52,7 @@ class HexView(QAbstractScrollArea):
         self._statics: dict[str, QStaticText] = {}
         self._exact_row: int | None = None
         self._describe = None                  # set_tooltip
+        self.ruler = None                      # set_ruler: a FileRuler or None
         font = QFontDatabase.systemFont(QFontDatabase.FixedFont)
         font.setStyleHint(QFont.Monospace)
         font.setPointSizeF(max(9.0, font.pointSizeF()))
@@ -104,7 +106,8 @@ class HexView(QAbstractScrollArea):
             self.off_chars = max(8, len(f"{max(0, size - 1):x}"))
         cw, bpr = self.cw, self.bytes_per_row
         self.x_off = 6
-        self.x_hex = self.x_off + (self.off_chars + 2) * cw
+        self.x_ruler = self.x_off + (self.off_chars + 2) * cw     # the file ruler, if any
+        self.x_hex = self.x_ruler + (RULER_CHARS * cw if self.ruler is not None else 0)
         self.hex_chars = bpr * 3 + bpr // 8 - 2
         self.x_text = self.x_hex + (self.hex_chars + 3) * cw
         self.total_w = self.x_text + (bpr + 1) * cw
@@ -117,6 +120,14 @@ class HexView(QAbstractScrollArea):
         if hasattr(self, "bytes_per_row"):
             self._metrics()
             self._update_scroll()
+
+    def set_ruler(self, ruler) -> None:
+        """A :class:`~.hexruler.FileRuler` (file offsets beside the rows while the caret
+        is in a guest file) or None; the columns move right to make room."""
+        self.ruler = ruler
+        self._metrics()
+        self._update_scroll()
+        self.viewport().update()
 
     def set_bytes_per_row(self, n: int) -> None:
         if n not in (16, 32):
@@ -299,6 +310,9 @@ class HexView(QAbstractScrollArea):
         p.setPen(QColor("#606060"))
         head = ("LBA" if self.sector_mode else "Offset").rjust(self.off_chars)
         p.drawText(self.x_off, self.ascent, head)
+        if self.ruler is not None:
+            self.ruler.paint_header(p, self)
+            p.setPen(QColor("#606060"))
         cols = [f"{i:02X}" for i in range(bpr)]
         hexhead = "  ".join(" ".join(cols[i:i + 8]) for i in range(0, bpr, 8))
         p.drawText(self.x_hex, self.ascent, hexhead)
@@ -314,6 +328,8 @@ class HexView(QAbstractScrollArea):
         data, kinds, pend = self.doc.span(first, rows * bpr)
         raw = data.tobytes()
         keys = (kinds * 2 + pend).astype("uint8").tobytes()
+        if self.ruler is not None:
+            self.ruler.paint_rows(p, self, first, rows)
         for r in range(rows):
             a = r * bpr
             n = min(bpr, len(raw) - a)

@@ -400,3 +400,27 @@ def test_snapshot_sharing_and_changes_against_a_snapshot(qtbot, window, gpt_disk
     rows = [n for n in (i.data(NODE_ROLE) for i in _all(panel.model)) if n.kind == FILE]
     want = sum(b != 0x23 for b in (gpt_disk.src / "etc/fstab").read_bytes()[:5])
     assert [(n.path, panel.model.bytes_changed(n)) for n in rows] == [("/etc/fstab", want)]
+
+
+def test_hex_ruler_shows_file_offsets_while_the_caret_is_in_a_file(qtbot, window, gpt_disk):  # noqa: F811,E501
+    tab = window.open_path(str(gpt_disk.qcow2))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    view = tab.pane("hex").view
+    ruler = view.ruler
+    assert ruler is not None
+    # the oracle: debugfs's block map and size of the file, and sgdisk's partition start
+    bs = int(debugfs(gpt_disk.parts[2], "stats").split("Block size:")[1].split()[0])
+    block = int(debugfs(gpt_disk.parts[2], "bmap /etc/fstab 0").strip())
+    size = int(debugfs(gpt_disk.parts[2], "stat /etc/fstab").split("Size:")[1].split()[0])
+    first = gpt_disk.starts[2] + block * bs
+    view.goto(first + 0x25)
+    assert ruler.header(view.cursor) == "fstab"
+    assert ruler.row_text(view.cursor, first + 0x20) == ("+20", False)
+    tail = -(-size // 16) * 16                  # the first row past the file's size
+    if tail < bs:
+        assert ruler.row_text(view.cursor, first + tail) == (f"+{tail:x}", True)
+    assert ruler.row_text(view.cursor, first - 16) is None     # not the file's row
+    view.goto(0)                                # the protective MBR: no file, no ruler
+    assert ruler.header(view.cursor) == "file +"
+    assert ruler.row_text(view.cursor, first) is None
