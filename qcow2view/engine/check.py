@@ -116,7 +116,6 @@ def compare(scan: RefScan, disk: DiskRefcounts, image, on_chunk=None
     ``on_chunk(lo, ondisk, counted)`` sees each chunk on the way (the host map
     marks leaks and corruption from it, so one pass serves both)."""
     nb = _used_end(scan, disk)
-    cs = scan.cluster_size
     cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
     out = {"check_errors": 0, "corruptions": 0, "leaks": 0, "highest": 0,
            "rebuild": False, "overflow": 0}
@@ -167,6 +166,13 @@ def compare(scan: RefScan, disk: DiskRefcounts, image, on_chunk=None
                 overs.append(ov + lo)
         del refs, counted, ondisk
     out["highest"] = _highest(scan, disk, nb)
+    return out, _findings(scan, disk, cap, overs, errs, lows, highs)
+
+
+def _findings(scan: RefScan, disk: DiskRefcounts, cap: int | None, overs, errs, lows,
+              highs) -> list[Finding]:
+    """Findings for the clusters compare() collected, at most MAX_FINDINGS of each kind."""
+    cs = scan.cluster_size
     findings: list[Finding] = []
     room = MAX_FINDINGS
 
@@ -194,7 +200,7 @@ def compare(scan: RefScan, disk: DiskRefcounts, image, on_chunk=None
         d, r = disk.get(c), counted_of(c)
         findings.append(Finding("leak", c, d, r, f"cluster {c} at {c * cs:#x} leaked: "
                                 f"refcount {d} but {r} references", None, "leak"))
-    return out, findings
+    return findings
 
 
 def _highest(scan: RefScan, disk: DiskRefcounts, nb: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -119,6 +120,17 @@ def validate_create_options(*, size: int | None = None, cluster_size: int = 6553
                             "(use off or metadata)")
         else:
             problems.append(f"preallocation must be off or metadata, not {preallocation!r}")
+    problems += _file_problems(version, extended_l2, preallocation, backing_file, backing_fmt,
+                               data_file, data_file_raw)
+    problems += _size_problems(size, backing_file, cluster_size, extended_l2)
+    return problems
+
+
+def _file_problems(version: int, extended_l2: bool, preallocation: str,
+                   backing_file: str | None, backing_fmt: str | None, data_file: str | None,
+                   data_file_raw: bool) -> list[str]:
+    """What is wrong with the backing file and data file options."""
+    problems = []
     if backing_fmt and not backing_file:
         problems.append("Backing format cannot be used without backing file")
     if backing_fmt and backing_fmt not in ("qcow2", "raw"):
@@ -136,6 +148,12 @@ def validate_create_options(*, size: int | None = None, cluster_size: int = 6553
             problems.append("Backing file and data-file-raw cannot be used at the same time")
     elif data_file_raw:
         problems.append("data-file-raw requires data-file")
+    return problems
+
+
+def _size_problems(size, backing_file: str | None, cluster_size: int,
+                   extended_l2: bool) -> list[str]:
+    problems = []
     if size is None:
         if not backing_file:
             problems.append("Image size must be given (or a backing file to take it from)")
@@ -217,6 +235,35 @@ def _layout(size: int, cs: int, refcount_order: int, l2_entry: int, prealloc: bo
     return T, B, L, N2, D, l1_size
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Where everything of a new image goes (cluster numbers and byte offsets)."""
+
+    size: int
+    cs: int
+    refcount_order: int
+    l2_entry: int
+    prealloc: bool
+    reftable_clusters: int
+    refblock_clusters: int
+    l1_size: int
+    l2_first: int            # first preallocated L2 table
+    data_first: int          # first preallocated data cluster
+    used: int                # clusters 0..used-1 have refcount 1
+
+    @property
+    def reftable_offset(self) -> int:
+        return self.cs
+
+    @property
+    def refblock_offset(self) -> int:
+        return (1 + self.reftable_clusters) * self.cs
+
+    @property
+    def l1_offset(self) -> int:
+        return (1 + self.reftable_clusters + self.refblock_clusters) * self.cs
+
+
 def create_image(path: str | os.PathLike, size: int | str | None, *,
                  cluster_size: int = 65536, compat: str = "1.1", refcount_bits: int = 16,
                  lazy_refcounts: bool = False, extended_l2: bool = False,
@@ -248,15 +295,14 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
     lazy_refcounts = _bool("lazy_refcounts", lazy_refcounts)
     extended_l2 = _bool("extended_l2", extended_l2)
     data_file_raw = _bool("data_file_raw", data_file_raw)
-    opts = dict(size=size, cluster_size=cluster_size, compat=str(compat),
-                refcount_bits=refcount_bits, lazy_refcounts=lazy_refcounts,
-                extended_l2=extended_l2, compression_type=compression_type,
-                preallocation=preallocation, backing_file=backing_file,
-                backing_fmt=backing_fmt, data_file=data_file, data_file_raw=data_file_raw)
-    problems = validate_create_options(**opts)
+    problems = validate_create_options(
+        size=size, cluster_size=cluster_size, compat=str(compat), refcount_bits=refcount_bits,
+        lazy_refcounts=lazy_refcounts, extended_l2=extended_l2,
+        compression_type=compression_type, preallocation=preallocation,
+        backing_file=backing_file, backing_fmt=backing_fmt, data_file=data_file,
+        data_file_raw=data_file_raw)
     if problems:
         raise RequestError("; ".join(problems), path=path)
-    cluster_size, refcount_bits = int(cluster_size), int(refcount_bits)
     if backing_file:
         if unsafe and size is None:
             raise RequestError("-u needs the image size (the backing file is not opened)",
@@ -264,75 +310,92 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
         found = _backing_size(backing_file, path, backing_fmt, unsafe=unsafe)
         size = found if size is None else size
     size = -(-int(size) // 512) * 512
+    data_path = _new_files_allowed(path, data_file, overwrite)
+    cluster_size, refcount_order = int(cluster_size), int(refcount_bits).bit_length() - 1
+    plan = _plan(size, cluster_size, refcount_order, 16 if extended_l2 else 8,
+                 preallocation == "metadata", bool(data_file))
+    header = Header(
+        magic=QCOW_MAGIC, version=COMPAT_VALUES[str(compat)], backing_file_offset=0,
+        backing_file_size=0, cluster_bits=cluster_size.bit_length() - 1, size=size,
+        crypt_method=0, l1_size=plan.l1_size, l1_table_offset=plan.l1_offset,
+        refcount_table_offset=plan.reftable_offset,
+        refcount_table_clusters=plan.reftable_clusters, nb_snapshots=0, snapshots_offset=0,
+        incompatible_features=((INCOMPAT_EXTL2 if extended_l2 else 0)
+                               | (INCOMPAT_DATA_FILE if data_file else 0)
+                               | (INCOMPAT_COMPRESSION if compression_type == "zstd" else 0)),
+        compatible_features=COMPAT_LAZY_REFCOUNTS if lazy_refcounts else 0,
+        autoclear_features=AUTOCLEAR_DATA_FILE_RAW if data_file_raw else 0,
+        refcount_order=refcount_order, header_length=0,
+        compression_type=COMPRESSION_TYPES[compression_type], unknown_header_bytes=b"")
+    head = _header_cluster(header, backing_file, backing_fmt, data_file, path)
+    _write_new_image(path, head, plan, data_path, bool(data_file_raw), overwrite)
+
+
+def _new_files_allowed(path: str, data_file: str | None, overwrite: bool) -> str | None:
+    """Refuse to replace an image or data file unless asked; the data file's path."""
     if os.path.exists(path) and not overwrite:
         raise RequestError("the file exists (pass overwrite=True / --force to replace it)",
                            path=path)
-    data_path = None
-    if data_file:
-        data_path = data_file if os.path.isabs(data_file) else os.path.join(
-            os.path.dirname(os.path.abspath(path)), data_file)
-        if os.path.exists(data_path) and not overwrite:
-            raise RequestError(f"the data file {data_file!r} exists (pass overwrite=True / "
-                               "--force to replace it)", path=path)
+    if not data_file:
+        return None
+    data_path = data_file if os.path.isabs(data_file) else os.path.join(
+        os.path.dirname(os.path.abspath(path)), data_file)
+    if os.path.exists(data_path) and not overwrite:
+        raise RequestError(f"the data file {data_file!r} exists (pass overwrite=True / "
+                           "--force to replace it)", path=path)
+    return data_path
 
-    version = COMPAT_VALUES[str(compat)]
-    cs = cluster_size
-    cluster_bits = cs.bit_length() - 1
-    refcount_order = refcount_bits.bit_length() - 1
-    l2_entry = 16 if extended_l2 else 8
-    prealloc = preallocation == "metadata"
-    T, B, L, N2, D, l1_size = _layout(size, cs, refcount_order, l2_entry, prealloc,
-                                      bool(data_file))
-    rt_off, rb_off, l1_off = cs, (1 + T) * cs, (1 + T + B) * cs
-    l2_first = 1 + T + B + L
-    data_first = l2_first + N2
-    n_used = data_first + D
 
-    # header cluster: header, extensions, backing file name
-    incompat = ((INCOMPAT_EXTL2 if extended_l2 else 0)
-                | (INCOMPAT_DATA_FILE if data_file else 0)
-                | (INCOMPAT_COMPRESSION if compression_type == "zstd" else 0))
-    hlen = V3_HEADER_LENGTH_CT if version == 3 else V2_HEADER_LENGTH
+def _plan(size: int, cs: int, refcount_order: int, l2_entry: int, prealloc: bool,
+          has_data_file: bool) -> _Plan:
+    reftable_clusters, refblock_clusters, l1_clusters, l2_tables, data_clusters, l1_size = \
+        _layout(size, cs, refcount_order, l2_entry, prealloc, has_data_file)
+    l2_first = 1 + reftable_clusters + refblock_clusters + l1_clusters
+    return _Plan(size, cs, refcount_order, l2_entry, prealloc, reftable_clusters,
+                 refblock_clusters, l1_size, l2_first, l2_first + l2_tables,
+                 l2_first + l2_tables + data_clusters)
+
+
+def _header_cluster(header: Header, backing_file: str | None, backing_fmt: str | None,
+                    data_file: str | None, path: str) -> bytes:
+    """The first cluster's bytes: header, extensions, backing file name."""
+    v3 = header.version == 3
+    length = V3_HEADER_LENGTH_CT if v3 else V2_HEADER_LENGTH
     exts = b""
     if backing_file and backing_fmt:
         exts += pack_extension(EXT_BACKING_FORMAT, backing_fmt.encode())
     if data_file:
         exts += pack_extension(EXT_DATA_FILE, data_file.encode())
-    if version == 3:
+    if v3:
         exts += pack_extension(EXT_FEATURE_NAME_TABLE, pack_feature_name_table())
     exts += bytes(8)   # end of extensions
-    bname = os.fsencode(backing_file) if backing_file else b""
-    bf_off = hlen + len(exts) if bname else 0
-    if hlen + len(exts) + len(bname) > cs:
+    name = os.fsencode(backing_file) if backing_file else b""
+    if length + len(exts) + len(name) > 1 << header.cluster_bits:
         raise RequestError("header, extensions and backing file name do not fit in one "
                            "cluster (use a larger cluster size)", path=path)
-    h = Header(magic=QCOW_MAGIC, version=version, backing_file_offset=bf_off,
-               backing_file_size=len(bname), cluster_bits=cluster_bits, size=size,
-               crypt_method=0, l1_size=l1_size, l1_table_offset=l1_off,
-               refcount_table_offset=rt_off, refcount_table_clusters=T, nb_snapshots=0,
-               snapshots_offset=0, incompatible_features=incompat,
-               compatible_features=COMPAT_LAZY_REFCOUNTS if lazy_refcounts else 0,
-               autoclear_features=AUTOCLEAR_DATA_FILE_RAW if data_file_raw else 0,
-               refcount_order=refcount_order, header_length=hlen,
-               compression_type=COMPRESSION_TYPES[compression_type],
-               unknown_header_bytes=bytes(7) if version == 3 else b"")
-    head = h.pack()
-    assert len(head) == hlen
-    head += exts + bname
+    header = header.replace(backing_file_offset=length + len(exts) if name else 0,
+                            backing_file_size=len(name), header_length=length,
+                            unknown_header_bytes=bytes(7) if v3 else b"")
+    packed = header.pack()
+    assert len(packed) == length
+    return packed + exts + name
 
-    # refcount table and blocks: clusters 0..n_used-1 have refcount 1
-    per = block_entries(cluster_bits, refcount_order)
-    reftable = np.zeros(T * cs // 8, dtype=">u8")
-    reftable[:B] = rb_off + np.arange(B, dtype=np.uint64) * cs
-    counts = np.zeros(B * per, dtype=np.uint64)
-    counts[:n_used] = 1
 
-    # L1 (and L2 tables when preallocating)
-    l1 = np.zeros(L * cs // 8, dtype=">u8")
-    if prealloc:
-        l1[:l1_size] = (QCOW_OFLAG_COPIED
-                        + (l2_first + np.arange(l1_size, dtype=np.uint64)) * np.uint64(cs))
-
+def _write_new_image(path: str, head: bytes, plan: _Plan, data_path: str | None,
+                     data_file_raw: bool, overwrite: bool) -> None:
+    """Write the new file (and make its data file); nothing stays behind on failure."""
+    cs = plan.cs
+    # refcount table and blocks: clusters 0..used-1 have refcount 1
+    per = block_entries(cs.bit_length() - 1, plan.refcount_order)
+    reftable = np.zeros(plan.reftable_clusters * cs // 8, dtype=">u8")
+    reftable[:plan.refblock_clusters] = (
+        plan.refblock_offset + np.arange(plan.refblock_clusters, dtype=np.uint64) * cs)
+    counts = np.zeros(plan.refblock_clusters * per, dtype=np.uint64)
+    counts[:plan.used] = 1
+    l1 = np.zeros(plan.l1_size, dtype=">u8")
+    if plan.prealloc:
+        l1[:] = (QCOW_OFLAG_COPIED
+                 + (plan.l2_first + np.arange(plan.l1_size, dtype=np.uint64)) * np.uint64(cs))
     flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
     if not overwrite:
         flags |= os.O_EXCL
@@ -346,21 +409,21 @@ def create_image(path: str | os.PathLike, size: int | str | None, *,
             made_data = not os.path.exists(data_path)
             dfd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.ftruncate(dfd, size)
+                os.ftruncate(dfd, plan.size)
             finally:
                 os.close(dfd)
         os.pwrite(fd, head, 0)
-        os.pwrite(fd, reftable.tobytes(), rt_off)
-        os.pwrite(fd, encode_refcount_block(counts, refcount_order), rb_off)
-        os.pwrite(fd, l1.tobytes()[:l1_size * 8], l1_off)
-        if prealloc:
-            _write_prealloc_l2(fd, size, cs, l2_entry, l1_size, l2_first, data_first,
-                               bool(data_file), bool(data_file_raw))
-            end = n_used * cs
+        os.pwrite(fd, reftable.tobytes(), plan.reftable_offset)
+        os.pwrite(fd, encode_refcount_block(counts, plan.refcount_order), plan.refblock_offset)
+        os.pwrite(fd, l1.tobytes(), plan.l1_offset)
+        if plan.prealloc:
+            _write_prealloc_l2(fd, plan.size, cs, plan.l2_entry, plan.l1_size, plan.l2_first,
+                               plan.data_first, bool(data_path), data_file_raw)
+            end = plan.used * cs
         else:
             # qemu-img leaves the file ending right after the L1 entries
-            end = l1_off + l1_size * 8
-        os.ftruncate(fd, max(end, rb_off + cs))
+            end = plan.l1_offset + plan.l1_size * 8
+        os.ftruncate(fd, max(end, plan.refblock_offset + cs))
         os.fsync(fd)
     except OSError as e:
         os.close(fd)

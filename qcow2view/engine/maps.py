@@ -228,10 +228,18 @@ def _in(off: int, size: int, cs: int, c: int) -> bool:
 
 def _owners(image, hm: HostMap, tables: tuple, c: int, lo: np.ndarray,
             hi: np.ndarray) -> list[Owner]:
+    out = _metadata_owners(image, tables, c)
+    want = int(hm.references[c]) if c < len(hm.references) else 0
+    if len(out) < want:
+        out += _data_owners(image, tables, c, lo, hi, want - len(out))
+    return out
+
+
+def _metadata_owners(image, tables: tuple, c: int) -> list[Owner]:
+    """The header fields and table entries that point at host cluster ``c``."""
     cs = image.cluster_size
     h = image.header
     out: list[Owner] = []
-    want = int(hm.references[c]) if c < len(hm.references) else 0
     if c == 0:
         out.append(Owner(HostKind.HEADER, "header", None, None, None))
     if _in(h.l1_table_offset, h.l1_size * 8, cs, c):
@@ -281,10 +289,16 @@ def _owners(image, hm: HostMap, tables: tuple, c: int, lo: np.ndarray,
         table = "L1" if snap is None else f"snapshot {snap!r} L1"
         out.append(Owner(HostKind.L2_TABLE if snap is None else HostKind.SNAPSHOT_L2_TABLE,
                          table, int(l1eo[i]), int(l1i[i]) * span, snap))
-    if len(out) >= want:
-        return out
-    # data and compressed clusters: scan the L2 tables with numpy, stop once
-    # every counted reference has been found
+    return out
+
+
+def _data_owners(image, tables: tuple, c: int, lo: np.ndarray, hi: np.ndarray,
+                 want: int) -> list[Owner]:
+    """L2 entries whose data or compressed bytes lie in host cluster ``c``: the L2
+    tables scanned with numpy until ``want`` references are found."""
+    cs = image.cluster_size
+    offs, l1i, _, names = tables
+    out: list[Owner] = []
     layout = image.layout
     esize = 16 if image.extended_l2 else 8
     per_batch = max(1, BATCH_ENTRIES // image.l2_size)
