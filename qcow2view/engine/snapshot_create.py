@@ -65,8 +65,8 @@ def create_snapshot(image, name: str) -> Snapshot:
         raise RequestError(f"a snapshot named {name!r} exists already")
     image.require_writable()
     if image.has_data_file:
-        raise RequestError("internal snapshots of images with an external data file are "
-                           "not supported (as in QEMU)")
+        raise RequestError(f"Could not create snapshot '{name}': Operation not supported "
+                           "(internal snapshots of images with an external data file)")
     if image.header.refcount_order == 0:
         raise RequestError("1-bit refcounts cannot count a snapshot's second reference")
     image.flush()                       # pending metadata first

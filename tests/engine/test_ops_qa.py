@@ -157,3 +157,20 @@ def test_snapshot_list_pads_names_as_qemu_img(small, tmp_path, capsys):
     want = qemu.qemu_img("snapshot", "-l", img).stdout.decode()
     rc, out, _ = ours(capsys, "snapshot", "-l", img)
     assert rc == 0 and out == want
+
+
+@pytest.mark.parametrize("args, reason", [(("-c", "s"), "Operation not supported"),
+                                          (("-a", "s"), "Operation not supported"),
+                                          (("-d", "s"), "not found")])
+def test_snapshots_of_a_data_file_image_refused_as_qemu(tmp_path, capsys, args, reason):
+    """qemu-img takes no internal snapshot of an image with an external data file
+    (-c and -a: -ENOTSUP); -d finds none to delete."""
+    img = qemu.create(tmp_path / "d.qcow2", "4M", "data_file=d.raw")
+    qemu.qemu_io(img, "write -P 5 0 1M")
+    theirs, mine = twins(img, tmp_path)
+    p = qemu.qemu_img("snapshot", *args, theirs, check=False)
+    rc, _, err = ours(capsys, "snapshot", *args, mine)
+    assert p.returncode == rc == 1 and len(err.splitlines()) == 1
+    assert reason in p.stderr.decode() and reason in err
+    assert f"snapshot '{args[1]}'" in err
+    assert mine.read_bytes() == theirs.read_bytes() == img.read_bytes()

@@ -43,16 +43,17 @@ def _find(image, key: str, by_id: bool = True) -> Snapshot:
     raise RequestError(f"snapshot {key!r} not found")
 
 
-def _check_supported(image) -> None:
+def _check_supported(image, what: str, key: str) -> None:
+    # qemu-img's refusal (qcow2 returns -ENOTSUP), with the reason it leaves out
     if image.has_data_file:
-        raise RequestError("internal snapshots of images with an external data file are "
-                           "not supported (as in QEMU)")
+        raise RequestError(f"Could not {what} snapshot '{key}': Operation not supported "
+                           "(internal snapshots of images with an external data file)")
 
 
 @M.operation
 def apply_snapshot(image, key: str, progress=None) -> Snapshot:
     """Revert the disk of a writable ``image`` to snapshot ``key`` (qemu-img snapshot -a)."""
-    _check_supported(image)
+    _check_supported(image, "apply", key)           # before the look-up, as qemu-img
     sn = _find(image, key)
     image.require_writable()
     image.flush()
@@ -91,8 +92,10 @@ def apply_snapshot(image, key: str, progress=None) -> Snapshot:
 @M.operation
 def delete_snapshot(image, key: str, progress=None) -> Snapshot:
     """Delete snapshot ``key`` of a writable ``image`` (qemu-img snapshot -d)."""
-    _check_supported(image)
+    # qemu-img looks the name up first (a data-file image it made never has snapshots:
+    # "snapshot not found"); one that has them anyway is refused, not guessed at
     sn = _find(image, key, by_id=False)
+    _check_supported(image, "delete", key)
     image.require_writable()
     image.flush()
     sn_l1 = image.snapshot_l1_table(sn).entries.copy()
