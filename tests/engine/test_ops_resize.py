@@ -68,3 +68,30 @@ def test_refusals(image, tmp_path, capsys):
     finally:
         release(holder)
     assert qemu.compare(mine, image).returncode == 0
+
+
+def _data_file_image(folder, opts, longer: bool):
+    folder.mkdir()
+    img = qemu.create(folder / "d.qcow2", "4M", f"data_file={folder / 'd.raw'}", *opts)
+    qemu.qemu_io(img, "write -P 4 1M 1M", "write -P 5 3M 64k")
+    if longer:                      # a data file already longer than the new size
+        with open(folder / "d.raw", "r+b") as f:
+            f.truncate(16 * MiB)
+    return img
+
+
+@pytest.mark.parametrize("longer", [False, True])
+@pytest.mark.parametrize("opts", [(), ("data_file_raw=on",)])
+def test_grow_with_an_external_data_file_as_qemu(tmp_path, capsys, opts, longer):
+    """The data file grows with the disk (a longer one is cut, unless data_file_raw)
+    exactly as qemu-img leaves it; shrinking such an image is refused here."""
+    theirs = _data_file_image(tmp_path / "qemu", opts, longer)
+    mine = _data_file_image(tmp_path / "ours", opts, longer)
+    qemu.qemu_img("resize", theirs, "+4M")
+    rc, out, err = ours(capsys, "resize", mine, "+4M")
+    assert rc == 0 and out == "Image resized.\n", err
+    assert_same_as_qemu(theirs, mine)
+    assert (mine.parent / "d.raw").read_bytes() == (theirs.parent / "d.raw").read_bytes()
+    rc, _, err = ours(capsys, "resize", "--shrink", mine, "4M")
+    assert rc == 1 and "external data file" in err and len(err.splitlines()) == 1
+    assert qemu.info(mine)["virtual-size"] == 8 * MiB

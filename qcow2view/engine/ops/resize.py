@@ -1,7 +1,8 @@
 """Changing the virtual size (qemu-img resize; QEMU's qcow2_co_truncate).
 
 Growing moves the L1 table to a larger place when the new size needs more
-entries (qcow2_grow_l1_table) and then writes the new size.  Shrinking is
+entries (qcow2_grow_l1_table), sets an external data file to the new size and
+then writes the new size.  Shrinking is
 refused without ``shrink=True`` (qemu-img's ``--shrink``); with it the size is
 written first, then the clusters past the new end are released: whole L2
 tables leave the L1 table, the last table loses its tail entries (copied first
@@ -45,8 +46,6 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         raise RequestError("The new size must be a multiple of 512")
     if new_size > MAX_VIRTUAL_SIZE:
         raise RequestError("Image size is too large")
-    if image.has_data_file:
-        raise RequestError("resizing images with an external data file is not supported here")
     image.require_writable()
     image.flush()
     old_size = image.virtual_size
@@ -54,11 +53,16 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         return
     if new_size < old_size and not shrink:
         raise RequestError(SHRINK_REFUSED)
+    if new_size < old_size and image.has_data_file:
+        raise RequestError("shrinking an image with an external data file is not supported "
+                           "here (only growing it): qemu-img resize --shrink cuts the data "
+                           f"file '{image.data_file_name}' too")
     need = l1_entries_for(image, new_size)
     if need * 8 > QCOW_MAX_L1_SIZE:
         raise RequestError("The image size is too large for file format 'qcow2'")
     if new_size > old_size:
         image.meta.grow_l1(need)
+        _grow_data_file(image, new_size)
         image.meta.write_header(size=new_size)
         M.reload(image)
         _zero_over_backing(image, old_size, new_size)
@@ -69,6 +73,18 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         _cut_file(image)
         M.reload(image)
     M.finish(progress, 1)
+
+
+def _grow_data_file(image, new_size: int) -> None:
+    """The external data file (guest offset = data file offset) follows the new size
+    before it is written, as qemu-img resize leaves it: set to the new size, a longer
+    one cut too -- unless data_file_raw, whose file is only ever grown (measured with
+    qemu-img 7.2)."""
+    f = image.data_file
+    if f is None or (image.header.data_file_raw and f.size >= new_size):
+        return
+    f.truncate(new_size)
+    f.fsync()
 
 
 def _zero_over_backing(image, old_size: int, new_size: int) -> None:
