@@ -165,7 +165,7 @@ def test_snapshot_list_pads_names_as_qemu_img(small, tmp_path, capsys):
 def test_snapshots_of_a_data_file_image_refused_as_qemu(tmp_path, capsys, args, reason):
     """qemu-img takes no internal snapshot of an image with an external data file
     (-c and -a: -ENOTSUP); -d finds none to delete."""
-    img = qemu.create(tmp_path / "d.qcow2", "4M", "data_file=d.raw")
+    img = qemu.create(tmp_path / "d.qcow2", "4M", f"data_file={tmp_path / 'd.raw'}")
     qemu.qemu_io(img, "write -P 5 0 1M")
     theirs, mine = twins(img, tmp_path)
     p = qemu.qemu_img("snapshot", *args, theirs, check=False)
