@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..guest.index import GuestIndex, Owner
+from ..guest.leaked import LeakFate, leaked_fates
 from .guest_files import GuestContents
 from .units import count, human_size
 
@@ -52,10 +53,57 @@ def cluster_namer(contents: GuestContents):
                 return None
             head = f"host cluster {cluster:#x}"
         if not ranges:
-            return None
+            note = leak_names(contents).get(cluster) if mode not in ("guest", "fs") else None
+            return f"{head}: {note}" if note else None
         g, _n, o = next((r for r in ranges if r[2].what == "file data"), ranges[0])
         return f"{head}: guest {g:#x}, {owner_text(o)}"
     return name
+
+
+def leak_text(contents: GuestContents, fate: LeakFate) -> str | None:
+    """"leaked: once held /etc/fstab +0x0 (its bytes equal guest cluster 0x2e80000, now
+    at host 0x330000)", "leaked: looks like an old L2 table (...)", or None."""
+    if fate.what == "zeros":
+        return "leaked: all zeros (what it held cannot be told)"
+    if fate.what == "L2 table":
+        return (f"leaked: looks like an old L2 table ({count(fate.entries, 'entry', 'entries')} "
+                "pointing at clusters in the file)")
+    if fate.what == "refcount block":
+        return f"leaked: looks like an old refcount block ({count(fate.entries, 'count')})"
+    if fate.what != "copy":
+        return None
+    idx = contents.index
+    cs = contents.document.image.cluster_size
+    ranges = idx.ranges(fate.guest, cs) if idx is not None else []
+    files = list(dict.fromkeys(f"{o.path} +{o.file_offset:#x}" for _g, _n, o in ranges
+                               if o.what == "file data" and o.path is not None))
+    held = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    if not held:
+        held = owner_text(ranges[0][2]) if ranges else f"guest cluster {fate.guest:#x}"
+    now = (f"now at host {fate.host:#x}" if fate.depth == 0
+           else f"now in backing file {fate.depth}")
+    return f"leaked: once held {held} (its bytes equal guest cluster {fate.guest:#x}, {now})"
+
+
+def leak_names(contents: GuestContents) -> dict[int, str]:
+    """What each leaked host cluster the check found once held, by cluster (computed
+    once per check result and index: each leaked cluster is read once)."""
+    doc = contents.document
+    result, image = doc.check_result, doc.image
+    key = (id(result), id(contents.index))
+    cached = getattr(contents, "_leak_names", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    leaks = [f.cluster for f in getattr(result, "findings", None) or ()
+             if f.severity == "leak" and f.cluster is not None]
+    names = {}
+    if leaks and image is not None:
+        for c, fate in leaked_fates(image, leaks, doc.guest_map).items():
+            text = leak_text(contents, fate)
+            if text:
+                names[c] = text
+    contents._leak_names = (key, names)
+    return names
 
 
 def byte_namer(contents: GuestContents):

@@ -43,6 +43,7 @@ class ProblemsModel(RowsModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._rows: list[Problem] = []
+        self._notes: dict[int, str] = {}    # set_notes: what a leaked cluster once held
         self.checked = False        # the structure check has run (so no rows means none)
 
     def set_document(self, doc: ImageDocument | None) -> None:
@@ -50,6 +51,18 @@ class ProblemsModel(RowsModel):
         self._rows = [] if doc is None else self._collect(doc)
         self.checked = doc is not None and doc.check_result is not None
         self.endResetModel()
+
+    def set_notes(self, notes: dict[int, str]) -> None:
+        """What each leaked host cluster once held ("leaked: looks like an old L2
+        table"), added to its row's message."""
+        self._notes = dict(notes)
+        if self._rows:
+            self.dataChanged.emit(self.index(0, 4), self.index(len(self._rows) - 1, 4))
+
+    def message(self, row: int) -> str:
+        p = self._rows[row]
+        note = self._notes.get(p.cluster) if p.severity == "leak" else None
+        return f"{p.message} — {note}" if note else p.message
 
     def summary(self) -> str:
         """One line saying what was checked and what it found."""
@@ -102,7 +115,7 @@ class ProblemsModel(RowsModel):
             if col == 3:
                 return "" if p.entry_offset is None else f"{p.entry_offset:#x}"
             if col == 4:
-                return p.message
+                return self.message(index.row())
         elif role == Qt.ForegroundRole and col == 0:
             return QBrush(QColor(_SEVERITY_COLOURS.get(p.severity, "#455a64")))
         elif role == EntryOffsetRole:

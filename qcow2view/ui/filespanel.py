@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
 
 from ..model.guest_files import GuestContents, Summary
 from ..model.guest_names import (byte_namer, cluster_namer, file_at, fs_classes,
-                                 guest_rows)
+                                 guest_rows, leak_names)
 from ..model.guest_model import (DETAILS, DIR, FILE, FS, MODE, MTIME, NAME, NODE_ROLE,
                                  OFFSET, PART, SIZE, TYPE, FilesModel, Node)
 from .filestrip import FileStrip
@@ -394,6 +394,12 @@ def attach_files_pane(tab) -> FilesPanel:
         hexed.view.set_ruler(FileRuler(file_at(contents)) if idx is not None and idx.files
                              else None)
     contents.ready.connect(ruler)
+
+    def leaks() -> None:        # the Problems list says what a leaked cluster once held
+        if tab.document.check_result is not None:
+            tab.problems_model.set_notes(leak_names(contents))
+    contents.ready.connect(leaks)
+    tab.document.mapsReady.connect(leaks)
 
     def goto_file() -> None:
         from .gotofile import open_goto_file

@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
-from qemu import check, qemu_img, to_raw
+from qemu import check, host_offset, qemu_img, to_raw
 
 from guest.guestdisks import debugfs, gpt_disk, tool  # noqa: F401 - the session fixture
 from gui_fixtures import run_app, wait_ready
@@ -424,3 +424,55 @@ def test_hex_ruler_shows_file_offsets_while_the_caret_is_in_a_file(qtbot, window
     view.goto(0)                                # the protective MBR: no file, no ruler
     assert ruler.header(view.cursor) == "file +"
     assert ruler.row_text(view.cursor, first) is None
+
+
+@pytest.fixture
+def leaky(tmp_path, gpt_disk):  # noqa: F811
+    """The GPT disk with two leaked clusters appended: a copy of the host cluster that
+    holds part of /bin/tool (a copy-on-write's leftover) and a copy of an L2 table."""
+    import struct
+
+    from gui_fixtures import set_refcount
+    path = tmp_path / "leaky.qcow2"
+    shutil.copyfile(gpt_disk.qcow2, path)
+    raw = path.read_bytes()
+    cs = 1 << struct.unpack_from(">I", raw, 20)[0]
+    bs = int(debugfs(gpt_disk.parts[2], "stats").split("Block size:")[1].split()[0])
+    block = int(debugfs(gpt_disk.parts[2], "bmap /bin/tool 100").strip())
+    g = gpt_disk.starts[2] + block * bs
+    cluster = g - g % cs                        # the guest cluster holding block 100
+    first = 100 - (g - cluster) // bs           # the file block at its start, if contiguous
+    for k in (first, first + cs // bs - 1):     # debugfs: the whole cluster is /bin/tool's
+        got = int(debugfs(gpt_disk.parts[2], f"bmap /bin/tool {k}"))
+        want = gpt_disk.starts[2] + got * bs
+        assert want == cluster + (k - first) * bs
+    host = host_offset(path, cluster)           # qemu-img map: where the image keeps it
+    l1 = struct.unpack_from(">Q", raw, 40)[0]
+    l2 = struct.unpack_from(">Q", raw, l1)[0] & 0x00FFFFFFFFFFFE00
+    leaks = []
+    for src in (host, l2):
+        data = path.read_bytes()[src:src + cs]
+        idx = -(-path.stat().st_size // cs)
+        with open(path, "r+b") as f:
+            f.seek(idx * cs)
+            f.write(data)
+        set_refcount(path, idx, 1)
+        leaks.append(idx)
+    rc, report = check(path)
+    assert rc == 3 and report["leaks"] == 2     # qemu-img: two leaked clusters
+    return path, leaks, cluster, host, first * bs
+
+
+def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
+    path, (copy, table), cluster, host, file_off = leaky
+    tab = window.open_path(str(path))
+    wait_ready(qtbot, tab)
+    _files_ready(qtbot, tab)
+    model = tab.problems_model
+    rows = {model.problem(r).cluster: model.message(r) for r in range(model.rowCount())}
+    held = (f"leaked: once held /bin/tool +{file_off:#x} (its bytes equal guest cluster "
+            f"{cluster:#x}, now at host {host:#x})")
+    assert rows[copy].endswith(held)
+    assert "leaked: looks like an old L2 table" in rows[table]
+    namer = tab.allocation._namer               # the host map's hover, first line
+    assert namer("kind", copy) == f"host cluster {copy:#x}: {held}"
