@@ -108,6 +108,15 @@ def snapshot_names(document: ImageDocument) -> list[str]:
     return [s.name for s in img.snapshots] if img is not None else []
 
 
+def snapshot_refusal(document: ImageDocument) -> str | None:
+    """Why no internal snapshot can be taken of this image (None: it can)."""
+    img = document.image
+    if img is not None and img.has_data_file:
+        return ("qemu-img takes no internal snapshots of an image with an external "
+                "data file (Operation not supported).")
+    return None
+
+
 def describe_snapshot(document: ImageDocument, kind: str, name: str) -> str:
     img_name = document.name
     if kind == "create":

@@ -413,6 +413,9 @@ class SnapshotButtons(QWidget):
         for kind in ("apply", "delete"):
             self.buttons[kind].setEnabled(has)
             self.buttons[kind].setToolTip("" if has else "The image has no internal snapshots.")
+        why = ops.snapshot_refusal(self.tab.document)
+        self.buttons["create"].setEnabled(why is None)
+        self.buttons["create"].setToolTip(why or "")
 
     def selected(self) -> str | None:
         """The snapshot of the selected header row ("snapshot:ID" rows), by name."""

@@ -277,3 +277,14 @@ def test_rebase_unsafe_only_rewrites_the_name(window, qtbot, tmp_path, answers):
     assert qemu.info(top)["backing-filename"] == qemu.info(qtop)["backing-filename"]
     assert _layout(top) == _layout(qtop)                 # nothing copied
     assert qemu.compare(top, qtop).returncode == 0 and qemu.check(top)[0] == 0
+
+
+def test_no_snapshot_of_a_data_file_image(window, qtbot, tmp_path):
+    img = qemu.create(tmp_path / "d.qcow2", "4M", f"data_file={tmp_path / 'd.raw'}")
+    p = qemu.qemu_img("snapshot", "-c", "s", img, check=False)
+    assert p.returncode == 1 and b"Operation not supported" in p.stderr     # the oracle
+    tab = window.open_path(str(img))
+    wait_ready(qtbot, tab)
+    bar = tab.header_panel.findChild(operations.SnapshotButtons)
+    assert not bar.buttons["create"].isEnabled()
+    assert "external data file" in bar.buttons["create"].toolTip()
