@@ -428,8 +428,9 @@ def test_hex_ruler_shows_file_offsets_while_the_caret_is_in_a_file(qtbot, window
 
 @pytest.fixture
 def leaky(tmp_path, gpt_disk):  # noqa: F811
-    """The GPT disk with two leaked clusters appended: a copy of the host cluster that
-    holds part of /bin/tool (a copy-on-write's leftover) and a copy of an L2 table."""
+    """The GPT disk with three leaked clusters appended: a copy of the host cluster that
+    holds part of /bin/tool (a copy-on-write's leftover), of an L2 table and of the
+    refcount block."""
     import struct
 
     from gui_fixtures import set_refcount
@@ -449,8 +450,9 @@ def leaky(tmp_path, gpt_disk):  # noqa: F811
     host = host_offset(path, cluster)           # qemu-img map: where the image keeps it
     l1 = struct.unpack_from(">Q", raw, 40)[0]
     l2 = struct.unpack_from(">Q", raw, l1)[0] & 0x00FFFFFFFFFFFE00
+    rb = struct.unpack_from(">Q", raw, struct.unpack_from(">Q", raw, 48)[0])[0]
     leaks = []
-    for src in (host, l2):
+    for src in (host, l2, rb):
         data = path.read_bytes()[src:src + cs]
         idx = -(-path.stat().st_size // cs)
         with open(path, "r+b") as f:
@@ -459,12 +461,12 @@ def leaky(tmp_path, gpt_disk):  # noqa: F811
         set_refcount(path, idx, 1)
         leaks.append(idx)
     rc, report = check(path)
-    assert rc == 3 and report["leaks"] == 2     # qemu-img: two leaked clusters
+    assert rc == 3 and report["leaks"] == 3     # qemu-img: three leaked clusters
     return path, leaks, cluster, host, first * bs
 
 
 def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
-    path, (copy, table), cluster, host, file_off = leaky
+    path, (copy, table, counts), cluster, host, file_off = leaky
     tab = window.open_path(str(path))
     wait_ready(qtbot, tab)
     _files_ready(qtbot, tab)
@@ -474,5 +476,6 @@ def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
             f"{cluster:#x}, now at host {host:#x})")
     assert rows[copy].endswith(held)
     assert "leaked: looks like an old L2 table" in rows[table]
+    assert "leaked: looks like an old refcount block" in rows[counts]
     namer = tab.allocation._namer               # the host map's hover, first line
     assert namer("kind", copy) == f"host cluster {copy:#x}: {held}"
