@@ -474,8 +474,8 @@ def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
     rows = {model.problem(r).cluster: model.message(r) for r in range(model.rowCount())}
     held = (f"leaked: once held /bin/tool +{file_off:#x} (its bytes equal guest cluster "
             f"{cluster:#x}, now at host {host:#x})")
-    assert rows[copy].endswith(held)
-    assert "leaked: looks like an old L2 table" in rows[table]
-    assert "leaked: looks like an old refcount block" in rows[counts]
+    assert rows[copy].startswith(held + " — ")
+    assert rows[table].startswith("leaked: looks like an old L2 table")
+    assert rows[counts].startswith("leaked: looks like an old refcount block")
     namer = tab.allocation._namer               # the host map's hover, first line
     assert namer("kind", copy) == f"host cluster {copy:#x}: {held}"
