@@ -213,6 +213,7 @@ class HeatmapView(QWidget):
         self.selected: int | None = None
         self._prefetch: Worker | None = None
         self._prefetch_key = None
+        self._closed = False        # a closed map starts no more work
 
     def _add_items(self) -> None:
         """The picture, the marker of the selected cluster, and the zoomed-in detail."""
@@ -387,6 +388,8 @@ class HeatmapView(QWidget):
 
     def _start_prefetch(self) -> None:
         """Bin the other modes in a worker so a mode switch only swaps arrays."""
+        if self._closed:
+            return
         rows = self._max_rows()
         todo = [(mode, rows, self._width_for(mode)) for mode in MODES
                 if self.model.available(mode)]
@@ -411,6 +414,8 @@ class HeatmapView(QWidget):
         self._prefetched(None)
 
     def _prefetched(self, _result) -> None:
+        if self._closed:    # a picture binned just before the close, delivered after it
+            return
         pic = self.picture
         if pic is None or pic.mode != self._mode or self.model.cached_picture(
                 self._mode, max_rows=self._max_rows(),
@@ -431,7 +436,12 @@ class HeatmapView(QWidget):
             w.stop()
             w.deleteLater()
 
+    def showEvent(self, ev) -> None:  # noqa: N802
+        self._closed = False        # shown again after a close: pictures are wanted again
+        super().showEvent(ev)
+
     def closeEvent(self, ev) -> None:  # noqa: N802
+        self._closed = True
         self.stop_prefetch()        # a closed map needs no pictures (and leaves no thread)
         super().closeEvent(ev)
 
