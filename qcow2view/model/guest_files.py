@@ -115,6 +115,8 @@ class Built:
     image: Any
     recovery: dict[int, bool] = field(default_factory=dict)   # volume -> journal needs it
     fields: FieldIndex | None = None    # named fields of the tables and superblocks
+    leaks_for: tuple[int, ...] = ()     # the leaked host clusters the check had found
+    leak_fates: dict = field(default_factory=dict)  # cluster -> LeakFate, read in the worker
 
     def close(self) -> None:
         if self.image is not None:
@@ -158,9 +160,16 @@ def _cyclic_gc_paused():
                 gc.enable()
 
 
-def _build(path: str, progress, cancel) -> Built:
+def _build(path: str, progress, cancel, leaks: tuple[int, ...] = ()) -> Built:
     with _cyclic_gc_paused() as made:
         built = _build_index(path, progress, cancel)
+        if leaks:           # here, not on the GUI thread: the search probes every cluster
+            from ..guest.leaked import leaked_fates
+            try:
+                built.leak_fates = leaked_fates(built.image, leaks, built.image.guest_map())
+                built.leaks_for = leaks
+            except (Qcow2Error, OSError):
+                pass        # a nicety: the Problems list keeps the check's own words
         made["objects"] = len(built.index.files) + len(built.listing.names)
         return built
 
@@ -188,6 +197,12 @@ def _build_index(path: str, progress, cancel) -> Built:
     except BaseException:
         img.close()
         raise
+
+
+def leaked_clusters(check_result) -> tuple[int, ...]:
+    """The host clusters the check found leaked (none before it ran)."""
+    return tuple(sorted({f.cluster for f in getattr(check_result, "findings", None) or ()
+                         if f.severity == "leak" and f.cluster is not None}))
 
 
 def _close_built(b: Built) -> None:
@@ -269,7 +284,8 @@ class GuestContents(QObject):
         self._drop()
         path = self.document.path
         self._stamp = self._file_stamp()
-        w = Worker("Reading the guest's files", lambda p, c: _build(path, p, c), self)
+        leaks = leaked_clusters(self.document.check_result)
+        w = Worker("Reading the guest's files", lambda p, c: _build(path, p, c, leaks), self)
         w.progressed.connect(self.progress)
         w.succeeded.connect(self._done)
         w.failed.connect(self._failed)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..guest.index import GuestIndex, Owner
 from ..guest.leaked import LeakFate, leaked_fates
-from .guest_files import GuestContents
+from .guest_files import GuestContents, leaked_clusters
 from .units import count, human_size
 
 
@@ -94,14 +94,19 @@ def leak_names(contents: GuestContents) -> dict[int, str]:
     cached = getattr(contents, "_leak_names", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    leaks = [f.cluster for f in getattr(result, "findings", None) or ()
-             if f.severity == "leak" and f.cluster is not None]
+    leaks = leaked_clusters(result)
+    built = contents.built
+    if built is not None and built.leaks_for == leaks:
+        fates = built.leak_fates            # read by the index's worker
+    elif leaks and image is not None:       # the check came after the index: read here
+        fates = leaked_fates(image, leaks, doc.guest_map)
+    else:
+        fates = {}
     names = {}
-    if leaks and image is not None:
-        for c, fate in leaked_fates(image, leaks, doc.guest_map).items():
-            text = leak_text(contents, fate)
-            if text:
-                names[c] = text
+    for c, fate in fates.items():
+        text = leak_text(contents, fate)
+        if text:
+            names[c] = text
     contents._leak_names = (key, names)
     return names
 

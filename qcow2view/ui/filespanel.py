@@ -396,7 +396,8 @@ def attach_files_pane(tab) -> FilesPanel:
     contents.ready.connect(ruler)
 
     def leaks() -> None:        # the Problems list says what a leaked cluster once held
-        if tab.document.check_result is not None:
+        # (once the index is in: its worker has read the leaked clusters)
+        if tab.document.check_result is not None and contents.index is not None:
             tab.problems_model.set_notes(leak_names(contents))
     contents.ready.connect(leaks)
     tab.document.mapsReady.connect(leaks)

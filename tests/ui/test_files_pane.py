@@ -470,6 +470,8 @@ def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
     tab = window.open_path(str(path))
     wait_ready(qtbot, tab)
     _files_ready(qtbot, tab)
+    contents = tab.document.guest
+    assert set(contents.built.leak_fates) == {copy, table, counts}   # read off the GUI thread
     model = tab.problems_model
     rows = {model.problem(r).cluster: model.message(r) for r in range(model.rowCount())}
     held = (f"leaked: once held /bin/tool +{file_off:#x} (its bytes equal guest cluster "
