@@ -135,10 +135,13 @@ def describe_snapshot(document: ImageDocument, kind: str, name: str) -> str:
 
 
 def describe_resize(document: ImageDocument, new_size: int) -> str:
-    old = document.image.virtual_size
+    img = document.image
+    old = img.virtual_size
+    data = os.path.basename(img.data_file_name or "") if img.has_data_file else ""
     if new_size >= old:
+        grows = f" (its data file {data} grows with it)" if data else ""
         return (f"Grows the disk of {document.name} from {human_size(old)} to "
-                f"{human_size(new_size)}.")
+                f"{human_size(new_size)}{grows}.")
     return (f"Shrinks the disk of {document.name} from {human_size(old)} to "
             f"{human_size(new_size)}: everything past {human_size(new_size)} is lost.")
 

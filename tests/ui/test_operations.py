@@ -288,3 +288,25 @@ def test_no_snapshot_of_a_data_file_image(window, qtbot, tmp_path):
     bar = tab.header_panel.findChild(operations.SnapshotButtons)
     assert not bar.buttons["create"].isEnabled()
     assert "external data file" in bar.buttons["create"].toolTip()
+
+
+def test_resize_grows_the_data_file_as_qemu(window, qtbot, tmp_path, answers):
+    given, asked = answers
+    made = []
+    for side in ("ours", "qemu"):
+        (tmp_path / side).mkdir()
+        img = qemu.create(tmp_path / side / "d.qcow2", "4M",
+                          f"data_file={tmp_path / side / 'd.raw'}")
+        qemu.qemu_io(img, "write -P 4 1M 1M")
+        made.append(img)
+    mine, theirs = made
+    tab = window.open_path(str(mine))
+    wait_ready(qtbot, tab)
+    given["text"] = "+4M"
+    _run(qtbot, window, tab, "Resize")
+    qemu.qemu_img("resize", "-q", theirs, "+4M")
+    assert any(t == "Grows the disk of d.qcow2 from 4 MiB to 8 MiB (its data file d.raw "
+               "grows with it)." for k, _, t in asked if k == "confirm")
+    assert qemu.info(mine)["virtual-size"] == qemu.info(theirs)["virtual-size"]
+    assert (tmp_path / "ours/d.raw").read_bytes() == (tmp_path / "qemu/d.raw").read_bytes()
+    assert qemu.compare(mine, theirs).returncode == 0 and qemu.check(mine)[0] == 0
