@@ -533,8 +533,8 @@ class AllocationModel(QObject):
             if rep is not None and self._severity(pic.mode)[idx[rep - r.start]] \
                     >= self._severity(pic.mode)[idx].max() and counts.astype(bool).sum() > 1:
                 lines.append("")
-                lines.append("most severe:")
-                lines += self._describe_cluster(pic.mode, rep)
+                lines.append("most severe:")        # named too: a leak, what it held
+                lines += self._named(pic.mode, rep) + self._describe_cluster(pic.mode, rep)
             return "\n".join(lines)
         return "\n".join(self._named(pic.mode, r.start)
                          + self._describe_cluster(pic.mode, r.start))

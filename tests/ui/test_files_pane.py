@@ -479,5 +479,10 @@ def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
     assert rows[copy].startswith(held + " — ")
     assert rows[table].startswith("leaked: looks like an old L2 table")
     assert rows[counts].startswith("leaked: looks like an old refcount block")
-    namer = tab.allocation._namer               # the host map's hover, first line
-    assert namer("kind", copy) == f"host cluster {copy:#x}: {held}"
+    pic = tab.heatmap.picture                   # the host map's hover: its first line
+    assert tab.allocation.describe(pic, *pic.cell_of(copy)).splitlines()[0] == \
+        f"host cluster {copy:#x}: {held}"
+    coarse = tab.allocation.picture("kind", width=2, max_rows=1)   # a cell of many
+    assert coarse.bin > 1
+    text = tab.allocation.describe(coarse, *coarse.cell_of(copy))
+    assert f"most severe:\nhost cluster {copy:#x}: {held}\n" in text
