@@ -69,23 +69,26 @@ def run_job(window: QWidget, job: ops.OperationJob, done_text: str) -> ops.Opera
 
     # a modal dialog's setValue runs the event loop, which may deliver the job's end:
     # the dialog must not be deleted under its own setValue (a segfault), so an end
-    # that arrives there waits until setValue has returned
-    state: dict = {"in_set_value": False, "deferred": None, "over": False}
+    # that arrives there waits until setValue has returned.  That event loop may also
+    # deliver the next progress report, whose setValue nests in the first: a depth,
+    # not a flag, or the inner one's return lets the end delete the dialog while the
+    # outer setValue still runs (seen as a rare segfault in setValue)
+    state: dict = {"depth": 0, "deferred": None, "over": False}
 
     def progressed(done: int, total: int) -> None:
         if state["over"]:
             return
-        state["in_set_value"] = True
+        state["depth"] += 1
         try:
             dlg.setMaximum(max(total, 1))
             dlg.setValue(min(done, max(total, 1)))
         finally:
-            state["in_set_value"] = False
-        if state["deferred"] is not None:
+            state["depth"] -= 1
+        if state["depth"] == 0 and state["deferred"] is not None:
             finish(*state["deferred"])
 
     def finish(message: str | None = None, error: str | None = None) -> None:
-        if state["in_set_value"]:
+        if state["depth"]:
             state["deferred"] = (message, error)
             return
         if state["over"]:

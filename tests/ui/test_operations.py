@@ -310,3 +310,43 @@ def test_resize_grows_the_data_file_as_qemu(window, qtbot, tmp_path, answers):
     assert qemu.info(mine)["virtual-size"] == qemu.info(theirs)["virtual-size"]
     assert (tmp_path / "ours/d.raw").read_bytes() == (tmp_path / "qemu/d.raw").read_bytes()
     assert qemu.compare(mine, theirs).returncode == 0 and qemu.check(mine)[0] == 0
+
+
+def test_progress_dialog_outlives_nested_reports(window, qtbot, monkeypatch):
+    """A modal progress dialog's setValue runs the event loop: the next report and the
+    job's end can arrive inside it; the dialog must not be deleted before the outer
+    setValue returns (it was, after a nested report: a rare segfault)."""
+    import shiboken6
+    from PySide6.QtCore import QCoreApplication, QEvent, QObject, Signal
+    from PySide6.QtWidgets import QProgressDialog
+
+    class Job(QObject):
+        progressed = Signal(int, int)
+        done = Signal(object)
+        failed = Signal(str)
+        cancelled = Signal()
+        title = "Nested"
+
+        def start(self):
+            self.progressed.emit(1, 3)
+
+        def cancel(self):
+            pass
+
+    job = Job()
+    alive = []
+
+    class Dialog(QProgressDialog):
+        def setValue(self, v):
+            if v == 1:                      # the outer report: more arrives inside it
+                job.progressed.emit(2, 3)
+                job.done.emit(None)
+                QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+                alive.append(shiboken6.isValid(self))
+                if not alive[-1]:
+                    return                  # deleted under us: do not touch it
+            super().setValue(v)
+    monkeypatch.setattr(operations, "QProgressDialog", Dialog)
+    operations.run_job(window, job, "nested: done")
+    assert alive == [True]
+    assert window.statusBar().currentMessage() == "nested: done"
