@@ -60,6 +60,15 @@ def cluster_namer(contents: GuestContents):
     return name
 
 
+def _held(ranges) -> str:
+    """The files (up to three, with their offsets) among ``ranges``, else their first
+    owner; "" for none."""
+    files = list(dict.fromkeys(f"{o.path} +{o.file_offset:#x}" for _g, _n, o in ranges
+                               if o.what == "file data" and o.path is not None))
+    held = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return held or (owner_text(ranges[0][2]) if ranges else "")
+
+
 def leak_text(contents: GuestContents, fate: LeakFate) -> str | None:
     """"leaked: once held /etc/fstab +0x0 (its bytes equal guest cluster 0x2e80000, now
     at host 0x330000)", "leaked: looks like an old L2 table (...)", or None."""
@@ -75,19 +84,16 @@ def leak_text(contents: GuestContents, fate: LeakFate) -> str | None:
     idx = contents.index
     cs = contents.document.image.cluster_size
     ranges = idx.ranges(fate.guest, cs) if idx is not None else []
-    files = list(dict.fromkeys(f"{o.path} +{o.file_offset:#x}" for _g, _n, o in ranges
-                               if o.what == "file data" and o.path is not None))
-    held = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    if not held:
-        held = owner_text(ranges[0][2]) if ranges else f"guest cluster {fate.guest:#x}"
+    held = _held(ranges) or f"guest cluster {fate.guest:#x}"
     now = (f"now at host {fate.host:#x}" if fate.depth == 0
            else f"now in backing file {fate.depth}")
     return f"leaked: once held {held} (its bytes equal guest cluster {fate.guest:#x}, {now})"
 
 
 def leak_names(contents: GuestContents) -> dict[int, str]:
-    """What each leaked host cluster the check found once held, by cluster (computed
-    once per check result and index: each leaked cluster is read once)."""
+    """What each leaked host cluster the check found once held, and what each corrupt
+    one in use holds, by cluster (computed once per check result and index: each
+    leaked cluster is read once)."""
     doc = contents.document
     result, image = doc.check_result, doc.image
     key = (id(result), id(contents.index))
@@ -107,6 +113,16 @@ def leak_names(contents: GuestContents) -> dict[int, str]:
         text = leak_text(contents, fate)
         if text:
             names[c] = text
+    idx = contents.index
+    for f in getattr(result, "findings", None) or ():
+        # a corrupt cluster still in use: what the guest keeps in it now
+        if f.severity == "corruption" and f.references and idx is not None:
+            try:
+                held = _held(idx.host_owners(f.cluster))
+            except Exception:       # noqa: BLE001 - a damaged table: left unnamed
+                held = ""
+            if held:
+                names[f.cluster] = f"holds {held}"
     contents._leak_names = (key, names)
     return names
 

@@ -54,14 +54,14 @@ class ProblemsModel(RowsModel):
 
     def set_notes(self, notes: dict[int, str]) -> None:
         """What each leaked host cluster once held ("leaked: looks like an old L2
-        table"), put before its row's message."""
+        table") or a corrupt one holds, put before its row's message."""
         self._notes = dict(notes)
         if self._rows:
             self.dataChanged.emit(self.index(0, 4), self.index(len(self._rows) - 1, 4))
 
     def message(self, row: int) -> str:
         p = self._rows[row]
-        note = self._notes.get(p.cluster) if p.severity == "leak" else None
+        note = self._notes.get(p.cluster) if p.cluster is not None else None
         return f"{note} — {p.message}" if note else p.message    # first: the column is narrow
 
     def summary(self) -> str:

@@ -430,7 +430,7 @@ def test_hex_ruler_shows_file_offsets_while_the_caret_is_in_a_file(qtbot, window
 def leaky(tmp_path, gpt_disk):  # noqa: F811
     """The GPT disk with three leaked clusters appended: a copy of the host cluster that
     holds part of /bin/tool (a copy-on-write's leftover), of an L2 table and of the
-    refcount block."""
+    refcount block; and /bin/tool's cluster itself gets refcount 0 (corrupt)."""
     import struct
 
     from gui_fixtures import set_refcount
@@ -460,12 +460,13 @@ def leaky(tmp_path, gpt_disk):  # noqa: F811
             f.write(data)
         set_refcount(path, idx, 1)
         leaks.append(idx)
+    set_refcount(path, host // cs, 0)           # and /bin/tool's own cluster: corrupt
     rc, report = check(path)
-    assert rc == 3 and report["leaks"] == 3     # qemu-img: three leaked clusters
+    assert rc == 2 and report["leaks"] == 3 and report["corruptions"] >= 1   # + its COPIED flag
     return path, leaks, cluster, host, first * bs
 
 
-def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
+def test_leaked_and_corrupt_clusters_are_named_by_what_they_held(qtbot, window, leaky):
     path, (copy, table, counts), cluster, host, file_off = leaky
     tab = window.open_path(str(path))
     wait_ready(qtbot, tab)
@@ -479,10 +480,11 @@ def test_leaked_clusters_are_named_by_what_they_once_held(qtbot, window, leaky):
     assert rows[copy].startswith(held + " — ")
     assert rows[table].startswith("leaked: looks like an old L2 table")
     assert rows[counts].startswith("leaked: looks like an old refcount block")
+    assert rows[host // 65536].startswith(f"holds /bin/tool +{file_off:#x} — ")  # corrupt
     pic = tab.heatmap.picture                   # the host map's hover: its first line
     assert tab.allocation.describe(pic, *pic.cell_of(copy)).splitlines()[0] == \
         f"host cluster {copy:#x}: {held}"
     coarse = tab.allocation.picture("kind", width=2, max_rows=1)   # a cell of many
     assert coarse.bin > 1
-    text = tab.allocation.describe(coarse, *coarse.cell_of(copy))
-    assert f"most severe:\nhost cluster {copy:#x}: {held}\n" in text
+    text = tab.allocation.describe(coarse, *coarse.cell_of(host // 65536))
+    assert f"most severe:\nhost cluster {host // 65536:#x}: guest {cluster:#x}, " in text
