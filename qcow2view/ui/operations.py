@@ -164,6 +164,7 @@ def commit_action(window, tab):
     dlg = CommitDialog(window, bases)
     values = answer("commit", "Commit", "", dlg.values()) if answer else (
         dlg.values() if dlg.exec() == QDialog.Accepted else None)
+    dlg.deleteLater()
     if not values:
         return None
     base, keep = values
@@ -182,12 +183,13 @@ def rebase_action(window, tab):
     dlg = RebaseDialog(window, (doc.image.backing_filename or "") if doc.image else "")
     values = answer("rebase", "Rebase", "", dlg.values()) if answer else (
         dlg.values() if dlg.exec() == QDialog.Accepted else None)
+    dlg.deleteLater()
     if not values:
         return None
-    backing, unsafe = values
+    backing, unsafe, fmt = values
     if not _confirm(window, "Rebase", ops.describe_rebase(doc, backing, unsafe)):
         return None
-    return run_job(window, ops.rebase_job(doc, backing, None, unsafe, tab),
+    return run_job(window, ops.rebase_job(doc, backing, fmt, unsafe, tab),
                    f"{doc.name}: rebased")
 
 
@@ -224,24 +226,31 @@ class CommitDialog(QDialog):
 
 
 class RebaseDialog(QDialog):
-    """The new backing file, and -u: only rewrite the name, copy nothing."""
+    """The new backing file, its format (-F: needed with -u for a file not there yet),
+    and -u: only rewrite the name, copy nothing."""
+
+    FORMATS = ["probe", "qcow2", "raw"]
 
     def __init__(self, parent, current: str) -> None:
         super().__init__(parent)
         self.setWindowTitle("Rebase")
         self.backing = QLineEdit(current)
         self.backing.setPlaceholderText("none: flatten")
+        self.fmt = QComboBox()
+        self.fmt.addItems(self.FORMATS)
         self.unsafe = QCheckBox("Only rewrite the name, copy nothing (-u)")
         form = QFormLayout(self)
         form.addRow("New backing file:", self.backing)
+        form.addRow("Its format (-F):", self.fmt)
         form.addRow("", self.unsafe)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
 
-    def values(self) -> tuple[str, bool]:
-        return (self.backing.text(), self.unsafe.isChecked())
+    def values(self) -> tuple[str, bool, str | None]:
+        fmt = self.fmt.currentText()
+        return (self.backing.text(), self.unsafe.isChecked(), None if fmt == "probe" else fmt)
 
 
 def convert_action(window, tab):

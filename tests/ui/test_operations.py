@@ -154,7 +154,7 @@ def test_resize_rebase_and_convert_from_the_menu(window, qtbot, tmp_path, answer
     view = qemu.to_raw(top, tmp_path / "v.raw")
     tab = window.open_path(str(top))
     wait_ready(qtbot, tab)
-    given["rebase"] = ("", False)                       # rebase -b "": flatten
+    given["rebase"] = ("", False, None)                 # rebase -b "": flatten
     _run(qtbot, window, tab, "Rebase")
     assert qemu.info(top).get("backing-filename") is None
     assert qemu.to_raw(top, tmp_path / "f.raw") == view and qemu.check(top)[0] == 0
@@ -269,7 +269,7 @@ def test_rebase_unsafe_only_rewrites_the_name(window, qtbot, tmp_path, answers):
     qbase, qmid, qtop = _chain(tmp_path / "qemu")
     tab = window.open_path(str(top))
     wait_ready(qtbot, tab)
-    given["rebase"] = ("base.qcow2", True)
+    given["rebase"] = ("base.qcow2", True, None)
     _run(qtbot, window, tab, "Rebase")
     qemu.qemu_img("rebase", "-q", "-u", "-b", "base.qcow2", "-F", "qcow2", qtop)
     assert any(t == "Only rewrites the backing file name of top.qcow2 to 'base.qcow2'."
@@ -350,3 +350,23 @@ def test_progress_dialog_outlives_nested_reports(window, qtbot, monkeypatch):
     operations.run_job(window, job, "nested: done")
     assert alive == [True]
     assert window.statusBar().currentMessage() == "nested: done"
+
+
+def test_rebase_unsafe_onto_a_file_not_there_yet(window, qtbot, tmp_path, answers):
+    """-u -F qcow2 names a backing file that is not there (yet): the way to fix an overlay
+    before its base moves, as qemu-img allows it."""
+    given, _ = answers
+    base, mid, top = _chain(tmp_path / "ours")
+    qbase, qmid, qtop = _chain(tmp_path / "qemu")
+    dlg = operations.RebaseDialog(window, "mid.qcow2")
+    assert dlg.values() == ("mid.qcow2", False, None)
+    dlg.fmt.setCurrentText("qcow2")
+    dlg.unsafe.setChecked(True)
+    assert dlg.values() == ("mid.qcow2", True, "qcow2")
+    dlg.deleteLater()
+    tab = window.open_path(str(top))
+    wait_ready(qtbot, tab)
+    given["rebase"] = ("moved.qcow2", True, "qcow2")
+    _run(qtbot, window, tab, "Rebase")
+    qemu.qemu_img("rebase", "-q", "-u", "-b", "moved.qcow2", "-F", "qcow2", qtop)
+    assert top.read_bytes() == qtop.read_bytes()
