@@ -76,10 +76,20 @@ def _zeros_image(d):
     return {"img": img}
 
 
+def _data_file_image(d):
+    # only the qcow2 file is restored between runs: the data file only grows (and is
+    # set to the same size each run), so every run takes the same steps
+    img = qemu.create(d / "img", "4M", "cluster_size=4k", f"data_file={d / 'img.data'}")
+    qemu.qemu_io(img, "write -P 1 0 1M", "write -P 2 3M 64k")
+    return {"img": img}
+
+
 SCENARIOS = {
     "snapshot-apply": (_snap_image, _with_image(lambda im: apply_snapshot(im, "one"))),
     "snapshot-delete": (_snap_image, _with_image(lambda im: delete_snapshot(im, "two"))),
     "resize-grow": (_snap_image, _with_image(lambda im: resize_image(im, 40 << 20))),
+    "resize-grow-data-file": (_data_file_image,
+                              _with_image(lambda im: resize_image(im, 40 << 20))),
     "resize-shrink": (_snap_image, _with_image(
         lambda im: resize_image(im, 1000 << 10, shrink=True))),
     "amend-refcount-bits": (_snap_image, _with_image(
