@@ -22,7 +22,7 @@ from ..engine.ops.commit import commit_image, plan_commit
 from ..engine.ops.convert import convert_image, open_source
 from ..engine.ops.measure import measure
 from ..engine.ops.rebase import rebase_image
-from ..engine.ops.resize import resize_image
+from ..engine.ops.resize import resize_image, shrink_refusal
 from .document import ImageDocument, open_error_text
 from .units import count, human_size
 from .workers import Worker
@@ -132,6 +132,11 @@ def describe_snapshot(document: ImageDocument, kind: str, name: str) -> str:
         p = snapshot_ops.preview_delete(im, name)
     return (f"Deletes snapshot '{name}' of {img_name} and frees "
             f"{human_size(p.freed_bytes)} ({count(p.freed_clusters, 'cluster')}).")
+
+
+def resize_refusal(document: ImageDocument, new_size: int) -> str | None:
+    """Why resizing to ``new_size`` is not done here, said before asking (None: it is)."""
+    return shrink_refusal(document.image, new_size) if document.image is not None else None
 
 
 def describe_resize(document: ImageDocument, new_size: int) -> str:

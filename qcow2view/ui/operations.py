@@ -150,6 +150,10 @@ def resize_action(window, tab):
     except ValueError as e:
         dialogs.error(window, "Resize", str(e))
         return None
+    why = ops.resize_refusal(doc, size)
+    if why is not None:
+        dialogs.error(window, "Resize", why[:1].upper() + why[1:] + ".")
+        return None
     if not _confirm(window, "Resize", ops.describe_resize(doc, size)):
         return None
     return run_job(window, ops.resize_job(doc, size, tab), f"{doc.name}: resized")

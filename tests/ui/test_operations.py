@@ -310,6 +310,16 @@ def test_resize_grows_the_data_file_as_qemu(window, qtbot, tmp_path, answers):
     assert qemu.info(mine)["virtual-size"] == qemu.info(theirs)["virtual-size"]
     assert (tmp_path / "ours/d.raw").read_bytes() == (tmp_path / "qemu/d.raw").read_bytes()
     assert qemu.compare(mine, theirs).returncode == 0 and qemu.check(mine)[0] == 0
+    # a shrink is refused before anything is asked, saying why
+    from qcow2view.ui import dialogs
+    errors = []
+    dialogs.set_hook(lambda title, text, details: errors.append(text))
+    given["text"] = "2M"
+    confirms = len([k for k, _, _ in asked if k == "confirm"])
+    _action(window, "Resize").trigger()
+    assert errors and "external data file" in errors[0] and "d.raw" in errors[0]
+    assert len([k for k, _, _ in asked if k == "confirm"]) == confirms
+    assert qemu.info(mine)["virtual-size"] == 8 << 20
 
 
 def test_progress_dialog_outlives_nested_reports(window, qtbot, monkeypatch):

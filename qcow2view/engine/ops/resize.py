@@ -35,6 +35,15 @@ def parse_resize(current: int, text: str) -> int:
     return new
 
 
+def shrink_refusal(image, new_size: int) -> str | None:
+    """Why this shrink is not done here (None: it is, or it is no shrink)."""
+    if new_size < image.virtual_size and image.has_data_file:
+        return ("shrinking an image with an external data file is not supported here (only "
+                f"growing it): qemu-img resize --shrink cuts the data file "
+                f"'{image.data_file_name}' too")
+    return None
+
+
 def l1_entries_for(image, size: int) -> int:
     return -(-(-(-size // image.cluster_size)) // image.l2_size)
 
@@ -53,10 +62,9 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         return
     if new_size < old_size and not shrink:
         raise RequestError(SHRINK_REFUSED)
-    if new_size < old_size and image.has_data_file:
-        raise RequestError("shrinking an image with an external data file is not supported "
-                           "here (only growing it): qemu-img resize --shrink cuts the data "
-                           f"file '{image.data_file_name}' too")
+    why = shrink_refusal(image, new_size)
+    if why is not None:
+        raise RequestError(why)
     need = l1_entries_for(image, new_size)
     if need * 8 > QCOW_MAX_L1_SIZE:
         raise RequestError("The image size is too large for file format 'qcow2'")
