@@ -113,6 +113,14 @@ def run_job(window: QWidget, job: ops.OperationJob, done_text: str) -> ops.Opera
     return job
 
 
+def _ok_cancel(dialog: QDialog) -> QDialogButtonBox:
+    """OK and Cancel buttons that accept and reject ``dialog``."""
+    buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    return buttons
+
+
 # -- the operations -------------------------------------------------------------------------
 def snapshot_action(window, tab, kind: str, name: str | None = None):
     doc = tab.document
@@ -213,10 +221,7 @@ class CommitDialog(QDialog):
         form.addRow("Write into:", self.base)
         form.addRow("", self.keep)
         self.base.currentIndexChanged.connect(self._base_changed)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        form.addRow(_ok_cancel(self))
 
     def _base_changed(self, i: int) -> None:
         # as qemu-img: a base further down the chain (-b) implies -d
@@ -247,10 +252,7 @@ class RebaseDialog(QDialog):
         form.addRow("New backing file:", self.backing)
         form.addRow("Its format (-F):", self.fmt)
         form.addRow("", self.unsafe)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        form.addRow(_ok_cancel(self))
 
     def values(self) -> tuple[str, bool, str | None]:
         fmt = self.fmt.currentText()
@@ -310,10 +312,7 @@ class ConvertDialog(QDialog):
         form.addRow("Format:", self.fmt)
         form.addRow("", self.compress)
         form.addRow("Compression type:", self.ctype)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        form.addRow(_ok_cancel(self))
 
     def values(self):
         fmt = self.fmt.currentText()
@@ -340,10 +339,7 @@ class AmendDialog(QDialog):
         form.addRow("Compatibility:", self.compat)
         form.addRow("Refcount bits:", self.bits)
         form.addRow("", self.lazy)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        form.addRow(_ok_cancel(self))
 
     def values(self) -> dict:
         out = {}
