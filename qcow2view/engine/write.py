@@ -44,6 +44,9 @@ ZERO_CHUNK = 8 << 20
 COMMIT_BYTES = 64 << 20
 COMMIT_TABLE_ENTRIES = 1 << 20      # pending L2 entries held as Python lists (~40 MB)
 COMMIT_FREES = 4096
+# what a failed commit or flush means for the writes before it (they are not lost)
+_KEPT = ("the writes since the last successful flush are not on disk yet (they are kept: "
+         "flush again once the cause is fixed)")
 FEATURES_AT = FIELD_BY_NAME["incompatible_features"].offset
 CRYPT_AT = FIELD_BY_NAME["crypt_method"].offset
 
@@ -310,9 +313,7 @@ class Writer:
             im.file.fsync()
         except OSError as e:
             self.alloc.mark_all_dirty()
-            raise Qcow2Error(f"flush failed: {e.strerror or e}; the writes since the last "
-                             "successful flush are not on disk yet (they are kept: flush "
-                             "again once the cause is fixed)", path=im.path) from e
+            raise Qcow2Error(f"flush failed: {e.strerror or e}; {_KEPT}", path=im.path) from e
         self.unflushed = False
 
     # -- planning ----------------------------------------------------------------------
@@ -651,9 +652,7 @@ class Writer:
             if not isinstance(e, OSError):
                 raise
             self.commit_error = Qcow2Error(
-                f"writing metadata failed: {e.strerror or e}; the writes since the last "
-                "successful flush are not on disk yet (they are kept: flush again once "
-                "the cause is fixed)", path=im.path)
+                f"writing metadata failed: {e.strerror or e}; {_KEPT}", path=im.path)
             raise self.commit_error from e
         self.commit_error = None
         for table in self.pending.values():
