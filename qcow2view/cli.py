@@ -14,6 +14,10 @@ import sys
 
 from . import __version__
 
+# numpy's OpenBLAS starts a thread per core at import, and they spin: ~80 ms of CPU
+# taken from a check that needs none of BLAS (a user's own setting is kept)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 SUBCOMMANDS = ("info", "check", "map", "create")
 #: image operations with qemu-img's arguments (their parsers live in cmd_ops)
 OPERATIONS = ("snapshot", "resize", "commit", "rebase", "convert", "amend", "measure")

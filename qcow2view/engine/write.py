@@ -41,7 +41,7 @@ ALL_ALLOC = C.L2_BITMAP_ALL_ALLOC
 ALL_ZERO = C.L2_BITMAP_ALL_ZERO
 ZERO_CHUNK = 8 << 20
 # pending metadata is committed at flush, or once this much piles up
-COMMIT_BYTES = 64 << 20
+COMMIT_BYTES = 1 << 30
 COMMIT_TABLE_ENTRIES = 1 << 20      # pending L2 entries held as Python lists (~40 MB)
 COMMIT_FREES = 4096
 # what a failed commit or flush means for the writes before it (they are not lost)
