@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..engine.errors import Qcow2Error
-from .files import Cancelled, Filesystem, Volume, short_error
+from .files import Cancelled, Filesystem, TopListed, Volume, short_error
 from .partitions import Partition, PartitionTable, Region, read_partition_table
 from .probe import Probe, probe
 from .source import GuestSource
@@ -117,14 +117,17 @@ def probe_volume(src: GuestSource, gv: GuestVolume) -> int:
     return p.entries
 
 
-def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker) -> None:
-    """List the files of the filesystem the probe found in ``gv`` (and in its LVs)."""
+def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker,
+               top_only: bool = False) -> None:
+    """List the files of the filesystem the probe found in ``gv`` (and in its LVs);
+    with ``top_only``, those of the root directory only."""
     for lv in gv.logical_volumes:
-        list_files(src, lv, ticker)
+        list_files(src, lv, ticker, top_only)
     p = gv.probe
     if p is None or p.type == "LVM2_member":
         return
-    fs = Filesystem(p.type, p.label, p.uuid, gv.volume, p.block_size or 512)
+    fs = Filesystem(p.type, p.label, p.uuid, gv.volume, p.block_size or 512,
+                    top_only=top_only)
     fs.problems.extend(p.problems)
     gv.problems = [x for x in gv.problems if x not in p.problems]
     gv.filesystem = fs
@@ -139,6 +142,8 @@ def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker) -> None:
         fs.readable, fs.reason = False, f"unreadable: {e.reason}"
     except Cancelled:
         raise
+    except TopListed:
+        pass
     except Exception as e:  # noqa: BLE001 - untrusted data through a C library: a problem
         fs.readable, fs.reason = False, f"unreadable: {type(e).__name__}: {short_error(e)}"
         fs.problem(f"files not listed: {type(e).__name__}: {short_error(e)}")
@@ -147,12 +152,15 @@ def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker) -> None:
     ticker.report()
 
 
-def read_disk(image, progress: Progress = None) -> GuestDisk:
-    """Everything the guest disk of ``image`` (an engine Image) holds."""
-    return read_source(GuestSource.of_image(image), progress)
+def read_disk(image, progress: Progress = None, top_only: bool = False) -> GuestDisk:
+    """Everything the guest disk of ``image`` (an engine Image) holds; with
+    ``top_only`` a first look: the table, the volumes, and each filesystem's root
+    directory (the deeper walk and the readers' counts skipped; a few milliseconds)."""
+    return read_source(GuestSource.of_image(image), progress, top_only)
 
 
-def read_source(src: GuestSource, progress: Progress = None) -> GuestDisk:
+def read_source(src: GuestSource, progress: Progress = None,
+                top_only: bool = False) -> GuestDisk:
     size = src.size
     read = _safe_read(src)
     try:
@@ -182,7 +190,7 @@ def read_source(src: GuestSource, progress: Progress = None) -> GuestDisk:
     ticker = _Ticker(progress, expected + len(disk.volumes))
     ticker.report()
     for gv in disk.volumes:
-        list_files(src, gv, ticker)
+        list_files(src, gv, ticker, top_only)
         ticker.done += 1
     for gv in disk.volumes:
         for sub in [gv] + gv.logical_volumes:

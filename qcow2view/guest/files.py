@@ -27,6 +27,11 @@ class Cancelled(Exception):
     """The caller's progress callback asked to stop."""
 
 
+class TopListed(Exception):
+    """A first look (:attr:`Filesystem.top_only`) stops the walk here: the root
+    directory is listed; the reader's later work (counts, checks) is skipped."""
+
+
 @dataclass(frozen=True)
 class Volume:
     """Where a volume's bytes are on the guest disk: ``pieces`` of
@@ -101,6 +106,8 @@ class Filesystem:
     record_tables: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: guest runs the allocation map (block bitmaps, FAT) says are in use
     allocated: list[tuple[int, int]] = field(default_factory=list)
+    #: a first look: list the root directory only (``walk`` raises TopListed after it)
+    top_only: bool = False
 
     def add_allocated(self, vol_offset: int, length: int) -> None:
         self.allocated.extend(self.volume.to_guest(vol_offset, length))
@@ -241,6 +248,8 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
             else:
                 seen.add(k)
                 stack.append((sub, info.path, depth + 1))
+        if fs.top_only:
+            raise TopListed
 
 
 def _entries(entry, path: str, describe: Describe, fs: Filesystem, src,

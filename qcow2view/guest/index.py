@@ -62,7 +62,8 @@ UNPARTITIONED, PARTITION_TABLE, FREE, METADATA, FILE_DATA = range(5)
 #: attribute blocks)
 IN_USE = "in use (directory, extent tree or attributes)"
 
-__all__ = ["WHAT", "Owner", "IndexedFile", "GuestIndex", "build_index", "Cancelled"]
+__all__ = ["WHAT", "Owner", "IndexedFile", "GuestIndex", "build_index", "build_top",
+           "Cancelled"]
 
 
 class Owner(NamedTuple):
@@ -411,6 +412,13 @@ def _no_gc_pauses():
     finally:
         if was:
             gc.enable()
+
+
+def build_top(image) -> GuestIndex:
+    """A first look at the guest disk of ``image``: its table, volumes and each
+    filesystem's root directory, indexed (for a tree to show while :func:`build_index`
+    reads the rest; its owners are not the disk's: the deeper files are missing)."""
+    return GuestIndex(read_disk(image, top_only=True), image)
 
 
 def build_index(image, progress: Callable[[int, int], object] | None = None) -> GuestIndex:

@@ -26,7 +26,7 @@ from ..engine import CancelledError, Qcow2Error, open_image
 from ..engine.kinds import GuestKind
 from ..guest.fields import FieldIndex, structure_fields
 from ..guest.files import Cancelled
-from ..guest.index import GuestIndex, IndexedFile, Owner, build_index
+from ..guest.index import GuestIndex, IndexedFile, Owner, build_index, build_top
 from ..guest.journal import needs_recovery
 from .units import count, human_size
 from .workers import Worker
@@ -160,9 +160,9 @@ def _cyclic_gc_paused():
                 gc.enable()
 
 
-def _build(path: str, progress, cancel, leaks: tuple[int, ...] = ()) -> Built:
+def _build(path: str, progress, cancel, leaks: tuple[int, ...] = (), preview=None) -> Built:
     with _cyclic_gc_paused() as made:
-        built = _build_index(path, progress, cancel)
+        built = _build_index(path, progress, cancel, preview)
         if leaks:           # here, not on the GUI thread: the search probes every cluster
             from ..guest.leaked import leaked_fates
             try:
@@ -174,12 +174,14 @@ def _build(path: str, progress, cancel, leaks: tuple[int, ...] = ()) -> Built:
         return built
 
 
-def _build_index(path: str, progress, cancel) -> Built:
+def _build_index(path: str, progress, cancel, preview=None) -> Built:
     img = open_image(path, ignore_backing_errors=True)
     try:
         def cb(done: int, total: int) -> bool:
             progress(done, total)
             return not cancel()
+        if preview is not None:     # the tree's first rows, before the long walk
+            preview(_first_look(img))
         index = build_index(img, progress=cb)
         if cancel():
             raise Cancelled("cancelled")
@@ -197,6 +199,21 @@ def _build_index(path: str, progress, cancel) -> Built:
     except BaseException:
         img.close()
         raise
+
+
+def _first_look(img) -> Built | None:
+    """The table, volumes and root directories (a few ms), as a Built without an
+    Image: only the tree reads it (its owners would be wrong: deeper files are missing)."""
+    try:
+        top = build_top(img)
+    except (Qcow2Error, OSError):
+        return None             # the full build says why
+    top.image = None
+    return Built(top, list_dirs(top), None)
+
+
+class _IndexWorker(Worker):
+    previewed = Signal(object)          # the first look's Built (or None), from the thread
 
 
 def leaked_clusters(check_result) -> tuple[int, ...]:
@@ -238,12 +255,15 @@ class GuestContents(QObject):
     progress = Signal(str, int, int)    # task, done, total
     busyChanged = Signal(bool)
     ready = Signal()                    # index in (or failed / cancelled: see state)
+    previewed = Signal()                # the first look is in (preview), the index is not
     reset = Signal()                    # the index is gone (rebuilding)
     changesReady = Signal(object)       # Changes, or a str: why there are none
 
     def __init__(self, document) -> None:
         super().__init__(document)
         self.built: Built | None = None
+        #: while building: the table, volumes and root directories, for the tree only
+        self.preview: Built | None = None
         self.state = "idle"             # idle | building | ready | cancelled | failed
         self.error: str | None = None
         self._worker: Worker | None = None
@@ -285,7 +305,9 @@ class GuestContents(QObject):
         path = self.document.path
         self._stamp = self._file_stamp()
         leaks = leaked_clusters(self.document.check_result)
-        w = Worker("Reading the guest's files", lambda p, c: _build(path, p, c, leaks), self)
+        w = _IndexWorker("Reading the guest's files",
+                         lambda p, c: _build(path, p, c, leaks, w.previewed.emit), self)
+        w.previewed.connect(self._previewed)
         w.progressed.connect(self.progress)
         w.succeeded.connect(self._done)
         w.failed.connect(self._failed)
@@ -394,6 +416,7 @@ class GuestContents(QObject):
     def _drop(self) -> None:
         self._stop_changes()
         self.changes = None
+        self.preview = None
         if self.built is not None:
             self.built.close()
             self.built = None
@@ -403,7 +426,7 @@ class GuestContents(QObject):
         if w is None:
             return
         self._worker = None
-        for sig in (w.progressed, w.succeeded, w.failed):
+        for sig in (w.progressed, w.succeeded, w.failed, w.previewed):
             try:
                 sig.disconnect()
             except (RuntimeError, TypeError):
@@ -421,8 +444,15 @@ class GuestContents(QObject):
             w.wait()
             w.deleteLater()
         self.state = state
+        self.preview = None
         self.busyChanged.emit(False)
         self.ready.emit()
+
+    def _previewed(self, first: Built | None) -> None:
+        if self.sender() is not self._worker or first is None or self.state != "building":
+            return
+        self.preview = first
+        self.previewed.emit()
 
     def _done(self, built: Built) -> None:
         if self.sender() is not self._worker:
@@ -448,6 +478,11 @@ class GuestContents(QObject):
     @property
     def index(self) -> GuestIndex | None:
         return None if self.built is None else self.built.index
+
+    @property
+    def tree(self) -> Built | None:
+        """What the Files tree shows: the index, else the first look while building."""
+        return self.built if self.built is not None else self.preview
 
     def owner(self, offset: int) -> Owner | None:
         idx = self.index

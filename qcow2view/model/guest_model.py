@@ -3,7 +3,10 @@
 :class:`FilesModel` is a lazy ``QAbstractItemModel`` over a
 :class:`~.guest_files.GuestContents`: a directory's rows are made in batches by
 ``fetchMore`` (Qt's "Fetch More" pattern), so a 140k-entry filesystem costs what
-is on screen.  :meth:`FilesModel.set_filter` finds a name anywhere in the tree
+is on screen.  While the index builds, the tree shows the guest's first look
+(``GuestContents.preview``: partitions, filesystems, root directories; a deeper
+directory says it is being read) and is rebuilt when the index is in.
+:meth:`FilesModel.set_filter` finds a name anywhere in the tree
 (typing ``fstab`` finds ``/etc/fstab``) and lists the matches with their paths.
 :meth:`FilesModel.sort` sorts by the raw values, directories first, here rather
 than in a proxy: a QSortFilterProxyModel maps every row again on each filter
@@ -35,6 +38,7 @@ COLUMNS = ("Name", "Size", "Type", "Details", "Modified", "Mode", "Guest offset"
 NCOLS = len(COLUMNS)
 
 DISK, PART, FS, DIR, FILE, NOTE = range(6)
+READING = "reading the guest's files…"       # a directory the first look did not list
 FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable      # (an enum OR per call is slow)
 
 
@@ -89,8 +93,10 @@ class FilesModel(QAbstractItemModel):
         self.changes = None         # Changes shown instead of the tree (changed files)
         self._sort: tuple[int, Qt.SortOrder] | None = None      # column, order
         self._changed: dict[int, int] = {}      # file id -> bytes changed
+        self.previewing = False     # the rows are the first look's, the index is not in
         contents.reset.connect(self._rebuild)
         contents.ready.connect(self._rebuild)
+        contents.previewed.connect(self._rebuild)
         self._rebuild()
 
     # -- building the top of the tree ---------------------------------------------------
@@ -100,14 +106,27 @@ class FilesModel(QAbstractItemModel):
             self._changed = {}
         self.beginResetModel()
         self.root = Node(None, DISK, "")
-        self._fill(self.root, None)
+        if self.filter_text and self.contents.built is None:
+            self._fill_waiting(self.root)
+        else:
+            self._fill(self.root, None)
         self.endResetModel()
+
+    def _fill_waiting(self, root: Node) -> None:
+        """A filter typed before the index is in: it says so (no empty result)."""
+        c = self.contents
+        self.previewing = False
+        text = ("building the index: the matches show when it is in" if c.building
+                else "the guest's files are not read: no matches to show")
+        root.add(Node(root, NOTE, text))
 
     def _fill(self, root: Node, keep: dict | None) -> None:
         """Disk, partitions and filesystems (eager: a handful); with ``keep`` (a
         filter's result) only the branches that lead to a match."""
         c = self.contents
-        idx = c.index
+        tree = c.tree
+        idx = tree.index if tree is not None else None
+        self.previewing = idx is not None and c.built is None
         if idx is None:
             text = {"building": "reading the guest disk…", "cancelled": "cancelled",
                     "failed": f"unreadable: {c.error}"}.get(c.state, "not read yet")
@@ -117,10 +136,12 @@ class FilesModel(QAbstractItemModel):
         table = (disk.table.kind or "no partition table").upper() \
             if disk.table.kind else "no partition table"
         d = root.add(Node(root, DISK, f"Disk ({table})"))
+        if self.previewing:
+            d.add(Node(d, NOTE, READING))
         if disk.unreadable:
             d.add(Node(d, NOTE, disk.unreadable)).note = disk.unreadable
         for p in disk.problems[:50]:
-            if keep is None:
+            if keep is None and not self.previewing:    # the first look checks little
                 d.add(Node(d, NOTE, p)).note = p
         for vi, gv in enumerate(idx.volumes):
             if keep is not None and vi not in keep:
@@ -152,7 +173,7 @@ class FilesModel(QAbstractItemModel):
     def _fill_flat(self, fs_node: Node, vi: int, entries: list[tuple[str, int]]) -> None:
         """Filter results and changed files: one row per file, its whole path as its
         name (no deep tree to open), by path or most bytes changed first."""
-        files = self.contents.index.files
+        files = self.contents.tree.index.files
         fs_node.pending = []
         for path, fid in sorted(entries, key=lambda e: (-self._changed.get(e[1], 0), e[0])):
             fs_node.add(Node(fs_node, FILE, path, vi, files[fid], path))
@@ -217,10 +238,13 @@ class FilesModel(QAbstractItemModel):
 
     # -- lazy directories --------------------------------------------------------------
     def _listing(self, node: Node) -> list[tuple[str, int]]:
-        b = self.contents.built
+        b = self.contents.tree
         if b is None or node.vol < 0:
             return []
-        return b.listing.children[node.vol].get(node.path, [])
+        got = b.listing.children[node.vol].get(node.path)
+        if got is None and self.previewing and node.kind == DIR:
+            return [(READING, -1)]      # not listed by the first look: said, not empty
+        return got or []
 
     def canFetchMore(self, parent: QModelIndex) -> bool:  # noqa: N802 - Qt API
         node = self.node(parent)
@@ -235,11 +259,18 @@ class FilesModel(QAbstractItemModel):
         if node.kind not in (FS, DIR):
             return
         if node.pending is None:
-            node.pending = self._sorted_entries(list(self._listing(node)))
+            listing = self._listing(node)
+            if listing and listing[0][1] < 0:
+                node.pending = []
+                self.beginInsertRows(parent, 0, 0)
+                node.add(Node(node, NOTE, listing[0][0]))
+                self.endInsertRows()
+                return
+            node.pending = self._sorted_entries(list(listing))
         if not node.pending:
             return
         batch, node.pending = node.pending[:BATCH], node.pending[BATCH:]
-        files = self.contents.index.files
+        files = self.contents.tree.index.files
         first = len(node.children)
         self.beginInsertRows(parent, first, first + len(batch) - 1)
         base = node.path.rstrip("/")
@@ -316,15 +347,19 @@ class FilesModel(QAbstractItemModel):
         return None
 
     # -- cell texts ----------------------------------------------------------------------
+    def _tree_index(self):
+        t = self.contents.tree
+        return t.index if t is not None else None
+
     def _gv(self, node: Node):
-        idx = self.contents.index
+        idx = self._tree_index()
         return idx.volumes[node.vol] if idx is not None and node.vol >= 0 else None
 
     def _text(self, node: Node, col: int) -> str:
         if col == NAME:
             return ("⚠ " + node.name) if node.kind == NOTE and node.note else node.name
         if node.kind == DISK:
-            idx = self.contents.index
+            idx = self._tree_index()
             return {SIZE: human_size(idx.disk.size) if idx else "",
                     DETAILS: self._details(node)}.get(col, "")
         if node.kind in (PART, FS):
@@ -359,7 +394,7 @@ class FilesModel(QAbstractItemModel):
         return ""
 
     def _details(self, node: Node) -> str:
-        idx = self.contents.index
+        idx = self._tree_index()
         if idx is None:
             return ""
         if node.kind == DISK:
@@ -433,9 +468,10 @@ class FilesModel(QAbstractItemModel):
         return items
 
     def _sorted_entries(self, entries: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        if self._sort is None or self.contents.index is None:
+        idx = self._tree_index()
+        if self._sort is None or idx is None:
             return entries
-        files = self.contents.index.files
+        files = idx.files
         return self._ordered(entries, lambda e, col: self._key(
             DIR if files[e[1]].info.type == "dir" else FILE, e[0], files[e[1]], col))
 

@@ -69,7 +69,11 @@ class FilesPanel(QWidget):
         contents.progress.connect(self._progress)
         contents.busyChanged.connect(lambda _b: self._sync_state())
         contents.ready.connect(self._ready)
+        contents.previewed.connect(self._previewed)
         contents.changesReady.connect(self._changes_ready)
+        # the first look's rows give way to the index's: what was open stays open
+        self._kept: tuple[list[tuple[int, str]], tuple[int, str] | None] | None = None
+        self.model.modelAboutToBeReset.connect(self._keep_view)
         self._fill_choices()
         self._sync_state()
 
@@ -195,14 +199,56 @@ class FilesPanel(QWidget):
             self.tree.selectionModel().setCurrentIndex(
                 first, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
 
+    def _previewed(self) -> None:
+        if not self.filter.text().strip():
+            self.expand_top()
+
+    def _keep_view(self) -> None:
+        """Before the first look's rows go: the directories open and the current row."""
+        if not self.model.previewing:
+            return
+        opened = []
+        stack = [self.model.root]
+        while stack:
+            node = stack.pop()
+            for c in node.children:
+                if c.kind == DIR and self.tree.isExpanded(self._index_of(c)):
+                    opened.append((c.vol, c.path))
+                if c.kind in (DIR, FILE) or not c.children:
+                    continue
+                stack.append(c)
+        cur = self.current_node()
+        self._kept = (opened, (cur.vol, cur.path) if cur is not None
+                      and cur.kind in (DIR, FILE) else None)
+
+    def _index_of(self, node: Node) -> QModelIndex:
+        return self.model.createIndex(node.row, 0, node)
+
+    def _restore_view(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is None or self.contents.index is None:
+            return
+        opened, current = kept
+        for vol, path in opened:
+            i = self.model.find_path(vol, path)
+            if i.isValid():
+                self.tree.expand(i)
+        if current is not None:
+            i = self.model.find_path(*current)
+            if i.isValid():
+                self.tree.selectionModel().setCurrentIndex(
+                    i, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+
     def _ready(self) -> None:
         self._fill_choices()
         self._sync_state()
         self.strip.set_layout(*self.contents.layout())
         if self.filter.text().strip():
+            self._kept = None
             self.apply_filter()
         else:
             self.expand_top()
+            self._restore_view()
 
     def expand_top(self) -> None:
         """Disk, partitions and filesystems open: the tree's first screen says what
@@ -229,7 +275,9 @@ class FilesPanel(QWidget):
             self.show_what.setCurrentIndex(0)
         self.model.set_filter(text)
         m = self.model.matches
-        if text.strip() and self.contents.built is not None:
+        if text.strip() and self.contents.built is None:
+            self.matches.setText("building index…" if self.contents.building else "")
+        elif text.strip():
             self.matches.setText(f"first {m:,} shown" if self.model.more else f"{m:,} found")
             self.expand_top()
             first = self._first_file()
@@ -294,7 +342,8 @@ class FilesPanel(QWidget):
         a = m.addAction("Show in hex", lambda: self.show_in_hex(node))
         a.setEnabled(bool(node.file.info.extents))
         if node.kind == FILE:
-            m.addAction("Save a copy as…", lambda: self.save_copy(node))
+            a = m.addAction("Save a copy as…", lambda: self.save_copy(node))
+            a.setEnabled(self.contents.built is not None)     # not from the first look
         m.addAction("Copy path", lambda: self.copy_path(node))
         m.popup(self.tree.viewport().mapToGlobal(pos))
 
