@@ -3,6 +3,8 @@
 Public API: :func:`open_image`, :class:`Image`, the ``Qcow2Error`` family.
 """
 
+import importlib
+
 from .errors import (BackingFileError, CancelledError, CorruptImageError, DataFileError,
                      EncryptedImageError, ImageInUseError, NotQcow2Error, Qcow2Error,
                      ReadOnlyError, RequestError, TruncatedImageError,
@@ -10,10 +12,20 @@ from .errors import (BackingFileError, CancelledError, CorruptImageError, DataFi
 from .clusters import ClusterType
 from .header import Header
 from .image import BackingInfo, GuestMapping, Image, L1Table, L2Table, open_image
-from .check import CheckResult, Finding
 from .kinds import HOST_KIND_SEVERITY, GuestKind, HostKind
-from .maps import GuestMap, HostMap, Owner
-from .create import create_image, validate_create_options
+
+# loaded on first use (PEP 562): a terminal command pays only for what it runs
+_LAZY = {"CheckResult": "check", "Finding": "refscan", "GuestMap": "guestmap",
+         "HostMap": "maps", "Owner": "maps", "create_image": "create",
+         "validate_create_options": "create"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "open_image", "Image", "create_image", "validate_create_options",

@@ -25,7 +25,6 @@ import numpy as np
 from . import clusters as C
 from .errors import CorruptImageError, Qcow2Error, ReadOnlyError
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
-from .rebuild import rebuild_refcount_structure
 from .refcounts import decode_refcount_block
 from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
                       Scanner, check_cancel, read_zero_filled)
@@ -390,6 +389,7 @@ def _rebuild(image, scan: RefScan, first: CheckResult, cancel: Cancel) -> tuple[
     counted as QEMU counts them: every refcount corruption and leak found before,
     less the corruptions the walk still finds (COPIED flags are counted after)."""
     before = first.corruptions - scan.copied_corruptions
+    from .rebuild import rebuild_refcount_structure     # repairs only
     rebuild_refcount_structure(image, scan.counted())
     image.reload_metadata()
     scan2, disk2 = _scan(image, None, cancel)
