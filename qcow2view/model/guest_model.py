@@ -227,7 +227,7 @@ class FilesModel(QAbstractItemModel):
         hits, more = listing.search(text.lower(), MAX_MATCHES)
         keep: dict[int, list[tuple[str, int]]] = {}
         for k in hits:
-            _name, vi, fid, path = listing.names[k]
+            vi, fid, path = listing.names[k]
             keep.setdefault(vi, []).append((path, fid))
         self.matches = len(hits)
         self.more = more
