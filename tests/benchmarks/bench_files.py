@@ -7,17 +7,24 @@ The guest is bench_guest.py's (GPT, one ext4 made with ``mkfs.ext4 -d /usr``, ~1
 entries, converted to qcow2); it is built there if missing.  A probe process opens the
 window (1600x960, offscreen) and measures from the inside:
 
-- Files pane populated: from the window shown (on the Files pane) to the tree's first
-  rows (the index is built in the background once the window has settled: maps in,
-  pictures built); peer: ``fls -r`` listing every name.
+- Files pane populated, two figures from the window shown (on the Files pane); the
+  index is built in the background once the window has settled (maps in, pictures
+  built), its worker handing over a first look before the long walk:
+  - first rows: the tree shows the filesystem's root directory (partitions,
+    filesystem, ``/bin``, ``/lib``, ...; deeper directories say they are being read);
+    peer: ``fls`` listing the root directory;
+  - index complete: every directory listed, the filter and the map's file names ready
+    (this is what "populated" measured before the first look existed: 6.52 s);
+    peer: ``fls -r`` listing every name.
 - longest event-loop block while the index builds (a 5 ms timer's largest gap).
 - filter keystroke to result: typing ``fstab`` (the last key: filter, tree, selection);
   peer: ``grep -F fstab`` over the list of every path.
 - hover naming a file: the map's hover text of a host cluster that holds file data
   (first and warm); peer: ``debugfs -R 'icheck BLOCK'`` then ``ncheck INODE``.
 
-Targets (issue 12): populated <= 3 s after the window appears, no block over 100 ms,
-keystroke <= 50 ms, hover <= 16 ms.
+Targets (issue 12): populated <= 3 s after the window appears, measured on the first
+rows (what the user sees filled) and printed for the index complete too (pass or
+not, both are shown); no block over 100 ms, keystroke <= 50 ms, hover <= 16 ms.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGETS = {"populated_s": 3.0, "max_block_ms": 100.0, "keystroke_ms": 50.0,
+TARGETS = {"first_rows_s": 3.0, "populated_s": 3.0, "max_block_ms": 100.0, "keystroke_ms": 50.0,
            "hover_first_ms": 16.0, "hover_warm_ms": 16.0}
 
 
@@ -44,6 +51,7 @@ def probe(image: str) -> None:
     from PySide6.QtWidgets import QApplication
 
     from qcow2view.app import make_app
+    from qcow2view.model.guest_model import DIR, FILE, FS
     from qcow2view.ui.mainwindow import MainWindow
 
     app = make_app()
@@ -67,16 +75,33 @@ def probe(image: str) -> None:
     timer.setInterval(5)
     timer.timeout.connect(tick)
     timer.start()
+    def root_shown() -> bool:
+        """A filesystem row open in the tree with its root directory's entries."""
+        m, stack = panel.model, [panel.model.root]
+        while stack:
+            for n in stack.pop().children:
+                if n.kind == FS and any(c.kind in (DIR, FILE) for c in n.children):
+                    return panel.tree.isExpanded(m.createIndex(n.row, 0, n))
+                stack.append(n)
+        return False
+
     win.show()
     t0 = time.perf_counter()
+    first_rows = None
     while not (contents.state == "ready" and panel.model.rowCount() > 0
                and panel.tree.isVisible()):
         app.processEvents()
+        if first_rows is None and panel.tree.isVisible() and root_shown():
+            first_rows = time.perf_counter() - t0
         if time.perf_counter() - t0 > 300:
             raise SystemExit("the Files pane did not populate in 300 s")
         time.sleep(0.001)
     app.processEvents()
     populated = time.perf_counter() - t0
+    if first_rows is None and root_shown():
+        first_rows = populated
+    if first_rows is None:
+        raise SystemExit("the index is in but the tree shows no root directory")
     timer.stop()
     files = len(contents.index.files)
 
@@ -112,7 +137,7 @@ def probe(image: str) -> None:
         warm.append((time.perf_counter() - t) * 1000)
     gv = f.volume
     print(json.dumps({
-        "populated_s": populated, "max_block_ms": max(gaps) if gaps else 0.0,
+        "first_rows_s": first_rows, "populated_s": populated, "max_block_ms": max(gaps) if gaps else 0.0,
         "keystroke_ms": max(keys), "keys_ms": keys, "matches": hits, "files": files,
         "hover_first_ms": first, "hover_warm_ms": sorted(warm)[len(warm) // 2],
         "hover_text": text.splitlines()[0], "hover_guest": g,
@@ -144,6 +169,7 @@ def main() -> int:
     # peers on the raw disk
     fls = shutil.which("fls")
     t_fls, listing = _run([fls, "-r", "-p", "-o", "2048", raw]) if fls else (None, "")
+    t_top, _root = _run([fls, "-o", "2048", raw]) if fls else (None, "")
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as tf:
         tf.write(listing)
     t_grep, _ = _run(["grep", "-cF", "fstab", tf.name], check=False) \
@@ -170,7 +196,9 @@ def main() -> int:
     print(f"\n{got['files']:,} files; filter 'fstab': {got['matches']} matches; "
           f"hover: {got['hover_text']}\n")
     print(f"{'figure':44s} {'ours':>10s} {'peer':>10s} {'ratio':>8s}")
-    row("Files pane populated (peer: fls -r)", got["populated_s"], t_fls, "s",
+    row("Files pane first rows (peer: fls, root dir)", got["first_rows_s"], t_top, "s",
+        TARGETS["first_rows_s"])
+    row("Files pane index complete (peer: fls -r)", got["populated_s"], t_fls, "s",
         TARGETS["populated_s"])
     row("longest event-loop block while building", got["max_block_ms"], None, "ms",
         TARGETS["max_block_ms"])
