@@ -214,11 +214,26 @@ def _rebase(ns) -> int:
 
 
 # -- amend / measure ----------------------------------------------------------------------
+def _amend_options(groups: list[str]) -> dict[str, str]:
+    """``-o`` for amend, every key passed on (the engine names the ones it refuses,
+    as qemu-img: 'only supported for image creation', unknown ones)."""
+    opts: dict[str, str] = {}
+    for group in groups:
+        if not group.strip(","):
+            raise Qcow2Error(f"Invalid option list: {group}")
+        for item in filter(None, group.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise Qcow2Error(f"Invalid parameter '{key}' (options are key=value)")
+            opts[key.strip().replace("-", "_")] = value
+    return opts
+
+
 def _amend(ns) -> int:
-    from .cmd_create import parse_options
     from .engine.ops.amend import amend_image
+    opts = _amend_options(ns.options)
     with _open_rw(ns.image) as im:
-        amend_image(im, parse_options(ns.options), progress=_progress(ns))
+        amend_image(im, opts, progress=_progress(ns))
     return 0
 
 

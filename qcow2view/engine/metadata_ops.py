@@ -22,8 +22,8 @@ import numpy as np
 from . import clusters as C
 from . import locking
 from .errors import CancelledError, ImageInUseError, Qcow2Error
-from .extensions import (EXT_BACKING_FORMAT, EXT_FEATURE_NAME_TABLE, pack_extension,
-                         pack_feature_name_table)
+from .extensions import (EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_NAME_TABLE,
+                         pack_extension, pack_feature_name_table)
 from .fileio import HostFile
 from .header import V2_HEADER_LENGTH
 from .image import open_image
@@ -63,6 +63,7 @@ def opened_writable(path, **kwargs):
     """``open_image(path, writable=True)`` for one operation: closed (flushed) at
     the end; after a failure closed anyway, dropping what was not flushed as a
     crash would, so QEMU's locks never outlive the operation."""
+    repair_if_dirty(path)
     image = open_image(path, writable=True, **kwargs)
     try:
         yield image
@@ -72,6 +73,27 @@ def opened_writable(path, **kwargs):
             image.close(discard=True)
         except (Qcow2Error, OSError):
             pass
+        raise
+
+
+def repair_if_dirty(path) -> None:
+    """As qcow2_do_open opening an image for writing: a dirty image (lazy refcounts
+    not written back by a writer that died) is repaired first, as ``qemu-img check
+    -r all``, and the dirty bit cleared; every qemu-img operation does this before
+    its work.  An image also marked corrupt is left alone (opening it refuses)."""
+    try:
+        with open_image(path, ignore_backing_errors=True) as image:
+            dirty = image.header.dirty and not image.header.corrupt
+    except (Qcow2Error, OSError):
+        return                           # the real open says what is wrong
+    if not dirty:
+        return
+    image = open_image(path, writable=True, repair=True, ignore_backing_errors=True)
+    try:
+        image.repair(fix_all=True)
+        image.close()
+    except BaseException:
+        image.close(discard=True)
         raise
 
 
@@ -269,10 +291,12 @@ def runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 
 def rewrite_header_cluster(image, *, backing_file: str | None = ...,
-                           backing_fmt: str | None = ..., **fields: int) -> None:
+                           backing_fmt: str | None = ..., data_file: str | None = None,
+                           **fields: int) -> None:
     """Write the header cluster anew in one write, as qcow2_update_header: header
-    fields (``version=2`` ...), the extensions (the backing format one replaced;
-    the feature name table only for version 3) and the backing file name."""
+    fields (``version=2`` ...), the extensions (the backing format one replaced, the
+    data file name one too when ``data_file`` is given; the feature name table only
+    for version 3) and the backing file name."""
     header = image.header.replace(**fields)
     name = image.backing_filename if backing_file is ... else (backing_file or None)
     fmt = image.backing_format if backing_fmt is ... else backing_fmt
@@ -283,6 +307,9 @@ def rewrite_header_cluster(image, *, backing_file: str | None = ...,
         exts += pack_extension(EXT_BACKING_FORMAT, fmt.encode())
     for ext in image.extensions:
         if ext.type in (EXT_BACKING_FORMAT, EXT_FEATURE_NAME_TABLE):
+            continue
+        if ext.type == EXT_DATA_FILE and data_file:
+            exts += pack_extension(ext.type, os.fsencode(data_file))
             continue
         exts += pack_extension(ext.type, ext.data)
     if header.version >= 3:

@@ -174,3 +174,80 @@ def test_snapshots_of_a_data_file_image_refused_as_qemu(tmp_path, capsys, args, 
     assert reason in p.stderr.decode() and reason in err
     assert f"snapshot '{args[1]}'" in err
     assert mine.read_bytes() == theirs.read_bytes() == img.read_bytes()
+
+
+def test_downgrade_keeps_compressed_clusters_beside_zero_clusters(tmp_path, capsys):
+    """amend compat=0.10 cleared bit 0 of every entry of an L2 table holding a zero
+    cluster -- in a compressed entry that bit is part of the host offset, so the
+    cluster then read as an I/O error."""
+    img = qemu.create(tmp_path / "c.qcow2", "4M")
+    qemu.qemu_io(img, "write -c -P 6 0 64k", "write -c -P 7 64k 64k", "write -P 1 1M 64k",
+                 "write -z 1M 64k")
+    theirs, mine = twins(img, tmp_path)
+    qemu.qemu_img("amend", "-o", "compat=0.10", theirs)
+    assert ours(capsys, "amend", "-o", "compat=0.10", mine)[0] == 0
+    assert_same_as_qemu(theirs, mine)
+    assert qemu.compare(mine, img).returncode == 0
+
+
+def test_operations_repair_a_dirty_image_first_as_qemu(tmp_path, capsys):
+    """A writer with lazy refcounts died (dirty bit set): qemu-img repairs the
+    refcounts when it opens the image for writing, then does the operation; it
+    was refused here."""
+    img = qemu.create(tmp_path / "d.qcow2", "4M", "lazy_refcounts=on")
+    qemu.qemu_io(img, "write -P 1 0 1M")
+    qemu.run(qemu.QEMU_IO, "-f", "qcow2", "-c", "write -P 2 2M 1M", "-c", "abort", img,
+             check=False)
+    assert qemu.info(img)["dirty-flag"]
+    for args in (("snapshot", "-c", "s", "{img}"), ("resize", "{img}", "+1M")):
+        theirs, mine = twins(img, tmp_path, args[0])
+        qemu.qemu_img(*[a.format(img=theirs) for a in args])
+        rc, _, err = ours(capsys, *[a.format(img=mine) for a in args])
+        assert rc == 0, err
+        assert not qemu.info(mine)["dirty-flag"]
+        assert_same_as_qemu(theirs, mine)
+
+
+def test_resize_of_a_v2_image_with_snapshots_refused_as_qemu(small, tmp_path, capsys):
+    img = qemu.create(tmp_path / "v2.qcow2", "4M", "compat=0.10")
+    qemu.qemu_io(img, "write -P 3 0 64k")
+    qemu.qemu_img("snapshot", "-c", "s", img)
+    for size in ("+1M", "4M"):
+        theirs, mine = twins(img, tmp_path)
+        p = qemu.qemu_img("resize", theirs, size, check=False)
+        rc, _, err = ours(capsys, "resize", mine, size)
+        assert p.returncode == rc == 1 and "v2 image which has snapshots" in err
+        assert mine.read_bytes() == img.read_bytes()
+
+
+@pytest.mark.parametrize("opts, setup", [
+    ("compat=0.10", "lazy_refcounts=on"),              # lazy refcounts dropped
+    ("compat=0.10,lazy_refcounts=on", "lazy_refcounts=on"),
+    ("compat=0.10", "compression_type=zstd"),          # no compressed cluster: zlib
+    ("size=8M", ""), ("size=1M", ""),                   # amend resizes (and shrinks)
+    ("compat=0.10,size=6M", ""),
+])
+def test_amend_options_as_qemu(tmp_path, capsys, opts, setup):
+    """Only the options given change (qcow2_amend_options): a downgrade of an image
+    with lazy refcounts drops them; zstd without compressed clusters downgrades;
+    size= resizes. Each was refused here."""
+    img = qemu.create(tmp_path / "a.qcow2", "4M", *filter(None, [setup]))
+    qemu.qemu_io(img, "write -P 1 0 1536k", "write -z 64k 64k")
+    theirs, mine = twins(img, tmp_path)
+    qemu.qemu_img("amend", "-o", opts, theirs)
+    rc, _, err = ours(capsys, "amend", "-o", opts, mine)
+    assert rc == 0, err
+    assert_same_as_qemu(theirs, mine)
+
+
+@pytest.mark.parametrize("opts, words", [
+    ("", "Invalid option list"), ("extended_l2=on", "only supported for image creation"),
+    ("data_file_raw=on", "data-file-raw cannot be set"), ("compat=0.9", "0.9"),
+    ("backing_file=x.qcow2", "Cannot amend the backing file"),
+])
+def test_amend_refusals_as_qemu(small, tmp_path, capsys, opts, words):
+    theirs, mine = twins(small, tmp_path)
+    p = qemu.qemu_img("amend", "-o", opts, theirs, check=False)
+    rc, _, err = ours(capsys, "amend", "-o", opts, mine)
+    assert p.returncode == rc == 1 and words in err and len(err.splitlines()) == 1
+    assert mine.read_bytes() == small.read_bytes()

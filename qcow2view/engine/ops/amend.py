@@ -14,47 +14,138 @@ import numpy as np
 
 from .. import clusters as C
 from .. import metadata_ops as M
-from ..create import COMPAT_VALUES, _bool
+from ..create import COMPAT_VALUES, _bool, parse_size
 from ..errors import RequestError
-from ..header import V3_HEADER_LENGTH_CT
+from ..header import (AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY,
+                      V3_HEADER_LENGTH_CT)
 from ..refcounts import block_entries, max_refcount
+from .resize import resize_image
 
-AMENDABLE = ("compat", "refcount_bits", "lazy_refcounts")
+AMENDABLE = ("size", "compat", "backing_file", "backing_fmt", "data_file", "data_file_raw",
+             "lazy_refcounts", "refcount_bits")
+CREATE_ONLY = ("cluster_size", "preallocation", "compression_type", "extended_l2",
+               "encryption", "encrypt")
 
 
 @M.operation
 def amend_image(image, options: dict, progress=None) -> None:
-    """Apply ``options`` (``qemu-img amend -o`` names) to a writable ``image``."""
-    unknown = [k for k in options if k not in AMENDABLE]
-    if unknown:
-        raise RequestError(f"Changing the option {unknown[0]!r} is not supported "
-                           f"(amend changes {', '.join(AMENDABLE)})")
+    """Apply ``options`` (``qemu-img amend -o`` names) to a writable ``image``;
+    as qcow2_amend_options, only the options given change anything."""
+    _refuse_unknown(options)
     header = image.header
     version = COMPAT_VALUES.get(str(options.get("compat", header.compat)))
     if version is None:
-        raise RequestError(f"Invalid compatibility level: '{options['compat']}'")
+        raise RequestError(f"Unknown compatibility level {options['compat']}")
     lazy = _bool("lazy_refcounts", options.get("lazy_refcounts", header.lazy_refcounts))
-    bits = int(options.get("refcount_bits", header.refcount_bits))
-    if bits < 1 or bits > 64 or bits & (bits - 1):
-        raise RequestError("Refcount width must be a power of two and may not exceed 64 bits")
-    if version < 3 and lazy:
+    bits = _refcount_bits(options.get("refcount_bits", header.refcount_bits))
+    new_size = parse_size(str(options["size"])) if "size" in options else 0
+    raw = _bool("data_file_raw", options.get("data_file_raw", header.data_file_raw))
+    _refuse_data_file(image, options, raw)
+    if version < 3 and bits != header.refcount_bits and bits != 16:
+        raise RequestError("Refcount widths other than 16 bits require compatibility "
+                           "level 1.1 or above (use compat=1.1 or greater)")
+    if "backing_file" in options or "backing_fmt" in options:
+        if (options.get("backing_file") != image.backing_filename
+                or options.get("backing_fmt") != image.backing_format):
+            raise RequestError("Cannot amend the backing file (use qemu-img rebase)")
+    if version < 3 and lazy and not header.lazy_refcounts:
+        # turning lazy refcounts on; left on, a downgrade drops them (qemu-img too)
         raise RequestError("Lazy refcounts only supported with compatibility level 1.1 "
                            "and above (use compat=1.1 or greater)")
-    if version < 3 and bits != 16:
-        raise RequestError("Different refcount widths than 16 bits require compatibility "
-                           "level 1.1 or above (use compat=1.1 or greater)")
+    if version < header.version:
+        _refuse_downgrade(image, new_size or image.virtual_size)
     image.require_writable()
     image.flush()
     if version > header.version:
         _upgrade(image)
+    if bits != image.header.refcount_bits:
+        change_refcount_width(image, bits, progress)
+    if raw != image.header.data_file_raw or "data_file" in options:
+        _set_data_file(image, options.get("data_file"), raw)
     if lazy != image.header.lazy_refcounts:
         image.meta.write_header(compatible_features=(
             image.header.compatible_features & ~1) | int(lazy))
-    if bits != image.header.refcount_bits:
-        change_refcount_width(image, bits, progress)
+    if new_size and new_size != image.virtual_size:
+        resize_image(image, new_size, shrink=True)
     if version < image.header.version:
         _downgrade(image)
     M.reload(image)
+
+
+def _refuse_unknown(options: dict) -> None:
+    for k in options:
+        if k in CREATE_ONLY or k.startswith("encrypt."):
+            raise RequestError(f"Invalid parameter '{k}': this option is only supported "
+                               "for image creation")
+        if k not in AMENDABLE:
+            raise RequestError(f"Invalid parameter '{k}'")
+
+
+def _refcount_bits(value) -> int:
+    try:
+        bits = int(value)
+    except ValueError:
+        bits = 0
+    if bits < 1 or bits > 64 or bits & (bits - 1):
+        raise RequestError("Refcount width must be a power of two and may not exceed 64 bits")
+    return bits
+
+
+def _refuse_data_file(image, options: dict, raw: bool) -> None:
+    if options.get("data_file") and not image.has_data_file:
+        raise RequestError("data-file can only be set for images that use an external "
+                           "data file")
+    if raw and not image.header.data_file_raw:
+        raise RequestError("data-file-raw cannot be set on existing images")
+
+
+def _set_data_file(image, name: str | None, raw: bool) -> None:
+    """data_file_raw cleared and/or the data file renamed, in one header write."""
+    autoclear = image.header.autoclear_features & ~AUTOCLEAR_DATA_FILE_RAW
+    fields = {"autoclear_features": autoclear | (AUTOCLEAR_DATA_FILE_RAW if raw else 0)}
+    if name:
+        M.rewrite_header_cluster(image, data_file=name, **fields)
+    else:
+        image.meta.write_header(**fields)
+    M.reload(image)
+
+
+def _refuse_downgrade(image, size: int) -> None:
+    """qcow2_downgrade's refusals, checked before anything is written (qemu-img
+    finds some only after expanding zero clusters; the image ends the same)."""
+    header = image.header
+    if header.refcount_order != 4:
+        raise RequestError("compat=0.10 requires refcount_bits=16")
+    if image.has_data_file:
+        raise RequestError("Cannot downgrade an image with a data file")
+    for s in image.snapshots:
+        if (s.disk_size is not None and s.disk_size != size) or s.vm_state_size > 0xFFFFFFFF:
+            raise RequestError("Internal snapshots prevent downgrade of image")
+    incompat = header.incompatible_features & ~(INCOMPAT_DIRTY | INCOMPAT_COMPRESSION)
+    if incompat:
+        raise RequestError(f"Cannot downgrade an image with incompatible features "
+                           f"{incompat:#x} set")
+    if image.bitmaps:
+        raise RequestError("Cannot downgrade an image with persistent bitmaps")
+    if header.compression_type != 0 and _has_compressed_clusters(image):
+        raise RequestError("Cannot downgrade an image with zstd compression type and "
+                           "existing compressed clusters")
+
+
+def _has_compressed_clusters(image) -> bool:
+    """Any compressed cluster in the active disk or a snapshot (qemu-img looks at the
+    active disk only; a snapshot's zstd clusters would read as zlib after)."""
+    l1s = [image.l1_table.entries] + [image.snapshot_l1_table(s).entries
+                                      for s in image.snapshots]
+    for l1 in l1s:
+        for l1i, e in enumerate(l1.tolist()):
+            l2off = e & C.L1E_OFFSET_MASK
+            if l2off:
+                words = M.read_l2_words(image, l2off, l1i)
+                if (C.decode_l2_types(words, None, image.has_data_file)
+                        == C.ClusterType.COMPRESSED).any():
+                    return True
+    return False
 
 
 def _upgrade(image) -> None:
@@ -70,20 +161,12 @@ def _upgrade(image) -> None:
 
 
 def _downgrade(image) -> None:
-    header = image.header
-    if header.refcount_order != 4:
-        raise RequestError("compat=0.10 requires refcount_bits=16")
-    if image.has_data_file or image.extended_l2 or header.compression_type != 0 or image.bitmaps:
-        what = ("an external data file" if image.has_data_file else "extended L2 entries"
-                if image.extended_l2 else "zstd compression" if header.compression_type
-                else "persistent bitmaps")
-        raise RequestError(f"Cannot downgrade an image with {what}")
-    if header.incompatible_features:
-        raise RequestError(f"Cannot downgrade an image with incompatible features "
-                           f"{header.incompatible_features:#x} set")
+    _refuse_downgrade(image, image.virtual_size)
     _expand_zero_clusters(image)
+    # no compressed cluster left to read as zstd: the type goes back to zlib
     M.rewrite_header_cluster(image, version=2, header_length=72, incompatible_features=0,
-                             compatible_features=0, autoclear_features=0)
+                             compatible_features=0, autoclear_features=0,
+                             compression_type=0)
     M.reload(image)
 
 
@@ -131,7 +214,9 @@ def _expand_table(image, l2off: int, words, zeros, l2_refcount: int,
     cs = image.cluster_size
     alloc = image.meta.refcounts
     off = words & M.OFFSET_MASK
-    new = words & ~np.uint64(C.QCOW_OFLAG_ZERO)
+    new = words.copy()
+    # only the zero entries lose the flag: bit 0 of a compressed entry is its offset's
+    new[zeros] &= ~np.uint64(C.QCOW_OFLAG_ZERO)
     fill = [int(o) for o in off[zeros & (off != 0)].tolist()]
     for host in fill:
         if host in data_clusters:

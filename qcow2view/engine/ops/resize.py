@@ -55,6 +55,9 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         raise RequestError("The new size must be a multiple of 512")
     if new_size > MAX_VIRTUAL_SIZE:
         raise RequestError("Image size is too large")
+    if image.header.version < 3 and image.snapshots:
+        # qcow2_co_truncate: a v2 snapshot entry may not record its disk size
+        raise RequestError("Can't resize a v2 image which has snapshots")
     image.require_writable()
     image.flush()
     old_size = image.virtual_size
