@@ -1,10 +1,10 @@
 """Image operations from the window (snapshot create/apply/delete, resize, commit,
-rebase, convert, amend): what each will do, said before it runs, and the job that
-runs it in a worker thread.
+rebase, convert, amend, repair): what each will do, said before it runs, and the
+job that runs it in a worker thread.
 
-As for a repair, the document's own image stays read-only; the operation opens
-a second, writable handle (QEMU's writer locks: an image in use is refused) and
-the document re-reads everything -- header, tables and maps -- afterwards.
+The document's own image stays read-only; an operation opens a second, writable
+handle (QEMU's writer locks: an image in use is refused) and the document re-reads
+everything -- header, tables and maps -- afterwards.
 """
 
 from __future__ import annotations
@@ -259,6 +259,18 @@ def convert_job(document: ImageDocument, dst: str, out_fmt: str, compress: bool,
     path = document.path
     return OperationJob(document, "Converting", lambda p: convert_image(
         path, dst, out_fmt=out_fmt, compress=compress, options=options, progress=p), parent)
+
+
+def repair_job(document: ImageDocument, *, fix_all: bool = False, parent=None) -> OperationJob:
+    """Image > Repair, as ``qemu-img check -r leaks`` (``-r all`` with ``fix_all``): the
+    handle is opened for repair (an image marked corrupt opens).  Only its first,
+    read-only scan reports progress, so a cancel lands before anything is written."""
+    path = document.path
+
+    def run(progress):
+        with open_image(path, writable=True, repair=True, ignore_backing_errors=True) as im:
+            return im.repair(leaks=True, fix_all=fix_all, progress=progress)
+    return OperationJob(document, "Repairing", run, parent)
 
 
 def _image_job(document, title: str, fn, parent) -> OperationJob:

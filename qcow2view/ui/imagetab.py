@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QSplitter, QTabWidget, QVBox
                                QWidget)
 
 from ..model.document import ImageDocument
-from ..model.repair import RepairJob
+from ..model.operations import OperationJob
 from .headerpanel import HeaderPanel
 from .hexeditor import FILE_VIEW, GUEST_VIEW, HexEditor
 from .problemspanel import ProblemsPanel
@@ -86,7 +86,7 @@ class ImageTab(QWidget):
         self._handlers: dict[str, tuple[Callable[[], None], bool]] = {}
         self.undo_stack: QUndoStack | None = None
         self._restored_layout = False
-        self.repair_job: RepairJob | None = None     # Image > Repair writing to this file
+        self.repair_job: OperationJob | None = None     # Image > Repair writing to this file
 
         self.banner = Banner()
         self.header_panel = HeaderPanel(self.header_model)
@@ -272,11 +272,12 @@ class ImageTab(QWidget):
         self.views.setCurrentWidget(self.hex_guest)
         self.hex_guest.view.goto(int(offset), focus=False)
 
-    def track_repair(self, job: RepairJob) -> None:
-        """Hold ``job`` as :attr:`repair_job` until it is done or failed."""
+    def track_repair(self, job: OperationJob) -> None:
+        """Hold ``job`` as :attr:`repair_job` until it is done, failed or cancelled."""
         self.repair_job = job
         job.done.connect(self._repair_over)
         job.failed.connect(self._repair_over)
+        job.cancelled.connect(self._repair_over)
         self.actionsChanged.emit()
 
     def _repair_over(self, *_) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QMessageBox, QWidget
 
-from ..model.repair import RepairJob
+from ..model.operations import OperationJob, repair_job
 from ..model.units import count
 from . import dialogs
 
@@ -12,7 +12,7 @@ from . import dialogs
 assume_yes: bool | None = None
 
 
-def repair_current(window: QWidget, tab, *, fix_all: bool = False) -> RepairJob | None:
+def repair_current(window: QWidget, tab, *, fix_all: bool = False) -> OperationJob | None:
     """Repair the image of ``tab`` (leaks, or with ``fix_all`` also too-low refcounts)."""
     doc = tab.document
     what = "leaked clusters and refcounts that are too low" if fix_all else "leaked clusters"
@@ -27,7 +27,7 @@ def repair_current(window: QWidget, tab, *, fix_all: bool = False) -> RepairJob 
             return None
     elif not assume_yes:
         return None
-    job = RepairJob(doc, fix_all=fix_all, parent=tab)
+    job = repair_job(doc, fix_all=fix_all, parent=tab)
     job.failed.connect(lambda text: dialogs.error(window, "Repair failed", text))
 
     def report(result) -> None:
