@@ -251,3 +251,18 @@ def test_amend_refusals_as_qemu(small, tmp_path, capsys, opts, words):
     rc, _, err = ours(capsys, "amend", "-o", opts, mine)
     assert p.returncode == rc == 1 and words in err and len(err.splitlines()) == 1
     assert mine.read_bytes() == small.read_bytes()
+
+
+@pytest.mark.parametrize("setup, opts", [("compat=0.10", ()), ("compat=1.1", ("-o", "compat=0.10")),
+                                         ("compat=1.1", ())])
+def test_measure_says_bitmaps_only_for_v3_into_v3_as_qemu(tmp_path, capsys, setup, opts):
+    """qcow2_measure counts bitmaps only from a v3 source into a v3 output: the
+    "bitmaps" line was printed for a v2 source or a compat=0.10 output too."""
+    import json
+    img = qemu.create(tmp_path / "m.qcow2", "4M", setup)
+    qemu.qemu_io(img, "write -P 1 0 1M")
+    args = ("measure", "--output=json", "-O", "qcow2", *opts, str(img))
+    want = json.loads(qemu.qemu_img(*args).stdout)
+    rc, out, err = ours(capsys, *args)
+    assert rc == 0, err
+    assert json.loads(out) == want

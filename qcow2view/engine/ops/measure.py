@@ -91,7 +91,11 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
     data = 0
     if source is not None:
         data = int(np.count_nonzero(_data_clusters(source, cs))) * cs
-    bitmaps = 0 if source is not None and getattr(source, "format", "") == "qcow2" else None
+    # qcow2_measure: only a v3 output from a v3 qcow2 source can carry bitmaps
+    v3_source = getattr(getattr(source, "header", None), "version", 0) >= 3
+    v3_out = str(options.get("compat", "1.1")) not in ("0.10", "v2")
+    bitmaps = 0 if source is not None and v3_source and v3_out and \
+        getattr(source, "format", "") == "qcow2" else None
     return Measurement(full if allocate_all else full - aligned + data, full, bitmaps)
 
 
