@@ -20,6 +20,13 @@ class ByteAxis(pg.AxisItem):
         self.extent: tuple[float, float] | None = None
         self.enableAutoSIPrefix(False)
 
+    def set_scale(self, bytes_per_unit: float, extent: tuple[float, float] | None = None) -> None:
+        """Bytes per view unit and the units that hold something; the ticks are redrawn."""
+        self.bytes_per_unit = bytes_per_unit
+        self.extent = extent
+        self.picture = None         # pyqtgraph's cached drawing of the ticks
+        self.update()
+
     def tickValues(self, minVal, maxVal, size):
         levels = super().tickValues(minVal, maxVal, size)
         if self.extent is None:

@@ -293,8 +293,7 @@ class HeatmapView(QWidget):
         self.picture = pic
         self.item.set_picture(pic)
         self.pictureChanged.emit()
-        self.axis.bytes_per_unit = pic.width * pic.bin * pic.cluster_size
-        self.axis.extent = (0, pic.rows)
+        self.axis.set_scale(pic.width * pic.bin * pic.cluster_size, (0, pic.rows))
         self.fit()
         self.legend.set_entries(m.legend(mode))
         what = "guest" if mode in GUEST_MODES else "host"
