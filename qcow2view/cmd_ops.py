@@ -208,6 +208,11 @@ def _commit(ns) -> int:
 
 def _rebase(ns) -> int:
     from .engine.ops.rebase import rebase_image
+    if ns.backing and ns.backing_fmt is None:
+        # qemu-img 7.2 (bdrv_change_backing_file with require_format), safe mode too
+        # -- where it refuses only after copying; the window's rebase still probes
+        raise Qcow2Error(f"Could not change the backing file to '{ns.backing}': "
+                         "backing format must be specified (-F)")
     rebase_image(ns.image, ns.backing, ns.backing_fmt, unsafe=ns.unsafe,
                  progress=_progress(ns))
     return 0

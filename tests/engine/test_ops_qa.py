@@ -266,3 +266,16 @@ def test_measure_says_bitmaps_only_for_v3_into_v3_as_qemu(tmp_path, capsys, setu
     rc, out, err = ours(capsys, *args)
     assert rc == 0, err
     assert json.loads(out) == want
+
+
+def test_rebase_without_format_refused_as_qemu(small, tmp_path, capsys):
+    """qemu-img 7.2 rebase -b NEW without -F is refused in safe mode too (after it
+    copied, here before): it rebased onto the probed format."""
+    other = qemu.create(tmp_path / "other.qcow2", "10M")
+    top = qemu.create(tmp_path / "top.qcow2", "10M", backing=str(small), backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 6 1M 64k")
+    theirs, mine = twins(top, tmp_path)
+    p = qemu.qemu_img("rebase", "-b", str(other), theirs, check=False)
+    rc, _, err = ours(capsys, "rebase", "-b", str(other), mine)
+    assert p.returncode == rc == 1 and "backing format must be specified" in err
+    assert len(err.splitlines()) == 1 and mine.read_bytes() == top.read_bytes()
