@@ -25,7 +25,7 @@ import numpy as np
 from . import clusters as C
 from .errors import CorruptImageError, Qcow2Error, ReadOnlyError
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
-from .refcounts import decode_refcount_block
+from .refcounts import REFT_RESERVED_MASK, decode_refcount_block
 from .refscan import (MAX_FINDINGS, Cancel, DiskRefcounts, Finding, Progress, RefScan,
                       Scanner, check_cancel, read_zero_filled)
 from .snapshots import SNAPSHOT_FIXED_SIZE, incomplete_snapshots, repack_snapshot_entry
@@ -305,6 +305,7 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
     # the snapshot table first, as qcow2_check_fix_snapshot_table: the walk below
     # then counts the new table's clusters and the old one's release
     fixed_snapshots = _fix_snapshot_table(image) if fix_errors else 0
+    grown = _grow_to_outside_refblocks(image) if fix_errors else 0
     scan, disk = _scan(image, progress, cancel)
     first = _result(image, scan, disk)
     rebuild = first.rebuild_needed or _refblock_shared(image, scan)
@@ -345,9 +346,31 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
         after = mid
     if not after.check_errors and not after.corruptions:
         _mark_clean(image)
-    after.corruptions_fixed = fixed_c + fixed_snapshots
+    after.corruptions_fixed = fixed_c + fixed_snapshots + grown
     after.leaks_fixed = fixed_l
     return after
+
+
+def _grow_to_outside_refblocks(image) -> int:
+    """check_refblocks with BDRV_FIX_ERRORS: a refcount block past the end of the file
+    is brought inside by growing the file to its end (the block reads as zeros: the
+    walk then finds it referenced with refcount 0, and the refcounts are rebuilt).
+    Returns the blocks brought in; one the file cannot grow to stays a corruption."""
+    cs, rt = image.cluster_size, image.refcount_table
+    grown = 0
+    for i in np.nonzero(rt)[0].tolist():
+        raw = int(rt[i])
+        off = raw & C.REFT_OFFSET_MASK
+        if raw & REFT_RESERVED_MASK or off & (cs - 1) or off < image.file.size:
+            continue
+        if off > (1 << 63) - 1 - cs:
+            continue
+        try:
+            image.file.truncate(off + cs)
+        except OSError:
+            continue                # "ERROR could not resize image": left as found
+        grown += 1
+    return grown
 
 
 def _fix_snapshot_table(image) -> int:
