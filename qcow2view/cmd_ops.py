@@ -66,6 +66,10 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
         p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
                        help="copy a source that is in use")
+        p.add_argument("-B", dest="backing", metavar="BACKING",
+                       help="the output's backing file (only what the source's top "
+                       "image holds is copied)")
+        p.add_argument("-F", dest="backing_fmt", help="the backing file's format")
         p.add_argument("-S", dest="sparse_size", metavar="SIZE",
                        help="(accepted; zero clusters are always left unallocated)")
         p.add_argument("src")
@@ -193,7 +197,7 @@ def _convert(ns) -> int:
     convert_image(ns.src, ns.dst, out_fmt=ns.out_fmt, compress=ns.compress,
                   options=_create_options(ns.options), snapshot=sp and sp.key,
                   src_fmt=ns.fmt, force_share=ns.force_share, threads=max(1, ns.threads),
-                  progress=_progress(ns))
+                  backing=ns.backing, backing_fmt=ns.backing_fmt, progress=_progress(ns))
     return 0
 
 

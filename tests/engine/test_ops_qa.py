@@ -279,3 +279,51 @@ def test_rebase_without_format_refused_as_qemu(small, tmp_path, capsys):
     rc, _, err = ours(capsys, "rebase", "-b", str(other), mine)
     assert p.returncode == rc == 1 and "backing format must be specified" in err
     assert len(err.splitlines()) == 1 and mine.read_bytes() == top.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def chain3(tmp_path_factory):
+    """base <- mid <- top, the top with data, a zero cluster over base data and a
+    compressed-cluster base."""
+    d = tmp_path_factory.mktemp("chain3")
+    base = qemu.create(d / "base.qcow2", "8M")
+    qemu.qemu_io(base, "write -P 1 0 3M", "write -c -P 2 6M 64k")
+    mid = qemu.create(d / "mid.qcow2", "8M", backing="base.qcow2", backing_fmt="qcow2")
+    qemu.qemu_io(mid, "write -P 3 1M 1M")
+    top = qemu.create(d / "top.qcow2", "8M", backing="mid.qcow2", backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -z 0 64k", "write -P 4 1536k 600k", "write -P 5 7M 4k")
+    return top
+
+
+@pytest.mark.parametrize("args", [
+    ("-B", "mid.qcow2", "-F", "qcow2"), ("-B", "base.qcow2", "-F", "qcow2"),
+    ("-c", "-B", "mid.qcow2", "-F", "qcow2", "-o", "cluster_size=2M"),
+    ("-o", "backing_file=mid.qcow2,backing_fmt=qcow2"),
+    ("-B", "mid.qcow2"), ("-O", "raw", "-B", "mid.qcow2", "-F", "qcow2")])
+def test_convert_with_a_backing_file_for_the_output_as_qemu(chain3, tmp_path, capsys, args):
+    """convert -B (it was a usage error) and -o backing_file: only what the top image
+    decides is copied, its zero clusters as zeros (they were skipped, so the
+    output's backing file showed through); without -F or into raw refused."""
+    d = chain3.parent
+    out_q, out_o = d / "q.out", d / "o.out"
+    head = () if "-O" in args else ("-O", "qcow2")
+    p = qemu.qemu_img("convert", *head, *args, chain3, out_q, check=False)
+    rc, _, err = ours(capsys, "convert", *head, *args, chain3, out_o)
+    assert rc == p.returncode, err
+    if rc:
+        assert len(err.splitlines()) == 1 and not out_o.exists()
+        return
+    assert_same_as_qemu(out_q, out_o)
+    out_q.unlink()
+    out_o.unlink()
+
+
+@pytest.mark.parametrize("mode", ["full", "falloc"])
+def test_convert_with_full_preallocation_as_qemu(small, tmp_path, capsys, mode):
+    args = ("convert", "-O", "qcow2", "-o", f"preallocation={mode}", str(small))
+    qemu.qemu_img(*args, tmp_path / "q.qcow2")
+    rc, _, err = ours(capsys, *args, str(tmp_path / "o.qcow2"))
+    assert rc == 0, err
+    assert_same_as_qemu(tmp_path / "q.qcow2", tmp_path / "o.qcow2")
+    blocks = (tmp_path / "o.qcow2").stat().st_blocks * 512
+    assert blocks >= 10 << 20            # every cluster allocated on the host

@@ -74,21 +74,33 @@ def nonzero_runs(data: bytes, granule: int) -> list[tuple[int, int]]:
 def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                   compress: bool = False, options: dict | None = None,
                   snapshot: str | None = None, src_fmt: str | None = None,
-                  force_share: bool = False, threads: int = 2, progress=None) -> None:
+                  force_share: bool = False, threads: int = 2, backing: str | None = None,
+                  backing_fmt: str | None = None, progress=None) -> None:
     """Write the guest disk of ``src_path`` (or of one of its snapshots) to a new
     image at ``dst_path`` (replaced if it exists, as qemu-img does).  A source in
     use by a VM is refused unless ``force_share`` (qemu-img's ``-U``): its copy
     would mix moments of a running disk.  ``threads`` compress at once with
     ``compress`` (qemu-img's ``-m``)."""
     options = dict(options or {})
+    if backing is not None:             # -B (an -o backing_file wins, as in qemu-img)
+        options.setdefault("backing_file", backing)
+    if backing_fmt is not None and options.get("backing_file"):
+        options.setdefault("backing_fmt", backing_fmt)
     if out_fmt not in ("qcow2", "raw"):
         raise RequestError(f"output format {out_fmt!r} is not supported (qcow2 or raw)")
     if compress and out_fmt != "qcow2":
         raise RequestError("Compression not supported for this file format")
     if compress and (options or {}).get("preallocation", "off") != "off":
         raise RequestError("Compression and preallocation not supported at the same time")
+    if out_fmt == "raw" and options.get("backing_file"):
+        raise RequestError("Backing file not supported for file format 'raw'")
     if out_fmt == "raw" and options:
         raise RequestError(f"raw images take no options ({', '.join(options)})")
+    if options.get("backing_file") and not options.get("backing_fmt"):
+        raise RequestError("Use of backing file requires explicit backing format")
+    prealloc_all = options.get("preallocation") in ("falloc", "full")
+    if prealloc_all:                    # metadata, then the file allocated to its end
+        options["preallocation"] = "metadata"
     if os.path.exists(dst_path):
         if os.path.samefile(src_path, dst_path):
             raise RequestError("the output file is the input file", path=dst_path)
@@ -104,17 +116,44 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
             _to_raw(src, dst_path, size, progress)
         else:
             create_image(dst_path, size, overwrite=True, **options)
+            # over a backing file the output holds what the source's top image decides
+            own = _decided(src) if options.get("backing_file") else None
             with M.opened_writable(dst_path) as dst:
                 # a new file nothing refers to yet: like qemu-img convert (cache=unsafe)
                 # it is written without flushes; `sync` makes it durable
                 dst.file.fsync = _no_flush
                 if compress and threads > 1:
                     with ThreadPoolExecutor(threads) as pool:
-                        _to_qcow2(src, dst, size, compress, progress, pool)
+                        _to_qcow2(src, dst, size, compress, progress, pool, own)
                 else:
-                    _to_qcow2(src, dst, size, compress, progress)
+                    _to_qcow2(src, dst, size, compress, progress, own=own)
+            if prealloc_all:
+                _allocate_file(dst_path)
     finally:
         src.close()
+
+
+def _decided(src) -> tuple[int, np.ndarray] | None:
+    """(granule, flags): the source's guest ranges its top image decides (data, zero
+    or compressed; all of them without a backing file), as qemu-img convert -B reads
+    the block status of the top image only; None: all of the disk."""
+    if getattr(src, "format", "") != "qcow2" or src.backing is None:
+        return None
+    granule, own = M.guest_allocation(src)
+    past = -(-src.backing.virtual_size // granule)   # past the backing file: zeros
+    own[past:] = True
+    return granule, own
+
+
+def _allocate_file(path: str) -> None:
+    """preallocation=falloc|full: the file's clusters allocated on the host."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def _no_flush() -> None:
@@ -137,23 +176,63 @@ def _to_raw(src, dst_path: str, size: int, progress) -> None:
         out.close()
 
 
-def _to_qcow2(src, dst, size: int, compress: bool, progress, pool=None) -> None:
+def _to_qcow2(src, dst, size: int, compress: bool, progress, pool=None,
+              own: tuple[int, np.ndarray] | None = None) -> None:
     cs = dst.cluster_size
-    ctype = dst.header.compression_type
     chunk = max(CHUNK // cs, 1) * cs
+    if own is not None:
+        chunk = max(chunk // own[0], 1) * own[0]
     for pos in range(0, size, chunk):
         n = min(chunk, size - pos)
-        data = src.read(pos, n)
-        for a, b in nonzero_runs(data, cs):
-            piece = memoryview(data)[a:b]
-            whole = (b - a) // cs * cs
-            if compress and whole:
-                clusters = bytes(piece[:whole])
-                write_compressed(dst, pos + a, clusters,
-                                 compressed=compress_clusters(clusters, cs, ctype, pool))
-                if whole < b - a:    # the disk's last, partial cluster
-                    dst.write(pos + a + whole, piece[whole:])
-            else:
-                dst.write(pos + a, piece)
+        if own is None:
+            _copy_chunk(src, dst, pos, n, compress, pool)
+        else:
+            # only what the top image decides, zeros written as zeros: the output's
+            # backing file must not show through them
+            for lo, hi in _own_spans(own, pos, n, cs if compress else 1, size):
+                _copy_chunk(src, dst, lo, hi - lo, compress, pool, zeros=True)
         M.report(progress, pos + n, size)
     dst.flush()
+
+
+def _own_spans(own, pos: int, n: int, align: int, size: int) -> list[tuple[int, int]]:
+    """The byte spans of [pos, pos + n) the top image decides, widened to ``align``
+    (whole output clusters for compressed writes: the rest reads the same there)
+    and merged."""
+    granule, flags = own
+    first = pos // granule
+    out: list[tuple[int, int]] = []
+    for a, b in M.runs(flags[first:first + -(-n // granule)]):
+        lo, hi = pos + a * granule, min(pos + b * granule, pos + n)
+        lo, hi = lo // align * align, min(-(-hi // align) * align, size)
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _copy_chunk(src, dst, pos: int, n: int, compress: bool, pool,
+                zeros: bool = False) -> None:
+    """The nonzero clusters of ``n`` guest bytes at ``pos`` written (compressed);
+    with ``zeros`` the zero ones between them written as zeros."""
+    cs = dst.cluster_size
+    ctype = dst.header.compression_type
+    data = src.read(pos, n)
+    end = 0
+    for a, b in nonzero_runs(data, cs):
+        if zeros and a > end:
+            dst.write_zeroes(pos + end, a - end)
+        end = b
+        piece = memoryview(data)[a:b]
+        whole = (b - a) // cs * cs
+        if compress and whole:
+            clusters = bytes(piece[:whole])
+            write_compressed(dst, pos + a, clusters,
+                             compressed=compress_clusters(clusters, cs, ctype, pool))
+            if whole < b - a:    # the disk's last, partial cluster
+                dst.write(pos + a + whole, piece[whole:])
+        else:
+            dst.write(pos + a, piece)
+    if zeros and n > end:
+        dst.write_zeroes(pos + end, n - end)
