@@ -305,10 +305,14 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
     # the snapshot table first, as qcow2_check_fix_snapshot_table: the walk below
     # then counts the new table's clusters and the old one's release
     fixed_snapshots = _fix_snapshot_table(image) if fix_errors else 0
-    grown = _grow_to_outside_refblocks(image) if fix_errors else 0
+    # what QEMU's first walk fixes as it goes (fix_errors only)
+    fixed_early, must_rebuild = 0, False
+    if fix_errors:
+        fixed_early, must_rebuild = _grow_to_outside_refblocks(image)
+        fixed_early += _zero_misaligned_preallocated(image)
     scan, disk = _scan(image, progress, cancel)
     first = _result(image, scan, disk)
-    rebuild = first.rebuild_needed or _refblock_shared(image, scan)
+    rebuild = must_rebuild or first.rebuild_needed or _refblock_shared(image, scan)
     if rebuild and not fix_errors:
         # qemu-img check -r leaks: "ERROR need to rebuild refcount structures",
         # the check fails (exit 1) and nothing is written
@@ -332,7 +336,7 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
     scan2, disk2 = _scan(image, None, cancel)
     mid = _result(image, scan2, disk2)
     other = mid.corruptions - scan2.copied_corruptions
-    copied, overlaps = scan2.copied_entries, scan2.overlap_clusters
+    copied, overlaps = scan2.copied_entries, scan2.metadata_overlaps
     del scan2, disk2
     fixed_flags = 0
     if fix_errors or (not mid.check_errors and not other and not mid.leaks):
@@ -346,31 +350,77 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
         after = mid
     if not after.check_errors and not after.corruptions:
         _mark_clean(image)
-    after.corruptions_fixed = fixed_c + fixed_snapshots + grown
+    after.corruptions_fixed = fixed_c + fixed_snapshots + fixed_early
     after.leaks_fixed = fixed_l
     return after
 
 
-def _grow_to_outside_refblocks(image) -> int:
+def _grow_to_outside_refblocks(image) -> tuple[int, bool]:
     """check_refblocks with BDRV_FIX_ERRORS: a refcount block past the end of the file
     is brought inside by growing the file to its end (the block reads as zeros: the
-    walk then finds it referenced with refcount 0, and the refcounts are rebuilt).
-    Returns the blocks brought in; one the file cannot grow to stays a corruption."""
+    walk then finds it referenced with refcount 0).  Returns (blocks brought in,
+    whether the refcounts must be rebuilt): QEMU rebuilds them after any such block,
+    also one the file cannot grow to ("ERROR could not resize image")."""
     cs, rt = image.cluster_size, image.refcount_table
-    grown = 0
+    grown, rebuild = 0, False
     for i in np.nonzero(rt)[0].tolist():
         raw = int(rt[i])
         off = raw & C.REFT_OFFSET_MASK
         if raw & REFT_RESERVED_MASK or off & (cs - 1) or off < image.file.size:
             continue
+        rebuild = True
         if off > (1 << 63) - 1 - cs:
             continue
         try:
             image.file.truncate(off + cs)
         except OSError:
-            continue                # "ERROR could not resize image": left as found
+            continue                # left outside: still a corruption
         grown += 1
-    return grown
+    return grown, rebuild
+
+
+def _zero_misaligned_preallocated(image) -> int:
+    """check_refcounts_l2 with BDRV_FIX_ERRORS (fix_l2_entry_by_zero): an entry whose
+    host offset is not cluster aligned and that holds no data (a preallocated zero
+    cluster; with extended L2, no subcluster allocated) becomes a plain zero
+    cluster, in the L2 tables of the active disk and of every snapshot.  An entry
+    that holds data stays a corruption, as in QEMU.  Returns the entries fixed."""
+    cs = image.cluster_size
+    if cs <= 512:
+        return 0        # every offset in an entry is a multiple of 512: none misaligned
+    ext = bool(image.extended_l2)
+    size = image.file.size
+    l1s = [image.l1_table.entries] + [image.snapshot_l1_table(s).entries
+                                      for s in image.snapshots]
+    seen: set[int] = set()
+    fixed = 0
+    for l1 in l1s:
+        for e in l1.tolist():
+            l2 = int(e) & C.L1E_OFFSET_MASK
+            if not l2 or l2 & (cs - 1) or l2 + cs > size or l2 in seen:
+                continue
+            seen.add(l2)
+            words = np.frombuffer(image.file.pread(l2, cs), dtype=">u8").astype(np.uint64)
+            ent = words[0::2] if ext else words
+            off = ent & np.uint64(C.L2E_OFFSET_MASK)
+            bad = ((ent & np.uint64(C.QCOW_OFLAG_COMPRESSED)) == 0) & (off != 0) & (
+                (off & np.uint64(cs - 1)) != 0)
+            if ext:
+                bad &= (words[1::2] & np.uint64(C.L2_BITMAP_ALL_ALLOC)) == 0
+            else:
+                bad &= (ent & np.uint64(C.QCOW_OFLAG_ZERO)) != 0
+            for i in np.flatnonzero(bad).tolist():
+                if ext:
+                    bm = int(words[2 * i + 1])
+                    bm = (bm | (bm << 32)) & C.L2_BITMAP_ALL_ZERO
+                    image.meta.write_l2(l2, np.array([0, bm], dtype=np.uint64), 2 * i)
+                else:
+                    image.meta.write_l2(l2, np.array([C.QCOW_OFLAG_ZERO], dtype=np.uint64), i)
+                fixed += 1
+    if fixed:
+        image.file.fsync()
+        image.invalidate_caches()
+    return fixed
 
 
 def _fix_snapshot_table(image) -> int:
@@ -500,8 +550,9 @@ def _fix_copied(image, entries: list[tuple[int, int, bool, int]],
     for eo, raw, is_l1, table in entries:
         if not is_l1 and any(cluster in overlaps for cluster in
                              range(table >> cb, ((table + image.cluster_size - 1) >> cb) + 1)):
-            # an "L2 table" that is also other metadata or guest data: QEMU's
-            # overlap check refuses the write, we leave the entry alone
+            # an "L2 table" that is also other metadata: QEMU's overlap check refuses
+            # the write, we leave the entry alone (one that is guest data too is
+            # written, as QEMU writes it: its check knows only metadata)
             continue
         cur = struct.unpack(">Q", file.pread(eo, 8))[0]
         if cur != raw:

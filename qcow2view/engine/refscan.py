@@ -95,6 +95,8 @@ class RefScan:
     l2_lo: list[np.ndarray] = field(default_factory=list)
     l2_hi: list[np.ndarray] = field(default_factory=list)
     overlap_clusters: set[int] = field(default_factory=set)
+    # of those, the ones two kinds of metadata share (what QEMU's overlap check sees)
+    metadata_overlaps: set[int] = field(default_factory=set)
     rebuild: bool = False             # QEMU would want to rebuild the refcount structure
     copied_corruptions: int = 0       # of corruptions, those from check_oflag_copied
     copied_entries: list[tuple[int, int, bool, int]] = field(default_factory=list)
@@ -569,3 +571,4 @@ class Scanner(L2TableWalk):
         other = self.r.refs_at(u).astype(np.int64) > n_meta
         hit = u[mixed | other]
         self.r.overlap_clusters.update(hit[:MAX_OVERLAPS].tolist())
+        self.r.metadata_overlaps.update(u[mixed][:MAX_OVERLAPS].tolist())
