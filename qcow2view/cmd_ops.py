@@ -66,6 +66,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
         p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
                        help="copy a source that is in use")
+        p.add_argument("-n", action="store_false", dest="create",
+                       help="write into an existing image (no image is created)")
         p.add_argument("-B", dest="backing", metavar="BACKING",
                        help="the output's backing file (only what the source's top "
                        "image holds is copied)")
@@ -197,7 +199,8 @@ def _convert(ns) -> int:
     convert_image(ns.src, ns.dst, out_fmt=ns.out_fmt, compress=ns.compress,
                   options=_create_options(ns.options), snapshot=sp and sp.key,
                   src_fmt=ns.fmt, force_share=ns.force_share, threads=max(1, ns.threads),
-                  backing=ns.backing, backing_fmt=ns.backing_fmt, progress=_progress(ns))
+                  backing=ns.backing, backing_fmt=ns.backing_fmt, create=ns.create,
+                  progress=_progress(ns))
     return 0
 
 

@@ -327,3 +327,25 @@ def test_convert_with_full_preallocation_as_qemu(small, tmp_path, capsys, mode):
     assert_same_as_qemu(tmp_path / "q.qcow2", tmp_path / "o.qcow2")
     blocks = (tmp_path / "o.qcow2").stat().st_blocks * 512
     assert blocks >= 10 << 20            # every cluster allocated on the host
+
+
+@pytest.mark.parametrize("fmt, size, opts", [("qcow2", "16M", ()), ("raw", "16M", ()),
+                                             ("qcow2", "4M", ()),
+                                             ("qcow2", "16M", ("-o", "cluster_size=4k"))])
+def test_convert_into_an_existing_image_as_qemu(small, tmp_path, capsys, fmt, size, opts):
+    """convert -n (a usage error before): the target keeps its format and size, and
+    every byte of the source disk, zeros included, lands on what it held; a target
+    smaller than the source and -o are refused as qemu-img refuses them."""
+    target = qemu.create(tmp_path / "t.img", size, fmt=fmt)
+    qemu.qemu_io(target, f"write -P 9 0 {size}", fmt=fmt)
+    theirs, mine = twins(target, tmp_path)
+    args = ("convert", "-n", "-O", fmt, *opts, str(small))
+    p = qemu.qemu_img(*args, theirs, check=False)
+    rc, _, err = ours(capsys, *args, mine)
+    assert rc == p.returncode, err
+    if rc:
+        assert len(err.splitlines()) == 1 and mine.read_bytes() == target.read_bytes()
+    elif fmt == "raw":
+        assert mine.read_bytes() == theirs.read_bytes()
+    else:
+        assert_same_as_qemu(theirs, mine)

@@ -75,12 +75,14 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                   compress: bool = False, options: dict | None = None,
                   snapshot: str | None = None, src_fmt: str | None = None,
                   force_share: bool = False, threads: int = 2, backing: str | None = None,
-                  backing_fmt: str | None = None, progress=None) -> None:
+                  backing_fmt: str | None = None, create: bool = True,
+                  progress=None) -> None:
     """Write the guest disk of ``src_path`` (or of one of its snapshots) to a new
     image at ``dst_path`` (replaced if it exists, as qemu-img does).  A source in
     use by a VM is refused unless ``force_share`` (qemu-img's ``-U``): its copy
     would mix moments of a running disk.  ``threads`` compress at once with
-    ``compress`` (qemu-img's ``-m``)."""
+    ``compress`` (qemu-img's ``-m``).  ``create=False`` (``-n``) writes into an
+    existing image instead."""
     options = dict(options or {})
     if backing is not None:             # -B (an -o backing_file wins, as in qemu-img)
         options.setdefault("backing_file", backing)
@@ -101,6 +103,11 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
     prealloc_all = options.get("preallocation") in ("falloc", "full")
     if prealloc_all:                    # metadata, then the file allocated to its end
         options["preallocation"] = "metadata"
+    if not create:
+        if options:
+            raise RequestError("-o has no effect when skipping image creation")
+        if not os.path.exists(dst_path):
+            raise Qcow2Error(f"Could not open '{dst_path}': No such file or directory")
     if os.path.exists(dst_path):
         if os.path.samefile(src_path, dst_path):
             raise RequestError("the output file is the input file", path=dst_path)
@@ -112,7 +119,9 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                                   "a VM or another qemu process using it? (-U copies it "
                                   "anyway)", path=src_path)
         size = src.virtual_size
-        if out_fmt == "raw":
+        if not create:
+            _into_existing(src, dst_path, out_fmt, size, compress, progress)
+        elif out_fmt == "raw":
             _to_raw(src, dst_path, size, progress)
         else:
             create_image(dst_path, size, overwrite=True, **options)
@@ -131,6 +140,34 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                 _allocate_file(dst_path)
     finally:
         src.close()
+
+
+def _into_existing(src, dst_path: str, out_fmt: str, size: int, compress: bool,
+                   progress) -> None:
+    """-n: the guest disk over an existing image (its own format, size and options
+    kept), zeros written as zeros since the target may hold anything there."""
+    if out_fmt == "raw":
+        out = HostFile(dst_path, writable=True)
+        try:
+            if out.size < size:
+                raise RequestError("output file is smaller than input file", path=dst_path)
+            for pos in range(0, size, CHUNK):
+                n = min(CHUNK, size - pos)
+                out.pwrite(pos, src.read(pos, n))
+                M.report(progress, pos + n, size)
+        finally:
+            out.close()
+        return
+    with M.opened_writable(dst_path) as dst:
+        if dst.virtual_size < size:
+            raise RequestError("output file is smaller than input file", path=dst_path)
+        cs = dst.cluster_size
+        chunk = max(CHUNK // cs, 1) * cs
+        for pos in range(0, size, chunk):
+            n = min(chunk, size - pos)
+            _copy_chunk(src, dst, pos, n, compress, None, zeros=True)
+            M.report(progress, pos + n, size)
+        dst.flush()
 
 
 def _decided(src) -> tuple[int, np.ndarray] | None:
