@@ -114,7 +114,8 @@ def _progress(ns):
 def main(cmd: str, argv: list[str]) -> int:
     ns = _parser(cmd).parse_args(_fix_negative(cmd, argv))
     try:
-        if ns.fmt not in (None, "qcow2") and cmd not in ("convert", "measure"):
+        if ns.fmt not in (None, "qcow2") and cmd not in ("convert", "measure") and \
+                not (cmd == "resize" and ns.fmt == "raw"):
             raise Qcow2Error(f"format {ns.fmt!r} is not supported here (qcow2 only)")
         return globals()[f"_{cmd}"](ns)
     except Qcow2Error as e:
@@ -171,7 +172,15 @@ def _print_snapshots(snaps) -> None:
 
 # -- resize -------------------------------------------------------------------------------
 def _resize(ns) -> int:
-    from .engine.ops.resize import parse_resize, resize_image
+    from .engine.image import probe_format
+    from .engine.ops.resize import parse_resize, resize_image, resize_raw
+    if not os.path.exists(ns.image):
+        raise Qcow2Error("no such file", path=ns.image)
+    if (ns.fmt or probe_format(ns.image)) == "raw":
+        resize_raw(ns.image, ns.size, shrink=ns.shrink)
+        if not ns.quiet:
+            emit("Image resized.")
+        return 0
     with _open_rw(ns.image) as im:
         resize_image(im, parse_resize(im.virtual_size, ns.size), shrink=ns.shrink,
                      progress=_progress(ns))

@@ -349,3 +349,20 @@ def test_convert_into_an_existing_image_as_qemu(small, tmp_path, capsys, fmt, si
         assert mine.read_bytes() == theirs.read_bytes()
     else:
         assert_same_as_qemu(theirs, mine)
+
+
+@pytest.mark.parametrize("args", [("+1M",), ("1000",), ("--shrink", "1000"),
+                                  ("-f", "raw", "--shrink", "1536"), ("-f", "qcow2", "+1M")])
+def test_resize_of_a_raw_file_as_qemu(tmp_path, capsys, args):
+    """qemu-img resizes raw files too (to any byte count; shrinking needs --shrink);
+    it was refused as 'qcow2 only'."""
+    raw = qemu.create(tmp_path / "r.raw", "1M", fmt="raw")
+    qemu.qemu_io(raw, "write -P 5 0 1M", fmt="raw")
+    theirs, mine = tmp_path / "q.raw", tmp_path / "o.raw"
+    theirs.write_bytes(raw.read_bytes())
+    mine.write_bytes(raw.read_bytes())
+    *opts, size = args
+    p = qemu.qemu_img("resize", *opts, theirs, size, check=False)
+    rc, _, err = ours(capsys, "resize", *opts, mine, size)
+    assert rc == p.returncode, err
+    assert mine.read_bytes() == theirs.read_bytes()

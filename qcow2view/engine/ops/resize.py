@@ -11,6 +11,8 @@ if a snapshot shares it), and the file is cut after the last used cluster.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .. import clusters as C
@@ -42,6 +44,21 @@ def shrink_refusal(image, new_size: int) -> str | None:
                 f"growing it): qemu-img resize --shrink cuts the data file "
                 f"'{image.data_file_name}' too")
     return None
+
+
+def resize_raw(path: str, text: str, *, shrink: bool = False) -> int:
+    """qemu-img resize of a raw file: the file set to the new size (any byte count);
+    returns it.  A file some process holds with QEMU's locks is refused."""
+    M.refuse_if_in_use(path)
+    new_size = parse_resize(os.path.getsize(path), text)
+    if new_size < os.path.getsize(path) and not shrink:
+        raise RequestError(SHRINK_REFUSED)
+    if new_size > MAX_VIRTUAL_SIZE:
+        raise RequestError("Image size is too large")
+    with open(path, "r+b") as f:
+        f.truncate(new_size)
+        os.fsync(f.fileno())
+    return new_size
 
 
 def l1_entries_for(image, size: int) -> int:
