@@ -162,14 +162,16 @@ class GuestIndex:
 
     def _add_files(self, gv, vi, fs, S, E, K, V, R, F, T) -> None:
         """The files of one filesystem: one IndexedFile per inode, its extents as
-        intervals (the hot loop of a build: methods bound once, no calls per extent)."""
+        intervals (the hot loop of a build: methods bound once, a few calls per file;
+        the extents become intervals in one numpy pass after it)."""
         files, by_path = self.files, self._by_path
-        s_add, e_add, k_add, v_add, r_add, f_add, t_add = (
-            S.append, E.append, K.append, V.append, R.append, F.append, T.append)
         by_inode: dict[int, IndexedFile] = {}
         inos, fids = array("q"), array("q")      # every file's inode, for record_owner
         ino_add, fid_add = inos.append, fids.append
-        bs = max(1, fs.block_size)
+        exts: list[tuple[int, int, int]] = []    # every extent, file by file
+        counts, owners, kinds = array("q"), array("q"), array("b")     # per file with extents
+        ext_add, count_add, owner_add, kind_add = (exts.extend, counts.append, owners.append,
+                                                   kinds.append)
         shared_names = fs.type == "ntfs"        # NTFS link counts come from the names
         for info in fs.files:
             linked = info.links > 1 or shared_names
@@ -183,14 +185,8 @@ class GuestIndex:
                     by_inode[info.inode] = f
                 ext = info.extents
                 if ext:
-                    kind = METADATA if info.type == "dir" or info.system else FILE_DATA
-                    for fo, g, n in ext[:-1]:
-                        s_add(g), e_add(g + n), k_add(kind), v_add(vi), r_add(fid)
-                        f_add(fo), t_add(1)
-                    fo, g, n = ext[-1]
-                    n = -(-n // bs) * bs                # the last block's slack is the file's
-                    s_add(g), e_add(g + n), k_add(kind), v_add(vi), r_add(fid)
-                    f_add(fo), t_add(1)
+                    ext_add(ext), count_add(len(ext)), owner_add(fid)
+                    kind_add(METADATA if info.type == "dir" or info.system else FILE_DATA)
             else:
                 f.names.append(info.path)
             got = by_path.get(info.path)
@@ -198,6 +194,9 @@ class GuestIndex:
                 by_path[info.path] = [f]
             else:
                 got.append(f)
+        if exts:
+            _extent_intervals(exts, counts, owners, kinds, vi, max(1, fs.block_size),
+                              S, E, K, V, R, F, T)
         ino = np.frombuffer(inos, np.int64)
         order = np.argsort(ino, kind="stable")
         tables = sorted(fs.record_tables)
@@ -382,6 +381,25 @@ class GuestIndex:
         return sorted({o.guest_offset for o in hm.owners(cluster)
                        if o.guest_offset is not None and o.table.endswith("L2")
                        and o.guest_offset < self.disk.size})
+
+
+def _extent_intervals(exts, counts, owners, kinds, vi: int, bs: int, S, E, K, V, R, F, T) -> None:
+    """Append the files' extents (file offset, guest offset, length), file by file,
+    to the interval arrays: ``counts`` extents each, owned by file ``owners`` as
+    ``kinds``; a file's last extent runs to the end of its block (the slack is its)."""
+    e = np.array(exts, np.int64).reshape(-1, 3)
+    per = np.frombuffer(counts, np.int64)
+    g = e[:, 1].copy()
+    n = e[:, 2].copy()
+    last = np.cumsum(per) - 1
+    n[last] = -(-n[last] // bs) * bs
+    S.frombytes(g.tobytes())
+    E.frombytes((g + n).tobytes())
+    K.frombytes(np.repeat(np.frombuffer(kinds, np.int8), per).tobytes())
+    V.frombytes(np.full(len(g), vi, np.int32).tobytes())
+    R.frombytes(np.repeat(np.frombuffer(owners, np.int64), per).astype(np.int32).tobytes())
+    F.frombytes(e[:, 0].copy().tobytes())
+    T.frombytes(np.ones(len(g), np.int8).tobytes())
 
 
 def _host_to_guest(image) -> tuple[np.ndarray, np.ndarray]:
