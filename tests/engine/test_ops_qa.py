@@ -366,3 +366,17 @@ def test_resize_of_a_raw_file_as_qemu(tmp_path, capsys, args):
     rc, _, err = ours(capsys, "resize", *opts, mine, size)
     assert rc == p.returncode, err
     assert mine.read_bytes() == theirs.read_bytes()
+
+
+def test_growing_a_v2_overlay_over_a_longer_backing_file_refused_as_qemu(small, tmp_path,
+                                                                          capsys):
+    """The new area must read zeros, not the backing file, and v2 has no zero
+    clusters: qemu-img resize fails ('Failed to zero out new clusters'); it grew."""
+    top = qemu.create(tmp_path / "top.qcow2", "4M", "compat=0.10", backing=str(small),
+                      backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 4 0 64k")
+    theirs, mine = twins(top, tmp_path)
+    p = qemu.qemu_img("resize", theirs, "+2M", check=False)
+    rc, _, err = ours(capsys, "resize", mine, "+2M")
+    assert p.returncode == rc == 1 and "Failed to zero out new clusters" in err
+    assert mine.read_bytes() == top.read_bytes()

@@ -88,6 +88,11 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
     need = l1_entries_for(image, new_size)
     if need * 8 > QCOW_MAX_L1_SIZE:
         raise RequestError("The image size is too large for file format 'qcow2'")
+    if new_size > old_size and image.header.version < 3 and image.backing is not None \
+            and image.backing.virtual_size > old_size:
+        # the new area must not show the backing file, and v2 has no zero clusters
+        # (qcow2_co_truncate -> qcow2_subcluster_zeroize: -ENOTSUP)
+        raise RequestError("Failed to zero out new clusters: Operation not supported")
     if new_size > old_size:
         image.meta.grow_l1(need)
         _grow_data_file(image, new_size)
