@@ -23,8 +23,12 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     # qemu-img run unchanged: cache modes (the engine flushes as QEMU orders it)
     if cmd in ("commit", "rebase", "convert"):
         p.add_argument("-t", dest="cache", metavar="CACHE", help="(accepted, no effect)")
+    if cmd == "amend":
+        p.add_argument("-t", dest="cache", metavar="CACHE", help="(accepted, no effect)")
     if cmd in ("rebase", "convert"):
         p.add_argument("-T", dest="src_cache", metavar="CACHE", help="(accepted, no effect)")
+    if cmd in ("commit", "convert"):
+        p.add_argument("-r", dest="rate_limit", metavar="RATE", help="(accepted, no limit)")
     if cmd in ("snapshot", "measure"):
         p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
                        help="open an image in use (reading never takes a lock here)")
@@ -64,6 +68,11 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-l", dest="snapshot", help="snapshot.name=NAME or snapshot.id=ID")
         p.add_argument("-m", dest="threads", type=int, default=2, help="compression threads")
         p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
+        p.add_argument("-C", action="store_true", dest="copy_offload",
+                       help="(accepted: the copy is made by reading and writing)")
+        p.add_argument("--salvage", action="store_true", help="(accepted)")
+        p.add_argument("--target-is-zero", action="store_true", dest="target_is_zero",
+                       help="with -n: the target reads zeros, zero ranges are not written")
         p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
                        help="copy a source that is in use")
         p.add_argument("-n", action="store_false", dest="create",
@@ -204,12 +213,19 @@ def _create_options(groups: list[str]) -> dict:
 
 def _convert(ns) -> int:
     from .engine.ops.convert import SnapshotParam, convert_image
+    if ns.target_is_zero and ns.create:
+        raise Qcow2Error("--target-is-zero requires use of -n flag")
+    if ns.copy_offload and (ns.compress or ns.sparse_size is not None):
+        raise Qcow2Error("Cannot enable copy offloading when "
+                         f"{'-c' if ns.compress else '-S'} is used")
+    if ns.copy_offload and ns.salvage:
+        raise Qcow2Error("Cannot use copy offloading in salvaging mode")
     sp = SnapshotParam.parse(ns.snapshot)
     convert_image(ns.src, ns.dst, out_fmt=ns.out_fmt, compress=ns.compress,
                   options=_create_options(ns.options), snapshot=sp and sp.key,
                   src_fmt=ns.fmt, force_share=ns.force_share, threads=max(1, ns.threads),
                   backing=ns.backing, backing_fmt=ns.backing_fmt, create=ns.create,
-                  progress=_progress(ns))
+                  target_is_zero=ns.target_is_zero, progress=_progress(ns))
     return 0
 
 

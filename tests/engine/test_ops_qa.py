@@ -93,6 +93,10 @@ def test_commit_base_is_found_relative_to_the_chain_as_qemu(small, tmp_path, cap
     ("commit", "-t", "none", "{img}"),
     ("rebase", "-t", "none", "-T", "none", "-u", "-b", "{base}", "-F", "qcow2", "{img}"),
     ("convert", "-t", "none", "-T", "none", "-S", "4k", "-O", "qcow2", "{img}", "{out}"),
+    ("commit", "-r", "1M", "{img}"),
+    ("convert", "-C", "-r", "100M", "-O", "qcow2", "{img}", "{out}"),
+    ("convert", "--salvage", "-O", "qcow2", "{img}", "{out}"),
+    ("amend", "-t", "none", "-o", "lazy_refcounts=on", "{img}"),
 ])
 def test_qemu_img_options_that_change_nothing_are_accepted(small, tmp_path, capsys, args):
     """Scripts written for qemu-img pass cache modes (-t/-T), -U and -S: they were
@@ -380,3 +384,22 @@ def test_growing_a_v2_overlay_over_a_longer_backing_file_refused_as_qemu(small, 
     rc, _, err = ours(capsys, "resize", mine, "+2M")
     assert p.returncode == rc == 1 and "Failed to zero out new clusters" in err
     assert mine.read_bytes() == top.read_bytes()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--target-is-zero",), "requires use of -n"), (("-C", "-c"), "copy offloading"),
+    (("-C", "-S", "0"), "copy offloading"), (("-C", "--salvage"), "copy offloading")])
+def test_convert_option_refusals_as_qemu(small, tmp_path, capsys, args, words):
+    argv = ("convert", *args, "-O", "qcow2", str(small))
+    p = qemu.qemu_img(*argv, tmp_path / "q.qcow2", check=False)
+    rc, _, err = ours(capsys, *argv, str(tmp_path / "o.qcow2"))
+    assert p.returncode == rc == 1 and words in err and len(err.splitlines()) == 1
+
+
+def test_convert_n_target_is_zero_as_qemu(small, tmp_path, capsys):
+    theirs = qemu.create(tmp_path / "q.qcow2", "10M")
+    mine = qemu.create(tmp_path / "o.qcow2", "10M")
+    argv = ("convert", "-n", "--target-is-zero", "-O", "qcow2", str(small))
+    qemu.qemu_img(*argv, theirs)
+    assert ours(capsys, *argv, str(mine))[0] == 0
+    assert_same_as_qemu(theirs, mine)

@@ -76,7 +76,7 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                   snapshot: str | None = None, src_fmt: str | None = None,
                   force_share: bool = False, threads: int = 2, backing: str | None = None,
                   backing_fmt: str | None = None, create: bool = True,
-                  progress=None) -> None:
+                  target_is_zero: bool = False, progress=None) -> None:
     """Write the guest disk of ``src_path`` (or of one of its snapshots) to a new
     image at ``dst_path`` (replaced if it exists, as qemu-img does).  A source in
     use by a VM is refused unless ``force_share`` (qemu-img's ``-U``): its copy
@@ -120,7 +120,8 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                                   "anyway)", path=src_path)
         size = src.virtual_size
         if not create:
-            _into_existing(src, dst_path, out_fmt, size, compress, progress)
+            _into_existing(src, dst_path, out_fmt, size, compress, progress,
+                           zeros=not target_is_zero)
         elif out_fmt == "raw":
             _to_raw(src, dst_path, size, progress)
         else:
@@ -143,9 +144,10 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
 
 
 def _into_existing(src, dst_path: str, out_fmt: str, size: int, compress: bool,
-                   progress) -> None:
+                   progress, zeros: bool = True) -> None:
     """-n: the guest disk over an existing image (its own format, size and options
-    kept), zeros written as zeros since the target may hold anything there."""
+    kept), zeros written as zeros since the target may hold anything there
+    (unless ``zeros`` is False: --target-is-zero)."""
     if out_fmt == "raw":
         out = HostFile(dst_path, writable=True)
         try:
@@ -153,7 +155,12 @@ def _into_existing(src, dst_path: str, out_fmt: str, size: int, compress: bool,
                 raise RequestError("output file is smaller than input file", path=dst_path)
             for pos in range(0, size, CHUNK):
                 n = min(CHUNK, size - pos)
-                out.pwrite(pos, src.read(pos, n))
+                data = src.read(pos, n)
+                if zeros:
+                    out.pwrite(pos, data)
+                else:
+                    for a, b in nonzero_runs(data, RAW_GRANULE):
+                        out.pwrite(pos + a, memoryview(data)[a:b])
                 M.report(progress, pos + n, size)
         finally:
             out.close()
@@ -165,7 +172,7 @@ def _into_existing(src, dst_path: str, out_fmt: str, size: int, compress: bool,
         chunk = max(CHUNK // cs, 1) * cs
         for pos in range(0, size, chunk):
             n = min(chunk, size - pos)
-            _copy_chunk(src, dst, pos, n, compress, None, zeros=True)
+            _copy_chunk(src, dst, pos, n, compress, None, zeros=zeros)
             M.report(progress, pos + n, size)
         dst.flush()
 
