@@ -306,10 +306,11 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
     # then counts the new table's clusters and the old one's release
     fixed_snapshots = _fix_snapshot_table(image) if fix_errors else 0
     # what QEMU's first walk fixes as it goes (fix_errors only)
-    fixed_early, must_rebuild = 0, False
+    fixed_early, must_rebuild, unseen = 0, False, 0
     if fix_errors:
         fixed_early, must_rebuild = _grow_to_outside_refblocks(image)
-        fixed_early += _zero_misaligned_preallocated(image)
+        zeroed, unseen = _zero_misaligned_preallocated(image)
+        fixed_early += zeroed
     scan, disk = _scan(image, progress, cancel)
     first = _result(image, scan, disk)
     rebuild = must_rebuild or first.rebuild_needed or _refblock_shared(image, scan)
@@ -322,7 +323,7 @@ def _repair(image, fix_leaks: bool, fix_errors: bool, progress: Progress,
             offset=image.header.refcount_table_offset, path=image.path)
     if rebuild:
         del disk                         # the old refcounts play no part
-        fixed_c, fixed_l = _rebuild(image, scan, first, cancel)
+        fixed_c, fixed_l = _rebuild(image, scan, first, cancel, unseen)
     else:
         up_i, down_i, targets = _mismatches(scan, disk, fix_errors, fix_leaks)
         # raised first and flushed, leaks lowered after: a crash leaves leaks at most
@@ -379,21 +380,23 @@ def _grow_to_outside_refblocks(image) -> tuple[int, bool]:
     return grown, rebuild
 
 
-def _zero_misaligned_preallocated(image) -> int:
+def _zero_misaligned_preallocated(image) -> tuple[int, int]:
     """check_refcounts_l2 with BDRV_FIX_ERRORS (fix_l2_entry_by_zero): an entry whose
     host offset is not cluster aligned and that holds no data (a preallocated zero
     cluster; with extended L2, no subcluster allocated) becomes a plain zero
     cluster, in the L2 tables of the active disk and of every snapshot.  An entry
-    that holds data stays a corruption, as in QEMU.  Returns the entries fixed."""
+    that holds data stays a corruption, as in QEMU.  Returns the entries fixed and,
+    of those, the ones with reserved bits set too (a corruption QEMU's walk counted
+    before the fix, and counts as fixed when the refcounts are then rebuilt)."""
     cs = image.cluster_size
     if cs <= 512:
-        return 0        # every offset in an entry is a multiple of 512: none misaligned
+        return 0, 0     # every offset in an entry is a multiple of 512: none misaligned
     ext = bool(image.extended_l2)
     size = image.file.size
     l1s = [image.l1_table.entries] + [image.snapshot_l1_table(s).entries
                                       for s in image.snapshots]
     seen: set[int] = set()
-    fixed = 0
+    fixed = reserved = 0
     for l1 in l1s:
         for e in l1.tolist():
             l2 = int(e) & C.L1E_OFFSET_MASK
@@ -410,6 +413,7 @@ def _zero_misaligned_preallocated(image) -> int:
             else:
                 bad &= (ent & np.uint64(C.QCOW_OFLAG_ZERO)) != 0
             for i in np.flatnonzero(bad).tolist():
+                reserved += bool(int(ent[i]) & C.L2E_STD_RESERVED_MASK)
                 if ext:
                     bm = int(words[2 * i + 1])
                     bm = (bm | (bm << 32)) & C.L2_BITMAP_ALL_ZERO
@@ -420,7 +424,7 @@ def _zero_misaligned_preallocated(image) -> int:
     if fixed:
         image.file.fsync()
         image.invalidate_caches()
-    return fixed
+    return fixed, reserved
 
 
 def _fix_snapshot_table(image) -> int:
@@ -457,11 +461,13 @@ def _refblock_shared(image, scan: RefScan) -> bool:
     return bool((scan.refs[cl] > 1).any())
 
 
-def _rebuild(image, scan: RefScan, first: CheckResult, cancel: Cancel) -> tuple[int, int]:
+def _rebuild(image, scan: RefScan, first: CheckResult, cancel: Cancel,
+             unseen: int = 0) -> tuple[int, int]:
     """qcow2_check_refcounts' rebuild branch; returns (corruptions, leaks) fixed,
     counted as QEMU counts them: every refcount corruption and leak found before,
-    less the corruptions the walk still finds (COPIED flags are counted after)."""
-    before = first.corruptions - scan.copied_corruptions
+    less the corruptions the walk still finds (COPIED flags are counted after).
+    ``unseen``: corruptions QEMU's first walk counted in entries fixed before ours."""
+    before = first.corruptions - scan.copied_corruptions + unseen
     from .rebuild import rebuild_refcount_structure     # repairs only
     rebuild_refcount_structure(image, scan.counted())
     image.reload_metadata()

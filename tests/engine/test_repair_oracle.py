@@ -65,8 +65,17 @@ def l1_into_guest_data(d):
     return p
 
 
+def prealloc_misaligned_then_rebuild(d):
+    """Both: the entry's reserved bits count among the corruptions the rebuild fixes."""
+    p = prealloc_misaligned(d)
+    with open_image(p) as im:
+        rt = im.header.refcount_table_offset
+    _poke(p, rt + 8, 0xFFFFFFFFFFFFF000)
+    return p
+
+
 FUZZED = [prealloc_misaligned, prealloc_misaligned_extended, refblock_unreachable,
-          l1_into_guest_data]
+          l1_into_guest_data, prealloc_misaligned_then_rebuild]
 
 
 @pytest.mark.parametrize("mode", ["leaks", "all"])
