@@ -403,3 +403,16 @@ def test_convert_n_target_is_zero_as_qemu(small, tmp_path, capsys):
     qemu.qemu_img(*argv, theirs)
     assert ours(capsys, *argv, str(mine))[0] == 0
     assert_same_as_qemu(theirs, mine)
+
+
+def test_snapshot_refused_for_refcount_overflow_leaves_the_image_unchanged(tmp_path, capsys):
+    """refcount_bits=2 and two compressed clusters sharing a host cluster (refcount
+    2): a snapshot would raise it to 4. qemu-img refuses (and leaks); the refusal
+    here leaked the L1 copy's cluster."""
+    img = qemu.create(tmp_path / "r.qcow2", "4M", "refcount_bits=2")
+    qemu.qemu_io(img, "write -c -P 6 0 64k", "write -c -P 7 64k 64k")
+    theirs, mine = twins(img, tmp_path)
+    p = qemu.qemu_img("snapshot", "-c", "s", theirs, check=False)
+    rc, _, err = ours(capsys, "snapshot", "-c", "s", mine)
+    assert p.returncode == rc == 1 and "refcount" in err and len(err.splitlines()) == 1
+    assert mine.read_bytes() == img.read_bytes()

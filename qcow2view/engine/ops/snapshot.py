@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import metadata_ops as M
 from ..errors import RequestError
-from ..snapshot_create import create_snapshot
+from ..refcounts import max_refcount
+from ..snapshot_create import create_snapshot as _take_snapshot
 from ..snapshots import Snapshot
 from .resize import resize_image
 
@@ -29,6 +30,35 @@ __all__ = ["list_snapshots", "create_snapshot", "apply_snapshot", "delete_snapsh
 
 def list_snapshots(image) -> list[Snapshot]:
     return list(image.snapshots)
+
+
+def create_snapshot(image, name: str) -> Snapshot:
+    """Take an internal snapshot (qemu-img snapshot -c).  A refcount that would
+    overflow its width is refused before anything is written (the snapshot writer
+    finds it only after allocating the L1 copy, which then leaked)."""
+    if name and image.writable and not any(s.name == name for s in image.snapshots):
+        _refuse_overflow(image)
+    return _take_snapshot(image, name)
+
+
+def _refuse_overflow(image) -> None:
+    order = image.header.refcount_order
+    if order == 0:
+        return                          # the writer's own reason says it better
+    tables, data = M.l1_references(image, image.l1_table.entries)
+    refs = np.sort(np.concatenate([tables, data]))
+    if not refs.size:
+        return
+    starts = np.flatnonzero(np.r_[True, refs[1:] != refs[:-1]])
+    clusters = refs[starts]
+    extra = np.diff(np.r_[starts, refs.size]).astype(np.uint64)
+    after = image.meta.refcounts.counts_of(clusters) + extra
+    over = np.flatnonzero(after > np.uint64(max_refcount(order)))
+    if over.size:
+        i = int(over[0])
+        raise RequestError(f"cannot take the snapshot: refcount of cluster at "
+                           f"{int(clusters[i]) * image.cluster_size:#x} would become "
+                           f"{int(after[i])} (refcount_bits={1 << order})")
 
 
 def _find(image, key: str, by_id: bool = True) -> Snapshot:
