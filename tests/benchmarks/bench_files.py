@@ -137,7 +137,8 @@ def probe(image: str) -> None:
         warm.append((time.perf_counter() - t) * 1000)
     gv = f.volume
     print(json.dumps({
-        "first_rows_s": first_rows, "populated_s": populated, "max_block_ms": max(gaps) if gaps else 0.0,
+        "first_rows_s": first_rows, "populated_s": populated,
+        "max_block_ms": max(gaps) if gaps else 0.0,
         "keystroke_ms": max(keys), "keys_ms": keys, "matches": hits, "files": files,
         "hover_first_ms": first, "hover_warm_ms": sorted(warm)[len(warm) // 2],
         "hover_text": text.splitlines()[0], "hover_guest": g,

@@ -201,3 +201,24 @@ def test_xfs_inode_bytes_name_their_file(xfs_disk):
     o = idx.owner(at + 10)
     assert (o.what, o.path, o.label) == ("filesystem metadata", "/etc/hostname",
                                          f"inode chunk, inode {f.info.inode}")
+
+
+def test_a_first_look_lists_each_root_directory_only(gpt_disk, index):
+    """build_top: the table, the volumes and each filesystem's root directory (the
+    tree's first rows while the index builds), each entry as the full walk reads it."""
+    from qcow2view.guest.index import build_top
+    with open_image(gpt_disk.qcow2) as im:
+        top = build_top(im)
+    fss = {fs.type: fs for _gv, fs in top.disk.filesystems()}
+    # the oracles: the trees mkfs.ext4 -d and mcopy were given (and mkfs's lost+found)
+    assert {f.path for f in fss["ext4"].files} == \
+        {"/" + p.name for p in gpt_disk.src.iterdir()} | {"/lost+found"}
+    assert {f.path.lower() for f in fss["vfat"].files} == \
+        {"/" + p.name.lower() for p in gpt_disk.extra["fat_src"].iterdir()}
+    assert [gv.partition.index for gv in top.volumes] == [gv.partition.index
+                                                          for gv in index.volumes]
+    full = {(f.volume.partition.index, f.path): f.info for f in index.files}
+    for f in top.files:
+        assert f.info == full[(f.volume.partition.index, f.path)]
+    # the deeper walk is skipped, and so are the counts that need it
+    assert not any("not reached" in p for p in top.disk.problems)

@@ -103,6 +103,57 @@ def test_sorting_orders_rows_still_to_fetch(contents, gpt_disk, monkeypatch):  #
     assert got == [p.name for p in files]
 
 
+def test_first_rows_come_before_the_index_and_a_filter_waits_for_it(qtbot, gpt_disk, monkeypatch, qtmodeltester):  # noqa: F811,E501
+    """While the index builds (held here until released) the tree shows the first look:
+    partitions, filesystems, the root directories; a deeper directory says it is being
+    read; a filter says the index is building, never an empty result."""
+    import threading
+
+    import qcow2view.model.guest_files as gf
+    from qcow2view.model.guest_model import NOTE, READING
+    gate = threading.Event()
+    real = gf.build_index
+
+    def held(image, progress):
+        gate.wait(30)
+        return real(image, progress)
+    monkeypatch.setattr(gf, "build_index", held)
+    doc = ImageDocument(gpt_disk.qcow2)
+    doc.load_header()
+    c = doc.guest
+    model = FilesModel(c)
+    try:
+        with qtbot.waitSignal(c.previewed, timeout=30000):
+            c.ensure()
+        assert c.state == "building" and c.index is None and model.previewing
+        checked = FilesModel(c)
+        qtmodeltester.check(checked)
+        for sig in (c.reset, c.ready, c.previewed):     # (Qt's tester fetches inside a
+            sig.disconnect(checked._rebuild)            # reset: no more resets for it)
+        nodes = [i.data(NODE_ROLE) for i in _walk(model)]
+        assert [n.name for n in nodes if n.kind == PART] == ["Partition 1: EFI",
+                                                             "Partition 2: root"]
+        ext = next(n for n in nodes if n.kind == FS and n.name.startswith("ext4"))
+        top = [n for n in ext.children if n.kind in (DIR, FILE)]
+        # the oracle: the tree mkfs.ext4 -d was made from (and mkfs's lost+found)
+        assert {n.path for n in top} == \
+            {"/" + p.name for p in gpt_disk.src.iterdir()} | {"/lost+found"}
+        etc = next(n for n in top if n.path == "/etc")
+        assert [(n.kind, n.name) for n in etc.children] == [(NOTE, READING)]
+        model.set_filter("fstab")
+        shown = [i.data(NODE_ROLE) for i in _walk(model)]
+        assert [n.kind for n in shown] == [NOTE] and "building the index" in shown[0].name
+        assert model.matches == 0
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: c.state == "ready", timeout=30000)
+    assert not model.previewing
+    model.set_filter("fstab")
+    files = [i.data(NODE_ROLE).path for i in _walk(model) if i.data(NODE_ROLE).kind == FILE]
+    assert files == ["/etc/fstab", "/etc/fstab"]
+    doc.close()
+
+
 def test_cancel_stops_the_build_and_read_again_starts_it(qtbot, gpt_disk, monkeypatch):  # noqa: F811,E501
     import time
 

@@ -488,3 +488,56 @@ def test_leaked_and_corrupt_clusters_are_named_by_what_they_held(qtbot, window, 
     assert coarse.bin > 1
     text = tab.allocation.describe(coarse, *coarse.cell_of(host // 65536))
     assert f"most severe:\nhost cluster {host // 65536:#x}: guest {cluster:#x}, " in text
+
+
+def test_first_rows_while_the_index_builds(qtbot, window, gpt_disk, monkeypatch):  # noqa: F811
+    """The tree shows the root directories before the index is in (the build is held
+    here until released); a directory opened then stays open, with its files, once the
+    index is in; a name typed meanwhile says 'building index…', then finds its files."""
+    import threading
+
+    import qcow2view.model.guest_files as gf
+    from qcow2view.model.guest_model import DIR, NOTE, READING
+    gate = threading.Event()
+    real = gf.build_index
+
+    def held(image, progress):
+        gate.wait(30)
+        return real(image, progress)
+    monkeypatch.setattr(gf, "build_index", held)
+    tab = window.open_path(str(gpt_disk.qcow2))
+    try:
+        wait_ready(qtbot, tab)
+        assert tab.show_pane("files")
+        panel: FilesPanel = tab.pane("files")
+        c = tab.document.guest
+        qtbot.waitUntil(lambda: panel.model.previewing, timeout=30000)
+        assert c.state == "building"
+        vol = next(i for i, gv in enumerate(c.preview.index.volumes)
+                   if gv.filesystem is not None and gv.filesystem.type == "ext4")
+        etc = panel.model.find_path(vol, "/etc")
+        assert etc.isValid() and panel.tree.isVisible()
+        assert panel.tree.isExpanded(etc.parent())              # the root directory shown
+        panel.tree.expand(etc)
+        assert [(n.kind, n.name) for n in etc.data(NODE_ROLE).children] == [(NOTE, READING)]
+        panel.tree.setCurrentIndex(etc)
+        gate.set()
+        _files_ready(qtbot, tab)
+        etc = panel.model.find_path(vol, "/etc")
+        assert panel.tree.isExpanded(etc)
+        assert {n.name for n in etc.data(NODE_ROLE).children} == \
+            {p.name for p in (gpt_disk.src / "etc").iterdir()}
+        node = panel.current_node()
+        assert (node.kind, node.vol, node.path) == (DIR, vol, "/etc")
+        # a name typed before the index is in: said, then found
+        gate.clear()
+        c.rebuild()
+        qtbot.waitUntil(lambda: panel.model.previewing, timeout=30000)
+        qtbot.keyClicks(panel.filter, "fstab")
+        qtbot.waitUntil(lambda: panel.matches.text() == "building index…")
+        assert panel.model.matches == 0 and panel._first_file().isValid() is False
+        gate.set()
+        qtbot.waitUntil(lambda: panel.matches.text() == "2 found", timeout=30000)
+        assert panel.current_node().path == "/etc/fstab"
+    finally:
+        gate.set()
