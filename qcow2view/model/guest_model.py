@@ -38,7 +38,7 @@ COLUMNS = ("Name", "Size", "Type", "Details", "Modified", "Mode", "Guest offset"
 NCOLS = len(COLUMNS)
 
 DISK, PART, FS, DIR, FILE, NOTE = range(6)
-READING = "reading the guest's files…"       # a directory the first look did not list
+READING = "reading…"         # under a directory the first look did not list
 FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable      # (an enum OR per call is slow)
 
 
@@ -116,7 +116,7 @@ class FilesModel(QAbstractItemModel):
         """A filter typed before the index is in: it says so (no empty result)."""
         c = self.contents
         self.previewing = False
-        text = ("building the index: the matches show when it is in" if c.building
+        text = ("building the index…" if c.building     # the matches follow when it is in
                 else "the guest's files are not read: no matches to show")
         root.add(Node(root, NOTE, text))
 
@@ -137,7 +137,7 @@ class FilesModel(QAbstractItemModel):
             if disk.table.kind else "no partition table"
         d = root.add(Node(root, DISK, f"Disk ({table})"))
         if self.previewing:
-            d.add(Node(d, NOTE, READING))
+            d.add(Node(d, NOTE, "reading the guest's files…"))
         if disk.unreadable:
             d.add(Node(d, NOTE, disk.unreadable)).note = disk.unreadable
         for p in disk.problems[:50]:
