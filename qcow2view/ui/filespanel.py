@@ -403,7 +403,7 @@ def attach_files_pane(tab) -> FilesPanel:
     # running beside pyqtgraph's import and the map's construction held the event loop
     # up to 0.8 s (the GIL); Go to file and --goto-file start it at once
     settle = QTimer(panel)
-    settle.setInterval(100)
+    settle.setInterval(20)         # a few property reads: the walk starts soon after
 
     def settled() -> None:
         if tab.ready:
