@@ -63,7 +63,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     elif cmd == "convert":
         p.description = "Copy the guest disk into a new image (qemu-img convert)."
         p.add_argument("-c", action="store_true", dest="compress", help="compress (qcow2)")
-        p.add_argument("-O", dest="out_fmt", default="raw", choices=("qcow2", "raw"))
+        p.add_argument("-O", dest="out_fmt", default="raw", help="qcow2 or raw")
         p.add_argument("-o", dest="options", action="append", default=[])
         p.add_argument("-l", dest="snapshot", help="snapshot.name=NAME or snapshot.id=ID")
         p.add_argument("-m", dest="threads", type=int, default=2, help="compression threads")
@@ -93,7 +93,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     elif cmd == "measure":
         p.description = "Space a new image needs (qemu-img measure)."
         p.add_argument("--output", choices=("human", "json"), default="human")
-        p.add_argument("-O", dest="out_fmt", default="raw", choices=("qcow2", "raw"))
+        p.add_argument("-O", dest="out_fmt", default="raw", help="qcow2 or raw")
         p.add_argument("-o", dest="options", action="append", default=[])
         p.add_argument("--size")
         p.add_argument("-l", dest="snapshot")
@@ -251,9 +251,9 @@ def _rebase(ns) -> int:
 
 
 # -- amend / measure ----------------------------------------------------------------------
-def _amend_options(groups: list[str]) -> dict[str, str]:
-    """``-o`` for amend, every key passed on (the engine names the ones it refuses,
-    as qemu-img: 'only supported for image creation', unknown ones)."""
+def _plain_options(groups: list[str]) -> dict[str, str]:
+    """``-o`` for amend and measure, every key passed on (the engine names the ones
+    it refuses, as qemu-img: 'only supported for image creation', unknown ones)."""
     opts: dict[str, str] = {}
     for group in groups:
         if not group.strip(","):
@@ -268,7 +268,7 @@ def _amend_options(groups: list[str]) -> dict[str, str]:
 
 def _amend(ns) -> int:
     from .engine.ops.amend import amend_image
-    opts = _amend_options(ns.options)
+    opts = _plain_options(ns.options)
     with _open_rw(ns.image) as im:
         amend_image(im, opts, progress=_progress(ns))
     return 0
@@ -278,7 +278,7 @@ def _measure(ns) -> int:
     from .engine.create import parse_size
     from .engine.ops.convert import SnapshotParam, open_source
     from .engine.ops.measure import measure
-    opts = _create_options(ns.options)
+    opts = _plain_options(ns.options)
     if ns.size is not None and ns.image:
         raise Qcow2Error("--size N cannot be used together with a filename")
     if ns.size is not None:

@@ -3,6 +3,8 @@ on a copy (same result, or the same refusal: exit 1, one line on stderr)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import qemu
@@ -129,7 +131,6 @@ MEASURES = [("--size", "513"), ("--size", "1"),
 def test_measure_odd_sizes_and_full_preallocation_as_qemu(small, capsys, args):
     """raw counts whole sectors; preallocation=full/falloc needs every cluster (it was
     refused as for create)."""
-    import json
     args = [str(small) if a == "SRC" else a for a in args]
     want = json.loads(qemu.qemu_img("measure", "--output=json", *args).stdout)
     rc, out, err = ours(capsys, "measure", "--output=json", *args)
@@ -262,7 +263,6 @@ def test_amend_refusals_as_qemu(small, tmp_path, capsys, opts, words):
 def test_measure_says_bitmaps_only_for_v3_into_v3_as_qemu(tmp_path, capsys, setup, opts):
     """qcow2_measure counts bitmaps only from a v3 source into a v3 output: the
     "bitmaps" line was printed for a v2 source or a compat=0.10 output too."""
-    import json
     img = qemu.create(tmp_path / "m.qcow2", "4M", setup)
     qemu.qemu_io(img, "write -P 1 0 1M")
     args = ("measure", "--output=json", "-O", "qcow2", *opts, str(img))
@@ -416,3 +416,21 @@ def test_snapshot_refused_for_refcount_overflow_leaves_the_image_unchanged(tmp_p
     rc, _, err = ours(capsys, "snapshot", "-c", "s", mine)
     assert p.returncode == rc == 1 and "refcount" in err and len(err.splitlines()) == 1
     assert mine.read_bytes() == img.read_bytes()
+
+
+@pytest.mark.parametrize("opts", ["compat=0.10,extended_l2=on", "compat=0.10,lazy_refcounts=on",
+                                  "data_file_raw=on", "encryption=on", "size=2G",
+                                  "compression_type=zstd,compat=0.10", "compat=v2", "foo=bar",
+                                  "extended_l2=maybe", "preallocation=bogus", ""])
+def test_measure_checks_options_as_qemu(capsys, opts):
+    """qcow2_measure checks only what it needs (cluster size, version, refcount width,
+    preallocation, on/off values): combinations create refuses are measured (they were
+    refused here), compat=v2 and unknown names are refused."""
+    args = ("measure", "--output=json", "--size", "1G", "-O", "qcow2", "-o", opts)
+    p = qemu.qemu_img(*args, check=False)
+    rc, out, err = ours(capsys, *args)
+    assert rc == p.returncode, err
+    if rc:
+        assert len(err.splitlines()) == 1
+    else:
+        assert json.loads(out) == json.loads(p.stdout)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import clusters as C
 from .. import metadata_ops as M
-from ..create import _bool, validate_create_options
+from ..create import parse_size
 from ..errors import RequestError
 from ..image import RawImage
 
@@ -64,28 +64,20 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
     """Measure for a disk of ``size`` bytes or for the contents of ``source`` (an
     open image, from :func:`~qcow2view.engine.ops.convert.open_source`)."""
     options = dict(options or {})
-    for key in ("lazy_refcounts", "extended_l2", "data_file_raw"):
-        if key in options:
-            options[key] = _bool(key, options[key])
     if (size is None) == (source is None):
         raise RequestError("Either --size N or one filename must be specified")
     vsize = source.virtual_size if source is not None else size
+    if out_fmt not in ("qcow2", "raw"):
+        raise RequestError(f"Block driver '{out_fmt}' does not support size measurement "
+                           "here (qcow2 or raw)")
     if out_fmt == "raw":     # as qemu's raw_measure: whole sectors, no qcow2 options
         for key in options:
-            if key != "preallocation":
+            if key not in ("preallocation", "size"):
                 raise RequestError(f"Invalid parameter '{key}' (not an option of raw)")
         vsize = -(-vsize // 512) * 512
         return Measurement(vsize, vsize)
-    # create does not write every cluster, but measure can say what that would take
-    allocate_all = options.get("preallocation") in ("falloc", "full")
-    if allocate_all:
-        options["preallocation"] = "metadata"
-    problems = validate_create_options(size=vsize, **options)
-    if problems:
-        raise RequestError("; ".join(problems))
-    cs = int(options.get("cluster_size", 65536))
-    order = int(options.get("refcount_bits", 16)).bit_length() - 1
-    ext = bool(options.get("extended_l2", False))
+    cs, order, ext, prealloc = qcow2_measure_options(options)
+    allocate_all = prealloc in ("falloc", "full")
     aligned = -(-vsize // cs) * cs
     full = prealloc_size(vsize, cs, order, ext)
     data = 0
@@ -97,6 +89,48 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
     bitmaps = 0 if source is not None and v3_source and v3_out and \
         getattr(source, "format", "") == "qcow2" else None
     return Measurement(full if allocate_all else full - aligned + data, full, bitmaps)
+
+
+MEASURE_OPTIONS = ("size", "compat", "backing_file", "backing_fmt", "data_file",
+                   "data_file_raw", "encryption", "cluster_size", "preallocation",
+                   "lazy_refcounts", "refcount_bits", "compression_type", "extended_l2")
+
+
+def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
+    """(cluster size, refcount order, extended L2, preallocation) from ``-o``, checked
+    as qcow2_measure checks them -- only these; combinations create refuses
+    (compat=0.10 with lazy refcounts, ...) are measured all the same."""
+    for key in options:
+        if key.startswith("encrypt."):
+            raise RequestError("encrypted images are not measured here")
+        if key not in MEASURE_OPTIONS:
+            raise RequestError(f"Invalid parameter '{key}'")
+    for key in ("lazy_refcounts", "extended_l2", "data_file_raw", "encryption"):
+        if key in options and str(options[key]).lower() not in ("on", "off"):
+            raise RequestError(f"Parameter '{key}' expects 'on' or 'off'")
+    ext = str(options.get("extended_l2", "off")).lower() == "on"
+    cs = parse_size(str(options.get("cluster_size", 65536)))
+    if cs < 512 or cs > 2 << 20 or cs & (cs - 1):
+        raise RequestError("Cluster size must be a power of two between 512 and 2048k")
+    if ext and cs < 16384:
+        raise RequestError("Extended L2 entries are only supported with cluster sizes "
+                           "of at least 16384 bytes")
+    compat = str(options.get("compat", "1.1"))
+    if compat not in ("0.10", "1.1"):
+        raise RequestError(f"Invalid compatibility level: '{compat}'")
+    try:
+        bits = int(options.get("refcount_bits", 16))
+    except ValueError:
+        bits = 0
+    if bits < 1 or bits > 64 or bits & (bits - 1):
+        raise RequestError("Refcount width must be a power of two and may not exceed 64 bits")
+    if compat == "0.10" and bits != 16:
+        raise RequestError("Different refcount widths than 16 bits require compatibility "
+                           "level 1.1 or above (use compat=1.1 or greater)")
+    prealloc = str(options.get("preallocation", "off"))
+    if prealloc not in ("off", "metadata", "falloc", "full"):
+        raise RequestError(f"invalid parameter value: {prealloc}")
+    return cs, bits.bit_length() - 1, ext, prealloc
 
 
 def _data_clusters(src, cs: int) -> np.ndarray:
