@@ -421,12 +421,13 @@ def test_snapshot_refused_for_refcount_overflow_leaves_the_image_unchanged(tmp_p
 @pytest.mark.parametrize("opts", ["compat=0.10,extended_l2=on", "compat=0.10,lazy_refcounts=on",
                                   "data_file_raw=on", "encryption=on", "size=2G",
                                   "compression_type=zstd,compat=0.10", "compat=v2", "foo=bar",
-                                  "extended_l2=maybe", "preallocation=bogus", ""])
+                                  "extended_l2=maybe", "preallocation=bogus", "",
+                                  "cluster_size=512"])
 def test_measure_checks_options_as_qemu(capsys, opts):
     """qcow2_measure checks only what it needs (cluster size, version, refcount width,
     preallocation, on/off values): combinations create refuses are measured (they were
     refused here), compat=v2 and unknown names are refused."""
-    args = ("measure", "--output=json", "--size", "1G", "-O", "qcow2", "-o", opts)
+    args = ("measure", "--output=json", "--size", "100T", "-O", "qcow2", "-o", opts)
     p = qemu.qemu_img(*args, check=False)
     rc, out, err = ours(capsys, *args)
     assert rc == p.returncode, err

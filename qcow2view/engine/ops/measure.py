@@ -17,6 +17,7 @@ from .. import clusters as C
 from .. import metadata_ops as M
 from ..create import parse_size
 from ..errors import RequestError
+from ..header import QCOW_MAX_L1_SIZE
 from ..image import RawImage
 
 SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
@@ -79,6 +80,9 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
     cs, order, ext, prealloc = qcow2_measure_options(options)
     allocate_all = prealloc in ("falloc", "full")
     aligned = -(-vsize // cs) * cs
+    l2_tables = -(-(aligned // cs) // (cs // (16 if ext else 8)))
+    if l2_tables * 8 > QCOW_MAX_L1_SIZE:
+        raise RequestError("The image size is too large (try using a larger cluster size)")
     full = prealloc_size(vsize, cs, order, ext)
     data = 0
     if source is not None:
