@@ -387,7 +387,9 @@ def _extent_intervals(exts, counts, owners, kinds, vi: int, bs: int, S, E, K, V,
     """Append the files' extents (file offset, guest offset, length), file by file,
     to the interval arrays: ``counts`` extents each, owned by file ``owners`` as
     ``kinds``; a file's last extent runs to the end of its block (the slack is its)."""
-    e = np.array(exts, np.int64).reshape(-1, 3)
+    # a few thousand tuples per conversion: one call holds the GIL (the window waits)
+    e = np.concatenate([np.array(exts[k:k + 8192], np.int64).reshape(-1, 3)
+                        for k in range(0, len(exts), 8192)])
     per = np.frombuffer(counts, np.int64)
     g = e[:, 1].copy()
     n = e[:, 2].copy()
