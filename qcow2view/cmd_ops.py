@@ -14,8 +14,16 @@ from .engine import open_image
 from .engine.errors import Qcow2Error
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1, as qemu-img's do (argparse exits 2), in one line."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(1)
+
+
 def _parser(cmd: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"qcow2view {cmd}")
+    p = _Parser(prog=f"qcow2view {cmd}")
     p.add_argument("-q", action="store_true", dest="quiet", help="quiet")
     p.add_argument("-f", dest="fmt", help="image format (qcow2; raw where qemu-img allows it)")
     p.add_argument("-p", action="store_true", dest="progress", help="show progress")
@@ -203,6 +211,12 @@ def _create_options(groups: list[str]) -> dict:
     """``-o`` as create_image keywords (sizes and widths as numbers)."""
     from .cmd_create import parse_options
     from .engine.create import parse_size
+    for group in groups:
+        if not group.strip(","):
+            raise Qcow2Error(f"Invalid option list: {group}")
+    # size= is taken from the source by qemu-img convert: accepted, not used
+    groups = [",".join(i for i in g.split(",") if i.partition("=")[0].strip() != "size")
+              for g in groups]
     opts: dict = parse_options(groups)
     if "cluster_size" in opts:
         opts["cluster_size"] = parse_size(opts["cluster_size"])

@@ -4,6 +4,7 @@ on a copy (same result, or the same refusal: exit 1, one line on stderr)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -435,3 +436,30 @@ def test_measure_checks_options_as_qemu(capsys, opts):
         assert len(err.splitlines()) == 1
     else:
         assert json.loads(out) == json.loads(p.stdout)
+
+
+@pytest.mark.parametrize("args", [("-o", "size=2G"), ("-o", ""), ("-F", "qcow2"),
+                                  ("-O", "raw", "-o", "preallocation=full"),
+                                  ("-O", "raw", "-o", "preallocation=metadata"),
+                                  ("-O", "raw", "-o", "size=1G")])
+def test_convert_options_as_qemu(small, tmp_path, capsys, args):
+    """-o size= is accepted and unused (the source's size), an empty -o and -F
+    without a backing file are refused, raw output takes preallocation falloc|full."""
+    argv = ("convert", *(() if "-O" in args else ("-O", "qcow2")), *args, str(small))
+    p = qemu.qemu_img(*argv, tmp_path / "q.img", check=False)
+    rc, _, err = ours(capsys, *argv, str(tmp_path / "o.img"))
+    assert rc == p.returncode, err
+    if rc:
+        assert len(err.splitlines()) == 1
+    elif "raw" in args:
+        assert (tmp_path / "o.img").read_bytes() == (tmp_path / "q.img").read_bytes()
+    else:
+        assert_same_as_qemu(tmp_path / "q.img", tmp_path / "o.img")
+
+
+def test_usage_errors_exit_1_as_qemu(small):
+    """qemu-img exits 1 on a bad option or missing argument (argparse said 2)."""
+    for args in (("convert", "-s", "x", str(small), "out"), ("resize",), ("commit",)):
+        p = qemu.run(sys.executable, "-m", "qcow2view", *args, check=False)
+        assert p.returncode == qemu.qemu_img(*args, check=False).returncode == 1
+        assert len(p.stderr.decode().splitlines()) == 1

@@ -86,7 +86,7 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
     options = dict(options or {})
     if backing is not None:             # -B (an -o backing_file wins, as in qemu-img)
         options.setdefault("backing_file", backing)
-    if backing_fmt is not None and options.get("backing_file"):
+    if backing_fmt is not None:
         options.setdefault("backing_fmt", backing_fmt)
     if out_fmt not in ("qcow2", "raw"):
         raise RequestError(f"output format {out_fmt!r} is not supported (qcow2 or raw)")
@@ -96,6 +96,11 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
         raise RequestError("Compression and preallocation not supported at the same time")
     if out_fmt == "raw" and options.get("backing_file"):
         raise RequestError("Backing file not supported for file format 'raw'")
+    if options.get("backing_fmt") and not options.get("backing_file"):
+        raise RequestError("Backing format cannot be used without backing file")
+    raw_prealloc = options.pop("preallocation", "off") if out_fmt == "raw" else "off"
+    if raw_prealloc not in ("off", "falloc", "full"):
+        raise RequestError(f"Unsupported preallocation mode: {raw_prealloc}")
     if out_fmt == "raw" and options:
         raise RequestError(f"raw images take no options ({', '.join(options)})")
     if options.get("backing_file") and not options.get("backing_fmt"):
@@ -124,6 +129,8 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                            zeros=not target_is_zero)
         elif out_fmt == "raw":
             _to_raw(src, dst_path, size, progress)
+            if raw_prealloc != "off":
+                _allocate_file(dst_path)
         else:
             create_image(dst_path, size, overwrite=True, **options)
             # over a backing file the output holds what the source's top image decides
