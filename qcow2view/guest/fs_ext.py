@@ -122,6 +122,8 @@ MAX_BITMAP_BYTES = 64 << 20      # block bitmaps read at most (a 2 TiB ext4 of 4
 def _ext_allocated(src, fs: Filesystem, bitmaps, bpg: int, first_data: int, blocks: int,
                    bs: int) -> None:
     """The blocks each group's block bitmap marks in use, as guest runs."""
+    if fs.top_only:                     # a first look: the index reads it (up to 64 MiB)
+        return
     if len(bitmaps) * bs > MAX_BITMAP_BYTES:
         fs.problem("ext: too many block bitmaps to read; unclaimed blocks shown as free")
         return

@@ -45,6 +45,8 @@ MAX_FAT_BYTES = 64 << 20
 def _fat_allocated(src, fs: Filesystem, fat_at: int, fat_bytes: int, clusters: int,
                    data_start: int, cluster: int) -> None:
     """Clusters the first FAT marks in use, as guest runs (FAT16 and FAT32)."""
+    if fs.top_only:                     # a first look: the index reads it (up to 64 MiB)
+        return
     if clusters < 4085:                 # FAT12: 12-bit entries, and small: not mapped
         return
     width = 2 if clusters < 65525 else 4

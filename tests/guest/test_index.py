@@ -220,5 +220,7 @@ def test_a_first_look_lists_each_root_directory_only(gpt_disk, index):
     full = {(f.volume.partition.index, f.path): f.info for f in index.files}
     for f in top.files:
         assert f.info == full[(f.volume.partition.index, f.path)]
-    # the deeper walk is skipped, and so are the counts that need it
+    # the deeper walk is skipped, and so are the counts that need it and the allocation
+    # maps (the index reads them)
     assert not any("not reached" in p for p in top.disk.problems)
+    assert not fss["ext4"].allocated and not fss["vfat"].allocated
