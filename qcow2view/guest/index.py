@@ -4,6 +4,8 @@ Build it once, in a worker thread if there is a GUI::
 
     idx = build_index(image, progress=cb)  # cb(done, total) -> False (or raise) cancels:
                                            # Cancelled is raised; a few seconds for 140k files
+    top = build_top(image)                 # a first look: table, volumes, root directories
+                                           #   only (~20 ms), for a tree to show meanwhile
     o = idx.owner(0x4c30000)               # Owner(offset, what="file data", partition=2,
                                            #   filesystem="ext4", path="/etc/hostname",
                                            #   file_offset=0, label=None, names=(...),

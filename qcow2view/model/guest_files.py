@@ -6,6 +6,9 @@ the guest index (:func:`qcow2view.guest.index.build_index`) in a
 thread runs only that pure-Python build and the directory listing below; every
 Qt object stays on the main thread), then answers the views' questions: which
 file is this path, what holds this guest byte, which clusters hold this file.
+The worker first hands over a first look (:attr:`GuestContents.preview`: the
+table, volumes and root directories, ~20 ms) so the Files tree has rows long
+before the index is in; nothing else reads it.
 """
 
 from __future__ import annotations
