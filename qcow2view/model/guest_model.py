@@ -106,19 +106,17 @@ class FilesModel(QAbstractItemModel):
             self._changed = {}
         self.beginResetModel()
         self.root = Node(None, DISK, "")
-        if self.filter_text and self.contents.built is None:
+        if self.filter_text and self.contents.building:
             self._fill_waiting(self.root)
         else:
             self._fill(self.root, None)
         self.endResetModel()
 
     def _fill_waiting(self, root: Node) -> None:
-        """A filter typed before the index is in: it says so (no empty result)."""
-        c = self.contents
+        """A filter typed while the index builds: it says so (no empty result; the
+        matches follow when it is in)."""
         self.previewing = False
-        text = ("building the index…" if c.building     # the matches follow when it is in
-                else "the guest's files are not read: no matches to show")
-        root.add(Node(root, NOTE, text))
+        root.add(Node(root, NOTE, "building the index…"))
 
     def _fill(self, root: Node, keep: dict | None) -> None:
         """Disk, partitions and filesystems (eager: a handful); with ``keep`` (a
