@@ -157,6 +157,9 @@ def _snapshot(ns) -> int:
     if ns.create is None and ns.apply is None and ns.delete is None:   # "" is a name
         if not os.path.exists(ns.image):
             raise Qcow2Error("no such file", path=ns.image)
+        from .engine.image import probe_format
+        if probe_format(ns.image) == "raw":
+            return 0                    # qemu-img: a probed raw file lists none
         with open_image(ns.image, ignore_backing_errors=True) as im:
             _print_snapshots(S.list_snapshots(im))
         return 0

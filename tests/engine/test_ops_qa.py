@@ -463,3 +463,26 @@ def test_usage_errors_exit_1_as_qemu(small):
         p = qemu.run(sys.executable, "-m", "qcow2view", *args, check=False)
         assert p.returncode == qemu.qemu_img(*args, check=False).returncode == 1
         assert len(p.stderr.decode().splitlines()) == 1
+
+
+def test_rebase_onto_itself_refused_as_qemu(tmp_path, capsys):
+    """rebase -b onto the image itself, or onto an image whose chain holds it: qemu-img
+    cannot open the new backing file (the image's own write lock); it was done here,
+    leaving a chain that loops."""
+    base = qemu.create(tmp_path / "b.qcow2", "4M")
+    mid = qemu.create(tmp_path / "m.qcow2", "4M", backing="b.qcow2", backing_fmt="qcow2")
+    top = qemu.create(tmp_path / "t.qcow2", "4M", backing="m.qcow2", backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -P 3 0 64k")
+    for img, new in ((top, "t.qcow2"), (mid, "t.qcow2")):
+        before = img.read_bytes()
+        p = qemu.qemu_img("rebase", "-b", new, "-F", "qcow2", img, check=False)
+        rc, _, err = ours(capsys, "rebase", "-b", new, "-F", "qcow2", img)
+        assert p.returncode == rc == 1 and len(err.splitlines()) == 1
+        assert img.read_bytes() == before
+    assert base.exists()
+
+
+def test_snapshot_list_of_a_raw_file_as_qemu(tmp_path, capsys):
+    raw = qemu.create(tmp_path / "r.raw", "1M", fmt="raw")
+    p = qemu.qemu_img("snapshot", "-l", raw)
+    assert ours(capsys, "snapshot", "-l", raw) == (0, p.stdout.decode(), "")

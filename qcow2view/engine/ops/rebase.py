@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import metadata_ops as M
 from ..errors import Qcow2Error, RequestError
+from ..image import open_image, probe_format
 from .convert import open_source
 
 CHUNK = 1 << 20
@@ -49,6 +50,10 @@ def rebase_image(path: str, backing: str, backing_fmt: str | None = None, *,
                 raise RequestError(f"Could not change the backing file to '{backing}': "
                                    "backing format must be specified")
             full = None
+    if full and not unsafe and _in_chain(path, full):
+        # qemu-img cannot open it: the image holds its own write lock
+        raise RequestError(f"Could not open new backing file '{backing}': its backing "
+                           "chain includes the image itself")
     with M.opened_writable(path, ignore_backing_errors=unsafe) as im:
         new = None
         if full:
@@ -66,6 +71,25 @@ def rebase_image(path: str, backing: str, backing_fmt: str | None = None, *,
                 new.close()
         M.rewrite_header_cluster(im, backing_file=backing or None,
                                  backing_fmt=backing_fmt if backing else None)
+
+
+def _in_chain(path: str, top: str) -> bool:
+    """Is ``path`` the file ``top`` or one of its backing files?"""
+    seen = 0
+    while top and os.path.exists(top) and seen < 64:
+        if os.path.samefile(path, top):
+            return True
+        try:
+            if probe_format(top) != "qcow2":
+                return False
+            with open_image(top, ignore_backing_errors=True) as image:
+                name = image.backing_filename
+        except (Qcow2Error, OSError):
+            return False
+        top = name and (name if os.path.isabs(name) else os.path.join(
+            os.path.dirname(os.path.abspath(top)), name))
+        seen += 1
+    return False
 
 
 def _copy_differences(im, old, new, progress) -> None:
