@@ -12,13 +12,16 @@ window (1600x960, offscreen) and measures from the inside:
   built), its worker handing over a first look before the long walk:
   - first rows: the tree shows the filesystem's root directory (partitions,
     filesystem, ``/bin``, ``/lib``, ...; deeper directories say they are being read);
-    peer: ``fls`` listing the root directory;
+    peer: ``fls`` listing the root directory (most of ours is the window settling);
   - index complete: every directory listed, the filter and the map's file names ready
-    (this is what "populated" measured before the first look existed: 6.52 s);
-    peer: ``fls -r`` listing every name.
+    (this is what "populated" measured before the first look existed: 6.52 s once,
+    2.7-4.9 s on 2026-11-30 with the load average at 3-4); peer: ``fls -r`` listing
+    every name.
 - longest event-loop block while the index builds (a 5 ms timer's largest gap).
-- filter keystroke to result: typing ``fstab`` (the last key: filter, tree, selection);
-  peer: ``grep -F fstab`` over the list of every path.
+- filter keystroke to result: typing ``fstab`` a key at a time, the slowest key's filter,
+  tree and selection (usually ``f``: 1000 rows); peer: ``grep -F fstab`` over the list of
+  every path.  Taken just after the index is in, while the map may still be binning its
+  other pictures in a worker (so it varies with the load: 30-65 ms at load 3-4).
 - hover naming a file: the map's hover text of a host cluster that holds file data
   (first and warm); peer: ``debugfs -R 'icheck BLOCK'`` then ``ncheck INODE``.
 
