@@ -91,7 +91,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-F", dest="backing_fmt", help="the backing file's format")
         p.add_argument("-S", dest="sparse_size", metavar="SIZE",
                        help="(accepted; zero clusters are always left unallocated)")
-        p.add_argument("src")
+        p.add_argument("src", nargs="+", help="one source, or several read one after "
+                       "the other")
         p.add_argument("dst")
     elif cmd == "amend":
         p.description = "Change image options in place (qemu-img amend)."
@@ -238,7 +239,8 @@ def _convert(ns) -> int:
     if ns.copy_offload and ns.salvage:
         raise Qcow2Error("Cannot use copy offloading in salvaging mode")
     sp = SnapshotParam.parse(ns.snapshot)
-    convert_image(ns.src, ns.dst, out_fmt=ns.out_fmt, compress=ns.compress,
+    convert_image(ns.src[0] if len(ns.src) == 1 else ns.src, ns.dst, out_fmt=ns.out_fmt,
+                  compress=ns.compress,
                   options=_create_options(ns.options), snapshot=sp and sp.key,
                   src_fmt=ns.fmt, force_share=ns.force_share, threads=max(1, ns.threads),
                   backing=ns.backing, backing_fmt=ns.backing_fmt, create=ns.create,

@@ -486,3 +486,17 @@ def test_snapshot_list_of_a_raw_file_as_qemu(tmp_path, capsys):
     raw = qemu.create(tmp_path / "r.raw", "1M", fmt="raw")
     p = qemu.qemu_img("snapshot", "-l", raw)
     assert ours(capsys, "snapshot", "-l", raw) == (0, p.stdout.decode(), "")
+
+
+def test_convert_concatenates_several_sources_as_qemu(chain3, small, tmp_path, capsys):
+    """convert SRC1 SRC2 DST writes the disks one after the other (a usage error
+    before)."""
+    for args in (("-O", "qcow2"), ("-c", "-O", "qcow2"), ("-O", "raw")):
+        argv = ("convert", *args, str(chain3), str(small))
+        qemu.qemu_img(*argv, tmp_path / "q.img")
+        rc, _, err = ours(capsys, *argv, str(tmp_path / "o.img"))
+        assert rc == 0, err
+        if "raw" in args:
+            assert (tmp_path / "o.img").read_bytes() == (tmp_path / "q.img").read_bytes()
+        else:
+            assert_same_as_qemu(tmp_path / "q.img", tmp_path / "o.img")

@@ -60,6 +60,37 @@ def open_source(path: str, fmt: str | None = None, snapshot: str | None = None):
     return open_image(path, snapshot=snapshot)
 
 
+class Concatenated:
+    """Several sources read as one disk, one after the other (qemu-img convert
+    SRC1 SRC2 ... DST)."""
+
+    format = "concatenated"
+    backing = None
+
+    def __init__(self, paths: list[str], fmt: str | None = None) -> None:
+        self.parts: list = []
+        try:
+            for path in paths:
+                self.parts.append(open_source(path, fmt))
+        except BaseException:
+            self.close()
+            raise
+        self.starts = np.cumsum([0] + [p.virtual_size for p in self.parts]).tolist()
+        self.virtual_size = self.starts[-1]
+
+    def read(self, pos: int, n: int) -> bytes:
+        out = bytearray()
+        for part, start in zip(self.parts, self.starts):
+            lo, hi = max(pos, start), min(pos + n, start + part.virtual_size)
+            if lo < hi:
+                out += part.read(lo - start, hi - lo)
+        return bytes(out)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
 def nonzero_runs(data: bytes, granule: int) -> list[tuple[int, int]]:
     """[start, end) byte runs of ``data`` whose ``granule``-sized pieces hold a nonzero byte."""
     n = len(data)
@@ -113,16 +144,21 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
             raise RequestError("-o has no effect when skipping image creation")
         if not os.path.exists(dst_path):
             raise Qcow2Error(f"Could not open '{dst_path}': No such file or directory")
+    sources = [src_path] if isinstance(src_path, (str, os.PathLike)) else list(src_path)
+    if len(sources) > 1 and snapshot:
+        raise RequestError("No support for concatenating multiple snapshot")
     if os.path.exists(dst_path):
-        if os.path.samefile(src_path, dst_path):
+        if any(os.path.exists(s) and os.path.samefile(s, dst_path) for s in sources):
             raise RequestError("the output file is the input file", path=dst_path)
         M.refuse_if_in_use(dst_path)
-    src = open_source(src_path, src_fmt, snapshot)
+    src = open_source(sources[0], src_fmt, snapshot) if len(sources) == 1 else \
+        Concatenated(sources, src_fmt)
     try:
-        if getattr(src, "in_use", False) and not force_share:
-            raise ImageInUseError(f"{src_path} is in use ({src.in_use_by or 'locked'}); is "
-                                  "a VM or another qemu process using it? (-U copies it "
-                                  "anyway)", path=src_path)
+        for part in getattr(src, "parts", [src]):
+            if getattr(part, "in_use", False) and not force_share:
+                raise ImageInUseError(f"{part.path} is in use ({part.in_use_by or 'locked'}); "
+                                      "is a VM or another qemu process using it? (-U copies "
+                                      "it anyway)", path=part.path)
         size = src.virtual_size
         if not create:
             _into_existing(src, dst_path, out_fmt, size, compress, progress,
