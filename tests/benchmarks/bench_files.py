@@ -20,8 +20,8 @@ window (1600x960, offscreen) and measures from the inside:
 - longest event-loop block while the index builds (a 5 ms timer's largest gap).
 - filter keystroke to result: typing ``fstab`` a key at a time, the slowest key's filter,
   tree and selection (usually ``f``: 1000 rows); peer: ``grep -F fstab`` over the list of
-  every path.  Taken just after the index is in, while the map may still be binning its
-  other pictures in a worker (so it varies with the load: 30-65 ms at load 3-4).
+  every path.  It varies with the machine's load (30-65 ms at load 3-4 on 2 cores, with
+  and without the first look alike; 15-22 ms in a quiet process).
 - hover naming a file: the map's hover text of a host cluster that holds file data
   (first and warm); peer: ``debugfs -R 'icheck BLOCK'`` then ``ncheck INODE``.
 
