@@ -69,31 +69,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-F", dest="backing_fmt", help="new backing file's format")
         p.add_argument("image")
     elif cmd == "convert":
-        p.description = "Copy the guest disk into a new image (qemu-img convert)."
-        p.add_argument("-c", action="store_true", dest="compress", help="compress (qcow2)")
-        p.add_argument("-O", dest="out_fmt", default="raw", help="qcow2 or raw")
-        p.add_argument("-o", dest="options", action="append", default=[])
-        p.add_argument("-l", dest="snapshot", help="snapshot.name=NAME or snapshot.id=ID")
-        p.add_argument("-m", dest="threads", type=int, default=2, help="compression threads")
-        p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
-        p.add_argument("-C", action="store_true", dest="copy_offload",
-                       help="(accepted: the copy is made by reading and writing)")
-        p.add_argument("--salvage", action="store_true", help="(accepted)")
-        p.add_argument("--target-is-zero", action="store_true", dest="target_is_zero",
-                       help="with -n: the target reads zeros, zero ranges are not written")
-        p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
-                       help="copy a source that is in use")
-        p.add_argument("-n", action="store_false", dest="create",
-                       help="write into an existing image (no image is created)")
-        p.add_argument("-B", dest="backing", metavar="BACKING",
-                       help="the output's backing file (only what the source's top "
-                       "image holds is copied)")
-        p.add_argument("-F", dest="backing_fmt", help="the backing file's format")
-        p.add_argument("-S", dest="sparse_size", metavar="SIZE",
-                       help="(accepted; zero clusters are always left unallocated)")
-        p.add_argument("src", nargs="+", help="one source, or several read one after "
-                       "the other")
-        p.add_argument("dst")
+        _convert_arguments(p)
     elif cmd == "amend":
         p.description = "Change image options in place (qemu-img amend)."
         p.add_argument("-o", dest="options", action="append", required=True)
@@ -108,6 +84,34 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-l", dest="snapshot")
         p.add_argument("image", nargs="?")
     return p
+
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Copy the guest disk into a new image (qemu-img convert)."
+    p.add_argument("-c", action="store_true", dest="compress", help="compress (qcow2)")
+    p.add_argument("-O", dest="out_fmt", default="raw", help="qcow2 or raw")
+    p.add_argument("-o", dest="options", action="append", default=[])
+    p.add_argument("-l", dest="snapshot", help="snapshot.name=NAME or snapshot.id=ID")
+    p.add_argument("-m", dest="threads", type=int, default=2, help="compression threads")
+    p.add_argument("-W", action="store_true", dest="unordered", help="(accepted)")
+    p.add_argument("-C", action="store_true", dest="copy_offload",
+                   help="(accepted: the copy is made by reading and writing)")
+    p.add_argument("--salvage", action="store_true", help="(accepted)")
+    p.add_argument("--target-is-zero", action="store_true", dest="target_is_zero",
+                   help="with -n: the target reads zeros, zero ranges are not written")
+    p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
+                   help="copy a source that is in use")
+    p.add_argument("-n", action="store_false", dest="create",
+                   help="write into an existing image (no image is created)")
+    p.add_argument("-B", dest="backing", metavar="BACKING",
+                   help="the output's backing file (only what the source's top "
+                   "image holds is copied)")
+    p.add_argument("-F", dest="backing_fmt", help="the backing file's format")
+    p.add_argument("-S", dest="sparse_size", metavar="SIZE",
+                   help="(accepted; zero clusters are always left unallocated)")
+    p.add_argument("src", nargs="+", help="one source, or several read one after "
+                   "the other")
+    p.add_argument("dst")
 
 
 def _fix_negative(cmd: str, argv: list[str]) -> list[str]:

@@ -114,31 +114,8 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
     would mix moments of a running disk.  ``threads`` compress at once with
     ``compress`` (qemu-img's ``-m``).  ``create=False`` (``-n``) writes into an
     existing image instead."""
-    options = dict(options or {})
-    if backing is not None:             # -B (an -o backing_file wins, as in qemu-img)
-        options.setdefault("backing_file", backing)
-    if backing_fmt is not None:
-        options.setdefault("backing_fmt", backing_fmt)
-    if out_fmt not in ("qcow2", "raw"):
-        raise RequestError(f"output format {out_fmt!r} is not supported (qcow2 or raw)")
-    if compress and out_fmt != "qcow2":
-        raise RequestError("Compression not supported for this file format")
-    if compress and (options or {}).get("preallocation", "off") != "off":
-        raise RequestError("Compression and preallocation not supported at the same time")
-    if out_fmt == "raw" and options.get("backing_file"):
-        raise RequestError("Backing file not supported for file format 'raw'")
-    if options.get("backing_fmt") and not options.get("backing_file"):
-        raise RequestError("Backing format cannot be used without backing file")
-    raw_prealloc = options.pop("preallocation", "off") if out_fmt == "raw" else "off"
-    if raw_prealloc not in ("off", "falloc", "full"):
-        raise RequestError(f"Unsupported preallocation mode: {raw_prealloc}")
-    if out_fmt == "raw" and options:
-        raise RequestError(f"raw images take no options ({', '.join(options)})")
-    if options.get("backing_file") and not options.get("backing_fmt"):
-        raise RequestError("Use of backing file requires explicit backing format")
-    prealloc_all = options.get("preallocation") in ("falloc", "full")
-    if prealloc_all:                    # metadata, then the file allocated to its end
-        options["preallocation"] = "metadata"
+    options, prealloc_all = _output_options(options, out_fmt, compress, backing,
+                                            backing_fmt)
     if not create:
         if options:
             raise RequestError("-o has no effect when skipping image creation")
@@ -165,7 +142,7 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                            zeros=not target_is_zero)
         elif out_fmt == "raw":
             _to_raw(src, dst_path, size, progress)
-            if raw_prealloc != "off":
+            if prealloc_all:
                 _allocate_file(dst_path)
         else:
             create_image(dst_path, size, overwrite=True, **options)
@@ -184,6 +161,41 @@ def convert_image(src_path: str, dst_path: str, *, out_fmt: str = "qcow2",
                 _allocate_file(dst_path)
     finally:
         src.close()
+
+
+def _output_options(options: dict | None, out_fmt: str, compress: bool,
+                    backing: str | None, backing_fmt: str | None) -> tuple[dict, bool]:
+    """``-o`` (with -B/-F folded in) checked as qemu-img convert checks them; returns
+    the create_image options and whether the file is allocated to its end after
+    (preallocation=falloc|full: metadata preallocation, then the host file)."""
+    options = dict(options or {})
+    if backing is not None:             # -B (an -o backing_file wins, as in qemu-img)
+        options.setdefault("backing_file", backing)
+    if backing_fmt is not None:
+        options.setdefault("backing_fmt", backing_fmt)
+    if out_fmt not in ("qcow2", "raw"):
+        raise RequestError(f"output format {out_fmt!r} is not supported (qcow2 or raw)")
+    if compress and out_fmt != "qcow2":
+        raise RequestError("Compression not supported for this file format")
+    if compress and options.get("preallocation", "off") != "off":
+        raise RequestError("Compression and preallocation not supported at the same time")
+    if out_fmt == "raw" and options.get("backing_file"):
+        raise RequestError("Backing file not supported for file format 'raw'")
+    if options.get("backing_fmt") and not options.get("backing_file"):
+        raise RequestError("Backing format cannot be used without backing file")
+    if out_fmt == "raw":
+        prealloc = options.pop("preallocation", "off")
+        if prealloc not in ("off", "falloc", "full"):
+            raise RequestError(f"Unsupported preallocation mode: {prealloc}")
+        if options:
+            raise RequestError(f"raw images take no options ({', '.join(options)})")
+        return options, prealloc != "off"
+    if options.get("backing_file") and not options.get("backing_fmt"):
+        raise RequestError("Use of backing file requires explicit backing format")
+    prealloc_all = options.get("preallocation") in ("falloc", "full")
+    if prealloc_all:
+        options["preallocation"] = "metadata"
+    return options, prealloc_all
 
 
 def _into_existing(src, dst_path: str, out_fmt: str, size: int, compress: bool,
