@@ -52,8 +52,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.description = "Change the virtual size (qemu-img resize)."
         p.add_argument("--shrink", action="store_true", help="allow shrinking (data past "
                        "the new end is lost)")
-        p.add_argument("--preallocation", choices=("off",), default="off",
-                       help="off only (the new clusters are allocated when written)")
+        p.add_argument("--preallocation", default="off",
+                       help="off, falloc or full (the new area's clusters written)")
         p.add_argument("image")
         p.add_argument("size", help="[+|-]SIZE")
     elif cmd == "commit":
@@ -202,13 +202,13 @@ def _resize(ns) -> int:
     if not os.path.exists(ns.image):
         raise Qcow2Error("no such file", path=ns.image)
     if (ns.fmt or probe_format(ns.image)) == "raw":
-        resize_raw(ns.image, ns.size, shrink=ns.shrink)
+        resize_raw(ns.image, ns.size, shrink=ns.shrink, preallocation=ns.preallocation)
         if not ns.quiet:
             emit("Image resized.")
         return 0
     with _open_rw(ns.image) as im:
         resize_image(im, parse_resize(im.virtual_size, ns.size), shrink=ns.shrink,
-                     progress=_progress(ns))
+                     progress=_progress(ns), preallocation=ns.preallocation)
     if not ns.quiet:
         emit("Image resized.")
     return 0

@@ -500,3 +500,28 @@ def test_convert_concatenates_several_sources_as_qemu(chain3, small, tmp_path, c
             assert (tmp_path / "o.img").read_bytes() == (tmp_path / "q.img").read_bytes()
         else:
             assert_same_as_qemu(tmp_path / "q.img", tmp_path / "o.img")
+
+
+@pytest.mark.parametrize("fmt, mode, size", [("qcow2", "full", "+3M"), ("qcow2", "falloc", "+3M"),
+                                             ("qcow2", "full", "--shrink 1M"),
+                                             ("raw", "falloc", "+3M"), ("raw", "full", "+3M")])
+def test_resize_with_preallocation_as_qemu(tmp_path, capsys, fmt, mode, size):
+    """resize --preallocation=falloc|full (refused before): the new area allocated,
+    reading zeros; with a shrink refused as qemu-img refuses it."""
+    img = qemu.create(tmp_path / "p.img", "2M", fmt=fmt)
+    qemu.qemu_io(img, "write -P 1 0 1000k", fmt=fmt)
+    theirs, mine = tmp_path / "q.img", tmp_path / "o.img"
+    theirs.write_bytes(img.read_bytes())
+    mine.write_bytes(img.read_bytes())
+    *opts, new = size.split()
+    p = qemu.qemu_img("resize", "-f", fmt, f"--preallocation={mode}", *opts, theirs, new,
+                      check=False)
+    rc, _, err = ours(capsys, "resize", "-f", fmt, f"--preallocation={mode}", *opts, mine, new)
+    assert rc == p.returncode, err
+    if rc:
+        assert len(err.splitlines()) == 1 and mine.read_bytes() == img.read_bytes()
+    elif fmt == "raw":
+        assert mine.read_bytes() == theirs.read_bytes()
+    else:
+        assert_same_as_qemu(theirs, mine)
+        assert qemu.info(mine)["actual-size"] >= 3 << 20

@@ -46,17 +46,26 @@ def shrink_refusal(image, new_size: int) -> str | None:
     return None
 
 
-def resize_raw(path: str, text: str, *, shrink: bool = False) -> int:
-    """qemu-img resize of a raw file: the file set to the new size (any byte count);
-    returns it.  A file some process holds with QEMU's locks is refused."""
+def resize_raw(path: str, text: str, *, shrink: bool = False,
+               preallocation: str = "off") -> int:
+    """qemu-img resize of a raw file: the file set to the new size (any byte count;
+    the new area allocated on the host with falloc|full); returns it.  A file some
+    process holds with QEMU's locks is refused."""
     M.refuse_if_in_use(path)
-    new_size = parse_resize(os.path.getsize(path), text)
-    if new_size < os.path.getsize(path) and not shrink:
+    old_size = os.path.getsize(path)
+    new_size = parse_resize(old_size, text)
+    if new_size < old_size and not shrink:
         raise RequestError(SHRINK_REFUSED)
+    if preallocation not in ("off", "falloc", "full"):
+        raise RequestError(f"Unsupported preallocation mode: {preallocation}")
+    if new_size < old_size and preallocation != "off":
+        raise RequestError("Preallocation can only be used for growing images")
     if new_size > MAX_VIRTUAL_SIZE:
         raise RequestError("Image size is too large")
     with open(path, "r+b") as f:
         f.truncate(new_size)
+        if preallocation != "off" and new_size > old_size:
+            os.posix_fallocate(f.fileno(), old_size, new_size - old_size)
         os.fsync(f.fileno())
     return new_size
 
@@ -66,8 +75,13 @@ def l1_entries_for(image, size: int) -> int:
 
 
 @M.operation
-def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -> None:
-    """Set the virtual size of a writable ``image`` to ``new_size`` bytes."""
+def resize_image(image, new_size: int, *, shrink: bool = False, progress=None,
+                 preallocation: str = "off") -> None:
+    """Set the virtual size of a writable ``image`` to ``new_size`` bytes;
+    ``preallocation`` falloc|full writes the new area's clusters (with zeros)."""
+    if preallocation not in ("off", "falloc", "full"):
+        raise RequestError(f"preallocation={preallocation} is not supported here when "
+                           "resizing (off, falloc or full)")
     if new_size % 512:
         raise RequestError("The new size must be a multiple of 512")
     if new_size > MAX_VIRTUAL_SIZE:
@@ -82,6 +96,8 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         return
     if new_size < old_size and not shrink:
         raise RequestError(SHRINK_REFUSED)
+    if new_size < old_size and preallocation != "off":
+        raise RequestError("Preallocation can only be used for growing images")
     why = shrink_refusal(image, new_size)
     if why is not None:
         raise RequestError(why)
@@ -99,6 +115,8 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None) -
         image.meta.write_header(size=new_size)
         M.reload(image)
         _zero_over_backing(image, old_size, new_size)
+        if preallocation != "off":
+            _preallocate(image, old_size, new_size, progress)
     else:
         image.meta.write_header(size=new_size)
         M.reload(image)
@@ -118,6 +136,17 @@ def _grow_data_file(image, new_size: int) -> None:
         return
     f.truncate(new_size)
     f.fsync()
+
+
+def _preallocate(image, old_size: int, new_size: int, progress) -> None:
+    """--preallocation=falloc|full: the new area's clusters allocated and holding
+    zeros, as qemu-img resize leaves them (data clusters, not zero clusters)."""
+    chunk = 4 << 20
+    for pos in range(old_size, new_size, chunk):
+        n = min(chunk, new_size - pos)
+        image.write(pos, bytes(n))
+        M.report(progress, pos + n - old_size, new_size - old_size)
+    image.flush()
 
 
 def _zero_over_backing(image, old_size: int, new_size: int) -> None:
