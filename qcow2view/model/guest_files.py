@@ -635,8 +635,9 @@ class GuestContents(QObject):
         return bytes(out[:info.size])
 
     def describe_volume(self, vol: int) -> Summary:
-        """A partition (or LV) with what it holds, its bytes lit."""
-        gv = self.index.volumes[vol]
+        """A partition (or LV) with what it holds, its bytes lit (the first look's
+        volumes are the index's: this needs no index)."""
+        gv = self.tree.index.volumes[vol]
         what = f"partition {gv.partition.index}" if gv.partition.index else "whole disk"
         if gv.filesystem is not None:
             what += f" ({gv.filesystem.type})"

@@ -320,7 +320,9 @@ class FilesPanel(QWidget):
         self.highlight.emit(s)
 
     def describe(self, node: Node) -> Summary | None:
-        if self.contents.index is None:
+        """Where the row's bytes live (a first look's row too: its extents are the
+        index's, the maps say the rest)."""
+        if self.contents.tree is None:
             return None
         if node.kind in (PART, FS):
             return self.contents.describe_volume(node.vol)
