@@ -439,9 +439,15 @@ class HeatmapView(QWidget):
         self._closed = False        # shown again after a close: pictures are wanted again
         super().showEvent(ev)
 
-    def closeEvent(self, ev) -> None:  # noqa: N802
+    def shut(self) -> None:
+        """No more pictures: the worker stops, and a redraw that a queued signal asks
+        for later (a picture binned just before) starts none (a thread left running
+        at exit aborts the process)."""
         self._closed = True
-        self.stop_prefetch()        # a closed map needs no pictures (and leaves no thread)
+        self.stop_prefetch()
+
+    def closeEvent(self, ev) -> None:  # noqa: N802
+        self.shut()                 # a closed map needs no pictures (and leaves no thread)
         super().closeEvent(ev)
 
     def resizeEvent(self, ev) -> None:

@@ -439,5 +439,5 @@ class ImageTab(QWidget):
     def close_document(self) -> None:
         self._closed = True
         if self._heatmap is not None:
-            self._heatmap.stop_prefetch()
+            self._heatmap.shut()
         self.document.close()

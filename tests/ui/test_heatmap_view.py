@@ -7,6 +7,7 @@ from PySide6.QtCore import QPoint, QRectF, Qt
 
 import qemu
 from qcow2view.model.allocation import colour
+from qcow2view.model.workers import running_workers
 from qcow2view.ui.heatmap import HeatmapView
 from qcow2view.ui.mainwindow import MainWindow
 
@@ -169,4 +170,25 @@ def test_zooming_in_shows_a_single_leaked_cluster_as_its_own_cell(qtbot, fine_le
     hm.plot.getViewBox().autoRange()
     qtbot.waitUntil(lambda: hm.detail is None, timeout=3000)
     hm.stop_prefetch()
+    w.close_all()
+
+
+def test_a_picture_delivered_after_the_tab_closed_starts_no_worker(qtbot, sample_image):
+    """A picture binned just before the close arrives as a queued signal after it: the
+    closed map must not start binning again (a thread running at exit aborts)."""
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    t = w.open_path(str(sample_image))
+    qtbot.waitUntil(lambda: t.document.analysis is not None and not t.document.busy,
+                    timeout=30000)
+    hm = t.heatmap
+    t.views.setCurrentWidget(hm)
+    hm.redraw()
+    qtbot.waitUntil(lambda: not running_workers(), timeout=30000)
+    t.close_document()
+    hm.resize(hm.width() // 2, hm.height() // 2)     # other pictures wanted...
+    hm._prefetched(None)            # ...by the queued 'binned' signal
+    hm.redraw()                     # or a resize timer firing late
+    assert not running_workers()
     w.close_all()
