@@ -92,7 +92,9 @@ def _write_streams(image, streams: list[tuple[int, bytes]]) -> None:
                                "clusters before taking snapshots")
         old = int.from_bytes(image.file.pread_exact(where.l2_entry_offset, 8, "L2 entry"),
                              "big")
-        if C.has_host_cluster(old):
+        if old & C.QCOW_OFLAG_COMPRESSED:
+            frees.append(image.layout.decode(old))     # the sectors its stream spans
+        elif C.has_host_cluster(old):
             frees.append((old & C.L2E_OFFSET_MASK, cs))
         meta.write_l2_entries(l1_entry & C.L1E_OFFSET_MASK, where.l2_index, [entry],
                               [0] if image.extended_l2 else None)
