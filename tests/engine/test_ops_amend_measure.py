@@ -125,3 +125,18 @@ def test_downgrade_refused_where_zeros_would_overwrite_a_snapshot(tmp_path, caps
     assert rc == 1 and "holds data for a snapshot" in err
     assert qemu.to_raw(mine, tmp_path / "o.raw", snapshot="s") == snap
     assert qemu.compare(mine, img).returncode == 0
+
+
+@pytest.mark.parametrize("options, switches", [
+    ({"extended_l2": True, "cluster_size": 65536}, "extended_l2=on,cluster_size=64k"),
+    ({"lazy_refcounts": True, "extended_l2": False}, "lazy_refcounts=on,extended_l2=off"),
+])
+def test_measure_takes_the_create_dialogs_bools(options, switches):
+    """The window's create dialog gives on/off options as bools: the same sizes as
+    qemu-img measure -o KEY=on|off (a bool was refused, and extended_l2=True measured
+    as off)."""
+    from qcow2view.engine.ops.measure import measure
+    want = json.loads(qemu.qemu_img("measure", "--output=json", "--size", "10G", "-O",
+                                    "qcow2", "-o", switches).stdout)
+    got = measure(10 << 30, options=options)
+    assert (got.required, got.fully_allocated) == (want["required"], want["fully-allocated"])

@@ -100,6 +100,16 @@ MEASURE_OPTIONS = ("size", "compat", "backing_file", "backing_fmt", "data_file",
                    "lazy_refcounts", "refcount_bits", "compression_type", "extended_l2")
 
 
+def _switch(options: dict, key: str) -> bool:
+    """An on/off option as -o spells it, or a bool (the window's create dialog)."""
+    value = options.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in ("on", "off"):
+        raise RequestError(f"Parameter '{key}' expects 'on' or 'off'")
+    return str(value).lower() == "on"
+
+
 def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
     """(cluster size, refcount order, extended L2, preallocation) from ``-o``, checked
     as qcow2_measure checks them -- only these; combinations create refuses
@@ -109,10 +119,9 @@ def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
             raise RequestError("encrypted images are not measured here")
         if key not in MEASURE_OPTIONS:
             raise RequestError(f"Invalid parameter '{key}'")
-    for key in ("lazy_refcounts", "extended_l2", "data_file_raw", "encryption"):
-        if key in options and str(options[key]).lower() not in ("on", "off"):
-            raise RequestError(f"Parameter '{key}' expects 'on' or 'off'")
-    ext = str(options.get("extended_l2", "off")).lower() == "on"
+    for key in ("lazy_refcounts", "data_file_raw", "encryption"):
+        _switch(options, key)            # refused unless on/off
+    ext = _switch(options, "extended_l2")
     cs = parse_size(str(options.get("cluster_size", 65536)))
     if cs < 512 or cs > 2 << 20 or cs & (cs - 1):
         raise RequestError("Cluster size must be a power of two between 512 and 2048k")
