@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import clusters as C
 from .. import metadata_ops as M
-from ..create import parse_size
+from ..create import _bool, parse_size
 from ..errors import RequestError
 from ..header import QCOW_MAX_L1_SIZE
 from ..image import RawImage
@@ -101,13 +101,12 @@ MEASURE_OPTIONS = ("size", "compat", "backing_file", "backing_fmt", "data_file",
 
 
 def _switch(options: dict, key: str) -> bool:
-    """An on/off option as -o spells it, or a bool (the window's create dialog)."""
-    value = options.get(key, False)
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() not in ("on", "off"):
-        raise RequestError(f"Parameter '{key}' expects 'on' or 'off'")
-    return str(value).lower() == "on"
+    """An on/off option as -o spells it, or a bool (the window's create dialog), read
+    as create reads it; refused in qemu-img measure's words."""
+    try:
+        return _bool(key, options.get(key, False))
+    except RequestError:
+        raise RequestError(f"Parameter '{key}' expects 'on' or 'off'") from None
 
 
 def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
