@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--size", default="4G")
     ap.add_argument("--overlay", default="1G")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="", metavar="NAMES",
+                    help="comma-separated operations to time (convert, convert -c, commit, "
+                         "snapshot -d, amend); default all")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     size, ov = parse_size(a.size), parse_size(a.overlay)
@@ -93,7 +96,13 @@ def main() -> None:
                     os.unlink(j(c))
             return t
 
+        wanted = [w.strip() for w in a.only.split(",") if w.strip()]
+
         def pair(name, ours_cmd, qemu_cmd, setup=None, cleanup=()):
+            key = name.split(" (")[0]          # "commit (1G overlay)" -> "commit"
+            key = "amend" if key.startswith("amend") else key
+            if wanted and key not in wanted:
+                return
             qs, os_ = [], []
             for _ in range(a.rounds):
                 qs.append(once(qemu_cmd, setup, cleanup))

@@ -281,15 +281,26 @@ def _to_qcow2(src, dst, size: int, compress: bool, progress, pool=None,
     chunk = max(CHUNK // cs, 1) * cs
     if own is not None:
         chunk = max(chunk // own[0], 1) * own[0]
+    if own is None:
+        # the next chunk is read in a second thread while this one is written (the
+        # reads release the GIL): a source that is not in the page cache streams
+        with ThreadPoolExecutor(1, thread_name_prefix="qcow2view-convert-read") as ahead:
+            nxt = ahead.submit(src.read, 0, min(chunk, size))
+            for pos in range(0, size, chunk):
+                n = min(chunk, size - pos)
+                data = nxt.result()
+                if pos + n < size:
+                    nxt = ahead.submit(src.read, pos + n, min(chunk, size - pos - n))
+                _write_chunk(data, dst, pos, compress, pool)
+                M.report(progress, pos + n, size)
+        dst.flush()
+        return
     for pos in range(0, size, chunk):
         n = min(chunk, size - pos)
-        if own is None:
-            _copy_chunk(src, dst, pos, n, compress, pool)
-        else:
-            # only what the top image decides, zeros written as zeros: the output's
-            # backing file must not show through them
-            for lo, hi in _own_spans(own, pos, n, cs if compress else 1, size):
-                _copy_chunk(src, dst, lo, hi - lo, compress, pool, zeros=True)
+        # only what the top image decides, zeros written as zeros: the output's
+        # backing file must not show through them
+        for lo, hi in _own_spans(own, pos, n, cs if compress else 1, size):
+            _copy_chunk(src, dst, lo, hi - lo, compress, pool, zeros=True)
         M.report(progress, pos + n, size)
     dst.flush()
 
@@ -315,9 +326,14 @@ def _copy_chunk(src, dst, pos: int, n: int, compress: bool, pool,
                 zeros: bool = False) -> None:
     """The nonzero clusters of ``n`` guest bytes at ``pos`` written (compressed);
     with ``zeros`` the zero ones between them written as zeros."""
+    _write_chunk(src.read(pos, n), dst, pos, compress, pool, zeros)
+
+
+def _write_chunk(data: bytes, dst, pos: int, compress: bool, pool, zeros: bool = False) -> None:
+    """:func:`_copy_chunk` of bytes already read."""
     cs = dst.cluster_size
     ctype = dst.header.compression_type
-    data = src.read(pos, n)
+    n = len(data)
     end = 0
     for a, b in nonzero_runs(data, cs):
         if zeros and a > end:
