@@ -49,16 +49,18 @@ def random_raw(path: str, size: int) -> None:
             f.write(os.urandom(chunk))
 
 
-def sync_drop() -> None:
-    """Written data on disk, and (as root) the page cache emptied: each run starts from
-    the same memory state (a cache full of the last run's pages makes the kernel
-    reclaim during the next one, by seconds and unevenly)."""
+def sync_drop(folder: str) -> None:
+    """Written data on disk, and the images' pages dropped from the page cache: each
+    run reads its input from the disk, as after a reboot (the programs themselves,
+    qemu-img's and Python's, stay cached: a full drop made start-up, not the work,
+    decide the short operations)."""
     os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        pass
+    for name in os.listdir(folder):
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def main() -> None:
@@ -89,7 +91,7 @@ def main() -> None:
         def once(cmd, setup, cleanup) -> float:
             if setup:
                 setup()
-            sync_drop()
+            sync_drop(d)
             t = run(cmd)
             for c in cleanup:
                 if os.path.exists(j(c)):
