@@ -52,6 +52,24 @@ def _no_dialogs_left(request):
 
 
 @pytest.fixture
+def held_index(monkeypatch):
+    """The guest index's build waits until the returned event is set (the first look
+    is not held): a test sees the Files tree while the index is still building."""
+    import threading
+
+    import qcow2view.model.guest_files as gf
+    gate = threading.Event()
+    real = gf.build_index
+
+    def held(image, progress):
+        gate.wait(30)
+        return real(image, progress)
+    monkeypatch.setattr(gf, "build_index", held)
+    yield gate
+    gate.set()
+
+
+@pytest.fixture
 def sample_image(tmp_path):
     """64 MiB, 64 KiB clusters: data at 0-128K and 32M, a zero cluster at 1M, and a
     snapshot taken before the first cluster was rewritten (so it has refcount 1

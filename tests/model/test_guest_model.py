@@ -103,21 +103,12 @@ def test_sorting_orders_rows_still_to_fetch(contents, gpt_disk, monkeypatch):  #
     assert got == [p.name for p in files]
 
 
-def test_first_rows_come_before_the_index_and_a_filter_waits_for_it(qtbot, gpt_disk, monkeypatch, qtmodeltester):  # noqa: F811,E501
+def test_first_rows_come_before_the_index_and_a_filter_waits_for_it(qtbot, gpt_disk, held_index, qtmodeltester):  # noqa: F811,E501
     """While the index builds (held here until released) the tree shows the first look:
     partitions, filesystems, the root directories; a deeper directory says it is being
     read; a filter says the index is building, never an empty result."""
-    import threading
-
-    import qcow2view.model.guest_files as gf
     from qcow2view.model.guest_model import NOTE, READING
-    gate = threading.Event()
-    real = gf.build_index
-
-    def held(image, progress):
-        gate.wait(30)
-        return real(image, progress)
-    monkeypatch.setattr(gf, "build_index", held)
+    gate = held_index
     doc = ImageDocument(gpt_disk.qcow2)
     doc.load_header()
     c = doc.guest

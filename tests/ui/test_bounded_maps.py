@@ -16,7 +16,7 @@ import pytest
 from PySide6.QtGui import QImage
 
 import qemu
-from gui_fixtures import run_app
+from gui_fixtures import run_app, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 1 << 30          # address space for the child: the old per-cluster arrays needed 4+ GiB
@@ -80,18 +80,12 @@ def test_map_width_is_bounded(tmp_path, sparse_tail, width):
 
 
 @pytest.mark.qt_log_ignore("This plugin does not support")
-def test_heatmap_says_what_follows_the_map(qtbot, sparse_tail):
-    from qcow2view.ui.mainwindow import MainWindow
+def test_heatmap_says_what_follows_the_map(qtbot, window, sparse_tail):
     path, used = sparse_tail
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.show()
-    t = w.open_path(str(path))
-    qtbot.waitUntil(lambda: t.document.analysis is not None and not t.document.busy,
-                    timeout=30000)
+    t = window.open_path(str(path))
+    wait_ready(qtbot, t)
     t.views.setCurrentWidget(t.heatmap)
     t.heatmap.redraw()
     n = t.allocation.count("kind")
     assert 0 < n <= used
     assert f"then {(1 << 31) - n:,} unused clusters" in t.heatmap.info.text()
-    w.close_all()

@@ -490,21 +490,12 @@ def test_leaked_and_corrupt_clusters_are_named_by_what_they_held(qtbot, window, 
     assert f"most severe:\nhost cluster {host // 65536:#x}: guest {cluster:#x}, " in text
 
 
-def test_first_rows_while_the_index_builds(qtbot, window, gpt_disk, monkeypatch):  # noqa: F811
+def test_first_rows_while_the_index_builds(qtbot, window, gpt_disk, held_index):  # noqa: F811
     """The tree shows the root directories before the index is in (the build is held
     here until released); a directory opened then stays open, with its files, once the
     index is in; a name typed meanwhile says 'building index…', then finds its files."""
-    import threading
-
-    import qcow2view.model.guest_files as gf
     from qcow2view.model.guest_model import DIR, NOTE, READING
-    gate = threading.Event()
-    real = gf.build_index
-
-    def held(image, progress):
-        gate.wait(30)
-        return real(image, progress)
-    monkeypatch.setattr(gf, "build_index", held)
+    gate = held_index
     tab = window.open_path(str(gpt_disk.qcow2))
     try:
         wait_ready(qtbot, tab)

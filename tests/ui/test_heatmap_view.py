@@ -6,6 +6,7 @@ import pytest
 from PySide6.QtCore import QPoint, QRectF, Qt
 
 import qemu
+from gui_fixtures import wait_ready
 from qcow2view.model.allocation import colour
 from qcow2view.model.workers import running_workers
 from qcow2view.ui.heatmap import HeatmapView
@@ -112,16 +113,12 @@ def fine_leak(tmp_path):
     return p, host // 512
 
 
-def test_zooming_in_shows_a_single_leaked_cluster_as_its_own_cell(qtbot, fine_leak):
+def test_zooming_in_shows_a_single_leaked_cluster_as_its_own_cell(qtbot, window, fine_leak):
     path, leak = fine_leak
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.show()
-    t = w.open_path(str(path))
-    qtbot.waitUntil(lambda: t.document.analysis is not None and not t.document.busy,
-                    timeout=30000)
+    t = window.open_path(str(path))
+    wait_ready(qtbot, t)
     # a small map of the tab's allocation model: many clusters per overview cell
-    w.hide()
+    window.hide()
     hm = HeatmapView(t.allocation)
     qtbot.addWidget(hm)
     hm.resize(320, 420)
@@ -170,25 +167,15 @@ def test_zooming_in_shows_a_single_leaked_cluster_as_its_own_cell(qtbot, fine_le
     hm.plot.getViewBox().autoRange()
     qtbot.waitUntil(lambda: hm.detail is None, timeout=3000)
     hm.stop_prefetch()
-    w.close_all()
 
 
-def test_a_picture_delivered_after_the_tab_closed_starts_no_worker(qtbot, sample_image):
+def test_a_picture_delivered_after_the_tab_closed_starts_no_worker(tab, qtbot):
     """A picture binned just before the close arrives as a queued signal after it: the
     closed map must not start binning again (a thread running at exit aborts)."""
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.show()
-    t = w.open_path(str(sample_image))
-    qtbot.waitUntil(lambda: t.document.analysis is not None and not t.document.busy,
-                    timeout=30000)
-    hm = t.heatmap
-    t.views.setCurrentWidget(hm)
-    hm.redraw()
+    hm = tab.heatmap
     qtbot.waitUntil(lambda: not running_workers(), timeout=30000)
-    t.close_document()
+    tab.close_document()
     hm.resize(hm.width() // 2, hm.height() // 2)     # other pictures wanted...
     hm._prefetched(None)            # ...by the queued 'binned' signal
     hm.redraw()                     # or a resize timer firing late
     assert not running_workers()
-    w.close_all()
