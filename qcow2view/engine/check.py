@@ -403,7 +403,7 @@ def _zero_misaligned_preallocated(image) -> tuple[int, int]:
             if not l2 or l2 & (cs - 1) or l2 + cs > size or l2 in seen:
                 continue
             seen.add(l2)
-            words = np.frombuffer(image.file.pread(l2, cs), dtype=">u8").astype(np.uint64)
+            words = image.meta.l2_words(l2)
             ent = words[0::2] if ext else words
             off = ent & np.uint64(C.L2E_OFFSET_MASK)
             bad = ((ent & np.uint64(C.QCOW_OFLAG_COMPRESSED)) == 0) & (off != 0) & (
