@@ -51,6 +51,12 @@ HOST_KINDS: dict[HostKind, tuple[str, str]] = {
     HostKind.SNAPSHOT_L2_TABLE: ("snapshot L2 table", "#80cbc4"),
 }
 LEAKED, CORRUPT = HostKind.LEAKED, HostKind.CORRUPT
+# a refcount past the end of the file (a truncated image): the engine's host map
+# marks it LEAKED, but qemu-img check compares refcounts only up to the end of the
+# file (or the last cluster referenced), so it is no leak there; its own colour
+PAST_EOF = 20
+PAST_EOF_NAME = "refcount past end of file"
+PAST_EOF_COLOUR = "#f8bbd0"
 
 RC_BASE = 32
 REFCOUNT_CLASSES = [("refcount 0", "#eceff1"), ("refcount 1", "#1e88e5"),
@@ -89,6 +95,7 @@ def _palette() -> np.ndarray:
 
     for k, (_, col) in HOST_KINDS.items():
         put(k, col)
+    put(PAST_EOF, PAST_EOF_COLOUR)
     for i, (_, col) in enumerate(REFCOUNT_CLASSES):
         put(RC_BASE + i, col)
     for s, (_, col) in GUEST_STATES.items():
@@ -217,7 +224,9 @@ def _host_severity() -> np.ndarray:
     rank[HostKind.FREE] = 0
     rank[HostKind.DATA] = 1
     rank[HostKind.COMPRESSED] = 2
-    return (base * 4 + rank).astype(np.uint8)
+    sev = base * 4 + rank
+    sev[PAST_EOF] = sev[LEAKED] - 1         # shows through everything but damage
+    return sev.astype(np.uint8)
 
 
 CHUNK = 1 << 22     # clusters per pass when binning (bounded temporaries)
@@ -232,6 +241,19 @@ def refcount_indices(kinds: np.ndarray, refcounts) -> np.ndarray:
     bad = (kinds == LEAKED) | (kinds == CORRUPT)
     idx[bad] = kinds[bad]
     return idx
+
+
+def counted_end(host_map) -> int:
+    """Host clusters qemu-img check compares refcounts for: up to the end of the
+    file, or past it up to the last cluster some table references (QEMU's
+    in-memory refcount array grows to cover it).  The host map may go on past
+    this with on-disk refcounts of a truncated image."""
+    n = len(host_map.kinds)
+    end = min(n, -(-host_map.file_size // host_map.cluster_size))
+    if end >= n:
+        return n
+    past = np.flatnonzero(np.asarray(host_map.references[end:n]))
+    return end + (int(past[-1]) + 1 if len(past) else 0)
 
 
 def mode_indices(mode: str, host_map, guest_map, lo: int = 0, hi: int | None = None
@@ -293,6 +315,8 @@ class AllocationModel(QObject):
         self._segments: dict[int, tuple] = {}
         self._gen = 0       # bumped by set_maps: late prefetch results are dropped
         self._host_severity = _host_severity()
+        self._counted_end = 0   # host clusters qemu-img check compares (counted_end)
+        self._hidden_leaks: int | None = None   # leaks drawn as corrupt (overlaps)
 
     # -- content -----------------------------------------------------------------------
     def set_maps(self, host_map, guest_map, prepared: dict | None = None) -> None:
@@ -300,6 +324,8 @@ class AllocationModel(QObject):
         self._gen += 1
         self.host_map = host_map
         self.guest_map = guest_map
+        self._counted_end = 0 if host_map is None else counted_end(host_map)
+        self._hidden_leaks = None
         self._cache = {}
         self._index = dict((prepared or {}).get("indices", {}))
         self._counts = dict((prepared or {}).get("counts", {}))
@@ -340,7 +366,14 @@ class AllocationModel(QObject):
         if mode == "fs":
             return self._fs[lo:hi]
         if mode != "guest":
-            return mode_indices(mode, self.host_map, None, lo, hi)
+            got = mode_indices(mode, self.host_map, None, lo, hi)
+            hi = len(self.host_map.kinds) if hi is None else hi
+            if hi > self._counted_end:      # a refcount past the end of the file
+                got = got.copy()
+                a = max(0, self._counted_end - lo)
+                tail = got[a:]
+                tail[self.host_map.kinds[lo + a:hi] == LEAKED] = PAST_EOF
+            return got
         got = self._index.get(mode)
         if got is None:
             gen = self._gen
@@ -387,6 +420,7 @@ class AllocationModel(QObject):
         if mode == "refcount":
             for i in range(4):
                 sev[RC_BASE + i] = i + 1
+            sev[PAST_EOF] = 253
             sev[LEAKED] = 254
             sev[CORRUPT] = 255
         else:
@@ -473,12 +507,17 @@ class AllocationModel(QObject):
             return []
         counts = self._mode_counts(mode)
         out = []
+        if mode in ("kind", "refcount"):
+            # leaked as qemu-img check counts them: with the ones drawn as corrupt
+            counts = counts.copy()
+            counts[LEAKED] += self._leaks_drawn_corrupt()
         if mode == "kind":
             entries = [(k, name) for k, (name, _) in HOST_KINDS.items()]
+            entries.insert(entries.index((LEAKED, "leaked")) + 1, (PAST_EOF, PAST_EOF_NAME))
             always = {0, 1, 11}
         elif mode == "refcount":
             entries = [(RC_BASE + i, name) for i, (name, _) in enumerate(REFCOUNT_CLASSES)]
-            entries += [(LEAKED, "leaked"), (CORRUPT, "corrupt")]
+            entries += [(LEAKED, "leaked"), (PAST_EOF, PAST_EOF_NAME), (CORRUPT, "corrupt")]
             always = {RC_BASE, RC_BASE + 1}
         elif mode == "fs":
             entries = [(FS_BASE + i, name) for i, (name, _) in enumerate(FS_CLASSES)]
@@ -492,6 +531,23 @@ class AllocationModel(QObject):
             if counts[i] or i in always:
                 out.append((name, colour(i), int(counts[i])))
         return out
+
+    def _leaks_drawn_corrupt(self) -> int:
+        """Clusters qemu-img check counts as leaked (refcount above the references)
+        that the map draws as corrupt, the more severe thing they also are (metadata
+        overlapping other metadata); read once per map, a chunk of kinds at a time."""
+        got, gen, hm = self._hidden_leaks, self._gen, self.host_map
+        if got is None:
+            got = 0
+            for lo in range(0, self._counted_end, CHUNK):
+                hi = min(self._counted_end, lo + CHUNK)
+                bad = lo + np.flatnonzero(hm.kinds[lo:hi] == CORRUPT)
+                if len(bad):
+                    rc = np.asarray(hm.refcounts[bad], dtype=np.uint64)
+                    got += int((rc > np.asarray(hm.references[bad], dtype=np.uint64)).sum())
+            if gen == self._gen:
+                self._hidden_leaks = got
+        return got
 
     # -- questions about one cell ----------------------------------------------------------
     def representative(self, pic: Picture, row: int, col: int) -> int | None:
@@ -551,10 +607,10 @@ class AllocationModel(QObject):
 
     def _names(self, mode: str) -> dict[int, str]:
         if mode == "kind":
-            return {k: n for k, (n, _) in HOST_KINDS.items()}
+            return {k: n for k, (n, _) in HOST_KINDS.items()} | {PAST_EOF: PAST_EOF_NAME}
         if mode == "refcount":
             d = {RC_BASE + i: n for i, (n, _) in enumerate(REFCOUNT_CLASSES)}
-            d.update({LEAKED: "leaked", CORRUPT: "corrupt"})
+            d.update({LEAKED: "leaked", CORRUPT: "corrupt", PAST_EOF: PAST_EOF_NAME})
             return d
         if mode == "fs":
             return {FS_BASE + i: n for i, (n, _) in enumerate(FS_CLASSES)}
@@ -589,8 +645,10 @@ class AllocationModel(QObject):
             rc = str(int(hm.refcounts[c]))
         except Exception:
             rc = "?"
-        lines = [f"host cluster {c:,} at {c * cs:#x}",
-                 f"kind: {HOST_KINDS.get(kind, (str(kind), ''))[0]}",
+        name = HOST_KINDS.get(kind, (str(kind), ""))[0]
+        if kind == LEAKED and c >= self._counted_end:
+            name = PAST_EOF_NAME + " (not a leak to qemu-img check)"
+        lines = [f"host cluster {c:,} at {c * cs:#x}", f"kind: {name}",
                  f"refcount {rc}, references found {int(hm.references[c])}"]
         if c * cs >= hm.file_size:
             lines.append("past the end of the file")

@@ -306,7 +306,8 @@ class HeatmapView(QWidget):
         self.info.setText(self._info_text)
         self.info.setToolTip(f"{MODE_TITLES[mode]}. " + (
             "" if pic.bin == 1 else "Each cell shows the most severe kind among its clusters: "
-            "corrupt, then leaked, then metadata, compressed, data, free."))
+            "corrupt, then leaked, then a refcount past the end of the file, then metadata, "
+            "compressed, data, free."))
         if self.selected is not None and mode not in GUEST_MODES:
             self._mark(self.selected)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
 
+import check_images
 import qemu
 from qcow2view.engine import GuestKind, open_image
-from qcow2view.model.allocation import (BACKING_BASE, CORRUPT, GUEST_BASE, LEAKED, RC_BASE,
-                                        AllocationModel, colour)
+from qcow2view.model.allocation import (BACKING_BASE, CORRUPT, GUEST_BASE, LEAKED, PAST_EOF,
+                                        PAST_EOF_NAME, RC_BASE, AllocationModel, colour)
 
 DATA, HEADER, L1, REFTABLE = 11, 1, 2, 4
 
@@ -184,3 +186,32 @@ def test_every_engine_kind_has_a_name_and_colour():
     assert set(HOST_KINDS) == set(HostKind)
     held = set(GuestKind) - {GuestKind.FILE, GuestKind.ERROR, GuestKind.BACKING}
     assert set(GUEST_STATES) == held        # BACKING is coloured by depth
+
+
+def _truncated(p):
+    """A refcount past the end of the file: the last clusters cut off (qemu-img check
+    counts no leak for them, it compares refcounts up to the end of the file only)."""
+    os.truncate(p, os.path.getsize(p) - 3 * 4096)
+
+
+@pytest.mark.parametrize("damage", [check_images.dmg_leak, check_images.dmg_refblock_on_l2,
+                                    _truncated], ids=lambda f: f.__name__)
+def test_legend_counts_leaks_as_qemu_img_check(tmp_path, damage):
+    """The map's legend says as many leaked clusters as qemu-img check finds: a refcount
+    past the end of the file is its own kind, a leaked cluster that also overlaps other
+    metadata (drawn corrupt) is still one of the leaks."""
+    p = check_images.build_damaged(tmp_path)
+    end = qemu.check(p)[1]["image-end-offset"]
+    damage(p)
+    leaks = qemu.check(p)[1].get("leaks", 0)
+    m = _model(p, ("host",))
+    for mode in ("kind", "refcount"):
+        legend = {name: n for name, _, n in m.legend(mode)}
+        assert legend.get("leaked", 0) == leaks, mode
+        if damage is _truncated:        # every cluster cut off had its refcount
+            assert legend[PAST_EOF_NAME] == (end - os.path.getsize(p)) // 4096, mode
+    if damage is _truncated:
+        pic = m.picture("kind")
+        last = end // 4096 - 1
+        assert _pixel(m, pic, last) == colour(PAST_EOF)
+        assert "past end of file" in m.describe(pic, *pic.cell_of(last))
