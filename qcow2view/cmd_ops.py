@@ -53,7 +53,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--shrink", action="store_true", help="allow shrinking (data past "
                        "the new end is lost)")
         p.add_argument("--preallocation", default="off",
-                       help="off, falloc or full (the new area's clusters written)")
+                       help="off, metadata (qcow2: the new area's tables and clusters "
+                       "allocated, not written), falloc or full (its clusters written)")
         p.add_argument("image")
         p.add_argument("size", help="[+|-]SIZE")
     elif cmd == "commit":

@@ -2,7 +2,8 @@
 
 Growing moves the L1 table to a larger place when the new size needs more
 entries (qcow2_grow_l1_table), sets an external data file to the new size and
-then writes the new size.  Shrinking is
+then writes the new size; ``preallocation=metadata`` then gives the new area L2
+tables and host clusters without writing data (qcow2's preallocate_co).  Shrinking is
 refused without ``shrink=True`` (qemu-img's ``--shrink``); with it the size is
 written first, then the clusters past the new end are released: whole L2
 tables leave the L1 table, the last table loses its tail entries (copied first
@@ -21,6 +22,8 @@ from ..create import MAX_VIRTUAL_SIZE, parse_size
 from ..errors import RequestError
 from ..header import QCOW_MAX_L1_SIZE
 
+#: qemu-img resize --preallocation for qcow2 (QEMU's PreallocMode names)
+PREALLOCATION_MODES = ("off", "metadata", "falloc", "full")
 SHRINK_REFUSED = "Use the --shrink option to perform a shrink operation."
 
 
@@ -54,12 +57,12 @@ def resize_raw(path: str, text: str, *, shrink: bool = False,
     M.refuse_if_in_use(path)
     old_size = os.path.getsize(path)
     new_size = parse_resize(old_size, text)
-    if new_size < old_size and not shrink:
-        raise RequestError(SHRINK_REFUSED)
     if preallocation not in ("off", "falloc", "full"):
         raise RequestError(f"Unsupported preallocation mode: {preallocation}")
-    if new_size < old_size and preallocation != "off":
+    if new_size <= old_size and preallocation != "off":   # checked first, as qemu-img
         raise RequestError("Preallocation can only be used for growing images")
+    if new_size < old_size and not shrink:
+        raise RequestError(SHRINK_REFUSED)
     if new_size > MAX_VIRTUAL_SIZE:
         raise RequestError("Image size is too large")
     with open(path, "r+b") as f:
@@ -78,10 +81,10 @@ def l1_entries_for(image, size: int) -> int:
 def resize_image(image, new_size: int, *, shrink: bool = False, progress=None,
                  preallocation: str = "off") -> None:
     """Set the virtual size of a writable ``image`` to ``new_size`` bytes;
-    ``preallocation`` falloc|full writes the new area's clusters (with zeros)."""
-    if preallocation not in ("off", "falloc", "full"):
-        raise RequestError(f"preallocation={preallocation} is not supported here when "
-                           "resizing (off, falloc or full)")
+    ``preallocation`` metadata allocates the new area's clusters without writing
+    them, falloc|full writes them (with zeros)."""
+    if preallocation not in PREALLOCATION_MODES:
+        raise RequestError(f"Invalid preallocation mode '{preallocation}'")
     if new_size % 512:
         raise RequestError("The new size must be a multiple of 512")
     if new_size > MAX_VIRTUAL_SIZE:
@@ -92,12 +95,12 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None,
     image.require_writable()
     image.flush()
     old_size = image.virtual_size
+    if new_size <= old_size and preallocation != "off":    # qemu-img resize: the same size too
+        raise RequestError("Preallocation can only be used for growing images")
     if new_size == old_size:
         return
     if new_size < old_size and not shrink:
         raise RequestError(SHRINK_REFUSED)
-    if new_size < old_size and preallocation != "off":
-        raise RequestError("Preallocation can only be used for growing images")
     why = shrink_refusal(image, new_size)
     if why is not None:
         raise RequestError(why)
@@ -114,9 +117,15 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None,
         _grow_data_file(image, new_size)
         image.meta.write_header(size=new_size)
         M.reload(image)
-        _zero_over_backing(image, old_size, new_size)
-        if preallocation != "off":
-            _preallocate(image, old_size, new_size, progress)
+        if preallocation == "metadata":
+            # qcow2_co_truncate: preallocate_co first, the zeroing over a longer
+            # backing file after it (the new clusters then become zero-allocated)
+            _preallocate_metadata(image, old_size, new_size, progress)
+            _zero_over_backing(image, old_size, new_size)
+        else:
+            _zero_over_backing(image, old_size, new_size)
+            if preallocation != "off":
+                _preallocate(image, old_size, new_size, progress)
     else:
         image.meta.write_header(size=new_size)
         M.reload(image)
@@ -147,6 +156,80 @@ def _preallocate(image, old_size: int, new_size: int, progress) -> None:
         image.write(pos, bytes(n))
         M.report(progress, pos + n - old_size, new_size - old_size)
     image.flush()
+
+
+def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None:
+    """--preallocation=metadata (preallocate_co): L2 table by L2 table, from the
+    cluster holding the old end, the table first (a table shared with a snapshot
+    is copied, as get_cluster_table does), then one contiguous host run for each
+    run of entries without a host cluster, entered as normal COPIED entries
+    (extended L2: the sub-cluster bitmap untouched, as QEMU's prealloc leaves it).
+    No data is written: the file is only extended past the last cluster, sparse.
+    Entries that already hold a host cluster are kept as they are (QEMU would
+    copy a compressed or shared one holding the old end: not done here)."""
+    meta, cb, cs = image.meta, image.cluster_bits, image.cluster_size
+    step = 2 if image.extended_l2 else 1
+    target = image.data_file if image.has_data_file else image.file
+    file_size = target.size
+    pos, end = old_size >> cb, -(-new_size // cs)
+    last_host = 0
+    while pos < end:
+        l1i, idx = divmod(pos, image.l2_size)
+        n = min(end - pos, image.l2_size - idx)
+        l2off, words = _writable_table(image, l1i)
+        raw = words[::step]                     # a view: entries, not bitmaps
+        part = raw[idx:idx + n]
+        need = ~(C.has_host_clusters(part, image.has_data_file)
+                 | ((part & M.COMPRESSED) != 0))
+        for lo, hi in M.runs(need):
+            if image.has_data_file:             # guest offset = data file offset
+                first = pos + lo
+            else:
+                first = meta.refcounts.alloc(hi - lo)
+            raw[idx + lo:idx + hi] = ((np.arange(first, first + hi - lo, dtype=np.uint64)
+                                       << np.uint64(cb)) | M.COPIED)
+        if need.any():
+            M.sync_refcounts(image)             # counted and durable before the entries
+            # the file holds every cluster an entry maps before the entry is written
+            # (QEMU extends it only at the end: a crash between would leave entries
+            # past the end of the file, which qemu-img check calls corruption)
+            top = int(((part[need] & M.OFFSET_MASK) >> np.uint64(cb)).max() + 1) << cb
+            if top > target.size:
+                target.truncate(top)
+                target.fsync()
+            meta.write_l2(l2off, words[idx * step:(idx + n) * step], first=idx * step)
+            image.file.fsync()
+        last_host = int(raw[idx + n - 1] & M.OFFSET_MASK)
+        pos += n
+        M.report(progress, (pos << cb) - old_size, new_size - old_size)
+    M.reload(image)
+    # qemu-img 7.2 leaves the last cluster's part past an unaligned new end written
+    # (zeros; its host blocks allocated, so qemu-img map calls that part data)
+    tail = last_host + new_size - ((end - 1) << cb)
+    if last_host + cs > file_size and tail < last_host + cs:
+        target.pwrite(tail, bytes(last_host + cs - tail))
+        target.fsync()
+
+
+def _writable_table(image, l1i: int) -> tuple[int, np.ndarray]:
+    """The active L2 table of L1 entry ``l1i``, ours alone: (file offset, its words).
+    A missing table is allocated zeroed, one shared with a snapshot copied (the old
+    one's reference dropped once the L1 entry points at the copy), as l2_allocate."""
+    meta, cb = image.meta, image.cluster_bits
+    entry = int(image.l1_table.entries[l1i])
+    l2off = entry & C.L1E_OFFSET_MASK
+    if l2off and entry & C.QCOW_OFLAG_COPIED and meta.refcounts.refcount(l2off >> cb) == 1:
+        return l2off, M.read_l2_words(image, l2off, l1i).copy()
+    if l2off:
+        words = M.read_l2_words(image, l2off, l1i).copy()
+    else:
+        words = np.zeros(image.l2_size * (2 if image.extended_l2 else 1), dtype=np.uint64)
+    new = meta.allocate_table(words.astype(">u8").tobytes())
+    meta.write_l1(np.array([new | C.QCOW_OFLAG_COPIED], dtype=np.uint64), first=l1i)
+    if l2off:
+        M.change_refcounts(image, np.array([l2off >> cb]), -1)
+        M.sync_refcounts(image)
+    return new, words
 
 
 def _zero_over_backing(image, old_size: int, new_size: int) -> None:
