@@ -50,10 +50,13 @@ def write_compressed(image, offset: int, data: bytes, *,
             streams.append((offset + pos, stream))
     if not streams:
         return
-    # every target needs an L2 table the active L1 owns alone
+    # every target needs an L2 table the active L1 owns alone: a zero write creates
+    # it, or copies one shared with a snapshot (qemu's get_cluster_table -> l2_allocate)
     for guest, _ in streams:
-        if image.guest_mapping(guest).l2_entry_offset is None:
-            image.write_zeroes(guest, cs)    # creates the L2 table (a zero cluster)
+        where = image.guest_mapping(guest)
+        if where.l2_entry_offset is None \
+                or not image.meta.l1[where.l1_index] & C.QCOW_OFLAG_COPIED:
+            image.write_zeroes(guest, cs)
     image.flush()
     _write_streams(image, streams)
 
