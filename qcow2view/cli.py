@@ -159,6 +159,11 @@ def _in_a_terminal(run) -> int:
 
 
 def _terminal_command(cmd: str, argv: list[str]) -> int:
+    if cmd == "create":         # -o help needs no file name
+        from . import cmd_create
+        rc = cmd_create.option_help(argv)
+        if rc is not None:
+            return rc
     ns = _sub_parser(cmd).parse_args(argv)
     if cmd in ("info", "check"):
         from . import cmd_info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from . import option_help as H
 from .engine.create import create_image, parse_size
 from .engine.errors import Qcow2Error
 
@@ -25,6 +26,17 @@ def parse_options(groups: list[str]) -> dict[str, str]:
                 raise Qcow2Error(f"unknown option {key!r} (known: {', '.join(_OPTION_NAMES)})")
             opts[key] = value
     return opts
+
+
+def option_help(argv: list[str]) -> int | None:
+    """``create -o help [PATH]``: qemu-img's option list (None: no help asked)."""
+    values, positional = H.scan(argv, {"-o", "-b", "-F", "-f"})
+    if not H.is_help(values.get("-o", [])):
+        return None
+    fmt = (values.get("-f") or ["qcow2"])[-1]
+    if fmt != "qcow2":
+        return H.refuse("create", f"format {fmt!r} is not supported here (qcow2 only)")
+    return H.emit_lines(H.create_help(fmt, positional[0] if positional else None))
 
 
 def create_main(ns) -> int:

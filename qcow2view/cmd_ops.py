@@ -134,7 +134,42 @@ def _progress(ns):
     return show
 
 
+#: options taking a value, for reading a command line that asks ``-o help``
+_VALUED = {"convert": {"-O", "-o", "-l", "-m", "-t", "-T", "-r", "-B", "-F", "-S", "-f",
+                       "--object"},
+           "amend": {"-o", "-f", "-t", "--object"}}
+
+
+def _option_help(cmd: str, argv: list[str]) -> int | None:
+    """``convert|amend -o help``: qemu-img's option list, file names optional
+    (None: no help asked).  amend without -f reads the format from the image."""
+    from . import option_help as H
+    values, positional = H.scan(argv, _VALUED[cmd])
+    if not H.is_help(values.get("-o", [])):
+        return None
+    if cmd == "convert":
+        fmt = (values.get("-O") or ["raw"])[-1]
+        if fmt not in ("qcow2", "raw"):
+            return H.refuse(cmd, f"output format {fmt!r} is not supported here (qcow2 or raw)")
+        return H.emit_lines(H.create_help(fmt, positional[-1] if len(positional) > 1 else None))
+    fmt = (values.get("-f") or [None])[-1]
+    if fmt is None:
+        if len(positional) != 1:
+            return H.refuse(cmd, "Expecting one image file name")
+        if not os.path.exists(positional[0]):
+            return H.refuse(cmd, f"Could not open '{positional[0]}': No such file or directory")
+        from .engine.image import probe_format
+        fmt = probe_format(positional[0])
+    if fmt != "qcow2":
+        return H.refuse(cmd, f"Format driver '{fmt}' does not support option amendment")
+    return H.emit_lines(H.amend_help(fmt))
+
+
 def main(cmd: str, argv: list[str]) -> int:
+    if cmd in _VALUED:
+        rc = _option_help(cmd, argv)
+        if rc is not None:
+            return rc
     ns = _parser(cmd).parse_args(_fix_negative(cmd, argv))
     try:
         if ns.fmt not in (None, "qcow2") and cmd not in ("convert", "measure") and \
