@@ -212,5 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     return app.run_gui(ns)
 
 
+def run() -> None:
+    """The installed commands' entry point: :func:`main`, and after a terminal command
+    a prompt exit.  Its work is done by then (images closed, writes synced, output
+    flushed here); tearing the interpreter down would free every array and module one
+    by one, ~40 ms, a sixth of checking a 1 TiB image.  The GUI ends normally."""
+    argv = sys.argv[1:]
+    rc = main(argv)
+    if argv and argv[0] in OPERATIONS + GUEST + SUBCOMMANDS:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(rc if isinstance(rc, int) else 1)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -98,7 +98,7 @@ def test_wheel_declares_the_launchers(wheel):
         ep_name = next(n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt"))
         entry_points = configparser.ConfigParser()
         entry_points.read_string(z.read(ep_name).decode())
-    assert entry_points["gui_scripts"]["qcow2view"] == "qcow2view.cli:main"
+    assert entry_points["gui_scripts"]["qcow2view"] == "qcow2view.cli:run"
 
 
 @pytest.mark.slow
