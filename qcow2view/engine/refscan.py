@@ -457,11 +457,8 @@ class Scanner(L2TableWalk):
                 tick = len(batch) if k == len(parts) - 1 else 0
                 jobs.append((l2_offsets[rows], (rows, cp, tick, h)))
         guest = self.guest if active else None
-        for (rows, cp, tick, h), raw, bm in self.reader.stream(jobs):
-            contig = None
+        for (rows, cp, tick, h), raw, bm, contig in self.reader.stream(jobs):
             if guest is not None and not h:
-                if bm is None:      # one contiguity test for both walks
-                    contig = contiguous_rows(raw, self.cs, self._ramp)
                 guest.add(idx[rows], raw, bm, contig)
             got = self._walk_l2_batch(raw, bm, l2_offsets[rows], active, sname, cp, contig)
             if got is not None:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .clusters import contiguous_rows  # noqa: F401  (the classifier's run test)
+from .clusters import contiguous_rows
 from .refcounts import read_zero_filled
 
 U64 = np.uint64
@@ -77,6 +77,7 @@ class TableReader:
         self.words = per_batch * (cs // 8)
         self._bufs: list[np.ndarray | None] = [None, None]
         self._scratch: np.ndarray | None = None
+        self.ramp = np.arange(cs // (16 if extended else 8), dtype=U64) * U64(cs)
 
     def _buf(self, slot: int) -> np.ndarray:
         if self._bufs[slot] is None:
@@ -90,17 +91,24 @@ class TableReader:
         return read_tables(self.file, offsets, self.cs, self.extended, self._buf(slot),
                            self._scratch if ahead else None)
 
+    def _read_runs(self, offsets: np.ndarray, slot: int, ahead: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        raw, bm = self.read(offsets, slot, ahead)
+        return raw, bm, (contiguous_rows(raw, self.cs, self.ramp) if bm is None else None)
+
     def stream(self, jobs: list[tuple[np.ndarray, object]]
-               ) -> Iterator[tuple[object, np.ndarray, np.ndarray | None]]:
-        """(payload, entries, bitmaps) for each (offsets, payload) of ``jobs``, in order."""
+               ) -> Iterator[tuple[object, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        """(payload, entries, bitmaps, runs) for each (offsets, payload) of ``jobs``, in
+        order; ``runs``: :func:`contiguous_rows` of the entries (None with sub-clusters),
+        tested in the read-ahead thread, where it costs the walk nothing."""
         if len(jobs) <= 1 or self.cs < AHEAD_MIN_CLUSTER:   # nothing to gain
             for offs, payload in jobs:
-                yield (payload, *self.read(offs))
+                yield (payload, *self._read_runs(offs, 0, False))
             return
         with ThreadPoolExecutor(1, thread_name_prefix="qcow2view-readahead") as pool:
-            fut = pool.submit(self.read, jobs[0][0], 0, True)
+            fut = pool.submit(self._read_runs, jobs[0][0], 0, True)
             for i, (_, payload) in enumerate(jobs):
-                raw, bm = fut.result()
+                got = fut.result()
                 if i + 1 < len(jobs):
-                    fut = pool.submit(self.read, jobs[i + 1][0], (i + 1) % 2, True)
-                yield payload, raw, bm
+                    fut = pool.submit(self._read_runs, jobs[i + 1][0], (i + 1) % 2, True)
+                yield (payload, *got)
