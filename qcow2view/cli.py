@@ -102,6 +102,9 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-u", dest="unsafe", action="store_true",
                        help="do not open the backing file (it may be missing); needs SIZE")
         p.add_argument("--force", action="store_true", help="replace an existing file")
+    if cmd in ("info", "check", "map"):
+        from .image_opts import add_arguments
+        add_arguments(p)
     return p
 
 
@@ -165,6 +168,11 @@ def _terminal_command(cmd: str, argv: list[str]) -> int:
         if rc is not None:
             return rc
     ns = _sub_parser(cmd).parse_args(argv)
+    if cmd in ("info", "check", "map"):
+        from .image_opts import apply_single
+        rc = apply_single(ns, f"qcow2view {cmd}")
+        if rc is not None:
+            return rc
     if cmd in ("info", "check"):
         from . import cmd_info
         return cmd_info.info_main(ns) if cmd == "info" else cmd_info.check_main(ns)

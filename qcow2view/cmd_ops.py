@@ -84,6 +84,9 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--size")
         p.add_argument("-l", dest="snapshot")
         p.add_argument("image", nargs="?")
+    if cmd in ("snapshot", "convert", "measure"):
+        from .image_opts import add_arguments
+        add_arguments(p)
     return p
 
 
@@ -175,6 +178,8 @@ def main(cmd: str, argv: list[str]) -> int:
         if ns.fmt not in (None, "qcow2") and cmd not in ("convert", "measure") and \
                 not (cmd == "resize" and ns.fmt == "raw"):
             raise Qcow2Error(f"format {ns.fmt!r} is not supported here (qcow2 only)")
+        if cmd in ("snapshot", "convert", "measure"):
+            _resolve_images(cmd, ns)
         return globals()[f"_{cmd}"](ns)
     except Qcow2Error as e:
         print(f"qcow2view {cmd}: {e}".replace("\n", " "), file=sys.stderr)
@@ -183,6 +188,30 @@ def main(cmd: str, argv: list[str]) -> int:
         print(f"qcow2view {cmd}: {getattr(e, 'filename', '') or ''}: {e.strerror}",
               file=sys.stderr)
         return 1
+
+
+def _resolve_images(cmd: str, ns) -> None:
+    """--image-opts: the image arguments become their files and -f their format;
+    given a secret (--object), a command that reads guest data refuses an
+    encrypted image in plain words rather than pretending to decrypt it."""
+    from .image_opts import refuse_if_encrypted, resolve
+    attr = "src" if cmd == "convert" else "image"
+    value = getattr(ns, attr)
+    images = value if isinstance(value, list) else [] if value is None else [value]
+    specs, secret = resolve(images, ns.image_opts, ns.fmt, ns.objects)
+    if not specs:
+        return
+    fmts = {spec.fmt for spec in specs}
+    if len(fmts) > 1:
+        raise Qcow2Error("sources of different formats are not supported here")
+    ns.fmt = fmts.pop()
+    if cmd == "snapshot" and ns.fmt == "raw" and not ns.list:
+        raise Qcow2Error("driver 'raw' has no internal snapshots")
+    paths = [spec.path for spec in specs]
+    setattr(ns, attr, paths if isinstance(value, list) else paths[0])
+    if secret and cmd != "snapshot":
+        for spec in specs:
+            refuse_if_encrypted(spec)
 
 
 def _open_rw(path: str):
@@ -199,7 +228,7 @@ def _snapshot(ns) -> int:
         if not os.path.exists(ns.image):
             raise Qcow2Error("no such file", path=ns.image)
         from .engine.image import probe_format
-        if probe_format(ns.image) == "raw":
+        if (ns.fmt or probe_format(ns.image)) == "raw":
             return 0                    # qemu-img: a probed raw file lists none
         with open_image(ns.image, ignore_backing_errors=True) as im:
             _print_snapshots(S.list_snapshots(im))
