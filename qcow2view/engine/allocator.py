@@ -192,7 +192,10 @@ class RefcountAllocator:
         clusters = np.asarray(clusters, dtype=np.int64)
         if clusters.size == 0 or delta == 0:
             return
-        uniq, counts = np.unique(clusters, return_counts=True)
+        # np.unique(return_counts=True) by hand: see counts_of
+        srt = np.sort(clusters)
+        first = np.flatnonzero(np.r_[True, srt[1:] != srt[:-1]])
+        uniq, counts = srt[first], np.diff(np.r_[first, srt.size])
         per = self.per
         bounds = np.flatnonzero(np.diff(uniq // per)) + 1
         for part_c, part_n in zip(np.split(uniq, bounds), np.split(counts, bounds)):
