@@ -135,9 +135,17 @@ def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker,
     if reader is None:
         fs.readable, fs.reason = False, f"files of {p.type} are not listed"
         return
+    _read_files(src, gv, fs, reader, ticker.tick)
+    if p.label is None and fs.label:        # NTFS keeps its label in $Volume
+        p.label = fs.label
+    ticker.report()
+
+
+def _read_files(src: GuestSource, gv: GuestVolume, fs: Filesystem, reader, tick) -> None:
+    """Run the filesystem's reader; what goes wrong is said in ``fs``."""
     fn = getattr(importlib.import_module(f"{__package__}.{reader[0]}"), reader[1])
     try:
-        fn(_source_of(src, gv), fs, ticker.tick)
+        fn(_source_of(src, gv), fs, tick)
     except Qcow2Error as e:
         fs.readable, fs.reason = False, f"unreadable: {e.reason}"
     except Cancelled:
@@ -147,9 +155,23 @@ def list_files(src: GuestSource, gv: GuestVolume, ticker: _Ticker,
     except Exception as e:  # noqa: BLE001 - untrusted data through a C library: a problem
         fs.readable, fs.reason = False, f"unreadable: {type(e).__name__}: {short_error(e)}"
         fs.problem(f"files not listed: {type(e).__name__}: {short_error(e)}")
-    if p.label is None and fs.label:        # NTFS keeps its label in $Volume
-        p.label = fs.label
-    ticker.report()
+
+
+def list_directory(image, gv: GuestVolume, path: str,
+                   tick: Callable[[int], None] = lambda n: None) -> Filesystem:
+    """Directory ``path`` of the filesystem of ``gv`` (a volume of a first look) read
+    alone, for a tree that has only the root directories yet: its entries are the
+    returned Filesystem's ``files`` (``problems`` and ``reason`` say what went wrong).
+    Reads ``image`` only through ``Image.read``; ``tick`` may raise Cancelled."""
+    p = gv.probe
+    fs = Filesystem(p.type, p.label, p.uuid, gv.volume, p.block_size or 512,
+                    top_only=True, top_dir=path)
+    reader = READERS.get(p.type)
+    if reader is None:
+        fs.readable, fs.reason = False, f"files of {p.type} are not listed"
+    else:
+        _read_files(GuestSource.of_image(image), gv, fs, reader, tick)
+    return fs
 
 
 def read_disk(image, progress: Progress = None, top_only: bool = False) -> GuestDisk:

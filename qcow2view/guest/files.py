@@ -108,6 +108,9 @@ class Filesystem:
     allocated: list[tuple[int, int]] = field(default_factory=list)
     #: a first look: list the root directory only (``walk`` raises TopListed after it)
     top_only: bool = False
+    #: with ``top_only``, the directory listed instead of the root ("/etc/ssh"; one
+    #: directory read on demand, found name by name)
+    top_dir: str = "/"
 
     def add_allocated(self, vol_offset: int, length: int) -> None:
         self.allocated.extend(self.volume.to_guest(vol_offset, length))
@@ -221,7 +224,13 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
         fs.problem(f"/: root directory unreadable ({short_error(e)})")
         fs.skipped += 1
         return
-    stack = [(root, "", 0)]
+    start = ""
+    if fs.top_only and fs.top_dir.strip("/"):
+        start = "/" + fs.top_dir.strip("/")
+        root = _descend(root, start, fs, src)
+        if root is None:
+            raise TopListed
+    stack = [(root, start, 0)]
     listed = [0]
     while stack:
         entry, path, depth = stack.pop()
@@ -250,6 +259,32 @@ def walk(root, describe: Describe, fs: Filesystem, tick: Callable[[int], None],
                 stack.append((sub, info.path, depth + 1))
         if fs.top_only:
             raise TopListed
+
+
+def _descend(root, path: str, fs: Filesystem, src):
+    """The directory ``path`` ("/etc/ssh") found from ``root`` name by name, no entry
+    described on the way (None, and a problem, when it is not there)."""
+    entry = root
+    for part in path.strip("/").split("/"):
+        try:
+            n = entry.number_of_sub_file_entries
+            found = None
+            for i in range(n):
+                sub = entry.get_sub_file_entry(i)
+                try:
+                    if sub.name == part:
+                        found = sub
+                        break
+                except (OSError, ValueError):
+                    continue            # a name the library cannot decode: not this one
+        except (OSError, ValueError) as e:
+            fs.problem(f"{path}: directory unreadable ({_why(e, src)})")
+            return None
+        if found is None:
+            fs.problem(f"{path}: no such directory")
+            return None
+        entry = found
+    return entry
 
 
 def _entries(entry, path: str, describe: Describe, fs: Filesystem, src,
