@@ -278,16 +278,32 @@ class Writer:
         return False
 
     def _zero_partial(self, lo: int, hi: int, unit: int, vsize: int) -> None:
-        """An unaligned piece: if the whole (sub-)cluster already reads as zero by its
-        allocation status (qemu's is_zero: zero flag, or unallocated with nothing
-        below), zero it in the metadata; otherwise write zeros."""
+        """An unaligned piece (qcow2_co_pwrite_zeroes): if the rest of its (sub-)cluster
+        already reads as zero by allocation status (qemu's is_zero over the whole
+        head and tail, down the chain) and the top layer has no data there, zero the
+        unit in the metadata; otherwise write zeros."""
         ua = lo // unit * unit
         ub = min(ua + unit, vsize)
-        mapping = self.image.guest_mapping(ua)
-        if mapping.depth == -1 or mapping.type in (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC):
+        top = self.image.guest_mapping(ua)
+        top_ok = top.depth != 0 or top.type in (ClusterType.ZERO_PLAIN, ClusterType.ZERO_ALLOC)
+        if top_ok and self._reads_zero(ua, lo) and self._reads_zero(hi, ub):
             self._zero_run(ua, ub - ua)
         else:
             self._run(lo, hi - lo, bytes(hi - lo), zero=False)
+
+    def _reads_zero(self, lo: int, hi: int) -> bool:
+        """Does every byte of lo..hi read as zero by its allocation status alone (a
+        zero flag, unallocated down to a qcow2 bottom, or past a short backing file)?"""
+        im = self.image
+        step = _smallest_unit(im)
+        pos = lo
+        while pos < hi:
+            mapping = im.guest_mapping(pos)
+            if mapping.depth != -1 and mapping.type not in (ClusterType.ZERO_PLAIN,
+                                                            ClusterType.ZERO_ALLOC):
+                return False
+            pos = (pos // step + 1) * step
+        return True
 
     def _zero_data_file(self, offset: int, length: int) -> None:
         df = self.image.data_file
@@ -677,6 +693,15 @@ class Writer:
             frees, self.pending_frees = self.pending_frees, []
             self._pending_drops = {}
             meta.release(frees)
+
+
+def _smallest_unit(image) -> int:
+    """The finest allocation granule (cluster or sub-cluster) in the qcow2 chain."""
+    unit = image.cluster_size
+    while image is not None and hasattr(image, "l1_table"):
+        unit = min(unit, image.cluster_size // SUB if image.extended_l2 else image.cluster_size)
+        image = image.backing
+    return unit
 
 
 def _coalesce(news: list[_NewCluster], src):

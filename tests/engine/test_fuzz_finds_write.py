@@ -3,6 +3,8 @@ small image made by qemu-img / qemu-io and judged by the real tools."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import qemu
@@ -54,3 +56,44 @@ def test_compressed_write_copies_an_l2_table_shared_with_a_snapshot(tmp_path, op
     assert qemu.compare(p, q).returncode == 0
     assert qemu.to_raw(p, tmp_path / "s0.raw", snapshot="s0") == \
         qemu.to_raw(q, tmp_path / "qs0.raw", snapshot="s0")
+
+
+def _twins(tmp_path, make):
+    """The same image twice (made by ``make(path)``): one for qemu-io, one for us."""
+    ours, theirs = tmp_path / "ours", tmp_path / "qemu"
+    ours.mkdir()
+    theirs.mkdir()
+    return make(ours), make(theirs)
+
+
+def _same_as_qemu(ours, theirs):
+    _clean(ours)
+    _clean(theirs)
+    assert qemu.compare(ours, theirs).returncode == 0
+    assert _map(ours) == _map(theirs)
+
+
+def _map(path) -> list:
+    """qemu-img map's ranges (data / zero / depth) without host offsets."""
+    out = json.loads(qemu.qemu_img("map", "--output=json", path).stdout)
+    return [{k: v for k, v in e.items() if k != "offset"} for e in out]
+
+
+@pytest.mark.parametrize("backing_opts", [("cluster_size=4096",), ("cluster_size=4096", "compat=0.10"),
+                                          ("cluster_size=2048", "extended_l2=off")])
+def test_unaligned_zero_write_keeps_backing_data_later_in_the_cluster(tmp_path, backing_opts):
+    # fuzz_write seed 3102427737 case 285: the first bytes of the overlay's cluster
+    # are unallocated down the chain, but the backing file (smaller clusters) has data
+    # later in it; qemu's is_zero() looks at the whole rest of the (sub)cluster
+    def make(d):
+        base = qemu.create(d / "base.qcow2", "1M", *backing_opts)
+        qemu.qemu_io(base, "write -P 0x42 8k 4k")
+        top = qemu.create(d / "top.qcow2", "1M", "cluster_size=32768",
+                          backing="base.qcow2", backing_fmt="qcow2")
+        return top
+    ours, theirs = _twins(tmp_path, make)
+    qemu.qemu_io(theirs, "write -z 100 100")
+    with open_image(ours, writable=True) as im:
+        im.write_zeroes(100, 100)
+    _same_as_qemu(ours, theirs)
+    assert qemu.to_raw(ours, tmp_path / "o.raw")[8192:12288] == b"\x42" * 4096

@@ -1,6 +1,6 @@
 """Differential fuzz of guest writes (not a test: run by hand, prints what differs).
 
-    python tests/fuzz/fuzz_write.py CASES SEED [--keep]
+    python tests/fuzz/fuzz_write.py CASES SEED [--keep] [--only=K,K...]
 
 A random image made by qemu-img / qemu-io (cluster sizes 512 B..2 MiB, extended L2,
 refcount_bits 1..64, compat 0.10 / 1.1, lazy refcounts, zlib / zstd clusters from
@@ -117,7 +117,9 @@ def build(d, rnd, log):
         layout = 'plain'
     name = 'img.qcow2'
     backing = None
-    if layout == 'chain':
+    if layout == 'datafile' and rnd.random() < 0.3:
+        layout = 'chain+datafile'
+    if layout.startswith('chain'):
         depth = rnd.choice([1, 1, 2])
         below = None
         for level in range(depth):
@@ -146,11 +148,11 @@ def build(d, rnd, log):
         os.unlink(os.path.join(d, 'src.raw'))
     else:
         o = dict(opts)
-        if layout == 'datafile':
+        if layout.endswith('datafile'):
             o['data_file'] = 'img.data'
-            if rnd.random() < 0.5:
+            if rnd.random() < 0.5 and not backing:    # qemu-img refuses both
                 o['data_file_raw'] = 'on'
-        if rnd.random() < 0.15 and layout != 'datafile' and (
+        if rnd.random() < 0.15 and not layout.endswith('datafile') and (
                 not backing or o.get('extended_l2') == 'on'):
             o['preallocation'] = 'metadata'
         args = ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', optstr(o)]
@@ -159,7 +161,7 @@ def build(d, rnd, log):
         run(*args, name, size, cwd=d)
         opts = o
     cmds = rand_writes(rnd, size, cs, rnd.randint(0, 10))
-    if layout != 'datafile' and rnd.random() < 0.5:
+    if not layout.endswith('datafile') and rnd.random() < 0.5:
         for _ in range(rnd.randint(1, 4)):
             c = rnd.randrange(0, size // cs) if size >= cs else 0
             if (c + 1) * cs <= size:
@@ -184,6 +186,8 @@ def rand_ops(rnd, size, cs, extl2, n):
     for _ in range(n):
         r = rnd.random()
         off = rnd.randrange(0, size)
+        if rnd.random() < 0.1:       # the disk's end (a short last cluster)
+            off = max(0, size - rnd.randint(1, 2 * cs))
         unit = cs // 32 if extl2 else cs
         choice = rnd.random()
         if choice < 0.35:
@@ -283,7 +287,7 @@ def one(rnd, d, log):
     a, b = os.path.join(d, 'A'), os.path.join(d, 'B')
     shutil.copytree(src, a)
     shutil.copytree(src, b)
-    ops = rand_ops(rnd, size, cs, opts.get('extended_l2') == 'on', rnd.randint(3, 30))
+    ops = rand_ops(rnd, size, cs, opts.get('extended_l2') == 'on', rnd.randint(3, 60))
     failed = set(qio(os.path.join(a, name), [qcmd(op) for op in ops], a))
     problems = []
     for i in sorted(failed):
@@ -332,9 +336,9 @@ def one(rnd, d, log):
     return problems
 
 
-def main(n, seed, keep=False):
+def main(n, seed, keep=False, only=None):
     bad = skipped = 0
-    for k in range(n):
+    for k in only or range(n):
         rnd = random.Random(seed * 1000003 + k)
         d = tempfile.mkdtemp(prefix='fw-')
         log = []
@@ -359,4 +363,6 @@ def main(n, seed, keep=False):
 
 
 if __name__ == '__main__':
-    main(int(sys.argv[1]), int(sys.argv[2]), '--keep' in sys.argv)
+    only = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--only=')), None)
+    main(int(sys.argv[1]), int(sys.argv[2]), '--keep' in sys.argv,
+         [int(x) for x in only.split(',')] if only else None)
