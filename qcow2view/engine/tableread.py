@@ -11,7 +11,7 @@ change to the order in which its results are counted.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -105,10 +105,39 @@ class TableReader:
             for offs, payload in jobs:
                 yield (payload, *self._read_runs(offs, 0, False))
             return
-        with ThreadPoolExecutor(1, thread_name_prefix="qcow2view-readahead") as pool:
-            fut = pool.submit(self._read_runs, jobs[0][0], 0, True)
+        ahead = _Ahead(self._read_runs, jobs[0][0], 0, True)
+        try:
             for i, (_, payload) in enumerate(jobs):
-                got = fut.result()
+                got = ahead.result()
                 if i + 1 < len(jobs):
-                    fut = pool.submit(self._read_runs, jobs[i + 1][0], (i + 1) % 2, True)
+                    ahead = _Ahead(self._read_runs, jobs[i + 1][0], (i + 1) % 2, True)
                 yield (payload, *got)
+        finally:
+            ahead.join()        # a walk ended early (cancel, error) leaves no reader behind
+
+
+class _Ahead:
+    """One call run in a thread of its own, its result (or exception) collected by
+    :meth:`result`.  (concurrent.futures would do, but importing it and logging
+    costs ~8 ms of every command's start.)"""
+
+    def __init__(self, fn, *args) -> None:
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args),
+                                        name="qcow2view-readahead")
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:      # handed to the caller by result()
+            self._error = e
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
