@@ -80,7 +80,8 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
                          "0 clean, 1 check failed, 2 corruptions, 3 leaks only.")
         p.add_argument("image")
         p.add_argument("--json", action="store_true", help="JSON, keys as qemu-img spells them")
-        p.add_argument("--repair", choices=("leaks", "all"), help="repair (opens for writing)")
+        p.add_argument("-r", "--repair", choices=("leaks", "all"),
+                       help="repair (opens for writing), as qemu-img check -r")
     elif cmd == "map":
         p.description = "Render the cluster-allocation heatmap of an image to a PNG."
         p.add_argument("image")

@@ -190,19 +190,23 @@ def _human_info(im, d: dict) -> str:
 def check_main(ns) -> int:
     repair = getattr(ns, "repair", None)
     try:
-        with _open(ns.image, writable=bool(repair), repair=bool(repair)) as im:
-            if repair:
-                r = im.repair(leaks=True, fix_all=(repair == "all"))
-            else:
+        if repair:
+            r, lines = _repair_logged(ns.image, repair == "all")
+        else:
+            with _open(ns.image) as im:
                 r = im.check()
     except (Qcow2Error, OSError) as e:
         return _fail(e, ns.image)
     r.filename = ns.image
-    for f in r.findings[:50]:
-        print(_finding_line(f), file=sys.stderr)
-    if len(r.findings) > 50 or r.findings_dropped:
-        print(f"... {len(r.findings) - 50 + r.findings_dropped} more findings",
-              file=sys.stderr)
+    if repair:
+        for line in lines:
+            print(line, file=sys.stderr)
+    else:
+        for f in r.findings[:50]:
+            print(_finding_line(f), file=sys.stderr)
+        if len(r.findings) > 50 or r.findings_dropped:
+            print(f"... {len(r.findings) - 50 + r.findings_dropped} more findings",
+                  file=sys.stderr)
     if ns.json:
         emit(json.dumps(r.to_json(), indent=4))
     else:
@@ -215,6 +219,25 @@ def check_main(ns) -> int:
     if r.check_errors:
         print("qcow2view: Check failed", file=sys.stderr)
     return r.exit_code
+
+
+def _repair_logged(path: str, fix_all: bool):
+    """check -r: the repaired image's check and qemu-img's stderr lines for it
+    (check_log); the image is looked at read-only first, as the repair will find it.
+    A repair that refuses prints what came before its refusal, then fails."""
+    from .check_log import RepairLog
+    log = RepairLog(fix_all)
+    with _open(path, repair=True) as ro:
+        log.before(ro, ro.check())
+    try:
+        with _open(path, writable=True, repair=True) as im:
+            r = im.repair(leaks=True, fix_all=fix_all)
+            return r, log.after(im, r)
+    except Qcow2Error:
+        if log.rebuild and not fix_all:     # the refusal qemu-img words as it checks
+            for line in log.refused():
+                print(line, file=sys.stderr)
+        raise
 
 
 COMPARE_KINDS = ("refcount_zero", "refcount_too_low", "double_reference", "metadata_overlap")
