@@ -31,6 +31,7 @@ from ..guest.fields import FieldIndex, structure_fields
 from ..guest.files import Cancelled
 from ..guest.index import GuestIndex, IndexedFile, Owner, build_index, build_top
 from ..guest.journal import needs_recovery
+from .guest_dirs import DirectoryReads
 from .units import count, human_size
 from .workers import Worker
 
@@ -300,6 +301,8 @@ class GuestContents(QObject):
         self._stamp: tuple[int, int] | None = None     # the file as the index read it
         self.changes = None                 # the last Changes found (changed files)
         self._changes_worker: Worker | None = None
+        #: directories of the first look read on demand (its ``read`` signal: one is in)
+        self.dirs = DirectoryReads(self)
         document.closed.connect(self.close)
         document.changed.connect(self._file_changed)
 
@@ -443,7 +446,16 @@ class GuestContents(QObject):
             if not isinstance(exc, OSError):
                 raise exc
 
+    def read_dir(self, vol: int, path: str) -> bool:
+        """Read directory ``path`` of volume ``vol`` now, in the background, while the
+        first look lacks it and the index is not in (``dirs.read`` tells when it is)."""
+        first = self.preview
+        if first is None or self.built is not None or not self.building:
+            return False
+        return self.dirs.request(first, vol, path)
+
     def _drop(self) -> None:
+        self.dirs.stop()
         self._stop_changes()
         self.changes = None
         self.preview = None

@@ -97,6 +97,7 @@ class FilesModel(QAbstractItemModel):
         contents.reset.connect(self._rebuild)
         contents.ready.connect(self._rebuild)
         contents.previewed.connect(self._rebuild)
+        contents.dirs.read.connect(self._dir_read)
         self._rebuild()
 
     # -- building the top of the tree ---------------------------------------------------
@@ -261,10 +262,17 @@ class FilesModel(QAbstractItemModel):
             if listing and listing[0][1] < 0:
                 node.pending = []
                 self.beginInsertRows(parent, 0, 0)
-                node.add(Node(node, NOTE, listing[0][0]))
+                note = node.add(Node(node, NOTE, listing[0][0]))
+                note.note = "" if note.name == READING else note.name
                 self.endInsertRows()
+                if note.name == READING:        # read it now, not when the index is in
+                    self.contents.read_dir(node.vol, node.path)
                 return
             node.pending = self._sorted_entries(list(listing))
+        self._add_batch(parent, node)
+
+    def _add_batch(self, parent: QModelIndex, node: Node) -> None:
+        """The next BATCH of ``node``'s pending entries as rows."""
         if not node.pending:
             return
         batch, node.pending = node.pending[:BATCH], node.pending[BATCH:]
@@ -277,6 +285,32 @@ class FilesModel(QAbstractItemModel):
             kind = DIR if f.info.type == "dir" else FILE
             node.add(Node(node, kind, name, node.vol, f, f"{base}/{name}"))
         self.endInsertRows()
+
+    def _dir_read(self, vol: int, path: str) -> None:
+        """A directory of the first look was read on demand: its rows replace the
+        'reading…' row (added before that row goes, so the directory stays open)."""
+        node = self._fs_node(vol)
+        for name in [p for p in path.split("/") if p]:
+            if node is None:
+                return
+            node = next((c for c in node.children if c.kind == DIR and c.name == name), None)
+        if node is None or [(c.kind, c.name) for c in node.children] != [(NOTE, READING)]:
+            return          # not shown (filtered, collapsed away, rebuilt) or shown already
+        parent = self.createIndex(node.row, 0, node)
+        listing = self._listing(node)
+        note = node.children[0]
+        if listing and listing[0][1] < 0:           # unreadable: the row says why
+            note.name = note.note = listing[0][0]
+            i = self.createIndex(0, 0, note)
+            self.dataChanged.emit(i, i.siblingAtColumn(NCOLS - 1))
+            return
+        node.pending = self._sorted_entries(list(listing))
+        self._add_batch(parent, node)
+        self.beginRemoveRows(parent, 0, 0)
+        del node.children[0]
+        for i, c in enumerate(node.children):
+            c.row = i
+        self.endRemoveRows()
 
     def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:  # noqa: N802
         node = self.node(parent)
@@ -499,13 +533,18 @@ class FilesModel(QAbstractItemModel):
         self.layoutChanged.emit()
 
     # -- for the views -----------------------------------------------------------------
-    def find_path(self, vol: int, path: str) -> QModelIndex:
-        """The index of ``path`` on volume ``vol``, fetching directories on the way."""
+    def _fs_node(self, vol: int) -> Node | None:
+        """The filesystem row of volume ``vol``."""
         fs_node = None
         for d in self.root.children:
             for pn in d.children:
                 if pn.vol == vol:
                     fs_node = next((c for c in pn.children if c.kind == FS), None)
+        return fs_node
+
+    def find_path(self, vol: int, path: str) -> QModelIndex:
+        """The index of ``path`` on volume ``vol``, fetching directories on the way."""
+        fs_node = self._fs_node(vol)
         if fs_node is None:
             return QModelIndex()
         node = fs_node

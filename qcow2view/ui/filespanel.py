@@ -212,11 +212,12 @@ class FilesPanel(QWidget):
         while stack:
             node = stack.pop()
             for c in node.children:
-                if c.kind == DIR and self.tree.isExpanded(self._index_of(c)):
-                    opened.append((c.vol, c.path))
-                if c.kind in (DIR, FILE) or not c.children:
-                    continue
-                stack.append(c)
+                if c.kind == DIR:       # deeper ones too: read on demand meanwhile
+                    if self.tree.isExpanded(self._index_of(c)):
+                        opened.append((c.vol, c.path))
+                        stack.append(c)
+                elif c.kind != FILE and c.children:
+                    stack.append(c)
         cur = self.current_node()
         self._kept = (opened, (cur.vol, cur.path) if cur is not None
                       and cur.kind in (DIR, FILE) else None)

@@ -120,7 +120,8 @@ def test_first_rows_come_before_the_index_and_a_filter_waits_for_it(qtbot, gpt_d
         checked = FilesModel(c)
         qtmodeltester.check(checked)
         for sig in (c.reset, c.ready, c.previewed):     # (Qt's tester fetches inside a
-            sig.disconnect(checked._rebuild)            # reset: no more resets for it)
+            sig.disconnect(checked._rebuild)            # reset: no more resets for it;
+        c.dirs.read.disconnect(checked._dir_read)       # nor rows inserted, the same)
         nodes = [i.data(NODE_ROLE) for i in _walk(model)]
         assert [n.name for n in nodes if n.kind == PART] == ["Partition 1: EFI",
                                                              "Partition 2: root"]

@@ -535,3 +535,68 @@ def test_first_rows_while_the_index_builds(qtbot, window, gpt_disk, held_index):
         assert panel.current_node().path == "/etc/fstab"
     finally:
         gate.set()
+
+
+def _debugfs_names(image, path) -> set[str]:
+    """The entries `debugfs -R "ls -l PATH"` lists (its last column), without . and .."""
+    lines = [ln.split() for ln in debugfs(image, f"ls -l {path}").splitlines() if ln.strip()]
+    return {ln[-1] for ln in lines} - {".", ".."}
+
+
+def _mdir_names(image, path) -> set[str]:
+    """The entries `mdir -b` lists in ``path`` of a FAT image (bare ::/path/name lines)."""
+    out = subprocess.run([tool("mdir"), "-b", "-i", str(image), f"::{path}"],
+                         capture_output=True, text=True, check=True).stdout
+    return {ln.rstrip("/").rsplit("/", 1)[-1] for ln in out.splitlines() if ln.strip()}
+
+
+def test_a_directory_opened_before_the_index_is_in_is_read_at_once(qtbot, window, gpt_disk,  # noqa: F811,E501
+                                                                   held_index, tmp_path):
+    """Opening a directory of the first look (the index's build held) lists it from the
+    disk at once, ext4 and FAT, two levels deep; the entries are the ones debugfs and
+    mdir list.  When the index comes in, what was open stays open and current."""
+    gate = held_index
+    tab = window.open_path(str(gpt_disk.qcow2))
+    try:
+        wait_ready(qtbot, tab)
+        assert tab.show_pane("files")
+        panel: FilesPanel = tab.pane("files")
+        c = tab.document.guest
+        qtbot.waitUntil(lambda: panel.model.previewing, timeout=30000)
+        vols = {gv.filesystem.type: i for i, gv in enumerate(c.preview.index.volumes)
+                if gv.filesystem is not None}
+        ext, fat = vols["ext4"], vols["vfat"]
+
+        def opened(vol, path):
+            i = panel.model.find_path(vol, path)
+            assert i.isValid(), path
+            panel.tree.expand(i)
+            qtbot.waitUntil(lambda: not c.dirs.busy, timeout=10000)
+            i = panel.model.find_path(vol, path)
+            assert panel.tree.isExpanded(i), path
+            return {n.name for n in i.data(NODE_ROLE).children}
+
+        assert opened(ext, "/etc") == _debugfs_names(gpt_disk.parts[2], "/etc")
+        assert opened(ext, "/deep") == _debugfs_names(gpt_disk.parts[2], "/deep")
+        assert opened(ext, "/deep/a") == _debugfs_names(gpt_disk.parts[2], "/deep/a") == {"b"}
+        assert opened(fat, "/etc") == _mdir_names(gpt_disk.parts[1], "/etc")
+        assert opened(fat, "/deep") == _mdir_names(gpt_disk.parts[1], "/deep")
+        assert opened(fat, "/deep/a") == _mdir_names(gpt_disk.parts[1], "/deep/a")
+        assert c.state == "building" and c.index is None       # all before the index
+        b = panel.model.find_path(ext, "/deep/a/b")
+        panel.tree.setCurrentIndex(b)
+        assert panel.summary_label.text().startswith("/deep/a/b: ")
+        shot = tmp_path / "files-first-look.png"
+        assert panel.grab().save(str(shot))
+
+        gate.set()
+        _files_ready(qtbot, tab)
+        for vol, path in ((ext, "/etc"), (ext, "/deep"), (ext, "/deep/a"), (fat, "/etc"),
+                          (fat, "/deep"), (fat, "/deep/a")):
+            assert panel.tree.isExpanded(panel.model.find_path(vol, path)), path
+        assert {n.name for n in panel.model.find_path(ext, "/deep/a").data(NODE_ROLE)
+                .children} == {"b"}
+        node = panel.current_node()
+        assert (node.vol, node.path) == (ext, "/deep/a/b")
+    finally:
+        gate.set()
