@@ -40,6 +40,7 @@ SUB = C.SUBCLUSTERS
 ALL_ALLOC = C.L2_BITMAP_ALL_ALLOC
 ALL_ZERO = C.L2_BITMAP_ALL_ZERO
 ZERO_CHUNK = 8 << 20
+BOUNCE = 16 << 20          # qemu's MAX_BOUNCE_BUFFER: a refused zero write falls back this much
 # pending metadata is committed at flush, or once this much piles up
 COMMIT_BYTES = 1 << 30
 COMMIT_TABLE_ENTRIES = 1 << 20      # pending L2 entries held as Python lists (~40 MB)
@@ -238,27 +239,33 @@ class Writer:
         if last_unit < first_unit:                                    # inside a single unit
             self._zero_partial(offset, end, unit, vsize)
             return
+        # head, middle, tail in that order, as qemu's bdrv_co_do_pwrite_zeroes: a
+        # piece written as data changes what the next piece finds
         if offset < first_unit:
             self._zero_partial(offset, first_unit, unit, vsize)
-        if end > last_unit and end == vsize:                 # the disk's last, short unit
+        tail = end > last_unit and end != vsize              # else: the disk's last, short unit
+        if end > last_unit and not tail:
             last_unit = end
-        elif end > last_unit:
+        self._zero_run(first_unit, last_unit - first_unit)
+        if tail:
             self._zero_partial(last_unit, end, unit, vsize)
-        pos = first_unit
-        while pos < last_unit:
-            size = min(last_unit - pos, 1 << 30)
-            self._zero_run(pos, size)
-            pos += size
 
     def _zero_run(self, pos: int, size: int) -> None:
-        if not self._partial_compressed(pos, size):
+        """Zero (sub-)cluster-aligned pos..pos+size in the metadata.  Where that would
+        cut through a compressed cluster (extended L2), qemu's zeroing is refused and
+        it writes zeros as data instead, BOUNCE bytes at a time, then tries again."""
+        end = pos + size
+        while pos < end and self._partial_compressed(pos, end - pos):
+            chunk = min(BOUNCE, end - pos)
+            for at in range(pos, pos + chunk, ZERO_CHUNK):
+                n = min(ZERO_CHUNK, pos + chunk - at)
+                self._run(at, n, bytes(n), zero=False)
+            pos += chunk
+        cs = self.image.cluster_size
+        while pos < end:      # 1 GiB of entries at a time, cut at cluster boundaries
+            size = min(end - pos, (1 << 30) - pos % cs)
             self._run(pos, size, None, zero=True)
-        else:
-            # sub-clusters of a compressed cluster: qemu writes zeros instead
-            while size:
-                chunk = min(ZERO_CHUNK, size)
-                self._run(pos, chunk, bytes(chunk), zero=False)
-                pos, size = pos + chunk, size - chunk
+            pos += size
 
     def _partial_compressed(self, pos: int, size: int) -> bool:
         """Does a zero-write cover part of a compressed cluster (extended L2)?"""

@@ -97,3 +97,19 @@ def test_unaligned_zero_write_keeps_backing_data_later_in_the_cluster(tmp_path, 
         im.write_zeroes(100, 100)
     _same_as_qemu(ours, theirs)
     assert qemu.to_raw(ours, tmp_path / "o.raw")[8192:12288] == b"\x42" * 4096
+
+
+def test_zero_write_ending_inside_a_compressed_cluster_goes_head_middle_tail(tmp_path):
+    # fuzz_write seed 3102427737 case 63: qemu zeroes the aligned middle before the
+    # tail; the middle cuts the compressed cluster, so qemu writes it as zeros (data).
+    # We did the tail first, which made the cluster plain, and then zero-flagged it
+    def make(d):
+        p = qemu.create(d / "x.qcow2", "1M", "cluster_size=65536", "extended_l2=on")
+        qemu.qemu_io(p, "write -c -P 0x11 64k 64k", "write -P 0x22 0 16k")
+        return p
+    ours, theirs = _twins(tmp_path, make)
+    start, end = 65536 - 8192 + 100, 65536 + 4096 + 100
+    qemu.qemu_io(theirs, f"write -z {start} {end - start}")
+    with open_image(ours, writable=True) as im:
+        im.write_zeroes(start, end - start)
+    _same_as_qemu(ours, theirs)
