@@ -299,9 +299,10 @@ class RepairLog:
         self.copied = predicted_copied_lines(image, disk, fixed, repair, zeroed)
 
     @staticmethod
-    def _unreadable(image, first) -> list[tuple[int, str]]:
+    def _unreadable(image, first, repairing: bool = True) -> list[tuple[int, str]]:
         """compare_refcounts on a cluster whose refcount block cannot be read: the
-        image is marked corrupt (said once), then each cluster named."""
+        image is marked corrupt (said once; a check opened read-only only says it
+        is), then each cluster named."""
         out: list[tuple[int, str]] = []
         for f in sorted((f for f in first.findings if f.kind == "refcount_block_unreadable"),
                         key=lambda f: f.cluster):
@@ -309,8 +310,10 @@ class RepairLog:
                 rti = f.cluster // image.meta.refcounts.per
                 off = int(image.refcount_table[rti]) & C.REFT_OFFSET_MASK
                 index = f"{rti:#x}" if rti else "0"          # printf's %#x
-                out.append((f.cluster, "qcow2: Marking image as corrupt: Refblock offset "
-                            f"{off:#x} unaligned (reftable index: {index}); further "
+                said = ("Marking image as corrupt", "") if repairing else (
+                    "Image is corrupt", "non-fatal ")
+                out.append((f.cluster, f"qcow2: {said[0]}: Refblock offset {off:#x} "
+                            f"unaligned (reftable index: {index}); further {said[1]}"
                             "corruption events will be suppressed"))
             out.append((f.cluster, f"Can't get refcount for cluster {f.cluster}: "
                         "Input/output error"))
@@ -402,3 +405,19 @@ class RepairLog:
 
 def _reader(image):
     return lambda off: int.from_bytes(image.file.pread(off, 8).ljust(8, b"\0"), "big")
+
+
+def check_lines(image, result) -> list[str]:
+    """What ``qemu-img check`` (no repair) prints on stderr for ``result``, the
+    check of ``image``: the walk's errors, the refcount comparison, the COPIED
+    flags; findings the engine counted but did not list are said at the end."""
+    read = _reader(image)
+    log = RepairLog(False)
+    found = {m.cluster: m for m in mismatches(result)}
+    log.unreadable = log._unreadable(image, result, repairing=False)
+    lines = walk_lines(result, read, image.extended_l2)
+    lines += log._shared_blocks(image, found) + log._compared(list(found.values()))
+    lines += copied_lines_after(result, read)
+    if result.findings_dropped:
+        lines.append(f"... and {result.findings_dropped} more findings, not listed")
+    return lines

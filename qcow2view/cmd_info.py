@@ -193,20 +193,15 @@ def check_main(ns) -> int:
         if repair:
             r, lines = _repair_logged(ns.image, repair == "all")
         else:
+            from .check_log import check_lines
             with _open(ns.image) as im:
                 r = im.check()
+                lines = check_lines(im, r)
     except (Qcow2Error, OSError) as e:
         return _fail(e, ns.image)
     r.filename = ns.image
-    if repair:
-        for line in lines:
-            print(line, file=sys.stderr)
-    else:
-        for f in r.findings[:50]:
-            print(_finding_line(f), file=sys.stderr)
-        if len(r.findings) > 50 or r.findings_dropped:
-            print(f"... {len(r.findings) - 50 + r.findings_dropped} more findings",
-                  file=sys.stderr)
+    for line in lines:              # qemu-img's lines, as it prints them while checking
+        print(line, file=sys.stderr)
     if ns.json:
         emit(json.dumps(r.to_json(), indent=4))
     else:
@@ -238,19 +233,6 @@ def _repair_logged(path: str, fix_all: bool):
             for line in log.refused():
                 print(line, file=sys.stderr)
         raise
-
-
-COMPARE_KINDS = ("refcount_zero", "refcount_too_low", "double_reference", "metadata_overlap")
-
-
-def _finding_line(f) -> str:
-    """One stderr line per finding, worded as qemu-img words refcount mismatches."""
-    if f.kind == "leak":
-        return f"Leaked cluster {f.cluster} refcount={f.refcount} reference={f.references}"
-    if f.kind in COMPARE_KINDS and f.entry_offset is None:
-        return (f"ERROR cluster {f.cluster} refcount={f.refcount} reference={f.references}"
-                f" ({f.kind.replace('_', ' ')})")
-    return f"ERROR {f.message}"
 
 
 def _human_check(r) -> str:

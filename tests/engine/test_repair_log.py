@@ -44,3 +44,15 @@ def test_repair_lines_as_qemu_img(tmp_path, capsys, damage, mode):
         return
     assert rc == q.returncode
     assert got == want
+
+
+@pytest.mark.parametrize("damage", DAMAGE + FUZZED, ids=lambda f: f.__name__.removeprefix("dmg_"))
+def test_check_lines_as_qemu_img(tmp_path, capsys, damage):
+    """Without -r: what the check finds, line for line as qemu-img check prints it."""
+    src = damage(tmp_path) if damage in FUZZED else build_damaged(tmp_path, damage)
+    q = qemu.qemu_img("check", src, check=False)
+    capsys.readouterr()
+    rc = cli.main(["check", str(src)])
+    err = capsys.readouterr().err
+    assert rc == q.returncode
+    assert _lines(err, src) == _lines(q.stderr.decode(), src)
