@@ -108,22 +108,39 @@ class L2TableWalk:
             sub = raw[ci]
             np.subtract(sub, base[ci, None], out=sub)
             cand[ci] = ~np.not_equal(sub, ramp).any(axis=1)
-        # runs of rows whose clusters follow each other (a preallocated or
-        # sequentially written image is one run per batch) are counted as one
-        # slice; a run that cannot be, row by row, each row exactly as alone
-        rows = np.flatnonzero(cand)
-        if len(rows):
-            c0s = (boff[rows] >> U64(cb)).astype(np.int64)
-            cfl = flags[rows] != 0
-            brk = np.flatnonzero((np.diff(c0s) != L) | (cfl[1:] != cfl[:-1])) + 1
-            for a, b in zip([0, *brk.tolist()], [*brk.tolist(), len(rows)]):
-                if self._count_run(int(c0s[a]), (b - a) * L, bool(cfl[a]), active,
-                                   copied_check):
+        disk = self.disk
+        for i in np.nonzero(cand)[0].tolist():
+            c0 = int(boff[i]) >> cb
+            sl = slice(c0, c0 + L)
+            if copied_check:
+                copied = bool(int(flags[i]))
+                if self.data_file:
+                    if not copied:
+                        cand[i] = False
+                        continue
+                elif c0 + L > disk.n or disk.bad_blocks:
+                    cand[i] = False
                     continue
-                for k in range(a, b):
-                    if not self._count_run(int(c0s[k]), L, bool(cfl[k]), active,
-                                           copied_check):
-                        cand[rows[k]] = False
+                else:
+                    dc = disk.range(c0, c0 + L)
+                    if (dc != 1).any() if copied else (dc == 1).any():
+                        cand[i] = False
+                        continue
+            if not self.data_file:
+                # a range shared with earlier references is rare (damage or
+                # snapshots); those rows take the generic path for its bookkeeping
+                self._grow(c0 + L - 1)
+                rs = r.refs[sl]
+                if rs.any():
+                    cand[i] = False
+                    continue
+                rs += 1
+                if not self.compact:
+                    r.kinds[sl] = HostKind.DATA
+                if c0 + L > r.nb_clusters:
+                    r.nb_clusters = c0 + L
+            if active:
+                r.allocated_clusters += L
         back = ~cand
         if not in_place:
             pass
@@ -132,40 +149,6 @@ class L2TableWalk:
         elif back.any():
             raw[back] += base[back, None]
         return cand
-
-    def _count_run(self, c0: int, n: int, copied: bool, active: bool, copied_check: bool
-                   ) -> bool:
-        """Count the ``n`` contiguous plain data clusters from ``c0`` of the fast
-        path, or return False having counted nothing (the generic path then
-        takes them: COPIED flags that disagree with the refcounts, or clusters
-        referenced already)."""
-        disk, r = self.disk, self.r
-        end = c0 + n
-        if copied_check:
-            if self.data_file:
-                if not copied:
-                    return False
-            elif end > disk.n or disk.bad_blocks:
-                return False
-            else:
-                dc = disk.range(c0, end)
-                if (dc != 1).any() if copied else (dc == 1).any():
-                    return False
-        if not self.data_file:
-            # a range shared with earlier references is rare (damage or
-            # snapshots); those rows take the generic path for its bookkeeping
-            self._grow(end - 1)
-            rs = r.refs[c0:end]
-            if rs.any():
-                return False
-            rs += 1
-            if not self.compact:
-                r.kinds[c0:end] = HostKind.DATA
-            if end > r.nb_clusters:
-                r.nb_clusters = end
-        if active:
-            r.allocated_clusters += n
-        return True
 
     def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
                       active: bool, sname: str | None, copied: bool,
