@@ -3,6 +3,7 @@ the format probe (a qcow2 backing file is an :class:`~qcow2view.engine.image.Ima
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from .fileio import HostFile
 from .header import QCOW_MAGIC
 
 MAX_BACKING_DEPTH = 64
+SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,14 @@ class RawImage:
 
     def read(self, offset: int, length: int) -> bytes:
         return self.file.pread_zero_fill(offset, length)
+
+    def is_hole(self, start: int, end: int) -> bool:
+        """Is start..end a hole of the host file (no data until end)?  QEMU's file
+        driver asks the same (SEEK_DATA) when it looks for zeros."""
+        try:
+            return os.lseek(self.file.fd, start, SEEK_DATA) >= end
+        except OSError as e:            # ENXIO: no data from start to the end of the file
+            return e.errno == errno.ENXIO
 
     def close(self) -> None:
         self.file.close()

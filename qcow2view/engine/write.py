@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from . import clusters as C
 from . import locking
 from .allocator import RefcountAllocator
+from .backing import RawImage
 from .clusters import ClusterType
 from .errors import (CorruptImageError, EncryptedImageError, ImageInUseError, Qcow2Error,
                      RequestError, UnsupportedFeatureError)
@@ -305,11 +306,16 @@ class Writer:
         step = _smallest_unit(im)
         pos = lo
         while pos < hi:
+            nxt = min((pos // step + 1) * step, hi)
             mapping = im.guest_mapping(pos)
             if mapping.depth != -1 and mapping.type not in (ClusterType.ZERO_PLAIN,
                                                             ClusterType.ZERO_ALLOC):
-                return False
-            pos = (pos // step + 1) * step
+                layer = im
+                for _ in range(max(mapping.depth, 0)):
+                    layer = layer.backing
+                if not (isinstance(layer, RawImage) and layer.is_hole(pos, nxt)):
+                    return False
+            pos = nxt
         return True
 
     def _zero_data_file(self, offset: int, length: int) -> None:

@@ -113,3 +113,20 @@ def test_zero_write_ending_inside_a_compressed_cluster_goes_head_middle_tail(tmp
     with open_image(ours, writable=True) as im:
         im.write_zeroes(start, end - start)
     _same_as_qemu(ours, theirs)
+
+
+def test_unaligned_zero_write_over_a_hole_of_a_raw_backing_file(tmp_path):
+    # qemu's is_zero() asks the raw backing file for holes (SEEK_DATA): a hole reads
+    # as zero by status, so the overlay's cluster gets the zero flag; data does not
+    def make(d):
+        with open(d / "base.raw", "wb") as f:
+            f.truncate(1 << 20)
+            f.seek(512 << 10)
+            f.write(b"\x33" * 4096)
+        return qemu.create(d / "top.qcow2", "1M", backing="base.raw", backing_fmt="raw")
+    ours, theirs = _twins(tmp_path, make)
+    qemu.qemu_io(theirs, "write -z 100 100", f"write -z {(512 << 10) + 100} 100")
+    with open_image(ours, writable=True) as im:
+        im.write_zeroes(100, 100)
+        im.write_zeroes((512 << 10) + 100, 100)
+    _same_as_qemu(ours, theirs)
