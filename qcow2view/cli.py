@@ -25,7 +25,8 @@ gc.set_threshold(10_000, 10, 10)
 
 SUBCOMMANDS = ("info", "check", "map", "create")
 #: image operations with qemu-img's arguments (their parsers live in cmd_ops)
-OPERATIONS = ("snapshot", "resize", "commit", "rebase", "convert", "amend", "measure")
+OPERATIONS = ("snapshot", "resize", "commit", "rebase", "convert", "amend", "measure",
+              "compare")
 #: the guest disk's contents (their parsers live in cmd_guest)
 GUEST = ("ls", "owner", "changed", "cat")
 #: --view: the tabs of an image's picture area (ImageTab.PANES has the same keys)

@@ -76,6 +76,17 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-o", dest="options", action="append", required=True)
         p.add_argument("--force", action="store_true")
         p.add_argument("image")
+    elif cmd == "compare":
+        p.description = ("Compare the guest contents of two images (qemu-img compare). Exit "
+                         "codes: 0 identical, 1 different, 2 error.")
+        p.add_argument("-F", dest="fmt2", help="the second image's format")
+        p.add_argument("-T", dest="src_cache", metavar="CACHE", help="(accepted, no effect)")
+        p.add_argument("-s", action="store_true", dest="strict",
+                       help="strict: images of different sizes differ")
+        p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
+                       help="(accepted: reading never takes a lock here)")
+        p.add_argument("file1")
+        p.add_argument("file2")
     elif cmd == "measure":
         p.description = "Space a new image needs (qemu-img measure)."
         p.add_argument("--output", choices=("human", "json"), default="human")
@@ -84,7 +95,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--size")
         p.add_argument("-l", dest="snapshot")
         p.add_argument("image", nargs="?")
-    if cmd in ("snapshot", "convert", "measure"):
+    if cmd in ("snapshot", "convert", "measure", "compare"):
         from .image_opts import add_arguments
         add_arguments(p)
     return p
@@ -174,8 +185,9 @@ def main(cmd: str, argv: list[str]) -> int:
         if rc is not None:
             return rc
     ns = _parser(cmd).parse_args(_fix_negative(cmd, argv))
+    failed = 2 if cmd == "compare" else 1       # qemu-img compare's error code
     try:
-        if ns.fmt not in (None, "qcow2") and cmd not in ("convert", "measure") and \
+        if ns.fmt not in (None, "qcow2") and cmd not in ("convert", "measure", "compare") and \
                 not (cmd == "resize" and ns.fmt == "raw"):
             raise Qcow2Error(f"format {ns.fmt!r} is not supported here (qcow2 only)")
         if cmd in ("snapshot", "convert", "measure"):
@@ -183,11 +195,11 @@ def main(cmd: str, argv: list[str]) -> int:
         return globals()[f"_{cmd}"](ns)
     except Qcow2Error as e:
         print(f"qcow2view {cmd}: {e}".replace("\n", " "), file=sys.stderr)
-        return 1
+        return failed
     except OSError as e:
         print(f"qcow2view {cmd}: {getattr(e, 'filename', '') or ''}: {e.strerror}",
               file=sys.stderr)
-        return 1
+        return failed
 
 
 def _resolve_images(cmd: str, ns) -> None:
@@ -315,6 +327,47 @@ def _convert(ns) -> int:
                   backing=ns.backing, backing_fmt=ns.backing_fmt, create=ns.create,
                   target_is_zero=ns.target_is_zero, progress=_progress(ns))
     return 0
+
+
+# -- compare ------------------------------------------------------------------------------
+def _compare(ns) -> int:
+    from .engine.ops.compare import compare_sources
+    from .engine.ops.convert import open_source
+    from .image_opts import refuse_if_encrypted, resolve
+    if ns.image_opts and ns.fmt2:
+        raise Qcow2Error("--image-opts and --format are mutually exclusive")
+    (one,), secret = resolve([ns.file1], ns.image_opts, ns.fmt, ns.objects)
+    (two,), _ = resolve([ns.file2], ns.image_opts, ns.fmt2, None)
+    if secret:
+        refuse_if_encrypted(one)
+        refuse_if_encrypted(two)
+    a = open_source(one.path, one.fmt)
+    try:
+        b = open_source(two.path, two.fmt)
+        try:
+            if ns.strict and a.virtual_size != b.virtual_size:
+                return _say(ns, "Strict mode: Image size mismatch!", 1)
+            if ns.strict:
+                raise Qcow2Error("-s: comparing the allocation (block status) of two images "
+                                 "of the same size is not supported here; without -s the "
+                                 "contents are compared")
+            result = compare_sources(a, b, _progress(ns))
+            common = min(a.virtual_size, b.virtual_size)
+        finally:
+            b.close()
+    finally:
+        a.close()
+    if result.size_mismatch and (result.identical or result.mismatch_at >= common):
+        _say(ns, "Warning: Image size mismatch!", 0)
+    if result.identical:
+        return _say(ns, "Images are identical.", 0)
+    return _say(ns, f"Content mismatch at offset {result.mismatch_at}!", 1)
+
+
+def _say(ns, line: str, rc: int) -> int:
+    if not ns.quiet:
+        emit(line)
+    return rc
 
 
 # -- commit / rebase ----------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""``qcow2view compare`` against ``qemu-img compare`` 7.2 on the same pairs of images:
+the same stdout (identical, the first differing sector, the size warning), the same
+exit code (0 identical, 1 different, 2 error), --image-opts included."""
+
+from __future__ import annotations
+
+import pytest
+
+import qemu
+from qcow2view import cli
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    d = tmp_path_factory.mktemp("compare")
+    a = qemu.create(d / "a.qcow2", "4M", "cluster_size=4k")
+    qemu.qemu_io(a, "write -P 1 1M 64k", "write -c -P 7 2M 64k")
+    qemu.qemu_img("convert", "-O", "raw", a, d / "a.raw")
+    qemu.qemu_img("convert", "-O", "qcow2", "-c", a, d / "a-compressed.qcow2")
+    b = qemu.create(d / "b.qcow2", "4M")                    # one byte differs
+    qemu.qemu_io(b, "write -P 1 1M 64k", "write -c -P 7 2M 64k", "write -P 2 1089300 1")
+    zeros = qemu.create(d / "zeros.qcow2", "4M")             # zero clusters, no data
+    qemu.qemu_io(zeros, "write -z 0 4M")
+    qemu.create(d / "empty.qcow2", "4M")
+    longer = qemu.create(d / "longer.qcow2", "6M")           # a's data, then more
+    qemu.qemu_io(longer, "write -P 1 1M 64k", "write -c -P 7 2M 64k", "write -P 3 5000100 1")
+    tail = qemu.create(d / "tail-zero.qcow2", "6M")          # a's data, then zeros
+    qemu.qemu_io(tail, "write -P 1 1M 64k", "write -c -P 7 2M 64k", "write -z 5M 64k")
+    base = qemu.create(d / "base.qcow2", "4M")
+    qemu.qemu_io(base, "write -P 1 1M 64k")
+    top = qemu.create(d / "top.qcow2", "4M", backing=str(base), backing_fmt="qcow2")
+    qemu.qemu_io(top, "write -c -P 7 2M 64k")
+    return d
+
+
+PAIRS = [("a.qcow2", "a.qcow2"), ("a.qcow2", "a.raw"), ("a.raw", "a-compressed.qcow2"),
+         ("a.qcow2", "b.qcow2"), ("b.qcow2", "a.qcow2"), ("zeros.qcow2", "empty.qcow2"),
+         ("a.qcow2", "empty.qcow2"), ("a.qcow2", "longer.qcow2"), ("longer.qcow2", "a.raw"),
+         ("a.qcow2", "tail-zero.qcow2"), ("top.qcow2", "a.qcow2"), ("b.qcow2", "longer.qcow2")]
+
+
+def _both(capsys, *args) -> tuple[tuple, tuple]:
+    capsys.readouterr()
+    rc = cli.main(["compare", *map(str, args)])
+    out, err = capsys.readouterr()
+    p = qemu.qemu_img("compare", *args, check=False)
+    return (rc, out), (p.returncode, p.stdout.decode()), err
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids="-".join)
+def test_compare_as_qemu_img(d, capsys, pair):
+    mine, theirs, err = _both(capsys, *(d / p for p in pair))
+    assert mine == theirs, err
+
+
+@pytest.mark.parametrize("args", [
+    ("-s", "a.qcow2", "longer.qcow2"),
+    ("-q", "a.qcow2", "b.qcow2"),
+    ("-f", "raw", "-F", "qcow2", "a.raw", "a.qcow2"),
+    ("-U", "a.qcow2", "a.qcow2"),
+])
+def test_options_as_qemu_img(d, capsys, args):
+    args = [str(d / a) if a.endswith((".qcow2", ".raw")) else a for a in args]
+    mine, theirs, err = _both(capsys, *args)
+    assert mine == theirs, err
+
+
+def test_image_opts_and_errors_as_qemu_img(d, capsys):
+    opts = f"driver=qcow2,file.filename={d / 'a.qcow2'}"
+    mine, theirs, _ = _both(capsys, "--image-opts", opts, f"driver=raw,file.filename={d / 'a.raw'}")
+    assert mine == theirs == (0, "Images are identical.\n")
+    for args in (("--image-opts", opts + ",x=1", opts), ("-f", "qcow2", "--image-opts", opts, opts),
+                 (d / "a.qcow2", d / "missing.qcow2")):
+        (rc, out), (want_rc, want_out), err = _both(capsys, *args)
+        assert rc == want_rc == 2 and out == want_out == "" and len(err.splitlines()) == 1
