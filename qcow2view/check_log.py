@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import clusters as C
-from .engine.refcounts import REFT_RESERVED_MASK
+from .engine.refcounts import REFT_RESERVED_MASK, decode_refcount_block
 
 REFCOUNT_KINDS = ("leak", "refcount_zero", "refcount_too_low", "double_reference",
                   "metadata_overlap")
@@ -145,22 +145,62 @@ def copied_lines_after(result, read_entry) -> list[str]:
     return out
 
 
-def counts_after(disk, fixed: dict[int, int], clusters: np.ndarray
+class RefcountReader:
+    """Refcounts as they are on disk (qcow2_get_refcount: 0 past the table or where
+    no block is named; a misaligned block cannot be read), a few blocks kept: the
+    COPIED prediction walks the tables in order, so their clusters share blocks."""
+
+    KEEP = 8
+
+    def __init__(self, image) -> None:
+        self.file, self.cs = image.file, image.cluster_size
+        self.order = image.header.refcount_order
+        self.per = (self.cs * 8) >> self.order
+        self.table = np.asarray(image.refcount_table, dtype=np.uint64)
+        self.blocks: dict[int, np.ndarray | None] = {}
+
+    def _block(self, rti: int) -> np.ndarray | None:
+        if rti in self.blocks:
+            return self.blocks[rti]
+        off = int(self.table[rti]) & C.REFT_OFFSET_MASK if rti < self.table.size else 0
+        if off & (self.cs - 1):
+            counts = None                       # -EIO in QEMU: the entry is skipped
+        elif not off:
+            counts = np.zeros(self.per, dtype=np.uint64)
+        else:
+            buf = self.file.pread(off, self.cs).ljust(self.cs, b"\0")
+            counts = decode_refcount_block(buf, self.order)
+        if len(self.blocks) >= self.KEEP:
+            self.blocks.pop(next(iter(self.blocks)))
+        self.blocks[rti] = counts
+        return counts
+
+    def counts(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(refcounts, readable) of ``clusters``."""
+        clusters = np.asarray(clusters, dtype=np.int64)
+        rc = np.zeros(clusters.size, dtype=np.int64)
+        ok = np.ones(clusters.size, dtype=bool)
+        rtis = clusters // self.per
+        for rti in sorted(set(rtis.tolist())):
+            sel = rtis == rti
+            block = self._block(rti)
+            if block is None:
+                ok[sel] = False
+            else:
+                rc[sel] = block[clusters[sel] - rti * self.per].astype(np.int64)
+        return rc, ok
+
+    def get(self, cluster: int) -> int | None:
+        rc, ok = self.counts(np.array([cluster]))
+        return int(rc[0]) if ok[0] else None
+
+
+def counts_after(disk: RefcountReader, fixed: dict[int, int], clusters: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Refcounts of ``clusters`` once the repair has set ``fixed`` ones (the rest as
-    on disk: ``disk`` is the image's refcount allocator), and which could be read."""
+    on disk), and which could be read."""
     clusters = np.asarray(clusters, dtype=np.int64)
-    try:
-        rc = disk.counts_of(clusters).astype(np.int64)
-        ok = np.ones(clusters.size, dtype=bool)
-    except Exception:                           # an unreadable block: one by one
-        rc = np.zeros(clusters.size, dtype=np.int64)
-        ok = np.zeros(clusters.size, dtype=bool)
-        for k, c in enumerate(clusters.tolist()):
-            try:
-                rc[k], ok[k] = disk.refcount(c), True
-            except Exception:
-                pass
+    rc, ok = disk.counts(clusters)
     if fixed and clusters.size:
         keys = np.array(sorted(fixed), dtype=np.int64)
         at = np.minimum(np.searchsorted(keys, clusters), keys.size - 1)
@@ -252,13 +292,8 @@ class RepairLog:
         read = _reader(image)
         ext = image.extended_l2
         self.walk = walk_lines(first, read, ext, repairing=self.fix_all)
-        disk = image.meta.refcounts
-
-        def on_disk(cluster: int) -> int | None:
-            try:
-                return disk.refcount(cluster)
-            except Exception:                        # an unreadable block: QEMU skips it
-                return None
+        disk = RefcountReader(image)
+        on_disk = disk.get
         found = {f.cluster: Mismatch(f.cluster, f.refcount, f.references)
                  for f in mismatches(first)}
         zeroed = self._drop_zeroed_preallocated(first, found, on_disk, read, ext,
@@ -307,7 +342,7 @@ class RepairLog:
         for f in sorted((f for f in first.findings if f.kind == "refcount_block_unreadable"),
                         key=lambda f: f.cluster):
             if not out:
-                rti = f.cluster // image.meta.refcounts.per
+                rti = f.cluster // ((image.cluster_size * 8) >> image.header.refcount_order)
                 off = int(image.refcount_table[rti]) & C.REFT_OFFSET_MASK
                 index = f"{rti:#x}" if rti else "0"          # printf's %#x
                 said = ("Marking image as corrupt", "") if repairing else (

@@ -222,8 +222,7 @@ def _repair_logged(path: str, fix_all: bool):
     A repair that refuses prints what came before its refusal, then fails."""
     from .check_log import RepairLog
     log = RepairLog(fix_all)
-    with _open(path, repair=True) as ro:
-        log.before(ro, ro.check())
+    _look_before(log, path)
     try:
         with _open(path, writable=True, repair=True) as im:
             r = im.repair(leaks=True, fix_all=fix_all)
@@ -233,6 +232,16 @@ def _repair_logged(path: str, fix_all: bool):
             for line in log.refused():
                 print(line, file=sys.stderr)
         raise
+
+
+def _look_before(log, path: str) -> None:
+    """The read-only look of a repair's log; its walk's arrays go before the repair
+    makes its own (one walk's memory at a time)."""
+    import gc
+    with _open(path, repair=True) as ro:
+        log.before(ro, ro.check())
+    del ro
+    gc.collect()
 
 
 def _human_check(r) -> str:
