@@ -13,7 +13,8 @@ the findings the check engine reports before and after the repair:
    against the refcounts as the repair leaves them;
 5. when anything was fixed, qemu-img's double check of the repaired image (1, 2, 4).
 
-Walk errors the engine words its own way are printed as ``ERROR <our words>``."""
+:func:`check_lines` gives 1, 2 and 4 of a check without repair.  Walk errors the
+engine words its own way are printed as ``ERROR <our words>``."""
 
 from __future__ import annotations
 
@@ -287,6 +288,7 @@ class RepairLog:
         self.rebuild = False
         self.old_structure: dict[int, int] = {}      # cluster: refcount after a rebuild
         self.outside: list[tuple[int, int]] = []     # (reftable index, block cluster)
+        self.unreadable: list[tuple[int, str]] = []  # (cluster, line) of compare's reads
 
     def before(self, image, first) -> None:
         read = _reader(image)

@@ -2,7 +2,10 @@
 qemu-img resize of a copy of the same image: check clean, guest identical, the same
 info fields and the same ``qemu-img map --output=json`` -- offsets included, since
 both place the new L2 tables and clusters with the same first-fit allocation (the
-map also tells a sparse new area, ``zero: true``, from a written one)."""
+map also tells a sparse new area, ``zero: true``, from a written one).  These images
+stay inside the range of their first refcount block: where a new area needs a new
+refcount block, the engine's allocator puts it at the first free cluster, before the
+new run, and QEMU's after it, so host offsets differ by a cluster from there on."""
 
 from __future__ import annotations
 
