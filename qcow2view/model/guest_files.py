@@ -31,6 +31,7 @@ from ..guest.fields import FieldIndex, structure_fields
 from ..guest.files import Cancelled
 from ..guest.index import GuestIndex, IndexedFile, Owner, build_index, build_top
 from ..guest.journal import needs_recovery
+from . import collector
 from .guest_dirs import DirectoryReads
 from .units import count, human_size
 from .workers import Worker
@@ -177,18 +178,20 @@ def _cyclic_gc_paused():
         _gc_paused += 1
     made = {"objects": 0}
     try:
-        yield made
+        with collector.paused():        # the GUI thread's collector too
+            yield made
     finally:
         with _gc_lock:
             _gc_paused -= 1
             _gc_freeze = _gc_freeze or made["objects"] >= FREEZE_OBJECTS
-            if _gc_paused == 0 and _gc_was_enabled:
+            if _gc_paused == 0 and (_gc_was_enabled or collector.installed()):
                 # a small index is collected as usual (freezing also keeps whatever cyclic
                 # garbage exists at that moment for good)
                 if _gc_freeze:
                     gc.freeze()
                 _gc_freeze = False
-                gc.enable()
+                if _gc_was_enabled:
+                    gc.enable()
 
 
 def _build(path: str, progress, cancel, leaks: tuple[int, ...] = (), preview=None) -> Built:

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QThread, Signal
 
+from . import collector
+
 _WORKERS: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 PROGRESS_INTERVAL = 0.05     # seconds between progress signals
 
@@ -29,7 +31,8 @@ class Worker(QThread):
                                                  Callable[[], bool]], Any],
                  parent=None) -> None:
         super().__init__(parent)
-        self.task = task
+        collector.install()         # no cyclic collection on this thread: Qt objects
+        self.task = task            # in the garbage must be freed on the GUI thread
         self._fn = fn
         self._cancel = threading.Event()
         self._last = 0.0

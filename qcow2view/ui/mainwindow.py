@@ -9,6 +9,7 @@ from PySide6.QtGui import QAction, QKeySequence, QUndoGroup
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
                                QPushButton, QStackedWidget, QTabWidget, QWidget)
 
+from ..model import collector
 from ..model.document import ImageDocument, open_error_text
 from ..model.units import count
 from . import dialogs
@@ -26,6 +27,7 @@ class MainWindow(QMainWindow):
     def __init__(self, *, edit: bool = False, remember: bool = True,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        collector.install()           # cyclic garbage (closed tabs) freed on this thread
         self.remember = remember      # False: leave settings and recent files alone
         self.setObjectName("mainWindow")
         self.setWindowTitle("qcow2view")
