@@ -30,13 +30,18 @@ def d(tmp_path_factory):
     qemu.qemu_io(base, "write -P 1 1M 64k")
     top = qemu.create(d / "top.qcow2", "4M", backing=str(base), backing_fmt="qcow2")
     qemu.qemu_io(top, "write -c -P 7 2M 64k")
+    qemu.create(d / "prealloc.qcow2", "4M", "preallocation=metadata")   # clusters over holes
+    pb = qemu.create(d / "prealloc-b.qcow2", "4M", "preallocation=metadata")
+    qemu.qemu_io(pb, "write -P 5 3000000 1")
     return d
 
 
 PAIRS = [("a.qcow2", "a.qcow2"), ("a.qcow2", "a.raw"), ("a.raw", "a-compressed.qcow2"),
          ("a.qcow2", "b.qcow2"), ("b.qcow2", "a.qcow2"), ("zeros.qcow2", "empty.qcow2"),
          ("a.qcow2", "empty.qcow2"), ("a.qcow2", "longer.qcow2"), ("longer.qcow2", "a.raw"),
-         ("a.qcow2", "tail-zero.qcow2"), ("top.qcow2", "a.qcow2"), ("b.qcow2", "longer.qcow2")]
+         ("a.qcow2", "tail-zero.qcow2"), ("top.qcow2", "a.qcow2"), ("b.qcow2", "longer.qcow2"),
+         ("prealloc.qcow2", "empty.qcow2"), ("prealloc.qcow2", "prealloc-b.qcow2"),
+         ("prealloc-b.qcow2", "a.raw")]
 
 
 def _both(capsys, *args) -> tuple[tuple, tuple]:
