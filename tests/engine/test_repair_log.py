@@ -56,3 +56,46 @@ def test_check_lines_as_qemu_img(tmp_path, capsys, damage):
     err = capsys.readouterr().err
     assert rc == q.returncode
     assert _lines(err, src) == _lines(q.stderr.decode(), src)
+
+
+KINDS = ["_snapshots", "_compressed", "_extended", "_bitmaps", "_backing", "_data_file", "_v2",
+         "_small", "_prealloc"]
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    """Every kind of clean image check_images makes, once, with its used clusters."""
+    import check_images as K
+    from qcow2view.engine import open_image
+    out = {}
+    for name in KINDS:
+        d = tmp_path_factory.mktemp(name.strip("_"))
+        path = getattr(K, name)(d)
+        with open_image(path) as im:
+            used = [c for c in range(1, im.file.size // im.cluster_size)
+                    if im.meta.refcounts.refcount(c)]
+        out[name] = (path, used)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+@pytest.mark.parametrize("refcount", [0, 3], ids=["refcount-0", "refcount-3"])
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.strip("_"))
+def test_repair_lines_on_every_kind_as_qemu_img(kinds, tmp_path, capsys, kind, refcount, mode):
+    """A refcount set wrong on a used cluster of each kind of image (snapshots,
+    compressed, extended L2, bitmaps, backing file, data file, v2, 512-byte clusters,
+    preallocated): the same lines as qemu-img, the same report."""
+    from check_images import _set_refcount
+    src, used = kinds[kind]
+    cluster = used[len(used) // 2]
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    shutil.copy(src, ours)
+    _set_refcount(ours, cluster, refcount)
+    shutil.copy(ours, theirs)
+    q = qemu.qemu_img("check", "-r", mode, theirs, check=False)
+    capsys.readouterr()
+    rc = cli.main(["check", "-r", mode, str(ours)])
+    out, err = capsys.readouterr()
+    assert rc == q.returncode
+    assert _lines(err, ours) == _lines(q.stderr.decode(), theirs)
+    assert out.replace(str(ours), "") == q.stdout.decode().replace(str(theirs), "")
