@@ -62,9 +62,19 @@ def _over_backing(d):
     return qemu.create(d / "top.qcow2", "2M", backing=str(base), backing_fmt="qcow2")
 
 
+def _unaligned_over_backing(d):
+    """The cluster holding an unaligned old end shows the backing file before that
+    end: the new cluster must get those bytes (QEMU's copy-on-write of its head)."""
+    base = qemu.create(d / "base7.qcow2", "8M")
+    qemu.qemu_io(base, "write -P 7 0 8M")
+    return qemu.create(d / "top7.qcow2", "1000k", "cluster_size=64k", backing=str(base),
+                       backing_fmt="qcow2")
+
+
 IMAGES = {"plain": (_plain, "+3M"), "shared-table": (_shared_table, "5M"),
           "unaligned": (_unaligned, "3073k"), "extended-l2": (_extended_l2, "+5M"),
-          "v2-new-l1": (_v2, "1025M"), "over-backing": (_over_backing, "6M")}
+          "v2-new-l1": (_v2, "1025M"), "over-backing": (_over_backing, "6M"),
+          "unaligned-over-backing": (_unaligned_over_backing, "3M")}
 
 
 @pytest.fixture(scope="module")

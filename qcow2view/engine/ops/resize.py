@@ -197,6 +197,8 @@ def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None
             if top > target.size:
                 target.truncate(top)
                 target.fsync()
+            if pos == old_size >> cb and need[0]:
+                _copy_head(image, target, old_size, int(part[0] & M.OFFSET_MASK))
             meta.write_l2(l2off, words[idx * step:(idx + n) * step], first=idx * step)
             image.file.fsync()
         last_host = int(raw[idx + n - 1] & M.OFFSET_MASK)
@@ -209,6 +211,18 @@ def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None
     if last_host + cs > file_size and tail < last_host + cs:
         target.pwrite(tail, bytes(last_host + cs - tail))
         target.fsync()
+
+
+def _copy_head(image, target, old_size: int, host: int) -> None:
+    """A new cluster holding the old end gets the guest bytes before it (what the
+    backing file shows there, else zeros), as QEMU's copy-on-write of the cluster's
+    head: without it, those bytes would read from the new, empty cluster.
+    (Extended L2: the head's sub-clusters stay unallocated and read as before.)"""
+    head = old_size & (image.cluster_size - 1)
+    if not head or image.extended_l2:
+        return
+    target.pwrite(host, image.read(old_size - head, head))
+    target.fsync()
 
 
 def _writable_table(image, l1i: int) -> tuple[int, np.ndarray]:
