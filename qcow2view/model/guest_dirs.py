@@ -20,34 +20,35 @@ from .workers import Worker
 
 
 def read_directory(file: str, gv, path: str, cancel):
-    """Worker side: the Filesystem whose ``files`` are directory ``path``'s entries."""
+    """Worker side: directory ``path``'s entries as files of the first look (their
+    ids given on the GUI thread), sorted by name; or why it could not be read."""
     def tick(_n: int) -> None:
         if cancel():
             raise Cancelled("cancelled")
     with open_image(file, ignore_backing_errors=True) as img:
-        return list_directory(img, gv, path, tick)
+        fs = list_directory(img, gv, path, tick)
+    named = sorted((info.path.rpartition("/")[2], k) for k, info in enumerate(fs.files))
+    made = [IndexedFile(-1, gv, fs.files[k], [fs.files[k].path]) for _name, k in named]
+    if not made and (not fs.readable or fs.problems):
+        return (fs.reason if not fs.readable else fs.problems[0]) or "unreadable"
+    return [name for name, _k in named], made
 
 
-def merge_directory(first, vol: int, path: str, fs) -> None:
-    """Directory ``path`` of volume ``vol`` (a Filesystem of its entries, or the reason
-    it could not be read) into the first look ``first`` (a Built): its entries become
-    files of the first look's index and the directory's listing; an unreadable one is
-    listed as one note (file id -1) saying why."""
-    if isinstance(fs, str):
-        first.listing.children[vol][path] = [(fs, -1)]
+def merge_directory(first, vol: int, path: str, got) -> None:
+    """Directory ``path`` of volume ``vol`` (:func:`read_directory`'s names and files,
+    or the reason it could not be read) into the first look ``first`` (a Built): the
+    files join its index, the names its listing; an unreadable directory is listed as
+    one note (file id -1) saying why.  A few ms for 20,000 entries."""
+    if isinstance(got, str):
+        first.listing.children[vol][path] = [(got, -1)]
         return
+    names, made = got
     files = first.index.files
-    gv = first.index.volumes[vol]
-    entries = []
-    for info in fs.files:
-        f = IndexedFile(len(files), gv, info, [info.path])
-        files.append(f)
-        entries.append((info.path.rpartition("/")[2], f.id))
-    entries.sort()
-    if not entries and (not fs.readable or fs.problems):
-        why = fs.reason if not fs.readable else fs.problems[0]
-        entries = [(why or "unreadable", -1)]
-    first.listing.children[vol][path] = entries
+    base = len(files)
+    for k, f in enumerate(made):
+        f.id = base + k
+    files.extend(made)
+    first.listing.children[vol][path] = list(zip(names, range(base, base + len(made))))
 
 
 class DirectoryReads(QObject):
