@@ -312,7 +312,8 @@ class RepairLog:
         self.outside = [] if not self.fix_all else [
             (i, (int(e) & C.REFT_OFFSET_MASK) >> image.cluster_bits)
             for i, e in enumerate(image.refcount_table)
-            if (int(e) & C.REFT_OFFSET_MASK) >> image.cluster_bits >= -(
+            if not int(e) & REFT_RESERVED_MASK       # check_refblocks: named as damaged only
+            and (int(e) & C.REFT_OFFSET_MASK) >> image.cluster_bits >= -(
                 -image.file.size // image.cluster_size)]
         if self.outside:
             self.rebuild = True

@@ -31,7 +31,8 @@ VARIANTS = [
 def sh(*a, check=True):
     p = subprocess.run([str(x) for x in a], capture_output=True)
     if check and p.returncode:
-        raise RuntimeError(p.stderr.decode())
+        raise RuntimeError(f'{a[:2]} rc {p.returncode}: '
+                           f'{(p.stderr or p.stdout).decode()[-300:]}')
     return p
 
 
@@ -83,6 +84,8 @@ def targets(p):
 
 def damage(p, rnd):
     tg, cs, fsize = targets(p)
+    # an earlier damage may point a table past the end of the file: not a target
+    tg = [(kind, off) for kind, off in tg if off + 8 <= fsize]
     kind, off = rnd.choice(tg)
     with open(p, 'r+b') as f:
         f.seek(off)
@@ -120,7 +123,7 @@ def ours_check(p, *extra):
 
 def main(n, seed):
     rnd = random.Random(seed)
-    bad = 0
+    bad = harness = 0
     for k in range(n):
         d = tempfile.mkdtemp(prefix='fz-')
         try:
@@ -165,9 +168,12 @@ def main(n, seed):
             import traceback
             print(f'[{k}] HARNESS {type(e).__name__}: {e}', flush=True)
             traceback.print_exc()
+            harness += 1
+            if os.path.exists(os.path.join(d, 'img.qcow2')):
+                shutil.copy(os.path.join(d, 'img.qcow2'), f'/tmp/fz-harness-{seed}-{k}.qcow2')
         finally:
             shutil.rmtree(d, ignore_errors=True)
-    print('done', n, 'bad', bad)
+    print('done', n, 'bad', bad, 'harness errors (a traceback of ours among them)', harness)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """Differential fuzz of guest writes (not a test: run by hand, prints what differs).
 
-    python tests/fuzz/fuzz_write.py CASES SEED [--keep] [--only=K,K...]
+    python tests/fuzz/fuzz_write.py CASES SEED [--keep] [--only=K,K...] [--offsets]
 
 A random image made by qemu-img / qemu-io (cluster sizes 512 B..2 MiB, extended L2,
 refcount_bits 1..64, compat 0.10 / 1.1, lazy refcounts, zlib / zstd clusters from
@@ -36,6 +36,7 @@ from qcow2view.engine import open_image, Qcow2Error
 from qcow2view.engine.compressed_write import write_compressed
 
 PY = sys.executable
+OFFSETS = '--offsets' in sys.argv      # also compare qemu-img map's host offsets
 KiB, MiB = 1 << 10, 1 << 20
 CLUSTER_SIZES = [512, 1024, 4096, 16384, 32768, 65536, 65536, 262144, 2 * MiB]
 
@@ -272,6 +273,9 @@ def qmap(path, cwd):
     if r.returncode:
         return r.stderr.decode()
     out = []
+    if OFFSETS:       # host offsets too: allocation order exactly as qemu's
+        return [(e['start'], e['length'], e['depth'], e['data'], e['zero'] and not e['data'],
+                 e.get('offset')) for e in json.loads(r.stdout)]
     for e in json.loads(r.stdout):
         # zero+data is a hole in the host file (qemu zero-fills a new cluster's COW
         # areas with fallocate); only the metadata's zero / data counts
