@@ -6,7 +6,11 @@ Random damage (1 to 3 entries of the L1, L2, refcount table and refcount blocks)
 kinds of image; then ``check --json`` and ``check --repair leaks|all`` against
 qemu-img check [-r]: exit code, stdout, and the repaired image's check.  A difference
 keeps the image as /tmp/fz-fail-SEED-CASE[-MODE].qcow2.  Known and kept: 1-bit
-refcount images with a refcount block shared with other metadata (we rebuild)."""
+refcount images with a refcount block shared with other metadata (we rebuild);
+an L2 entry past the end of the file plus a refcount block outside the image: the
+repair grows the file over the data cluster, qemu-img's rebuild (from its first walk,
+which skipped it) leaves it at refcount 0 ("rebuilt refcount structure is still
+broken", exit 2) where ours counts it (clean)."""
 import json, os, random, shutil, struct, subprocess, sys, tempfile, io, contextlib
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -160,6 +164,9 @@ def main(n, seed):
                 same_out = q.stdout.decode().replace(a, '') == out.replace(b, '')
                 if q.returncode == 1 and rc == 0 and qb.returncode == 0:
                     continue    # qemu gave up, we repaired
+                if b'rebuilt refcount structure is still broken' in q.stderr \
+                        and rc == 0 and qb.returncode == 0:
+                    continue    # qemu's rebuild missed a cluster its first walk skipped
                 if rc != q.returncode or not same_out or (qa.returncode, ja) != (qb.returncode, jb):
                     bad += 1
                     print(f'[{k}] REPAIR {mode} DIFF {opts} {extra} {what}: rc {rc}/{q.returncode} out same {same_out}\n  after q={qa.returncode} {ja}\n  after o={qb.returncode} {jb}\n  qerr={q.stderr.decode()[:300]!r}\n  oerr={err[:300]!r}', flush=True)
