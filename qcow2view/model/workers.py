@@ -17,6 +17,7 @@ from PySide6.QtCore import QThread, Signal
 from . import collector
 
 _WORKERS: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+_ENDING: "set[Worker]" = set()      # deleted while running: kept until their thread ends
 PROGRESS_INTERVAL = 0.05     # seconds between progress signals
 
 
@@ -64,10 +65,30 @@ class Worker(QThread):
             self.succeeded.emit(result)
 
     def stop(self, timeout_ms: int = 30000) -> None:
-        """Cancel and join."""
+        """Cancel and join (at most ``timeout_ms``: a deleteLater after it is safe)."""
         self.cancel()
         if self.isRunning():
             self.wait(timeout_ms)
+
+    def deleteLater(self) -> None:  # noqa: N802 - Qt API
+        """Delete once the thread has ended: a QThread destroyed while it runs aborts
+        the process ("QThread: Destroyed while thread is still running"), as one still
+        in a call that does not look at cancel() when its owner stops waiting for it.
+        Meanwhile no parent can take it down, and its results go nowhere they were
+        not connected."""
+        if not self.isRunning():
+            super().deleteLater()
+            return
+        _ENDING.add(self)
+        self.setParent(None)
+        self.finished.connect(self._ended)
+        if not self.isRunning():        # it ended just before the connection
+            self._ended()
+
+    def _ended(self) -> None:
+        if self in _ENDING:
+            _ENDING.discard(self)
+            super().deleteLater()
 
 
 def running_workers() -> list[Worker]:
