@@ -234,7 +234,9 @@ class ImageDocument(QObject):
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None and self._worker.isRunning()
+        """Until the analysis's result is delivered (its thread ends a moment before:
+        isRunning() said not busy while mapsReady was still on its way)."""
+        return self._worker is not None
 
     @property
     def host_map(self):

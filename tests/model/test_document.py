@@ -53,6 +53,19 @@ def test_cancel(tmp_path, qtbot):
     d.close()
 
 
+def test_busy_until_the_result_is_delivered(sample_image, qtbot):
+    """A view waiting for 'not busy' then finds the maps (or the cancellation) in."""
+    d = ImageDocument(sample_image)
+    ready = []
+    d.mapsReady.connect(lambda: ready.append(1))
+    d.load()
+    assert d.wait_analysis(30000)       # the thread is over; its result is queued
+    assert d.busy and not ready
+    qtbot.waitUntil(lambda: not d.busy, timeout=30000)
+    assert ready and d.host_map is not None
+    d.close()
+
+
 def test_not_qcow2(garbage_file):
     d = ImageDocument(garbage_file)
     with pytest.raises(NotQcow2Error) as e:
