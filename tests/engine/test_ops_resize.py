@@ -95,3 +95,16 @@ def test_grow_with_an_external_data_file_as_qemu(tmp_path, capsys, opts, longer)
     rc, _, err = ours(capsys, "resize", "--shrink", mine, "4M")
     assert rc == 1 and "external data file" in err and len(err.splitlines()) == 1
     assert qemu.info(mine)["virtual-size"] == 8 * MiB
+
+
+def test_grow_past_the_end_of_a_longer_backing_file(tmp_path, capsys):
+    """The whole new area becomes zero clusters, past the backing file's end too, as
+    qcow2_co_truncate zeroes it (the same qemu-img map)."""
+    base = qemu.create(tmp_path / "base.qcow2", "3M")
+    qemu.qemu_io(base, "write -P 6 0 3M")
+    top = qemu.create(tmp_path / "top.qcow2", "1M", backing=str(base), backing_fmt="qcow2")
+    theirs, mine = twins(top, tmp_path)
+    qemu.qemu_img("resize", theirs, "6M")
+    assert ours(capsys, "resize", mine, "6M")[0] == 0
+    assert_same_as_qemu(theirs, mine)
+    assert qemu.qemu_map(mine) == qemu.qemu_map(theirs)

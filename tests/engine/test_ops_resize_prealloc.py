@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 import qemu
-from ops_oracle import assert_same_as_qemu, ours, twins
+from ops_oracle import assert_clean, assert_same_as_qemu, ours, twins
 from qcow2view.engine import Qcow2Error
 from qcow2view.engine.fileio import HostFile
 from qcow2view.engine.metadata_ops import opened_writable
@@ -186,3 +186,41 @@ def test_io_error_at_every_step_of_metadata_preallocation(images, tmp_path):
             HostFile.fault_after = None
         assert_consistent(img)
         _assert_before_or_after(_views(paths, tmp_path), before, after, set())
+
+
+@pytest.mark.parametrize("mode", ["falloc", "full"])
+def test_v2_over_a_longer_backing_file_as_qemu(tmp_path, capsys, mode):
+    """falloc|full write zeros over the new area, so qemu-img resize allows them on a
+    v2 image whose backing file is longer (off|metadata are refused: no zero flag)."""
+    base = qemu.create(tmp_path / "base.qcow2", "8M")
+    qemu.qemu_io(base, "write -P 6 0 8M")
+    top = qemu.create(tmp_path / "top.qcow2", "2M", "compat=0.10", backing=str(base),
+                      backing_fmt="qcow2")
+    theirs, mine = twins(top, tmp_path)
+    qemu.qemu_img("resize", f"--preallocation={mode}", theirs, "4M")
+    rc, _, err = ours(capsys, "resize", f"--preallocation={mode}", mine, "4M")
+    assert rc == 0, err
+    assert_same_as_qemu(theirs, mine)
+    _assert_same_map(theirs, mine, offsets=False)
+    p = qemu.qemu_img("resize", "--preallocation=metadata", theirs, "6M", check=False)
+    rc, _, err = ours(capsys, "resize", "--preallocation=metadata", mine, "6M")
+    assert rc == p.returncode == 1 and "Failed to zero out new clusters" in err
+
+
+def test_reused_clusters_read_as_zeros(tmp_path, capsys):
+    """Clusters freed inside the file (here by deleting a snapshot, which does not
+    punch holes) and reused for the new area are zeroed first: the grown disk reads
+    as zeros (QEMU's preallocate_co does not zero them: on such images its new area
+    can show what they held -- a deliberate difference)."""
+    img = qemu.create(tmp_path / "r.qcow2", "1M", "cluster_size=4k")
+    qemu.qemu_io(img, "write -P 5 0 1M")
+    qemu.qemu_img("snapshot", "-c", "s", img)
+    qemu.qemu_io(img, "write -P 9 0 1M")
+    assert ours(capsys, "snapshot", "-d", "s", img)[0] == 0
+    with open(img, "rb") as f:                  # the pattern-5 clusters, free, still there
+        assert bytes([5]) * 4096 in f.read()
+    rc, _, err = ours(capsys, "resize", "--preallocation=metadata", img, "2M")
+    assert rc == 0, err
+    assert_clean(img)
+    raw = qemu.to_raw(img, tmp_path / "m.raw")
+    assert raw[:1 << 20] == bytes([9]) * (1 << 20) and raw[1 << 20:] == bytes(1 << 20)

@@ -12,6 +12,7 @@ if a snapshot shares it), and the file is cut after the last used cluster.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -108,7 +109,7 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None,
     if need * 8 > QCOW_MAX_L1_SIZE:
         raise RequestError("The image size is too large for file format 'qcow2'")
     if new_size > old_size and image.header.version < 3 and image.backing is not None \
-            and image.backing.virtual_size > old_size:
+            and image.backing.virtual_size > old_size and preallocation in ("off", "metadata"):
         # the new area must not show the backing file, and v2 has no zero clusters
         # (qcow2_co_truncate -> qcow2_subcluster_zeroize: -ENOTSUP)
         raise RequestError("Failed to zero out new clusters: Operation not supported")
@@ -122,10 +123,12 @@ def resize_image(image, new_size: int, *, shrink: bool = False, progress=None,
             # backing file after it (the new clusters then become zero-allocated)
             _preallocate_metadata(image, old_size, new_size, progress)
             _zero_over_backing(image, old_size, new_size)
-        else:
+        elif preallocation == "off":
             _zero_over_backing(image, old_size, new_size)
-            if preallocation != "off":
-                _preallocate(image, old_size, new_size, progress)
+        else:
+            # falloc|full write zeros over the whole new area: a backing file no
+            # longer shows through (qemu-img resize allows it on v2 images too)
+            _preallocate(image, old_size, new_size, progress)
     else:
         image.meta.write_header(size=new_size)
         M.reload(image)
@@ -164,7 +167,9 @@ def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None
     is copied, as get_cluster_table does), then one contiguous host run for each
     run of entries without a host cluster, entered as normal COPIED entries
     (extended L2: the sub-cluster bitmap untouched, as QEMU's prealloc leaves it).
-    No data is written: the file is only extended past the last cluster, sparse.
+    No data is written where the file grows (it is extended, sparse); clusters
+    reused inside the file are zeroed (see :func:`_zero_reused`), and the head of
+    a new cluster holding an unaligned old end is copied (:func:`_copy_head`).
     Entries that already hold a host cluster are kept as they are (QEMU would
     copy a compressed or shared one holding the old end: not done here)."""
     meta, cb, cs = image.meta, image.cluster_bits, image.cluster_size
@@ -181,11 +186,14 @@ def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None
         part = raw[idx:idx + n]
         need = ~(C.has_host_clusters(part, image.has_data_file)
                  | ((part & M.COMPRESSED) != 0))
+        reused, inside = [], target.size
         for lo, hi in M.runs(need):
             if image.has_data_file:             # guest offset = data file offset
                 first = pos + lo
             else:
                 first = meta.refcounts.alloc(hi - lo)
+                if first << cb < inside:
+                    reused.append((first << cb, min((first + hi - lo) << cb, inside)))
             raw[idx + lo:idx + hi] = ((np.arange(first, first + hi - lo, dtype=np.uint64)
                                        << np.uint64(cb)) | M.COPIED)
         if need.any():
@@ -197,6 +205,7 @@ def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None
             if top > target.size:
                 target.truncate(top)
                 target.fsync()
+            _zero_reused(target, reused)
             if pos == old_size >> cb and need[0]:
                 _copy_head(image, target, old_size, int(part[0] & M.OFFSET_MASK))
             meta.write_l2(l2off, words[idx * step:(idx + n) * step], first=idx * step)
@@ -211,6 +220,38 @@ def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None
     if last_host + cs > file_size and tail < last_host + cs:
         target.pwrite(tail, bytes(last_host + cs - tail))
         target.fsync()
+
+
+def _zero_reused(target, spans: list[tuple[int, int]]) -> None:
+    """Clusters the allocator found free inside the file (freed metadata or data)
+    are zeroed before an entry maps them, so the new area reads as zeros.  QEMU's
+    preallocate_co does not: its new area can show what such clusters held (an old
+    refcount table, say) -- a difference kept on purpose."""
+    wrote = False
+    for start, end in spans:
+        for lo, hi in _data_segments(target.fd, start, end):    # holes read as zeros
+            for pos in range(lo, hi, 1 << 20):
+                target.pwrite(pos, bytes(min(1 << 20, hi - pos)))
+                wrote = True
+    if wrote:
+        target.fsync()
+
+
+def _data_segments(fd: int, start: int, end: int):
+    """The parts of [start, end) of a file that are not holes (SEEK_DATA/SEEK_HOLE)."""
+    pos = start
+    while pos < end:
+        try:
+            lo = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:          # no data from pos to the end of the file
+                return
+            raise
+        if lo >= end:
+            return
+        hi = min(end, os.lseek(fd, lo, os.SEEK_HOLE))
+        yield lo, hi
+        pos = hi
 
 
 def _copy_head(image, target, old_size: int, host: int) -> None:
@@ -248,12 +289,13 @@ def _writable_table(image, l1i: int) -> tuple[int, np.ndarray]:
 
 def _zero_over_backing(image, old_size: int, new_size: int) -> None:
     """A backing file longer than the old disk must not show through the new area
-    (the block layer's BDRV_REQ_ZERO_WRITE on truncate)."""
+    (the block layer's BDRV_REQ_ZERO_WRITE on truncate): qcow2_co_truncate then
+    zeroes the whole new area, past the backing file's end too (zero clusters,
+    as qemu-img map shows them)."""
     backing = image.backing
     if backing is None or backing.virtual_size <= old_size:
         return
-    end = min(new_size, backing.virtual_size)
-    image.write_zeroes(old_size, end - old_size)
+    image.write_zeroes(old_size, new_size - old_size)
     image.flush()
 
 
