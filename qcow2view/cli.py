@@ -156,6 +156,9 @@ def _in_a_terminal(run) -> int:
     except BrokenPipeError:     # a print not through emit(): the work is done anyway
         quiet_stdout()
         return 0
+    except MemoryError:         # a damaged image asking for more than the machine has
+        print("qcow2view: out of memory", file=sys.stderr)
+        return 1
     try:
         sys.stdout.flush()
     except BrokenPipeError:

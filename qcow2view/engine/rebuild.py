@@ -77,22 +77,40 @@ class _Counts:
             free_at = self.next_free(first_free)
             start = self.used_end if free_at is None else free_at
             first_free = first_free if free_at is None else free_at
-        else:                             # the table: rare, one pass is fine
-            free_at = np.flatnonzero(self.array[first_free:self.used_end] == 0)
-            start = self.used_end
-            if len(free_at):
-                cut = np.flatnonzero(np.diff(free_at) != 1)
-                starts = free_at[np.r_[0, cut + 1]]
-                ends = np.r_[free_at[cut], free_at[-1]] + 1
-                fits = np.flatnonzero(ends - starts >= count)
-                if len(fits):
-                    start = first_free + int(starts[fits[0]])
-                elif first_free + int(ends[-1]) == self.used_end:
-                    start = first_free + int(starts[-1])
-                first_free += int(free_at[0])
+        else:                             # the table
+            run, met = self._free_run(count, first_free)
+            start = self.used_end if run is None else run
+            first_free = first_free if met is None else met
         self.grow(start + count)
         self.array[start:start + count] = 1
         return start, first_free
+
+    def _free_run(self, count: int, lo: int) -> tuple[int | None, int | None]:
+        """(first run of ``count`` free clusters from ``lo`` -- or the free run the
+        array's end cuts short, or None --, first free cluster met or None), a chunk
+        at a time: a repair that grew the file to a far refcount block has hundreds
+        of millions of free clusters, whose indices at once took gigabytes."""
+        met = None
+        run = None                        # start of the free run open at lo
+        end = self.used_end
+        while lo < end:
+            hi = min(end, lo + SCAN_CHUNK)
+            free_at = np.flatnonzero(self.array[lo:hi] == 0) + lo
+            if not len(free_at):
+                run, lo = None, hi
+                continue
+            met = int(free_at[0]) if met is None else met
+            cut = np.flatnonzero(np.diff(free_at) != 1)
+            starts = free_at[np.r_[0, cut + 1]]
+            ends = np.r_[free_at[cut], free_at[-1]] + 1
+            if run is not None and starts[0] == lo:
+                starts[0] = run           # the run open at the chunk's start goes on
+            fits = np.flatnonzero(ends - starts >= count)
+            if len(fits):
+                return int(starts[fits[0]]), met
+            run = int(starts[-1]) if ends[-1] == hi else None
+            lo = hi
+        return run, met
 
 
 def plan_rebuild(counts: np.ndarray, per_block: int, cluster_size: int) -> RebuildPlan:

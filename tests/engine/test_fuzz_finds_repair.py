@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
+import sys
+
+import pytest
 
 import qemu
 from qcow2view import cli
@@ -28,3 +33,62 @@ def test_repair_all_of_a_reserved_reftable_entry_pointing_past_the_file(tmp_path
     code, res = qemu.check(p)
     assert code == 0 and not res.get("leaks") and not res.get("corruptions"), res
     assert qemu.to_raw(p, tmp_path / "r.raw")[:65536] == b"\x01" * 65536
+
+
+def _far_refblock(tmp_path, name: str, far: int, *, qemu_too: bool = True):
+    """A 1-bit refcount image whose refcount table names a block far past the end of
+    the file: -r all grows the file to it (sparse) and rebuilds the refcounts."""
+    p = qemu.create(tmp_path / name, "8M", "cluster_size=4096", "refcount_bits=1")
+    qemu.qemu_io(p, "write -P 1 0 8k")
+    with open_image(p) as im:
+        at = im.header.refcount_table_offset + 8 * 3
+    with open(p, "r+b") as f:
+        f.seek(at)
+        f.write(struct.pack(">Q", far))
+    theirs = tmp_path / f"qemu-{name}"
+    if qemu_too:
+        shutil.copy(p, theirs)
+        qemu.qemu_img("check", "-r", "all", theirs)
+    return p, theirs
+
+
+def test_repair_all_of_a_far_refcount_block_as_qemu(tmp_path, capsys):
+    # fuzz_repair seed 83844907 case 99 (there 1 TiB away: the search for the new
+    # table's clusters took the indices of every free cluster at once, gigabytes)
+    p, theirs = _far_refblock(tmp_path, "far.qcow2", 64 << 30)
+    assert cli.main(["check", "--repair", "all", str(p)]) == 0
+    code, res = qemu.check(p)
+    assert code == 0 and not res.get("leaks") and not res.get("corruptions"), res
+    assert qemu.compare(p, theirs).returncode == 0
+    assert p.stat().st_size == theirs.stat().st_size
+
+
+@pytest.mark.xfail(strict=True, reason="the reference walk's counts (refscan.counted: uint32 "
+                   "per host cluster) and the check's arrays for a file grown to 1 TiB take "
+                   "gigabytes (qemu-img: 40 MB); refscan.py / check.py belong to another "
+                   "engineer")
+def test_repair_all_of_a_refcount_block_1tib_away_fits_in_1gib(tmp_path):
+    # fuzz_repair seed 83844907 cases 73 and 99: the fuzzer was killed by the OOM
+    # killer (24 GB); qemu-img check -r all repairs them in 40-530 MB
+    p, _ = _far_refblock(tmp_path, "far.qcow2", 1 << 40, qemu_too=False)
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            "from qcow2view import cli\n"
+            "sys.exit(cli.main(['check', '--repair', 'all', sys.argv[1]]))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]
+    code, res = qemu.check(p)
+    assert code == 0 and not res.get("leaks") and not res.get("corruptions"), res
+
+
+def test_out_of_memory_is_a_message_not_a_traceback(tmp_path):
+    # the same image under a 1 GiB limit: whatever the repair needs, a user sees a
+    # sentence and exit code 1
+    p, _ = _far_refblock(tmp_path, "far.qcow2", 1 << 40, qemu_too=False)
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            "from qcow2view import cli\n"
+            "sys.exit(cli.main(['check', '--repair', 'all', sys.argv[1]]))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    assert "Traceback" not in r.stderr
+    assert r.returncode in (0, 1)
