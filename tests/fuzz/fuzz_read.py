@@ -42,4 +42,6 @@ def main(n, seed):
     print('done', n, 'bad', bad)
 
 if __name__ == '__main__':
+    import resource     # a damaged image must not take the shared machine down (OOM killer)
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
     main(int(sys.argv[1]), int(sys.argv[2]))

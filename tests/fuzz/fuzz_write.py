@@ -403,6 +403,8 @@ def main(n, seed, keep=False, only=None):
 
 
 if __name__ == '__main__':
+    import resource     # a damaged image must not take the shared machine down (OOM killer)
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
     only = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--only=')), None)
     main(int(sys.argv[1]), int(sys.argv[2]), '--keep' in sys.argv,
          [int(x) for x in only.split(',')] if only else None)
