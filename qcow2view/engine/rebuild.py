@@ -41,14 +41,17 @@ class _Counts:
     """The walk's counts as QEMU's in-memory refcount array: grows on allocation."""
 
     def __init__(self, counts: np.ndarray) -> None:
-        self.array = np.array(counts, copy=True)
+        # the array is taken over (the caller's fresh copy), not copied again
+        self.array = counts if counts.flags.owndata and counts.flags.writeable \
+            else np.array(counts, copy=True)
         self.used_end = len(counts)
 
     def grow(self, size: int) -> None:
         have = len(self.array)
         if size > have:
-            more = np.zeros(max(size, have + (have >> 3) + 64) - have, dtype=self.array.dtype)
-            self.array = np.concatenate([self.array, more])
+            # resized in place (a realloc: the new tail is zero), not concatenated,
+            # which held the old and the new array at once
+            self.array.resize(max(size, have + (have >> 3) + 64), refcheck=False)
         self.used_end = max(self.used_end, size)
 
     def next_used(self, lo: int, hi: int) -> int | None:

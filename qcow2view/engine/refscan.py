@@ -138,9 +138,11 @@ class RefScan:
         """Per-cluster references as QEMU's saturating in-memory array holds them
         (all ``nb_clusters`` of them)."""
         r = self.refs_range(0, self.nb_clusters)
-        if self.refcount_max < 0xFFFFFFFF:
-            return np.minimum(r, np.uint32(self.refcount_max))
-        return r
+        # a new array at the width the walk needed (one byte per cluster, mostly):
+        # a uint32 scalar here made it four (1 GiB for a file grown to 1 TiB)
+        if self.refcount_max < np.iinfo(r.dtype).max:
+            return np.minimum(r, r.dtype.type(self.refcount_max))
+        return r.copy()
 
     def add(self, f: Finding) -> None:
         if len(self.findings) < MAX_FINDINGS:

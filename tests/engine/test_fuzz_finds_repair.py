@@ -63,10 +63,6 @@ def test_repair_all_of_a_far_refcount_block_as_qemu(tmp_path, capsys):
     assert p.stat().st_size == theirs.stat().st_size
 
 
-@pytest.mark.xfail(strict=True, reason="the reference walk's counts (refscan.counted: uint32 "
-                   "per host cluster) and the check's arrays for a file grown to 1 TiB take "
-                   "gigabytes (qemu-img: 40 MB); refscan.py / check.py belong to another "
-                   "engineer")
 def test_repair_all_of_a_refcount_block_1tib_away_fits_in_1gib(tmp_path):
     # fuzz_repair seed 83844907 cases 73 and 99: the fuzzer was killed by the OOM
     # killer (24 GB); qemu-img check -r all repairs them in 40-530 MB
