@@ -7,7 +7,6 @@ import struct
 import subprocess
 import sys
 
-import pytest
 
 import qemu
 from qcow2view import cli
