@@ -297,9 +297,10 @@ class MetadataStore:
         clusters.update((blocks[blocks != 0] >> np.uint64(cb)).tolist())
         tables = self.l1_table.entries & np.uint64(C.L1E_OFFSET_MASK)
         clusters.update((tables[tables != 0] >> np.uint64(cb)).tolist())
-        if header.nb_snapshots:
-            last = max(snap.offset for snap in self.snapshots) + 1024
-            clusters.update(range(header.snapshots_offset >> cb, (last >> cb) + 1))
+        if header.nb_snapshots and self.snapshots:
+            # QEMU's snapshots_size: the entries as they are, each padded to 8 bytes
+            end = max(snap.offset + snap.entry_size for snap in self.snapshots)
+            clusters.update(range(header.snapshots_offset >> cb, ((end - 1) >> cb) + 1))
         self._overlap = (key, clusters)
         return clusters
 

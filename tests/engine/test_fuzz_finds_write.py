@@ -18,9 +18,6 @@ def _clean(path) -> dict:
     return res
 
 
-@pytest.mark.xfail(strict=True, reason="MetadataStore.metadata_clusters() counts 1024 bytes "
-                   "past the last snapshot entry as snapshot table (metadata.py, owned by "
-                   "another engineer): a data cluster right after the table is refused")
 def test_write_into_the_data_cluster_right_after_the_snapshot_table(tmp_path):
     # fuzz_write seed 3220532069 case 24: with 512-byte clusters the snapshot table
     # (one 72-byte entry) is followed by the next data cluster qemu allocates
