@@ -214,12 +214,19 @@ def _preallocate_metadata(image, old_size: int, new_size: int, progress) -> None
         pos += n
         M.report(progress, (pos << cb) - old_size, new_size - old_size)
     M.reload(image)
-    # qemu-img 7.2 leaves the last cluster's part past an unaligned new end written
-    # (zeros; its host blocks allocated, so qemu-img map calls that part data)
+    # QEMU's copy-on-write of the last new cluster's tail: past an unaligned new end
+    # it writes zeros up to the end of the cluster (extended L2: of the sub-cluster),
+    # and the file ends there (its host blocks allocated: qemu-img map calls them data)
+    if not last_host or last_host + cs <= file_size:
+        return                                  # the last cluster is not a new one
     tail = last_host + new_size - ((end - 1) << cb)
-    if last_host + cs > file_size and tail < last_host + cs:
-        target.pwrite(tail, bytes(last_host + cs - tail))
-        target.fsync()
+    unit = cs // 32 if image.extended_l2 else cs
+    stop = last_host + -(-(tail - last_host) // unit) * unit
+    if target.size == last_host + cs and stop < target.size:
+        target.truncate(stop)                   # mapped past the end by less than a cluster
+    if tail < stop:
+        target.pwrite(tail, bytes(stop - tail))
+    target.fsync()
 
 
 def _zero_reused(target, spans: list[tuple[int, int]]) -> None:
