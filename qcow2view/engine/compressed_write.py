@@ -44,7 +44,7 @@ def write_compressed(image, offset: int, data: bytes, *,
         compressed = compress_clusters(data, cs, image.header.compression_type)
     streams: list[tuple[int, bytes]] = []     # (guest offset, compressed bytes)
     for pos, stream in zip(range(0, len(data), cs), compressed):
-        if len(stream) >= cs - 512:
+        if len(stream) > cs - 1:     # qemu compresses into cluster_size - 1 bytes or not at all
             image.write(offset + pos, data[pos:pos + cs])
         else:
             streams.append((offset + pos, stream))

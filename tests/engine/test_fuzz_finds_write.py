@@ -4,6 +4,7 @@ small image made by qemu-img / qemu-io and judged by the real tools."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -127,3 +128,23 @@ def test_unaligned_zero_write_over_a_hole_of_a_raw_backing_file(tmp_path):
         im.write_zeroes(100, 100)
         im.write_zeroes((512 << 10) + 100, 100)
     _same_as_qemu(ours, theirs)
+
+
+@pytest.mark.parametrize("cluster_size, data", [
+    (512, b"\x61" * 512),                                  # any 512-byte cluster
+    (4096, random.Random(7).randbytes(3700) + bytes(396)),  # squeezed to 3.6-4 KiB
+])
+def test_compressed_write_compresses_whatever_fits_in_a_cluster(tmp_path, cluster_size, data):
+    # fuzz_write seed 500419600 case 9: qemu keeps a stream that fits in cluster_size - 1
+    # bytes (qcow2_co_pwritev_compressed_task); we wrote clusters whose stream was
+    # cluster_size - 512 or more uncompressed -- every 512-byte cluster
+    def make(d):
+        return qemu.create(d / "c.qcow2", "64k", f"cluster_size={cluster_size}")
+    ours, theirs = _twins(tmp_path, make)
+    (tmp_path / "data.bin").write_bytes(data)
+    qemu.qemu_io(theirs, f"write -c -s {tmp_path / 'data.bin'} 0 {cluster_size}")
+    with open_image(ours, writable=True) as im:
+        write_compressed(im, 0, data)
+    assert _clean(ours).get("compressed-clusters") == _clean(theirs).get("compressed-clusters")
+    assert qemu.compare(ours, theirs).returncode == 0
+    assert _map(ours) == _map(theirs)
