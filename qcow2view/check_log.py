@@ -420,8 +420,9 @@ class RepairLog:
                 found.append(Mismatch(c, 0, 1))
                 self.old_structure.setdefault(c, 1)
             else:
-                at = lines.index(f"Repairing refcount block {i} is outside image")
-                lines.insert(at + 1, "ERROR could not resize image: Invalid argument")
+                named = f"Repairing refcount block {i} is outside image"
+                at = lines.index(named) + 1 if named in lines else len(lines)
+                lines.insert(at, "ERROR could not resize image: Invalid argument")
         found.sort(key=lambda m: m.cluster)
         lines += self.blocks + self._compared(found)
         if self.rebuild:
