@@ -435,36 +435,51 @@ class Writer:
         src = im.data_file if has_df else im.file
         end = offset + length
         pos = offset
+        placed = 0                          # news[:placed] have their host clusters
+        l1_now = -1
         while pos < end:
             cidx = pos >> cb
             cstart = cidx << cb
             lo = pos - cstart
             hi = min(cs, end - cstart)
-            table = self._table(cidx >> im.l2_bits, tables)
+            if cidx >> im.l2_bits != l1_now:   # qemu: a table, then its data, then the next
+                placed = self._place(news, placed)
+                l1_now = cidx >> im.l2_bits
+            table = self._table(l1_now, tables)
             l2i = cidx & (im.l2_size - 1)
             if zero:
                 self._plan_zero(table, l2i, lo, hi, frees)
             else:
                 piece = data[pos - offset:pos - offset + hi - lo]
+                count = len(news)
                 self._plan_write(table, l2i, cstart, lo, hi, piece, news, inplace, frees, src)
+                if len(news) == count:        # written in place: a run of new ones ends
+                    placed = self._place(news, placed)
             pos = cstart + hi
-
-        # allocate data clusters for the whole request at once
-        if news:
-            if has_df:
-                for new in news:      # qemu: data file host offset == guest offset
-                    new.host = new.guest
-            else:
-                first = self.alloc.alloc(len(news)) << cb
-                self._undo.allocated.append((first, len(news) * cs))
-                for index, new in enumerate(news):
-                    new.host = first + index * cs
+        self._place(news, placed)
         for new in news:
             table = new.table
             entry = new.host | C.QCOW_OFLAG_COPIED
             self._set(table, new.l2_index, entry, new.bitmap)
 
         self._apply(tables, news, inplace, frees, src)
+
+    def _place(self, news: list[_NewCluster], placed: int) -> int:
+        """Host clusters for news[placed:], one contiguous run: qemu's handle_alloc
+        allocates each run of clusters that need new ones, in request order."""
+        run = news[placed:]
+        if not run:
+            return placed
+        im = self.image
+        if im.has_data_file:
+            for new in run:          # qemu: data file host offset == guest offset
+                new.host = new.guest
+        else:
+            first = self.alloc.alloc(len(run)) << im.cluster_bits
+            self._undo.allocated.append((first, len(run) * im.cluster_size))
+            for index, new in enumerate(run):
+                new.host = first + index * im.cluster_size
+        return len(news)
 
     def _old_bytes(self, guest: int, lo: int, hi: int) -> bytes:
         """Guest bytes of the cluster at ``guest`` in lo..hi, as they read now."""
