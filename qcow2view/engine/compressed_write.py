@@ -12,11 +12,42 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from functools import partial
 
-import numpy as np
-
 from . import clusters as C
 from .compression import compress_cluster
 from .errors import RequestError
+
+
+def _place_streams(image, sizes: list[int]) -> list[int]:
+    """Host byte offsets of streams of these sizes, placed as qemu's qcow2_alloc_bytes
+    places them: after the last stream of the session (its free_byte_offset), a
+    stream spilling into the next cluster only if that is the next one allocated.
+    Each host cluster's refcount counts the streams touching it (raised here, in
+    memory).  Unlike qemu 7.2 we go on after the last stream only while its cluster
+    still counts just what we put there: qemu goes on into a cluster freed and
+    reused meanwhile (corrupting it)."""
+    cs = image.cluster_size
+    refs = image.meta.refcounts
+    writer = image._write_side()
+    offset = 0
+    tail = writer.compressed_tail
+    if tail is not None and refs.refcount(tail[0] // cs) == tail[1]:
+        offset = tail[0]
+    places = []
+    for size in sizes:
+        if offset and refs.refcount(offset // cs) >= refs.max_rc:
+            offset = 0                                # that cluster counts no more streams
+        if not offset or cs - offset % cs < size:
+            new = refs.alloc(1) * cs                  # counts this stream
+            if offset and offset - offset % cs + cs == new:
+                refs.change(offset - offset % cs, cs, 1)     # spills over from here
+            else:
+                offset = new
+        else:
+            refs.change(offset - offset % cs, cs, 1)
+        places.append(offset)
+        offset = (offset + size) % cs and offset + size
+    writer.compressed_tail = (offset, refs.refcount(offset // cs)) if offset else None
+    return places
 
 
 def compress_clusters(data: bytes, cluster_size: int, compression_type: int,
@@ -62,29 +93,24 @@ def write_compressed(image, offset: int, data: bytes, *,
 
 
 def _write_streams(image, streams: list[tuple[int, bytes]]) -> None:
-    """Pack the streams into new host clusters and point their L2 entries at them:
+    """Pack the streams into host clusters and point their L2 entries at them:
     refcounts raised and flushed, then the streams written and flushed, then the
     entries, and only then the clusters they replace freed."""
     cs = image.cluster_size
     meta = image.meta
-    refs = meta.refcounts
-    total = sum(len(stream) for _, stream in streams)
-    nclusters = -(-total // cs)
-    host = refs.alloc(nclusters) * cs           # refcount 1 each
-    entries = []
-    # refcount = number of streams touching each host cluster
-    touching = np.zeros(nclusters, dtype=np.int64)
-    pos = host
-    for guest, stream in streams:
-        entries.append((guest, image.layout.encode(pos, len(stream))))
-        touching[(pos - host) // cs:(pos + len(stream) - 1 - host) // cs + 1] += 1
-        pos += len(stream)
-    for index, count in enumerate(touching.tolist()):
-        if count > 1:
-            refs.change(host + index * cs, cs, count - 1)
+    places = _place_streams(image, [len(stream) for _, stream in streams])
     meta.commit_refcounts()
-    image.file.pwrite(host, b"".join(stream for _, stream in streams))
+    runs: list[tuple[int, list[bytes]]] = []        # contiguous streams, written together
+    for place, (_, stream) in zip(places, streams):
+        if runs and runs[-1][0] + sum(map(len, runs[-1][1])) == place:
+            runs[-1][1].append(stream)
+        else:
+            runs.append((place, [stream]))
+    for start, parts in runs:
+        image.file.pwrite(start, b"".join(parts))
     image.file.fsync()
+    entries = [(guest, image.layout.encode(place, len(stream)))
+               for place, (guest, stream) in zip(places, streams)]
     # now point the L2 entries at the streams, releasing whatever was there
     frees = []
     for guest, entry in entries:

@@ -125,6 +125,9 @@ class Writer:
         self._undo = _Undo()
         # why the last commit failed; pending metadata stays until one succeeds
         self.commit_error: Qcow2Error | None = None
+        # where the next compressed stream goes (qemu's free_byte_offset) and the
+        # refcount its cluster had then: (host byte offset, refcount) or None
+        self.compressed_tail: tuple[int, int] | None = None
 
     @property
     def alloc(self) -> RefcountAllocator:

@@ -166,3 +166,39 @@ def test_new_clusters_are_allocated_run_by_run_as_qemu(tmp_path):
     with_offsets = [json.loads(qemu.qemu_img("map", "--output=json", p).stdout)
                     for p in (ours, theirs)]
     assert with_offsets[0] == with_offsets[1]
+
+
+@pytest.mark.parametrize("cluster_size", [512, 4096, 65536])
+def test_compressed_writes_of_one_session_share_host_clusters_as_qemu(tmp_path, cluster_size):
+    # fuzz_write seed 500419600 case 15: qemu packs the streams of successive write -c
+    # requests into one host cluster (free_byte_offset); each of our calls started a
+    # new one, so every later allocation sat a cluster further on
+    cs = cluster_size
+
+    def make(d):
+        return qemu.create(d / "p.qcow2", "1M", f"cluster_size={cs}")
+    ours, theirs = _twins(tmp_path, make)
+    qemu.qemu_io(theirs, f"write -c -P 1 0 {cs}", f"write -c -P 2 {cs} {cs}",
+                 f"write -c -P 3 {4 * cs} {cs}", f"write -P 4 {8 * cs} {cs}")
+    with open_image(ours, writable=True) as im:
+        for guest, pattern in ((0, 1), (cs, 2), (4 * cs, 3)):
+            write_compressed(im, guest, bytes([pattern]) * cs)
+        im.write(8 * cs, b"\x04" * cs)
+    _same_as_qemu(ours, theirs)
+    res = [json.loads(qemu.qemu_img("map", "--output=json", p).stdout) for p in (ours, theirs)]
+    assert res[0] == res[1]
+    assert _clean(ours)["image-end-offset"] == _clean(theirs)["image-end-offset"]
+
+
+def test_compressed_streams_with_1bit_refcounts_each_take_a_cluster(tmp_path):
+    # fuzz_write seed 2960414979 cases 13, 132: a cluster holding a stream is at the
+    # refcount maximum, so qemu starts the next stream in a new one
+    def make(d):
+        return qemu.create(d / "p.qcow2", "1M", "cluster_size=4096", "refcount_bits=1")
+    ours, theirs = _twins(tmp_path, make)
+    qemu.qemu_io(theirs, "write -c -P 1 0 4k", "write -c -P 2 4k 4k")
+    with open_image(ours, writable=True) as im:
+        write_compressed(im, 0, b"\x01" * 4096)
+        write_compressed(im, 4096, b"\x02" * 4096)
+    _same_as_qemu(ours, theirs)
+    assert _clean(ours)["image-end-offset"] == _clean(theirs)["image-end-offset"]
