@@ -110,11 +110,7 @@ class DirectoryReads(QObject):
         """Cancel and join every read (the document closes, the index is read again)."""
         running, self._running = self._running, {}
         for w in running:
-            for sig in (w.succeeded, w.failed):
-                try:
-                    sig.disconnect()
-                except (RuntimeError, TypeError):
-                    pass
+            w.detach(w.succeeded, w.failed)
             w.stop()
             w.deleteLater()
 

@@ -413,11 +413,7 @@ class GuestContents(QObject):
     def _stop_changes(self) -> None:
         w, self._changes_worker = self._changes_worker, None
         if w is not None:
-            for sig in (w.progressed, w.succeeded, w.failed):
-                try:
-                    sig.disconnect()
-                except (RuntimeError, TypeError):
-                    pass
+            w.detach(w.progressed, w.succeeded, w.failed)
             w.stop()
             w.deleteLater()
             self.busyChanged.emit(False)
@@ -471,11 +467,7 @@ class GuestContents(QObject):
         if w is None:
             return
         self._worker = None
-        for sig in (w.progressed, w.succeeded, w.failed, w.previewed):
-            try:
-                sig.disconnect()
-            except (RuntimeError, TypeError):
-                pass
+        w.detach(w.progressed, w.succeeded, w.failed, w.previewed)
         w.succeeded.connect(_close_built, Qt.DirectConnection)
         w.stop()
         w.deleteLater()

@@ -64,6 +64,15 @@ class Worker(QThread):
         else:
             self.succeeded.emit(result)
 
+    def detach(self, *signals) -> None:
+        """Disconnect every slot of ``signals`` (its owner no longer wants its results;
+        a signal with nothing connected is fine)."""
+        for sig in signals:
+            try:
+                sig.disconnect()
+            except (RuntimeError, TypeError):
+                pass
+
     def stop(self, timeout_ms: int = 30000) -> None:
         """Cancel and join (at most ``timeout_ms``: a deleteLater after it is safe)."""
         self.cancel()

@@ -62,15 +62,20 @@ def test_repair_all_of_a_far_refcount_block_as_qemu(tmp_path, capsys):
     assert p.stat().st_size == theirs.stat().st_size
 
 
-def test_repair_all_of_a_refcount_block_1tib_away_fits_in_1gib(tmp_path):
-    # fuzz_repair seed 83844907 cases 73 and 99: the fuzzer was killed by the OOM
-    # killer (24 GB); qemu-img check -r all repairs them in 40-530 MB
-    p, _ = _far_refblock(tmp_path, "far.qcow2", 1 << 40, qemu_too=False)
+def _repair_all_in_1gib(p):
+    """check --repair all in a child process limited to 1 GiB of address space."""
     code = ("import resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
             "from qcow2view import cli\n"
             "sys.exit(cli.main(['check', '--repair', 'all', sys.argv[1]]))\n")
-    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+
+
+def test_repair_all_of_a_refcount_block_1tib_away_fits_in_1gib(tmp_path):
+    # fuzz_repair seed 83844907 cases 73 and 99: the fuzzer was killed by the OOM
+    # killer (24 GB); qemu-img check -r all repairs them in 40-530 MB
+    p = _far_refblock(tmp_path, "far.qcow2", 1 << 40, qemu_too=False)[0]
+    r = _repair_all_in_1gib(p)
     assert r.returncode == 0, r.stderr[-500:]
     code, res = qemu.check(p)
     assert code == 0 and not res.get("leaks") and not res.get("corruptions"), res
@@ -79,11 +84,7 @@ def test_repair_all_of_a_refcount_block_1tib_away_fits_in_1gib(tmp_path):
 def test_out_of_memory_is_a_message_not_a_traceback(tmp_path):
     # the same image under a 1 GiB limit: whatever the repair needs, a user sees a
     # sentence and exit code 1
-    p, _ = _far_refblock(tmp_path, "far.qcow2", 1 << 40, qemu_too=False)
-    code = ("import resource, sys\n"
-            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-            "from qcow2view import cli\n"
-            "sys.exit(cli.main(['check', '--repair', 'all', sys.argv[1]]))\n")
-    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    p = _far_refblock(tmp_path, "far.qcow2", 1 << 40, qemu_too=False)[0]
+    r = _repair_all_in_1gib(p)
     assert "Traceback" not in r.stderr
     assert r.returncode in (0, 1)

@@ -490,6 +490,16 @@ def test_leaked_and_corrupt_clusters_are_named_by_what_they_held(qtbot, window, 
     assert f"most severe:\nhost cluster {host // 65536:#x}: guest {cluster:#x}, " in text
 
 
+def _first_look(qtbot, tab):
+    """The Files pane of a ready ``tab`` once it shows the first look (the index's
+    build held): (the panel, the document's guest contents)."""
+    wait_ready(qtbot, tab)
+    assert tab.show_pane("files")
+    panel: FilesPanel = tab.pane("files")
+    qtbot.waitUntil(lambda: panel.model.previewing, timeout=30000)
+    return panel, tab.document.guest
+
+
 def test_first_rows_while_the_index_builds(qtbot, window, gpt_disk, held_index):  # noqa: F811
     """The tree shows the root directories before the index is in (the build is held
     here until released); a directory opened then stays open, with its files, once the
@@ -498,11 +508,7 @@ def test_first_rows_while_the_index_builds(qtbot, window, gpt_disk, held_index):
     gate = held_index
     tab = window.open_path(str(gpt_disk.qcow2))
     try:
-        wait_ready(qtbot, tab)
-        assert tab.show_pane("files")
-        panel: FilesPanel = tab.pane("files")
-        c = tab.document.guest
-        qtbot.waitUntil(lambda: panel.model.previewing, timeout=30000)
+        panel, c = _first_look(qtbot, tab)
         assert c.state == "building"
         vol = next(i for i, gv in enumerate(c.preview.index.volumes)
                    if gv.filesystem is not None and gv.filesystem.type == "ext4")
@@ -558,11 +564,7 @@ def test_a_directory_opened_before_the_index_is_in_is_read_at_once(qtbot, window
     gate = held_index
     tab = window.open_path(str(gpt_disk.qcow2))
     try:
-        wait_ready(qtbot, tab)
-        assert tab.show_pane("files")
-        panel: FilesPanel = tab.pane("files")
-        c = tab.document.guest
-        qtbot.waitUntil(lambda: panel.model.previewing, timeout=30000)
+        panel, c = _first_look(qtbot, tab)
         vols = {gv.filesystem.type: i for i, gv in enumerate(c.preview.index.volumes)
                 if gv.filesystem is not None}
         ext, fat = vols["ext4"], vols["vfat"]
