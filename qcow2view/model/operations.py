@@ -139,14 +139,24 @@ def resize_refusal(document: ImageDocument, new_size: int) -> str | None:
     return shrink_refusal(document.image, new_size) if document.image is not None else None
 
 
-def describe_resize(document: ImageDocument, new_size: int) -> str:
+#: qemu-img resize --preallocation's modes, and what each does to the new area
+RESIZE_PREALLOCATION = {
+    "off": "",
+    "metadata": "; the new area's tables and clusters are allocated, no data written",
+    "falloc": "; the new area's clusters are allocated and reserved on the host",
+    "full": "; the new area's clusters are allocated and written with zeros",
+}
+
+
+def describe_resize(document: ImageDocument, new_size: int, preallocation: str = "off"
+                    ) -> str:
     img = document.image
     old = img.virtual_size
     data = os.path.basename(img.data_file_name or "") if img.has_data_file else ""
     if new_size >= old:
         grows = f" (its data file {data} grows with it)" if data else ""
         return (f"Grows the disk of {document.name} from {human_size(old)} to "
-                f"{human_size(new_size)}{grows}.")
+                f"{human_size(new_size)}{grows}{RESIZE_PREALLOCATION[preallocation]}.")
     return (f"Shrinks the disk of {document.name} from {human_size(old)} to "
             f"{human_size(new_size)}: everything past {human_size(new_size)} is lost.")
 
@@ -230,9 +240,11 @@ def snapshot_job(document: ImageDocument, kind: str, name: str, parent=None) -> 
     return _image_job(document, f"Snapshot {kind}", fn, parent)
 
 
-def resize_job(document: ImageDocument, new_size: int, parent=None) -> OperationJob:
+def resize_job(document: ImageDocument, new_size: int, parent=None,
+               preallocation: str = "off") -> OperationJob:
     return _image_job(document, "Resizing",
-                      lambda im, p: resize_image(im, new_size, shrink=True, progress=p), parent)
+                      lambda im, p: resize_image(im, new_size, shrink=True, progress=p,
+                                                 preallocation=preallocation), parent)
 
 
 def amend_job(document: ImageDocument, options: dict, parent=None) -> OperationJob:

@@ -162,9 +162,16 @@ def resize_action(window, tab):
     if why is not None:
         dialogs.error(window, "Resize", why[:1].upper() + why[1:] + ".")
         return None
-    if not _confirm(window, "Resize", ops.describe_resize(doc, size)):
+    prealloc = "off"
+    if size > doc.image.virtual_size:
+        # qemu-img resize --preallocation: how the new area is allocated
+        prealloc = _ask_item(window, "Resize", "Preallocation of the new area:",
+                             list(ops.RESIZE_PREALLOCATION), "off")
+        if not prealloc:
+            return None
+    if not _confirm(window, "Resize", ops.describe_resize(doc, size, prealloc)):
         return None
-    return run_job(window, ops.resize_job(doc, size, tab), f"{doc.name}: resized")
+    return run_job(window, ops.resize_job(doc, size, tab, prealloc), f"{doc.name}: resized")
 
 
 def commit_action(window, tab):

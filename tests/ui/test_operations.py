@@ -4,6 +4,8 @@ document; qemu-img judges the result."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PySide6.QtGui import QAction
 
@@ -320,6 +322,41 @@ def test_resize_grows_the_data_file_as_qemu(window, qtbot, tmp_path, answers):
     assert errors and "external data file" in errors[0] and "d.raw" in errors[0]
     assert len([k for k, _, _ in asked if k == "confirm"]) == confirms
     assert qemu.info(mine)["virtual-size"] == 8 << 20
+
+
+@pytest.mark.parametrize("mode", ["metadata", "full"])
+def test_resize_with_preallocation_as_qemu(window, qtbot, tmp_path, answers, mode):
+    """Growing asks how the new area is allocated; the result is qemu-img resize
+    --preallocation's: same allocation map (host offsets aside), same guest bytes."""
+    given, asked = answers
+    made = []
+    for side in ("ours", "qemu"):
+        img = qemu.create(tmp_path / f"{side}.qcow2", "4M")
+        qemu.qemu_io(img, "write -P 7 1M 64k")
+        made.append(img)
+    mine, theirs = made
+    tab = window.open_path(str(mine))
+    wait_ready(qtbot, tab)
+    given["text"], given["item"] = "+4M", mode
+    _run(qtbot, window, tab, "Resize")
+    qemu.qemu_img("resize", "-q", f"--preallocation={mode}", theirs, "+4M")
+    assert ("item", "Resize", "Preallocation of the new area:") in asked
+    said = {"metadata": "tables and clusters are allocated, no data written",
+            "full": "written with zeros"}[mode]
+    assert any(k == "confirm" and t.startswith("Grows the disk of ours.qcow2 from 4 MiB to "
+                                               "8 MiB") and said in t for k, _, t in asked)
+    assert qemu.check(mine)[0] == 0 and qemu.compare(mine, theirs).returncode == 0
+
+    def layout(path):       # qemu-img map's runs: data/zero flags and lengths
+        runs = []
+        for e in json.loads(qemu.qemu_img("map", "--output=json", path).stdout):
+            key = (e["data"], e["zero"])
+            if runs and runs[-1][0] == key:
+                runs[-1][1] += e["length"]
+            else:
+                runs.append([key, e["length"]])
+        return runs
+    assert layout(mine) == layout(theirs)
 
 
 def test_progress_dialog_outlives_nested_reports(window, qtbot, monkeypatch):
