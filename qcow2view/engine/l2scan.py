@@ -74,40 +74,24 @@ class L2TableWalk:
         return None if lo is None else (lo, hi)
 
     def _fast_rows(self, raw: np.ndarray, active: bool, copied_check: bool,
-                   contig: np.ndarray | None = None) -> np.ndarray:
+                   contig: np.ndarray) -> np.ndarray:
         """Tables whose entries are one run of contiguous, aligned, plain data
-        clusters (what preallocation and sequential writes make): counted with
-        slices instead of per-entry work.  Returns the rows it handled; the
-        others are left untouched for the generic path."""
-        n, L = raw.shape
+        clusters (what preallocation and sequential writes make; ``contig``: those
+        rows, :func:`~.clusters.contiguous_rows` as the read-ahead thread tested them):
+        counted with slices instead of per-entry work.  Returns the rows it handled;
+        the others are left to the generic path."""
+        L = raw.shape[1]
         cs, cb = self.cs, self.cb
         r = self.r
-        base = raw[:, 0].copy()
+        base = raw[:, 0]
         flags = base & ~U64(C.L2E_OFFSET_MASK)
         boff = base & U64(C.L2E_OFFSET_MASK)
         self._fast_boff = boff
-        cand = (((flags == 0) | (flags == U64(C.QCOW_OFLAG_COPIED)))
-                & (boff != 0) & ((boff & U64(cs - 1)) == 0)
-                & (boff + U64((L - 1) * cs) <= U64(C.L2E_OFFSET_MASK)))
+        cand = contig.copy()
         if not self.data_file:
             cand &= boff + U64((L - 1) * cs) < U64(self.file_size)
         if not cand.any():
             return cand
-        ramp = self._ramp
-        ci = np.flatnonzero(cand)
-        in_place = contig is None and 2 * len(ci) > n
-        if contig is not None:
-            cand &= contig              # tested already (contiguous_rows)
-        elif in_place:
-            # most rows may qualify: contiguity test in place (raw -= base, compare
-            # with the ramp); the rows not handled here get their entries back below
-            np.subtract(raw, base[:, None], out=raw)
-            cand &= ~np.not_equal(raw, ramp).any(axis=1)
-        else:
-            # a few candidates (sparse tables): test copies of those rows only
-            sub = raw[ci]
-            np.subtract(sub, base[ci, None], out=sub)
-            cand[ci] = ~np.not_equal(sub, ramp).any(axis=1)
         disk = self.disk
         for i in np.nonzero(cand)[0].tolist():
             c0 = int(boff[i]) >> cb
@@ -141,13 +125,6 @@ class L2TableWalk:
                     r.nb_clusters = c0 + L
             if active:
                 r.allocated_clusters += L
-        back = ~cand
-        if not in_place:
-            pass
-        elif back.all():
-            raw += base[:, None]
-        elif back.any():
-            raw[back] += base[back, None]
         return cand
 
     def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,

@@ -43,7 +43,7 @@ from .refcounts import (REFT_RESERVED_MASK, DiskRefcounts, max_refcount,  # noqa
 from .l2scan import L2TableWalk
 from .kinds import HostKind
 from .refkinds import MAX_FINDINGS, MAX_OVERLAPS, METADATA_KINDS, _META, Finding  # noqa: F401
-from .tableread import TableReader, contiguous_rows, read_tables  # noqa: F401
+from .tableread import TableReader, read_tables  # noqa: F401  (maps reads tables too)
 
 Progress = Callable[[int, int], None] | None
 Cancel = Callable[[], bool] | None
@@ -170,7 +170,6 @@ class Scanner(L2TableWalk):
         self.guest = guest
         self.reader = TableReader(image.file, self.cs, image.extended_l2,
                                   max(1, BATCH_ENTRIES // image.l2_size))
-        self._ramp = np.arange(image.l2_size, dtype=U64) * U64(self.cs)
         self.progress = progress
         self.cancel = cancel
         self.extended = image.extended_l2
