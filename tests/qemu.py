@@ -111,6 +111,20 @@ def qemu_map(path: str | os.PathLike) -> list[dict]:
     return json.loads(qemu_img("map", "--output=json", path).stdout)
 
 
+def map_shape(entries: list[dict]) -> list:
+    """``qemu-img map --output=json`` entries without host offsets, adjacent runs of
+    the same kind merged (map splits runs where host offsets jump): the allocation
+    two images share when their clusters lie at different places."""
+    out: list = []
+    for e in entries:
+        kind = {k: v for k, v in e.items() if k not in ("offset", "start", "length")}
+        if out and out[-1][0] == kind and out[-1][1] + out[-1][2] == e["start"]:
+            out[-1][2] += e["length"]
+        else:
+            out.append([kind, e["start"], e["length"]])
+    return out
+
+
 def host_offset(path: str | os.PathLike, guest: int) -> int | None:
     """Where ``qemu-img map`` says this image itself (not a backing file) keeps guest
     byte ``guest``; None when it does not."""

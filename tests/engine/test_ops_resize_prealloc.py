@@ -88,20 +88,7 @@ def _assert_same_map(theirs, mine, offsets: bool = True) -> None:
         assert qemu.qemu_map(mine) == qemu.qemu_map(theirs)
         assert mine.stat().st_size == theirs.stat().st_size
     else:
-        assert _shape(mine) == _shape(theirs)
-
-
-def _shape(path) -> list:
-    """qemu-img map without host offsets, adjacent runs of the same kind merged (map
-    splits runs where host offsets jump)."""
-    out: list = []
-    for e in qemu.qemu_map(path):
-        kind = {k: v for k, v in e.items() if k not in ("offset", "start", "length")}
-        if out and out[-1][0] == kind and out[-1][1] + out[-1][2] == e["start"]:
-            out[-1][2] += e["length"]
-        else:
-            out.append([kind, e["start"], e["length"]])
-    return out
+        assert qemu.map_shape(qemu.qemu_map(mine)) == qemu.map_shape(qemu.qemu_map(theirs))
 
 
 @pytest.mark.parametrize("name", list(IMAGES))

@@ -14,10 +14,10 @@ import shutil
 import pytest
 
 import qemu
-from check_images import DAMAGE, build_damaged
+from check_images import DAMAGE
 from qcow2view import cli
 from qcow2view.check_log import REBUILDING
-from test_repair_oracle import FUZZED, QEMU_GIVES_UP
+from test_repair_oracle import FUZZED, QEMU_GIVES_UP, damaged, damaged_twins
 
 
 def _lines(text: str, path) -> list[str]:
@@ -29,10 +29,7 @@ def _lines(text: str, path) -> list[str]:
 @pytest.mark.parametrize("mode", ["leaks", "all"])
 @pytest.mark.parametrize("damage", DAMAGE + FUZZED, ids=lambda f: f.__name__.removeprefix("dmg_"))
 def test_repair_lines_as_qemu_img(tmp_path, capsys, damage, mode):
-    src = damage(tmp_path) if damage in FUZZED else build_damaged(tmp_path, damage)
-    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
-    shutil.copy(src, ours)
-    shutil.copy(src, theirs)
+    _, ours, theirs = damaged_twins(tmp_path, damage)
     q = qemu.qemu_img("check", "-r", mode, theirs, check=False)
     capsys.readouterr()
     rc = cli.main(["check", "-r", mode, str(ours)])
@@ -49,7 +46,7 @@ def test_repair_lines_as_qemu_img(tmp_path, capsys, damage, mode):
 @pytest.mark.parametrize("damage", DAMAGE + FUZZED, ids=lambda f: f.__name__.removeprefix("dmg_"))
 def test_check_lines_as_qemu_img(tmp_path, capsys, damage):
     """Without -r: what the check finds, line for line as qemu-img check prints it."""
-    src = damage(tmp_path) if damage in FUZZED else build_damaged(tmp_path, damage)
+    src = damaged(tmp_path, damage)
     q = qemu.qemu_img("check", src, check=False)
     capsys.readouterr()
     rc = cli.main(["check", str(src)])

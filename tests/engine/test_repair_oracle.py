@@ -78,13 +78,24 @@ FUZZED = [prealloc_misaligned, prealloc_misaligned_extended, refblock_unreachabl
           l1_into_guest_data, prealloc_misaligned_then_rebuild]
 
 
-@pytest.mark.parametrize("mode", ["leaks", "all"])
-@pytest.mark.parametrize("damage", DAMAGE + FUZZED, ids=lambda f: f.__name__.removeprefix("dmg_"))
-def test_repair_like_qemu_img(tmp_path, damage, mode, capsys):
-    src = damage(tmp_path) if damage in FUZZED else build_damaged(tmp_path, damage)
+def damaged(tmp_path, damage):
+    """The image ``damage`` makes: one of check_images' DAMAGE, or of FUZZED."""
+    return damage(tmp_path) if damage in FUZZED else build_damaged(tmp_path, damage)
+
+
+def damaged_twins(tmp_path, damage):
+    """That image and two copies of it: (source, ours, theirs)."""
+    src = damaged(tmp_path, damage)
     ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
     shutil.copy(src, ours)
     shutil.copy(src, theirs)
+    return src, ours, theirs
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+@pytest.mark.parametrize("damage", DAMAGE + FUZZED, ids=lambda f: f.__name__.removeprefix("dmg_"))
+def test_repair_like_qemu_img(tmp_path, damage, mode, capsys):
+    src, ours, theirs = damaged_twins(tmp_path, damage)
     q = qemu.qemu_img("check", "-r", mode, theirs, check=False)
     rc, out = _ours(ours, mode, capsys)
     if mode == "all" and damage in QEMU_GIVES_UP:

@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from qemu import map_shape  # noqa: E402  (the tests' qemu-img helpers)
 
 
 def q(*a, check=True):
@@ -38,18 +40,6 @@ def io(p, *cmds):
     for c in cmds:
         args += ["-c", c]
     return subprocess.run(args + [str(p)], capture_output=True).returncode == 0
-
-
-def shape(m):
-    """qemu-img map without offsets, adjacent runs of the same kind merged."""
-    out = []
-    for e in m:
-        kind = {k: v for k, v in e.items() if k not in ("offset", "start", "length")}
-        if out and out[-1][0] == kind and out[-1][1] + out[-1][2] == e["start"]:
-            out[-1][2] += e["length"]
-        else:
-            out.append([kind, e["start"], e["length"]])
-    return out
 
 
 def build(d, rng):
@@ -108,7 +98,7 @@ def case(d, rng):
          ).append("compare differs")
     ma = json.loads(q("map", "--output=json", a).stdout)
     mb = json.loads(q("map", "--output=json", b).stdout)
-    if shape(ma) != shape(mb):
+    if map_shape(ma) != map_shape(mb):
         ext_written = mode != "metadata" and "extended_l2=on" in opts
         (known if cs == 512 or ext_written or known else bad).append("map differs")
     elif ma != mb or a.stat().st_size != b.stat().st_size:
