@@ -95,7 +95,7 @@ class RefcountAllocator:
                 cluster += per - bi
                 continue
             seg = counts[bi:]
-            used = np.flatnonzero(seg)
+            used = np.flatnonzero(seg != 0)
             if used.size == 0:
                 if run == 0:
                     run_start = cluster
@@ -241,7 +241,7 @@ class RefcountAllocator:
             block = self.block(rti)
             if block is None:
                 continue
-            used = np.flatnonzero(block)
+            used = np.flatnonzero(block != 0)
             if used.size:
                 return rti * self.per + int(used[-1])
         return -1

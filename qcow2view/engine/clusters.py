@@ -292,21 +292,44 @@ def is_contiguous_row(entries, cs: int) -> bool:
     return all(int(e) == first + i * cs for i, e in enumerate(entries))
 
 
-def contiguous_rows(raw: np.ndarray, cs: int, ramp: np.ndarray | None = None) -> np.ndarray:
+def run_candidates(base: np.ndarray, cs: int, L: int) -> np.ndarray:
+    """The tests of :func:`contiguous_rows` that a table's first entry (``base``, one
+    per table) decides: plain or COPIED data, aligned, a run of ``L`` that fits."""
+    flags = base & ~U64(L2E_OFFSET_MASK)
+    boff = base & U64(L2E_OFFSET_MASK)
+    return (((flags == 0) | (flags == U64(QCOW_OFLAG_COPIED))) & (boff != 0)
+            & ((boff & U64(cs - 1)) == 0)
+            & (boff + U64((L - 1) * cs) <= U64(L2E_OFFSET_MASK)))
+
+
+def contiguous_rows(raw: np.ndarray, cs: int, ramp: np.ndarray | None = None,
+                    tmp: np.ndarray | None = None) -> np.ndarray:
     """Rows of ``raw`` (L2 tables without sub-clusters) that map one run of
     contiguous, aligned, plain data clusters: what preallocation and sequential
     writes make, and what both walks handle with slices instead of per entry.
-    ``raw`` is left as it was."""
+    ``raw`` is left as it was; ``tmp``, an array of its shape, saves it a pass."""
     n, L = raw.shape
     base = raw[:, 0].copy()
-    flags = base & ~U64(L2E_OFFSET_MASK)
-    boff = base & U64(L2E_OFFSET_MASK)
-    cand = (((flags == 0) | (flags == U64(QCOW_OFLAG_COPIED))) & (boff != 0)
-            & ((boff & U64(cs - 1)) == 0)
-            & (boff + U64((L - 1) * cs) <= U64(L2E_OFFSET_MASK)))
+    cand = run_candidates(base, cs, L)
     ci = np.flatnonzero(cand)
     if not len(ci):
         return cand
+    ramp = np.arange(L, dtype=U64) * U64(cs) if ramp is None else ramp
+    if 2 * len(ci) > n and tmp is not None:
+        # a run less its ramp is its first entry repeated
+        np.subtract(raw, ramp, out=tmp)
+        cand &= ~np.not_equal(tmp, tmp[:, :1]).any(axis=1)
+    elif 2 * len(ci) > n:
+        # most rows may qualify: test in place (raw -= base), then put raw back
+        np.subtract(raw, base[:, None], out=raw)
+        cand &= ~np.not_equal(raw, ramp).any(axis=1)
+        raw += base[:, None]
+    else:
+        # a few candidates (sparse tables): test copies of those rows only
+        sub = raw[ci]
+        np.subtract(sub, base[ci, None], out=sub)
+        cand[ci] = ~np.not_equal(sub, ramp).any(axis=1)
+    return cand
     ramp = np.arange(L, dtype=U64) * U64(cs) if ramp is None else ramp
     if 2 * len(ci) > n:
         # most rows may qualify: test in place (raw -= base), then put raw back

@@ -7,10 +7,15 @@ import zlib
 
 from .errors import CorruptImageError
 
-try:
-    import zstandard
-except ImportError:  # pragma: no cover - zstandard is a runtime dependency
-    zstandard = None
+
+def _zstandard():
+    """The zstandard module, loaded on first use (most images never need it, and
+    every command would pay for its import); None if it is not installed."""
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - zstandard is a runtime dependency
+        return None
+    return zstandard
 
 COMPRESSION_ZLIB, COMPRESSION_ZSTD = 0, 1
 
@@ -26,7 +31,7 @@ def decompress_cluster(data: bytes, cluster_size: int, compression_type: int,
             raise CorruptImageError(f"deflate stream is invalid ({e})",
                                     structure="compressed cluster", offset=offset) from None
     elif compression_type == COMPRESSION_ZSTD:
-        if zstandard is None:
+        if _zstandard() is None:
             raise CorruptImageError("zstd support needs the 'zstandard' package",
                                     structure="compressed cluster", offset=offset)
         out = _zstd_decompress(data, cluster_size, offset)
@@ -49,6 +54,7 @@ def _zstd_decompress(data: bytes, cluster_size: int, offset: int) -> bytes:
     """QEMU's rule (qcow2_zstd_decompress): decode frames until the cluster is full;
     a frame still unfinished then is an error, bytes after the last frame are
     ignored.  Output is bounded by the cluster size, whatever a frame claims."""
+    zstandard = _zstandard()
     dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     parts: list[bytes] = []
     got = 0
@@ -92,5 +98,5 @@ def compress_cluster(data: bytes, compression_type: int) -> bytes:
         c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
         return c.compress(data) + c.flush()
     if compression_type == COMPRESSION_ZSTD:
-        return zstandard.ZstdCompressor().compress(data)
+        return _zstandard().ZstdCompressor().compress(data)
     raise ValueError(f"unknown compression type {compression_type}")

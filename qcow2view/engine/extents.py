@@ -74,7 +74,7 @@ def extents(image, start: int, end: int) -> Iterator[tuple[int, int, GuestKind]]
         i0 = (pos - base) >> cb
         i1 = ((table_end - 1 - base) >> cb) + 1
         k = kinds[i0:i1]
-        cuts = np.flatnonzero(np.diff(k)) + 1
+        cuts = np.flatnonzero(k[1:] != k[:-1]) + 1
         bounds = [0, *cuts.tolist(), len(k)]
         for a, b in zip(bounds, bounds[1:]):
             s = max(pos, base + ((i0 + a) << cb))

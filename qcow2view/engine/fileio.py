@@ -78,6 +78,11 @@ class HostFile:
             data = b"".join(parts)
         return data
 
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` (bytes) from ``offset`` without a copy; bytes past the end
+        of the file read as zeros, as in QEMU."""
+        pread_into(self.fd, offset, buf, self.path)
+
     def pread_exact(self, offset: int, length: int, structure: str) -> bytes:
         """Read metadata that must lie wholly inside the file."""
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -144,3 +149,21 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return f"file type {stat.S_IFMT(mode):#o}"
+
+
+def pread_into(fd: int, offset: int, buf: memoryview, path: str = "") -> None:
+    """:meth:`HostFile.pread_into` on a bare descriptor (a duplicate kept by a map
+    that outlives its image)."""
+    n = len(buf)
+    got = 0
+    try:
+        while got < n:
+            k = os.preadv(fd, [buf[got:]], offset + got)
+            if k <= 0:
+                break
+            got += k
+    except OSError as e:
+        raise Qcow2Error(f"read of {n} bytes failed: {e.strerror}", offset=offset,
+                         path=path) from e
+    if got < n:
+        buf[got:] = bytes(n - got)

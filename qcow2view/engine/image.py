@@ -19,7 +19,6 @@ from .backing import (MAX_BACKING_DEPTH, BackingInfo, RawImage, is_protocol_name
 from .bitmaps import Bitmap
 from .clusters import ClusterType, CompressionLayout
 from .compression import decompress_cluster
-from .encryption import LUKS_HEADER_SIZE, LuksHeader, parse_luks_header
 from .errors import (BackingFileError, CorruptImageError, DataFileError, EncryptedImageError,
                      Qcow2Error, ReadOnlyError, RequestError, UnsupportedFeatureError)
 from .extensions import (EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FULL_DISK_ENCRYPTION,
@@ -33,6 +32,7 @@ from .refcounts import RefcountTableEntry
 from .snapshots import Snapshot
 
 if TYPE_CHECKING:
+    from .encryption import LuksHeader
     from .write import Writer
 
 # The writer, the check and the maps are imported where first used: a command
@@ -358,6 +358,7 @@ class Image:
     @property
     def luks_header(self) -> LuksHeader | None:
         """The LUKS header of a luks-encrypted image, for display (read on each call)."""
+        from .encryption import LUKS_HEADER_SIZE, parse_luks_header   # (rarely needed)
         ext = self.encryption_extension
         if ext is None or self.encryption != "luks":
             return None

@@ -81,50 +81,116 @@ class L2TableWalk:
         counted with slices instead of per-entry work.  Returns the rows it handled;
         the others are left to the generic path."""
         L = raw.shape[1]
-        cs, cb = self.cs, self.cb
-        r = self.r
         base = raw[:, 0]
         flags = base & ~U64(C.L2E_OFFSET_MASK)
         boff = base & U64(C.L2E_OFFSET_MASK)
         self._fast_boff = boff
         cand = contig.copy()
         if not self.data_file:
-            cand &= boff + U64((L - 1) * cs) < U64(self.file_size)
+            cand &= boff + U64((L - 1) * self.cs) < U64(self.file_size)
         if not cand.any():
             return cand
-        disk = self.disk
+        if self.data_file:
+            # no host clusters of ours to count; COPIED must be set (refcount 1)
+            if copied_check:
+                cand &= flags != 0
+        elif copied_check and self.disk.bad_blocks:
+            cand[:] = False                     # unreadable refcounts: per entry
+            return cand
+        else:
+            rows = np.flatnonzero(cand)
+            c0 = (boff[rows] >> U64(self.cb)).astype(np.int64)
+            order = np.argsort(c0, kind="stable")
+            rows, c0 = rows[order], c0[order]
+            # the batch as one span of clusters: its rows must not overlap (then the
+            # order they are counted in cannot matter) and must fill most of it
+            if ((c0[1:] - c0[:-1] < L).any()
+                    or c0[-1] + L - c0[0] > 2 * L * len(rows)):
+                return self._fast_rows_each(cand, boff, flags, L, active, copied_check)
+            keep = self._span_rows(c0, flags[rows] != 0, L, copied_check)
+            cand[rows[~keep]] = False
+        if active:
+            self.r.allocated_clusters += L * int(np.count_nonzero(cand))
+        return cand
+
+    def _span_rows(self, c0: np.ndarray, copied: np.ndarray, L: int, copied_check: bool
+                   ) -> np.ndarray:
+        """The fast path over one span of clusters: rows (sorted starts ``c0``, not
+        overlapping) whose refcounts on disk agree with their COPIED flags and whose
+        clusters nothing referenced yet get one reference each.  Returns the rows
+        kept; those left go the generic path for their bookkeeping."""
+        r, disk = self.r, self.disk
+        a, b = int(c0[0]), int(c0[-1]) + L
+        drop = np.zeros(len(c0), dtype=bool)
+
+        def rows_holding(pos: np.ndarray) -> np.ndarray:
+            """Rows whose clusters include some of ``pos`` (span-relative)."""
+            k = np.searchsorted(c0 - a, pos, side="right") - 1
+            k = k[(k >= 0) & (pos < c0[np.maximum(k, 0)] - a + L)]
+            hit = np.zeros(len(c0), dtype=bool)
+            hit[k] = True
+            return hit
+
+        if copied_check:
+            drop |= c0 + L > disk.n
+            one = disk.ones(a, b)
+            if copied.any():
+                drop |= rows_holding(np.flatnonzero(~one)) & copied
+            if not copied.all():
+                drop |= rows_holding(np.flatnonzero(one)) & ~copied
+        # a range shared with earlier references is rare (damage or snapshots):
+        # those rows take the generic path for its bookkeeping
+        self._grow(b - 1)
+        drop |= rows_holding(np.flatnonzero(r.refs[a:b] != 0))   # (a mask: nonzero is ~8x faster)
+        s = c0[~drop]
+        if not len(s):
+            return ~drop
+        # one increment over the kept rows' span, taken back in the gaps between
+        # them (L2 tables, mostly; counts wrap and unwrap exactly)
+        r.refs[s[0]:s[-1] + L] += 1
+        gs, ge = s[:-1] + L, s[1:]
+        gap = ge > gs
+        gs, ge = gs[gap], ge[gap]
+        if len(gs) and (ge - gs == 1).all():
+            r.refs[gs] -= 1
+        else:
+            for g0, g1 in zip(gs.tolist(), ge.tolist()):
+                r.refs[g0:g1] -= 1
+        if not self.compact:
+            for c in s.tolist():
+                r.kinds[c:c + L] = HostKind.DATA
+        r.nb_clusters = max(r.nb_clusters, int(s[-1]) + L)
+        return ~drop
+
+    def _fast_rows_each(self, cand: np.ndarray, boff: np.ndarray, flags: np.ndarray, L: int,
+                        active: bool, copied_check: bool) -> np.ndarray:
+        """The fast path row by row, in order (rows that overlap, or lie far apart)."""
+        cb = self.cb
+        r, disk = self.r, self.disk
         for i in np.nonzero(cand)[0].tolist():
             c0 = int(boff[i]) >> cb
             sl = slice(c0, c0 + L)
             if copied_check:
                 copied = bool(int(flags[i]))
-                if self.data_file:
-                    if not copied:
-                        cand[i] = False
-                        continue
-                elif c0 + L > disk.n or disk.bad_blocks:
+                if c0 + L > disk.n:
                     cand[i] = False
                     continue
-                else:
-                    dc = disk.range(c0, c0 + L)
-                    if (dc != 1).any() if copied else (dc == 1).any():
-                        cand[i] = False
-                        continue
-            if not self.data_file:
-                # a range shared with earlier references is rare (damage or
-                # snapshots); those rows take the generic path for its bookkeeping
-                self._grow(c0 + L - 1)
-                rs = r.refs[sl]
-                if rs.any():
+                dc = disk.range(c0, c0 + L)
+                if (dc != 1).any() if copied else (dc == 1).any():
                     cand[i] = False
                     continue
-                rs += 1
-                if not self.compact:
-                    r.kinds[sl] = HostKind.DATA
-                if c0 + L > r.nb_clusters:
-                    r.nb_clusters = c0 + L
-            if active:
-                r.allocated_clusters += L
+            self._grow(c0 + L - 1)
+            rs = r.refs[sl]
+            if rs.any():
+                cand[i] = False
+                continue
+            rs += 1
+            if not self.compact:
+                r.kinds[sl] = HostKind.DATA
+            if c0 + L > r.nb_clusters:
+                r.nb_clusters = c0 + L
+        if active:
+            r.allocated_clusters += L * int(np.count_nonzero(cand))
         return cand
 
     def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
@@ -138,7 +204,7 @@ class L2TableWalk:
         esize = 16 if self.extended else 8
         eoff = _EntryOffsets(l2_offsets, esize)
         if bm is None:
-            pos = np.flatnonzero(raw)
+            pos = np.flatnonzero(raw != 0)   # (on a bool mask: several times faster)
             vals = raw.reshape(-1)[pos]
             bmv = None
         else:

@@ -207,7 +207,7 @@ def _counted_past_end(disk: DiskRefcounts, n: int) -> np.ndarray | None:
         if blk is None:
             continue
         lo = max(n, rti * per)
-        nz = np.flatnonzero(blk[lo - rti * per:])
+        nz = np.flatnonzero(blk[lo - rti * per:] != 0)
         if len(nz):
             blocks[rti] = blk
             last = max(last, lo + int(nz[-1]))

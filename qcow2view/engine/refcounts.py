@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clusters import REFT_OFFSET_MASK, be_u64
+from .fileio import pread_into
 
 REFT_RESERVED_MASK = 0x1FF
 
@@ -116,7 +117,7 @@ class DiskRefcounts:
         self.dtype = refcount_dtype(self.order)
         self.n = nclusters
         offs = self.table & np.uint64(REFT_OFFSET_MASK)
-        used = np.flatnonzero(offs)
+        used = np.flatnonzero(offs != 0)
         # refcount table indices whose block offset is misaligned: QEMU's
         # qcow2_get_refcount fails for every cluster they cover
         bad = used[(offs[used] & np.uint64(self.cs - 1)) != 0]
@@ -136,6 +137,14 @@ class DiskRefcounts:
             return read_zero_filled(self.file, offset, length)
         data = os.pread(self._fd, length, offset) if offset < self._size else b""
         return data + bytes(length - len(data))
+
+    def _read_into(self, dst: np.ndarray, offset: int) -> None:
+        """:meth:`_read` straight into ``dst``'s bytes (no copies on the way)."""
+        mv = memoryview(dst).cast("B")
+        if self.file.fd >= 0 or self._fd < 0:
+            self.file.pread_into(offset, mv)
+        else:
+            pread_into(self._fd, offset, mv)
 
     def _block(self, rti: int) -> np.ndarray | None:
         """Refcount block ``rti`` decoded (None: no block, or a misaligned one)."""
@@ -192,6 +201,11 @@ class DiskRefcounts:
         """Refcounts of clusters ``lo..hi-1`` (misaligned blocks read as 0).  Inside
         one block this may be a view of the cache: do not modify.  ``keep=False``
         streams past the cache (a whole-file pass)."""
+        if not keep and self.order >= 3:
+            out = self._stream(lo, hi)
+            if self.dtype.itemsize > 1:
+                out.byteswap(inplace=True)           # (big-endian on disk; zeros stay)
+            return out
         per = self.per_block
         end = min(hi, self.covered_end)
         first = lo // per
@@ -206,6 +220,27 @@ class DiskRefcounts:
                 continue
             a, b = max(lo, rti * per), min(hi, (rti + 1) * per)
             out[a - lo:b - lo] = blk[a - rti * per:b - rti * per]
+        return out
+
+    def ones(self, lo: int, hi: int) -> np.ndarray:
+        """Whether the refcount of each cluster ``lo..hi-1`` is exactly 1 (what a
+        COPIED flag says), streamed past the cache; compared as stored, undecoded."""
+        if self.order < 3:
+            return self.range(lo, hi, keep=False) == 1
+        return self._stream(lo, hi) == self.dtype.type(1).byteswap()  # (big-endian 1)
+
+    def _stream(self, lo: int, hi: int) -> np.ndarray:
+        """Refcounts ``lo..hi-1`` as stored (big-endian, entries of a byte or more),
+        read straight into one array, only the bytes asked for: no block copies (a
+        check reads every block twice)."""
+        per = self.per_block
+        end = min(hi, self.covered_end)
+        out = np.zeros(max(0, hi - lo), dtype=self.dtype)
+        for rti in range(lo // per, -(-end // per)) if lo < end else ():
+            off = int(self.table[rti]) & REFT_OFFSET_MASK if rti < len(self.table) else 0
+            if off and not off & (self.cs - 1):          # (misaligned: read as 0)
+                a, b = max(lo, rti * per), min(hi, (rti + 1) * per)
+                self._read_into(out[a - lo:b - lo], off + (a - rti * per) * self.dtype.itemsize)
         return out
 
     def lookup(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -256,7 +256,7 @@ class Scanner(L2TableWalk):
             counts = None
         elif top - lo < 4 * len(clusters):
             c = np.bincount((clusters - lo).astype(np.intp), minlength=top - lo + 1)
-            nz = np.nonzero(c)[0]
+            nz = np.flatnonzero(c != 0)
             u, counts = lo + nz, c[nz]
         else:
             u, counts = np.unique(clusters, return_counts=True)
@@ -407,7 +407,7 @@ class Scanner(L2TableWalk):
         self.inc_region(l1_offset, l1_size * 8,
                         HostKind.L1_TABLE if active else HostKind.SNAPSHOT_L1_TABLE, name)
         l1 = self._read_l1(l1_offset, l1_size)
-        idx = np.nonzero(l1)[0]
+        idx = np.flatnonzero(l1 != 0)
         if len(idx) == 0:
             return
         ent = l1[idx]

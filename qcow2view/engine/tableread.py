@@ -95,7 +95,11 @@ class TableReader:
     def _read_runs(self, offsets: np.ndarray, slot: int, ahead: bool
                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         raw, bm = self.read(offsets, slot, ahead)
-        return raw, bm, (contiguous_rows(raw, self.cs, self.ramp) if bm is None else None)
+        if bm is not None:
+            return raw, bm, None
+        # the scratch buffer is free once the batch is decoded: the run test's temporary
+        tmp = self._scratch[:raw.size].reshape(raw.shape) if ahead else None
+        return raw, bm, contiguous_rows(raw, self.cs, self.ramp, tmp)
 
     def stream(self, jobs: list[tuple[np.ndarray, object]]
                ) -> Iterator[tuple[object, np.ndarray, np.ndarray | None, np.ndarray | None]]:

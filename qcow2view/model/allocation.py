@@ -252,7 +252,7 @@ def counted_end(host_map) -> int:
     end = min(n, -(-host_map.file_size // host_map.cluster_size))
     if end >= n:
         return n
-    past = np.flatnonzero(np.asarray(host_map.references[end:n]))
+    past = np.flatnonzero(np.asarray(host_map.references[end:n]) != 0)
     return end + (int(past[-1]) + 1 if len(past) else 0)
 
 

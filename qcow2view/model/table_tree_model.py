@@ -169,7 +169,7 @@ class TableTreeModel(TableFacts, QAbstractItemModel):
                 mask |= node.bitmap != 0
             node.cand = np.flatnonzero(mask)
         elif node.kind == RTE and self._allocated_only:
-            node.cand = np.flatnonzero(raw)
+            node.cand = np.flatnonzero(raw != 0)
         else:
             node.cand = np.arange(len(raw), dtype=np.int64)
         if node.kind == L1E and img is not None and node.raw is not None and len(node.raw):

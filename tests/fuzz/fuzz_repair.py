@@ -2,8 +2,8 @@
 
     python tests/fuzz/fuzz_repair.py CASES SEED
 
-Random damage (1 to 3 entries of the L1, L2, refcount table and refcount blocks) in 18
-kinds of image; then ``check --json`` and ``check --repair leaks|all`` against
+Random damage (1 to 3 entries of the L1, L2, refcount table and refcount blocks) in 23
+kinds of image (preallocated ones among them); then ``check --json`` and ``check --repair leaks|all`` against
 qemu-img check [-r]: exit code, stdout, and the repaired image's check.  A difference
 keeps the image as /tmp/fz-fail-SEED-CASE[-MODE].qcow2.  Known and kept: 1-bit
 refcount images with a refcount block shared with other metadata (we rebuild);
@@ -29,6 +29,12 @@ VARIANTS = [
     ('cluster_size=65536', ['snap', 'comp']),
     ('cluster_size=65536', ['datafile']), ('cluster_size=4096,compat=0.10', ['snap']),
     ('cluster_size=2097152', []), ('cluster_size=4096,refcount_bits=8', ['snap']),
+    # whole L2 tables of contiguous clusters: the walk's fast path (a span per batch)
+    ('cluster_size=4096,preallocation=metadata', []),
+    ('cluster_size=4096,preallocation=metadata', ['snap']),
+    ('cluster_size=512,preallocation=falloc', []),
+    ('cluster_size=512,preallocation=full,refcount_bits=64', ['snap']),
+    ('cluster_size=4096,preallocation=metadata,refcount_bits=4', []),
 ]
 
 
