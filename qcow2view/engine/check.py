@@ -108,6 +108,39 @@ def _used_end(scan: RefScan, disk: DiskRefcounts) -> int:
     return min(scan.nb_clusters, max(len(scan.refs), disk.covered_end))
 
 
+class _OnDisk:
+    """The refcounts on disk of a chunk of clusters, read again only where the walk
+    did not see them all be 1 already (:attr:`RefScan.ones`)."""
+
+    def __init__(self, scan: RefScan, disk: DiskRefcounts) -> None:
+        self.disk = disk
+        spans = sorted(scan.ones)
+        self.starts = np.array([a for a, _ in spans], dtype=np.int64)
+        self.ends = np.maximum.accumulate(np.array([b for _, b in spans], dtype=np.int64))
+        self.buf: np.ndarray | None = None
+
+    def range(self, lo: int, hi: int) -> np.ndarray:
+        """Refcounts ``lo..hi-1`` (valid until the next call)."""
+        disk = self.disk
+        # the spans that meet the chunk, and the pieces of it they leave uncovered
+        i0 = int(np.searchsorted(self.ends, lo, side="right"))
+        i1 = int(np.searchsorted(self.starts, hi, side="left"))
+        if i0 >= i1:
+            return disk.range(lo, hi, keep=False)
+        if self.buf is None or len(self.buf) < hi - lo:
+            self.buf = np.empty(hi - lo, dtype=disk.dtype)
+        out = self.buf[:hi - lo]
+        out.fill(1)
+        at = lo
+        for a, b in zip(self.starts[i0:i1].tolist(), self.ends[i0:i1].tolist()):
+            if a > at:
+                out[at - lo:a - lo] = disk.range(at, a, keep=False)
+            at = max(at, b)
+        if at < hi:
+            out[at - lo:] = disk.range(at, hi, keep=False)
+        return out
+
+
 def compare(scan: RefScan, disk: DiskRefcounts, image, on_chunk=None
             ) -> tuple[dict, list[Finding]]:
     """compare_refcounts: counts and findings, vectorised in chunks of clusters
@@ -115,6 +148,7 @@ def compare(scan: RefScan, disk: DiskRefcounts, image, on_chunk=None
     ``on_chunk(lo, ondisk, counted)`` sees each chunk on the way (the host map
     marks leaks and corruption from it, so one pass serves both)."""
     nb = _used_end(scan, disk)
+    stored = _OnDisk(scan, disk)
     cap = scan.refcount_max if scan.refcount_max < 0xFFFFFFFF else None
     out = {"check_errors": 0, "corruptions": 0, "leaks": 0, "highest": 0,
            "rebuild": False, "overflow": 0}
@@ -127,7 +161,7 @@ def compare(scan: RefScan, disk: DiskRefcounts, image, on_chunk=None
         refs = scan.refs_range(lo, hi)
         over = cap is not None and len(refs) > 0 and int(refs.max()) > cap
         counted = np.minimum(refs, np.uint32(cap)) if over else refs
-        ondisk = disk.range(lo, hi, keep=False)
+        ondisk = stored.range(lo, hi)
         if disk.bad_blocks:
             err = np.zeros(hi - lo, dtype=bool)
             for rti in disk.bad_blocks:

@@ -134,6 +134,8 @@ class L2TableWalk:
         if copied_check:
             drop |= c0 + L > disk.n
             one = disk.ones(a, b)
+            if one.all():
+                r.ones.append((a, b))
             if copied.any():
                 drop |= rows_holding(np.flatnonzero(~one)) & copied
             if not copied.all():

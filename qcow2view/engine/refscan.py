@@ -102,6 +102,9 @@ class RefScan:
     copied_entries: list[tuple[int, int, bool, int]] = field(default_factory=list)
     # (entry file offset, raw entry, is L1, offset of its table) with a wrong
     # COPIED flag (for repair)
+    # clusters [a, b) whose refcounts on disk the walk saw to be all 1 (the COPIED
+    # test of contiguous tables): the comparison need not read them again
+    ones: list[tuple[int, int]] = field(default_factory=list)
 
     def l2_table_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
         """(offsets, l1 indices, L1 entry offsets, snapshot name per table)."""
