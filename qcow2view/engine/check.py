@@ -114,9 +114,7 @@ class _OnDisk:
 
     def __init__(self, scan: RefScan, disk: DiskRefcounts) -> None:
         self.disk = disk
-        spans = sorted(scan.ones)
-        self.starts = np.array([a for a, _ in spans], dtype=np.int64)
-        self.ends = np.maximum.accumulate(np.array([b for _, b in spans], dtype=np.int64))
+        self.starts, self.ends = scan.ones_spans()
         self.buf: np.ndarray | None = None
 
     def range(self, lo: int, hi: int) -> np.ndarray:

@@ -137,6 +137,22 @@ class RefScan:
     def ref(self, cluster: int) -> int:
         return int(self.refs[cluster]) if cluster < len(self.refs) else 0
 
+    def ones_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """:attr:`ones` as sorted starts and their ends (each end the furthest any
+        span so far reaches, so a search finds their union)."""
+        spans = sorted(self.ones)
+        starts = np.array([a for a, _ in spans], dtype=np.int64)
+        return starts, np.maximum.accumulate(np.array([b for _, b in spans], dtype=np.int64))
+
+    def seen_ones(self, clusters: np.ndarray) -> np.ndarray:
+        """Whether each of ``clusters`` lies where the walk saw refcounts of 1 (:attr:`ones`)."""
+        if not self.ones:
+            return np.zeros(len(clusters), dtype=bool)
+        starts, ends = self.ones_spans()
+        c = np.asarray(clusters).astype(np.int64)
+        k = np.searchsorted(starts, c, side="right") - 1
+        return (k >= 0) & (c < ends[np.maximum(k, 0)])
+
     def counted(self) -> np.ndarray:
         """Per-cluster references as QEMU's saturating in-memory array holds them
         (all ``nb_clusters`` of them)."""
@@ -435,8 +451,6 @@ class Scanner(L2TableWalk):
                           f"{name} entry {int(idx[i])}: L2 table offset "
                           f"{int(l2_offsets[i]):#x} is not cluster aligned",
                           int(entry_offs[i]))
-        if active and self.check_copied:
-            self._copied_l1(ent, l2_offsets, entry_offs, idx)
         if self.want_ranges:
             lo_all = np.full(len(idx), np.iinfo(np.int64).max, dtype=np.int64)
             hi_all = np.full(len(idx), -1, dtype=np.int64)
@@ -469,12 +483,20 @@ class Scanner(L2TableWalk):
                 lo_all[rows], hi_all[rows] = got
             if tick:
                 self._tick(tick)
+        if active and self.check_copied:
+            # after the tables: most of them lie where their COPIED test saw refcount 1
+            self._copied_l1(ent, l2_offsets, entry_offs, idx)
 
     def _copied_l1(self, ent, l2_offsets, entry_offs, idx) -> None:
         have = l2_offsets != 0
         if not have.any():
             return
-        rc, ok = self.disk.lookup((l2_offsets[have] >> self.cb).astype(U64))
+        clusters = (l2_offsets[have] >> self.cb).astype(U64)
+        seen = self.r.seen_ones(clusters)
+        rc = np.ones(len(clusters), dtype=np.uint64)
+        ok = np.ones(len(clusters), dtype=bool)
+        if not seen.all():
+            rc[~seen], ok[~seen] = self.disk.lookup(clusters[~seen])
         copied = (ent[have] & U64(C.QCOW_OFLAG_COPIED)) != 0
         wrong = ok & ((rc == 1) != copied)
         for j in np.nonzero(wrong)[0].tolist():
