@@ -69,18 +69,30 @@ def _gui_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _qemu_img_flags(p: argparse.ArgumentParser) -> None:
+    """info's and check's output options, with qemu-img's spellings beside ours, so a
+    qemu-img command line works with the name changed."""
+    p.add_argument("--json", action="store_true", help="JSON, keys as qemu-img spells them")
+    p.add_argument("--output", choices=("human", "json"), help="as qemu-img: json is --json")
+    p.add_argument("-f", dest="fmt", metavar="FMT", help="image format (qcow2)")
+    p.add_argument("-U", "--force-share", action="store_true",
+                   help="(accepted: reading here never locks the image)")
+
+
 def _sub_parser(cmd: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"qcow2view {cmd}")
     if cmd == "info":
         p.description = "Print what an image holds (like qemu-img info)."
         p.add_argument("image")
-        p.add_argument("--json", action="store_true", help="JSON, keys as qemu-img spells them")
+        _qemu_img_flags(p)
         p.add_argument("--snapshot", help="describe the view of this internal snapshot")
     elif cmd == "check":
         p.description = ("Check refcounts and tables (like qemu-img check). Exit codes: "
                          "0 clean, 1 check failed, 2 corruptions, 3 leaks only.")
         p.add_argument("image")
-        p.add_argument("--json", action="store_true", help="JSON, keys as qemu-img spells them")
+        _qemu_img_flags(p)
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="print nothing on standard output (the exit code tells)")
         p.add_argument("-r", "--repair", choices=("leaks", "all"),
                        help="repair (opens for writing), as qemu-img check -r")
     elif cmd == "map":
@@ -173,6 +185,11 @@ def _terminal_command(cmd: str, argv: list[str]) -> int:
         if rc is not None:
             return rc
     ns = _sub_parser(cmd).parse_args(argv)
+    if getattr(ns, "output", None):
+        ns.json = ns.output == "json"
+    if cmd == "check" and ns.fmt == "raw":
+        print("qcow2view check: This image format does not support checks", file=sys.stderr)
+        return 63                           # (qemu-img's code for it)
     if cmd in ("info", "check", "map"):
         from .image_opts import apply_single
         rc = apply_single(ns, f"qcow2view {cmd}")
@@ -212,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         from . import cmd_guest
         return _in_a_terminal(lambda: cmd_guest.main(argv[0], argv[1:]))
     if argv and argv[0] in SUBCOMMANDS:
-        _keep_freed_memory()
         # one look at one image: the cycle collector would only walk the modules just
         # imported, over and over (~3% of a 1 TiB check), and find nothing to free
         was = gc.isenabled()

@@ -141,8 +141,11 @@ def apply_single(ns, prog: str, attr: str = "image") -> int | None:
     """Resolve ``ns.<attr>`` of a command that reads qcow2 only (info, check, map)
     to its file; an error is printed, its exit code (1) returned (None: go on)."""
     import sys
+    fmt = getattr(ns, "fmt", None)
     try:
-        (spec,), _ = resolve([getattr(ns, attr)], ns.image_opts, None, ns.objects)
+        if fmt not in (None, "qcow2", "raw"):
+            raise Qcow2Error(f"format {fmt!r} is not supported here (qcow2 only)")
+        (spec,), _ = resolve([getattr(ns, attr)], ns.image_opts, fmt, ns.objects)
         if spec.fmt == "raw":
             raise Qcow2Error(f"driver 'raw': {prog.split()[-1]} reads qcow2 images only")
     except Qcow2Error as e:

@@ -73,6 +73,29 @@ def test_check_damaged_exit_codes(tmp_path, dmg):
     assert human.returncode == rc and "Traceback" not in human.stderr
 
 
+@pytest.mark.parametrize("dmg", [None, "unref", "double"])
+def test_qemu_img_command_lines_work_renamed(tmp_path, dmg):
+    """qemu-img's own flags for check and info (-f, --output, -U, -q): the same
+    command line with the program's name changed prints and exits as qemu-img's."""
+    p = base_image(tmp_path, "snap")
+    if dmg:
+        DAMAGES[dmg](Raw(p))
+    for args in (["check", "-f", "qcow2", "--output=json", "-U"],
+                 ["check", "-q"], ["check", "-q", "--output=json"], ["check", "-f", "raw"],
+                 ["info", "-f", "qcow2", "--output=json", "-U"]):
+        want = subprocess.run(["qemu-img", *args, str(p)], capture_output=True, text=True)
+        got = cli(*args, p)
+        assert got.returncode == want.returncode, (args, got.stderr, want.stderr)
+        assert bool(got.stdout) == bool(want.stdout), (args, got.stdout)
+        assert "Traceback" not in got.stderr
+        if "--output=json" in args and want.stdout:
+            mine, theirs = json.loads(got.stdout), json.loads(want.stdout)
+            for k in set(theirs) - {"actual-size"}:
+                assert mine.get(k) == theirs[k], (args, k, mine.get(k), theirs[k])
+    other = cli("check", "-f", "vmdk", p)
+    assert other.returncode == 1 and "qcow2 only" in other.stderr
+
+
 @pytest.mark.parametrize("opts", [
     ["-o", "cluster_size=512"], ["-o", "cluster_size=2M,extended_l2=on"],
     ["-o", "compat=0.10"], ["-o", "refcount_bits=1,lazy_refcounts=on"],
