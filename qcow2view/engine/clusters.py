@@ -330,15 +330,3 @@ def contiguous_rows(raw: np.ndarray, cs: int, ramp: np.ndarray | None = None,
         np.subtract(sub, base[ci, None], out=sub)
         cand[ci] = ~np.not_equal(sub, ramp).any(axis=1)
     return cand
-    ramp = np.arange(L, dtype=U64) * U64(cs) if ramp is None else ramp
-    if 2 * len(ci) > n:
-        # most rows may qualify: test in place (raw -= base), then put raw back
-        np.subtract(raw, base[:, None], out=raw)
-        cand &= ~np.not_equal(raw, ramp).any(axis=1)
-        raw += base[:, None]
-    else:
-        # a few candidates (sparse tables): test copies of those rows only
-        sub = raw[ci]
-        np.subtract(sub, base[ci, None], out=sub)
-        cand[ci] = ~np.not_equal(sub, ramp).any(axis=1)
-    return cand

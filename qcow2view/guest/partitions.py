@@ -193,7 +193,7 @@ def _check_backup(read, primary: GptHeader, ss: int, disk_size: int,
                       Region(backup.entries_lba * ss, backup.num_entries * backup.entry_size,
                              "backup GPT partition entries")]
     if backup.entries_crc32 != primary.entries_crc32:
-        table.problems.append(f"backup GPT partition entries differ from the primary ones")
+        table.problems.append("backup GPT partition entries differ from the primary ones")
 
 
 # -- MBR ------------------------------------------------------------------------------
