@@ -231,8 +231,8 @@ class DiskRefcounts:
 
     def _stream(self, lo: int, hi: int) -> np.ndarray:
         """Refcounts ``lo..hi-1`` as stored (big-endian, entries of a byte or more),
-        read straight into one array, only the bytes asked for: no block copies (a
-        check reads every block twice)."""
+        read straight into one array, only the bytes asked for: no block copies
+        (what a check's passes over the whole file want)."""
         per = self.per_block
         end = min(hi, self.covered_end)
         out = np.zeros(max(0, hi - lo), dtype=self.dtype)
