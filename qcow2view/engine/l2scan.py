@@ -116,9 +116,9 @@ class L2TableWalk:
     def _span_rows(self, c0: np.ndarray, copied: np.ndarray, L: int, copied_check: bool
                    ) -> np.ndarray:
         """The fast path over one span of clusters: rows (sorted starts ``c0``, not
-        overlapping) whose refcounts on disk agree with their COPIED flags and whose
-        clusters nothing referenced yet get one reference each.  Returns the rows
-        kept; those left go the generic path for their bookkeeping."""
+        overlapping) whose refcounts on disk agree with their COPIED flags get one
+        reference more for each of their clusters.  Returns the rows kept; those
+        left go the generic path, which reports their COPIED flags entry by entry."""
         r, disk = self.r, self.disk
         a, b = int(c0[0]), int(c0[-1]) + L
         drop = np.zeros(len(c0), dtype=bool)
@@ -140,13 +140,13 @@ class L2TableWalk:
                 drop |= rows_holding(np.flatnonzero(~one)) & copied
             if not copied.all():
                 drop |= rows_holding(np.flatnonzero(one)) & ~copied
-        # a range shared with earlier references is rare (damage or snapshots):
-        # those rows take the generic path for its bookkeeping
-        self._grow(b - 1)
-        drop |= rows_holding(np.flatnonzero(r.refs[a:b] != 0))   # (a mask: nonzero is ~8x faster)
         s = c0[~drop]
         if not len(s):
             return ~drop
+        # clusters already referenced (a table an internal snapshot shares) count one
+        # more like the others: widened first if that overflows the counts
+        self._grow(b - 1)
+        self._fit(int(r.refs[a:b].max()) + 1)
         # one increment over the kept rows' span, taken back in the gaps between
         # them (L2 tables, mostly; counts wrap and unwrap exactly)
         r.refs[s[0]:s[-1] + L] += 1
@@ -182,11 +182,8 @@ class L2TableWalk:
                     cand[i] = False
                     continue
             self._grow(c0 + L - 1)
-            rs = r.refs[sl]
-            if rs.any():
-                cand[i] = False
-                continue
-            rs += 1
+            self._fit(int(r.refs[sl].max()) + 1)
+            r.refs[sl] += 1
             if not self.compact:
                 r.kinds[sl] = HostKind.DATA
             if c0 + L > r.nb_clusters:

@@ -447,6 +447,22 @@ def open_image_bytes(d, data):
     return open_image(p)
 
 
+def test_contiguous_tables_shared_by_300_snapshots(tmp_path):
+    """Whole contiguous L2 tables that 300 internal snapshots share: the fast path
+    counts each of their clusters 301 times (past a byte: the counts widen), as
+    qemu-img check does."""
+    from qcow2view.engine.ops.snapshot import create_snapshot
+    p = qemu.create(tmp_path / "s.qcow2", "4M", "cluster_size=4k,preallocation=metadata")
+    with open_image(p, writable=True) as im:
+        for k in range(300):
+            create_snapshot(im, f"s{k}")
+    assert_same_as_qemu(p)
+    with open_image(p) as im:
+        hm = im.host_map()
+        assert int(hm.references.max()) == 301
+        assert (hm.refcounts.astype(np.uint64) == hm.references).all()
+
+
 def test_reference_counts_widen_instead_of_wrapping(tmp_path):
     """One byte per cluster until some cluster has more than 255 references, then
     16 and 32 bits: a count never wraps."""
