@@ -18,12 +18,12 @@ engine words its own way are printed as ``ERROR <our words>``."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .engine import clusters as C
+from .engine.kinds import HostKind
 from .engine.refcounts import REFT_RESERVED_MASK, decode_refcount_block
 
 REFCOUNT_KINDS = ("leak", "refcount_zero", "refcount_too_low", "double_reference",
@@ -32,48 +32,47 @@ COPIED_KINDS = ("copied_flag_wrong_l1", "copied_flag_wrong_l2")
 NEED_REBUILD = "ERROR need to rebuild refcount structures"
 REBUILDING = "Rebuilding refcount structure"
 
-_HEX = r"0x([0-9a-f]+)"
-
-
 _WALK_ORDER = {"reserved_bits": 0, "misaligned_offset": 1, "past_end_of_file": 2}
+_REFCOUNT_HOST_KINDS = (HostKind.REFCOUNT_TABLE, HostKind.REFCOUNT_BLOCK)
+
+
+def about_refcounts(f) -> bool:
+    """A finding on the refcount structure (check_refblocks, or the refcount table's
+    region): qemu-img reports those after the tables' ones."""
+    return ("reftable_index" in f.facts
+            or f.facts.get("host_kind", -1) in _REFCOUNT_HOST_KINDS)
 
 
 def _qemu_words(f, repairing: bool, read_entry, extended: bool) -> str:
-    """One walk finding as qemu-img words it (``ERROR <message>`` where unknown)."""
-    m = f.message
+    """One walk finding as qemu-img words it (``ERROR <message>`` where unknown),
+    from the finding's facts, never its message's wording."""
+    facts, fix = f.facts, "Repairing" if repairing else "ERROR"
     if f.kind == "reserved_bits":
-        r = re.search(r"L2 entry at 0x[0-9a-f]+ \(" + _HEX + r"\)", m)
-        if r:
-            return f"ERROR found l2 entry with reserved bits set: {int(r[1], 16):x}"
-        r = re.match(r"refcount table entry (\d+) has reserved bits", m)
-        if r:
-            return f"ERROR refcount table entry {r[1]} has reserved bits set"
-        r = re.match(r"L1 table entry \d+ has reserved bits set \(" + _HEX, m)
-        if r:
-            return f"ERROR found L1 entry with reserved bits set: {int(r[1], 16):x}"
+        if "l2_entry" in facts:
+            return f"ERROR found l2 entry with reserved bits set: {facts['l2_entry']:x}"
+        if "reftable_index" in facts:
+            return (f"ERROR refcount table entry {facts['reftable_index']} has reserved "
+                    "bits set")
+        if "l1_entry" in facts:
+            return f"ERROR found L1 entry with reserved bits set: {facts['l1_entry']:x}"
     if f.kind == "misaligned_offset":
-        r = re.match(r"L1 table entry \d+: L2 table offset " + _HEX, m)
-        if r:
-            return (f"ERROR l2_offset={int(r[1], 16):x}: Table is not cluster aligned; "
-                    "L1 entry corrupted")
-        r = re.search(r"L2 entry at 0x[0-9a-f]+ \(" + _HEX + r"\): data cluster", m)
-        if r:
-            return _misaligned_data(int(r[1], 16), f.entry_offset, repairing, read_entry,
+        if "l1_entry" in facts:
+            return (f"ERROR l2_offset={facts['l1_entry'] & C.L1E_OFFSET_MASK:x}: Table is "
+                    "not cluster aligned; L1 entry corrupted")
+        if "l2_entry" in facts:
+            return _misaligned_data(facts["l2_entry"], f.entry_offset, repairing, read_entry,
                                     extended)
-        r = re.match(r"refcount block (\d+) at 0x[0-9a-f]+ is not cluster aligned", m)
-        if r:
-            return (f"ERROR refcount block {r[1]} is not cluster aligned; refcount table "
-                    "entry corrupted")
+        if "reftable_index" in facts:
+            return (f"ERROR refcount block {facts['reftable_index']} is not cluster "
+                    "aligned; refcount table entry corrupted")
     if f.kind == "past_end_of_file":
-        r = re.match(r"refcount block (\d+) at 0x[0-9a-f]+ lies outside the image", m)
-        if r:
-            return (f"{'Repairing' if repairing else 'ERROR'} refcount block {r[1]} is "
-                    "outside image")
-        r = re.search(_HEX + r" \(\+" + _HEX + r"\) lies past the end of the file", m)
-        if r:
+        if "reftable_index" in facts:
+            return f"{fix} refcount block {facts['reftable_index']} is outside image"
+        if "offset" in facts:
             return ("ERROR: counting reference for region exceeding the end of the file by "
-                    f"one cluster or more: offset 0x{r[1]} size 0x{r[2]}")
-    return f"ERROR {m}"
+                    f"one cluster or more: offset {facts['offset']:#x} size "
+                    f"{facts['size']:#x}")
+    return f"ERROR {f.message}"
 
 
 def is_preallocated(raw: int, entry_offset, read_entry, extended: bool) -> bool:
@@ -97,7 +96,7 @@ def walk_findings(result) -> list:
     found = [f for f in result.findings
              if f.kind not in REFCOUNT_KINDS + COPIED_KINDS + ("refcount_block_unreadable",)
              and f.severity != "leak"]
-    found.sort(key=lambda f: (f.message.startswith("refcount "), f.entry_offset or 0,
+    found.sort(key=lambda f: (about_refcounts(f), f.entry_offset or 0,
                               _WALK_ORDER.get(f.kind, 3)))
     return found
 
@@ -134,15 +133,13 @@ def copied_lines_after(result, read_entry) -> list[str]:
     found = sorted((f for f in result.findings if f.kind in COPIED_KINDS),
                    key=lambda f: f.entry_offset or 0)
     for f in found:
-        rc = re.search(r"has refcount (\d+)", f.message)
+        rc = f.facts.get("refcount", "?")
         raw = read_entry(f.entry_offset)
         if f.kind == "copied_flag_wrong_l1":
-            idx = re.match(r"L1 entry (\d+)", f.message)
-            out.append(f"ERROR OFLAG_COPIED L2 cluster: l1_index={idx[1] if idx else '?'} "
-                       f"l1_entry={raw:x} refcount={rc[1] if rc else '?'}")
+            out.append(f"ERROR OFLAG_COPIED L2 cluster: l1_index="
+                       f"{f.facts.get('l1_index', '?')} l1_entry={raw:x} refcount={rc}")
         else:
-            out.append(f"ERROR OFLAG_COPIED data cluster: l2_entry={raw:x} "
-                       f"refcount={rc[1] if rc else '?'}")
+            out.append(f"ERROR OFLAG_COPIED data cluster: l2_entry={raw:x} refcount={rc}")
     return out
 
 
@@ -307,7 +304,7 @@ class RepairLog:
         if zeroed:              # decided on the image as the zeroing leaves it
             self.rebuild = bool(self.blocks) or any(
                 m.refcount == 0 for m in self.found) or any(
-                f.message.startswith("refcount ") and f.kind != "past_end_of_file"
+                about_refcounts(f) and f.kind != "past_end_of_file"
                 for f in walk_findings(first))
         self.outside = [] if not self.fix_all else [
             (i, (int(e) & C.REFT_OFFSET_MASK) >> image.cluster_bits)
@@ -364,10 +361,9 @@ class RepairLog:
         Returns the file offsets of those entries."""
         zeroed: set[int] = set()
         for f in walk_findings(first):
-            r = re.search(r"L2 entry at 0x[0-9a-f]+ \(" + _HEX + r"\): data cluster", f.message)
-            if f.kind != "misaligned_offset" or not r:
+            if f.kind != "misaligned_offset" or "l2_entry" not in f.facts:
                 continue
-            raw = int(r[1], 16)
+            raw = f.facts["l2_entry"]
             if not is_preallocated(raw, f.entry_offset, read, ext):
                 continue
             zeroed.add(f.entry_offset)

@@ -234,7 +234,8 @@ class L2TableWalk:
             for k in sel[:room].tolist():
                 e = eoff.flat(int(pos[k]), L)
                 self._corrupt(kind, int(off[k]) >> cb, f"{where}L2 entry at {e:#x} "
-                              f"({int(vals[k]):#018x}): {text}", e)
+                              f"({int(vals[k]):#018x}): {text}", e,
+                              facts={"l2_entry": int(vals[k])})
             extra = len(sel) - min(len(sel), room)   # counted, not listed
             self.r.corruptions += extra
             self.r.findings_dropped += extra
@@ -299,7 +300,7 @@ class L2TableWalk:
                            offs[:MAX_FINDINGS].tolist()):
             e = eoff[f // L, f % L]
             self._corrupt(kind, o >> self.cb, f"{where}L2 entry at {e:#x} ({w:#018x}): "
-                          f"{text}", e)
+                          f"{text}", e, facts={"l2_entry": w})
         extra = len(flat) - min(len(flat), MAX_FINDINGS)
         self.r.corruptions += extra
         self.r.findings_dropped += extra
@@ -375,4 +376,5 @@ class L2TableWalk:
             self.r.copied_entries.append((e, w, False, int(eoff.base[f // L])))
             self._corrupt("copied_flag_wrong_l2", o >> self.cb,
                           f"L2 entry at {e:#x}: COPIED flag {'set' if c else 'clear'} but "
-                          f"the data cluster at {o:#x} has refcount {k}", e)
+                          f"the data cluster at {o:#x} has refcount {k}", e,
+                          facts={"l2_entry": w, "refcount": k})

@@ -4,7 +4,7 @@ lists."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,3 +29,9 @@ class Finding:
     message: str                 # names the structure and the offset
     entry_offset: int | None     # file offset of the table entry at fault, if any
     severity: str                # "corruption" | "leak" | "check_error"
+    # what ``message`` says, as numbers, for the logs that word it qemu-img's way
+    # (check_log) so they never parse the message: "l1_index"/"l1_entry",
+    # "l2_entry", "reftable_index"/"reftable_entry" (a table entry as the walk read
+    # it), "offset"/"size"/"host_kind" (a region past the end of the file),
+    # "refcount" (what the COPIED test saw)
+    facts: dict[str, int] = field(default_factory=dict)

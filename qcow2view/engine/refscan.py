@@ -215,10 +215,11 @@ class Scanner(L2TableWalk):
         return self.disk.get(cluster) if self.disk is not None else 0
 
     def _corrupt(self, kind: str, cluster: int, message: str,
-                 entry_offset: int | None = None, references: int = 0) -> None:
+                 entry_offset: int | None = None, references: int = 0,
+                 facts: dict[str, int] | None = None) -> None:
         self.r.corruptions += 1
         self.r.add(Finding(kind, cluster, self._refcount(cluster), references, message,
-                           entry_offset, "corruption"))
+                           entry_offset, "corruption", facts or {}))
 
     def _listed(self, where: np.ndarray) -> list[int]:
         """The first of ``where`` that still fit in the findings; the others are
@@ -320,7 +321,8 @@ class Scanner(L2TableWalk):
         if offset + size - self.file_size >= cs:
             self._corrupt("past_end_of_file", offset >> self.cb,
                           f"{what} at {offset:#x} (+{size:#x}) lies past the end of the "
-                          f"file ({self.file_size:#x})", entry_offset)
+                          f"file ({self.file_size:#x})", entry_offset,
+                          facts={"offset": offset, "size": size, "host_kind": int(kind)})
             return
         first, last = offset >> self.cb, (offset + size - 1) >> self.cb
         if first == last:
@@ -342,7 +344,8 @@ class Scanner(L2TableWalk):
                                entry_offsets[past][:MAX_FINDINGS].tolist()):
                 self._corrupt("past_end_of_file", o >> self.cb,
                               f"{what} at {o:#x} (+{s:#x}) lies past the end of the "
-                              f"file ({self.file_size:#x}); entry at {e:#x}", e)
+                              f"file ({self.file_size:#x}); entry at {e:#x}", e,
+                              facts={"offset": o, "size": s, "host_kind": int(kind)})
             extra = int(past.sum()) - min(int(past.sum()), MAX_FINDINGS)
             self.r.corruptions += extra
             self.r.findings_dropped += extra
@@ -436,7 +439,8 @@ class Scanner(L2TableWalk):
             l2o = int(ent[i]) & C.L1E_OFFSET_MASK
             self._corrupt("reserved_bits", l2o >> self.cb,
                           f"{name} entry {int(idx[i])} has reserved bits set "
-                          f"({int(ent[i]):#018x})", int(entry_offs[i]))
+                          f"({int(ent[i]):#018x})", int(entry_offs[i]),
+                          facts={"l1_index": int(idx[i]), "l1_entry": int(ent[i])})
         l2_offsets = (ent & U64(C.L1E_OFFSET_MASK)).astype(np.int64)
         sname = None if active else snap.name
         self.r.l2_groups.append((l2_offsets, idx, entry_offs, sname))
@@ -450,7 +454,8 @@ class Scanner(L2TableWalk):
             self._corrupt("misaligned_offset", int(l2_offsets[i]) >> self.cb,
                           f"{name} entry {int(idx[i])}: L2 table offset "
                           f"{int(l2_offsets[i]):#x} is not cluster aligned",
-                          int(entry_offs[i]))
+                          int(entry_offs[i]),
+                          facts={"l1_index": int(idx[i]), "l1_entry": int(ent[i])})
         if self.want_ranges:
             lo_all = np.full(len(idx), np.iinfo(np.int64).max, dtype=np.int64)
             hi_all = np.full(len(idx), -1, dtype=np.int64)
@@ -508,7 +513,9 @@ class Scanner(L2TableWalk):
             self._corrupt("copied_flag_wrong_l1", o >> self.cb,
                           f"L1 entry {int(idx[have][j])} at {e:#x}: COPIED flag "
                           f"{'set' if copied[j] else 'clear'} but the L2 table at {o:#x} "
-                          f"has refcount {int(rc[j])}", e)
+                          f"has refcount {int(rc[j])}", e,
+                          facts={"l1_index": int(idx[have][j]), "l1_entry": int(ent[have][j]),
+                                 "refcount": int(rc[j])})
 
     def _walk_bitmaps(self) -> None:
         """qcow2_check_bitmaps_refcounts (bitmaps count only when the autoclear bit
@@ -550,17 +557,20 @@ class Scanner(L2TableWalk):
             self._tick()
             if raw & REFT_RESERVED_MASK:
                 self._corrupt("reserved_bits", cluster, f"refcount table entry {i} has "
-                              f"reserved bits set ({raw:#018x})", eo)
+                              f"reserved bits set ({raw:#018x})", eo,
+                              facts={"reftable_index": i, "reftable_entry": raw})
                 r.rebuild = True
                 continue
             if off & (cs - 1):
                 self._corrupt("misaligned_offset", cluster, f"refcount block {i} at "
-                              f"{off:#x} is not cluster aligned", eo)
+                              f"{off:#x} is not cluster aligned", eo,
+                              facts={"reftable_index": i, "reftable_entry": raw})
                 r.rebuild = True
                 continue
             if cluster >= r.nb_clusters:
                 self._corrupt("past_end_of_file", cluster, f"refcount block {i} at "
-                              f"{off:#x} lies outside the image", eo)
+                              f"{off:#x} lies outside the image", eo,
+                              facts={"reftable_index": i, "reftable_entry": raw})
                 continue
             if off:
                 self.inc_region(off, cs, HostKind.REFCOUNT_BLOCK, f"refcount block {i}", eo)
@@ -572,7 +582,8 @@ class Scanner(L2TableWalk):
             kind = ("metadata_overlap" if cluster in r.overlap_clusters
                     else "refcount_block_shared")
             self._corrupt(kind, cluster, f"refcount block {i} at {off:#x} is referenced "
-                          f"{after} times", eo, references=after)
+                          f"{after} times", eo, references=after,
+                          facts={"reftable_index": i, "reftable_entry": int(rt[i])})
             r.rebuild = True
 
     def _find_overlaps(self) -> None:
