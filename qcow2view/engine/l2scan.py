@@ -1,8 +1,9 @@
 """The reference walk's work on L2 tables (``check_refcounts_l2`` and the L2 part
 of ``check_oflag_copied`` in QEMU's block/qcow2-refcount.c), a batch of tables
 at a time with numpy: tables that map one contiguous run of plain data clusters
-are counted with slices, the others entry by entry on their entries that are
-not zero.  A mixin of :class:`~.refscan.Scanner`, which owns the counts."""
+are counted with slices (a batch's runs as one span: one increment, taken back in
+the gaps between them), the others entry by entry on their entries that are not
+zero.  A mixin of :class:`~.refscan.Scanner`, which owns the counts."""
 
 from __future__ import annotations
 
