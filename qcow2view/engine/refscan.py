@@ -548,6 +548,8 @@ class Scanner(L2TableWalk):
         """check_refblocks: each refcount block must be referenced exactly once."""
         im, r, cs = self.im, self.r, self.cs
         rt = im.refcount_table
+        if self._refblocks_at_once(rt):
+            return
         rto = im.header.refcount_table_offset
         shared: list[tuple[int, int, int, int, int]] = []
         for i in np.nonzero(rt)[0].tolist():
@@ -586,6 +588,29 @@ class Scanner(L2TableWalk):
                           f"{after} times", eo, references=after,
                           facts={"reftable_index": i, "reftable_entry": int(rt[i])})
             r.rebuild = True
+
+    def _refblocks_at_once(self, rt: np.ndarray) -> bool:
+        """:meth:`_walk_refblocks` in one step for the usual image: every block named
+        cleanly (no reserved bits, aligned, inside the file) in a cluster of its own
+        that nothing referenced before, so each is referenced exactly once and there
+        is nothing to report.  False (nothing done): the walk goes block by block."""
+        used = np.flatnonzero(rt != 0)
+        raw = rt[used]
+        off = raw & U64(C.REFT_OFFSET_MASK)
+        if (not len(used) or (raw & U64(REFT_RESERVED_MASK)).any() or (off == 0).any()
+                or (off & U64(self.cs - 1)).any() or int(off.max()) >= self.file_size):
+            return False
+        cl = (off >> U64(self.cb)).astype(np.int64)
+        srt = np.sort(cl)
+        if int(srt[-1]) >= self.r.nb_clusters or (srt[1:] == srt[:-1]).any():
+            return False
+        self._grow(int(cl.max()))
+        if self.r.refs[cl].any():
+            return False
+        self._mark(cl, HostKind.REFCOUNT_BLOCK)
+        self._tick(len(used))
+        self._find_overlaps()
+        return True
 
     def _find_overlaps(self) -> None:
         """Clusters that metadata shares with something of another kind (other
