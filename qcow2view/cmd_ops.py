@@ -82,7 +82,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("-F", dest="fmt2", help="the second image's format")
         p.add_argument("-T", dest="src_cache", metavar="CACHE", help="(accepted, no effect)")
         p.add_argument("-s", action="store_true", dest="strict",
-                       help="strict: images of different sizes differ")
+                       help="strict: images of different sizes, or a range allocated "
+                       "differently (block status), differ")
         p.add_argument("-U", "--force-share", action="store_true", dest="force_share",
                        help="(accepted: reading never takes a lock here)")
         p.add_argument("file1")
@@ -331,7 +332,7 @@ def _convert(ns) -> int:
 
 # -- compare ------------------------------------------------------------------------------
 def _compare(ns) -> int:
-    from .engine.ops.compare import compare_sources
+    from .engine.ops.compare import compare_sources, compare_strict
     from .engine.ops.convert import open_source
     from .image_opts import refuse_if_encrypted, resolve
     if ns.image_opts and ns.fmt2:
@@ -347,11 +348,7 @@ def _compare(ns) -> int:
         try:
             if ns.strict and a.virtual_size != b.virtual_size:
                 return _say(ns, "Strict mode: Image size mismatch!", 1)
-            if ns.strict:
-                raise Qcow2Error("-s: comparing the allocation (block status) of two images "
-                                 "of the same size is not supported here; without -s the "
-                                 "contents are compared")
-            result = compare_sources(a, b, _progress(ns))
+            result = (compare_strict if ns.strict else compare_sources)(a, b, _progress(ns))
             common = min(a.virtual_size, b.virtual_size)
         finally:
             b.close()
@@ -361,6 +358,8 @@ def _compare(ns) -> int:
         _say(ns, "Warning: Image size mismatch!", 0)
     if result.identical:
         return _say(ns, "Images are identical.", 0)
+    if result.by_status:
+        return _say(ns, f"Strict mode: Offset {result.mismatch_at} block status mismatch!", 1)
     return _say(ns, f"Content mismatch at offset {result.mismatch_at}!", 1)
 
 
