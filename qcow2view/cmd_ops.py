@@ -418,19 +418,27 @@ def _measure(ns) -> int:
     from .engine.create import parse_size
     from .engine.ops.convert import SnapshotParam, open_source
     from .engine.ops.measure import measure
-    opts = _plain_options(ns.options)
+    from .option_help import measure_refusal
+    # qemu-img's order: the size or file, the image opened, then -o parsed
     if ns.size is not None and ns.image:
-        raise Qcow2Error("--size N cannot be used together with a filename")
-    if ns.size is not None:
-        m = measure(parse_size(ns.size), out_fmt=ns.out_fmt, options=opts)
-    else:
-        if not ns.image:
-            raise Qcow2Error("Either --size N or one filename must be specified")
+        raise Qcow2Error("--size N cannot be used together with a filename.")
+    if ns.size is None and not ns.image:
+        raise Qcow2Error("Either --size N or one filename must be specified.")
+    src = None
+    if ns.image:
         sp = SnapshotParam.parse(ns.snapshot)
         src = open_source(ns.image, ns.fmt, sp and sp.key)
-        try:
-            m = measure(source=src, out_fmt=ns.out_fmt, options=opts)
-        finally:
+    try:
+        refusal = measure_refusal(ns.out_fmt, ns.options)   # -o help included
+        if refusal:
+            for line in refusal:
+                print(f"qcow2view measure: {line}", file=sys.stderr)
+            return 1
+        opts = _plain_options(ns.options)
+        m = (measure(parse_size(ns.size), out_fmt=ns.out_fmt, options=opts) if src is None
+             else measure(source=src, out_fmt=ns.out_fmt, options=opts))
+    finally:
+        if src is not None:
             src.close()
     if ns.output == "json":
         d = {} if m.bitmaps is None else {"bitmaps": m.bitmaps}

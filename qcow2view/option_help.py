@@ -5,6 +5,7 @@ this tool refuses says so at the end of its line.  Nothing here imports the engi
 
 from __future__ import annotations
 
+import re
 import sys
 
 #: (name, type, description) of the qcow2 driver's create options (qcow2_create_opts)
@@ -101,6 +102,39 @@ def create_help(fmt: str, target: str | None) -> list[str]:
 
 def amend_help(fmt: str) -> list[str]:
     return [f"Amend options for '{fmt}':", *_lines(QCOW2_AMEND)]
+
+
+def _plausible(kind: str, value: str) -> bool:
+    """Whether qemu would take ``value`` for an option of type ``kind`` (a bare
+    name is name=on); a doubtful value is left to the command's own checks."""
+    v = value.strip().lower()
+    if kind == "size":
+        return re.fullmatch(r"\d+(\.\d+)?[bkmgtpe]?", v) is not None
+    if kind == "num":
+        return v.isdigit()
+    if kind.startswith("bool"):
+        return v in ("on", "off", "yes", "no", "true", "false")
+    return True
+
+
+def measure_refusal(fmt: str, groups: list[str]) -> list[str] | None:
+    """qemu-img 7.2 measure prints no option list: its ``-o`` is parsed without
+    help detection (qemu_opts_do_parse), so ``help`` or ``?`` is an unknown
+    option and refused like any other, in two lines.  Those lines when the first
+    name that is not an option of FMT (nor of the file protocol, which measure
+    accepts too) comes before any doubtful value; None: left to the command."""
+    own = QCOW2_CREATE if fmt == "qcow2" else RAW_CREATE if fmt == "raw" else None
+    if own is None or any(not g or g.startswith(",") for g in groups):
+        return None
+    kinds = {name: kind for name, kind, _ in FILE_CREATE + own}
+    for item in filter(None, ",".join(groups).split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in kinds:
+            return [f"Invalid parameter '{key}'", f"Invalid options for file format '{fmt}'"]
+        if not _plausible(kinds[key], value if sep else "on"):
+            return None
+    return None
 
 
 def scan(argv: list[str], valued: set[str]) -> tuple[dict[str, list[str]], list[str]]:

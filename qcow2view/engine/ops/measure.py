@@ -73,7 +73,7 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
                            "here (qcow2 or raw)")
     if out_fmt == "raw":     # as qemu's raw_measure: whole sectors, no qcow2 options
         for key in options:
-            if key not in ("preallocation", "size"):
+            if key not in ("preallocation", "size") + FILE_OPTIONS:
                 raise RequestError(f"Invalid parameter '{key}' (not an option of raw)")
         vsize = -(-vsize // 512) * 512
         return Measurement(vsize, vsize)
@@ -98,6 +98,8 @@ def measure(size: int | None = None, source=None, *, out_fmt: str = "qcow2",
 MEASURE_OPTIONS = ("size", "compat", "backing_file", "backing_fmt", "data_file",
                    "data_file_raw", "encryption", "cluster_size", "preallocation",
                    "lazy_refcounts", "refcount_bits", "compression_type", "extended_l2")
+#: the file protocol's create options: qemu-img measure accepts them, they change nothing
+FILE_OPTIONS = ("nocow", "extent_size_hint")
 
 
 def _switch(options: dict, key: str) -> bool:
@@ -116,7 +118,7 @@ def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
     for key in options:
         if key.startswith("encrypt."):
             raise RequestError("encrypted images are not measured here")
-        if key not in MEASURE_OPTIONS:
+        if key not in MEASURE_OPTIONS + FILE_OPTIONS:
             raise RequestError(f"Invalid parameter '{key}'")
     for key in ("lazy_refcounts", "data_file_raw", "encryption"):
         _switch(options, key)            # refused unless on/off
