@@ -33,6 +33,23 @@ def d(tmp_path_factory):
     qemu.create(d / "prealloc.qcow2", "4M", "preallocation=metadata")   # clusters over holes
     pb = qemu.create(d / "prealloc-b.qcow2", "4M", "preallocation=metadata")
     qemu.qemu_io(pb, "write -P 5 3000000 1")
+    # -s (block status): the same data laid out the same way / differently
+    a2 = qemu.create(d / "a2.qcow2", "4M", "cluster_size=4k")
+    qemu.qemu_io(a2, "write -P 1 1M 64k", "write -c -P 7 2M 64k")
+    ab = qemu.create(d / "a-byte.qcow2", "4M", "cluster_size=4k")    # a, one byte differs
+    qemu.qemu_io(ab, "write -P 1 1M 64k", "write -c -P 7 2M 64k", "write -P 2 1089300 1")
+    zc = qemu.create(d / "zero-cluster.qcow2", "4M")                 # reads as zeros ...
+    qemu.qemu_io(zc, "write -z 1M 64k")
+    zw = qemu.create(d / "zero-written.qcow2", "4M")                 # ... as zeros written
+    qemu.qemu_io(zw, "write -P 0 1M 64k")
+    dc = qemu.create(d / "discarded.qcow2", "4M")
+    qemu.qemu_io(dc, "write -P 9 1M 64k", "discard 1M 64k")
+    one = qemu.create(d / "one-run.qcow2", "4M")                     # host-contiguous
+    qemu.qemu_io(one, "write -P 4 0 4M")
+    two = qemu.create(d / "two-runs.qcow2", "4M")                    # the same, two host runs
+    qemu.qemu_io(two, "write -P 4 2M 2M", "write -P 4 0 2M")
+    qemu.qemu_img("convert", "-O", "raw", a, d / "a2.raw")
+    qemu.create(d / "empty.raw", "4M", fmt="raw")
     return d
 
 
@@ -68,6 +85,25 @@ def test_options_as_qemu_img(d, capsys, args):
     args = [str(d / a) if a.endswith((".qcow2", ".raw")) else a for a in args]
     mine, theirs, err = _both(capsys, *args)
     assert mine == theirs, err
+
+
+STRICT = [("a.qcow2", "a2.qcow2"), ("a.raw", "a2.raw"), ("empty.raw", "empty.raw"),
+          ("zero-cluster.qcow2", "discarded.qcow2"), ("prealloc.qcow2", "prealloc.qcow2"),
+          ("empty.qcow2", "zero-cluster.qcow2"), ("zero-cluster.qcow2", "zero-written.qcow2"),
+          ("zero-written.qcow2", "empty.qcow2"), ("discarded.qcow2", "empty.qcow2"),
+          ("a.qcow2", "a.raw"), ("empty.qcow2", "empty.raw"), ("one-run.qcow2", "two-runs.qcow2"),
+          ("prealloc.qcow2", "prealloc-b.qcow2"), ("prealloc.qcow2", "empty.qcow2"),
+          ("a.qcow2", "a-byte.qcow2"), ("a-byte.qcow2", "a2.qcow2"),
+          ("longer.qcow2", "a.qcow2"), ("a.raw", "longer.qcow2"), ("empty.qcow2", "tail-zero.qcow2")]
+
+
+@pytest.mark.parametrize("pair", STRICT, ids="-".join)
+def test_strict_as_qemu_img(d, capsys, pair):
+    """-s: the first chunk whose block status differs (allocation, zero clusters,
+    runs of host clusters, a raw file's holes), sizes that differ, or contents."""
+    for opts in (["-s"], ["-s", "-q"]):
+        mine, theirs, err = _both(capsys, *opts, *(d / p for p in pair))
+        assert mine == theirs, err
 
 
 def test_image_opts_and_errors_as_qemu_img(d, capsys):
