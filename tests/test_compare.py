@@ -48,6 +48,12 @@ def d(tmp_path_factory):
     qemu.qemu_io(one, "write -P 4 0 4M")
     two = qemu.create(d / "two-runs.qcow2", "4M")                    # the same, two host runs
     qemu.qemu_io(two, "write -P 4 2M 2M", "write -P 4 0 2M")
+    top2 = qemu.create(d / "top2.qcow2", "4M", backing=str(base), backing_fmt="qcow2")
+    qemu.qemu_io(top2, "write -c -P 7 2M 64k")
+    qemu.create(d / "top-none.qcow2", "4M", backing=str(base), backing_fmt="qcow2")
+    topz = qemu.create(d / "top-zero.qcow2", "4M", backing=str(base), backing_fmt="qcow2")
+    qemu.qemu_io(topz, "write -z 1M 64k")                            # hides the base's data
+    qemu.qemu_img("convert", "-O", "qcow2", top, d / "top-flat.qcow2")
     qemu.qemu_img("convert", "-O", "raw", a, d / "a2.raw")
     qemu.create(d / "empty.raw", "4M", fmt="raw")
     return d
@@ -94,13 +100,16 @@ STRICT = [("a.qcow2", "a2.qcow2"), ("a.raw", "a2.raw"), ("empty.raw", "empty.raw
           ("a.qcow2", "a.raw"), ("empty.qcow2", "empty.raw"), ("one-run.qcow2", "two-runs.qcow2"),
           ("prealloc.qcow2", "prealloc-b.qcow2"), ("prealloc.qcow2", "empty.qcow2"),
           ("a.qcow2", "a-byte.qcow2"), ("a-byte.qcow2", "a2.qcow2"),
+          ("top.qcow2", "top2.qcow2"), ("top-none.qcow2", "base.qcow2"),
+          ("top.qcow2", "top-flat.qcow2"), ("top-zero.qcow2", "top-none.qcow2"),
           ("longer.qcow2", "a.qcow2"), ("a.raw", "longer.qcow2"), ("empty.qcow2", "tail-zero.qcow2")]
 
 
 @pytest.mark.parametrize("pair", STRICT, ids="-".join)
 def test_strict_as_qemu_img(d, capsys, pair):
     """-s: the first chunk whose block status differs (allocation, zero clusters,
-    runs of host clusters, a raw file's holes), sizes that differ, or contents."""
+    runs of host clusters, a raw file's holes, backing chains), sizes that
+    differ, or contents."""
     for opts in (["-s"], ["-s", "-q"]):
         mine, theirs, err = _both(capsys, *opts, *(d / p for p in pair))
         assert mine == theirs, err

@@ -6,8 +6,9 @@ chunk, so the lengths must end where QEMU's do: a qcow2 run stops at the end of
 its L2 table (the L2 slice), at a change of cluster type and, for clusters with
 a host offset, where the host offsets stop being contiguous; a compressed
 cluster is a run of its own; a raw file's runs are its data and holes
-(SEEK_DATA / SEEK_HOLE, file-posix).  Images with a backing file, extended L2
-entries, an external data file or encryption are not modelled (refused).
+(SEEK_DATA / SEEK_HOLE, file-posix); an unallocated run is asked of the
+backing file.  Images with extended L2 entries, an external data file or
+encryption are not modelled (refused).
 """
 
 from __future__ import annotations
@@ -25,42 +26,80 @@ from ..errors import RequestError
 DATA, ZERO, OFFSET_VALID, ALLOCATED, EOF, RECURSE = 0x01, 0x02, 0x04, 0x10, 0x20, 0x40
 _INT_MAX = (1 << 31) - 1
 _NORMAL, _ZERO_ALLOC, _ZERO_PLAIN, _UNALLOCATED = 0, 1, 2, 3
-#: qcow2_co_block_status's flags per cluster type (bdrv_co_block_status adds
-#: ALLOCATED to DATA or ZERO, and ZERO where an image without backing has no cluster)
-_FLAGS = {_NORMAL: DATA | OFFSET_VALID | ALLOCATED, _ZERO_ALLOC: ZERO | OFFSET_VALID | ALLOCATED,
-          _ZERO_PLAIN: ZERO | ALLOCATED, _UNALLOCATED: ZERO}
+#: qcow2_co_block_status's flags per cluster type
+_FLAGS = {_NORMAL: DATA | OFFSET_VALID, _ZERO_ALLOC: ZERO | OFFSET_VALID, _ZERO_PLAIN: ZERO,
+          _UNALLOCATED: 0}
 
 
 class BlockStatus:
-    """``status(offset)`` -> (flags, length) of one open source (qcow2 Image or RawImage)."""
+    """``status(offset)`` -> (flags, length) of one open source (qcow2 Image or
+    RawImage), its backing chain followed (bdrv_co_common_block_status_above)."""
+
+    def __init__(self, src) -> None:
+        if not hasattr(src, "l1_table") and not isinstance(src, RawImage):
+            raise RequestError("-s: block status of several sources is not supported here")
+        self.layers = []
+        while src is not None:
+            self.layers.append(_Layer(src))
+            src = getattr(src, "backing", None)
+        self.size = self.layers[0].size
+
+    def status(self, offset: int) -> tuple[int, int]:
+        ret, n = self.layers[0].status(offset, self.size - offset)
+        if n == 0 or ret & ALLOCATED or len(self.layers) == 1:
+            return ret, n
+        eof = offset + n if ret & EOF else None
+        want = n
+        for layer in self.layers[1:]:
+            ret, n = layer.status(offset, want)
+            if n == 0:          # past a short backing file's end: zeros, as if allocated
+                ret, n = ZERO | ALLOCATED, want
+                break
+            if ret & ALLOCATED:
+                ret &= ~EOF     # that layer's end, not the top's
+                break
+            want = n
+        return (ret | EOF if offset + n == eof else ret), n
+
+
+class _Layer:
+    """One image of a chain: bdrv_co_block_status of its format node."""
 
     def __init__(self, src) -> None:
         self.src = src
         self.size = src.virtual_size
-        if isinstance(src, RawImage):
+        self.raw = isinstance(src, RawImage)
+        if self.raw:
             return
-        if not hasattr(src, "l1_table"):
-            raise RequestError("-s: block status of several sources is not supported here")
-        for what, present in (("a backing file", src.backing is not None),
-                              ("extended L2 entries", src.extended_l2),
+        for what, present in (("extended L2 entries", src.extended_l2),
                               ("an external data file", src.has_data_file),
                               ("encryption", src.encrypted)):
             if present:
                 raise RequestError(f"-s: comparing the block status of an image with {what} "
                                    "is not supported here", path=src.path)
+        self.backing_size = None if src.backing is None else src.backing.virtual_size
         self.prealloc = metadata_preallocated(src)
+        self.host = 0               # host offset of the last data run (RECURSE)
 
-    def status(self, offset: int) -> tuple[int, int]:
-        want = self.size - offset
-        if isinstance(self.src, RawImage):
+    def status(self, offset: int, want: int) -> tuple[int, int]:
+        if offset >= self.size:
+            return EOF, 0
+        want = min(want, self.size - offset)
+        if self.raw:                # the raw driver defers to its file
             flags, n = file_status(self.src.file.fd, offset, want)
         else:
             flags, n = self._qcow2(offset, want)
+        if flags & (DATA | ZERO):
+            flags |= ALLOCATED
+        elif self.backing_size is None or offset >= self.backing_size:
+            flags |= ZERO           # nothing below: reads as zeros
+        if flags & RECURSE and flags & DATA and not flags & ZERO:
+            flags, n = self._recurse(flags, self.host, n)
         return (flags | EOF if offset + n == self.size else flags), n
 
     def _qcow2(self, offset: int, want: int) -> tuple[int, int]:
-        """qcow2_get_host_offset + qcow2_co_block_status (+ the file's status
-        for a metadata-preallocated image's data clusters, BDRV_BLOCK_RECURSE)."""
+        """qcow2_get_host_offset + qcow2_co_block_status (RECURSE for a
+        metadata-preallocated image's data clusters: the file's holes are zeros)."""
         im = self.src
         cb, per = im.cluster_bits, im.l2_size
         cs = 1 << cb
@@ -73,9 +112,8 @@ class BlockStatus:
             return _FLAGS[_UNALLOCATED], want
         raw = im.l2_table(l2off, l1i).raw[idx: idx + -(-(in_cluster + want) // cs)]
         entries = raw.astype(np.uint64)
-        first = int(entries[0])
-        if first & C.QCOW_OFLAG_COMPRESSED:          # one cluster at a time
-            return DATA | ALLOCATED, min(want, cs - in_cluster)
+        if int(entries[0]) & C.QCOW_OFLAG_COMPRESSED:     # one cluster at a time
+            return DATA, min(want, cs - in_cluster)
         host = (entries & np.uint64(C.L2E_OFFSET_MASK)).astype(np.int64)
         zero = (entries & np.uint64(C.QCOW_OFLAG_ZERO)) != 0
         kinds = np.where(zero, np.where(host != 0, _ZERO_ALLOC, _ZERO_PLAIN),
@@ -85,11 +123,11 @@ class BlockStatus:
         if kinds[0] in (_NORMAL, _ZERO_ALLOC):
             same &= host == host[0] + cs * np.arange(len(host))
         count = len(same) if same.all() else int(np.argmin(same))
-        n = min(want, (count << cb) - in_cluster)
         flags = _FLAGS[int(kinds[0])]
         if self.prealloc and kinds[0] == _NORMAL:
-            flags, n = self._recurse(flags | RECURSE, int(host[0]) + in_cluster, n)
-        return flags, n
+            flags |= RECURSE
+            self.host = int(host[0]) + in_cluster
+        return flags, min(want, (count << cb) - in_cluster)
 
     def _recurse(self, flags: int, host: int, n: int) -> tuple[int, int]:
         fd = self.src.file.fd
@@ -103,17 +141,17 @@ class BlockStatus:
 
 
 def file_status(fd: int, offset: int, want: int) -> tuple[int, int]:
-    """file-posix's raw_co_block_status (find_allocation), ALLOCATED added."""
+    """file-posix's raw_co_block_status (find_allocation)."""
     try:
         data = os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as e:
         if e.errno == errno.ENXIO:                  # a trailing hole
-            return ZERO | OFFSET_VALID | ALLOCATED, want
-        return DATA | OFFSET_VALID | ALLOCATED, want
+            return ZERO | OFFSET_VALID, want
+        return DATA | OFFSET_VALID, want
     if data > offset:
-        return ZERO | OFFSET_VALID | ALLOCATED, min(want, data - offset)
+        return ZERO | OFFSET_VALID, min(want, data - offset)
     hole = os.lseek(fd, offset, os.SEEK_HOLE)
-    return DATA | OFFSET_VALID | ALLOCATED, min(want, hole - offset)
+    return DATA | OFFSET_VALID, min(want, hole - offset)
 
 
 def metadata_preallocated(image) -> bool:
