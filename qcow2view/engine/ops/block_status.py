@@ -7,8 +7,7 @@ its L2 table (the L2 slice), at a change of cluster type and, for clusters with
 a host offset, where the host offsets stop being contiguous; a compressed
 cluster is a run of its own; a raw file's runs are its data and holes
 (SEEK_DATA / SEEK_HOLE, file-posix); an unallocated run is asked of the
-backing file.  Images with extended L2 entries, an external data file or
-encryption are not modelled (refused).
+backing file.  Encrypted images are not modelled (refused).
 """
 
 from __future__ import annotations
@@ -25,10 +24,11 @@ from ..errors import RequestError
 # BDRV_BLOCK_* (include/block/block-common.h)
 DATA, ZERO, OFFSET_VALID, ALLOCATED, EOF, RECURSE = 0x01, 0x02, 0x04, 0x10, 0x20, 0x40
 _INT_MAX = (1 << 31) - 1
-_NORMAL, _ZERO_ALLOC, _ZERO_PLAIN, _UNALLOCATED = 0, 1, 2, 3
-#: qcow2_co_block_status's flags per cluster type
+# QCow2SubclusterType (COMPRESSED handled apart)
+_NORMAL, _ZERO_ALLOC, _ZERO_PLAIN, _UNALLOCATED, _UNALLOCATED_ALLOC, _INVALID = range(6)
+#: qcow2_co_block_status's flags per sub-cluster type
 _FLAGS = {_NORMAL: DATA | OFFSET_VALID, _ZERO_ALLOC: ZERO | OFFSET_VALID, _ZERO_PLAIN: ZERO,
-          _UNALLOCATED: 0}
+          _UNALLOCATED: 0, _UNALLOCATED_ALLOC: OFFSET_VALID}
 
 
 class BlockStatus:
@@ -71,12 +71,9 @@ class _Layer:
         self.raw = isinstance(src, RawImage)
         if self.raw:
             return
-        for what, present in (("extended L2 entries", src.extended_l2),
-                              ("an external data file", src.has_data_file),
-                              ("encryption", src.encrypted)):
-            if present:
-                raise RequestError(f"-s: comparing the block status of an image with {what} "
-                                   "is not supported here", path=src.path)
+        if src.encrypted:
+            raise RequestError("-s: comparing the block status of an encrypted image "
+                               "is not supported here", path=src.path)
         self.backing_size = None if src.backing is None else src.backing.virtual_size
         self.prealloc = metadata_preallocated(src)
         self.host = 0               # host offset of the last data run (RECURSE)
@@ -93,13 +90,16 @@ class _Layer:
             flags |= ALLOCATED
         elif self.backing_size is None or offset >= self.backing_size:
             flags |= ZERO           # nothing below: reads as zeros
-        if flags & RECURSE and flags & DATA and not flags & ZERO:
-            flags, n = self._recurse(flags, self.host, n)
+        if flags & RECURSE:         # asked of the file, the flag itself not reported
+            flags &= ~RECURSE       # (qemu-img compare -s finds no mismatch on it)
+            if flags & DATA and not flags & ZERO:
+                flags, n = self._recurse(flags, self.host, n)
         return (flags | EOF if offset + n == self.size else flags), n
 
     def _qcow2(self, offset: int, want: int) -> tuple[int, int]:
-        """qcow2_get_host_offset + qcow2_co_block_status (RECURSE for a
-        metadata-preallocated image's data clusters: the file's holes are zeros)."""
+        """qcow2_get_host_offset + qcow2_co_block_status, in sub-clusters (one per
+        cluster without extended L2); RECURSE for a metadata-preallocated image's
+        data clusters (the file's holes read as zeros)."""
         im = self.src
         cb, per = im.cluster_bits, im.l2_size
         cs = 1 << cb
@@ -110,24 +110,30 @@ class _Layer:
                  if l1i < im.l1_table.size else 0)
         if not l2off:
             return _FLAGS[_UNALLOCATED], want
-        raw = im.l2_table(l2off, l1i).raw[idx: idx + -(-(in_cluster + want) // cs)]
-        entries = raw.astype(np.uint64)
+        table = im.l2_table(l2off, l1i)
+        stop = idx + -(-(in_cluster + want) // cs)
+        entries = table.raw[idx:stop].astype(np.uint64)
         if int(entries[0]) & C.QCOW_OFLAG_COMPRESSED:     # one cluster at a time
             return DATA, min(want, cs - in_cluster)
         host = (entries & np.uint64(C.L2E_OFFSET_MASK)).astype(np.int64)
-        zero = (entries & np.uint64(C.QCOW_OFLAG_ZERO)) != 0
-        kinds = np.where(zero, np.where(host != 0, _ZERO_ALLOC, _ZERO_PLAIN),
-                         np.where(host != 0, _NORMAL, _UNALLOCATED))
-        kinds[(entries & np.uint64(C.QCOW_OFLAG_COMPRESSED)) != 0] = -1
-        same = kinds == kinds[0]
-        if kinds[0] in (_NORMAL, _ZERO_ALLOC):
-            same &= host == host[0] + cs * np.arange(len(host))
+        kinds = _subcluster_kinds(entries, host, None if table.bitmap is None
+                                  else table.bitmap[idx:stop].astype(np.uint64),
+                                  im.has_data_file)
+        per_cluster = kinds.shape[1]
+        sc_bits = cb - (per_cluster.bit_length() - 1)
+        sc = in_cluster >> sc_bits
+        first = int(kinds[0, sc])
+        if first == _INVALID:
+            raise RequestError(f"invalid L2 entry for guest offset {offset:#x}", path=im.path)
+        if first in (_NORMAL, _ZERO_ALLOC, _UNALLOCATED_ALLOC):    # host offsets contiguous
+            kinds[host != host[0] + cs * np.arange(len(host))] = -1
+        same = kinds.reshape(-1)[sc:] == first
         count = len(same) if same.all() else int(np.argmin(same))
-        flags = _FLAGS[int(kinds[0])]
-        if self.prealloc and kinds[0] == _NORMAL:
+        flags = _FLAGS[first]
+        if self.prealloc and first == _NORMAL:
             flags |= RECURSE
             self.host = int(host[0]) + in_cluster
-        return flags, min(want, (count << cb) - in_cluster)
+        return flags, min(want, ((sc + count) << sc_bits) - in_cluster)
 
     def _recurse(self, flags: int, host: int, n: int) -> tuple[int, int]:
         fd = self.src.file.fd
@@ -138,6 +144,34 @@ class _Layer:
         if host + fn == length and f2 & ZERO:      # zeros up to and past the file's end
             return flags | ZERO, n
         return flags | (f2 & ZERO), fn
+
+
+def _subcluster_kinds(entries: np.ndarray, host: np.ndarray, bitmap: np.ndarray | None,
+                      data_file: bool) -> np.ndarray:
+    """qcow2_get_subcluster_type of every sub-cluster: (clusters, 32) with
+    extended L2 entries, (clusters, 1) without; -1 for compressed clusters."""
+    compressed = (entries & np.uint64(C.QCOW_OFLAG_COMPRESSED)) != 0
+    allocated = host != 0
+    if data_file:           # offset 0 is a cluster of the data file when COPIED
+        allocated |= (entries & np.uint64(C.QCOW_OFLAG_COPIED)) != 0
+    if bitmap is None:
+        zero = ((entries & np.uint64(C.QCOW_OFLAG_ZERO)) != 0)[:, None]
+        kinds = np.where(zero, np.where((host != 0)[:, None], _ZERO_ALLOC, _ZERO_PLAIN),
+                         np.where(allocated[:, None], _NORMAL, _UNALLOCATED))
+    else:
+        bits = np.arange(32, dtype=np.uint64)
+        sub_alloc = ((bitmap[:, None] >> bits) & np.uint64(1)) != 0
+        sub_zero = ((bitmap[:, None] >> (bits + np.uint64(32))) & np.uint64(1)) != 0
+        on_alloc = np.where(sub_zero, _ZERO_ALLOC, np.where(sub_alloc, _NORMAL,
+                                                             _UNALLOCATED_ALLOC))
+        on_unalloc = np.where(sub_zero, _ZERO_PLAIN, _UNALLOCATED)
+        kinds = np.where(allocated[:, None], on_alloc, on_unalloc)
+        bad = np.where(allocated, ((bitmap >> np.uint64(32)) & bitmap) != 0,
+                       (bitmap & np.uint64(C.L2_BITMAP_ALL_ALLOC)) != 0)
+        kinds[bad] = _INVALID
+    kinds = kinds.astype(np.int64)
+    kinds[compressed] = -1
+    return kinds
 
 
 def file_status(fd: int, offset: int, want: int) -> tuple[int, int]:
