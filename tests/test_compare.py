@@ -54,6 +54,18 @@ def d(tmp_path_factory):
     topz = qemu.create(d / "top-zero.qcow2", "4M", backing=str(base), backing_fmt="qcow2")
     qemu.qemu_io(topz, "write -z 1M 64k")                            # hides the base's data
     qemu.qemu_img("convert", "-O", "qcow2", top, d / "top-flat.qcow2")
+    for name, cmds in (("sub-4k", ["write -P 1 1M 4k"]), ("sub-4k-b", ["write -P 1 1M 4k"]),
+                       ("sub-2k", ["write -P 1 1M 2k"]),
+                       ("sub-zero", ["write -P 1 1M 4k", "write -z 1040k 8k"]),
+                       ("sub-discard", ["write -P 1 1M 64k", "discard 1032k 8k"])):
+        qemu.qemu_io(qemu.create(d / f"{name}.qcow2", "4M", "extended_l2=on"), *cmds)
+    dfile = qemu.create(d / "dfile.qcow2", "4M", f"data_file={d / 'dfile.data'}")
+    qemu.qemu_io(dfile, "write -P 1 1M 64k")
+    draw = qemu.create(d / "dfile-raw.qcow2", "4M", f"data_file={d / 'dfile-raw.data'}",
+                       "data_file_raw=on")
+    qemu.qemu_io(draw, "write -P 1 1M 64k")
+    data = qemu.create(d / "data.qcow2", "4M")
+    qemu.qemu_io(data, "write -P 1 1M 64k")
     qemu.qemu_img("convert", "-O", "raw", a, d / "a2.raw")
     qemu.create(d / "empty.raw", "4M", fmt="raw")
     return d
@@ -102,14 +114,18 @@ STRICT = [("a.qcow2", "a2.qcow2"), ("a.raw", "a2.raw"), ("empty.raw", "empty.raw
           ("a.qcow2", "a-byte.qcow2"), ("a-byte.qcow2", "a2.qcow2"),
           ("top.qcow2", "top2.qcow2"), ("top-none.qcow2", "base.qcow2"),
           ("top.qcow2", "top-flat.qcow2"), ("top-zero.qcow2", "top-none.qcow2"),
+          ("sub-4k.qcow2", "sub-4k-b.qcow2"), ("sub-4k.qcow2", "sub-2k.qcow2"),
+          ("sub-zero.qcow2", "sub-4k.qcow2"), ("sub-discard.qcow2", "sub-4k.qcow2"),
+          ("sub-4k.qcow2", "data.qcow2"), ("dfile.qcow2", "data.qcow2"),
+          ("dfile-raw.qcow2", "dfile.qcow2"),
           ("longer.qcow2", "a.qcow2"), ("a.raw", "longer.qcow2"), ("empty.qcow2", "tail-zero.qcow2")]
 
 
 @pytest.mark.parametrize("pair", STRICT, ids="-".join)
 def test_strict_as_qemu_img(d, capsys, pair):
     """-s: the first chunk whose block status differs (allocation, zero clusters,
-    runs of host clusters, a raw file's holes, backing chains), sizes that
-    differ, or contents."""
+    runs of host clusters, sub-clusters, a raw file's holes, backing chains,
+    external data files), sizes that differ, or contents."""
     for opts in (["-s"], ["-s", "-q"]):
         mine, theirs, err = _both(capsys, *opts, *(d / p for p in pair))
         assert mine == theirs, err
