@@ -26,6 +26,7 @@ DATA, ZERO, OFFSET_VALID, ALLOCATED, EOF, RECURSE = 0x01, 0x02, 0x04, 0x10, 0x20
 _INT_MAX = (1 << 31) - 1
 # QCow2SubclusterType (COMPRESSED handled apart)
 _NORMAL, _ZERO_ALLOC, _ZERO_PLAIN, _UNALLOCATED, _UNALLOCATED_ALLOC, _INVALID = range(6)
+_COMPRESSED = -1
 #: qcow2_co_block_status's flags per sub-cluster type
 _FLAGS = {_NORMAL: DATA | OFFSET_VALID, _ZERO_ALLOC: ZERO | OFFSET_VALID, _ZERO_PLAIN: ZERO,
           _UNALLOCATED: 0, _UNALLOCATED_ALLOC: OFFSET_VALID}
@@ -77,6 +78,8 @@ class _Layer:
         self.backing_size = None if src.backing is None else src.backing.virtual_size
         self.prealloc = metadata_preallocated(src)
         self.host = 0               # host offset of the last data run (RECURSE)
+        self._table_key: tuple[int, int] | None = None
+        self._table = None
 
     def status(self, offset: int, want: int) -> tuple[int, int]:
         if offset >= self.size:
@@ -102,38 +105,51 @@ class _Layer:
         data clusters (the file's holes read as zeros)."""
         im = self.src
         cb, per = im.cluster_bits, im.l2_size
-        cs = 1 << cb
-        in_cluster = offset & (cs - 1)
-        l1i, idx = offset >> (cb + im.l2_bits), (offset >> cb) & (per - 1)
-        want = min(want, _INT_MAX, ((per - idx) << cb) - in_cluster)
+        span = per << cb
+        l1i, in_table = offset >> (cb + im.l2_bits), offset & (span - 1)
+        want = min(want, _INT_MAX, span - in_table)
         l2off = (int(im.l1_table.entries[l1i]) & C.L1E_OFFSET_MASK
                  if l1i < im.l1_table.size else 0)
         if not l2off:
             return _FLAGS[_UNALLOCATED], want
-        table = im.l2_table(l2off, l1i)
-        stop = idx + -(-(in_cluster + want) // cs)
-        entries = table.raw[idx:stop].astype(np.uint64)
-        if int(entries[0]) & C.QCOW_OFLAG_COMPRESSED:     # one cluster at a time
-            return DATA, min(want, cs - in_cluster)
-        host = (entries & np.uint64(C.L2E_OFFSET_MASK)).astype(np.int64)
-        kinds = _subcluster_kinds(entries, host, None if table.bitmap is None
-                                  else table.bitmap[idx:stop].astype(np.uint64),
-                                  im.has_data_file)
-        per_cluster = kinds.shape[1]
-        sc_bits = cb - (per_cluster.bit_length() - 1)
-        sc = in_cluster >> sc_bits
-        first = int(kinds[0, sc])
+        kinds, host, run_end, sc_bits = self._runs(l1i, l2off)
+        sc = in_table >> sc_bits
+        first = int(kinds[sc])
         if first == _INVALID:
             raise RequestError(f"invalid L2 entry for guest offset {offset:#x}", path=im.path)
-        if first in (_NORMAL, _ZERO_ALLOC, _UNALLOCATED_ALLOC):    # host offsets contiguous
-            kinds[host != host[0] + cs * np.arange(len(host))] = -1
-        same = kinds.reshape(-1)[sc:] == first
-        count = len(same) if same.all() else int(np.argmin(same))
+        n = min(want, (int(run_end[sc]) << sc_bits) - in_table)
+        if first == _COMPRESSED:
+            return DATA, n
         flags = _FLAGS[first]
         if self.prealloc and first == _NORMAL:
             flags |= RECURSE
-            self.host = int(host[0]) + in_cluster
-        return flags, min(want, ((sc + count) << sc_bits) - in_cluster)
+            self.host = int(host[in_table >> cb]) + (offset & ((1 << cb) - 1))
+        return flags, n
+
+    def _runs(self, l1i: int, l2off: int):
+        """Of one L2 table (the last one asked, kept): every sub-cluster's type and
+        the sub-cluster where its run ends (count_contiguous_subclusters: the type
+        changes, or for clusters with a host offset the offsets stop being
+        contiguous; a compressed cluster alone)."""
+        if self._table_key != (l1i, l2off):
+            im = self.src
+            table = im.l2_table(l2off, l1i)
+            entries = table.raw.astype(np.uint64)
+            host = (entries & np.uint64(C.L2E_OFFSET_MASK)).astype(np.int64)
+            kinds = _subcluster_kinds(entries, host, None if table.bitmap is None
+                                      else table.bitmap.astype(np.uint64), im.has_data_file)
+            j = np.arange(len(host), dtype=np.int64)[:, None]
+            own_offset = np.isin(kinds, (_NORMAL, _ZERO_ALLOC, _UNALLOCATED_ALLOC))
+            key = np.where(own_offset, host[:, None] - j * im.cluster_size,
+                           np.where(kinds == _COMPRESSED, j, 0)).reshape(-1)
+            flat = kinds.reshape(-1)
+            ends = np.append(np.flatnonzero((flat[1:] != flat[:-1]) | (key[1:] != key[:-1])) + 1,
+                             len(flat))
+            run_end = ends[np.searchsorted(ends, np.arange(len(flat)), side="right")]
+            sc_bits = im.cluster_bits - (kinds.shape[1].bit_length() - 1)
+            self._table_key = (l1i, l2off)
+            self._table = (flat, host, run_end, sc_bits)
+        return self._table
 
     def _recurse(self, flags: int, host: int, n: int) -> tuple[int, int]:
         fd = self.src.file.fd
@@ -149,7 +165,7 @@ class _Layer:
 def _subcluster_kinds(entries: np.ndarray, host: np.ndarray, bitmap: np.ndarray | None,
                       data_file: bool) -> np.ndarray:
     """qcow2_get_subcluster_type of every sub-cluster: (clusters, 32) with
-    extended L2 entries, (clusters, 1) without; -1 for compressed clusters."""
+    extended L2 entries, (clusters, 1) without; _COMPRESSED for compressed clusters."""
     compressed = (entries & np.uint64(C.QCOW_OFLAG_COMPRESSED)) != 0
     allocated = host != 0
     if data_file:           # offset 0 is a cluster of the data file when COPIED
@@ -170,7 +186,7 @@ def _subcluster_kinds(entries: np.ndarray, host: np.ndarray, bitmap: np.ndarray 
                        (bitmap & np.uint64(C.L2_BITMAP_ALL_ALLOC)) != 0)
         kinds[bad] = _INVALID
     kinds = kinds.astype(np.int64)
-    kinds[compressed] = -1
+    kinds[compressed] = _COMPRESSED
     return kinds
 
 
