@@ -418,8 +418,11 @@ def _measure(ns) -> int:
     from .engine.create import parse_size
     from .engine.ops.convert import SnapshotParam, open_source
     from .engine.ops.measure import measure
-    from .option_help import measure_refusal
-    # qemu-img's order: the size or file, the image opened, then -o parsed
+    from .option_help import measure_refusal, option_items, valid_option_list
+    # qemu-img's order: each -o list, the size or file, the image opened, -o parsed
+    for group in ns.options:
+        if not valid_option_list(group):
+            raise Qcow2Error(f"Invalid option list: {group}")
     if ns.size is not None and ns.image:
         raise Qcow2Error("--size N cannot be used together with a filename.")
     if ns.size is None and not ns.image:
@@ -431,10 +434,12 @@ def _measure(ns) -> int:
     try:
         refusal = measure_refusal(ns.out_fmt, ns.options)   # -o help included
         if refusal:
-            for line in refusal:
-                print(f"qcow2view measure: {line}", file=sys.stderr)
+            for message in refusal:     # continuation lines unprefixed, as qemu's
+                print(f"qcow2view measure: {message}", file=sys.stderr)
             return 1
-        opts = _plain_options(ns.options)
+        # as qemu reads -o: a bare name is name=on, ",," a comma in a value
+        opts = {name.replace("-", "_"): value
+                for name, value in option_items(",".join(ns.options))}
         m = (measure(parse_size(ns.size), out_fmt=ns.out_fmt, options=opts) if src is None
              else measure(source=src, out_fmt=ns.out_fmt, options=opts))
     finally:

@@ -104,36 +104,72 @@ def amend_help(fmt: str) -> list[str]:
     return [f"Amend options for '{fmt}':", *_lines(QCOW2_AMEND)]
 
 
-def _plausible(kind: str, value: str) -> bool:
-    """Whether qemu would take ``value`` for an option of type ``kind`` (a bare
-    name is name=on); a doubtful value is left to the command's own checks."""
-    v = value.strip().lower()
+_SIZE_ERROR = ("Parameter '{}' expects a non-negative number below 2^64\n"
+               "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+               "and exabytes, respectively.")
+_BOOLS = ("on", "off", "yes", "no", "true", "false", "y", "n")
+
+
+def _value_error(name: str, kind: str, value: str) -> str | None:
+    """qemu_opt_parse's refusal of ``value`` for an option of type ``kind``; None
+    when qemu takes it, or may (a doubtful spelling is left to the command)."""
+    v = value.lstrip()
     if kind == "size":
-        return re.fullmatch(r"\d+(\.\d+)?[bkmgtpe]?", v) is not None
+        if re.fullmatch(r"(0[xX][0-9a-fA-F]+|\d+)[bBkKmMgGtTpPeE]?", v) or \
+                re.fullmatch(r"\d*\.\d+[bBkKmMgGtTpPeE]?", v):
+            return None
+        return _SIZE_ERROR.format(name)
     if kind == "num":
-        return v.isdigit()
+        if re.fullmatch(r"-?(0[xX][0-9a-fA-F]+|\d+)", v):
+            return None
+        return f"Parameter '{name}' expects a number"
     if kind.startswith("bool"):
-        return v in ("on", "off", "yes", "no", "true", "false")
-    return True
+        return None if value in _BOOLS else f"Parameter '{name}' expects 'on' or 'off'"
+    return None
+
+
+def option_items(text: str):
+    """``name=value`` items as qemu_opts_do_parse reads them: a name ends at ``,``
+    or ``=`` (a bare name is name=on), a value takes ``,,`` for a comma."""
+    i, n = 0, len(text)
+    while i < n:
+        j = i
+        while j < n and text[j] not in ",=":
+            j += 1
+        name, value = text[i:j], "on"
+        if j < n and text[j] == "=":
+            j += 1
+            chars = []
+            while j < n and not (text[j] == "," and text[j + 1:j + 2] != ","):
+                chars.append(text[j])
+                j += 2 if text[j] == "," else 1
+            value = "".join(chars)
+        yield name, value
+        i = j + 1
+
+
+def valid_option_list(text: str) -> bool:
+    """qemu-img's is_valid_option_list: not empty, no leading comma, no unpaired
+    trailing comma."""
+    return bool(text) and text[0] != "," and (len(text) - len(text.rstrip(","))) % 2 == 0
 
 
 def measure_refusal(fmt: str, groups: list[str]) -> list[str] | None:
     """qemu-img 7.2 measure prints no option list: its ``-o`` is parsed without
-    help detection (qemu_opts_do_parse), so ``help`` or ``?`` is an unknown
-    option and refused like any other, in two lines.  Those lines when the first
-    name that is not an option of FMT (nor of the file protocol, which measure
-    accepts too) comes before any doubtful value; None: left to the command."""
+    help detection (qemu_opts_do_parse over the format's and the file protocol's
+    create options), so ``help`` or ``?`` is an unknown option, refused like any
+    other.  The messages qemu-img prints for the first item it refuses (a message
+    may hold continuation lines), then "Invalid options for file format"; None
+    when the parse passes (or a doubtful value is left to the command)."""
     own = QCOW2_CREATE if fmt == "qcow2" else RAW_CREATE if fmt == "raw" else None
-    if own is None or any(not g or g.startswith(",") for g in groups):
+    if own is None or not all(map(valid_option_list, groups)):
         return None
     kinds = {name: kind for name, kind, _ in FILE_CREATE + own}
-    for item in filter(None, ",".join(groups).split(",")):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if key not in kinds:
-            return [f"Invalid parameter '{key}'", f"Invalid options for file format '{fmt}'"]
-        if not _plausible(kinds[key], value if sep else "on"):
-            return None
+    for name, value in option_items(",".join(groups)):
+        error = (f"Invalid parameter '{name}'" if name not in kinds
+                 else _value_error(name, kinds[name], value))
+        if error:
+            return [error, f"Invalid options for file format '{fmt}'"]
     return None
 
 

@@ -105,10 +105,20 @@ FILE_OPTIONS = ("nocow", "extent_size_hint")
 def _switch(options: dict, key: str) -> bool:
     """An on/off option as -o spells it, or a bool (the window's create dialog), read
     as create reads it; refused in qemu-img measure's words."""
+    value = options.get(key, False)
+    if isinstance(value, str):          # qapi_bool_parse's spellings
+        value = {"y": "on", "yes": "on", "true": "on", "n": "off", "no": "off",
+                 "false": "off"}.get(value, value)
     try:
-        return _bool(key, options.get(key, False))
+        return _bool(key, value)
     except RequestError:
         raise RequestError(f"Parameter '{key}' expects 'on' or 'off'") from None
+
+
+def _number(value, parse):
+    """-o numbers may be hexadecimal (qemu_strtou64 / qemu_strtosz take 0x)."""
+    text = str(value).strip()
+    return int(text, 16) if text[:2].lower() == "0x" else parse(text)
 
 
 def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
@@ -123,7 +133,7 @@ def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
     for key in ("lazy_refcounts", "data_file_raw", "encryption"):
         _switch(options, key)            # refused unless on/off
     ext = _switch(options, "extended_l2")
-    cs = parse_size(str(options.get("cluster_size", 65536)))
+    cs = _number(options.get("cluster_size", 65536), parse_size)
     if cs < 512 or cs > 2 << 20 or cs & (cs - 1):
         raise RequestError("Cluster size must be a power of two between 512 and 2048k")
     if ext and cs < 16384:
@@ -133,7 +143,7 @@ def qcow2_measure_options(options: dict) -> tuple[int, int, bool, str]:
     if compat not in ("0.10", "1.1"):
         raise RequestError(f"Invalid compatibility level: '{compat}'")
     try:
-        bits = int(options.get("refcount_bits", 16))
+        bits = _number(options.get("refcount_bits", 16), int)
     except ValueError:
         bits = 0
     if bits < 1 or bits > 64 or bits & (bits - 1):
