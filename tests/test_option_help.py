@@ -87,6 +87,14 @@ MEASURE_CASES = [
     ("measure", "-O", "qcow2", "--size", "1M", "-o", "cluster_size=4k,help"),
     ("measure", "-O", "raw", "--size", "1M", "-o", "preallocation=full", "-o", "?"),
     ("measure", "--size", "1M", "-o", "help", "{d}/src.qcow2"),
+    # the same parse refuses other names and values of the wrong type
+    ("measure", "-O", "qcow2", "--size", "1M", "-o", "foo=1,help"),
+    ("measure", "-O", "qcow2", "--size", "1M", "-o", "cluster_size=4k,,help"),
+    ("measure", "-O", "qcow2", "--size", "1M", "-o", "lazy_refcounts=maybe"),
+    ("measure", "-O", "qcow2", "--size", "1M", "-o", "refcount_bits=x"),
+    ("measure", "-O", "raw", "--size", "1M", "-o", "cluster_size=4k"),
+    ("measure", "-O", "qcow2", "--size", "1M", "-o", ",help"),
+    ("measure", "-O", "qcow2", "-o", "help,"),
 ]
 
 
@@ -98,3 +106,12 @@ def test_measure_help_as_qemu_img(folder, capsys, args):
     assert (rc, out) == (want_rc, want_out) == (1, [])
     assert [line.removeprefix("qcow2view measure: ") for line in err.splitlines()] == \
         [line.removeprefix("qemu-img: ") for line in want_err.splitlines()]
+
+
+@pytest.mark.parametrize("opts", ["lazy_refcounts,cluster_size=0x1000", "extended_l2=y",
+                                  "nocow=on,refcount_bits=0x10", "preallocation=full"])
+def test_measure_option_spellings_as_qemu_img(folder, capsys, opts):
+    """What qemu's -o parse takes (bare names, 0x numbers, y/n, file options)."""
+    args = ["measure", "-O", "qcow2", "-o", opts, str(folder / "src.qcow2")]
+    rc, out, err = _ours(capsys, *args)
+    assert (rc, out) == _theirs(*args)[:2], err
