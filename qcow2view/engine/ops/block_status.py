@@ -152,7 +152,9 @@ class _Layer:
         return self._table
 
     def _recurse(self, flags: int, host: int, n: int) -> tuple[int, int]:
-        fd = self.src.file.fd
+        """The status of the file holding the data (an external data file if any)."""
+        im = self.src
+        fd = (im.data_file if im.has_data_file else im.file).fd
         length = os.fstat(fd).st_size
         if host >= length:
             return flags | ZERO, n
