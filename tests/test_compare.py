@@ -1,6 +1,7 @@
 """``qcow2view compare`` against ``qemu-img compare`` 7.2 on the same pairs of images:
 the same stdout (identical, the first differing sector, the size warning), the same
-exit code (0 identical, 1 different, 2 error), --image-opts included."""
+exit code (0 identical, 1 different, 2 error), --image-opts included; -s (strict:
+sizes, then block status chunk by chunk) on the same pairs as qemu-img."""
 
 from __future__ import annotations
 

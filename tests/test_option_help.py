@@ -1,7 +1,8 @@
 """``-o help`` / ``-o ?`` of create, convert and amend against qemu-img 7.2's own
 output: the same heading, the same option lines in the same order (names, types and
 descriptions are qemu-img's; an option refused here ends in "(not supported here)",
-which is the only text of ours), the same exit code, no file created."""
+which is the only text of ours), the same exit code, no file created.  measure, which
+in qemu-img 7.2 has no option list, refuses help as qemu-img does."""
 
 from __future__ import annotations
 
