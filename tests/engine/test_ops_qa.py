@@ -154,7 +154,8 @@ def test_measure_odd_sizes_and_full_preallocation_as_qemu(small, capsys, args):
 def test_measure_raw_refuses_qcow2_options_as_qemu(capsys):
     p = qemu.qemu_img("measure", "--size", "1G", "-o", "cluster_size=512", check=False)
     rc, _, err = ours(capsys, "measure", "--size", "1G", "-o", "cluster_size=512")
-    assert p.returncode == rc == 1 and "cluster_size" in err and len(err.splitlines()) == 1
+    assert p.returncode == rc == 1
+    assert err.replace("qcow2view measure:", "qemu-img:") == p.stderr.decode()
 
 
 def test_convert_refuses_compression_with_preallocation_as_qemu(small, tmp_path, capsys):
@@ -439,7 +440,7 @@ def test_measure_checks_options_as_qemu(capsys, opts):
     rc, out, err = ours(capsys, *args)
     assert rc == p.returncode, err
     if rc:
-        assert len(err.splitlines()) == 1
+        assert err.replace("qcow2view measure:", "qemu-img:") == p.stderr.decode()
     else:
         assert json.loads(out) == json.loads(p.stdout)
 
