@@ -244,6 +244,31 @@ def decode_l2_types(raw: np.ndarray, bitmap: np.ndarray | None,
     return out
 
 
+def decode_subcluster_types(raw: np.ndarray, bitmap: np.ndarray | None,
+                            has_data_file: bool = False) -> np.ndarray:
+    """Vectorised :func:`subcluster_type` of every sub-cluster of a table: (entries,
+    32) uint8 :class:`ClusterType` values with sub-cluster bitmaps, (entries, 1)
+    without (a cluster is its one sub-cluster: :func:`decode_l2_types`)."""
+    if bitmap is None:
+        return decode_l2_types(raw, None, has_data_file)[:, None]
+    raw = raw.astype(np.uint64, copy=False)
+    bitmap = bitmap.astype(np.uint64, copy=False)
+    off = (raw & np.uint64(L2E_OFFSET_MASK)) != 0
+    if has_data_file:       # offset 0 is a cluster of the data file when COPIED
+        off |= (raw & np.uint64(QCOW_OFLAG_COPIED)) != 0
+    bits = np.arange(32, dtype=np.uint64)
+    sub_alloc = ((bitmap[:, None] >> bits) & np.uint64(1)) != 0
+    sub_zero = ((bitmap[:, None] >> (bits + np.uint64(32))) & np.uint64(1)) != 0
+    on_alloc = np.where(sub_zero, ClusterType.ZERO_ALLOC,
+                        np.where(sub_alloc, ClusterType.NORMAL, ClusterType.UNALLOCATED_ALLOC))
+    on_unalloc = np.where(sub_zero, ClusterType.ZERO_PLAIN, ClusterType.UNALLOCATED)
+    out = np.where(off[:, None], on_alloc, on_unalloc).astype(np.uint8)
+    alloc = bitmap & np.uint64(L2_BITMAP_ALL_ALLOC)
+    out[np.where(off, (alloc & (bitmap >> np.uint64(32))) != 0, alloc != 0)] = ClusterType.INVALID
+    out[(raw & np.uint64(QCOW_OFLAG_COMPRESSED)) != 0] = ClusterType.COMPRESSED
+    return out
+
+
 def has_host_clusters(raw: np.ndarray, has_data_file: bool = False) -> np.ndarray:
     """Vectorised :func:`has_host_cluster` (bool per entry)."""
     owned = (raw & U64(L2E_OFFSET_MASK)) != 0

@@ -72,6 +72,14 @@ def test_vectorised_classification_matches_the_scalar_rules(extended, has_data_f
         assert types[i] == scalar.type, (hex(entry), bits and hex(bits))
         assert kinds[i] == C.guest_kind(entry, bits, has_data_file), (hex(entry), bits)
         assert owned[i] == C.has_host_cluster(entry, has_data_file), hex(entry)
+    subs = C.decode_subcluster_types(raw, bitmap, has_data_file)
+    assert subs.shape == (n, 32 if extended else 1)
+    for i in range(0, n, 3):
+        entry = int(raw[i])
+        for sc in range(subs.shape[1]):
+            want = (C.subcluster_type(entry, int(bitmap[i]), sc, has_data_file) if extended
+                    else types[i])
+            assert subs[i, sc] == want, (hex(entry), sc)
 
 
 @pytest.mark.parametrize("has_data_file", [False, True])

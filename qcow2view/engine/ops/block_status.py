@@ -24,12 +24,10 @@ from ..errors import RequestError
 # BDRV_BLOCK_* (include/block/block-common.h)
 DATA, ZERO, OFFSET_VALID, ALLOCATED, EOF, RECURSE = 0x01, 0x02, 0x04, 0x10, 0x20, 0x40
 _INT_MAX = (1 << 31) - 1
-# QCow2SubclusterType (COMPRESSED handled apart)
-_NORMAL, _ZERO_ALLOC, _ZERO_PLAIN, _UNALLOCATED, _UNALLOCATED_ALLOC, _INVALID = range(6)
-_COMPRESSED = -1
-#: qcow2_co_block_status's flags per sub-cluster type
-_FLAGS = {_NORMAL: DATA | OFFSET_VALID, _ZERO_ALLOC: ZERO | OFFSET_VALID, _ZERO_PLAIN: ZERO,
-          _UNALLOCATED: 0, _UNALLOCATED_ALLOC: OFFSET_VALID}
+T = C.ClusterType
+#: qcow2_co_block_status's flags per sub-cluster type (compressed: handled apart)
+_FLAGS = {T.NORMAL: DATA | OFFSET_VALID, T.ZERO_ALLOC: ZERO | OFFSET_VALID, T.ZERO_PLAIN: ZERO,
+          T.UNALLOCATED: 0, T.UNALLOCATED_ALLOC: OFFSET_VALID}
 
 
 class BlockStatus:
@@ -111,17 +109,17 @@ class _Layer:
         l2off = (int(im.l1_table.entries[l1i]) & C.L1E_OFFSET_MASK
                  if l1i < im.l1_table.size else 0)
         if not l2off:
-            return _FLAGS[_UNALLOCATED], want
+            return _FLAGS[T.UNALLOCATED], want
         kinds, host, run_end, sc_bits = self._runs(l1i, l2off)
         sc = in_table >> sc_bits
         first = int(kinds[sc])
-        if first == _INVALID:
+        if first == T.INVALID:
             raise RequestError(f"invalid L2 entry for guest offset {offset:#x}", path=im.path)
         n = min(want, (int(run_end[sc]) << sc_bits) - in_table)
-        if first == _COMPRESSED:
+        if first == T.COMPRESSED:
             return DATA, n
         flags = _FLAGS[first]
-        if self.prealloc and first == _NORMAL:
+        if self.prealloc and first == T.NORMAL:
             flags |= RECURSE
             self.host = int(host[in_table >> cb]) + (offset & ((1 << cb) - 1))
         return flags, n
@@ -136,12 +134,11 @@ class _Layer:
             table = im.l2_table(l2off, l1i)
             entries = table.raw.astype(np.uint64)
             host = (entries & np.uint64(C.L2E_OFFSET_MASK)).astype(np.int64)
-            kinds = _subcluster_kinds(entries, host, None if table.bitmap is None
-                                      else table.bitmap.astype(np.uint64), im.has_data_file)
+            kinds = C.decode_subcluster_types(entries, table.bitmap, im.has_data_file)
             j = np.arange(len(host), dtype=np.int64)[:, None]
-            own_offset = np.isin(kinds, (_NORMAL, _ZERO_ALLOC, _UNALLOCATED_ALLOC))
+            own_offset = np.isin(kinds, (T.NORMAL, T.ZERO_ALLOC, T.UNALLOCATED_ALLOC))
             key = np.where(own_offset, host[:, None] - j * im.cluster_size,
-                           np.where(kinds == _COMPRESSED, j, 0)).reshape(-1)
+                           np.where(kinds == T.COMPRESSED, j, 0)).reshape(-1)
             flat = kinds.reshape(-1)
             ends = np.append(np.flatnonzero((flat[1:] != flat[:-1]) | (key[1:] != key[:-1])) + 1,
                              len(flat))
@@ -162,34 +159,6 @@ class _Layer:
         if host + fn == length and f2 & ZERO:      # zeros up to and past the file's end
             return flags | ZERO, n
         return flags | (f2 & ZERO), fn
-
-
-def _subcluster_kinds(entries: np.ndarray, host: np.ndarray, bitmap: np.ndarray | None,
-                      data_file: bool) -> np.ndarray:
-    """qcow2_get_subcluster_type of every sub-cluster: (clusters, 32) with
-    extended L2 entries, (clusters, 1) without; _COMPRESSED for compressed clusters."""
-    compressed = (entries & np.uint64(C.QCOW_OFLAG_COMPRESSED)) != 0
-    allocated = host != 0
-    if data_file:           # offset 0 is a cluster of the data file when COPIED
-        allocated |= (entries & np.uint64(C.QCOW_OFLAG_COPIED)) != 0
-    if bitmap is None:
-        zero = ((entries & np.uint64(C.QCOW_OFLAG_ZERO)) != 0)[:, None]
-        kinds = np.where(zero, np.where((host != 0)[:, None], _ZERO_ALLOC, _ZERO_PLAIN),
-                         np.where(allocated[:, None], _NORMAL, _UNALLOCATED))
-    else:
-        bits = np.arange(32, dtype=np.uint64)
-        sub_alloc = ((bitmap[:, None] >> bits) & np.uint64(1)) != 0
-        sub_zero = ((bitmap[:, None] >> (bits + np.uint64(32))) & np.uint64(1)) != 0
-        on_alloc = np.where(sub_zero, _ZERO_ALLOC, np.where(sub_alloc, _NORMAL,
-                                                             _UNALLOCATED_ALLOC))
-        on_unalloc = np.where(sub_zero, _ZERO_PLAIN, _UNALLOCATED)
-        kinds = np.where(allocated[:, None], on_alloc, on_unalloc)
-        bad = np.where(allocated, ((bitmap >> np.uint64(32)) & bitmap) != 0,
-                       (bitmap & np.uint64(C.L2_BITMAP_ALL_ALLOC)) != 0)
-        kinds[bad] = _INVALID
-    kinds = kinds.astype(np.int64)
-    kinds[compressed] = _COMPRESSED
-    return kinds
 
 
 def file_status(fd: int, offset: int, want: int) -> tuple[int, int]:
