@@ -481,14 +481,19 @@ class Scanner(L2TableWalk):
                 tick = len(batch) if k == len(parts) - 1 else 0
                 jobs.append((l2_offsets[rows], (rows, cp, tick, h)))
         guest = self.guest if active else None
-        for (rows, cp, tick, h), raw, bm, contig in self.reader.stream(jobs):
-            if guest is not None and not h:
-                guest.add(idx[rows], raw, bm, contig)
-            got = self._walk_l2_batch(raw, bm, l2_offsets[rows], active, sname, cp, contig)
-            if got is not None:
-                lo_all[rows], hi_all[rows] = got
-            if tick:
-                self._tick(tick)
+        stream = self.reader.stream(jobs)
+        try:
+            for (rows, cp, tick, h), raw, bm, contig in stream:
+                if guest is not None and not h:
+                    guest.add(idx[rows], raw, bm, contig)
+                got = self._walk_l2_batch(raw, bm, l2_offsets[rows], active, sname, cp,
+                                          contig)
+                if got is not None:
+                    lo_all[rows], hi_all[rows] = got
+                if tick:
+                    self._tick(tick)
+        finally:
+            stream.close()      # its reader thread ends now, not when a traceback goes
         if active and self.check_copied:
             # after the tables: most of them lie where their COPIED test saw refcount 1
             self._copied_l1(ent, l2_offsets, entry_offs, idx)

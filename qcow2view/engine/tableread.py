@@ -67,8 +67,8 @@ class TableReader:
     """Batches of L2 tables, read ahead in a second thread (see the module doc).
 
     Two result buffers alternate, so the batch being read never overwrites the one
-    the caller holds; a result is valid until the caller asks for the one after
-    next.  Memory: three buffers of ``per_batch`` clusters."""
+    the caller holds; a result is valid until the caller asks for the next one.
+    Memory: three buffers of ``per_batch`` clusters."""
 
     def __init__(self, file, cs: int, extended: bool, per_batch: int) -> None:
         self.file = file
@@ -110,39 +110,67 @@ class TableReader:
             for offs, payload in jobs:
                 yield (payload, *self._read_runs(offs, 0, False))
             return
-        ahead = _Ahead(self._read_runs, jobs[0][0], 0, True)
+        ahead = _ReadAhead(self._read_runs, [offs for offs, _ in jobs])
         try:
-            for i, (_, payload) in enumerate(jobs):
-                got = ahead.result()
-                if i + 1 < len(jobs):
-                    ahead = _Ahead(self._read_runs, jobs[i + 1][0], (i + 1) % 2, True)
-                yield (payload, *got)
+            for k, (_, payload) in enumerate(jobs):
+                yield (payload, *ahead.result(k))
+                ahead.done_with(k)
         finally:
-            ahead.join()        # a walk ended early (cancel, error) leaves no reader behind
+            ahead.close()       # a walk ended early (cancel, error) leaves no reader behind
 
 
-class _Ahead:
-    """One call run in a thread of its own, its result (or exception) collected by
-    :meth:`result`.  (concurrent.futures would do, but importing it and logging
-    costs ~8 ms of every command's start.)"""
+class _ReadAhead:
+    """One thread that reads the batches in order into the two result slots, one
+    batch ahead of the caller: batch k+2 goes into batch k's slot once the caller
+    has given batch k back.  One thread for a whole walk: starting one per batch
+    cost a scheduler round trip each (Thread.start waits until the thread runs),
+    which on a loaded machine is a time slice (1 TiB, one CPU hog: 0.27 -> 0.20 s).
+    (concurrent.futures would do, but importing it and logging costs ~8 ms of
+    every command's start.)"""
 
-    def __init__(self, fn, *args) -> None:
-        self._value = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args),
-                                        name="qcow2view-readahead")
+    def __init__(self, read, offsets: list[np.ndarray]) -> None:
+        self._read = read
+        self._offsets = offsets
+        self._results: list = [None] * len(offsets)
+        self._ready = [threading.Lock() for _ in offsets]
+        for lock in self._ready:
+            lock.acquire()
+        self._room = threading.Semaphore(0)      # one release per batch given back
+        self._stop = False
+        # (a daemon: should a caller never close its stream, exit does not wait on it)
+        self._thread = threading.Thread(target=self._run, name="qcow2view-readahead",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, fn, args) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as e:      # handed to the caller by result()
-            self._error = e
+    def _run(self) -> None:
+        for k, offs in enumerate(self._offsets):
+            if k >= 2:
+                self._room.acquire()              # batch k-2's slot is free
+            if self._stop:
+                return
+            try:
+                self._results[k] = (self._read(offs, k % 2, True), None)
+            except BaseException as e:      # handed to the caller by result()
+                self._results[k] = (None, e)
+                self._ready[k].release()
+                return
+            self._ready[k].release()
 
-    def join(self) -> None:
-        self._thread.join()
+    def result(self, k: int):
+        """Batch ``k`` (waits for it); its slot is read into again once the caller
+        has given it back (:meth:`done_with`, when it asks for the next one)."""
+        self._ready[k].acquire()
+        got, error = self._results[k]
+        self._results[k] = None
+        if error is not None:
+            raise error
+        return got
 
-    def result(self):
+    def done_with(self, k: int) -> None:
+        self._room.release()
+
+    def close(self) -> None:
+        self._stop = True
+        self._room.release()
+        self._room.release()
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
