@@ -1,12 +1,15 @@
 """Differential fuzz of check and repair (not a test: run by hand).
 
-    python tests/fuzz/fuzz_repair.py CASES SEED
+    python tests/fuzz/fuzz_repair.py CASES SEED [--ahead]
 
 Random damage (1 to 3 entries of the L1, L2, refcount table and refcount blocks) in 23
-kinds of image (preallocated ones among them); then ``check --json`` and ``check --repair leaks|all`` against
-qemu-img check [-r]: exit code, stdout, and the repaired image's check.  A difference
-keeps the image as /tmp/fz-fail-SEED-CASE[-MODE].qcow2.  Known and kept: 1-bit
-refcount images with a refcount block shared with other metadata (we rebuild);
+kinds of image (preallocated ones among them, for the walk's span path); then
+``check --json`` and ``check --repair leaks|all`` against qemu-img check [-r]: exit
+code, stdout, and the repaired image's check.  ``--ahead``: a few tables per batch and
+read-ahead at every cluster size (the small images never fill a second batch
+otherwise).  A difference keeps the image as /tmp/fz-fail-SEED-CASE[-MODE].qcow2.
+Known and kept: 1-bit refcount images with a refcount table or block shared with
+other metadata or data (we rebuild, -r leaks refuses);
 an L2 entry past the end of the file plus a refcount block outside the image: the
 repair grows the file over the data cluster, qemu-img's rebuild (from its first walk,
 which skipped it) leaves it at refcount 0 ("rebuilt refcount structure is still
@@ -192,4 +195,10 @@ def main(n, seed):
 if __name__ == '__main__':
     import resource     # a damaged image must not take the shared machine down (OOM killer)
     resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+    if '--ahead' in sys.argv:
+        # the small images never fill a second batch of tables: a few tables per batch
+        # and read-ahead at every cluster size, so the reader thread is fuzzed too
+        from qcow2view.engine import refscan, tableread
+        refscan.BATCH_ENTRIES = 1024
+        tableread.AHEAD_MIN_CLUSTER = 0
     main(int(sys.argv[1]), int(sys.argv[2]))
