@@ -81,7 +81,7 @@ class HostFile:
     def pread_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` (bytes) from ``offset`` without a copy; bytes past the end
         of the file read as zeros, as in QEMU."""
-        pread_into(self.fd, offset, buf, self.path)
+        pread_into(self.fd, offset, buf, self.size, self.path)
 
     def pread_exact(self, offset: int, length: int, structure: str) -> bytes:
         """Read metadata that must lie wholly inside the file."""
@@ -151,11 +151,14 @@ def _kind(mode: int) -> str:
     return f"file type {stat.S_IFMT(mode):#o}"
 
 
-def pread_into(fd: int, offset: int, buf: memoryview, path: str = "") -> None:
-    """:meth:`HostFile.pread_into` on a bare descriptor (a duplicate kept by a map
-    that outlives its image)."""
+def pread_into(fd: int, offset: int, buf: memoryview, size: int, path: str = "") -> None:
+    """:meth:`HostFile.pread_into` on a bare descriptor of a file ``size`` bytes long
+    (a duplicate kept by a map that outlives its image)."""
     n = len(buf)
     got = 0
+    if offset >= size:      # (an offset from a damaged table may not even fit an off_t)
+        buf[:] = bytes(n)
+        return
     try:
         while got < n:
             k = os.preadv(fd, [buf[got:]], offset + got)

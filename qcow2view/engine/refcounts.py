@@ -144,7 +144,7 @@ class DiskRefcounts:
         if self.file.fd >= 0 or self._fd < 0:
             self.file.pread_into(offset, mv)
         else:
-            pread_into(self._fd, offset, mv)
+            pread_into(self._fd, offset, mv, self._size)
 
     def _block(self, rti: int) -> np.ndarray | None:
         """Refcount block ``rti`` decoded (None: no block, or a misaligned one)."""

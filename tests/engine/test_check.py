@@ -463,6 +463,21 @@ def test_contiguous_tables_shared_by_300_snapshots(tmp_path):
         assert (hm.refcounts.astype(np.uint64) == hm.references).all()
 
 
+def test_refcount_block_offset_past_any_file_is_a_finding(tmp_path):
+    """A refcount table entry naming a block 2^64 - 2^52 bytes in (no file offset can
+    hold it), on a preallocated image whose contiguous tables have their refcounts
+    read straight into one array: the check names the block, with no traceback."""
+    p = qemu.create(tmp_path / "far.qcow2", "8M", "cluster_size=4k,preallocation=metadata")
+    with open_image(p) as im:
+        rto = im.header.refcount_table_offset
+    _poke(p, rto, 0xFFF0000000001000)
+    with open_image(p) as im:
+        r = im.check()
+    assert not r.clean
+    assert any(f.kind == "past_end_of_file" and "refcount block 0" in f.message
+               for f in r.findings)
+
+
 def test_reference_counts_widen_instead_of_wrapping(tmp_path):
     """One byte per cluster until some cluster has more than 255 references, then
     16 and 32 bits: a count never wraps."""
