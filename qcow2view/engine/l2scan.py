@@ -167,30 +167,13 @@ class L2TableWalk:
 
     def _fast_rows_each(self, cand: np.ndarray, boff: np.ndarray, flags: np.ndarray, L: int,
                         active: bool, copied_check: bool) -> np.ndarray:
-        """The fast path row by row, in order (rows that overlap, or lie far apart)."""
-        cb = self.cb
-        r, disk = self.r, self.disk
-        for i in np.nonzero(cand)[0].tolist():
-            c0 = int(boff[i]) >> cb
-            sl = slice(c0, c0 + L)
-            if copied_check:
-                copied = bool(int(flags[i]))
-                if c0 + L > disk.n:
-                    cand[i] = False
-                    continue
-                dc = disk.range(c0, c0 + L)
-                if (dc != 1).any() if copied else (dc == 1).any():
-                    cand[i] = False
-                    continue
-            self._grow(c0 + L - 1)
-            self._fit(int(r.refs[sl].max()) + 1)
-            r.refs[sl] += 1
-            if not self.compact:
-                r.kinds[sl] = HostKind.DATA
-            if c0 + L > r.nb_clusters:
-                r.nb_clusters = c0 + L
+        """The fast path row by row, in order (rows that overlap, or lie far apart):
+        each a span of its own."""
+        for i in np.flatnonzero(cand).tolist():
+            c0 = np.array([int(boff[i]) >> self.cb], dtype=np.int64)
+            cand[i] = self._span_rows(c0, np.array([flags[i] != 0]), L, copied_check)[0]
         if active:
-            r.allocated_clusters += L * int(np.count_nonzero(cand))
+            self.r.allocated_clusters += L * int(np.count_nonzero(cand))
         return cand
 
     def _generic_rows(self, raw: np.ndarray, bm: np.ndarray | None, l2_offsets: np.ndarray,
