@@ -19,7 +19,6 @@ from .engine.errors import Qcow2Error
 __all__ = ["info_main", "check_main", "info_dict", "size_to_str"]
 
 
-
 def _json(d: dict) -> str:
     """qemu-img's --output=json layout (json loads only for it: ~2 ms of every start)."""
     import json
